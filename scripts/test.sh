@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The one test command (see README.md). Installs the real SMTP peers the
+# integration tests use, then checks formatting, lints and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v swaks >/dev/null || need+=(swaks)
+[ -x /usr/sbin/smtp-source ] || need+=(postfix)
+command -v strace >/dev/null || need+=(strace)
+command -v microsocks >/dev/null || need+=(microsocks)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing: ${need[*]}"
+  $SUDO apt-get update -qq
+  # Postfix asks how to configure itself; the tests only need its tools.
+  echo 'postfix postfix/main_mailer_type select No configuration' | $SUDO debconf-set-selections
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked

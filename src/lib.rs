@@ -1,0 +1,25 @@
+//! pluto2: an SMTP relay for Tor onion services.
+//!
+//! Layout, following the mail's path through the daemon:
+//!
+//! * [`config`]: the command line contract and its validation.
+//! * [`smtp`]: inbound SMTP. [`smtp::session`] is the pure protocol state
+//!   machine; [`smtp::server`] owns the sockets, limits and timeouts.
+//! * [`address`]: mailbox, domain and v3 onion name checks.
+//! * [`envelope`]: the accepted message handed from SMTP to the spool.
+//! * [`spool`]: the durable SQLite queue with group commit and replay cache.
+//! * [`daemon`]: wiring, signals and orderly shutdown.
+//! * [`logging`]: tracing setup that keeps identifying data out of logs.
+//!
+//! See ARCHITECTURE.md for the data flow and the invariants.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod address;
+pub mod config;
+pub mod daemon;
+pub mod envelope;
+pub mod logging;
+pub mod smtp;
+pub mod spool;

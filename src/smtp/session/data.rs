@@ -1,0 +1,63 @@
+//! DATA: switch to body reception and judge the finished body.
+
+use super::{DataDecoder, Phase, Reply, Session, Step};
+use crate::envelope::{Envelope, Message};
+use crate::smtp::data_decoder::Verdict;
+
+/// Initial body buffer; grows as needed. A declared SIZE raises it, up to
+/// this cap, so a lying client cannot make us reserve the whole limit.
+const MAX_PREALLOCATION: usize = 1 << 20;
+
+impl Session {
+    pub(super) fn data(&mut self) -> Step {
+        let Some(tx) = self.tx.as_ref() else {
+            return self.bad_sequence("need MAIL command first");
+        };
+        if tx.recipients.is_empty() {
+            return self.bad_sequence("need RCPT command first");
+        }
+        let capacity = tx.declared_size.clamp(4096, MAX_PREALLOCATION);
+        self.phase = Phase::Data {
+            decoder: DataDecoder::new(self.config.max_message_size),
+            body: Vec::with_capacity(capacity),
+        };
+        // No enhanced code: RFC 3463 has no class for 3xx replies.
+        Step::Reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"))
+    }
+
+    pub(super) fn data_finished(&mut self, verdict: Verdict, body: Vec<u8>) -> Step {
+        self.phase = Phase::Command;
+        let tx = self.tx.take();
+        match (verdict, tx) {
+            (Verdict::TooLarge, _) => Step::Reply(Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "message size exceeds fixed limit of {} bytes",
+                    self.config.max_message_size
+                ),
+            )),
+            (Verdict::BareLineEnding, _) => self.error(Reply::new(
+                550,
+                "5.5.2",
+                "message refused: bare CR or LF in data; every line must end with CRLF",
+            )),
+            (Verdict::Complete, Some(tx)) => {
+                self.phase = Phase::AwaitingSpool;
+                Step::Enqueue(Message {
+                    envelope: Envelope {
+                        sender: tx.sender,
+                        recipients: tx.recipients,
+                        smtputf8: tx.smtputf8,
+                        eight_bit: tx.eight_bit,
+                    },
+                    body,
+                })
+            }
+            (Verdict::Complete, None) => {
+                // Unreachable by construction: DATA requires a transaction.
+                Step::Reply(Reply::new(451, "4.3.0", "internal error, transaction lost"))
+            }
+        }
+    }
+}

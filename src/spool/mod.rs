@@ -1,0 +1,113 @@
+//! The durable queue: SQLite in `-data-dir`, the only module that knows SQL.
+//!
+//! [`Spool::open`] starts the committer thread and hands out a cheap,
+//! cloneable handle. [`Spool::enqueue`] returns only after the message is on
+//! stable storage (or with the reason it is not), which is the condition for
+//! answering `250` after DATA.
+
+mod committer;
+pub mod report;
+mod schema;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use report::QueueReport;
+pub use schema::SPOOL_FILE;
+
+use crate::envelope::Message;
+use crate::smtp::session::EnqueueOutcome;
+use committer::{Committer, EnqueueRequest};
+
+/// Requests waiting for the committer. Bounded so that a storage stall
+/// pushes back on sessions (they wait before their 250) instead of piling
+/// messages up in memory; 1024 covers the largest group several times.
+const QUEUE_DEPTH: usize = 1024;
+
+/// Seconds since the Unix epoch; injected so tests can move time.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("no spool at {0}: is -data-dir right, and has pluto2 run there?")]
+    Missing(String),
+    #[error("spool schema version {0} is not known to this pluto2; use the matching release")]
+    SchemaVersion(i64),
+    #[error("cannot start the spool thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Handle to the spool; clones share one committer.
+#[derive(Clone)]
+pub struct Spool {
+    tx: mpsc::Sender<EnqueueRequest>,
+}
+
+/// Joins the committer thread once every [`Spool`] handle is dropped.
+pub struct SpoolCloser {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SpoolCloser {
+    /// Waits until pending commits are done and the database is closed.
+    pub async fn closed(self) {
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}
+
+impl Spool {
+    pub fn open(
+        data_dir: &Path,
+        replay_window: Duration,
+        clock: Clock,
+    ) -> Result<(Spool, SpoolCloser), SpoolError> {
+        let conn = schema::open_writer(data_dir)?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let committer = Committer::new(conn, clock, replay_window);
+        let thread = std::thread::Builder::new()
+            .name("spool-committer".into())
+            .spawn(move || committer.run(rx))?;
+        Ok((Spool { tx }, SpoolCloser { thread }))
+    }
+
+    /// Stores the message durably. The replay id is hashed here, in the
+    /// caller's task, so hashing runs in parallel across sessions and the
+    /// single committer thread only does I/O.
+    pub async fn enqueue(&self, message: Message) -> EnqueueOutcome {
+        let replay_id = message.replay_id();
+        let (reply, answer) = oneshot::channel();
+        let request = EnqueueRequest {
+            message,
+            replay_id,
+            reply,
+        };
+        if self.tx.send(request).await.is_err() {
+            return EnqueueOutcome::ShuttingDown;
+        }
+        answer.await.unwrap_or(EnqueueOutcome::Failed)
+    }
+}
+
+/// Reads the queue summary of the spool in `data_dir` (works while the
+/// daemon runs, thanks to WAL).
+pub fn queue_report(data_dir: &Path, clock: &Clock) -> Result<QueueReport, SpoolError> {
+    let mut conn = schema::open_reader(data_dir)?;
+    report::read(&mut conn, clock())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,87 @@
+//! What `pluto2 queue` prints: counts and ages, never addresses.
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::SpoolError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueReport {
+    pub messages: u64,
+    pub recipients: u64,
+    pub queued: u64,
+    pub deferred: u64,
+    pub leased: u64,
+    /// Age of the oldest message in seconds, `null` when empty.
+    pub oldest_age_seconds: Option<u64>,
+    /// Seconds until the earliest deferred retry, `null` if none is deferred.
+    pub next_retry_in_seconds: Option<u64>,
+}
+
+/// Reads the counts in one read transaction, so they agree with each other.
+pub fn read(conn: &mut Connection, now: u64) -> Result<QueueReport, SpoolError> {
+    let tx = conn.transaction()?;
+    let messages: i64 = tx.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))?;
+    let messages = messages.max(0) as u64;
+    let oldest: Option<i64> =
+        tx.query_row("SELECT MIN(received_at) FROM messages", [], |r| r.get(0))?;
+    let (mut queued, mut deferred, mut leased) = (0, 0, 0);
+    {
+        let mut stmt = tx.prepare("SELECT state, COUNT(*) FROM recipients GROUP BY state")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?;
+        for row in rows {
+            let (state, n) = row?;
+            match state.as_str() {
+                "queued" => queued = n,
+                "deferred" => deferred = n,
+                "leased" => leased = n,
+                _ => {}
+            }
+        }
+    }
+    let next: Option<i64> = tx.query_row(
+        "SELECT MIN(next_attempt) FROM recipients WHERE state = 'deferred'",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.finish()?;
+    let since = |t: i64| now.saturating_sub(t.max(0) as u64);
+    Ok(QueueReport {
+        messages,
+        recipients: queued + deferred + leased,
+        queued,
+        deferred,
+        leased,
+        oldest_age_seconds: oldest.map(since),
+        next_retry_in_seconds: next.map(|t| (t.max(0) as u64).saturating_sub(now)),
+    })
+}
+
+impl std::fmt::Display for QueueReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "messages:   {}", self.messages)?;
+        writeln!(
+            f,
+            "recipients: {} ({} queued, {} deferred, {} in delivery)",
+            self.recipients, self.queued, self.deferred, self.leased
+        )?;
+        match self.oldest_age_seconds {
+            Some(s) => writeln!(
+                f,
+                "oldest:     {}",
+                humantime::format_duration(std::time::Duration::from_secs(s))
+            )?,
+            None => writeln!(f, "oldest:     -")?,
+        }
+        if let Some(s) = self.next_retry_in_seconds {
+            writeln!(
+                f,
+                "next retry: in {}",
+                humantime::format_duration(std::time::Duration::from_secs(s))
+            )?;
+        }
+        Ok(())
+    }
+}

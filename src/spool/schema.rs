@@ -1,0 +1,91 @@
+//! Connection settings and table layout of the spool database.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::SpoolError;
+
+/// File name of the spool inside `-data-dir`.
+pub const SPOOL_FILE: &str = "spool.sqlite";
+
+/// Bumped whenever the layout below changes incompatibly.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Readers (`pluto2 queue`) and the writer share the file; a short busy
+/// wait covers the moment of a checkpoint instead of failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens (creating if needed) the spool for the daemon.
+///
+/// WAL lets `pluto2 queue` read while the daemon writes; `synchronous=FULL`
+/// makes every COMMIT fsync the log, which is what lets us answer 250;
+/// `secure_delete` overwrites delivered mail instead of leaving it in free pages.
+pub fn open_writer(data_dir: &Path) -> Result<Connection, SpoolError> {
+    let conn = Connection::open(data_dir.join(SPOOL_FILE))?;
+    configure(&conn)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// Opens an existing spool without creating one (for `pluto2 queue`).
+pub fn open_reader(data_dir: &Path) -> Result<Connection, SpoolError> {
+    let path = data_dir.join(SPOOL_FILE);
+    if !path.exists() {
+        return Err(SpoolError::Missing(path.display().to_string()));
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> Result<(), SpoolError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &Connection) -> Result<(), SpoolError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    if version != 0 {
+        return Err(SpoolError::SchemaVersion(version));
+    }
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE messages (
+             id          INTEGER PRIMARY KEY,
+             received_at INTEGER NOT NULL,
+             sender      TEXT    NOT NULL,
+             smtputf8    INTEGER NOT NULL,
+             eight_bit   INTEGER NOT NULL,
+             body        BLOB    NOT NULL
+         );
+         CREATE TABLE recipients (
+             id           INTEGER PRIMARY KEY,
+             message_id   INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+             address      TEXT    NOT NULL,
+             state        TEXT    NOT NULL DEFAULT 'queued'
+                                  CHECK (state IN ('queued', 'deferred', 'leased')),
+             attempts     INTEGER NOT NULL DEFAULT 0,
+             next_attempt INTEGER NOT NULL,
+             lease_until  INTEGER
+         );
+         CREATE INDEX recipients_message ON recipients(message_id);
+         CREATE INDEX recipients_due ON recipients(state, next_attempt);
+         CREATE TABLE replay (
+             id      BLOB    PRIMARY KEY,
+             seen_at INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE INDEX replay_seen ON replay(seen_at);
+         PRAGMA user_version = 1;
+         COMMIT;",
+    )?;
+    Ok(())
+}

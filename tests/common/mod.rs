@@ -1,0 +1,251 @@
+//! Shared fixtures for integration tests: the real `pluto2` binary on
+//! 127.0.0.1 with a fresh data directory, and a small SMTP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pluto2::address::OnionName;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pluto2");
+
+/// Upper bound for anything a test waits on; a hang fails instead of
+/// blocking CI. Not a synchronization device.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn onion(seed: u8) -> String {
+    OnionName::from_public_key(&[seed; 32]).to_string()
+}
+
+/// A running daemon with its own temporary data directory.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// Starts `pluto2` on an ephemeral port with extra flags.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut d = Self::start_in(&data, extra);
+        d._dir = Some(dir);
+        d
+    }
+
+    /// Starts on an existing data directory (restart tests).
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Daemon {
+        let name = onion(1);
+        let mut child = Command::new(BIN)
+            .args(["-name", &name, "-addr", "127.0.0.1:0", "-data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pluto2");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("[CONN] listening on ").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(PATIENCE) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("pluto2 did not start; logs: {:?}", logs.lock().unwrap());
+            }
+        };
+        Daemon {
+            child,
+            addr,
+            name,
+            data_dir: data_dir.to_path_buf(),
+            logs,
+            _dir: None,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        let mut c = Client::connect(self.addr).await;
+        let (code, text) = c.reply().await;
+        assert_eq!(code, 220, "greeting: {text}");
+        c
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, failing the test after PATIENCE.
+    pub fn wait(&mut self) -> ExitStatus {
+        let pid = self.child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The blocking wait runs on a scoped thread so the test can give up
+        // (and kill the process, which also ends that wait) after PATIENCE.
+        std::thread::scope(|scope| {
+            let child = &mut self.child;
+            scope.spawn(move || {
+                let _ = tx.send(child.wait());
+            });
+            match rx.recv_timeout(PATIENCE) {
+                Ok(status) => status.unwrap(),
+                Err(_) => {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                    panic!("pluto2 did not exit within {PATIENCE:?}");
+                }
+            }
+        })
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn queue_json(&self) -> serde_json::Value {
+        queue_json(&self.data_dir)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Keeps the temporary directory alive after the daemon is gone, so a
+    /// restart can reuse it.
+    pub fn take_dir(&mut self) -> Option<tempfile::TempDir> {
+        self._dir.take()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn queue_json(data_dir: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["queue", "-json", "-data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "queue failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A line-oriented SMTP client for tests.
+pub struct Client {
+    reader: TokioBufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = stream.into_split();
+        Client {
+            reader: TokioBufReader::new(r),
+            writer: w,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one (possibly multi-line) reply; returns code and full text.
+    pub async fn reply(&mut self) -> (u16, String) {
+        self.try_reply()
+            .await
+            .expect("connection closed while waiting for a reply")
+    }
+
+    /// Like `reply`, but `None` if the server closed the connection first.
+    pub async fn try_reply(&mut self) -> Option<(u16, String)> {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(PATIENCE, self.reader.read_line(&mut line))
+                .await
+                .expect("no reply in time")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            text.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                let code = line
+                    .get(..3)
+                    .and_then(|c| c.parse().ok())
+                    .expect("reply code");
+                return Some((code, text));
+            }
+        }
+    }
+
+    /// Sends one command line and returns the reply.
+    pub async fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    pub async fn code(&mut self, line: &str) -> u16 {
+        self.cmd(line).await.0
+    }
+
+    /// True once the server has closed the connection (reads EOF).
+    pub async fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        matches!(
+            tokio::time::timeout(PATIENCE, self.reader.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    /// A full transaction; returns the reply code to the final dot.
+    pub async fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> u16 {
+        assert_eq!(self.code(&format!("MAIL FROM:<{from}>")).await, 250);
+        for r in to {
+            assert_eq!(self.code(&format!("RCPT TO:<{r}>")).await, 250);
+        }
+        assert_eq!(self.code("DATA").await, 354);
+        self.send(body.as_bytes()).await;
+        self.send(b"\r\n.\r\n").await;
+        self.reply().await.0
+    }
+}
