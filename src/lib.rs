@@ -21,5 +21,6 @@ pub mod config;
 pub mod daemon;
 pub mod envelope;
 pub mod logging;
+pub mod relay;
 pub mod smtp;
 pub mod spool;

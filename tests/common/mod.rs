@@ -14,6 +14,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as Tokio
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+pub mod dns;
+pub mod sink;
+pub mod socks_proxy;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_pluto2");
 
 /// Upper bound for anything a test waits on; a hang fails instead of

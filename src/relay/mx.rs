@@ -1,0 +1,1 @@
+//! Placeholder while being written (not yet wired in).
