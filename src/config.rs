@@ -116,6 +116,34 @@ pub struct DaemonArgs {
     /// Expect a PROXY v1 header (Tor's HiddenServiceExportCircuitID haproxy).
     #[arg(long)]
     pub proxy_protocol: bool,
+    /// Tor SOCKS5 proxy; every outgoing connection goes through it.
+    #[arg(long, default_value = "127.0.0.1:9050", value_name = "IP:PORT")]
+    pub tor_socks: SocketAddr,
+    /// DNS resolver queried for MX over TCP, through Tor.
+    #[arg(long, default_value = "9.9.9.9:53", value_name = "IP:53")]
+    pub dns_server: SocketAddr,
+    /// Concurrent relay workers.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub workers: usize,
+    /// Delivery attempts per recipient before giving up (no bounce is sent).
+    #[arg(long, default_value_t = 9, value_name = "N")]
+    pub retries: u32,
+    /// First retry delay; each further retry doubles it (with jitter).
+    #[arg(long, default_value = "1m", value_parser = parse_duration, value_name = "DURATION")]
+    pub retry_base: Duration,
+    /// Bound on one SMTP delivery.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub delivery_timeout: Duration,
+    /// Envelope sender for relayed mail (default nobody@<-name>; `<>` for the null sender).
+    #[arg(long, value_name = "ADDRESS")]
+    pub envelope_from: Option<String>,
+    /// Hide the client's envelope sender (and, later, identifying headers).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub sanitize: bool,
+    /// Require a valid certificate for STARTTLS to clearnet hosts.
+    #[arg(long)]
+    pub tls_verify: bool,
     /// Verbose logs, including addresses (never message content).
     #[arg(long)]
     pub debug: bool,
@@ -142,6 +170,22 @@ pub struct Config {
     pub replay_window: Duration,
     pub proxy_protocol: bool,
     pub debug: bool,
+    pub relay: RelayConfig,
+}
+
+/// Settings of outbound delivery.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub tor_socks: SocketAddr,
+    pub dns_server: SocketAddr,
+    pub workers: usize,
+    pub retries: u32,
+    pub retry_base: Duration,
+    pub delivery_timeout: Duration,
+    /// `None`: pass the client's MAIL FROM on (only with -sanitize=false
+    /// and no -envelope-from). `Some("")` is the null sender.
+    pub envelope_from: Option<String>,
+    pub tls_verify: bool,
 }
 
 /// Rewrites Go-style `-flag` and `-flag=value` into `--flag`, leaving `-h`,
@@ -222,6 +266,7 @@ impl DaemonArgs {
                 "must be at least 1s",
             ));
         }
+        let relay = self.relay_config(&name)?;
         prepare_data_dir(&self.data_dir)?;
         Ok(Config {
             name,
@@ -236,6 +281,60 @@ impl DaemonArgs {
             replay_window: self.replay_window,
             proxy_protocol: self.proxy_protocol,
             debug: self.debug,
+            relay,
+        })
+    }
+
+    fn relay_config(&self, name: &OnionName) -> Result<RelayConfig, ConfigError> {
+        if self.workers == 0 {
+            return Err(bad("-workers", "0", "must be at least 1"));
+        }
+        if self.retries == 0 {
+            return Err(bad(
+                "-retries",
+                "0",
+                "must be at least 1 (the first attempt counts)",
+            ));
+        }
+        if self.delivery_timeout < Duration::from_secs(1) {
+            return Err(bad(
+                "-delivery-timeout",
+                &humantime::format_duration(self.delivery_timeout).to_string(),
+                "must be at least 1s",
+            ));
+        }
+        if self.retry_base < Duration::from_secs(1) {
+            return Err(bad(
+                "-retry-base",
+                &humantime::format_duration(self.retry_base).to_string(),
+                "must be at least 1s",
+            ));
+        }
+        let envelope_from = match self.envelope_from.as_deref() {
+            Some("<>") | Some("") => Some(String::new()),
+            Some(addr) => {
+                let addr = addr.trim_start_matches('<').trim_end_matches('>');
+                crate::address::parse_mailbox(addr, false).map_err(|e| {
+                    bad(
+                        "-envelope-from",
+                        addr,
+                        &format!("{e}; give a full address or <>"),
+                    )
+                })?;
+                Some(addr.to_string())
+            }
+            None if self.sanitize => Some(format!("nobody@{name}")),
+            None => None,
+        };
+        Ok(RelayConfig {
+            tor_socks: self.tor_socks,
+            dns_server: self.dns_server,
+            workers: self.workers,
+            retries: self.retries,
+            retry_base: self.retry_base,
+            delivery_timeout: self.delivery_timeout,
+            envelope_from,
+            tls_verify: self.tls_verify,
         })
     }
 
@@ -356,6 +455,46 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn it_hides_the_envelope_sender_unless_sanitize_is_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d");
+        let name = OnionName::from_public_key(&[3u8; 32]).to_string();
+        let base = ["-name", name.as_str(), "-data-dir", data.to_str().unwrap()];
+        let cfg = |extra: &[&str]| {
+            let all: Vec<&str> = base.iter().chain(extra).copied().collect();
+            parse(args(&all))
+                .unwrap()
+                .daemon
+                .validate()
+                .unwrap()
+                .relay
+                .envelope_from
+        };
+        assert_eq!(cfg(&[]), Some(format!("nobody@{name}")));
+        assert_eq!(cfg(&["-sanitize=false"]), None);
+        assert_eq!(
+            cfg(&["-sanitize", "false", "-envelope-from", "<>"]),
+            Some(String::new())
+        );
+        assert_eq!(
+            cfg(&["-envelope-from", "<remailer@example.org>"]),
+            Some("remailer@example.org".into())
+        );
+        let all: Vec<&str> = base
+            .iter()
+            .chain(&["-envelope-from", "bad"])
+            .copied()
+            .collect();
+        let err = parse(args(&all))
+            .unwrap()
+            .daemon
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("-envelope-from"), "{err}");
     }
 
     #[test]

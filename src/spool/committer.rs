@@ -6,12 +6,14 @@
 //! fsync is shared by all concurrent sessions instead of paid per message,
 //! and no reply is sent before the transaction holding it is durable.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error};
 
+use super::delivery::{self, Disposition, LeaseBatch};
 use super::{Clock, SpoolError};
 use crate::envelope::{Message, ReplayId};
 use crate::smtp::session::EnqueueOutcome;
@@ -29,35 +31,66 @@ pub struct EnqueueRequest {
     pub reply: oneshot::Sender<EnqueueOutcome>,
 }
 
+/// Work for the single writer. Enqueues are grouped into one transaction;
+/// delivery bookkeeping is rarer and runs in its own.
+pub enum Job {
+    Enqueue(EnqueueRequest),
+    Lease {
+        max: usize,
+        lease_secs: u64,
+        reply: oneshot::Sender<Result<LeaseBatch, SpoolError>>,
+    },
+    Settle {
+        outcomes: Vec<(i64, Disposition)>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
+    },
+}
+
 pub struct Committer {
     conn: Connection,
     clock: Clock,
     replay_window: Duration,
     last_prune: u64,
+    new_mail: Arc<Notify>,
 }
 
 impl Committer {
-    pub fn new(conn: Connection, clock: Clock, replay_window: Duration) -> Self {
+    pub fn new(
+        conn: Connection,
+        clock: Clock,
+        replay_window: Duration,
+        new_mail: Arc<Notify>,
+    ) -> Self {
         Self {
             conn,
             clock,
             replay_window,
             last_prune: 0,
+            new_mail,
         }
     }
 
     /// Runs until every sender is gone, then checkpoints and closes.
-    pub fn run(mut self, mut rx: mpsc::Receiver<EnqueueRequest>) {
+    pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut others = Vec::new();
         while let Some(first) = rx.blocking_recv() {
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(req) => group.push(req),
-                    Err(_) => break,
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Enqueue(req) => group.push(req),
+                    other => others.push(other),
+                }
+                if group.len() < MAX_GROUP {
+                    next = rx.try_recv().ok();
                 }
             }
-            self.commit_group(&mut group);
+            if !group.is_empty() {
+                self.commit_group(&mut group);
+            }
+            for job in others.drain(..) {
+                self.bookkeeping(job);
+            }
         }
         if let Err(e) = self
             .conn
@@ -69,6 +102,23 @@ impl Committer {
             error!("[SPOOL] closing the database failed: {e}");
         }
         debug!("[SPOOL] closed");
+    }
+
+    fn bookkeeping(&mut self, job: Job) {
+        let now = (self.clock)();
+        match job {
+            Job::Lease {
+                max,
+                lease_secs,
+                reply,
+            } => {
+                let _ = reply.send(delivery::lease(&mut self.conn, now, max, lease_secs));
+            }
+            Job::Settle { outcomes, reply } => {
+                let _ = reply.send(delivery::settle(&mut self.conn, &outcomes));
+            }
+            Job::Enqueue(_) => unreachable!("enqueues are grouped"),
+        }
     }
 
     fn commit_group(&mut self, group: &mut Vec<EnqueueRequest>) {
@@ -88,6 +138,9 @@ impl Committer {
             "[SPOOL] group commit: {} request(s), {queued} queued",
             group.len()
         );
+        if queued > 0 {
+            self.new_mail.notify_one();
+        }
         for (req, outcome) in group.drain(..).zip(outcomes) {
             // The session may have gone away; the message is stored anyway
             // and will be delivered (at-least-once).

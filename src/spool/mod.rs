@@ -6,6 +6,7 @@
 //! answering `250` after DATA.
 
 mod committer;
+mod delivery;
 pub mod report;
 mod schema;
 
@@ -13,14 +14,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
+pub use delivery::{Disposition, Lease, LeaseBatch, LeasedRecipient};
 pub use report::QueueReport;
 pub use schema::SPOOL_FILE;
 
 use crate::envelope::Message;
 use crate::smtp::session::EnqueueOutcome;
-use committer::{Committer, EnqueueRequest};
+use committer::{Committer, EnqueueRequest, Job};
 
 /// Requests waiting for the committer. Bounded so that a storage stall
 /// pushes back on sessions (they wait before their 250) instead of piling
@@ -49,12 +51,15 @@ pub enum SpoolError {
     SchemaVersion(i64),
     #[error("cannot start the spool thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("the spool is closed")]
+    Closed,
 }
 
 /// Handle to the spool; clones share one committer.
 #[derive(Clone)]
 pub struct Spool {
-    tx: mpsc::Sender<EnqueueRequest>,
+    tx: mpsc::Sender<Job>,
+    new_mail: Arc<Notify>,
 }
 
 /// Joins the committer thread once every [`Spool`] handle is dropped.
@@ -76,12 +81,14 @@ impl Spool {
         clock: Clock,
     ) -> Result<(Spool, SpoolCloser), SpoolError> {
         let conn = schema::open_writer(data_dir)?;
+        delivery::release_all_leases(&conn)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let committer = Committer::new(conn, clock, replay_window);
+        let new_mail = Arc::new(Notify::new());
+        let committer = Committer::new(conn, clock, replay_window, new_mail.clone());
         let thread = std::thread::Builder::new()
             .name("spool-committer".into())
             .spawn(move || committer.run(rx))?;
-        Ok((Spool { tx }, SpoolCloser { thread }))
+        Ok((Spool { tx, new_mail }, SpoolCloser { thread }))
     }
 
     /// Stores the message durably. The replay id is hashed here, in the
@@ -95,10 +102,40 @@ impl Spool {
             replay_id,
             reply,
         };
-        if self.tx.send(request).await.is_err() {
+        if self.tx.send(Job::Enqueue(request)).await.is_err() {
             return EnqueueOutcome::ShuttingDown;
         }
         answer.await.unwrap_or(EnqueueOutcome::Failed)
+    }
+
+    /// Resolves when new mail was committed since the last call (the
+    /// delivery dispatcher waits on this instead of polling).
+    pub async fn new_mail(&self) {
+        self.new_mail.notified().await
+    }
+
+    /// Hands out up to `max` groups of due recipients for `lease_secs`.
+    pub async fn lease(&self, max: usize, lease_secs: u64) -> Result<LeaseBatch, SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job::Lease {
+                max,
+                lease_secs,
+                reply,
+            })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Records delivery outcomes; durable when this returns Ok.
+    pub async fn settle(&self, outcomes: Vec<(i64, Disposition)>) -> Result<(), SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job::Settle { outcomes, reply })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
     }
 }
 

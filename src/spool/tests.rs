@@ -139,3 +139,95 @@ async fn it_reports_an_empty_spool_with_no_oldest_age() {
     drop(spool);
     closer.closed().await;
 }
+
+#[tokio::test]
+async fn it_leases_groups_by_destination_and_settles_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, now) = manual_clock(1000);
+    let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
+    let mut m = message("multi", 0);
+    m.envelope.recipients = vec![
+        "a@one.example".into(),
+        "b@two.example".into(),
+        "c@one.example".into(),
+    ];
+    assert_eq!(spool.enqueue(m).await, EnqueueOutcome::Queued);
+
+    let batch = spool.lease(10, 60).await.unwrap();
+    assert_eq!(batch.leases.len(), 2, "one lease per destination domain");
+    let one = batch
+        .leases
+        .iter()
+        .find(|l| l.domain == "one.example")
+        .unwrap();
+    assert_eq!(one.recipients.len(), 2);
+    assert_eq!(one.body, b"multi");
+    assert!(
+        spool.lease(10, 60).await.unwrap().leases.is_empty(),
+        "leased rows are not handed out twice"
+    );
+    assert_eq!(queue_report(dir.path(), &clock).unwrap().leased, 3);
+
+    let two = batch
+        .leases
+        .iter()
+        .find(|l| l.domain == "two.example")
+        .unwrap();
+    let mut outcomes: Vec<_> = one
+        .recipients
+        .iter()
+        .map(|r| (r.id, Disposition::Delivered))
+        .collect();
+    outcomes.push((two.recipients[0].id, Disposition::Retry { at: 1100 }));
+    spool.settle(outcomes).await.unwrap();
+    let report = queue_report(dir.path(), &clock).unwrap();
+    assert_eq!(
+        (
+            report.messages,
+            report.deferred,
+            report.next_retry_in_seconds
+        ),
+        (1, 1, Some(100))
+    );
+
+    assert!(
+        spool.lease(10, 60).await.unwrap().leases.is_empty(),
+        "not due before its retry time"
+    );
+    now.store(1100, Ordering::SeqCst);
+    let batch = spool.lease(10, 60).await.unwrap();
+    assert_eq!(batch.leases[0].recipients[0].attempts, 1);
+    spool
+        .settle(vec![(
+            batch.leases[0].recipients[0].id,
+            Disposition::Dropped,
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        queue_report(dir.path(), &clock).unwrap().messages,
+        0,
+        "message removed with its last recipient"
+    );
+    drop(spool);
+    closer.closed().await;
+}
+
+#[tokio::test]
+async fn it_releases_leases_of_a_crashed_run_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, _) = manual_clock(1000);
+    let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
+    spool.enqueue(message("x", 1)).await;
+    assert_eq!(spool.lease(10, 3600).await.unwrap().leases.len(), 1);
+    drop(spool);
+    closer.closed().await;
+    let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
+    assert_eq!(
+        spool.lease(10, 3600).await.unwrap().leases.len(),
+        1,
+        "redelivered after restart"
+    );
+    drop(spool);
+    closer.closed().await;
+}

@@ -1,0 +1,198 @@
+//! Spool side of delivery: lease due recipients, settle their outcomes.
+//!
+//! A recipient is `queued` (never tried), `deferred` (waiting for a retry
+//! time) or `leased` (a worker has it). A lease has an expiry, and the
+//! daemon resets every lease at start, so a crash mid-delivery leads to a
+//! redelivery, never to a loss. Rows leave the spool only in `settle`.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, params};
+
+use super::SpoolError;
+
+/// One recipient handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedRecipient {
+    pub id: i64,
+    pub address: String,
+    /// Delivery attempts made before this one.
+    pub attempts: u32,
+}
+
+/// Recipients of one message that share a destination domain, so they go
+/// out in one SMTP transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub message_id: i64,
+    pub domain: String,
+    pub sender: String,
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+    pub body: Vec<u8>,
+    pub recipients: Vec<LeasedRecipient>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LeaseBatch {
+    pub leases: Vec<Lease>,
+    /// Earliest time (unix seconds) something else becomes due, if anything.
+    pub next_due: Option<u64>,
+}
+
+/// What happened to one leased recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The next hop accepted it: remove.
+    Delivered,
+    /// Permanent failure or retries exhausted: remove (no bounce is sent).
+    Dropped,
+    /// Temporary failure: try again at this time (unix seconds).
+    Retry { at: u64 },
+}
+
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_lowercase())
+        .unwrap_or_default()
+}
+
+/// Leases up to `max` groups of due recipients until `now + lease_secs`.
+pub fn lease(
+    conn: &mut Connection,
+    now: u64,
+    max: usize,
+    lease_secs: u64,
+) -> Result<LeaseBatch, SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let now_i = now as i64;
+    let mut groups: BTreeMap<(i64, String), Vec<LeasedRecipient>> = BTreeMap::new();
+    let mut order: Vec<(i64, String)> = Vec::new();
+    {
+        let mut due = tx.prepare_cached(
+            "SELECT id, message_id, address, attempts FROM recipients
+             WHERE (state IN ('queued', 'deferred') AND next_attempt <= ?1)
+                OR (state = 'leased' AND lease_until <= ?1)
+             ORDER BY next_attempt, id LIMIT ?2",
+        )?;
+        // Enough rows for `max` full groups; a message has at most
+        // -max-recipients rows, so this bounds the scan.
+        let rows = due.query_map(params![now_i, (max * 64) as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, message_id, address, attempts) = row?;
+            let key = (message_id, domain_of(&address));
+            if !groups.contains_key(&key) {
+                if order.len() == max {
+                    continue;
+                }
+                order.push(key.clone());
+            }
+            groups.entry(key).or_default().push(LeasedRecipient {
+                id,
+                address,
+                attempts: attempts.max(0) as u32,
+            });
+        }
+    }
+    let mut leases = Vec::with_capacity(order.len());
+    {
+        let mut mark = tx.prepare_cached(
+            "UPDATE recipients SET state = 'leased', lease_until = ?2 WHERE id = ?1",
+        )?;
+        let mut load = tx.prepare_cached(
+            "SELECT sender, smtputf8, eight_bit, body FROM messages WHERE id = ?1",
+        )?;
+        for key in order {
+            let recipients = groups.remove(&key).unwrap_or_default();
+            for r in &recipients {
+                mark.execute(params![r.id, (now + lease_secs) as i64])?;
+            }
+            let (sender, smtputf8, eight_bit, body) = load.query_row(params![key.0], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })?;
+            leases.push(Lease {
+                message_id: key.0,
+                domain: key.1,
+                sender,
+                smtputf8,
+                eight_bit,
+                body,
+                recipients,
+            });
+        }
+    }
+    let next_due: Option<i64> = tx.query_row(
+        "SELECT MIN(t) FROM (
+             SELECT MIN(next_attempt) AS t FROM recipients WHERE state IN ('queued', 'deferred')
+             UNION ALL
+             SELECT MIN(lease_until) FROM recipients WHERE state = 'leased')",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.commit()?;
+    Ok(LeaseBatch {
+        leases,
+        next_due: next_due.map(|t| t.max(0) as u64),
+    })
+}
+
+/// Records outcomes and removes messages that have no recipient left.
+pub fn settle(conn: &mut Connection, outcomes: &[(i64, Disposition)]) -> Result<(), SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut message_of =
+            tx.prepare_cached("SELECT message_id FROM recipients WHERE id = ?1")?;
+        let mut remove = tx.prepare_cached("DELETE FROM recipients WHERE id = ?1")?;
+        let mut defer = tx.prepare_cached(
+            "UPDATE recipients SET state = 'deferred', attempts = attempts + 1,
+                    next_attempt = ?2, lease_until = NULL WHERE id = ?1",
+        )?;
+        let mut orphan = tx.prepare_cached(
+            "DELETE FROM messages WHERE id = ?1
+             AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = ?1)",
+        )?;
+        let mut touched = Vec::new();
+        for (id, disposition) in outcomes {
+            let Ok(message_id) = message_of.query_row(params![id], |r| r.get::<_, i64>(0)) else {
+                continue;
+            };
+            touched.push(message_id);
+            match disposition {
+                Disposition::Delivered | Disposition::Dropped => {
+                    remove.execute(params![id])?;
+                }
+                Disposition::Retry { at } => {
+                    defer.execute(params![id, *at as i64])?;
+                }
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for message_id in touched {
+            orphan.execute(params![message_id])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// After a restart no worker holds anything: make leased rows due again.
+pub fn release_all_leases(conn: &Connection) -> Result<usize, SpoolError> {
+    Ok(conn.execute(
+        "UPDATE recipients SET state = 'queued', lease_until = NULL WHERE state = 'leased'",
+        [],
+    )?)
+}
