@@ -59,6 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             max_message_size: config.max_message_size,
             max_recipients: config.max_recipients,
             max_errors: MAX_ERRORS,
+            check_domains: false,
         }),
         spool,
         rate_limiter: SessionRateLimiter::new(config.rate_limit, config.rate_window),
@@ -66,6 +67,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         proxy_protocol: config.proxy_protocol,
         debug: config.debug,
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        domain_check: None,
     });
     info!("[CONN] listening on {local}");
     if config.replay_window.is_zero() {

@@ -39,6 +39,18 @@ pub struct ServerContext {
     pub proxy_protocol: bool,
     pub debug: bool,
     pub connections: Arc<Semaphore>,
+    /// Answers RCPT-time "does this domain have a mail server?" questions.
+    pub domain_check: Option<Arc<dyn DomainCheck>>,
+}
+
+/// RCPT-time domain check, implemented by the relay's MX resolver (through
+/// Tor). A trait so the server does not depend on the relay module.
+pub trait DomainCheck: Send + Sync {
+    /// True only if the domain provably cannot receive mail.
+    fn undeliverable<'a>(
+        &'a self,
+        domain: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
 }
 
 /// Accepts until `shutdown` fires; connection tasks are spawned on `tracker`
@@ -214,6 +226,21 @@ async fn run_session(
                         return Ended::Shutdown;
                     }
                     _ => unreachable!("enqueued() answers with a reply"),
+                }
+            }
+            Step::CheckDomain(domain) => {
+                let undeliverable = match &ctx.domain_check {
+                    Some(check) => check.undeliverable(&domain).await,
+                    None => false,
+                };
+                match session.domain_checked(undeliverable) {
+                    Step::Reply(reply) => reply.encode(&mut out),
+                    Step::Close(reply) => {
+                        reply.encode(&mut out);
+                        let _ = write(stream, &mut out, ctx.idle_timeout).await;
+                        return Ended::Done;
+                    }
+                    _ => unreachable!("domain_checked() answers with a reply"),
                 }
             }
             Step::NeedInput => {

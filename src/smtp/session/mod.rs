@@ -34,6 +34,9 @@ pub struct SessionConfig {
     pub max_recipients: usize,
     /// Errors tolerated before `421` and close (Postfix: smtpd_hard_error_limit).
     pub max_errors: u32,
+    /// Ask the caller (with `Step::CheckDomain`) whether a clearnet
+    /// recipient domain can receive mail before accepting it.
+    pub check_domains: bool,
 }
 
 /// What the caller must do next.
@@ -47,6 +50,9 @@ pub enum Step {
     Close(Reply),
     /// Store the message durably, then report with [`Session::enqueued`].
     Enqueue(Message),
+    /// Look up whether this clearnet domain provably has no mail server,
+    /// then answer with [`Session::domain_checked`].
+    CheckDomain(String),
 }
 
 /// The spool's answer to an enqueue request.
@@ -83,6 +89,10 @@ enum Phase {
     },
     /// `Step::Enqueue` was returned; waiting for `enqueued`.
     AwaitingSpool,
+    /// `Step::CheckDomain` was returned; waiting for `domain_checked`.
+    AwaitingDomainCheck {
+        recipient: String,
+    },
     Closed,
 }
 
@@ -140,7 +150,9 @@ impl Session {
     /// offered again, followed by more input.
     pub fn advance(&mut self, input: &[u8]) -> (usize, Step) {
         match &mut self.phase {
-            Phase::Closed | Phase::AwaitingSpool => (0, Step::NeedInput),
+            Phase::Closed | Phase::AwaitingSpool | Phase::AwaitingDomainCheck { .. } => {
+                (0, Step::NeedInput)
+            }
             Phase::DiscardingLine => match memchr::memchr(b'\n', input) {
                 None => (input.len(), Step::NeedInput),
                 Some(k) => {

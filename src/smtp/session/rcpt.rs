@@ -4,8 +4,8 @@ use std::borrow::Cow;
 
 use smtp_proto::RcptTo;
 
-use super::{Reply, Session, Step};
-use crate::address::{AddressError, parse_mailbox};
+use super::{Phase, Reply, Session, Step};
+use crate::address::{AddressError, Domain, parse_mailbox};
 
 impl Session {
     pub(super) fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) -> Step {
@@ -49,9 +49,42 @@ impl Session {
                 ));
             }
         };
+        if self.config.check_domains
+            && let Domain::Clearnet(domain) = &mailbox.domain
+        {
+            let domain = domain.clone();
+            self.phase = Phase::AwaitingDomainCheck {
+                recipient: mailbox.to_string(),
+            };
+            return Step::CheckDomain(domain);
+        }
+        self.accept_recipient(mailbox.to_string())
+    }
+
+    fn accept_recipient(&mut self, recipient: String) -> Step {
         if let Some(tx) = self.tx.as_mut() {
-            tx.recipients.push(mailbox.to_string());
+            tx.recipients.push(recipient);
         }
         Step::Reply(Reply::new(250, "2.1.5", "Ok"))
+    }
+
+    /// The caller's answer to `Step::CheckDomain`: `undeliverable` only when
+    /// the domain provably has no mail server (NXDOMAIN or null MX). A lookup
+    /// that failed or timed out counts as deliverable: never refuse on doubt.
+    pub fn domain_checked(&mut self, undeliverable: bool) -> Step {
+        let Phase::AwaitingDomainCheck { recipient } =
+            std::mem::replace(&mut self.phase, Phase::Command)
+        else {
+            debug_assert!(false, "domain_checked without CheckDomain");
+            return Step::NeedInput;
+        };
+        if undeliverable {
+            return self.error(Reply::new(
+                550,
+                "5.1.2",
+                "recipient domain has no mail server (no such domain or null MX)",
+            ));
+        }
+        self.accept_recipient(recipient)
     }
 }

@@ -15,6 +15,7 @@ fn config() -> Arc<SessionConfig> {
         max_message_size: 1000,
         max_recipients: 3,
         max_errors: 10,
+        check_domains: false,
     })
 }
 
@@ -57,6 +58,18 @@ impl Client {
                 Step::Enqueue(m) => {
                     self.queued.push(m);
                     match self.session.enqueued(self.outcome) {
+                        Step::Reply(r) => self.replies.push(r.to_string()),
+                        Step::Close(r) => {
+                            self.replies.push(r.to_string());
+                            self.closed = true;
+                            break;
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                Step::CheckDomain(domain) => {
+                    let undeliverable = domain.starts_with("nx.");
+                    match self.session.domain_checked(undeliverable) {
                         Step::Reply(r) => self.replies.push(r.to_string()),
                         Step::Close(r) => {
                             self.replies.push(r.to_string());
@@ -314,4 +327,23 @@ fn it_reports_replays_and_storage_failures() {
             c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nx\r\n.\r\n");
         assert!(r[3].starts_with(prefix), "{r:?}");
     }
+}
+
+#[test]
+fn it_asks_about_clearnet_domains_and_refuses_provably_dead_ones() {
+    let mut cfg = (*config()).clone();
+    cfg.check_domains = true;
+    let mut c = Client::new();
+    c.session = Session::new(Arc::new(cfg));
+    c.send(b"EHLO x.example\r\nMAIL FROM:<a@example.org>\r\n");
+    let r = c.send(b"RCPT TO:<u@nx.example.org>\r\n");
+    assert!(r[0].starts_with("550 5.1.2"), "{r:?}");
+    assert_eq!(c.codes(b"RCPT TO:<u@live.example.org>\r\n"), [250]);
+    // Onion destinations need no lookup (the test hook would refuse "nx.").
+    assert_eq!(
+        c.codes(format!("RCPT TO:<u@{}>\r\n", onion(5)).as_bytes()),
+        [250]
+    );
+    c.send(b"DATA\r\nx\r\n.\r\n");
+    assert_eq!(c.queued[0].envelope.recipients.len(), 2);
 }
