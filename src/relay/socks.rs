@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use super::failure::Failure;
 
 const VERSION: u8 = 5;
+const METHOD_NONE: u8 = 0;
 const METHOD_USER_PASS: u8 = 2;
 const CMD_CONNECT: u8 = 1;
 const ATYP_V4: u8 = 1;
@@ -81,9 +82,10 @@ impl SocksError {
     /// descriptors not yet published, refused ports, a down proxy) can heal.
     pub fn into_failure(self) -> Failure {
         match &self {
-            SocksError::Reply { code: 0x07 | 0x08 | 0xF4 | 0xF5 | 0xF6 } | SocksError::NameTooLong => {
-                Failure::permanent(self.to_string())
+            SocksError::Reply {
+                code: 0x07 | 0x08 | 0xF4 | 0xF5 | 0xF6,
             }
+            | SocksError::NameTooLong => Failure::permanent(self.to_string()),
             _ => Failure::temporary(self.to_string()),
         }
     }
@@ -123,15 +125,30 @@ fn fresh_credential() -> String {
 }
 
 async fn handshake(stream: &mut TcpStream, host: &str, port: u16) -> Result<(), SocksError> {
-    stream.write_all(&[VERSION, 1, METHOD_USER_PASS]).await?;
+    // Offer both methods: Tor picks username/password when offered (that
+    // is what isolates circuits); a plain proxy without authentication
+    // (e.g. microsocks) picks "none".
+    stream
+        .write_all(&[VERSION, 2, METHOD_NONE, METHOD_USER_PASS])
+        .await?;
     let mut choice = [0u8; 2];
     stream.read_exact(&mut choice).await?;
     if choice[0] != VERSION {
         return Err(SocksError::Protocol("proxy is not SOCKS5"));
     }
-    if choice[1] != METHOD_USER_PASS {
-        return Err(SocksError::Protocol("proxy refused username/password authentication"));
+    match choice[1] {
+        METHOD_USER_PASS => authenticate(stream).await?,
+        METHOD_NONE => {}
+        _ => {
+            return Err(SocksError::Protocol(
+                "proxy accepts none of our authentication methods",
+            ));
+        }
     }
+    request(stream, host, port).await
+}
+
+async fn authenticate(stream: &mut TcpStream) -> Result<(), SocksError> {
     let user = fresh_credential();
     let pass = fresh_credential();
     let mut auth = vec![1, user.len() as u8];
@@ -144,7 +161,10 @@ async fn handshake(stream: &mut TcpStream, host: &str, port: u16) -> Result<(), 
     if status[1] != 0 {
         return Err(SocksError::Protocol("proxy rejected the credentials"));
     }
+    Ok(())
+}
 
+async fn request(stream: &mut TcpStream, host: &str, port: u16) -> Result<(), SocksError> {
     stream.write_all(&connect_request(host, port)?).await?;
     let mut head = [0u8; 4];
     stream.read_exact(&mut head).await?;
@@ -213,7 +233,10 @@ mod tests {
     #[test]
     fn it_classifies_tor_onion_reply_codes() {
         let permanent = [0x07, 0x08, 0xF4, 0xF5, 0xF6];
-        for code in [0x01u8, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0xF0, 0xF1, 0xF2, 0xF3, 0xF4, 0xF5, 0xF6, 0xF7] {
+        for code in [
+            0x01u8, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0xF0, 0xF1, 0xF2, 0xF3, 0xF4, 0xF5,
+            0xF6, 0xF7,
+        ] {
             let f = SocksError::Reply { code }.into_failure();
             assert_eq!(f.is_permanent(), permanent.contains(&code), "{code:#x}");
         }
