@@ -144,6 +144,9 @@ pub struct DaemonArgs {
     /// Require a valid certificate for STARTTLS to clearnet hosts.
     #[arg(long)]
     pub tls_verify: bool,
+    /// Port of the next hop's SMTP server (25 everywhere; change only for tests).
+    #[arg(long, default_value_t = 25, value_name = "PORT")]
+    pub smtp_port: u16,
     /// Verbose logs, including addresses (never message content).
     #[arg(long)]
     pub debug: bool,
@@ -186,6 +189,7 @@ pub struct RelayConfig {
     /// and no -envelope-from). `Some("")` is the null sender.
     pub envelope_from: Option<String>,
     pub tls_verify: bool,
+    pub smtp_port: u16,
 }
 
 /// Rewrites Go-style `-flag` and `-flag=value` into `--flag`, leaving `-h`,
@@ -335,6 +339,7 @@ impl DaemonArgs {
             delivery_timeout: self.delivery_timeout,
             envelope_from,
             tls_verify: self.tls_verify,
+            smtp_port: self.smtp_port,
         })
     }
 
