@@ -1,7 +1,10 @@
 //! Wiring of the running daemon: spool, listener, signals, orderly stop.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -10,10 +13,23 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::relay::client::{ClientConfig, TlsPolicy};
+use crate::relay::mx_lookup::MxResolver;
+use crate::relay::pool::RelayPool;
+use crate::relay::retry::RetryPolicy;
+use crate::relay::route::Router;
+use crate::relay::socks::SocksDialer;
 use crate::smtp::rate_limit::SessionRateLimiter;
-use crate::smtp::server::{self, ServerContext};
+use crate::smtp::server::{self, DomainCheck, ServerContext};
 use crate::smtp::session::SessionConfig;
 use crate::spool::{self, Spool, SpoolError};
+
+/// Bound on one MX lookup through Tor during delivery.
+const MX_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Bound on the RCPT-time "does this domain take mail?" lookup; the client
+/// is waiting, and a slow answer means "accept".
+const RCPT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors a client makes before the session is closed with 421
 /// (Postfix's smtpd_hard_error_limit defaults to 20; we are stricter).
@@ -53,13 +69,48 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     })?;
     spawn_signal_handler(shutdown.clone())?;
 
+    let relay = &config.relay;
+    let dialer = SocksDialer::new(relay.tor_socks, relay.delivery_timeout);
+    let mx = Arc::new(MxResolver::new(
+        dialer.clone(),
+        relay.dns_server,
+        MX_TIMEOUT,
+    ));
+    let router = Arc::new(Router {
+        dialer,
+        mx: mx.clone(),
+        client: ClientConfig {
+            helo_name: config.name.to_string(),
+            tls: TlsPolicy::Opportunistic {
+                verify: relay.tls_verify,
+            },
+            timeout: relay.delivery_timeout,
+        },
+        envelope_from: relay.envelope_from.clone(),
+        port: relay.smtp_port,
+        debug: config.debug,
+    });
+    let pool = RelayPool {
+        spool: spool.clone(),
+        router,
+        retry: RetryPolicy {
+            base: relay.retry_base,
+            max_attempts: relay.retries,
+        },
+        workers: relay.workers,
+        // Longer than any delivery can take (MX lookup, a few hosts, the
+        // SMTP dialogue), so an expired lease always means a dead worker.
+        lease: MX_TIMEOUT + relay.delivery_timeout * 4 + Duration::from_secs(60),
+    };
+    let relay_task = tokio::spawn(pool.run(shutdown.clone()));
+
     let ctx = Arc::new(ServerContext {
         session: Arc::new(SessionConfig {
             hostname: config.name.to_string(),
             max_message_size: config.max_message_size,
             max_recipients: config.max_recipients,
             max_errors: MAX_ERRORS,
-            check_domains: false,
+            check_domains: true,
         }),
         spool,
         rate_limiter: SessionRateLimiter::new(config.rate_limit, config.rate_window),
@@ -67,7 +118,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         proxy_protocol: config.proxy_protocol,
         debug: config.debug,
         connections: Arc::new(Semaphore::new(config.max_connections)),
-        domain_check: None,
+        domain_check: Some(Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
     });
     info!("[CONN] listening on {local}");
     if config.replay_window.is_zero() {
@@ -82,6 +133,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     );
     tracker.close();
     tracker.wait().await;
+    let _ = relay_task.await;
     // The last Spool handle went with the server context; the committer now
     // drains what is left and closes the database.
     closer.closed().await;
@@ -102,4 +154,16 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> Result<(), DaemonError> 
         shutdown.cancel();
     });
     Ok(())
+}
+
+/// RCPT-time check backed by the MX resolver (through Tor).
+struct MxCheck(Arc<MxResolver>);
+
+impl DomainCheck for MxCheck {
+    fn undeliverable<'a>(
+        &'a self,
+        domain: &'a str,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(self.0.provably_undeliverable(domain, RCPT_CHECK_TIMEOUT))
+    }
 }

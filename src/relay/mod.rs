@@ -1,7 +1,9 @@
 //! Outbound delivery: every byte leaves through the Tor SOCKS5 proxy.
 
+pub mod client;
 pub mod failure;
-pub mod mx;
+pub mod mx_lookup;
+pub mod pool;
 pub mod retry;
-pub mod smtp_client;
+pub mod route;
 pub mod socks;

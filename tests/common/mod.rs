@@ -14,8 +14,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as Tokio
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-pub mod dns;
-pub mod sink;
 pub mod socks_proxy;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pluto2");

@@ -1,1 +1,0 @@
-//! Placeholder while being written (not yet wired in).

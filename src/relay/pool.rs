@@ -1,0 +1,153 @@
+//! The relay worker pool: one dispatcher task leases due work from the
+//! spool and runs up to `-workers` deliveries at once.
+//!
+//! The dispatcher sleeps until new mail is committed, the earliest retry
+//! falls due, or a worker frees up; it never polls in a tight loop. Each
+//! delivery is bounded by `-delivery-timeout` inside the SMTP client, and
+//! the lease outlives that bound, so a stalled server cannot stall the pool
+//! and an expired lease cannot cause a parallel duplicate.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info};
+
+use super::client::RecipientResult;
+use super::failure::Severity;
+use super::retry::RetryPolicy;
+use super::route::Router;
+use crate::spool::{Disposition, Lease, Spool};
+
+/// Longest the dispatcher sleeps without checking the spool, covering
+/// leases that expire and clocks that jump.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+pub struct RelayPool {
+    pub spool: Spool,
+    pub router: Arc<Router>,
+    pub retry: RetryPolicy,
+    pub workers: usize,
+    /// How long a leased recipient is reserved for its worker.
+    pub lease: Duration,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl RelayPool {
+    /// Runs until `shutdown`; deliveries in flight are abandoned at
+    /// shutdown and their leases released at the next start (at-least-once).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(this.workers));
+        let tracker = TaskTracker::new();
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let want = 1 + permits.available_permits();
+            let batch = match this.spool.lease(want, this.lease.as_secs().max(1)).await {
+                Ok(b) => b,
+                Err(e) => {
+                    error!("[RELAY] cannot lease from the spool: {e}");
+                    drop(first);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if batch.leases.is_empty() {
+                drop(first);
+                let wait = batch
+                    .next_due
+                    .map(|due| Duration::from_secs(due.saturating_sub(unix_now())))
+                    .unwrap_or(MAX_IDLE)
+                    .min(MAX_IDLE);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = this.spool.new_mail() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+            let mut first = Some(first);
+            for lease in batch.leases {
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => match permits.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        // Only the dispatcher takes permits, so this cannot
+                        // happen; the lease would expire and be retried.
+                        Err(_) => break,
+                    },
+                };
+                let this = this.clone();
+                let stop = shutdown.clone();
+                tracker.spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = this.handle(lease) => {}
+                    }
+                    drop(permit);
+                });
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+        debug!("[RELAY] pool stopped");
+    }
+
+    async fn handle(&self, lease: Lease) {
+        let results = self.router.deliver(&lease).await;
+        let mut rng = StdRng::from_os_rng();
+        let now = unix_now();
+        let (mut delivered, mut dropped, mut deferred) = (0, 0, 0);
+        let outcomes: Vec<(i64, Disposition)> = lease
+            .recipients
+            .iter()
+            .zip(results)
+            .map(|(r, result)| {
+                let d = match result {
+                    RecipientResult::Delivered => Disposition::Delivered,
+                    RecipientResult::Failed(f) if f.severity == Severity::Permanent => {
+                        Disposition::Dropped
+                    }
+                    RecipientResult::Failed(_) => match self.retry.next_delay(r.attempts, &mut rng)
+                    {
+                        Some(delay) => Disposition::Retry {
+                            at: now + delay.as_secs(),
+                        },
+                        None => Disposition::Dropped,
+                    },
+                };
+                match d {
+                    Disposition::Delivered => delivered += 1,
+                    Disposition::Dropped => dropped += 1,
+                    Disposition::Retry { .. } => deferred += 1,
+                }
+                (r.id, d)
+            })
+            .collect();
+        if dropped > 0 || deferred > 0 {
+            info!("[RELAY] {delivered} delivered, {deferred} deferred, {dropped} dropped");
+        } else {
+            debug!("[RELAY] {delivered} delivered");
+        }
+        if let Err(e) = self.spool.settle(outcomes).await {
+            // The lease expires and the recipients are tried again:
+            // a duplicate is possible, a loss is not.
+            error!("[RELAY] cannot record delivery results: {e}");
+        }
+    }
+}

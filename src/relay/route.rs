@@ -1,0 +1,97 @@
+//! One delivery attempt: find the hosts for a domain, dial through Tor,
+//! run the SMTP client, and turn the result into per-recipient outcomes.
+
+use std::sync::Arc;
+
+use tracing::{debug, info};
+
+use super::client::{self, ClientConfig, Outgoing, RecipientResult, TlsPolicy};
+use super::failure::Failure;
+use super::mx_lookup::{MxAnswer, MxResolver};
+use super::socks::SocksDialer;
+use crate::spool::Lease;
+
+/// What a delivery needs besides the lease itself.
+pub struct Router {
+    pub dialer: SocksDialer,
+    pub mx: Arc<MxResolver>,
+    pub client: ClientConfig,
+    /// `Some(addr)` replaces the client's MAIL FROM (sanitize on).
+    pub envelope_from: Option<String>,
+    /// Port of every next hop (25; other values only in tests).
+    pub port: u16,
+    pub debug: bool,
+}
+
+/// Outcome per recipient, in lease order.
+pub type Results = Vec<RecipientResult>;
+
+impl Router {
+    /// Attempts delivery of every recipient in the lease.
+    pub async fn deliver(self: &Arc<Self>, lease: &Lease) -> Results {
+        let all = |f: Failure| vec![RecipientResult::Failed(f); lease.recipients.len()];
+        let onion = lease.domain.ends_with(".onion");
+        let hosts = if onion {
+            vec![lease.domain.clone()]
+        } else {
+            match self.mx.lookup(&lease.domain).await {
+                Ok(MxAnswer::Hosts(hosts)) => hosts,
+                Ok(MxAnswer::NullMx) => {
+                    return all(Failure::permanent("domain accepts no mail (null MX)"));
+                }
+                Ok(MxAnswer::NoSuchDomain) => {
+                    return all(Failure::permanent("domain does not exist"));
+                }
+                Err(f) => return all(f),
+            }
+        };
+        let mut config = self.client.clone();
+        if onion {
+            // The onion circuit is already end-to-end encrypted and
+            // authenticated by the onion address itself.
+            config.tls = TlsPolicy::Off;
+        }
+        let recipients: Vec<String> = lease.recipients.iter().map(|r| r.address.clone()).collect();
+        let sender = self.envelope_from.as_deref().unwrap_or(&lease.sender);
+        let mut last = Failure::temporary("no mail host to try");
+        for (i, host) in hosts.iter().enumerate() {
+            let stream = match self.dialer.connect(host, self.port).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let f = e.into_failure();
+                    info!(
+                        "[RELAY] connection through Tor failed ({}): {}",
+                        kind(onion),
+                        f
+                    );
+                    if self.debug {
+                        debug!("[RELAY] host {host} (MX #{i}) unreachable");
+                    }
+                    last = f;
+                    // RFC 5321 §5.1: on connection failure try the next MX.
+                    continue;
+                }
+            };
+            let outgoing = Outgoing {
+                server_name: host,
+                sender,
+                recipients: &recipients,
+                body: &lease.body,
+                smtputf8: lease.smtputf8,
+                eight_bit: lease.eight_bit,
+            };
+            return match client::deliver(stream, &config, &outgoing).await {
+                Ok(results) => results,
+                Err(f) => {
+                    info!("[RELAY] delivery failed ({}): {}", kind(onion), f);
+                    all(f)
+                }
+            };
+        }
+        all(last)
+    }
+}
+
+fn kind(onion: bool) -> &'static str {
+    if onion { "onion" } else { "clearnet" }
+}
