@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info};
@@ -49,6 +49,9 @@ impl RelayPool {
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.workers));
+        // Signalled when a worker has settled its lease: a retry time may now
+        // be earlier than what the dispatcher is sleeping towards.
+        let settled = Arc::new(Notify::new());
         let tracker = TaskTracker::new();
         loop {
             let first = tokio::select! {
@@ -77,6 +80,7 @@ impl RelayPool {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = this.spool.new_mail() => {}
+                    _ = settled.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
                 continue;
@@ -94,10 +98,11 @@ impl RelayPool {
                 };
                 let this = this.clone();
                 let stop = shutdown.clone();
+                let settled = settled.clone();
                 tracker.spawn(async move {
                     tokio::select! {
                         _ = stop.cancelled() => {}
-                        _ = this.handle(lease) => {}
+                        _ = this.handle(lease) => settled.notify_one(),
                     }
                     drop(permit);
                 });

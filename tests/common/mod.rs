@@ -14,6 +14,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as Tokio
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+pub mod dns_server;
+pub mod smtp_sink;
 pub mod socks_proxy;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pluto2");
@@ -48,8 +50,21 @@ impl Daemon {
 
     /// Starts on an existing data directory (restart tests).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Daemon {
+        Self::start_wrapped(&[], data_dir, extra)
+    }
+
+    /// Starts the binary under a wrapper command such as `strace -f -o F`.
+    pub fn start_wrapped(wrapper: &[&str], data_dir: &Path, extra: &[&str]) -> Daemon {
         let name = onion(1);
-        let mut child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args(["-name", &name, "-addr", "127.0.0.1:0", "-data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -136,6 +151,28 @@ impl Daemon {
 
     pub fn queue_json(&self) -> serde_json::Value {
         queue_json(&self.data_dir)
+    }
+
+    /// Waits until the spool satisfies `done` (bounded by PATIENCE). The
+    /// spool is the daemon's own record of progress, so this observes an
+    /// outcome rather than guessing a delay.
+    pub async fn until_queue(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let q = self.queue_json();
+            if done(&q) {
+                return q;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "spool never reached {what}: {q}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn log_text(&self) -> String {

@@ -1,0 +1,393 @@
+//! Delivery through Tor, end to end over 127.0.0.1: the real binary, an
+//! in-test SOCKS5 proxy standing in for Tor, a DNS server answering MX over
+//! TCP, and SMTP sinks as next hops.
+
+mod common;
+
+use common::dns_server::{DnsServer, Zone};
+use common::smtp_sink::{Behaviour, Sink};
+use common::socks_proxy::SocksProxy;
+use common::{Daemon, onion};
+
+/// The resolver the daemon is told to use; never contacted directly (the
+/// proxy maps it to the local DNS server), which proves DNS goes via SOCKS.
+const DNS: &str = "192.0.2.53";
+
+fn flags(proxy: &SocksProxy) -> Vec<String> {
+    [
+        "-tor-socks",
+        &proxy.addr.to_string(),
+        "-dns-server",
+        &format!("{DNS}:53"),
+        "-retry-base",
+        "1s",
+        "-delivery-timeout",
+        "5s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start(proxy: &SocksProxy, extra: &[&str]) -> Daemon {
+    let mut all = flags(proxy);
+    all.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    Daemon::start(&refs)
+}
+
+async fn send(d: &Daemon, to: &[&str], body: &str) {
+    let mut c = d.client().await;
+    c.code("EHLO client.example").await;
+    assert_eq!(c.send_mail("alice@example.net", to, body).await, 250);
+    c.code("QUIT").await;
+}
+
+async fn empty(d: &Daemon) {
+    d.until_queue("empty", |q| q["messages"] == 0).await;
+}
+
+#[tokio::test]
+async fn onion_mail_goes_through_the_proxy_by_name() {
+    let proxy = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    let dest = onion(2);
+    proxy.route(&dest, 25, sink.addr);
+    let d = start(&proxy, &[]);
+    // The test client sends the body as is, so it stuffs the dot itself.
+    send(
+        &d,
+        &[&format!("bob@{dest}")],
+        "Subject: hi\r\n\r\n..dot line\r\nend",
+    )
+    .await;
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].rcpt_to, [format!("bob@{dest}")]);
+    assert_eq!(
+        got[0].mail_from,
+        format!("nobody@{}", d.name),
+        "sanitize hides the sender"
+    );
+    assert_eq!(got[0].data, b"Subject: hi\r\n\r\n.dot line\r\nend\r\n");
+    assert!(!got[0].tls, "no STARTTLS needed inside an onion circuit");
+    empty(&d).await;
+    let reqs = proxy.requests();
+    assert!(
+        reqs.iter()
+            .all(|r| r.host == dest && r.by_name && r.port == 25),
+        "{reqs:?}"
+    );
+    assert!(
+        reqs.iter().all(|r| r.username.len() >= 8),
+        "random SOCKS credentials: {reqs:?}"
+    );
+}
+
+#[tokio::test]
+async fn clearnet_mail_uses_mx_through_tor_falls_back_and_uses_starttls() {
+    let proxy = SocksProxy::start().await;
+    let dns = DnsServer::start(&[(
+        "example.org",
+        Zone::Mx(vec![(20, "mx2.example.org."), (10, "mx1.example.org.")]),
+    )])
+    .await;
+    let sink = Sink::start(Behaviour {
+        starttls: true,
+        ..Behaviour::default()
+    })
+    .await;
+    proxy.route(DNS, 53, dns.addr);
+    proxy.refuse("mx1.example.org", 25, 0x05);
+    proxy.route("mx2.example.org", 25, sink.addr);
+    let d = start(&proxy, &[]);
+    send(&d, &["carol@example.org"], "hello").await;
+    let got = sink.wait_for(1).await;
+    assert!(got[0].tls, "STARTTLS offered and used");
+    assert_eq!(got[0].rcpt_to, ["carol@example.org"]);
+    empty(&d).await;
+
+    let reqs = proxy.requests();
+    let dns_req = reqs
+        .iter()
+        .find(|r| r.port == 53)
+        .expect("DNS went through the proxy");
+    assert_eq!((dns_req.host.as_str(), dns_req.by_name), (DNS, false));
+    let smtp: Vec<&str> = reqs
+        .iter()
+        .filter(|r| r.port == 25)
+        .map(|r| r.host.as_str())
+        .collect();
+    assert_eq!(
+        &smtp[..2],
+        ["mx1.example.org", "mx2.example.org"],
+        "preference order, then fallback"
+    );
+    assert!(
+        reqs.iter().filter(|r| r.port == 25).all(|r| r.by_name),
+        "MX host names are never resolved locally"
+    );
+    let users: std::collections::HashSet<_> = reqs.iter().map(|r| r.username.clone()).collect();
+    assert_eq!(users.len(), reqs.len(), "fresh credentials per connection");
+    assert!(dns.queries().iter().any(|(n, _)| n == "example.org"));
+}
+
+#[tokio::test]
+async fn domains_without_mail_service_are_refused_at_rcpt() {
+    let proxy = SocksProxy::start().await;
+    let dns = DnsServer::start(&[
+        ("null.example", Zone::Mx(vec![(0, ".")])),
+        ("live.example", Zone::Mx(vec![(10, "mx.live.example.")])),
+    ])
+    .await;
+    proxy.route(DNS, 53, dns.addr);
+    let d = start(&proxy, &[]);
+    let mut c = d.client().await;
+    c.code("EHLO client.example").await;
+    c.code("MAIL FROM:<a@example.net>").await;
+    let (code, text) = c.cmd("RCPT TO:<u@null.example>").await;
+    assert_eq!(code, 550, "null MX: {text}");
+    assert!(text.contains("5.1.2"));
+    let (code, _) = c.cmd("RCPT TO:<u@nowhere.example>").await;
+    assert_eq!(code, 550, "NXDOMAIN");
+    assert_eq!(c.code("RCPT TO:<u@live.example>").await, 250);
+}
+
+#[tokio::test]
+async fn a_dns_timeout_does_not_refuse_at_rcpt() {
+    let proxy = SocksProxy::start().await;
+    let dns = DnsServer::start(&[("slow.example", Zone::Silent)]).await;
+    proxy.route(DNS, 53, dns.addr);
+    let d = start(&proxy, &[]);
+    let mut c = d.client().await;
+    c.code("EHLO client.example").await;
+    c.code("MAIL FROM:<a@example.net>").await;
+    assert_eq!(c.code("RCPT TO:<u@slow.example>").await, 250);
+}
+
+#[tokio::test]
+async fn a_451_is_retried_and_delivered_exactly_once() {
+    let proxy = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour {
+        data_replies: vec![451],
+        ..Behaviour::default()
+    })
+    .await;
+    let dest = onion(3);
+    proxy.route(&dest, 25, sink.addr);
+    let d = start(&proxy, &[]);
+    send(&d, &[&format!("x@{dest}")], "retry me").await;
+    sink.wait_for(1).await;
+    empty(&d).await;
+    assert_eq!(sink.received().len(), 1);
+    assert_eq!(sink.connections(), 2, "one failed attempt, one success");
+}
+
+#[tokio::test]
+async fn permanent_refusals_drop_only_that_recipient() {
+    let proxy = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour {
+        refuse_rcpt: vec![("reject".into(), 550)],
+        ..Behaviour::default()
+    })
+    .await;
+    let dest = onion(4);
+    proxy.route(&dest, 25, sink.addr);
+    let d = start(&proxy, &[]);
+    send(
+        &d,
+        &[&format!("reject@{dest}"), &format!("ok@{dest}")],
+        "one of two",
+    )
+    .await;
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].rcpt_to, [format!("ok@{dest}")]);
+    empty(&d).await;
+    assert_eq!(sink.connections(), 1, "a 550 is not retried");
+}
+
+#[tokio::test]
+async fn a_connection_lost_mid_data_is_retried() {
+    let proxy = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour {
+        drop_mid_data: 1,
+        ..Behaviour::default()
+    })
+    .await;
+    let dest = onion(5);
+    proxy.route(&dest, 25, sink.addr);
+    let d = start(&proxy, &[]);
+    send(&d, &[&format!("x@{dest}")], "line one\r\nline two").await;
+    sink.wait_for(1).await;
+    empty(&d).await;
+    assert_eq!(sink.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_stalled_server_is_cut_off_by_the_delivery_timeout() {
+    let proxy = SocksProxy::start().await;
+    let stalled = Sink::start(Behaviour {
+        stall: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let good = Sink::start(Behaviour::default()).await;
+    let (slow, fast) = (onion(6), onion(7));
+    proxy.route(&slow, 25, stalled.addr);
+    proxy.route(&fast, 25, good.addr);
+    let mut all = flags(&proxy);
+    all.truncate(6); // everything but -delivery-timeout
+    all.extend(["-workers", "1", "-delivery-timeout", "1s"].map(String::from));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let d = Daemon::start(&refs);
+    send(&d, &[&format!("x@{slow}")], "to the stalled one").await;
+    send(&d, &[&format!("y@{fast}")], "to the good one").await;
+    // With one worker, the second message only goes out if the first
+    // delivery was abandoned at its timeout.
+    good.wait_for(1).await;
+    d.until_queue("the stalled recipient deferred", |q| q["deferred"] == 1)
+        .await;
+}
+
+#[tokio::test]
+async fn mail_waits_while_the_proxy_is_down_and_leaves_when_it_returns() {
+    let down = SocksProxy::start().await;
+    let addr = down.stop();
+    let sink = Sink::start(Behaviour::default()).await;
+    let dest = onion(8);
+    let mut all = vec!["-tor-socks".to_string(), addr.to_string()];
+    all.extend(
+        [
+            "-dns-server",
+            "192.0.2.53:53",
+            "-retry-base",
+            "1s",
+            "-retries",
+            "20",
+        ]
+        .map(String::from),
+    );
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let d = Daemon::start(&refs);
+    send(&d, &[&format!("x@{dest}")], "patience").await;
+    d.until_queue("deferred", |q| q["deferred"] == 1).await;
+    let up = SocksProxy::start_on(addr).await;
+    up.route(&dest, 25, sink.addr);
+    sink.wait_for(1).await;
+    empty(&d).await;
+    assert!(
+        d.log_text().contains("temporary failure"),
+        "the log says why"
+    );
+}
+
+#[tokio::test]
+async fn deferred_mail_survives_a_restart() {
+    let proxy = SocksProxy::start().await;
+    let dest = onion(9);
+    proxy.refuse(&dest, 25, 0xF2); // introduction failed: temporary
+    let mut d = start(&proxy, &[]);
+    send(&d, &[&format!("x@{dest}")], "later").await;
+    let q = d.until_queue("deferred", |q| q["deferred"] == 1).await;
+    assert!(q["next_retry_in_seconds"].is_u64());
+    d.signal("TERM");
+    assert!(d.wait().success());
+    let dir = d.take_dir().unwrap();
+
+    let proxy2 = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    proxy2.route(&dest, 25, sink.addr);
+    let mut all = flags(&proxy2);
+    all.truncate(2);
+    all.extend(["-retry-base", "1s"].map(String::from));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let d2 = Daemon::start_in(&d.data_dir.clone(), &refs);
+    sink.wait_for(1).await;
+    empty(&d2).await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_dead_onion_address_is_dropped_not_retried() {
+    let proxy = SocksProxy::start().await;
+    let dest = onion(10);
+    proxy.refuse(&dest, 25, 0xF6); // invalid onion address: permanent
+    let d = start(&proxy, &[]);
+    send(&d, &[&format!("x@{dest}")], "nowhere").await;
+    empty(&d).await;
+    assert!(
+        d.log_text().contains("permanent failure"),
+        "{}",
+        d.log_text()
+    );
+    assert!(!d.log_text().contains(&dest), "no address in the log");
+}
+
+#[tokio::test]
+async fn recipients_on_different_domains_get_separate_transactions() {
+    let proxy = SocksProxy::start().await;
+    let dns = DnsServer::start(&[("example.org", Zone::Mx(vec![(10, "mx.example.org.")]))]).await;
+    let onion_sink = Sink::start(Behaviour::default()).await;
+    let clear_sink = Sink::start(Behaviour::default()).await;
+    let dest = onion(11);
+    proxy.route(DNS, 53, dns.addr);
+    proxy.route(&dest, 25, onion_sink.addr);
+    proxy.route("mx.example.org", 25, clear_sink.addr);
+    let d = start(&proxy, &["-sanitize=false"]);
+    send(
+        &d,
+        &[&format!("a@{dest}"), "b@example.org", "c@example.org"],
+        "to all",
+    )
+    .await;
+    let o = onion_sink.wait_for(1).await;
+    let c = clear_sink.wait_for(1).await;
+    assert_eq!(o[0].rcpt_to, [format!("a@{dest}")]);
+    assert_eq!(c[0].rcpt_to, ["b@example.org", "c@example.org"]);
+    assert_eq!(
+        c[0].mail_from, "alice@example.net",
+        "-sanitize=false keeps the sender"
+    );
+    empty(&d).await;
+}
+
+#[tokio::test]
+async fn delivery_works_through_debians_microsocks() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut socks = std::process::Command::new("microsocks")
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("microsocks must be installed (the README's test command installs it)");
+    let proxy_addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while tokio::net::TcpStream::connect(&proxy_addr).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "microsocks did not start"
+        );
+        tokio::task::yield_now().await;
+    }
+    // microsocks resolves names itself, so the MX points at an address and
+    // the sink listens on the port we tell pluto2 to use.
+    let dns = DnsServer::start(&[("example.org", Zone::Mx(vec![(10, "127.0.0.1.")]))]).await;
+    let sink = Sink::start(Behaviour::default()).await;
+    let d = Daemon::start(&[
+        "-tor-socks",
+        &proxy_addr,
+        "-dns-server",
+        &dns.addr.to_string(),
+        "-smtp-port",
+        &sink.addr.port().to_string(),
+    ]);
+    send(&d, &["dave@example.org"], "via microsocks").await;
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].rcpt_to, ["dave@example.org"]);
+    empty(&d).await;
+    let _ = socks.kill();
+    let _ = socks.wait();
+}
