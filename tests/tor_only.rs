@@ -1,0 +1,90 @@
+//! "Tor only", observed from outside: the real binary runs under
+//! `strace -f`, delivers to an onion and to a clearnet domain (MX lookup
+//! included), and every connect() it made must go to the SOCKS port, with no
+//! UDP socket and no datagram sent anywhere.
+
+mod common;
+
+use common::dns_server::{DnsServer, Zone};
+use common::smtp_sink::{Behaviour, Sink};
+use common::socks_proxy::SocksProxy;
+use common::{Daemon, onion};
+
+#[tokio::test]
+async fn every_outgoing_connection_goes_to_the_socks_port() {
+    let proxy = SocksProxy::start().await;
+    let dns = DnsServer::start(&[("example.org", Zone::Mx(vec![(10, "mx.example.org.")]))]).await;
+    let sink = Sink::start(Behaviour::default()).await;
+    let dest = onion(12);
+    proxy.route("192.0.2.53", 53, dns.addr);
+    proxy.route(&dest, 25, sink.addr);
+    proxy.route("mx.example.org", 25, sink.addr);
+
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let trace_arg = trace.to_str().unwrap().to_string();
+    let proxy_arg = proxy.addr.to_string();
+    let mut d = Daemon::start_wrapped(
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=socket,connect,sendto,sendmsg",
+            "-o",
+            &trace_arg,
+        ],
+        &dir.path().join("data"),
+        &["-tor-socks", &proxy_arg, "-dns-server", "192.0.2.53:53"],
+    );
+    let mut c = d.client().await;
+    c.code("EHLO client.example").await;
+    let to_onion = format!("a@{dest}");
+    assert_eq!(
+        c.send_mail("s@example.net", &[&to_onion, "b@example.org"], "x")
+            .await,
+        250
+    );
+    c.code("QUIT").await;
+    sink.wait_for(2).await;
+    d.until_queue("empty", |q| q["messages"] == 0).await;
+
+    // Stop pluto2 itself (strace's child); strace exits with it.
+    let strace_pid = d.child.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
+    let pid = children
+        .split_whitespace()
+        .next()
+        .expect("pluto2 runs under strace");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    d.wait();
+
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let proxy_port = format!("sin_port=htons({})", proxy.addr.port());
+    let mut inet_connects = 0;
+    for line in text.lines() {
+        let inet = line.contains("AF_INET");
+        if line.contains("connect(") && inet {
+            inet_connects += 1;
+            assert!(
+                line.contains(&proxy_port) && line.contains("127.0.0.1"),
+                "connection outside the SOCKS proxy: {line}"
+            );
+        }
+        if line.contains("socket(AF_INET") {
+            assert!(!line.contains("SOCK_DGRAM"), "UDP socket: {line}");
+        }
+        if (line.contains("sendto(") || line.contains("sendmsg(")) && inet {
+            panic!("datagram with an address: {line}");
+        }
+    }
+    // Onion SMTP, the DNS query, and clearnet SMTP at least.
+    assert!(inet_connects >= 3, "too few connections traced:\n{text}");
+}
