@@ -129,6 +129,34 @@ async fn clearnet_mail_uses_mx_through_tor_falls_back_and_uses_starttls() {
     let users: std::collections::HashSet<_> = reqs.iter().map(|r| r.username.clone()).collect();
     assert_eq!(users.len(), reqs.len(), "fresh credentials per connection");
     assert!(dns.queries().iter().any(|(n, _)| n == "example.org"));
+
+    // A second message: the MX answer comes from the cache (TTL 300 s).
+    send(&d, &["dan@example.org"], "again").await;
+    sink.wait_for(2).await;
+    let mx_queries = dns
+        .queries()
+        .iter()
+        .filter(|(n, _)| n == "example.org")
+        .count();
+    assert_eq!(mx_queries, 1, "answers are cached for their TTL");
+}
+
+#[tokio::test]
+async fn a_domain_without_mx_is_its_own_mail_host_and_helo_still_works() {
+    let proxy = SocksProxy::start().await;
+    let dns = DnsServer::start(&[("plain.example", Zone::NoData)]).await;
+    let sink = Sink::start(Behaviour {
+        refuse_ehlo: true,
+        ..Behaviour::default()
+    })
+    .await;
+    proxy.route(DNS, 53, dns.addr);
+    proxy.route("plain.example", 25, sink.addr);
+    let d = start(&proxy, &[]);
+    send(&d, &["erin@plain.example"], "implicit MX, HELO only").await;
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].rcpt_to, ["erin@plain.example"]);
+    empty(&d).await;
 }
 
 #[tokio::test]
@@ -390,4 +418,30 @@ async fn delivery_works_through_debians_microsocks() {
     empty(&d).await;
     let _ = socks.kill();
     let _ = socks.wait();
+}
+
+#[tokio::test]
+async fn smtputf8_mail_to_a_server_without_it_fails_permanently() {
+    let proxy = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour {
+        ascii_only: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let dest = onion(13);
+    proxy.route(&dest, 25, sink.addr);
+    let d = start(&proxy, &[]);
+    let mut c = d.client().await;
+    c.code("EHLO client.example").await;
+    assert_eq!(c.code("MAIL FROM:<jörg@example.net> SMTPUTF8").await, 250);
+    assert_eq!(c.code(&format!("RCPT TO:<jörg@{dest}>")).await, 250);
+    assert_eq!(c.code("DATA").await, 354);
+    c.send("Subject: grüße\r\n\r\nx\r\n.\r\n".as_bytes()).await;
+    assert_eq!(c.reply().await.0, 250);
+    empty(&d).await;
+    assert!(sink.received().is_empty(), "{:?}", sink.received());
+    assert!(
+        d.log_text()
+            .contains("permanent failure: next hop does not support SMTPUTF8")
+    );
 }

@@ -30,6 +30,10 @@ pub struct Behaviour {
     pub drop_mid_data: usize,
     /// Accept connections but never send the greeting.
     pub stall: bool,
+    /// Answer EHLO with 500, as an old HELO-only server would.
+    pub refuse_ehlo: bool,
+    /// Do not advertise SMTPUTF8.
+    pub ascii_only: bool,
 }
 
 /// A message the sink accepted with 250.
@@ -48,6 +52,8 @@ struct State {
     refuse: Vec<(String, u16)>,
     starttls: bool,
     stall: bool,
+    refuse_ehlo: bool,
+    ascii_only: bool,
     received: Mutex<Vec<Received>>,
     arrived: Notify,
     connections: AtomicUsize,
@@ -70,6 +76,8 @@ impl Sink {
             refuse: b.refuse_rcpt,
             starttls: b.starttls,
             stall: b.stall,
+            refuse_ehlo: b.refuse_ehlo,
+            ascii_only: b.ascii_only,
             ..State::default()
         });
         let acceptor = tls_acceptor();
@@ -156,14 +164,21 @@ async fn session(
         }
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
-        let reply: String = if upper.starts_with("EHLO") {
+        let reply: String = if upper.starts_with("EHLO") && state.refuse_ehlo {
+            "500 5.5.1 unknown command\r\n".into()
+        } else if upper.starts_with("EHLO") {
+            let utf8_line = if state.ascii_only {
+                ""
+            } else {
+                "250-SMTPUTF8\r\n"
+            };
             let tls_line = if state.starttls && !tls {
                 "250-STARTTLS\r\n"
             } else {
                 ""
             };
             format!(
-                "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n{tls_line}250 SIZE 100000000\r\n"
+                "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{utf8_line}{tls_line}250 SIZE 100000000\r\n"
             )
         } else if upper.starts_with("HELO") {
             "250 sink.test\r\n".into()

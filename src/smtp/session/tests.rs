@@ -347,3 +347,13 @@ fn it_asks_about_clearnet_domains_and_refuses_provably_dead_ones() {
     c.send(b"DATA\r\nx\r\n.\r\n");
     assert_eq!(c.queued[0].envelope.recipients.len(), 2);
 }
+
+#[test]
+fn it_records_the_smtputf8_parameter() {
+    let mut c = Client::greeted();
+    c.send(
+        "MAIL FROM:<jörg@example.net> SMTPUTF8\r\nRCPT TO:<a@example.org>\r\nDATA\r\nx\r\n.\r\n"
+            .as_bytes(),
+    );
+    assert!(c.queued[0].envelope.smtputf8);
+}
