@@ -144,6 +144,27 @@ pub struct DaemonArgs {
     /// Require a valid certificate for STARTTLS to clearnet hosts.
     #[arg(long)]
     pub tls_verify: bool,
+    /// Mix batch window: mail accepted in a window leaves after it ends (0 = no batching).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub batch_window: Duration,
+    /// Smallest random per-message delay inside a batch.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub jitter_min: Duration,
+    /// Largest random per-message delay inside a batch.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub jitter_max: Duration,
+    /// Use the long delay pool instead of batches.
+    #[arg(long)]
+    pub delay: bool,
+    /// Shortest delay in the pool.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    pub min_delay: Duration,
+    /// Longest delay in the pool.
+    #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_delay: Duration,
+    /// Pool delay distribution: exponential, constant or poisson.
+    #[arg(long, default_value = "exponential", value_name = "STRATEGY")]
+    pub delay_strategy: crate::mix::DelayStrategy,
     /// Port of the next hop's SMTP server (25 everywhere; change only for tests).
     #[arg(long, default_value_t = 25, value_name = "PORT")]
     pub smtp_port: u16,
@@ -174,6 +195,7 @@ pub struct Config {
     pub proxy_protocol: bool,
     pub debug: bool,
     pub relay: RelayConfig,
+    pub mix: crate::mix::MixPolicy,
 }
 
 /// Settings of outbound delivery.
@@ -271,6 +293,7 @@ impl DaemonArgs {
             ));
         }
         let relay = self.relay_config(&name)?;
+        let mix = self.mix_policy()?;
         prepare_data_dir(&self.data_dir)?;
         Ok(Config {
             name,
@@ -286,6 +309,41 @@ impl DaemonArgs {
             proxy_protocol: self.proxy_protocol,
             debug: self.debug,
             relay,
+            mix,
+        })
+    }
+
+    fn mix_policy(&self) -> Result<crate::mix::MixPolicy, ConfigError> {
+        use crate::mix::MixPolicy;
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if self.delay {
+            if self.min_delay > self.max_delay {
+                return Err(bad(
+                    "-min-delay",
+                    &show(self.min_delay),
+                    &format!("must not exceed -max-delay ({})", show(self.max_delay)),
+                ));
+            }
+            return Ok(MixPolicy::Pool {
+                min: self.min_delay,
+                max: self.max_delay,
+                strategy: self.delay_strategy,
+            });
+        }
+        if self.batch_window.is_zero() {
+            return Ok(MixPolicy::Immediate);
+        }
+        if self.jitter_min > self.jitter_max {
+            return Err(bad(
+                "-jitter-min",
+                &show(self.jitter_min),
+                &format!("must not exceed -jitter-max ({})", show(self.jitter_max)),
+            ));
+        }
+        Ok(MixPolicy::Batch {
+            window: self.batch_window,
+            jitter_min: self.jitter_min,
+            jitter_max: self.jitter_max,
         })
     }
 

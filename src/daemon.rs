@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::mix::MixPolicy;
 use crate::relay::client::{ClientConfig, TlsPolicy};
 use crate::relay::mx_lookup::MxResolver;
 use crate::relay::pool::RelayPool;
@@ -97,6 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             base: relay.retry_base,
             max_attempts: relay.retries,
         },
+        mix: config.mix.clone(),
         workers: relay.workers,
         // Longer than any delivery can take (MX lookup, a few hosts, the
         // SMTP dialogue), so an expired lease always means a dead worker.
@@ -119,8 +121,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         debug: config.debug,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         domain_check: Some(Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
+        mix: config.mix.clone(),
     });
     info!("[CONN] listening on {local}");
+    if config.mix == MixPolicy::Immediate {
+        warn!(
+            "[MIX] no batching and no delay pool: mail leaves in arrival order, linkable by timing"
+        );
+    }
     if config.replay_window.is_zero() {
         warn!("[SPOOL] replay protection is off (-replay-window 0)");
     }

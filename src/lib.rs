@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod envelope;
 pub mod logging;
+pub mod mix;
 pub mod relay;
 pub mod smtp;
 pub mod spool;

@@ -35,7 +35,14 @@ async fn every_outgoing_connection_goes_to_the_socks_port() {
             &trace_arg,
         ],
         &dir.path().join("data"),
-        &["-tor-socks", &proxy_arg, "-dns-server", "192.0.2.53:53"],
+        &[
+            "-batch-window",
+            "0",
+            "-tor-socks",
+            &proxy_arg,
+            "-dns-server",
+            "192.0.2.53:53",
+        ],
     );
     let mut c = d.client().await;
     c.code("EHLO client.example").await;

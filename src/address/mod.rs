@@ -1,8 +1,14 @@
-//! Mailbox and domain checks (RFC 5321 §4.1.2) and v3 onion names.
+//! Mailbox and domain checks for the envelope (RFC 5321 §4.1.2 and
+//! §4.5.3.1), with v3 onion names verified down to their checksum.
 //!
-//! Everything a client names as a destination passes through here before
-//! it can reach the spool, so a typo or a hostile string is refused at RCPT
-//! time with a reason instead of failing later, silently, inside Tor.
+//! Every sender and recipient a client names passes through
+//! [`parse_mailbox`] before anything is spooled. Refusing a malformed or
+//! mistyped address at MAIL/RCPT time lets the client hear the reason while
+//! it is still connected; accepting it would only turn into a bounce hours
+//! later, after Tor failed to reach a destination that never existed. The
+//! checks are deliberately stricter than "whatever a resolver might accept":
+//! this relay hands destinations to Tor by name, so it wants fully qualified
+//! domain names and nothing else. Nothing here touches the network.
 
 pub mod onion;
 
@@ -10,175 +16,298 @@ use std::fmt;
 
 pub use onion::{OnionError, OnionName};
 
-/// RFC 5321 §4.5.3.1.1: local part at most 64 octets.
-const MAX_LOCAL_PART: usize = 64;
-/// RFC 5321 §4.5.3.1.2: domain at most 255 octets.
+/// RFC 5321 §4.5.3.1.1: a local part is at most 64 octets.
+const MAX_LOCAL: usize = 64;
+/// RFC 5321 §4.5.3.1.2: a domain is at most 255 octets.
 const MAX_DOMAIN: usize = 255;
-/// A path is at most 256 octets including the angle brackets.
+/// RFC 5321 §4.5.3.1.3 caps a path at 256 octets including the two angle
+/// brackets, which leaves 254 for the address itself.
 const MAX_ADDRESS: usize = 254;
+/// RFC 1035 §2.3.4: a label is at most 63 octets.
 const MAX_LABEL: usize = 63;
 
+/// Why an address was refused.
+///
+/// The text of each variant goes into an SMTP reply, so it names the rule
+/// that was broken and never repeats the input: the input may hold bytes
+/// that must not appear on a reply line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AddressError {
-    #[error("address is longer than {MAX_ADDRESS} octets")]
+    /// Longer than a path may be (254 octets without the brackets).
+    #[error("the address is longer than {MAX_ADDRESS} octets")]
     TooLong,
-    #[error("address has no @domain part")]
+    /// No `@`, so there is no domain to deliver to.
+    #[error("the address has no @ and so no domain to deliver to")]
     MissingAt,
-    #[error("local part is empty")]
+    /// Nothing before the `@`.
+    #[error("the part before the @ is empty")]
     EmptyLocalPart,
-    #[error("local part is longer than {MAX_LOCAL_PART} octets")]
+    /// More than 64 octets before the `@`.
+    #[error("the part before the @ is longer than {MAX_LOCAL} octets")]
     LocalPartTooLong,
-    #[error("local part contains characters not allowed in a mailbox")]
+    /// A control character (or, without SMTPUTF8, anything non-printable)
+    /// in the local part: not even quoting makes these legal.
+    #[error(
+        "the part before the @ contains a control character, which is not allowed even in a quoted string"
+    )]
     BadLocalPart,
-    #[error("domain is longer than {MAX_DOMAIN} octets")]
+    /// More than 255 octets after the `@`.
+    #[error("the domain is longer than {MAX_DOMAIN} octets")]
     DomainTooLong,
-    #[error("domain is not a valid fully qualified name: {0}")]
+    /// The domain is not a fully qualified host name; the reason says which
+    /// rule it broke.
+    #[error("the domain is not a valid fully qualified name: {0}")]
     BadDomain(&'static str),
+    /// `[1.2.3.4]` or `[IPv6:...]` instead of a name.
     #[error(
         "address literals are not accepted: this relay delivers only to domain names through Tor"
     )]
     AddressLiteral,
-    #[error("non-ASCII address needs the SMTPUTF8 parameter on MAIL FROM")]
+    /// UTF-8 in the address although the client did not declare SMTPUTF8.
+    #[error(
+        "the address contains non-ASCII characters, which need the SMTPUTF8 parameter on MAIL FROM"
+    )]
     NonAsciiWithoutSmtputf8,
+    /// The domain ends in `.onion` but does not name a valid v3 service.
     #[error("{0}")]
     Onion(#[from] OnionError),
 }
 
+/// Where a mailbox lives, split by how the relay will reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Domain {
-    /// An onion service; subdomains in front of it are dropped, as Tor does.
+    /// An onion service. Only the service name is kept: Tor ignores any
+    /// labels in front of it, so `mail.<name>.onion` and `<name>.onion`
+    /// are the same destination and should compare equal.
     Onion(OnionName),
-    /// A clearnet name, lowercased where ASCII.
+    /// A clearnet domain: ASCII letters lowercased (DNS is
+    /// case-insensitive), non-ASCII labels kept exactly as given.
     Clearnet(String),
 }
 
+/// A checked envelope address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mailbox {
+    /// The local part without any quoting, exactly as the client sent it:
+    /// its interpretation belongs to the destination server, so its case is
+    /// preserved.
     pub local: String,
     pub domain: Domain,
 }
 
 impl Mailbox {
+    /// The domain as it should be written after the `@`.
     pub fn domain_str(&self) -> &str {
         match &self.domain {
-            Domain::Onion(o) => o.as_str(),
-            Domain::Clearnet(d) => d,
+            Domain::Onion(name) => name.as_str(),
+            Domain::Clearnet(name) => name,
         }
     }
 }
 
 impl fmt::Display for Mailbox {
+    /// Writes `local@domain`, quoting the local part when it is not a
+    /// Dot-string, so that the result can be put back on the wire as is.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if is_dot_string(&self.local, true) {
-            write!(f, "{}@{}", self.local, self.domain_str())
+        if is_dot_string(&self.local) {
+            f.write_str(&self.local)?;
         } else {
-            let quoted = self.local.replace('\\', "\\\\").replace('"', "\\\"");
-            write!(f, "\"{quoted}\"@{}", self.domain_str())
+            f.write_str("\"")?;
+            for c in self.local.chars() {
+                // RFC 5321 quoted-pairSMTP: only '"' and '\' need escaping
+                // among the characters a local part can hold.
+                if c == '"' || c == '\\' {
+                    f.write_str("\\")?;
+                }
+                write!(f, "{c}")?;
+            }
+            f.write_str("\"")?;
         }
+        write!(f, "@{}", self.domain_str())
     }
 }
 
-/// RFC 5322 atext, plus any non-ASCII character when SMTPUTF8 is in use
-/// (RFC 6531 extends atext with UTF8-non-ascii).
-fn is_atext(c: char, utf8: bool) -> bool {
-    c.is_ascii_alphanumeric()
-        || "!#$%&'*+-/=?^_`{|}~".contains(c)
-        || (utf8 && !c.is_ascii() && !c.is_control())
+/// RFC 5322 atext, extended by RFC 6531 with every non-ASCII character.
+/// Non-ASCII is taken as atext unconditionally: a stored local part can
+/// only contain it if SMTPUTF8 was in effect when it was parsed.
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
 }
 
-fn is_dot_string(s: &str, utf8: bool) -> bool {
+/// RFC 5321 Dot-string: atoms of atext joined by single dots, with no dot
+/// at either end.
+fn is_dot_string(s: &str) -> bool {
     !s.is_empty()
         && s.split('.')
-            .all(|atom| !atom.is_empty() && atom.chars().all(|c| is_atext(c, utf8)))
+            .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
 }
 
-/// Content a quoted-string may carry once unquoted: printable ASCII
-/// (space included) and, with SMTPUTF8, non-ASCII non-control characters.
-fn is_quotable(s: &str, utf8: bool) -> bool {
-    s.chars()
-        .all(|c| matches!(c, ' '..='~') || (utf8 && !c.is_ascii() && !c.is_control()))
-}
-
-/// Validates a path as the smtp-proto parser hands it over: no angle
-/// brackets, quoting of the local part already removed.
-pub fn parse_mailbox(address: &str, smtputf8: bool) -> Result<Mailbox, AddressError> {
-    if address.len() > MAX_ADDRESS {
-        return Err(AddressError::TooLong);
-    }
-    if !smtputf8 && !address.is_ascii() {
-        return Err(AddressError::NonAsciiWithoutSmtputf8);
-    }
-    let (local, domain) = address.rsplit_once('@').ok_or(AddressError::MissingAt)?;
+/// Checks the local part. The parser has already removed any quoting, so
+/// the widest legal set applies: what a quoted-string may carry, i.e.
+/// printable ASCII including space, plus non-control UTF-8 under SMTPUTF8.
+/// Dot-strings are a subset of that, so one check covers both forms.
+fn check_local(local: &str, smtputf8: bool) -> Result<(), AddressError> {
     if local.is_empty() {
         return Err(AddressError::EmptyLocalPart);
     }
-    if local.len() > MAX_LOCAL_PART {
+    if local.len() > MAX_LOCAL {
         return Err(AddressError::LocalPartTooLong);
     }
-    if !is_dot_string(local, smtputf8) && !is_quotable(local, smtputf8) {
-        return Err(AddressError::BadLocalPart);
+    for c in local.chars() {
+        match c {
+            ' '..='~' => {}
+            c if c.is_ascii() || c.is_control() => return Err(AddressError::BadLocalPart),
+            _ if !smtputf8 => return Err(AddressError::NonAsciiWithoutSmtputf8),
+            _ => {}
+        }
     }
+    Ok(())
+}
+
+/// Validates an envelope address.
+///
+/// `address` is the path content as delivered by the smtp-proto parser:
+/// without angle brackets, with quoting already removed from a quoted local
+/// part (so the local part may contain spaces or other characters that are
+/// only legal inside a quoted-string). `smtputf8` says whether the client
+/// declared SMTPUTF8 on MAIL FROM (then UTF-8 is allowed in local part and
+/// domain labels).
+///
+/// The address is split at the last `@`: a domain can never contain one,
+/// while an unquoted local part may (`"a@b"@example.org`).
+pub fn parse_mailbox(address: &str, smtputf8: bool) -> Result<Mailbox, AddressError> {
+    // Checked first so that oversized input is refused before any work.
+    if address.len() > MAX_ADDRESS {
+        return Err(AddressError::TooLong);
+    }
+    let (local, domain) = address.rsplit_once('@').ok_or(AddressError::MissingAt)?;
+    check_local(local, smtputf8)?;
+    let domain = parse_domain(domain, smtputf8)?;
     Ok(Mailbox {
-        local: local.to_string(),
-        domain: parse_domain(domain, smtputf8)?,
+        local: local.to_owned(),
+        domain,
     })
 }
 
-/// Validates a destination domain; `.onion` names must verify as v3.
+/// Validates the part after the `@` on its own; see [`parse_mailbox`] for
+/// the meaning of `smtputf8`.
+///
+/// A domain ending in `.onion` is judged as an onion destination: whatever
+/// is wrong with its service name is reported as [`AddressError::Onion`],
+/// which tells the user that the onion name itself is at fault rather than
+/// the general syntax.
 pub fn parse_domain(domain: &str, smtputf8: bool) -> Result<Domain, AddressError> {
+    if domain.is_empty() {
+        return Err(AddressError::BadDomain("it is empty"));
+    }
     if domain.starts_with('[') {
         return Err(AddressError::AddressLiteral);
     }
     if domain.len() > MAX_DOMAIN {
         return Err(AddressError::DomainTooLong);
     }
-    if domain.is_empty() {
-        return Err(AddressError::BadDomain("it is empty"));
-    }
+    // A root dot would make one destination have two spellings, and the
+    // smtp-proto parser never needs it: refuse instead of stripping.
     if domain.ends_with('.') {
         return Err(AddressError::BadDomain("it ends with a dot"));
     }
-    let lower = domain.to_lowercase();
-    let labels: Vec<&str> = lower.split('.').collect();
-    if labels.len() < 2 {
+    if let Some(front) = strip_onion_suffix(domain) {
+        return parse_onion_domain(front, smtputf8);
+    }
+    if !smtputf8 && !domain.is_ascii() {
+        return Err(AddressError::NonAsciiWithoutSmtputf8);
+    }
+    let lower = domain.to_ascii_lowercase();
+    let mut labels = lower.split('.').peekable();
+    let mut count = 0;
+    let mut tld = "";
+    while let Some(label) = labels.next() {
+        check_label(label, smtputf8)?;
+        count += 1;
+        if labels.peek().is_none() {
+            tld = label;
+        }
+    }
+    // A single label ("localhost", "mailhost") only means something inside
+    // one network; the relay needs a name that is the same everywhere.
+    if count < 2 {
         return Err(AddressError::BadDomain(
             "it needs at least two labels, e.g. example.org",
         ));
     }
-    for label in &labels {
-        check_label(label, smtputf8)?;
-    }
-    let tld = labels[labels.len() - 1];
-    if tld.chars().all(|c| c.is_ascii_digit()) {
-        return Err(AddressError::BadDomain("the top-level label is numeric"));
-    }
-    if tld == "onion" {
-        let service = labels[labels.len() - 2];
-        return Ok(Domain::Onion(OnionName::parse(&format!(
-            "{service}.onion"
-        ))?));
+    // No TLD is numeric, so this catches dotted IPv4 written without the
+    // brackets of an address literal.
+    if tld.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AddressError::BadDomain(
+            "its last label is all digits (an IP address is not a domain name)",
+        ));
     }
     Ok(Domain::Clearnet(lower))
 }
 
+/// Returns what comes before a case-insensitive `.onion` at the end.
+fn strip_onion_suffix(domain: &str) -> Option<&str> {
+    const SUFFIX: &str = ".onion";
+    let split = domain.len().checked_sub(SUFFIX.len())?;
+    // `get` fails instead of panicking when `split` is inside a character.
+    let suffix = domain.get(split..)?;
+    if suffix.eq_ignore_ascii_case(SUFFIX) {
+        domain.get(..split)
+    } else {
+        None
+    }
+}
+
+/// Handles `[subdomains.]<service>.onion`, given the part before `.onion`.
+///
+/// The service label goes through [`OnionName::parse`], so any fault in it
+/// is reported as [`AddressError::Onion`]. Subdomains are accepted because
+/// Tor ignores them, but they still have to be well-formed labels.
+fn parse_onion_domain(front: &str, smtputf8: bool) -> Result<Domain, AddressError> {
+    let (subdomains, service) = match front.rsplit_once('.') {
+        Some((subdomains, service)) => (Some(subdomains), service),
+        None => (None, front),
+    };
+    let name = OnionName::parse(&format!("{service}.onion"))?;
+    if let Some(subdomains) = subdomains {
+        if !smtputf8 && !subdomains.is_ascii() {
+            return Err(AddressError::NonAsciiWithoutSmtputf8);
+        }
+        for label in subdomains.split('.') {
+            check_label(label, smtputf8)?;
+        }
+    }
+    Ok(Domain::Onion(name))
+}
+
+/// RFC 1035 "preferred name syntax" for one label (letters, digits and
+/// inner hyphens), widened under SMTPUTF8 to non-ASCII letters and digits.
+///
+/// The length limit counts characters, so a non-ASCII label is judged by
+/// what the user sees; the 255-octet limit on the whole domain still bounds
+/// the input in bytes.
 fn check_label(label: &str, smtputf8: bool) -> Result<(), AddressError> {
     if label.is_empty() {
-        return Err(AddressError::BadDomain("it has an empty label"));
+        return Err(AddressError::BadDomain(
+            "it has an empty label (two dots in a row, or a leading dot)",
+        ));
     }
-    if label.len() > MAX_LABEL {
-        return Err(AddressError::BadDomain("a label is longer than 63 octets"));
+    if label.chars().count() > MAX_LABEL {
+        return Err(AddressError::BadDomain(
+            "a label is longer than 63 characters",
+        ));
     }
     if label.starts_with('-') || label.ends_with('-') {
         return Err(AddressError::BadDomain(
             "a label starts or ends with a hyphen",
         ));
     }
-    let ok = label.chars().all(|c| {
+    let allowed = |c: char| {
         c.is_ascii_alphanumeric() || c == '-' || (smtputf8 && !c.is_ascii() && c.is_alphanumeric())
-    });
-    if !ok {
+    };
+    if !label.chars().all(allowed) {
         return Err(AddressError::BadDomain(
-            "a label has characters other than letters, digits and hyphens",
+            "a label contains something other than letters, digits and hyphens",
         ));
     }
     Ok(())
@@ -188,95 +317,146 @@ fn check_label(label: &str, smtputf8: bool) -> Result<(), AddressError> {
 mod tests {
     use super::*;
 
-    fn onion(seed: u8) -> String {
-        OnionName::from_public_key(&[seed; 32]).to_string()
+    /// A valid onion name for the given seed.
+    fn onion(seed: u8) -> OnionName {
+        OnionName::from_public_key(&[seed; 32])
+    }
+
+    fn bad_domain(reason: &'static str) -> AddressError {
+        AddressError::BadDomain(reason)
+    }
+
+    const EMPTY_LABEL: &str = "it has an empty label (two dots in a row, or a leading dot)";
+    const HYPHEN_EDGE: &str = "a label starts or ends with a hyphen";
+    const BAD_CHAR: &str = "a label contains something other than letters, digits and hyphens";
+    const ONE_LABEL: &str = "it needs at least two labels, e.g. example.org";
+    const NUMERIC_TLD: &str = "its last label is all digits (an IP address is not a domain name)";
+
+    #[test]
+    fn it_accepts_ordinary_mailboxes() {
+        // (input, local part kept, domain kept, as displayed)
+        let cases = [
+            (
+                "user@example.org",
+                "user",
+                "example.org",
+                "user@example.org",
+            ),
+            (
+                "First.Last+tag@Mail.Example.ORG",
+                "First.Last+tag",
+                "mail.example.org",
+                "First.Last+tag@mail.example.org",
+            ),
+            (
+                "x@sub-domain.example.co.uk",
+                "x",
+                "sub-domain.example.co.uk",
+                "x@sub-domain.example.co.uk",
+            ),
+            ("a@b.c", "a", "b.c", "a@b.c"),
+            ("a@1.example", "a", "1.example", "a@1.example"),
+            ("a@example.x1", "a", "example.x1", "a@example.x1"),
+            (
+                "a@xn--bcher-kva.example",
+                "a",
+                "xn--bcher-kva.example",
+                "a@xn--bcher-kva.example",
+            ),
+            (
+                "!#$%&'*+-/=?^_`{|}~@example.org",
+                "!#$%&'*+-/=?^_`{|}~",
+                "example.org",
+                "!#$%&'*+-/=?^_`{|}~@example.org",
+            ),
+        ];
+        for (input, local, domain, shown) in cases {
+            let m = parse_mailbox(input, false).unwrap();
+            assert_eq!(m.local, local, "{input}");
+            assert_eq!(m.domain, Domain::Clearnet(domain.into()), "{input}");
+            assert_eq!(m.domain_str(), domain, "{input}");
+            assert_eq!(m.to_string(), shown, "{input}");
+        }
     }
 
     #[test]
-    fn it_accepts_ordinary_and_onion_mailboxes() {
-        let o = onion(1);
+    fn it_splits_at_the_last_at_sign() {
+        let m = parse_mailbox("a@b@example.org", false).unwrap();
+        assert_eq!(m.local, "a@b");
+        assert_eq!(m.domain_str(), "example.org");
+        assert_eq!(m.to_string(), "\"a@b\"@example.org");
+        // The last '@' leaves "c" as the domain, a single label.
+        assert_eq!(parse_mailbox("a@b@c", false), Err(bad_domain(ONE_LABEL)));
+    }
+
+    #[test]
+    fn it_accepts_quoted_string_content_and_quotes_it_again() {
         let cases = [
-            ("user@example.org", "user@example.org"),
-            (
-                "First.Last+tag@Mail.Example.ORG",
-                "First.Last+tag@mail.example.org",
-            ),
-            ("x@sub-domain.example.co.uk", "x@sub-domain.example.co.uk"),
-            (
-                "name with space@example.org",
-                "\"name with space\"@example.org",
-            ),
+            ("..", "\"..\"@example.org"),
+            (".lead", "\".lead\"@example.org"),
+            ("trail.", "\"trail.\"@example.org"),
+            ("dou..ble", "\"dou..ble\"@example.org"),
+            ("name with space", "\"name with space\"@example.org"),
+            (" ", "\" \"@example.org"),
+            ("q\"uote", "\"q\\\"uote\"@example.org"),
+            ("back\\slash", "\"back\\\\slash\"@example.org"),
+            ("a(b)c", "\"a(b)c\"@example.org"),
+            ("<x>", "\"<x>\"@example.org"),
         ];
-        for (input, shown) in cases {
-            assert_eq!(
-                parse_mailbox(input, false).unwrap().to_string(),
-                shown,
-                "{input}"
-            );
+        for (local, shown) in cases {
+            let m = parse_mailbox(&format!("{local}@example.org"), false).unwrap();
+            assert_eq!(m.local, local);
+            assert_eq!(m.to_string(), shown, "{local:?}");
         }
-        let m = parse_mailbox(&format!("a@{}", o.to_uppercase()), false).unwrap();
-        assert_eq!(m.domain, Domain::Onion(OnionName::parse(&o).unwrap()));
-        let sub = parse_mailbox(&format!("a@mail.{o}"), false).unwrap();
-        assert_eq!(sub.domain_str(), o);
     }
 
     #[test]
     fn it_rejects_adversarial_mailboxes() {
         let long_local = format!("{}@example.org", "a".repeat(65));
-        let long_all = format!("a@{}.org", "b".repeat(300));
+        let long_address = format!("a@{}.org", "b".repeat(300));
         let table: Vec<(&str, AddressError)> = vec![
             ("", AddressError::MissingAt),
             ("@", AddressError::EmptyLocalPart),
+            ("@@", bad_domain("it is empty")),
             ("noat", AddressError::MissingAt),
+            ("user.example.org", AddressError::MissingAt),
             ("@example.org", AddressError::EmptyLocalPart),
-            ("a@", AddressError::BadDomain("it is empty")),
+            ("a@", bad_domain("it is empty")),
             (&long_local, AddressError::LocalPartTooLong),
-            (&long_all, AddressError::TooLong),
+            (&long_address, AddressError::TooLong),
             ("a\0b@example.org", AddressError::BadLocalPart),
             ("a\rb@example.org", AddressError::BadLocalPart),
             ("a\nb@example.org", AddressError::BadLocalPart),
+            ("a\r\nb@example.org", AddressError::BadLocalPart),
             ("a\tb@example.org", AddressError::BadLocalPart),
-            (
-                "a@localhost",
-                AddressError::BadDomain("it needs at least two labels, e.g. example.org"),
-            ),
-            (
-                "a@example.org.",
-                AddressError::BadDomain("it ends with a dot"),
-            ),
-            (
-                "a@.example.org",
-                AddressError::BadDomain("it has an empty label"),
-            ),
-            (
-                "a@ex..org",
-                AddressError::BadDomain("it has an empty label"),
-            ),
-            (
-                "a@-ex.org",
-                AddressError::BadDomain("a label starts or ends with a hyphen"),
-            ),
-            (
-                "a@ex-.org",
-                AddressError::BadDomain("a label starts or ends with a hyphen"),
-            ),
-            (
-                "a@ex_ample.org",
-                AddressError::BadDomain(
-                    "a label has characters other than letters, digits and hyphens",
-                ),
-            ),
-            (
-                "a@1.2.3.4",
-                AddressError::BadDomain("the top-level label is numeric"),
-            ),
+            ("a\x7fb@example.org", AddressError::BadLocalPart),
+            ("a\x1bb@example.org", AddressError::BadLocalPart),
+            ("a@exam\0ple.org", bad_domain(BAD_CHAR)),
+            ("a@example.org\r\n", bad_domain(BAD_CHAR)),
+            ("a@exa mple.org", bad_domain(BAD_CHAR)),
+            ("a@exa\tmple.org", bad_domain(BAD_CHAR)),
+            ("a@localhost", bad_domain(ONE_LABEL)),
+            ("a@org", bad_domain(ONE_LABEL)),
+            ("a@example.org.", bad_domain("it ends with a dot")),
+            ("a@.", bad_domain("it ends with a dot")),
+            ("a@..", bad_domain("it ends with a dot")),
+            ("a@.example.org", bad_domain(EMPTY_LABEL)),
+            ("a@ex..org", bad_domain(EMPTY_LABEL)),
+            ("a@-ex.org", bad_domain(HYPHEN_EDGE)),
+            ("a@ex-.org", bad_domain(HYPHEN_EDGE)),
+            ("a@ex.-org", bad_domain(HYPHEN_EDGE)),
+            ("a@ex.org-", bad_domain(HYPHEN_EDGE)),
+            ("a@-.org", bad_domain(HYPHEN_EDGE)),
+            ("a@ex_ample.org", bad_domain(BAD_CHAR)),
+            ("a@ex*ample.org", bad_domain(BAD_CHAR)),
+            ("a@1.2.3.4", bad_domain(NUMERIC_TLD)),
+            ("a@example.123", bad_domain(NUMERIC_TLD)),
             ("a@[127.0.0.1]", AddressError::AddressLiteral),
             ("a@[IPv6:::1]", AddressError::AddressLiteral),
+            ("a@[IPv6:2001:db8::1]", AddressError::AddressLiteral),
+            ("a@[", AddressError::AddressLiteral),
             ("jörg@example.org", AddressError::NonAsciiWithoutSmtputf8),
-            (
-                "a@short.onion",
-                AddressError::Onion(OnionError::WrongLength { len: 5 }),
-            ),
+            ("a@bücher.example", AddressError::NonAsciiWithoutSmtputf8),
         ];
         for (input, expected) in table {
             assert_eq!(parse_mailbox(input, false), Err(expected), "{input:?}");
@@ -284,34 +464,223 @@ mod tests {
     }
 
     #[test]
-    fn it_quotes_local_parts_that_are_not_dot_strings() {
-        for local in [".lead", "trail.", "dou..ble", "a@b", "q\"uote"] {
-            let m = parse_mailbox(&format!("{local}@example.org"), false).unwrap();
-            assert!(m.to_string().starts_with('"'), "{local}");
+    fn it_refuses_control_characters_even_with_smtputf8() {
+        for local in [
+            "a\0b", "a\rb", "a\nb", "a\tb", "a\x7fb", "a\u{85}b", "a\u{9b}b",
+        ] {
+            assert_eq!(
+                parse_mailbox(&format!("{local}@example.org"), true),
+                Err(AddressError::BadLocalPart),
+                "{local:?}"
+            );
         }
     }
 
     #[test]
-    fn it_allows_utf8_only_with_smtputf8() {
-        let m = parse_mailbox("jörg@bücher.example", true).unwrap();
-        assert_eq!(m.domain_str(), "bücher.example");
+    fn it_enforces_length_limits_at_their_boundaries() {
+        let local_64 = format!("{}@example.org", "a".repeat(64));
+        assert!(parse_mailbox(&local_64, false).is_ok());
+        // 33 two-octet characters: 66 octets, although only 33 characters.
+        let wide_local = format!("{}@example.org", "é".repeat(33));
         assert_eq!(
-            parse_mailbox("a@bücher.example", false),
-            Err(AddressError::NonAsciiWithoutSmtputf8)
+            parse_mailbox(&wide_local, true),
+            Err(AddressError::LocalPartTooLong)
         );
+
+        let label_63 = format!("a@{}.org", "b".repeat(63));
+        assert!(parse_mailbox(&label_63, false).is_ok());
+        let label_64 = format!("a@{}.org", "b".repeat(64));
+        assert_eq!(
+            parse_mailbox(&label_64, false),
+            Err(bad_domain("a label is longer than 63 characters"))
+        );
+
+        // 254 octets exactly: 1 + 1 + 60*4 + 12.
+        let domain = format!("{}examples.org", "abc.".repeat(60));
+        let at_limit = format!("a@{domain}");
+        assert_eq!(at_limit.len(), 254);
+        assert!(parse_mailbox(&at_limit, false).is_ok());
+        let over = format!("ab@{domain}");
+        assert_eq!(parse_mailbox(&over, false), Err(AddressError::TooLong));
+
+        // Only reachable through parse_domain: inside a mailbox the 254-octet
+        // address limit always strikes first.
+        let long_domain = format!("{}example.org", "abcd.".repeat(49));
+        assert_eq!(long_domain.len(), 256);
+        assert_eq!(
+            parse_domain(&long_domain, false),
+            Err(AddressError::DomainTooLong)
+        );
+        assert!(parse_domain(&long_domain[1..], false).is_ok());
     }
 
     #[test]
-    fn it_reports_a_bad_onion_checksum() {
-        let good = onion(3);
-        let bad = format!(
+    fn it_accepts_utf8_only_when_smtputf8_was_declared() {
+        let cases = [
+            ("jörg@bücher.example", "jörg", "bücher.example"),
+            ("用户@例子.广告", "用户", "例子.广告"),
+            ("a@Bücher.Example", "a", "bücher.example"),
+            // Non-ASCII case is kept as given; only ASCII is folded.
+            ("a@ÄRGER.example", "a", "Ärger.example"),
+        ];
+        for (input, local, domain) in cases {
+            let m = parse_mailbox(input, true).unwrap();
+            assert_eq!(m.local, local, "{input}");
+            assert_eq!(m.domain, Domain::Clearnet(domain.into()), "{input}");
+            assert_eq!(m.to_string(), format!("{local}@{domain}"));
+            assert_eq!(
+                parse_mailbox(input, false),
+                Err(AddressError::NonAsciiWithoutSmtputf8),
+                "{input}"
+            );
+        }
+        // With SMTPUTF8 a label still holds only letters and digits.
+        for input in [
+            "a@☃.example",
+            "a@ex😀.org",
+            "a@ex\u{a0}ample.org",
+            "a@ex\u{200b}.org",
+        ] {
+            assert_eq!(
+                parse_mailbox(input, true),
+                Err(bad_domain(BAD_CHAR)),
+                "{input}"
+            );
+        }
+        // A 63-character non-ASCII label is within the limit.
+        let wide_label = format!("a@{}.de", "ü".repeat(63));
+        assert!(parse_mailbox(&wide_label, true).is_ok());
+    }
+
+    #[test]
+    fn it_resolves_onion_domains_to_the_bare_service_name() {
+        let name = onion(1);
+        let s = name.as_str();
+        let cases = [
+            s.to_string(),
+            s.to_ascii_uppercase(),
+            format!("mail.{s}"),
+            format!("a.b-c.d.{}", s.to_ascii_uppercase()),
+        ];
+        for domain in cases {
+            let m = parse_mailbox(&format!("User@{domain}"), false).unwrap();
+            assert_eq!(m.domain, Domain::Onion(name.clone()), "{domain}");
+            assert_eq!(m.local, "User");
+            assert_eq!(m.to_string(), format!("User@{s}"));
+        }
+        let real = "duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion";
+        let m = parse_mailbox(&format!("x@{}", real.to_ascii_uppercase()), false).unwrap();
+        assert_eq!(m.domain_str(), real);
+    }
+
+    #[test]
+    fn it_reports_broken_onion_names_as_onion_errors() {
+        let good = onion(3).to_string();
+        let label = &good[..56];
+        let flipped = format!(
             "{}{}",
-            if good.starts_with('a') { 'b' } else { 'a' },
+            if label.starts_with('a') { 'b' } else { 'a' },
             &good[1..]
         );
-        assert_eq!(
-            parse_mailbox(&format!("x@{bad}"), false),
-            Err(AddressError::Onion(OnionError::BadChecksum))
+        let mut raw = [9u8; 35];
+        raw[34] = 2;
+        let v2 = format!(
+            "{}.onion",
+            data_encoding::BASE32_NOPAD
+                .encode(&raw)
+                .to_ascii_lowercase()
         );
+        let table: Vec<(String, OnionError)> = vec![
+            (flipped, OnionError::BadChecksum),
+            (v2, OnionError::BadVersion { version: 2 }),
+            (".onion".into(), OnionError::WrongLength { len: 0 }),
+            ("short.onion".into(), OnionError::WrongLength { len: 5 }),
+            (
+                "facebookcorewwwi.onion".into(),
+                OnionError::WrongLength { len: 16 },
+            ),
+            (
+                format!("{}.onion", &label[1..]),
+                OnionError::WrongLength { len: 55 },
+            ),
+            (
+                format!("{label}a.onion"),
+                OnionError::WrongLength { len: 57 },
+            ),
+            ("x..onion".into(), OnionError::WrongLength { len: 0 }),
+            (format!("1{}", &good[1..]), OnionError::NotBase32),
+            (format!("0{}", &good[1..]), OnionError::NotBase32),
+            (format!("8{}", &good[1..]), OnionError::NotBase32),
+            (format!("-{}", &good[1..]), OnionError::NotBase32),
+            (format!("é{}", &good[1..]), OnionError::NotBase32),
+        ];
+        for (domain, expected) in &table {
+            for smtputf8 in [false, true] {
+                let got = parse_mailbox(&format!("x@{domain}"), smtputf8);
+                assert!(
+                    matches!(&got, Err(AddressError::Onion(e)) if e == expected),
+                    "{domain:?}: expected {expected:?}, got {got:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn it_checks_labels_in_front_of_an_onion_name() {
+        let s = onion(4).to_string();
+        let table = [
+            (format!("-x.{s}"), false, bad_domain(HYPHEN_EDGE)),
+            (format!("x_y.{s}"), false, bad_domain(BAD_CHAR)),
+            (format!("a..b.{s}"), false, bad_domain(EMPTY_LABEL)),
+            (format!(".{s}"), false, bad_domain(EMPTY_LABEL)),
+            (
+                format!("bücher.{s}"),
+                false,
+                AddressError::NonAsciiWithoutSmtputf8,
+            ),
+            (format!("{s}."), false, bad_domain("it ends with a dot")),
+        ];
+        for (domain, smtputf8, expected) in table {
+            assert_eq!(
+                parse_mailbox(&format!("x@{domain}"), smtputf8),
+                Err(expected),
+                "{domain}"
+            );
+        }
+        assert!(parse_mailbox(&format!("x@bücher.{s}"), true).is_ok());
+    }
+
+    #[test]
+    fn it_never_panics_on_arbitrary_input() {
+        let alphabet: Vec<char> = "ab.-@[]\"\\ 0129éü☃\u{0}\r\n\t\u{85}ONIONonion"
+            .chars()
+            .collect();
+        let onion_name = onion(5).to_string();
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 300) as usize;
+            let mut s: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            if next() % 4 == 0 {
+                s.push('@');
+                s.push_str(&onion_name);
+            }
+            for smtputf8 in [false, true] {
+                if let Ok(m) = parse_mailbox(&s, smtputf8) {
+                    // What was accepted must print and, printed, stay sane.
+                    let shown = m.to_string();
+                    assert!(!shown.contains(['\r', '\n', '\0']), "{s:?}");
+                    assert!(m.local.len() <= MAX_LOCAL);
+                    assert!(!m.domain_str().ends_with('.'));
+                }
+            }
+        }
     }
 }

@@ -29,6 +29,11 @@ use super::failure::Failure;
 const MAX_REPLY_LINE: usize = 4096;
 const MAX_REPLY_LINES: usize = 100;
 
+/// How long we wait for the reply to QUIT. The outcome is decided before
+/// QUIT; a server that never answers it must not turn a delivered message
+/// into a retry (and so a duplicate).
+const QUIT_WAIT: Duration = Duration::from_secs(5);
+
 /// Where the system's CA bundle lives on Debian (package ca-certificates).
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -191,17 +196,30 @@ pub async fn deliver<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match tokio::time::timeout(config.timeout, transaction(Box::new(stream), config, msg)).await {
+    let mut decided = None;
+    let attempt = transaction(Box::new(stream), config, msg, &mut decided);
+    match tokio::time::timeout(config.timeout, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(Failure::temporary("delivery timed out")),
+        Err(_) => decided.unwrap_or_else(|| Err(Failure::temporary("delivery timed out"))),
     }
+}
+
+type Outcome = Result<Vec<RecipientResult>, Failure>;
+
+/// Records the outcome, then says QUIT (bounded). If the overall timeout
+/// strikes during QUIT, `deliver` still returns the recorded outcome.
+async fn finish(conn: &mut Connection, outcome: Outcome, decided: &mut Option<Outcome>) -> Outcome {
+    *decided = Some(outcome.clone());
+    let _ = tokio::time::timeout(QUIT_WAIT, conn.command("QUIT")).await;
+    outcome
 }
 
 async fn transaction(
     stream: Box<dyn Io>,
     config: &ClientConfig,
     msg: &Outgoing<'_>,
-) -> Result<Vec<RecipientResult>, Failure> {
+    decided: &mut Option<Outcome>,
+) -> Outcome {
     let mut conn = Connection {
         io: BufReader::new(stream),
     };
@@ -216,7 +234,12 @@ async fn transaction(
     {
         let reply = conn.command("STARTTLS").await?;
         if reply.class() != 2 {
-            return Err(reply.failure("STARTTLS"));
+            // Even a 5xx here says nothing about the mail itself: try again
+            // later rather than drop it.
+            return Err(Failure::temporary(format!(
+                "STARTTLS refused: {}",
+                reply.brief()
+            )));
         }
         // Anything buffered past the 220 was sent before encryption and
         // could be injected (CVE-2011-0411 class): refuse to go on.
@@ -234,10 +257,14 @@ async fn transaction(
     }
 
     if msg.smtputf8 && !ehlo.has_extension("SMTPUTF8") {
-        let _ = conn.command("QUIT").await;
-        return Err(Failure::permanent(
-            "next hop does not support SMTPUTF8 (RFC 6531)",
-        ));
+        return finish(
+            &mut conn,
+            Err(Failure::permanent(
+                "next hop does not support SMTPUTF8 (RFC 6531)",
+            )),
+            decided,
+        )
+        .await;
     }
 
     let mut mail = format!("MAIL FROM:<{}>", msg.sender);
@@ -273,22 +300,24 @@ async fn transaction(
                 let _ = conn.send(b".\r\n").await;
                 let _ = conn.reply().await;
             }
-            let _ = conn.command("QUIT").await;
-            return Err(mail_reply.failure("MAIL"));
+            return finish(&mut conn, Err(mail_reply.failure("MAIL")), decided).await;
         }
     } else {
         let mail_reply = conn.command(&mail).await?;
         if mail_reply.class() != 2 {
-            let _ = conn.command("QUIT").await;
-            return Err(mail_reply.failure("MAIL"));
+            return finish(&mut conn, Err(mail_reply.failure("MAIL")), decided).await;
         }
         for (slot, r) in results.iter_mut().zip(msg.recipients) {
             let reply = conn.command(&format!("RCPT TO:<{r}>")).await?;
             *slot = rcpt_result(&reply);
         }
         if results.iter().all(|r| r.is_some()) {
-            let _ = conn.command("QUIT").await;
-            return Ok(results.into_iter().flatten().collect());
+            return finish(
+                &mut conn,
+                Ok(results.into_iter().flatten().collect()),
+                decided,
+            )
+            .await;
         }
         data_reply = conn.command("DATA").await?;
     }
@@ -299,12 +328,15 @@ async fn transaction(
             let _ = conn.send(b".\r\n").await;
             let _ = conn.reply().await;
         }
-        let _ = conn.command("QUIT").await;
-        return Ok(results.into_iter().flatten().collect());
+        return finish(
+            &mut conn,
+            Ok(results.into_iter().flatten().collect()),
+            decided,
+        )
+        .await;
     }
     if data_reply.code != 354 {
-        let _ = conn.command("QUIT").await;
-        return Err(data_reply.failure("DATA"));
+        return finish(&mut conn, Err(data_reply.failure("DATA")), decided).await;
     }
     conn.send(&dot_stuff(msg.body)).await?;
     let final_reply = conn.reply().await?;
@@ -313,11 +345,11 @@ async fn transaction(
     } else {
         RecipientResult::Failed(final_reply.failure("message"))
     };
-    let _ = conn.command("QUIT").await;
-    Ok(results
+    let delivered = results
         .into_iter()
         .map(|r| r.unwrap_or_else(|| outcome.clone()))
-        .collect())
+        .collect();
+    finish(&mut conn, Ok(delivered), decided).await
 }
 
 /// `None` = accepted so far (the DATA result decides).

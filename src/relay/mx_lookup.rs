@@ -113,9 +113,12 @@ impl MxResolver {
         MxResolver { resolver, timeout }
     }
 
+    /// Bounded by twice the configured timeout: hickory makes one retry.
     pub async fn lookup(&self, domain: &str) -> Result<MxAnswer, Failure> {
+        let domain = domain.trim_end_matches('.').to_lowercase();
+        let domain = domain.as_str();
         // Fully qualified: no search list, no local suffixes.
-        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        let fqdn = format!("{domain}.");
         let lookup =
             tokio::time::timeout(self.timeout * 2, self.resolver.lookup(fqdn, RecordType::MX))
                 .await;
@@ -128,7 +131,7 @@ impl MxResolver {
             Ok(Err(e)) => {
                 return Err(Failure::temporary(format!(
                     "MX lookup failed: {}",
-                    brief(&e.to_string())
+                    brief(&e.to_string(), domain)
                 )));
             }
             Ok(Ok(lookup)) => lookup,
@@ -153,15 +156,10 @@ impl MxResolver {
     }
 }
 
-/// Error texts from the resolver can contain the queried name; keep only
-/// the part before the first colon-separated detail.
-fn brief(text: &str) -> String {
-    text.split(':')
-        .next()
-        .unwrap_or("error")
-        .chars()
-        .take(80)
-        .collect()
+/// Error texts from the resolver can contain the queried name: blank it
+/// out (reasons are logged without -debug) and keep the text short.
+fn brief(text: &str, domain: &str) -> String {
+    text.replace(domain, "…").chars().take(120).collect()
 }
 
 /// Sorts by preference with random order among equals, drops the null MX
@@ -208,6 +206,18 @@ mod tests {
         assert_eq!(
             hosts(&[(0, "."), (10, "mx.example.org.")]),
             MxAnswer::Hosts(vec!["mx.example.org".into()])
+        );
+    }
+
+    #[test]
+    fn it_keeps_error_details_but_not_the_domain() {
+        let text = brief(
+            "no record found for Query { name: Name(\"secret.example.\"), SERVFAIL",
+            "secret.example",
+        );
+        assert!(
+            text.contains("SERVFAIL") && !text.contains("secret"),
+            "{text}"
         );
     }
 

@@ -8,7 +8,7 @@
 //! and an expired lease cannot cause a parallel duplicate.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -21,7 +21,8 @@ use super::client::RecipientResult;
 use super::failure::Severity;
 use super::retry::RetryPolicy;
 use super::route::Router;
-use crate::spool::{Disposition, Lease, Spool};
+use crate::mix::MixPolicy;
+use crate::spool::{Disposition, Lease, Spool, now_ms};
 
 /// Longest the dispatcher sleeps without checking the spool, covering
 /// leases that expire and clocks that jump.
@@ -31,16 +32,12 @@ pub struct RelayPool {
     pub spool: Spool,
     pub router: Arc<Router>,
     pub retry: RetryPolicy,
+    /// Retries re-enter the mix, so a retried message does not leave alone
+    /// at a time an observer could predict from the failure.
+    pub mix: MixPolicy,
     pub workers: usize,
     /// How long a leased recipient is reserved for its worker.
     pub lease: Duration,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl RelayPool {
@@ -59,7 +56,7 @@ impl RelayPool {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
             let want = 1 + permits.available_permits();
-            let batch = match this.spool.lease(want, this.lease.as_secs().max(1)).await {
+            let batch = match this.spool.lease(want, this.lease).await {
                 Ok(b) => b,
                 Err(e) => {
                     error!("[RELAY] cannot lease from the spool: {e}");
@@ -74,7 +71,7 @@ impl RelayPool {
                 drop(first);
                 let wait = batch
                     .next_due
-                    .map(|due| Duration::from_secs(due.saturating_sub(unix_now())))
+                    .map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
                     .unwrap_or(MAX_IDLE)
                     .min(MAX_IDLE);
                 tokio::select! {
@@ -116,7 +113,7 @@ impl RelayPool {
     async fn handle(&self, lease: Lease) {
         let results = self.router.deliver(&lease).await;
         let mut rng = StdRng::from_os_rng();
-        let now = unix_now();
+        let now = now_ms();
         let (mut delivered, mut dropped, mut deferred) = (0, 0, 0);
         let outcomes: Vec<(i64, Disposition)> = lease
             .recipients
@@ -131,7 +128,9 @@ impl RelayPool {
                     RecipientResult::Failed(_) => match self.retry.next_delay(r.attempts, &mut rng)
                     {
                         Some(delay) => Disposition::Retry {
-                            at: now + delay.as_secs(),
+                            at: self
+                                .mix
+                                .release_at(now + delay.as_millis() as u64, &mut rng),
                         },
                         None => Disposition::Dropped,
                     },

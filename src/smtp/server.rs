@@ -20,7 +20,8 @@ use super::proxy_header::{self, ProxySource};
 use super::rate_limit::SessionRateLimiter;
 use super::reply::Reply;
 use super::session::{Session, SessionConfig, Step};
-use crate::spool::Spool;
+use crate::mix::MixPolicy;
+use crate::spool::{Spool, now_ms};
 
 /// Read size per syscall; DATA is decoded as it arrives, so this is also
 /// roughly the per-session buffer in steady state.
@@ -41,6 +42,16 @@ pub struct ServerContext {
     pub connections: Arc<Semaphore>,
     /// Answers RCPT-time "does this domain have a mail server?" questions.
     pub domain_check: Option<Arc<dyn DomainCheck>>,
+    /// Decides when an accepted message may leave.
+    pub mix: MixPolicy,
+}
+
+impl ServerContext {
+    /// Release time for a message accepted now, from the thread-local
+    /// CSPRNG (ChaCha, reseeded from the OS).
+    fn release_time(&self) -> u64 {
+        self.mix.release_at(now_ms(), &mut rand::rng())
+    }
 }
 
 /// RCPT-time domain check, implemented by the relay's MX resolver (through
@@ -214,7 +225,7 @@ async fn run_session(
             }
             Step::Enqueue(message) => {
                 let recipients = message.envelope.recipients.len();
-                let outcome = ctx.spool.enqueue(message).await;
+                let outcome = ctx.spool.enqueue(message, ctx.release_time()).await;
                 if ctx.debug {
                     debug!("[SMTP] message with {recipients} recipient(s): {outcome:?}");
                 }

@@ -22,12 +22,14 @@ use crate::smtp::session::EnqueueOutcome;
 /// behind a single enormous transaction.
 const MAX_GROUP: usize = 256;
 
-/// How often expired replay ids are deleted.
-const REPLAY_PRUNE_INTERVAL: u64 = 60;
+/// How often (ms) expired replay ids are deleted.
+const REPLAY_PRUNE_INTERVAL: u64 = 60_000;
 
 pub struct EnqueueRequest {
     pub message: Message,
     pub replay_id: ReplayId,
+    /// When the mix policy lets the message go (unix ms).
+    pub release_at: u64,
     pub reply: oneshot::Sender<EnqueueOutcome>,
 }
 
@@ -37,7 +39,7 @@ pub enum Job {
     Enqueue(EnqueueRequest),
     Lease {
         max: usize,
-        lease_secs: u64,
+        lease_ms: u64,
         reply: oneshot::Sender<Result<LeaseBatch, SpoolError>>,
     },
     Settle {
@@ -109,10 +111,10 @@ impl Committer {
         match job {
             Job::Lease {
                 max,
-                lease_secs,
+                lease_ms,
                 reply,
             } => {
-                let _ = reply.send(delivery::lease(&mut self.conn, now, max, lease_secs));
+                let _ = reply.send(delivery::lease(&mut self.conn, now, max, lease_ms));
             }
             Job::Settle { outcomes, reply } => {
                 let _ = reply.send(delivery::settle(&mut self.conn, &outcomes));
@@ -159,7 +161,7 @@ impl Committer {
         group: &[EnqueueRequest],
         now: u64,
     ) -> Result<Vec<EnqueueOutcome>, SpoolError> {
-        let window = self.replay_window.as_secs();
+        let window = self.replay_window.as_millis() as u64;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -195,7 +197,7 @@ impl Committer {
                 ])?;
                 let id = tx.last_insert_rowid();
                 for address in &env.recipients {
-                    recipient.execute(params![id, address, now as i64])?;
+                    recipient.execute(params![id, address, req.release_at as i64])?;
                 }
                 outcomes.push(EnqueueOutcome::Queued);
             }
@@ -205,7 +207,7 @@ impl Committer {
     }
 
     fn prune_replay(&self, now: u64) -> Result<(), SpoolError> {
-        let cutoff = now.saturating_sub(self.replay_window.as_secs()) as i64;
+        let cutoff = now.saturating_sub(self.replay_window.as_millis() as u64) as i64;
         self.conn
             .execute("DELETE FROM replay WHERE seen_at <= ?1", params![cutoff])?;
         Ok(())

@@ -36,7 +36,7 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LeaseBatch {
     pub leases: Vec<Lease>,
-    /// Earliest time (unix seconds) something else becomes due, if anything.
+    /// Earliest time (unix ms) something else becomes due, if anything.
     pub next_due: Option<u64>,
 }
 
@@ -47,7 +47,7 @@ pub enum Disposition {
     Delivered,
     /// Permanent failure or retries exhausted: remove (no bounce is sent).
     Dropped,
-    /// Temporary failure: try again at this time (unix seconds).
+    /// Temporary failure: try again at this time (unix ms).
     Retry { at: u64 },
 }
 
@@ -58,12 +58,13 @@ fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Leases up to `max` groups of due recipients until `now + lease_secs`.
+/// Leases up to `max` groups of due recipients until `now + lease_ms`
+/// (all times unix ms).
 pub fn lease(
     conn: &mut Connection,
     now: u64,
     max: usize,
-    lease_secs: u64,
+    lease_ms: u64,
 ) -> Result<LeaseBatch, SpoolError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let now_i = now as i64;
@@ -74,8 +75,10 @@ pub fn lease(
             "SELECT id, message_id, address, attempts FROM recipients
              WHERE (state IN ('queued', 'deferred') AND next_attempt <= ?1)
                 OR (state = 'leased' AND lease_until <= ?1)
-             ORDER BY next_attempt, id LIMIT ?2",
+             ORDER BY next_attempt, random() LIMIT ?2",
         )?;
+        // Ties in release time are broken at random (SQLite's ChaCha20-based
+        // random()), never by arrival order, which would leak it.
         // Enough rows for `max` full groups; a message has at most
         // -max-recipients rows, so this bounds the scan.
         let rows = due.query_map(params![now_i, (max * 64) as i64], |r| {
@@ -113,7 +116,7 @@ pub fn lease(
         for key in order {
             let recipients = groups.remove(&key).unwrap_or_default();
             for r in &recipients {
-                mark.execute(params![r.id, (now + lease_secs) as i64])?;
+                mark.execute(params![r.id, (now + lease_ms) as i64])?;
             }
             let (sender, smtputf8, eight_bit, body) = load.query_row(params![key.0], |r| {
                 Ok((

@@ -29,16 +29,21 @@ use committer::{Committer, EnqueueRequest, Job};
 /// messages up in memory; 1024 covers the largest group several times.
 const QUEUE_DEPTH: usize = 1024;
 
-/// Seconds since the Unix epoch; injected so tests can move time.
+/// Milliseconds since the Unix epoch; injected so tests can move time.
+/// Every time column in the spool uses this unit (mix release times need
+/// sub-second precision).
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// Current time in unix milliseconds, the spool's unit.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    })
+    Arc::new(now_ms)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,15 +96,17 @@ impl Spool {
         Ok((Spool { tx, new_mail }, SpoolCloser { thread }))
     }
 
-    /// Stores the message durably. The replay id is hashed here, in the
-    /// caller's task, so hashing runs in parallel across sessions and the
+    /// Stores the message durably, first due for delivery at `release_at`
+    /// (unix ms, chosen by the mix policy). The replay id is hashed here, in
+    /// the caller's task, so hashing runs in parallel across sessions and the
     /// single committer thread only does I/O.
-    pub async fn enqueue(&self, message: Message) -> EnqueueOutcome {
+    pub async fn enqueue(&self, message: Message, release_at: u64) -> EnqueueOutcome {
         let replay_id = message.replay_id();
         let (reply, answer) = oneshot::channel();
         let request = EnqueueRequest {
             message,
             replay_id,
+            release_at,
             reply,
         };
         if self.tx.send(Job::Enqueue(request)).await.is_err() {
@@ -114,13 +121,13 @@ impl Spool {
         self.new_mail.notified().await
     }
 
-    /// Hands out up to `max` groups of due recipients for `lease_secs`.
-    pub async fn lease(&self, max: usize, lease_secs: u64) -> Result<LeaseBatch, SpoolError> {
+    /// Hands out up to `max` groups of due recipients for `lease`.
+    pub async fn lease(&self, max: usize, lease: Duration) -> Result<LeaseBatch, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Job::Lease {
                 max,
-                lease_secs,
+                lease_ms: lease.as_millis() as u64,
                 reply,
             })
             .await

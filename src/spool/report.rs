@@ -47,7 +47,8 @@ pub fn read(conn: &mut Connection, now: u64) -> Result<QueueReport, SpoolError> 
         |r| r.get(0),
     )?;
     tx.finish()?;
-    let since = |t: i64| now.saturating_sub(t.max(0) as u64);
+    // Stored times are unix ms; the report speaks seconds.
+    let since = |t: i64| now.saturating_sub(t.max(0) as u64) / 1000;
     Ok(QueueReport {
         messages,
         recipients: queued + deferred + leased,
@@ -55,7 +56,7 @@ pub fn read(conn: &mut Connection, now: u64) -> Result<QueueReport, SpoolError> 
         deferred,
         leased,
         oldest_age_seconds: oldest.map(since),
-        next_retry_in_seconds: next.map(|t| (t.max(0) as u64).saturating_sub(now)),
+        next_retry_in_seconds: next.map(|t| (t.max(0) as u64).saturating_sub(now).div_ceil(1000)),
     })
 }
 

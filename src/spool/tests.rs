@@ -31,11 +31,11 @@ async fn it_stores_messages_with_one_row_per_recipient() {
     let (spool, closer) =
         Spool::open(dir.path(), Duration::from_secs(86400), clock.clone()).unwrap();
     assert_eq!(
-        spool.enqueue(message("one", 2)).await,
+        spool.enqueue(message("one", 2), 0).await,
         EnqueueOutcome::Queued
     );
     assert_eq!(
-        spool.enqueue(message("two", 3)).await,
+        spool.enqueue(message("two", 3), 0).await,
         EnqueueOutcome::Queued
     );
     let report = queue_report(dir.path(), &clock).unwrap();
@@ -53,29 +53,29 @@ async fn it_refuses_replays_within_the_window_even_after_reopening() {
     let window = Duration::from_secs(86400);
     let (spool, closer) = Spool::open(dir.path(), window, clock.clone()).unwrap();
     assert_eq!(
-        spool.enqueue(message("same", 1)).await,
+        spool.enqueue(message("same", 1), 0).await,
         EnqueueOutcome::Queued
     );
     assert_eq!(
-        spool.enqueue(message("same", 1)).await,
+        spool.enqueue(message("same", 1), 0).await,
         EnqueueOutcome::Replay
     );
     assert_eq!(
-        spool.enqueue(message("other", 1)).await,
+        spool.enqueue(message("other", 1), 0).await,
         EnqueueOutcome::Queued
     );
     drop(spool);
     closer.closed().await;
 
     let (spool, closer) = Spool::open(dir.path(), window, clock.clone()).unwrap();
-    now.store(1000 + 86399, Ordering::SeqCst);
+    now.store(1000 + 86_399_000, Ordering::SeqCst);
     assert_eq!(
-        spool.enqueue(message("same", 1)).await,
+        spool.enqueue(message("same", 1), 0).await,
         EnqueueOutcome::Replay
     );
-    now.store(1000 + 86400, Ordering::SeqCst);
+    now.store(1000 + 86_400_000, Ordering::SeqCst);
     assert_eq!(
-        spool.enqueue(message("same", 1)).await,
+        spool.enqueue(message("same", 1), 0).await,
         EnqueueOutcome::Queued
     );
     assert_eq!(queue_report(dir.path(), &clock).unwrap().messages, 3);
@@ -89,11 +89,11 @@ async fn it_skips_the_replay_check_when_the_window_is_zero() {
     let (clock, _) = manual_clock(5);
     let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock).unwrap();
     assert_eq!(
-        spool.enqueue(message("same", 1)).await,
+        spool.enqueue(message("same", 1), 0).await,
         EnqueueOutcome::Queued
     );
     assert_eq!(
-        spool.enqueue(message("same", 1)).await,
+        spool.enqueue(message("same", 1), 0).await,
         EnqueueOutcome::Queued
     );
     drop(spool);
@@ -109,7 +109,7 @@ async fn it_commits_concurrent_enqueues_and_answers_each() {
     for i in 0..200 {
         let spool = spool.clone();
         tasks.push(tokio::spawn(async move {
-            spool.enqueue(message(&format!("m{i}"), 1)).await
+            spool.enqueue(message(&format!("m{i}"), 1), 0).await
         }));
     }
     for t in tasks {
@@ -151,9 +151,9 @@ async fn it_leases_groups_by_destination_and_settles_outcomes() {
         "b@two.example".into(),
         "c@one.example".into(),
     ];
-    assert_eq!(spool.enqueue(m).await, EnqueueOutcome::Queued);
+    assert_eq!(spool.enqueue(m, 0).await, EnqueueOutcome::Queued);
 
-    let batch = spool.lease(10, 60).await.unwrap();
+    let batch = spool.lease(10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(batch.leases.len(), 2, "one lease per destination domain");
     let one = batch
         .leases
@@ -163,7 +163,12 @@ async fn it_leases_groups_by_destination_and_settles_outcomes() {
     assert_eq!(one.recipients.len(), 2);
     assert_eq!(one.body, b"multi");
     assert!(
-        spool.lease(10, 60).await.unwrap().leases.is_empty(),
+        spool
+            .lease(10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .leases
+            .is_empty(),
         "leased rows are not handed out twice"
     );
     assert_eq!(queue_report(dir.path(), &clock).unwrap().leased, 3);
@@ -178,7 +183,7 @@ async fn it_leases_groups_by_destination_and_settles_outcomes() {
         .iter()
         .map(|r| (r.id, Disposition::Delivered))
         .collect();
-    outcomes.push((two.recipients[0].id, Disposition::Retry { at: 1100 }));
+    outcomes.push((two.recipients[0].id, Disposition::Retry { at: 101_000 }));
     spool.settle(outcomes).await.unwrap();
     let report = queue_report(dir.path(), &clock).unwrap();
     assert_eq!(
@@ -191,11 +196,16 @@ async fn it_leases_groups_by_destination_and_settles_outcomes() {
     );
 
     assert!(
-        spool.lease(10, 60).await.unwrap().leases.is_empty(),
+        spool
+            .lease(10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .leases
+            .is_empty(),
         "not due before its retry time"
     );
-    now.store(1100, Ordering::SeqCst);
-    let batch = spool.lease(10, 60).await.unwrap();
+    now.store(101_000, Ordering::SeqCst);
+    let batch = spool.lease(10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(batch.leases[0].recipients[0].attempts, 1);
     spool
         .settle(vec![(
@@ -218,13 +228,26 @@ async fn it_releases_leases_of_a_crashed_run_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let (clock, _) = manual_clock(1000);
     let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
-    spool.enqueue(message("x", 1)).await;
-    assert_eq!(spool.lease(10, 3600).await.unwrap().leases.len(), 1);
+    spool.enqueue(message("x", 1), 0).await;
+    assert_eq!(
+        spool
+            .lease(10, Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .leases
+            .len(),
+        1
+    );
     drop(spool);
     closer.closed().await;
     let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
     assert_eq!(
-        spool.lease(10, 3600).await.unwrap().leases.len(),
+        spool
+            .lease(10, Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .leases
+            .len(),
         1,
         "redelivered after restart"
     );

@@ -81,9 +81,11 @@ impl SocksProxy {
         self.state.lock().unwrap().requests.clone()
     }
 
-    /// Stops listening (the port is then closed: "Tor is down").
-    pub fn stop(self) -> SocketAddr {
+    /// Stops listening and waits until the listener is closed, so the
+    /// port refuses connections from then on ("Tor is down").
+    pub async fn stop(self) -> SocketAddr {
         self.task.abort();
+        let _ = self.task.await;
         self.addr
     }
 }

@@ -1,0 +1,831 @@
+//! The outbound SMTP client on its own, over plain TCP to 127.0.0.1 (no
+//! SOCKS, no daemon): what reaches the next hop and how every reply maps to
+//! per-recipient results or a failure for the whole delivery.
+//!
+//! Most cases use the shared recording sink. A few need to see or shape the
+//! exact bytes on the wire (MAIL parameters, lock-step versus pipelining,
+//! hostile replies); those use `Scripted`, a one-connection server that
+//! follows a fixed list of steps and hands back what it read.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::PATIENCE;
+use common::smtp_sink::{Behaviour, Sink};
+use pluto2::relay::client::{ClientConfig, Outgoing, RecipientResult, TlsPolicy, deliver};
+use pluto2::relay::failure::{Failure, Severity};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const HELO: &str = "relay.test";
+const SENDER: &str = "alice@sender.test";
+
+fn config(tls: TlsPolicy) -> ClientConfig {
+    ClientConfig {
+        helo_name: HELO.to_string(),
+        tls,
+        // Generous: only a hang should ever reach it, except in the test
+        // that is about the timeout itself.
+        timeout: PATIENCE,
+    }
+}
+
+fn plain() -> ClientConfig {
+    config(TlsPolicy::Off)
+}
+
+fn rcpts(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn message<'a>(recipients: &'a [String], body: &'a [u8]) -> Outgoing<'a> {
+    Outgoing {
+        server_name: "localhost",
+        sender: SENDER,
+        recipients,
+        body,
+        smtputf8: false,
+        eight_bit: false,
+    }
+}
+
+async fn send(
+    addr: std::net::SocketAddr,
+    config: &ClientConfig,
+    msg: &Outgoing<'_>,
+) -> Result<Vec<RecipientResult>, Failure> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    deliver(stream, config, msg).await
+}
+
+/// Failure reasons are logged without `-debug`, so none may carry an
+/// address, whatever the server echoed.
+fn assert_loggable(f: &Failure) {
+    assert!(
+        !f.reason.contains('@'),
+        "reason leaks an address: {}",
+        f.reason
+    );
+}
+
+fn failed(r: &RecipientResult) -> &Failure {
+    match r {
+        RecipientResult::Failed(f) => {
+            assert_loggable(f);
+            f
+        }
+        RecipientResult::Delivered => panic!("expected a failure, got Delivered"),
+    }
+}
+
+fn whole(result: Result<Vec<RecipientResult>, Failure>) -> Failure {
+    match result {
+        Err(f) => {
+            assert_loggable(&f);
+            f
+        }
+        Ok(r) => panic!("expected a failure for the whole delivery, got {r:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A scripted one-connection server.
+
+enum Step {
+    /// Write these bytes as they are (the script supplies the CRLFs).
+    Say(Vec<u8>),
+    /// Read one line and require this prefix (case-insensitive).
+    Expect(&'static str),
+    /// Like `Expect`, and require that the client sent nothing after the
+    /// line: a lock-step client is waiting for our reply at this point, so
+    /// this can never fail for a correct client.
+    ExpectAlone(&'static str),
+    /// Read a DATA body up to and including the terminating dot line.
+    Body,
+}
+
+fn say(text: &str) -> Step {
+    Step::Say(text.as_bytes().to_vec())
+}
+
+struct Scripted {
+    addr: std::net::SocketAddr,
+    task: JoinHandle<Transcript>,
+}
+
+/// Command lines (without CRLF) and DATA bodies (raw, still dot-stuffed,
+/// terminator included) in the order they arrived.
+#[derive(Debug, Default)]
+struct Transcript {
+    lines: Vec<String>,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl Scripted {
+    async fn start(steps: Vec<Step>) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut io = BufReader::new(stream);
+            let mut seen = Transcript::default();
+            for step in steps {
+                match step {
+                    Step::Say(bytes) => io.get_mut().write_all(&bytes).await.unwrap(),
+                    Step::Expect(prefix) | Step::ExpectAlone(prefix) => {
+                        let alone = matches!(step, Step::ExpectAlone(_));
+                        let mut line = String::new();
+                        let n = io.read_line(&mut line).await.unwrap();
+                        assert!(n > 0, "client closed; expected {prefix:?}; got {seen:?}");
+                        let line = line.trim_end_matches(['\r', '\n']).to_string();
+                        assert!(
+                            line.to_ascii_uppercase()
+                                .starts_with(&prefix.to_ascii_uppercase()),
+                            "expected {prefix:?}, got {line:?}"
+                        );
+                        if alone {
+                            assert!(
+                                io.buffer().is_empty(),
+                                "client sent more before our reply to {line:?}"
+                            );
+                        }
+                        seen.lines.push(line);
+                    }
+                    Step::Body => {
+                        let mut body = Vec::new();
+                        loop {
+                            let start = body.len();
+                            let n = io.read_until(b'\n', &mut body).await.unwrap();
+                            assert!(n > 0, "client closed in DATA");
+                            if &body[start..] == b".\r\n" {
+                                break;
+                            }
+                        }
+                        seen.bodies.push(body);
+                    }
+                }
+            }
+            // Read until the client hangs up rather than closing first:
+            // closing with unread input would reset the connection and
+            // could destroy a reply the client has not read yet.
+            let mut sink = Vec::new();
+            let _ = io.read_to_end(&mut sink).await;
+            seen
+        });
+        Scripted { addr, task }
+    }
+
+    /// The transcript, once the client has hung up. A failed expectation
+    /// in the server task fails the test here.
+    async fn transcript(self) -> Transcript {
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("scripted server still running")
+            .expect("scripted server")
+    }
+}
+
+const EHLO_PLAIN: &str = "250-scripted.test\r\n250 SIZE 1000000\r\n";
+const EHLO_PIPELINING: &str = "250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n";
+
+// ---------------------------------------------------------------------------
+// Against the recording sink.
+
+#[tokio::test]
+async fn several_recipients_share_one_transaction() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let to = rcpts(&["bob@dest.test", "carol@dest.test", "dave@dest.test"]);
+    let results = send(
+        sink.addr,
+        &plain(),
+        &message(&to, b"Subject: hi\r\n\r\nhello\r\n"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(results, vec![RecipientResult::Delivered; 3]);
+    let got = sink.wait_for(1).await;
+    assert_eq!(got.len(), 1, "one message, not one per recipient");
+    assert_eq!(got[0].mail_from, SENDER);
+    assert_eq!(got[0].rcpt_to, to);
+    assert_eq!(got[0].data, b"Subject: hi\r\n\r\nhello\r\n");
+    assert!(!got[0].tls);
+    assert_eq!(sink.connections(), 1);
+}
+
+#[tokio::test]
+async fn the_null_sender_goes_out_as_empty_brackets() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let to = rcpts(&["bob@dest.test"]);
+    let msg = Outgoing {
+        sender: "",
+        ..message(&to, b"bounce\r\n")
+    };
+    send(sink.addr, &plain(), &msg).await.unwrap();
+    assert_eq!(sink.wait_for(1).await[0].mail_from, "");
+}
+
+#[tokio::test]
+async fn lines_starting_with_a_dot_survive_the_round_trip() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let to = rcpts(&["bob@dest.test"]);
+    let body: &[u8] = b".\r\n.leading\r\n..two\r\nmid.dle\r\n.\r\n.";
+    send(sink.addr, &plain(), &message(&to, body))
+        .await
+        .unwrap();
+    let got = sink.wait_for(1).await;
+    // The last line had no CRLF; the client completes it before the dot.
+    assert_eq!(got[0].data, [body, b"\r\n"].concat());
+}
+
+#[tokio::test]
+async fn an_empty_body_is_still_a_message() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let to = rcpts(&["bob@dest.test"]);
+    send(sink.addr, &plain(), &message(&to, b"")).await.unwrap();
+    assert_eq!(sink.wait_for(1).await[0].data, b"");
+}
+
+#[tokio::test]
+async fn a_refused_recipient_does_not_hold_back_the_others() {
+    let sink = Sink::start(Behaviour {
+        refuse_rcpt: vec![("unknown".into(), 550), ("busy".into(), 451)],
+        ..Behaviour::default()
+    })
+    .await;
+    let to = rcpts(&["unknown@dest.test", "bob@dest.test", "busy@dest.test"]);
+    let results = send(sink.addr, &plain(), &message(&to, b"x\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 3);
+    let gone = failed(&results[0]);
+    assert_eq!(gone.severity, Severity::Permanent);
+    assert_eq!(gone.reason, "RCPT refused: 550 5.1.1");
+    assert_eq!(results[1], RecipientResult::Delivered);
+    let later = failed(&results[2]);
+    assert_eq!(later.severity, Severity::Temporary);
+    assert_eq!(later.reason, "RCPT refused: 451 4.1.1");
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].rcpt_to, ["bob@dest.test"]);
+}
+
+#[tokio::test]
+async fn when_every_recipient_is_refused_nothing_is_sent() {
+    let sink = Sink::start(Behaviour {
+        refuse_rcpt: vec![("dest.test".into(), 550)],
+        ..Behaviour::default()
+    })
+    .await;
+    let to = rcpts(&["a@dest.test", "b@dest.test"]);
+    // The sink pipelines, answers DATA with 554 (RFC 2920), and the
+    // outcome is still per recipient rather than a DATA failure.
+    let results = send(sink.addr, &plain(), &message(&to, b"x\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 2);
+    for r in &results {
+        assert_eq!(failed(r).reason, "RCPT refused: 550 5.1.1");
+    }
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_451_after_data_fails_every_recipient_temporarily() {
+    let sink = Sink::start(Behaviour {
+        data_replies: vec![451],
+        ..Behaviour::default()
+    })
+    .await;
+    let to = rcpts(&["bob@dest.test", "carol@dest.test"]);
+    let msg = message(&to, b"x\r\n");
+    let results = send(sink.addr, &plain(), &msg).await.unwrap();
+    for r in &results {
+        let f = failed(r);
+        assert_eq!(f.severity, Severity::Temporary);
+        assert_eq!(f.reason, "message refused: 451 4.0.0");
+    }
+    assert!(sink.received().is_empty());
+    // The sink's script is used up: the retry goes through.
+    let again = send(sink.addr, &plain(), &msg).await.unwrap();
+    assert_eq!(again, vec![RecipientResult::Delivered; 2]);
+    assert_eq!(sink.wait_for(1).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_554_after_data_fails_every_recipient_permanently() {
+    let sink = Sink::start(Behaviour {
+        data_replies: vec![554],
+        ..Behaviour::default()
+    })
+    .await;
+    let to = rcpts(&["bob@dest.test", "carol@dest.test"]);
+    let results = send(sink.addr, &plain(), &message(&to, b"x\r\n"))
+        .await
+        .unwrap();
+    for r in &results {
+        let f = failed(r);
+        assert_eq!(f.severity, Severity::Permanent);
+        assert_eq!(f.reason, "message refused: 554 5.0.0");
+    }
+}
+
+#[tokio::test]
+async fn a_connection_lost_in_data_is_a_temporary_failure_for_all() {
+    let sink = Sink::start(Behaviour {
+        drop_mid_data: 1,
+        ..Behaviour::default()
+    })
+    .await;
+    let to = rcpts(&["bob@dest.test", "carol@dest.test"]);
+    let body = b"line one\r\nline two\r\n".repeat(1000);
+    let f = whole(send(sink.addr, &plain(), &message(&to, &body)).await);
+    assert_eq!(f.severity, Severity::Temporary);
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_server_that_never_greets_is_cut_off_by_the_timeout() {
+    let sink = Sink::start(Behaviour {
+        stall: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    let short = ClientConfig {
+        timeout: Duration::from_millis(500),
+        ..plain()
+    };
+    let started = Instant::now();
+    let f = whole(send(sink.addr, &short, &message(&to, b"x\r\n")).await);
+    assert_eq!(f.severity, Severity::Temporary);
+    assert!(f.reason.contains("timed out"), "{}", f.reason);
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(started.elapsed() < PATIENCE);
+}
+
+#[tokio::test]
+async fn starttls_is_used_when_offered() {
+    let sink = Sink::start(Behaviour {
+        starttls: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    let tls = config(TlsPolicy::Opportunistic { verify: false });
+    let results = send(sink.addr, &tls, &message(&to, b"secret\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(results, [RecipientResult::Delivered]);
+    let got = sink.wait_for(1).await;
+    assert!(got[0].tls, "the transaction must run inside TLS");
+    assert_eq!(got[0].data, b"secret\r\n");
+}
+
+#[tokio::test]
+async fn starttls_is_not_used_when_the_policy_is_off() {
+    let sink = Sink::start(Behaviour {
+        starttls: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    send(sink.addr, &plain(), &message(&to, b"x\r\n"))
+        .await
+        .unwrap();
+    assert!(!sink.wait_for(1).await[0].tls);
+}
+
+#[tokio::test]
+async fn opportunistic_tls_without_an_offer_stays_in_plaintext() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let to = rcpts(&["bob@dest.test"]);
+    let tls = config(TlsPolicy::Opportunistic { verify: false });
+    send(sink.addr, &tls, &message(&to, b"x\r\n"))
+        .await
+        .unwrap();
+    assert!(!sink.wait_for(1).await[0].tls);
+}
+
+#[tokio::test]
+async fn a_certificate_that_does_not_verify_fails_temporarily_when_checked() {
+    let sink = Sink::start(Behaviour {
+        starttls: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    // The sink's certificate is self-signed: no system CA vouches for it.
+    let strict = config(TlsPolicy::Opportunistic { verify: true });
+    let f = whole(send(sink.addr, &strict, &message(&to, b"x\r\n")).await);
+    assert_eq!(f.severity, Severity::Temporary);
+    assert!(sink.received().is_empty(), "no fallback to plaintext");
+    assert_eq!(sink.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_server_refusing_ehlo_is_spoken_to_with_helo() {
+    let sink = Sink::start(Behaviour {
+        refuse_ehlo: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let to = rcpts(&["bob@dest.test", "carol@dest.test"]);
+    let results = send(sink.addr, &plain(), &message(&to, b"old school\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(results, vec![RecipientResult::Delivered; 2]);
+    assert_eq!(sink.wait_for(1).await[0].rcpt_to, to);
+}
+
+#[tokio::test]
+async fn smtputf8_mail_to_a_server_without_it_fails_permanently() {
+    let sink = Sink::start(Behaviour {
+        ascii_only: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    let msg = Outgoing {
+        smtputf8: true,
+        ..message(&to, "Subject: grüße\r\n\r\n".as_bytes())
+    };
+    let f = whole(send(sink.addr, &plain(), &msg).await);
+    assert_eq!(f.severity, Severity::Permanent);
+    assert!(f.reason.contains("SMTPUTF8"), "{}", f.reason);
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test]
+async fn smtputf8_mail_to_a_server_with_it_is_delivered() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let to = rcpts(&["bob@dest.test"]);
+    let body = "Subject: grüße\r\n\r\n".as_bytes();
+    let msg = Outgoing {
+        smtputf8: true,
+        eight_bit: true,
+        ..message(&to, body)
+    };
+    send(sink.addr, &plain(), &msg).await.unwrap();
+    assert_eq!(sink.wait_for(1).await[0].data, body);
+}
+
+// ---------------------------------------------------------------------------
+// Against scripted servers: the bytes on the wire.
+
+#[tokio::test]
+async fn without_pipelining_commands_go_one_at_a_time_with_the_offered_parameters() {
+    let server = Scripted::start(vec![
+        say("220 scripted.test\r\n"),
+        Step::ExpectAlone("EHLO "),
+        say(EHLO_PLAIN),
+        Step::ExpectAlone("MAIL FROM:"),
+        say("250 ok\r\n"),
+        Step::ExpectAlone("RCPT TO:"),
+        say("250 ok\r\n"),
+        Step::ExpectAlone("RCPT TO:"),
+        say("250 ok\r\n"),
+        Step::ExpectAlone("DATA"),
+        say("354 go\r\n"),
+        Step::Body,
+        say("250 queued\r\n"),
+        Step::Expect("QUIT"),
+        say("221 bye\r\n"),
+    ])
+    .await;
+    let to = rcpts(&["bob@dest.test", "carol@dest.test"]);
+    let body = b"8bit \xc3\xa9\r\n.dot\r\n";
+    let msg = Outgoing {
+        eight_bit: true,
+        ..message(&to, body)
+    };
+    let results = send(server.addr, &plain(), &msg).await.unwrap();
+    assert_eq!(results, vec![RecipientResult::Delivered; 2]);
+    let seen = server.transcript().await;
+    assert_eq!(
+        seen.lines,
+        [
+            format!("EHLO {HELO}"),
+            // SIZE is offered, 8BITMIME is not: no BODY parameter.
+            format!("MAIL FROM:<{SENDER}> SIZE={}", body.len()),
+            "RCPT TO:<bob@dest.test>".to_string(),
+            "RCPT TO:<carol@dest.test>".to_string(),
+            "DATA".to_string(),
+            "QUIT".to_string(),
+        ]
+    );
+    assert_eq!(seen.bodies, [b"8bit \xc3\xa9\r\n..dot\r\n.\r\n".to_vec()]);
+}
+
+#[tokio::test]
+async fn with_pipelining_the_envelope_goes_out_before_any_reply() {
+    // The server reads MAIL, both RCPTs and DATA before it answers: a
+    // lock-step client would wait for the MAIL reply and hit the timeout.
+    let server = Scripted::start(vec![
+        say("220 scripted.test\r\n"),
+        Step::Expect("EHLO "),
+        say("250-scripted.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE\r\n"),
+        Step::Expect("MAIL FROM:"),
+        Step::Expect("RCPT TO:"),
+        Step::Expect("RCPT TO:"),
+        Step::Expect("DATA"),
+        say("250 ok\r\n250 ok\r\n550 5.1.1 <carol@dest.test> unknown\r\n354 go\r\n"),
+        Step::Body,
+        say("250 queued\r\n"),
+        Step::Expect("QUIT"),
+        say("221 bye\r\n"),
+    ])
+    .await;
+    let to = rcpts(&["bob@dest.test", "carol@dest.test"]);
+    let msg = Outgoing {
+        eight_bit: true,
+        smtputf8: true,
+        ..message(&to, b"x\r\n")
+    };
+    let results = send(server.addr, &plain(), &msg).await.unwrap();
+    assert_eq!(results[0], RecipientResult::Delivered);
+    // The server's text echoed the address; the reason must not.
+    assert_eq!(failed(&results[1]).reason, "RCPT refused: 550 5.1.1");
+    let seen = server.transcript().await;
+    assert_eq!(
+        seen.lines[1],
+        format!("MAIL FROM:<{SENDER}> SIZE=3 BODY=8BITMIME SMTPUTF8")
+    );
+}
+
+#[tokio::test]
+async fn helo_fallback_uses_the_configured_name() {
+    let server = Scripted::start(vec![
+        say("220 scripted.test\r\n"),
+        Step::Expect("EHLO "),
+        say("502 5.5.2 what\r\n"),
+        Step::Expect("HELO "),
+        say("250 scripted.test\r\n"),
+        Step::ExpectAlone("MAIL FROM:"),
+        say("250 ok\r\n"),
+        Step::ExpectAlone("RCPT TO:"),
+        say("250 ok\r\n"),
+        Step::ExpectAlone("DATA"),
+        say("354 go\r\n"),
+        Step::Body,
+        say("250 queued\r\n"),
+        Step::Expect("QUIT"),
+        say("221 bye\r\n"),
+    ])
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    // A HELO server offers no extensions: no SIZE, no BODY, lock-step.
+    let msg = Outgoing {
+        eight_bit: true,
+        ..message(&to, b"x\r\n")
+    };
+    send(server.addr, &plain(), &msg).await.unwrap();
+    let seen = server.transcript().await;
+    assert_eq!(seen.lines[0], format!("EHLO {HELO}"));
+    assert_eq!(seen.lines[1], format!("HELO {HELO}"));
+    assert_eq!(seen.lines[2], format!("MAIL FROM:<{SENDER}>"));
+}
+
+#[tokio::test]
+async fn a_refused_sender_fails_the_whole_delivery() {
+    let server = Scripted::start(vec![
+        say("220 scripted.test\r\n"),
+        Step::Expect("EHLO "),
+        say(EHLO_PIPELINING),
+        Step::Expect("MAIL FROM:"),
+        Step::Expect("RCPT TO:"),
+        Step::Expect("DATA"),
+        say("550 5.7.1 <alice@sender.test> not welcome\r\n503 5.5.1 no sender\r\n503 5.5.1 no recipients\r\n"),
+        Step::Expect("QUIT"),
+        say("221 bye\r\n"),
+    ])
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    let f = whole(send(server.addr, &plain(), &message(&to, b"x\r\n")).await);
+    assert_eq!(f.severity, Severity::Permanent);
+    assert_eq!(f.reason, "MAIL refused: 550 5.7.1");
+    assert!(server.transcript().await.bodies.is_empty());
+}
+
+#[tokio::test]
+async fn a_354_after_every_rcpt_failed_gets_an_empty_message() {
+    // RFC 2920 §3.1: a server should refuse DATA when no RCPT succeeded;
+    // when one says 354 anyway, the client ends the data at once.
+    let server = Scripted::start(vec![
+        say("220 scripted.test\r\n"),
+        Step::Expect("EHLO "),
+        say(EHLO_PIPELINING),
+        Step::Expect("MAIL FROM:"),
+        Step::Expect("RCPT TO:"),
+        Step::Expect("DATA"),
+        say("250 ok\r\n450 4.2.1 full\r\n354 go\r\n"),
+        Step::Body,
+        say("554 5.5.1 no recipients\r\n"),
+        Step::Expect("QUIT"),
+        say("221 bye\r\n"),
+    ])
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    let results = send(server.addr, &plain(), &message(&to, b"not this\r\n"))
+        .await
+        .unwrap();
+    let f = failed(&results[0]);
+    assert_eq!(f.severity, Severity::Temporary);
+    assert_eq!(f.reason, "RCPT refused: 450 4.2.1");
+    assert_eq!(server.transcript().await.bodies, [b".\r\n".to_vec()]);
+}
+
+#[tokio::test]
+async fn a_data_refusal_with_accepted_recipients_fails_them_all() {
+    let server = Scripted::start(vec![
+        say("220 scripted.test\r\n"),
+        Step::Expect("EHLO "),
+        say(EHLO_PIPELINING),
+        Step::Expect("MAIL FROM:"),
+        Step::Expect("RCPT TO:"),
+        Step::Expect("DATA"),
+        say("250 ok\r\n250 ok\r\n451 4.3.0 not now\r\n"),
+        Step::Expect("QUIT"),
+        say("221 bye\r\n"),
+    ])
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    let f = whole(send(server.addr, &plain(), &message(&to, b"x\r\n")).await);
+    assert_eq!(f.severity, Severity::Temporary);
+    assert_eq!(f.reason, "DATA refused: 451 4.3.0");
+    assert!(server.transcript().await.bodies.is_empty());
+}
+
+#[tokio::test]
+async fn greetings_are_classified_by_their_code() {
+    for (greeting, severity) in [
+        ("554 5.3.2 no service\r\n", Severity::Permanent),
+        ("421 4.3.2 busy\r\n", Severity::Temporary),
+    ] {
+        let server = Scripted::start(vec![say(greeting)]).await;
+        let to = rcpts(&["bob@dest.test"]);
+        let f = whole(send(server.addr, &plain(), &message(&to, b"x\r\n")).await);
+        assert_eq!(f.severity, severity, "{greeting:?}");
+        assert!(f.reason.starts_with("greeting refused: "), "{}", f.reason);
+        assert!(
+            server.transcript().await.lines.is_empty(),
+            "no EHLO after a refused greeting"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_temporary_ehlo_refusal_does_not_fall_back_to_helo() {
+    let server = Scripted::start(vec![
+        say("220 scripted.test\r\n"),
+        Step::Expect("EHLO "),
+        say("421 4.3.0 going down\r\n"),
+    ])
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    let f = whole(send(server.addr, &plain(), &message(&to, b"x\r\n")).await);
+    assert_eq!(f.severity, Severity::Temporary);
+    assert_eq!(f.reason, "EHLO refused: 421 4.3.0");
+    assert_eq!(server.transcript().await.lines.len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_starttls_is_a_temporary_failure_not_a_plaintext_delivery() {
+    let server = Scripted::start(vec![
+        say("220 scripted.test\r\n"),
+        Step::Expect("EHLO "),
+        say("250-scripted.test\r\n250 STARTTLS\r\n"),
+        Step::Expect("STARTTLS"),
+        say("454 4.7.0 TLS not available\r\n"),
+    ])
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    let tls = config(TlsPolicy::Opportunistic { verify: false });
+    let f = whole(send(server.addr, &tls, &message(&to, b"x\r\n")).await);
+    assert_eq!(f.severity, Severity::Temporary);
+    let seen = server.transcript().await;
+    assert!(
+        !seen.lines.iter().any(|l| l.starts_with("MAIL")),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_starttls_refusal_does_not_drop_the_mail() {
+    // Opportunistic TLS is a bonus, not a condition of delivery: a broken
+    // STARTTLS must not bounce the message.
+    let server = Scripted::start(vec![
+        say("220 scripted.test\r\n"),
+        Step::Expect("EHLO "),
+        say("250-scripted.test\r\n250 STARTTLS\r\n"),
+        Step::Expect("STARTTLS"),
+        say("554 5.7.0 TLS broken\r\n"),
+    ])
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    let tls = config(TlsPolicy::Opportunistic { verify: false });
+    let f = whole(send(server.addr, &tls, &message(&to, b"x\r\n")).await);
+    assert_eq!(f.severity, Severity::Temporary, "{}", f.reason);
+    server.transcript().await;
+}
+
+#[tokio::test]
+async fn bytes_sent_along_with_the_starttls_go_ahead_end_the_delivery() {
+    // Anything the client reads after "220" but before the handshake was
+    // sent in the clear and may be injected by a man in the middle
+    // (CVE-2011-0411). Whether the client sees those bytes before or
+    // during the handshake, it must give up.
+    let server = Scripted::start(vec![
+        say("220 scripted.test\r\n"),
+        Step::Expect("EHLO "),
+        say("250-scripted.test\r\n250 STARTTLS\r\n"),
+        Step::Expect("STARTTLS"),
+        say("220 go ahead\r\n250 injected\r\n"),
+    ])
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    let tls = config(TlsPolicy::Opportunistic { verify: false });
+    let f = whole(send(server.addr, &tls, &message(&to, b"x\r\n")).await);
+    assert_eq!(f.severity, Severity::Temporary);
+    server.transcript().await;
+}
+
+#[tokio::test]
+async fn an_endless_reply_line_is_refused_without_waiting_for_its_end() {
+    // The line never ends and the server never closes: only the length
+    // limit can end this before the (long) timeout.
+    let server = Scripted::start(vec![Step::Say(
+        [b"220 ".as_slice(), &[b'x'; 10_000]].concat(),
+    )])
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    let f = whole(send(server.addr, &plain(), &message(&to, b"x\r\n")).await);
+    assert_eq!(f.severity, Severity::Temporary);
+    assert_eq!(f.reason, "server reply too long");
+    server.transcript().await;
+}
+
+#[tokio::test]
+async fn an_endless_multiline_reply_is_refused() {
+    let server = Scripted::start(vec![Step::Say(b"220-more\r\n".repeat(1_000))]).await;
+    let to = rcpts(&["bob@dest.test"]);
+    let f = whole(send(server.addr, &plain(), &message(&to, b"x\r\n")).await);
+    assert_eq!(f.reason, "server reply too long");
+    server.transcript().await;
+}
+
+#[tokio::test]
+async fn a_malformed_reply_is_a_temporary_failure() {
+    let server = Scripted::start(vec![say("hello there\r\n")]).await;
+    let to = rcpts(&["bob@dest.test"]);
+    let f = whole(send(server.addr, &plain(), &message(&to, b"x\r\n")).await);
+    assert_eq!(f.severity, Severity::Temporary);
+    assert_eq!(f.reason, "malformed server reply");
+    server.transcript().await;
+}
+
+#[tokio::test]
+async fn a_server_closing_after_the_greeting_is_a_temporary_failure() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        stream.write_all(b"220 hi\r\n").await.unwrap();
+        stream.shutdown().await.unwrap();
+        // Keep reading so our close never resets the connection.
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    });
+    let to = rcpts(&["bob@dest.test"]);
+    let f = whole(send(addr, &plain(), &message(&to, b"x\r\n")).await);
+    assert_eq!(f.severity, Severity::Temporary);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_that_accepts_the_message_and_then_goes_silent_still_counts_as_delivered() {
+    // After the 250 to the final dot the message is the next hop's
+    // responsibility (RFC 5321 §4.1.1.4); a QUIT that is never answered
+    // must not turn it into a failure, or it would be sent again.
+    let server = Scripted::start(vec![
+        say("220 scripted.test\r\n"),
+        Step::Expect("EHLO "),
+        say(EHLO_PIPELINING),
+        Step::Expect("MAIL FROM:"),
+        Step::Expect("RCPT TO:"),
+        Step::Expect("DATA"),
+        say("250 ok\r\n250 ok\r\n354 go\r\n"),
+        Step::Body,
+        say("250 queued\r\n"),
+        Step::Expect("QUIT"),
+    ])
+    .await;
+    let to = rcpts(&["bob@dest.test"]);
+    let short = ClientConfig {
+        timeout: Duration::from_millis(500),
+        ..plain()
+    };
+    let results = send(server.addr, &short, &message(&to, b"x\r\n")).await;
+    assert_eq!(results, Ok(vec![RecipientResult::Delivered]));
+    server.transcript().await;
+}
