@@ -165,6 +165,18 @@ pub struct DaemonArgs {
     /// Pool delay distribution: exponential, constant or poisson.
     #[arg(long, default_value = "exponential", value_name = "STRATEGY")]
     pub delay_strategy: crate::mix::DelayStrategy,
+    /// Mean interval of cover messages, a Poisson process (0 = no cover).
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub cover_interval: Duration,
+    /// Pad every outgoing DATA to a multiple of this many bytes (0 = off).
+    #[arg(long, default_value_t = 8192, value_name = "BYTES")]
+    pub pad_block: usize,
+    /// How often the [STATS] line is logged.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub stats_interval: Duration,
+    /// From header that replaces the author's when -sanitize is on.
+    #[arg(long, value_name = "HEADER", default_value = "Anonymous <nobody@NAME>")]
+    pub anon_from: String,
     /// Port of the next hop's SMTP server (25 everywhere; change only for tests).
     #[arg(long, default_value_t = 25, value_name = "PORT")]
     pub smtp_port: u16,
@@ -196,6 +208,12 @@ pub struct Config {
     pub debug: bool,
     pub relay: RelayConfig,
     pub mix: crate::mix::MixPolicy,
+    /// Mean gap between cover messages; `None` = no cover.
+    pub cover_interval: Option<Duration>,
+    pub pad_block: usize,
+    pub stats_interval: Duration,
+    /// `Some(from header)` when exit headers are sanitized.
+    pub sanitize_from: Option<String>,
 }
 
 /// Settings of outbound delivery.
@@ -292,8 +310,25 @@ impl DaemonArgs {
                 "must be at least 1s",
             ));
         }
+        if self.stats_interval < Duration::from_secs(1) {
+            return Err(bad(
+                "-stats-interval",
+                &humantime::format_duration(self.stats_interval).to_string(),
+                "must be at least 1s",
+            ));
+        }
+        if self.pad_block != 0 && self.pad_block < 512 {
+            return Err(bad(
+                "-pad-block",
+                &self.pad_block.to_string(),
+                "must be 0 (off) or at least 512 bytes",
+            ));
+        }
         let relay = self.relay_config(&name)?;
         let mix = self.mix_policy()?;
+        let sanitize_from = self
+            .sanitize
+            .then(|| self.anon_from.replace("NAME", name.as_str()));
         prepare_data_dir(&self.data_dir)?;
         Ok(Config {
             name,
@@ -310,6 +345,10 @@ impl DaemonArgs {
             debug: self.debug,
             relay,
             mix,
+            cover_interval: (!self.cover_interval.is_zero()).then_some(self.cover_interval),
+            pad_block: self.pad_block,
+            stats_interval: self.stats_interval,
+            sanitize_from,
         })
     }
 

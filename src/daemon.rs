@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::cover::{self, CoverKey};
 use crate::mix::MixPolicy;
 use crate::relay::client::{ClientConfig, TlsPolicy};
 use crate::relay::mx_lookup::MxResolver;
@@ -24,6 +25,7 @@ use crate::smtp::rate_limit::SessionRateLimiter;
 use crate::smtp::server::{self, DomainCheck, ServerContext};
 use crate::smtp::session::SessionConfig;
 use crate::spool::{self, Spool, SpoolError};
+use crate::stats::Stats;
 
 /// Bound on one MX lookup through Tor during delivery.
 const MX_TIMEOUT: Duration = Duration::from_secs(20);
@@ -43,6 +45,11 @@ pub enum DaemonError {
     #[error("-addr {addr}: cannot listen: {source}; choose a free address")]
     Bind {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("-data-dir {path}: cannot use the cover traffic key: {source}")]
+    CoverKey {
+        path: String,
         source: std::io::Error,
     },
     #[error("cannot install signal handlers: {0}")]
@@ -70,6 +77,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     })?;
     spawn_signal_handler(shutdown.clone())?;
 
+    let cover_key =
+        CoverKey::load_or_create(&config.data_dir).map_err(|e| DaemonError::CoverKey {
+            path: config.data_dir.display().to_string(),
+            source: e,
+        })?;
+    let stats = Arc::new(Stats::default());
     let relay = &config.relay;
     let dialer = SocksDialer::new(relay.tor_socks, relay.delivery_timeout);
     let mx = Arc::new(MxResolver::new(
@@ -89,6 +102,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         },
         envelope_from: relay.envelope_from.clone(),
         port: relay.smtp_port,
+        pad_block: config.pad_block,
         debug: config.debug,
     });
     let pool = RelayPool {
@@ -100,11 +114,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         },
         mix: config.mix.clone(),
         workers: relay.workers,
+        stats: stats.clone(),
         // Longer than any delivery can take (MX lookup, a few hosts, the
         // SMTP dialogue), so an expired lease always means a dead worker.
         lease: MX_TIMEOUT + relay.delivery_timeout * 4 + Duration::from_secs(60),
     };
     let relay_task = tokio::spawn(pool.run(shutdown.clone()));
+    let cover_task = config.cover_interval.map(|interval| {
+        tokio::spawn(cover::generate(
+            cover_key.clone(),
+            config.name.clone(),
+            spool.clone(),
+            config.mix.clone(),
+            interval,
+            stats.clone(),
+            shutdown.clone(),
+        ))
+    });
+    let stats_task = tokio::spawn(stats.clone().report(
+        config.data_dir.clone(),
+        config.stats_interval,
+        shutdown.clone(),
+    ));
 
     let ctx = Arc::new(ServerContext {
         session: Arc::new(SessionConfig {
@@ -122,6 +153,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         connections: Arc::new(Semaphore::new(config.max_connections)),
         domain_check: Some(Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
         mix: config.mix.clone(),
+        cover_key,
+        stats,
     });
     info!("[CONN] listening on {local}");
     if config.mix == MixPolicy::Immediate {
@@ -142,6 +175,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     tracker.close();
     tracker.wait().await;
     let _ = relay_task.await;
+    if let Some(task) = cover_task {
+        let _ = task.await;
+    }
+    let _ = stats_task.await;
     // The last Spool handle went with the server context; the committer now
     // drains what is left and closes the database.
     closer.closed().await;

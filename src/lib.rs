@@ -18,6 +18,7 @@
 
 pub mod address;
 pub mod config;
+pub mod cover;
 pub mod daemon;
 pub mod envelope;
 pub mod logging;
@@ -25,3 +26,4 @@ pub mod mix;
 pub mod relay;
 pub mod smtp;
 pub mod spool;
+pub mod stats;

@@ -33,6 +33,10 @@ fn flags(socks: std::net::SocketAddr, extra: &[&str]) -> Vec<String> {
     if !extra.contains(&"-delivery-timeout") {
         all.extend(["-delivery-timeout", "5s"].map(String::from));
     }
+    if !extra.contains(&"-pad-block") {
+        // Exact byte comparisons below; padding has its own tests.
+        all.extend(["-pad-block", "0"].map(String::from));
+    }
     all.extend(extra.iter().map(|s| s.to_string()));
     all
 }

@@ -23,6 +23,7 @@ use super::retry::RetryPolicy;
 use super::route::Router;
 use crate::mix::MixPolicy;
 use crate::spool::{Disposition, Lease, Spool, now_ms};
+use crate::stats::Stats;
 
 /// Longest the dispatcher sleeps without checking the spool, covering
 /// leases that expire and clocks that jump.
@@ -36,6 +37,7 @@ pub struct RelayPool {
     /// at a time an observer could predict from the failure.
     pub mix: MixPolicy,
     pub workers: usize,
+    pub stats: Arc<Stats>,
     /// How long a leased recipient is reserved for its worker.
     pub lease: Duration,
 }
@@ -82,6 +84,7 @@ impl RelayPool {
                 }
                 continue;
             }
+            Stats::add(&this.stats.batches, 1);
             let mut first = Some(first);
             for lease in batch.leases {
                 let permit = match first.take() {
@@ -143,6 +146,9 @@ impl RelayPool {
                 (r.id, d)
             })
             .collect();
+        Stats::add(&self.stats.sent, delivered);
+        Stats::add(&self.stats.failed, dropped);
+        Stats::add(&self.stats.deferred, deferred);
         if dropped > 0 || deferred > 0 {
             info!("[RELAY] {delivered} delivered, {deferred} deferred, {dropped} dropped");
         } else {

@@ -9,6 +9,7 @@ use super::client::{self, ClientConfig, Outgoing, RecipientResult, TlsPolicy};
 use super::failure::Failure;
 use super::mx_lookup::{MxAnswer, MxResolver};
 use super::socks::SocksDialer;
+use crate::mix::padding;
 use crate::spool::Lease;
 
 /// What a delivery needs besides the lease itself.
@@ -20,6 +21,8 @@ pub struct Router {
     pub envelope_from: Option<String>,
     /// Port of every next hop (25; other values only in tests).
     pub port: u16,
+    /// Outgoing DATA is padded to a multiple of this (0 = off).
+    pub pad_block: usize,
     pub debug: bool,
 }
 
@@ -53,6 +56,9 @@ impl Router {
         }
         let recipients: Vec<String> = lease.recipients.iter().map(|r| r.address.clone()).collect();
         let sender = self.envelope_from.as_deref().unwrap_or(&lease.sender);
+        // Padded once per attempt with fresh random filler, so two attempts
+        // of one message do not carry identical bytes.
+        let body = padding::pad(&lease.body, self.pad_block, &mut rand::rng());
         let mut last = Failure::temporary("no mail host to try");
         for (i, host) in hosts.iter().enumerate() {
             let stream = match self.dialer.connect(host, self.port).await {
@@ -76,7 +82,7 @@ impl Router {
                 server_name: host,
                 sender,
                 recipients: &recipients,
-                body: &lease.body,
+                body: &body,
                 smtputf8: lease.smtputf8,
                 eight_bit: lease.eight_bit,
             };

@@ -19,9 +19,13 @@ use tracing::{debug, info, warn};
 use super::proxy_header::{self, ProxySource};
 use super::rate_limit::SessionRateLimiter;
 use super::reply::Reply;
+use super::session::EnqueueOutcome;
 use super::session::{Session, SessionConfig, Step};
-use crate::mix::MixPolicy;
+use crate::cover::CoverKey;
+use crate::envelope::Message;
+use crate::mix::{MixPolicy, padding};
 use crate::spool::{Spool, now_ms};
+use crate::stats::Stats;
 
 /// Read size per syscall; DATA is decoded as it arrives, so this is also
 /// roughly the per-session buffer in steady state.
@@ -44,9 +48,30 @@ pub struct ServerContext {
     pub domain_check: Option<Arc<dyn DomainCheck>>,
     /// Decides when an accepted message may leave.
     pub mix: MixPolicy,
+    /// Recognises this node's own cover messages coming back.
+    pub cover_key: CoverKey,
+    pub stats: Arc<Stats>,
 }
 
 impl ServerContext {
+    /// Removes padding a sending pluto2 added, then either swallows our own
+    /// loop cover (counted, never spooled) or stores the message.
+    async fn accept(&self, mut message: Message) -> EnqueueOutcome {
+        let stripped = padding::strip(&message.body);
+        if stripped.len() != message.body.len() {
+            message.body = stripped.to_vec();
+        }
+        if self.cover_key.is_cover(&message.body) {
+            Stats::add(&self.stats.cover_received, 1);
+            return EnqueueOutcome::Queued;
+        }
+        let outcome = self.spool.enqueue(message, self.release_time()).await;
+        if outcome == EnqueueOutcome::Queued {
+            Stats::add(&self.stats.received, 1);
+        }
+        outcome
+    }
+
     /// Release time for a message accepted now, from the thread-local
     /// CSPRNG (ChaCha, reseeded from the OS).
     fn release_time(&self) -> u64 {
@@ -225,7 +250,7 @@ async fn run_session(
             }
             Step::Enqueue(message) => {
                 let recipients = message.envelope.recipients.len();
-                let outcome = ctx.spool.enqueue(message, ctx.release_time()).await;
+                let outcome = ctx.accept(message).await;
                 if ctx.debug {
                     debug!("[SMTP] message with {recipients} recipient(s): {outcome:?}");
                 }

@@ -64,9 +64,17 @@ impl Daemon {
             }
             None => Command::new(BIN),
         };
+        // Cover traffic would add messages at random moments; tests that
+        // want it ask for it.
+        let quiet: &[&str] = if extra.contains(&"-cover-interval") {
+            &[]
+        } else {
+            &["-cover-interval", "0"]
+        };
         let mut child = command
             .args(["-name", &name, "-addr", "127.0.0.1:0", "-data-dir"])
             .arg(data_dir)
+            .args(quiet)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

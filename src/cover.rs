@@ -1,0 +1,277 @@
+//! Loop cover traffic: fake messages that leave exactly like real ones and
+//! come back to this node, where they are recognised and discarded.
+//!
+//! They are generated as a Poisson process (exponential gaps with mean
+//! `-cover-interval`), addressed to this node's own onion name, and go
+//! through the same spool, mix, padding and workers as real mail, so an
+//! observer of the Tor streams sees one more message of ordinary size at an
+//! unpredictable time. Each carries a marker only this node can make: an
+//! HMAC-SHA-256 of a random nonce under a secret kept in the data dir. A
+//! forged or replayed-from-elsewhere marker does not verify, so nobody can
+//! make this node silently swallow real mail by adding a header.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use rand::Rng;
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error};
+
+use crate::address::OnionName;
+use crate::envelope::{Envelope, Message};
+use crate::mix::MixPolicy;
+use crate::smtp::session::EnqueueOutcome;
+use crate::spool::{Spool, now_ms};
+use crate::stats::Stats;
+
+/// Header that carries the marker.
+pub const MARKER: &str = "X-Pluto2-Cover";
+const KEY_FILE: &str = "cover.key";
+
+/// The node's secret for cover markers.
+#[derive(Clone)]
+pub struct CoverKey([u8; 32]);
+
+impl CoverKey {
+    /// Reads the key, creating it (mode 0600) on first start.
+    pub fn load_or_create(data_dir: &Path) -> std::io::Result<CoverKey> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = data_dir.join(KEY_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() == 32 => {
+                let mut key = [0u8; 32];
+                key.copy_from_slice(&bytes);
+                return Ok(CoverKey(key));
+            }
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is not 32 bytes; delete it to make a new one",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let key: [u8; 32] = rand::rng().random();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(&key)?;
+        file.sync_all()?;
+        Ok(CoverKey(key))
+    }
+
+    #[cfg(test)]
+    pub fn from_bytes(key: [u8; 32]) -> CoverKey {
+        CoverKey(key)
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length")
+    }
+
+    /// The marker header line for a fresh nonce.
+    fn marker<R: Rng + ?Sized>(&self, rng: &mut R) -> String {
+        let nonce: [u8; 16] = rng.random();
+        let mut mac = self.mac();
+        mac.update(&nonce);
+        let tag = mac.finalize().into_bytes();
+        format!("{MARKER}: {}.{}", hex(&nonce), hex(&tag))
+    }
+
+    /// True if the header block carries a marker made with this key.
+    pub fn is_cover(&self, message: &[u8]) -> bool {
+        let head_end = message
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(message.len());
+        let prefix = format!("{MARKER}:");
+        message[..head_end]
+            .split(|&b| b == b'\n')
+            .filter_map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                (line.len() > prefix.len()
+                    && line[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()))
+                .then(|| &line[prefix.len()..])
+            })
+            .any(|value| self.verify(value))
+    }
+
+    fn verify(&self, value: &[u8]) -> bool {
+        let Ok(text) = std::str::from_utf8(value) else {
+            return false;
+        };
+        let Some((nonce, tag)) = text.trim().split_once('.') else {
+            return false;
+        };
+        let (Some(nonce), Some(tag)) = (unhex(nonce), unhex(tag)) else {
+            return false;
+        };
+        let mut mac = self.mac();
+        mac.update(&nonce);
+        // Constant-time comparison.
+        mac.verify_slice(&tag).is_ok()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || s.len() > 128 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Body size of a cover message: log-normal around a few KiB, like typical
+/// mail (median ≈ 3 KiB, long tail), bounded to [200 B, 256 KiB]. Padding
+/// then rounds it up to blocks exactly as for real mail.
+fn cover_size<R: Rng + ?Sized>(rng: &mut R) -> usize {
+    // Box-Muller for a standard normal.
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random();
+    let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+    let size = (3000f64.ln() + 1.0 * z).exp();
+    size.clamp(200.0, 262_144.0) as usize
+}
+
+/// A complete cover message to `own` (this node's onion name).
+pub fn make_message<R: Rng + ?Sized>(key: &CoverKey, own: &OnionName, rng: &mut R) -> Message {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut body = format!(
+        "{}\r\nSubject: {}\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+        key.marker(rng),
+        hex(&rng.random::<[u8; 6]>()),
+    )
+    .into_bytes();
+    let mut left = cover_size(rng);
+    while left > 0 {
+        let n = left.min(76);
+        body.extend((0..n).map(|_| B64[rng.random_range(0..64)]));
+        body.extend_from_slice(b"\r\n");
+        left -= n;
+    }
+    Message {
+        envelope: Envelope {
+            sender: String::new(),
+            recipients: vec![format!("cover@{own}")],
+            smtputf8: false,
+            eight_bit: false,
+        },
+        body,
+    }
+}
+
+/// Generates cover until shutdown.
+pub async fn generate(
+    key: CoverKey,
+    own: OnionName,
+    spool: Spool,
+    mix: MixPolicy,
+    interval: Duration,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        // Exponential gap: the arrivals form a Poisson process.
+        let gap = {
+            let u: f64 = 1.0 - rand::rng().random::<f64>();
+            interval.mul_f64(-u.ln())
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(gap) => {}
+        }
+        let (message, release) = {
+            let mut rng = rand::rng();
+            let m = make_message(&key, &own, &mut rng);
+            (m, mix.release_at(now_ms(), &mut rng))
+        };
+        match spool.enqueue(message, release).await {
+            EnqueueOutcome::Queued => Stats::add(&stats.cover_sent, 1),
+            EnqueueOutcome::ShuttingDown => return,
+            other => error!("[MIX] cover message not queued: {other:?}"),
+        }
+        debug!("[MIX] cover message queued");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn own() -> OnionName {
+        OnionName::from_public_key(&[1; 32])
+    }
+
+    #[test]
+    fn it_recognizes_its_own_cover_and_nothing_else() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let key = CoverKey::from_bytes([7; 32]);
+        let other = CoverKey::from_bytes([8; 32]);
+        let m = make_message(&key, &own(), &mut rng);
+        assert!(key.is_cover(&m.body));
+        assert!(
+            !other.is_cover(&m.body),
+            "another node's key does not verify"
+        );
+        // Tampering with the tag breaks it.
+        let mut forged = m.body.clone();
+        let pos = forged.windows(1).position(|w| w == b".").unwrap();
+        forged[pos + 1] = if forged[pos + 1] == b'0' { b'1' } else { b'0' };
+        assert!(!key.is_cover(&forged));
+        assert!(!key.is_cover(b"X-Pluto2-Cover: 00.00\r\n\r\nbody"));
+        assert!(!key.is_cover(b"Subject: hello\r\n\r\nX-Pluto2-Cover: in the body\r\n"));
+    }
+
+    #[test]
+    fn it_survives_padding_and_stripping() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let key = CoverKey::from_bytes([9; 32]);
+        let m = make_message(&key, &own(), &mut rng);
+        let padded = crate::mix::padding::pad(&m.body, 8192, &mut rng);
+        assert!(key.is_cover(crate::mix::padding::strip(&padded)));
+    }
+
+    #[test]
+    fn cover_sizes_look_like_mail() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let mut sizes: Vec<usize> = (0..2001).map(|_| cover_size(&mut rng)).collect();
+        sizes.sort();
+        let median = sizes[1000];
+        assert!((2000..4500).contains(&median), "median {median}");
+        assert!(sizes[0] >= 200 && sizes[2000] <= 262_144);
+        assert!(sizes[1900] > 3 * median, "long tail");
+    }
+
+    #[test]
+    fn the_key_is_created_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = CoverKey::load_or_create(dir.path()).unwrap();
+        let b = CoverKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.0, b.0);
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
