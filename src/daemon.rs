@@ -21,6 +21,7 @@ use crate::relay::pool::RelayPool;
 use crate::relay::retry::RetryPolicy;
 use crate::relay::route::Router;
 use crate::relay::socks::SocksDialer;
+use crate::sanitize::SanitizeConfig;
 use crate::smtp::rate_limit::SessionRateLimiter;
 use crate::smtp::server::{self, DomainCheck, ServerContext};
 use crate::smtp::session::SessionConfig;
@@ -103,6 +104,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         envelope_from: relay.envelope_from.clone(),
         port: relay.smtp_port,
         pad_block: config.pad_block,
+        sanitize: config.sanitize_from.clone().map(|from| SanitizeConfig {
+            from,
+            message_id_domain: config.name.to_string(),
+        }),
+        cover_key: cover_key.clone(),
         debug: config.debug,
     });
     let pool = RelayPool {

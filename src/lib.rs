@@ -24,6 +24,7 @@ pub mod envelope;
 pub mod logging;
 pub mod mix;
 pub mod relay;
+pub mod sanitize;
 pub mod smtp;
 pub mod spool;
 pub mod stats;

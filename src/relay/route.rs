@@ -9,7 +9,9 @@ use super::client::{self, ClientConfig, Outgoing, RecipientResult, TlsPolicy};
 use super::failure::Failure;
 use super::mx_lookup::{MxAnswer, MxResolver};
 use super::socks::SocksDialer;
+use crate::cover::CoverKey;
 use crate::mix::padding;
+use crate::sanitize::{self, SanitizeConfig};
 use crate::spool::Lease;
 
 /// What a delivery needs besides the lease itself.
@@ -23,6 +25,11 @@ pub struct Router {
     pub port: u16,
     /// Outgoing DATA is padded to a multiple of this (0 = off).
     pub pad_block: usize,
+    /// Exit header rewriting (`-sanitize`); `None` passes headers on.
+    pub sanitize: Option<SanitizeConfig>,
+    /// Our own cover messages keep their headers (the marker must survive
+    /// to come back); they carry nothing identifying.
+    pub cover_key: CoverKey,
     pub debug: bool,
 }
 
@@ -56,9 +63,9 @@ impl Router {
         }
         let recipients: Vec<String> = lease.recipients.iter().map(|r| r.address.clone()).collect();
         let sender = self.envelope_from.as_deref().unwrap_or(&lease.sender);
-        // Padded once per attempt with fresh random filler, so two attempts
-        // of one message do not carry identical bytes.
-        let body = padding::pad(&lease.body, self.pad_block, &mut rand::rng());
+        // Sanitized and padded once per attempt with fresh randomness, so two
+        // attempts of one message do not carry identical bytes.
+        let body = self.prepare(&lease.body);
         let mut last = Failure::temporary("no mail host to try");
         for (i, host) in hosts.iter().enumerate() {
             let stream = match self.dialer.connect(host, self.port).await {
@@ -95,6 +102,21 @@ impl Router {
             };
         }
         all(last)
+    }
+}
+
+impl Router {
+    /// The bytes that go on the wire: sanitized (unless cover) and padded.
+    /// Synchronous, so the thread-local RNG never lives across an await.
+    fn prepare(&self, original: &[u8]) -> Vec<u8> {
+        let mut rng = rand::rng();
+        let body = match &self.sanitize {
+            Some(cfg) if !self.cover_key.is_cover(original) => {
+                sanitize::sanitize(original, cfg, std::time::SystemTime::now(), &mut rng)
+            }
+            _ => original.to_vec(),
+        };
+        padding::pad(&body, self.pad_block, &mut rng)
     }
 }
 

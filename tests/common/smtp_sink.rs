@@ -43,6 +43,10 @@ pub struct Received {
     pub rcpt_to: Vec<String>,
     /// Dot-unstuffed body without the terminator.
     pub data: Vec<u8>,
+    /// Bytes of DATA as sent, dot-stuffing and the final ".\r\n" included.
+    pub wire_len: usize,
+    /// When the final dot arrived.
+    pub at: std::time::Instant,
     pub tls: bool,
 }
 
@@ -224,13 +228,15 @@ async fn session(
                     io.read_line(&mut first).await?;
                     return Ok(());
                 }
-                let data = read_data(&mut io).await?;
+                let (data, wire_len) = read_data(&mut io).await?;
                 let code = state.script.lock().unwrap().0.pop_front().unwrap_or(250);
                 if code == 250 {
                     state.received.lock().unwrap().push(Received {
                         mail_from: from.clone(),
                         rcpt_to: std::mem::take(&mut rcpts),
                         data,
+                        wire_len,
+                        at: std::time::Instant::now(),
                         tls,
                     });
                     state.arrived.notify_waiters();
@@ -259,16 +265,18 @@ fn path(cmd: &str) -> String {
     cmd[start..end].to_string()
 }
 
-async fn read_data(io: &mut BufReader<Box<dyn Io>>) -> std::io::Result<Vec<u8>> {
+async fn read_data(io: &mut BufReader<Box<dyn Io>>) -> std::io::Result<(Vec<u8>, usize)> {
     let mut data = Vec::new();
     let mut line = Vec::new();
+    let mut wire = 0;
     loop {
         line.clear();
         if io.read_until(b'\n', &mut line).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+        wire += line.len();
         if line == b".\r\n" {
-            return Ok(data);
+            return Ok((data, wire));
         }
         let content = line.strip_prefix(b".").unwrap_or(&line);
         data.extend_from_slice(content);

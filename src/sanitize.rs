@@ -1,0 +1,666 @@
+//! Exit-side header sanitizer (`-sanitize`, on by default).
+//!
+//! Before a message leaves the node, its header block is filtered through an
+//! allow-list: only headers that carry content the author chose on purpose,
+//! or that a reader needs to decode and thread the message, survive. Every
+//! other header is dropped, and the relay adds a fresh `From`, `Message-ID`
+//! and `Date` of its own, so nothing about the sender's software, host, time
+//! zone or route reaches the next hop.
+//!
+//! This module is pure: bytes in, bytes out, no I/O. Headers are handled as
+//! bytes, never as `str`, so 8-bit values pass through untouched. The body is
+//! never inspected or changed.
+//!
+//! # Parsing rules
+//!
+//! * The header block ends at the first empty line. Lines end with LF; a CR
+//!   right before the LF is part of the terminator. For ordinary CRLF input
+//!   this is exactly the first `CRLF CRLF`. Splitting on LF (rather than
+//!   only on CRLF) means a bare LF inside a kept header cannot smuggle a
+//!   dropped header past the filter for a receiver that treats bare LF as a
+//!   line break.
+//! * A line starting with space or tab continues the header above it and
+//!   shares its fate. Such lines before the first header are dropped.
+//! * A line that is not `field-name ":"` (field-name being printable ASCII
+//!   without colon, optionally followed by spaces or tabs as in RFC 5322's
+//!   obsolete syntax) is malformed and dropped, with its continuation lines.
+//! * If the first line that does not start with whitespace is not a header
+//!   field, the input is taken to be body only: all of it is kept as the
+//!   body behind the three new headers.
+//! * Output lines always end with CRLF, and the output always contains the
+//!   empty line between headers and body (an empty body if there was none).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+
+/// What the relay puts in place of identifying headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SanitizeConfig {
+    /// The whole value of the new `From:` header, e.g.
+    /// `Anonymous <nobody@example.onion>`.
+    pub from: String,
+    /// The right-hand side of the new `Message-ID:`, e.g. the node's onion
+    /// name.
+    pub message_id_domain: String,
+}
+
+/// Headers kept exactly as written (names compared case-insensitively).
+///
+/// Every `Content-*` header and a conditional `Mail-Copies-To` are handled
+/// in [`keep_field`]; see there for their reasons.
+const KEEP: &[&[u8]] = &[
+    // The author's own words for the message.
+    b"subject",
+    // Recipients the author addressed on purpose; the next hop needs them to
+    // show who the message is for, and they are not the sender's address.
+    b"to",
+    b"cc",
+    // Usenet targets; a mail-to-news gateway cannot post without them.
+    b"newsgroups",
+    // Where replies to a news posting should go (groups, or "poster").
+    b"followup-to",
+    // Threading: lets readers attach the message to the conversation.
+    b"references",
+    b"in-reply-to",
+    // Without it, MIME bodies are shown as raw text.
+    b"mime-version",
+    // The author's request that archives skip the message.
+    b"x-no-archive",
+    // RFC 5322 informational field typed by the author; news gateways map it
+    // to the news header of the same name.
+    b"keywords",
+    // Author-written abstract of a news article (RFC 5536); gateways pass it.
+    b"summary",
+    // Limits how far a news article spreads (RFC 5536); gateways honour it.
+    b"distribution",
+    // RFC 5322 free text the author adds about the message.
+    b"comments",
+];
+
+/// Values of `Mail-Copies-To` that name no address.
+const MAIL_COPIES_TO_KEYWORDS: &[&[u8]] = &[b"nobody", b"never", b"poster", b"always"];
+
+/// Random bytes behind the Message-ID left part: 15 bytes are 120 bits,
+/// which base32 writes as exactly 24 characters with no padding.
+const MESSAGE_ID_RANDOM_BYTES: usize = 15;
+
+/// Rewrites the header block; the body (everything after the first CRLF CRLF) is returned byte for byte unchanged.
+///
+/// `now` becomes the new `Date:`; `rng` provides the new `Message-ID:`.
+pub fn sanitize<R: Rng + ?Sized>(
+    message: &[u8],
+    config: &SanitizeConfig,
+    now: SystemTime,
+    rng: &mut R,
+) -> Vec<u8> {
+    let (head, body) = split_header_block(message);
+
+    let mut out = Vec::with_capacity(message.len() + 256);
+    out.extend_from_slice(b"From: ");
+    out.extend_from_slice(config.from.as_bytes());
+    out.extend_from_slice(b"\r\nMessage-ID: <");
+    out.extend_from_slice(random_id(rng).as_bytes());
+    out.push(b'@');
+    out.extend_from_slice(config.message_id_domain.as_bytes());
+    out.extend_from_slice(b">\r\nDate: ");
+    out.extend_from_slice(rfc5322_date(now).as_bytes());
+    out.extend_from_slice(b"\r\n");
+
+    if !looks_like_header_block(head, body.is_some()) {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(message);
+        return out;
+    }
+
+    for field in fields(head) {
+        if keep_field(&field) {
+            for line in &field.lines {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    if let Some(body) = body {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// Splits `message` at its first empty line. Returns the header block (up to
+/// and including the terminator of its last line) and, if an empty line was
+/// found, everything after it.
+fn split_header_block(message: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let mut start = 0;
+    while let Some(offset) = memchr::memchr(b'\n', &message[start..]) {
+        let end = start + offset;
+        let line = strip_cr(&message[start..end]);
+        if line.is_empty() {
+            return (&message[..start], Some(&message[end + 1..]));
+        }
+        start = end + 1;
+    }
+    (message, None)
+}
+
+/// The lines of a header block, without their terminators. A trailing
+/// unterminated line counts; empty lines are skipped.
+fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    head.split(|&b| b == b'\n')
+        .map(strip_cr)
+        .filter(|line| !line.is_empty())
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn starts_with_wsp(line: &[u8]) -> bool {
+    matches!(line.first(), Some(b' ' | b'\t'))
+}
+
+/// Decides whether the input starts with headers at all: yes if its first
+/// line that is not a continuation is a header field, or if the input opens
+/// with the empty line (an empty header block before a body).
+fn looks_like_header_block(head: &[u8], has_separator: bool) -> bool {
+    match lines(head).find(|line| !starts_with_wsp(line)) {
+        Some(line) => field_name(line).is_some(),
+        None => head.is_empty() && has_separator,
+    }
+}
+
+/// The field name of a header line, without any whitespace before the colon,
+/// or `None` if the line is not `field-name *WSP ":" ...`.
+fn field_name(line: &[u8]) -> Option<&[u8]> {
+    let colon = memchr::memchr(b':', line)?;
+    let raw = &line[..colon];
+    let name_len = raw
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(0, |last| last + 1);
+    let name = &raw[..name_len];
+    let printable = |b: &u8| (33..=126).contains(b);
+    (!name.is_empty() && name.iter().all(printable)).then_some(name)
+}
+
+/// One header field: its first line and any continuation lines, each
+/// without its line terminator. `name` is `None` for a malformed field.
+struct Field<'a> {
+    name: Option<&'a [u8]>,
+    lines: Vec<&'a [u8]>,
+}
+
+/// Groups header lines into fields. Continuation lines before the first
+/// field belong to nothing and are left out.
+fn fields(head: &[u8]) -> Vec<Field<'_>> {
+    let mut fields: Vec<Field<'_>> = Vec::new();
+    for line in lines(head) {
+        if starts_with_wsp(line) {
+            if let Some(field) = fields.last_mut() {
+                field.lines.push(line);
+            }
+        } else {
+            fields.push(Field {
+                name: field_name(line),
+                lines: vec![line],
+            });
+        }
+    }
+    fields
+}
+
+/// The allow-list decision for one field.
+fn keep_field(field: &Field<'_>) -> bool {
+    let Some(name) = field.name else {
+        return false;
+    };
+    if KEEP.iter().any(|kept| name.eq_ignore_ascii_case(kept)) {
+        return true;
+    }
+    // Content-Type, Content-Transfer-Encoding, Content-Disposition and the
+    // rest of the family: without them a MIME body cannot be decoded.
+    if name.len() > b"content-".len() && name[..8].eq_ignore_ascii_case(b"content-") {
+        return true;
+    }
+    // Mail-Copies-To tells repliers whether to copy the poster. Its keyword
+    // values are harmless and kept; an address value is the sender's own
+    // address (the same reason Reply-To is dropped), so it is dropped.
+    if name.eq_ignore_ascii_case(b"mail-copies-to") {
+        let value = unfolded_value(field);
+        let value = value.trim_ascii();
+        return MAIL_COPIES_TO_KEYWORDS
+            .iter()
+            .any(|keyword| value.eq_ignore_ascii_case(keyword));
+    }
+    false
+}
+
+/// The field's value with its continuation lines joined.
+fn unfolded_value(field: &Field<'_>) -> Vec<u8> {
+    let mut value = Vec::new();
+    for (index, line) in field.lines.iter().enumerate() {
+        if index == 0 {
+            if let Some(colon) = memchr::memchr(b':', line) {
+                value.extend_from_slice(&line[colon + 1..]);
+            }
+        } else {
+            value.extend_from_slice(line);
+        }
+    }
+    value
+}
+
+/// 24 lowercase base32 characters from `rng`.
+fn random_id<R: Rng + ?Sized>(rng: &mut R) -> String {
+    let mut bytes = [0u8; MESSAGE_ID_RANDOM_BYTES];
+    rng.fill_bytes(&mut bytes);
+    data_encoding::BASE32_NOPAD
+        .encode(&bytes)
+        .to_ascii_lowercase()
+}
+
+const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+const SECONDS_PER_DAY: i64 = 86_400;
+
+/// `now` in UTC as an RFC 5322 date, e.g. `Tue, 24 Nov 2026 10:23:54 +0000`.
+fn rfc5322_date(now: SystemTime) -> String {
+    let seconds = unix_seconds(now);
+    let days = seconds.div_euclid(SECONDS_PER_DAY);
+    let second_of_day = seconds.rem_euclid(SECONDS_PER_DAY);
+    let (year, month, day) = civil_from_days(days);
+    // 1970-01-01 was a Thursday (index 4 from Sunday).
+    let weekday = WEEKDAYS[(days + 4).rem_euclid(7) as usize];
+    format!(
+        "{weekday}, {day:02} {month} {year:04} {:02}:{:02}:{:02} +0000",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60,
+        month = MONTHS[month as usize - 1],
+    )
+}
+
+/// Whole seconds since the Unix epoch, rounded down (also before 1970).
+fn unix_seconds(now: SystemTime) -> i64 {
+    match now.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX / 2),
+        Err(before) => {
+            let before = before.duration();
+            let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX / 2);
+            let partial = i64::from(before.subsec_nanos() > 0);
+            -whole - partial
+        }
+    }
+}
+
+/// Proleptic Gregorian (year, month 1..=12, day 1..=31) of a count of days
+/// since 1970-01-01. Works in 400-year eras starting on 1 March, so the leap
+/// day falls at the end of each era-year.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    // Shift the origin to 0000-03-01.
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097); // 0..=146_096
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153; // 0 = March
+    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn config() -> SanitizeConfig {
+        SanitizeConfig {
+            from: "Anonymous <nobody@example.onion>".to_owned(),
+            message_id_domain: "example.onion".to_owned(),
+        }
+    }
+
+    fn fixed_time() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_795_515_834)
+    }
+
+    fn run(message: &[u8]) -> Vec<u8> {
+        let mut rng = StdRng::seed_from_u64(7);
+        sanitize(message, &config(), fixed_time(), &mut rng)
+    }
+
+    /// Splits output into (header lines with their CRLF, body) at the first
+    /// CRLF CRLF, asserting that the separator is there.
+    fn parts(output: &[u8]) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let at = output
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("output has a header/body separator");
+        let lines = output[..at + 2]
+            .split_inclusive(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect();
+        (lines, output[at + 4..].to_vec())
+    }
+
+    /// The header lines after the three the relay adds, with their CRLF.
+    fn kept_lines(output: &[u8]) -> Vec<u8> {
+        parts(output).0[3..].concat()
+    }
+
+    fn assert_new_headers(output: &[u8]) {
+        let (lines, _) = parts(output);
+        assert_eq!(lines[0], b"From: Anonymous <nobody@example.onion>\r\n");
+        assert!(lines[1].starts_with(b"Message-ID: <"), "{lines:?}");
+        assert!(lines[1].ends_with(b"@example.onion>\r\n"), "{lines:?}");
+        assert_eq!(lines[2], b"Date: Tue, 24 Nov 2026 10:23:54 +0000\r\n");
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn drops_every_header_outside_the_allow_list_in_any_case() {
+        let dropped: &[&str] = &[
+            "Received",
+            "RECEIVED",
+            "received",
+            "X-Foo",
+            "x-originating-ip",
+            "User-Agent",
+            "X-Mailer",
+            "Reply-To",
+            "reply-to",
+            "Sender",
+            "Return-Path",
+            "Organization",
+            "Message-ID",
+            "message-id",
+            "Date",
+            "DATE",
+            "From",
+            "fRoM",
+            "Path",
+            "NNTP-Posting-Host",
+            "NNTP-Posting-Date",
+            "DKIM-Signature",
+            "Authentication-Results",
+            "List-Id",
+            "List-Unsubscribe",
+            "Disposition-Notification-To",
+            "Errors-To",
+            "Importance",
+            "Mail-Followup-To",
+            "Bcc",
+            "Resent-From",
+            "Subjective",
+            "Tolerance",
+            "X-No-Archive-Foo",
+            "Content-",
+        ];
+        for name in dropped {
+            let message = format!(
+                "Subject: hi\r\n{name}: leaked-value\r\n\tleaked-fold\r\nTo: a@b.onion\r\n\r\nbody\r\n"
+            );
+            let output = run(message.as_bytes());
+            assert_new_headers(&output);
+            assert!(!contains(&output, b"leaked"), "{name} survived");
+            assert_eq!(
+                kept_lines(&output),
+                b"Subject: hi\r\nTo: a@b.onion\r\n",
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn keeps_allow_listed_headers_in_order_with_folded_lines() {
+        let kept: &[&str] = &[
+            "Subject: a\r\n  folded subject",
+            "to: x@y.onion,\r\n\tz@y.onion",
+            "CC: c@y.onion",
+            "Newsgroups: alt.test",
+            "References: <1@a>\r\n <2@a>",
+            "In-Reply-To: <2@a>",
+            "Followup-To: poster",
+            "MIME-Version: 1.0",
+            "Content-Type: multipart/mixed;\r\n boundary=\"b1\"",
+            "content-transfer-encoding: 8bit",
+            "Content-Disposition: inline",
+            "X-No-Archive: yes",
+            "x-no-archive: Yes",
+            "Keywords: a, b",
+            "Summary: short",
+            "Distribution: local",
+            "Comments: hello",
+            "Mail-Copies-To: nobody",
+            "Mail-Copies-To:  Never ",
+            "Subject : obsolete spacing",
+        ];
+        for header in kept {
+            let message = format!("Received: x\r\n{header}\r\nX-Mailer: y\r\n\r\nbody");
+            let output = run(message.as_bytes());
+            assert_new_headers(&output);
+            assert_eq!(kept_lines(&output), format!("{header}\r\n").as_bytes());
+        }
+
+        let all = kept.join("\r\n");
+        let message = format!("{all}\r\n\r\nbody");
+        assert_eq!(
+            kept_lines(&run(message.as_bytes())),
+            format!("{all}\r\n").as_bytes()
+        );
+    }
+
+    #[test]
+    fn drops_mail_copies_to_that_carries_an_address() {
+        let output = run(b"Mail-Copies-To: me@home.example\r\nSubject: s\r\n\r\n");
+        assert_eq!(kept_lines(&output), b"Subject: s\r\n");
+    }
+
+    #[test]
+    fn leaves_body_byte_for_byte_unchanged() {
+        let bodies: &[&[u8]] = &[
+            b"",
+            b"plain\r\n",
+            b"From: x\r\nReceived: from attacker\r\nX-Mailer: m\r\n\r\nmore\r\n",
+            b"\r\n\r\nleading empty lines\r\n",
+            b"no final newline",
+            b"bare\nLF and bare\rCR\r\n",
+            b"\xff\xfe 8-bit \xc3\xa9\r\n",
+        ];
+        for body in bodies {
+            let mut message = b"Subject: s\r\nX-Mailer: m\r\n\r\n".to_vec();
+            message.extend_from_slice(body);
+            let (_, out_body) = parts(&run(&message));
+            assert_eq!(&out_body, body);
+        }
+    }
+
+    #[test]
+    fn leaves_mime_multipart_body_unchanged() {
+        let head = b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\
+            Received: from laptop\r\n\r\n";
+        let body = b"--XX\r\nContent-Type: text/plain; charset=utf-8\r\n\
+            From: x\r\nReceived: inside a part\r\n\r\nhello \xc3\xa9\r\n\
+            --XX\r\nContent-Type: application/octet-stream\r\n\
+            Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--XX--\r\n";
+        let message = [&head[..], &body[..]].concat();
+        let output = run(&message);
+        let (_, out_body) = parts(&output);
+        assert_eq!(out_body, body);
+        assert_eq!(
+            kept_lines(&output),
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n"
+        );
+        assert!(output.ends_with(body));
+    }
+
+    #[test]
+    fn keeps_non_ascii_header_bytes() {
+        let subject = b"Subject: caf\xc3\xa9 \xff raw\r\n\t\xe2\x82\xac\r\n";
+        let message = [&subject[..], b"X-Mailer: m\r\n\r\nbody"].concat();
+        assert_eq!(kept_lines(&run(&message)), subject);
+    }
+
+    #[test]
+    fn message_without_body_gets_empty_body() {
+        let output = run(b"Subject: s\r\nX-Mailer: m\r\n\r\n");
+        assert_new_headers(&output);
+        assert!(output.ends_with(b"\r\nSubject: s\r\n\r\n"));
+        assert_eq!(parts(&output).1, b"");
+    }
+
+    #[test]
+    fn bare_header_block_gets_separator_and_empty_body() {
+        for message in [
+            &b"Subject: s\r\nReceived: r\r\nTo: t@x.onion\r\n"[..],
+            &b"Subject: s\r\nReceived: r\r\nTo: t@x.onion"[..],
+        ] {
+            let output = run(message);
+            assert_new_headers(&output);
+            assert_eq!(kept_lines(&output), b"Subject: s\r\nTo: t@x.onion\r\n");
+            assert!(output.ends_with(b"To: t@x.onion\r\n\r\n"));
+        }
+    }
+
+    #[test]
+    fn body_only_input_is_kept_whole_behind_new_headers() {
+        let inputs: &[&[u8]] = &[
+            b"Hello there\r\nFrom: x\r\n\r\nbye\r\n",
+            b"just one line",
+            b"Dear Bob: no header name has spaces\r\nSubject: s\r\n",
+            b"   indented letter\r\n",
+            b"",
+        ];
+        for input in inputs {
+            let output = run(input);
+            assert_new_headers(&output);
+            let (lines, body) = parts(&output);
+            assert_eq!(lines.len(), 3);
+            assert_eq!(&body, input);
+        }
+    }
+
+    #[test]
+    fn leading_empty_line_means_empty_header_block() {
+        let output = run(b"\r\nFrom: x\r\nbody\r\n");
+        let (lines, body) = parts(&output);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(body, b"From: x\r\nbody\r\n");
+    }
+
+    #[test]
+    fn drops_malformed_lines_and_stray_continuations() {
+        let message = b" stray before any header\r\n\tanother\r\nSubject: s\r\n\
+            no colon here\r\n continued malformed\r\nTo: t@x.onion\r\n\r\nb";
+        let output = run(message);
+        assert_eq!(kept_lines(&output), b"Subject: s\r\nTo: t@x.onion\r\n");
+        assert_eq!(parts(&output).1, b"b");
+    }
+
+    #[test]
+    fn bare_lf_in_header_cannot_smuggle_a_dropped_header() {
+        let output = run(b"Subject: s\nReceived: secret\r\nTo: t@x.onion\r\n\r\nb");
+        assert!(!contains(&output, b"secret"));
+        assert_eq!(kept_lines(&output), b"Subject: s\r\nTo: t@x.onion\r\n");
+        assert_eq!(parts(&output).1, b"b");
+    }
+
+    #[test]
+    fn new_headers_come_first_in_fixed_order() {
+        let output = run(b"Date: old\r\nFrom: me\r\nMessage-ID: <x@me>\r\nSubject: s\r\n\r\n");
+        assert_new_headers(&output);
+        assert_eq!(kept_lines(&output), b"Subject: s\r\n");
+    }
+
+    #[test]
+    fn message_id_is_24_base32_chars_and_fresh_each_call() {
+        let mut rng = StdRng::seed_from_u64(42);
+        let message = b"Subject: s\r\n\r\nb";
+        let ids: Vec<Vec<u8>> = (0..2)
+            .map(|_| {
+                let output = sanitize(message, &config(), fixed_time(), &mut rng);
+                parts(&output).0[1].clone()
+            })
+            .collect();
+        assert_ne!(ids[0], ids[1]);
+        for id in &ids {
+            let random = &id[b"Message-ID: <".len()..id.len() - b"@example.onion>\r\n".len()];
+            assert_eq!(random.len(), 24, "{}", String::from_utf8_lossy(id));
+            assert!(
+                random
+                    .iter()
+                    .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(b))
+            );
+        }
+    }
+
+    #[test]
+    fn same_seed_gives_same_message_id() {
+        let message = b"Subject: s\r\n\r\nb";
+        assert_eq!(run(message), run(message));
+    }
+
+    #[test]
+    fn formats_dates_as_rfc5322_utc() {
+        let cases: &[(i64, &str)] = &[
+            (1_795_515_834, "Tue, 24 Nov 2026 10:23:54 +0000"),
+            (0, "Thu, 01 Jan 1970 00:00:00 +0000"),
+            (-1, "Wed, 31 Dec 1969 23:59:59 +0000"),
+            (951_782_400, "Tue, 29 Feb 2000 00:00:00 +0000"),
+            (1_709_164_800, "Thu, 29 Feb 2024 00:00:00 +0000"),
+            (253_402_300_799, "Fri, 31 Dec 9999 23:59:59 +0000"),
+        ];
+        for &(seconds, expected) in cases {
+            let time = if seconds >= 0 {
+                UNIX_EPOCH + Duration::from_secs(seconds.unsigned_abs())
+            } else {
+                UNIX_EPOCH - Duration::from_secs(seconds.unsigned_abs())
+            };
+            assert_eq!(rfc5322_date(time), expected, "{seconds}");
+        }
+    }
+
+    #[test]
+    fn rounds_sub_second_times_down() {
+        let time = UNIX_EPOCH + Duration::from_millis(1_999);
+        assert_eq!(rfc5322_date(time), "Thu, 01 Jan 1970 00:00:01 +0000");
+        let before = UNIX_EPOCH - Duration::from_millis(500);
+        assert_eq!(rfc5322_date(before), "Wed, 31 Dec 1969 23:59:59 +0000");
+    }
+
+    #[test]
+    fn civil_from_days_matches_known_dates() {
+        let cases: &[(i64, (i64, u32, u32))] = &[
+            (0, (1970, 1, 1)),
+            (-1, (1969, 12, 31)),
+            (59, (1970, 3, 1)),
+            (11_016, (2000, 2, 29)),
+            (11_017, (2000, 3, 1)),
+            (19_723, (2024, 1, 1)),
+            (19_782, (2024, 2, 29)),
+            (20_781, (2026, 11, 24)),
+            (-719_468, (0, 3, 1)),
+            (2_932_896, (9999, 12, 31)),
+        ];
+        for &(days, expected) in cases {
+            assert_eq!(civil_from_days(days), expected, "{days}");
+        }
+    }
+}
