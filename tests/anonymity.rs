@@ -132,7 +132,7 @@ async fn sanitized_headers_carry_nothing_from_the_drop_list() {
     }
     assert!(head.contains("Subject: =?UTF-8?Q?gr=C3=BC=C3=9Fe?=\r\n continued subject"));
     assert!(head.contains("Newsgroups: alt.privacy.anon-server"));
-    assert!(head.contains(&format!("Message-ID: <")) && head.contains(&format!("@{}>", d.name)));
+    assert!(head.contains("Message-ID: <") && head.contains(&format!("@{}>", d.name)));
     assert_eq!(
         body, "From: this line is body text\r\nReceived: so is this\r\n",
         "body untouched"
@@ -187,17 +187,18 @@ fn counter(line: &str, name: &str) -> u64 {
 async fn wait_for_stats(d: &Daemon, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + common::PATIENCE;
     loop {
-        if let Some(line) = d
+        let last = d
             .logs
             .lock()
             .unwrap()
             .iter()
             .rev()
             .find(|l| l.contains("[STATS]"))
+            .cloned();
+        if let Some(line) = last
+            && done(&line)
         {
-            if done(line) {
-                return line.clone();
-            }
+            return line;
         }
         assert!(
             Instant::now() < deadline,
