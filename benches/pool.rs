@@ -32,7 +32,9 @@ fn filled(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, Spool, pluto2::sp
         let mut tasks = Vec::new();
         for i in 0..QUEUED {
             let spool = spool.clone();
-            tasks.push(tokio::spawn(async move { spool.enqueue(message(i), 0).await }));
+            tasks.push(tokio::spawn(
+                async move { spool.enqueue(message(i), 0).await },
+            ));
         }
         for t in tasks {
             t.await.unwrap();
@@ -59,7 +61,9 @@ fn drain(c: &mut Criterion) {
                         let outcomes = batch
                             .leases
                             .iter()
-                            .flat_map(|l| l.recipients.iter().map(|r| (r.id, Disposition::Delivered)))
+                            .flat_map(|l| {
+                                l.recipients.iter().map(|r| (r.id, Disposition::Delivered))
+                            })
                             .collect();
                         spool.settle(outcomes).await.unwrap();
                     }
