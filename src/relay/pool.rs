@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info};
+use tracing::{debug, error};
 
 use super::client::RecipientResult;
 use super::failure::Severity;
@@ -149,11 +149,9 @@ impl RelayPool {
         Stats::add(&self.stats.sent, delivered);
         Stats::add(&self.stats.failed, dropped);
         Stats::add(&self.stats.deferred, deferred);
-        if dropped > 0 || deferred > 0 {
-            info!("[RELAY] {delivered} delivered, {deferred} deferred, {dropped} dropped");
-        } else {
-            debug!("[RELAY] {delivered} delivered");
-        }
+        // Per-delivery outcomes with their timestamps would be per-message
+        // timing: only with -debug. The [STATS] line carries the totals.
+        debug!("[RELAY] {delivered} delivered, {deferred} deferred, {dropped} dropped");
         if let Err(e) = self.spool.settle(outcomes).await {
             // The lease expires and the recipients are tried again:
             // a duplicate is possible, a loss is not.
