@@ -9,8 +9,7 @@ with Postfix's smtp-source (20 sessions), and measures VmRSS and the spool
 file size again. The pool keeps its state in the spool, not in memory, so
 RSS should barely move while the disk grows by about one message each.
 """
-import base64
-import hashlib
+from benchutil import onion_name, rss_kib  # noqa: E402 (same folder)
 import json
 import os
 import subprocess
@@ -20,15 +19,8 @@ import tempfile
 COUNT = int(os.environ.get("COUNT", "10000"))
 
 
-def onion_name() -> str:
-    key = bytes(range(32))
-    check = hashlib.sha3_256(b".onion checksum" + key + b"\x03").digest()[:2]
-    return base64.b32encode(key + check + b"\x03").decode().lower() + ".onion"
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
 
 
 def main() -> None:

@@ -7,8 +7,7 @@ Starts the binary on 127.0.0.1 with a throwaway data dir, reads VmRSS from
 /proc, opens SESSIONS connections (each reads its 220 greeting, then stays
 silent), reads VmRSS again, and closes everything.
 """
-import base64
-import hashlib
+from benchutil import onion_name, rss_kib  # noqa: E402 (same folder)
 import os
 import resource
 import socket
@@ -20,18 +19,8 @@ import time
 SESSIONS = int(os.environ.get("SESSIONS", "1000"))
 
 
-def onion_name() -> str:
-    key = bytes(range(32))
-    check = hashlib.sha3_256(b".onion checksum" + key + b"\x03").digest()[:2]
-    return base64.b32encode(key + check + b"\x03").decode().lower() + ".onion"
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def main() -> None:

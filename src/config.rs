@@ -303,20 +303,8 @@ impl DaemonArgs {
                 "must be longer than zero, e.g. 1m",
             ));
         }
-        if self.idle_timeout < Duration::from_secs(1) {
-            return Err(bad(
-                "-idle-timeout",
-                &humantime::format_duration(self.idle_timeout).to_string(),
-                "must be at least 1s",
-            ));
-        }
-        if self.stats_interval < Duration::from_secs(1) {
-            return Err(bad(
-                "-stats-interval",
-                &humantime::format_duration(self.stats_interval).to_string(),
-                "must be at least 1s",
-            ));
-        }
+        at_least_a_second("-idle-timeout", self.idle_timeout)?;
+        at_least_a_second("-stats-interval", self.stats_interval)?;
         if self.pad_block != 0 && self.pad_block < 512 {
             return Err(bad(
                 "-pad-block",
@@ -397,20 +385,8 @@ impl DaemonArgs {
                 "must be at least 1 (the first attempt counts)",
             ));
         }
-        if self.delivery_timeout < Duration::from_secs(1) {
-            return Err(bad(
-                "-delivery-timeout",
-                &humantime::format_duration(self.delivery_timeout).to_string(),
-                "must be at least 1s",
-            ));
-        }
-        if self.retry_base < Duration::from_secs(1) {
-            return Err(bad(
-                "-retry-base",
-                &humantime::format_duration(self.retry_base).to_string(),
-                "must be at least 1s",
-            ));
-        }
+        at_least_a_second("-delivery-timeout", self.delivery_timeout)?;
+        at_least_a_second("-retry-base", self.retry_base)?;
         let envelope_from = match self.envelope_from.as_deref() {
             Some("<>") | Some("") => Some(String::new()),
             Some(addr) => {
@@ -460,6 +436,18 @@ impl DaemonArgs {
             reason: format!("does not hold a valid v3 onion name: {e}"),
         })
     }
+}
+
+/// Timeouts and intervals below a second are typos (`1` meant as minutes).
+fn at_least_a_second(flag: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value < Duration::from_secs(1) {
+        return Err(bad(
+            flag,
+            &humantime::format_duration(value).to_string(),
+            "must be at least 1s",
+        ));
+    }
+    Ok(())
 }
 
 fn bad(flag: &'static str, value: &str, reason: &str) -> ConfigError {

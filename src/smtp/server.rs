@@ -238,9 +238,18 @@ async fn run_session(
 ) -> Ended {
     let mut out = Vec::with_capacity(512);
     session.greeting().encode(&mut out);
+    // A step that answers an Enqueue or CheckDomain request; it is handled
+    // like any other before more input is read.
+    let mut follow_up: Option<Step> = None;
     loop {
-        let (used, step) = session.advance(input.pending());
-        input.consume(used);
+        let step = match follow_up.take() {
+            Some(step) => step,
+            None => {
+                let (used, step) = session.advance(input.pending());
+                input.consume(used);
+                step
+            }
+        };
         match step {
             Step::Reply(reply) => reply.encode(&mut out),
             Step::Close(reply) => {
@@ -254,30 +263,14 @@ async fn run_session(
                 if ctx.debug {
                     debug!("[SMTP] message with {recipients} recipient(s): {outcome:?}");
                 }
-                match session.enqueued(outcome) {
-                    Step::Reply(reply) => reply.encode(&mut out),
-                    Step::Close(reply) => {
-                        reply.encode(&mut out);
-                        let _ = write(stream, &mut out, ctx.idle_timeout).await;
-                        return Ended::Shutdown;
-                    }
-                    _ => unreachable!("enqueued() answers with a reply"),
-                }
+                follow_up = Some(session.enqueued(outcome));
             }
             Step::CheckDomain(domain) => {
                 let undeliverable = match &ctx.domain_check {
                     Some(check) => check.undeliverable(&domain).await,
                     None => false,
                 };
-                match session.domain_checked(undeliverable) {
-                    Step::Reply(reply) => reply.encode(&mut out),
-                    Step::Close(reply) => {
-                        reply.encode(&mut out);
-                        let _ = write(stream, &mut out, ctx.idle_timeout).await;
-                        return Ended::Done;
-                    }
-                    _ => unreachable!("domain_checked() answers with a reply"),
-                }
+                follow_up = Some(session.domain_checked(undeliverable));
             }
             Step::NeedInput => {
                 // Replies to a pipelined group go out together, once the
