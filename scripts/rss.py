@@ -14,13 +14,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 SESSIONS = int(os.environ.get("SESSIONS", "1000"))
-
-
-
-
 
 
 def main() -> None:
@@ -32,7 +29,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data:
         proc = subprocess.Popen(
             [binary, "-name", onion_name(), "-addr", "127.0.0.1:0", "-data-dir", data,
-             "-max-connections", str(SESSIONS * 2), "-rate-limit", "100000000",
+             "-max-connections", str(max(2000, SESSIONS * 2)), "-rate-limit", "1000000",
              "-idle-timeout", "10m", "-tor-socks", "127.0.0.1:9"],
             stderr=subprocess.PIPE, text=True)
         try:
@@ -45,6 +42,9 @@ def main() -> None:
                     addr = (host, int(port))
             if addr is None:
                 sys.exit("pluto2 did not start")
+            # Keep reading its log so a full pipe can never stall the daemon.
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            time.sleep(0.5)  # let startup work (spool open, first timers) settle
             idle = rss_kib(proc.pid)
             conns = []
             for _ in range(SESSIONS):
@@ -53,6 +53,9 @@ def main() -> None:
                 if not greeting.startswith(b"220 "):
                     sys.exit(f"unexpected greeting {greeting!r}")
                 conns.append(s)
+            time.sleep(0.5)
+            if proc.poll() is not None:
+                sys.exit(f"pluto2 exited with status {proc.returncode}")
             loaded = rss_kib(proc.pid)
             for s in conns:
                 s.close()

@@ -185,8 +185,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         let _ = task.await;
     }
     let _ = stats_task.await;
-    // The last Spool handle went with the server context; the committer now
-    // drains what is left and closes the database.
+    // Every Spool handle is gone now (server context, relay pool, cover
+    // generator); the committer drains what is left and closes the database.
     closer.closed().await;
     info!("[SPOOL] closed cleanly");
     Ok(())
