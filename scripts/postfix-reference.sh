@@ -4,6 +4,13 @@
 #   bash scripts/postfix-reference.sh start PORT DIR   # run it on 127.0.0.1:PORT
 #   bash scripts/postfix-reference.sh check PORT DIR   # 50 messages in, queue drains
 #   bash scripts/postfix-reference.sh stop  PORT DIR
+#   REFERENCE_HOLD=1 bash scripts/postfix-reference.sh start PORT DIR
+#
+# With REFERENCE_HOLD=1 every accepted message is put on hold instead (still
+# fsynced before 250, but the queue manager never touches it): Postfix's
+# accept path alone, without the qmgr/discard/unlink work that otherwise
+# shares the CPUs. Empty the hold queue with
+#   postsuper -c DIR/etc -d ALL hold
 #
 # Everything lives under DIR (config in DIR/etc, queue in DIR/queue, log in
 # DIR/maillog); the system's /etc/postfix instance is never started or
@@ -12,7 +19,8 @@
 # durability rule), then qmgr hands the message to the discard transport,
 # which deletes it. No DNS on the accept path, no per-client limits.
 #
-# Needs root (the master runs as root, its daemons as the postfix user).
+# Needs root (the master runs as root, its daemons as the postfix user, who
+# must be able to reach DIR: every parent directory needs search permission).
 # Installs Debian's postfix package, unconfigured, when it is missing.
 set -euo pipefail
 
@@ -100,6 +108,9 @@ in_flow_delay = 0
 smtpd_error_sleep_time = 0
 default_destination_concurrency_limit = 100
 
+$( [ "${REFERENCE_HOLD:-0}" = 1 ] && echo "# Accept-only variant: park every message in the hold queue.
+smtpd_end_of_data_restrictions = check_client_access static:HOLD")
+
 # Log to a file inside DIR (there is no syslog daemon on a bare machine).
 maillog_file_prefixes = $dir
 maillog_file = $dir/maillog
@@ -169,6 +180,13 @@ check)
   before=$(grep -c ': removed$' "$dir/maillog" 2>/dev/null || true)
   /usr/sbin/smtp-source -s 5 -m 50 -l 4096 -f check@pluto2.test \
     -t someone@elsewhere.example "127.0.0.1:$port"
+  if grep -q '^smtpd_end_of_data_restrictions = .*HOLD' "$etc/main.cf"; then
+    sleep 0.5
+    held=$(find "$queue/hold" -type f | wc -l)
+    echo "accepted 50; $held messages on hold in total (hold variant)"
+    [ "$held" -ge 50 ]
+    exit
+  fi
   # Accepted messages must reach discard and leave the queue.
   for _ in $(seq 1 100); do
     [ "$(queued_files)" -eq 0 ] && break
