@@ -210,6 +210,15 @@ async fn a_dns_timeout_does_not_refuse_at_rcpt() {
     c.code("EHLO client.example").await;
     c.code("MAIL FROM:<a@example.net>").await;
     assert_eq!(c.code("RCPT TO:<u@slow.example>").await, 250);
+    let asked = dns.queries().len();
+    assert!(asked >= 1, "the check went to the resolver");
+    // A second recipient there is accepted without waiting again.
+    assert_eq!(c.code("RCPT TO:<v@slow.example>").await, 250);
+    assert_eq!(
+        dns.queries().len(),
+        asked,
+        "a domain that just timed out is not asked again"
+    );
 }
 
 #[tokio::test]

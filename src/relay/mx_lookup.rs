@@ -85,9 +85,18 @@ impl RuntimeProvider for TorRuntime {
     }
 }
 
+/// How long a domain whose RCPT-time check timed out is accepted without
+/// asking again. Without it, every RCPT to that domain would wait the full
+/// bound while Tor is slow (50 recipients: minutes).
+const DOUBT_TTL: Duration = Duration::from_secs(60);
+/// Bound on the doubt table; a flood of distinct domains just resets it.
+const MAX_DOUBTS: usize = 4096;
+
 pub struct MxResolver {
     resolver: Resolver<TorRuntime>,
     timeout: Duration,
+    /// Domains whose RCPT-time check recently failed to answer in time.
+    doubts: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl MxResolver {
@@ -110,7 +119,11 @@ impl MxResolver {
         let resolver = builder
             .build()
             .expect("a resolver with one TCP name server always builds");
-        MxResolver { resolver, timeout }
+        MxResolver {
+            resolver,
+            timeout,
+            doubts: Default::default(),
+        }
     }
 
     /// Bounded by twice the configured timeout: hickory makes one retry.
@@ -149,10 +162,29 @@ impl MxResolver {
 
     /// True only when the domain provably takes no mail; doubt accepts.
     pub async fn provably_undeliverable(&self, domain: &str, bound: Duration) -> bool {
-        matches!(
-            tokio::time::timeout(bound, self.lookup(domain)).await,
-            Ok(Ok(MxAnswer::NoSuchDomain | MxAnswer::NullMx))
-        )
+        let key = domain.trim_end_matches('.').to_lowercase();
+        {
+            let mut doubts = self.doubts.lock().unwrap_or_else(|e| e.into_inner());
+            match doubts.get(&key) {
+                Some(since) if since.elapsed() < DOUBT_TTL => return false,
+                Some(_) => {
+                    doubts.remove(&key);
+                }
+                None => {}
+            }
+        }
+        match tokio::time::timeout(bound, self.lookup(&key)).await {
+            Ok(Ok(answer)) => matches!(answer, MxAnswer::NoSuchDomain | MxAnswer::NullMx),
+            Ok(Err(_)) => false,
+            Err(_) => {
+                let mut doubts = self.doubts.lock().unwrap_or_else(|e| e.into_inner());
+                if doubts.len() >= MAX_DOUBTS {
+                    doubts.clear();
+                }
+                doubts.insert(key, std::time::Instant::now());
+                false
+            }
+        }
     }
 }
 
