@@ -40,13 +40,22 @@ impl Client {
         }
     }
 
-    /// Sends raw bytes and returns the replies they produced.
+    /// Sends raw bytes and returns the replies they produced. Enqueue and
+    /// CheckDomain requests are answered (with `outcome`, and "nx." domains
+    /// as undeliverable) and their reply handled like any other step.
     fn send(&mut self, input: &[u8]) -> Vec<String> {
         let start = self.replies.len();
         let mut offset = 0;
+        let mut follow_up = None;
         loop {
-            let (used, step) = self.session.advance(&input[offset..]);
-            offset += used;
+            let step = match follow_up.take() {
+                Some(step) => step,
+                None => {
+                    let (used, step) = self.session.advance(&input[offset..]);
+                    offset += used;
+                    step
+                }
+            };
             match step {
                 Step::NeedInput => break,
                 Step::Reply(r) => self.replies.push(r.to_string()),
@@ -57,27 +66,10 @@ impl Client {
                 }
                 Step::Enqueue(m) => {
                     self.queued.push(m);
-                    match self.session.enqueued(self.outcome) {
-                        Step::Reply(r) => self.replies.push(r.to_string()),
-                        Step::Close(r) => {
-                            self.replies.push(r.to_string());
-                            self.closed = true;
-                            break;
-                        }
-                        other => panic!("unexpected {other:?}"),
-                    }
+                    follow_up = Some(self.session.enqueued(self.outcome));
                 }
                 Step::CheckDomain(domain) => {
-                    let undeliverable = domain.starts_with("nx.");
-                    match self.session.domain_checked(undeliverable) {
-                        Step::Reply(r) => self.replies.push(r.to_string()),
-                        Step::Close(r) => {
-                            self.replies.push(r.to_string());
-                            self.closed = true;
-                            break;
-                        }
-                        other => panic!("unexpected {other:?}"),
-                    }
+                    follow_up = Some(self.session.domain_checked(domain.starts_with("nx.")));
                 }
             }
         }
