@@ -41,8 +41,10 @@ const MAX_ERRORS: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error(transparent)]
-    Spool(#[from] SpoolError),
+    #[error(
+        "-data-dir {path}: cannot open the spool: {source}; check that the directory is writable, the disk is not full, and no other pluto2 uses it"
+    )]
+    Spool { path: String, source: SpoolError },
     #[error("-addr {addr}: cannot listen: {source}; choose a free address")]
     Bind {
         addr: SocketAddr,
@@ -65,7 +67,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         &config.data_dir,
         config.replay_window,
         spool::system_clock(),
-    )?;
+    )
+    .map_err(|source| DaemonError::Spool {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
     let listener = TcpListener::bind(config.addr)
         .await
         .map_err(|source| DaemonError::Bind {

@@ -159,3 +159,28 @@ async fn logs_hold_no_addresses_without_debug() {
         assert!(!leaked, "{needle} in logs:\n{logs}");
     }
 }
+
+#[test]
+fn an_unreadable_spool_stops_startup_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(
+        data.join("spool.sqlite"),
+        b"this is not a database, just text padding it out",
+    )
+    .unwrap();
+    let (code, text) = run(&[
+        "-name",
+        &onion(1),
+        "-addr",
+        "127.0.0.1:0",
+        "-data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        text.contains("-data-dir") && text.contains("cannot open the spool"),
+        "{text}"
+    );
+}

@@ -18,7 +18,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
 use super::client::RecipientResult;
-use super::failure::Severity;
 use super::retry::RetryPolicy;
 use super::route::Router;
 use crate::mix::MixPolicy;
@@ -125,9 +124,7 @@ impl RelayPool {
             .map(|(r, result)| {
                 let d = match result {
                     RecipientResult::Delivered => Disposition::Delivered,
-                    RecipientResult::Failed(f) if f.severity == Severity::Permanent => {
-                        Disposition::Dropped
-                    }
+                    RecipientResult::Failed(f) if f.is_permanent() => Disposition::Dropped,
                     RecipientResult::Failed(_) => match self.retry.next_delay(r.attempts, &mut rng)
                     {
                         Some(delay) => Disposition::Retry {

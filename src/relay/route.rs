@@ -110,13 +110,16 @@ impl Router {
     /// Synchronous, so the thread-local RNG never lives across an await.
     fn prepare(&self, original: &[u8]) -> Vec<u8> {
         let mut rng = rand::rng();
+        let sanitized;
         let body = match &self.sanitize {
             Some(cfg) if !self.cover_key.is_cover(original) => {
-                sanitize::sanitize(original, cfg, std::time::SystemTime::now(), &mut rng)
+                sanitized =
+                    sanitize::sanitize(original, cfg, std::time::SystemTime::now(), &mut rng);
+                &sanitized[..]
             }
-            _ => original.to_vec(),
+            _ => original,
         };
-        padding::pad(&body, self.pad_block, &mut rng)
+        padding::pad(body, self.pad_block, &mut rng)
     }
 }
 

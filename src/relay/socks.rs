@@ -96,10 +96,6 @@ impl SocksDialer {
         Self { proxy, timeout }
     }
 
-    pub fn proxy(&self) -> SocketAddr {
-        self.proxy
-    }
-
     /// Opens a tunnel to `host:port`. `host` is a name or an IP literal;
     /// names go to the proxy unresolved.
     pub async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, SocksError> {
