@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use pluto2::envelope::{Envelope, Message};
-use pluto2::spool::{Disposition, Spool, system_clock};
+use pluto2::spool::{Disposition, Spool};
+use pluto2::time::system_clock;
 
 const QUEUED: usize = 10_000;
 

@@ -13,8 +13,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::cover::{self, CoverKey};
 use crate::mix::MixPolicy;
+use crate::node::cover::{self, CoverKey};
 use crate::relay::client::{ClientConfig, TlsPolicy};
 use crate::relay::mx_lookup::MxResolver;
 use crate::relay::pool::RelayPool;
@@ -25,7 +25,7 @@ use crate::sanitize::SanitizeConfig;
 use crate::smtp::rate_limit::SessionRateLimiter;
 use crate::smtp::server::{self, DomainCheck, ServerContext};
 use crate::smtp::session::SessionConfig;
-use crate::spool::{self, Spool, SpoolError};
+use crate::spool::{Spool, SpoolError};
 use crate::stats::Stats;
 
 /// Bound on one MX lookup through Tor during delivery.
@@ -66,7 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let (spool, closer) = Spool::open(
         &config.data_dir,
         config.replay_window,
-        spool::system_clock(),
+        crate::time::system_clock(),
     )
     .map_err(|source| DaemonError::Spool {
         path: config.data_dir.display().to_string(),

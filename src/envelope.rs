@@ -21,6 +21,23 @@ pub struct Message {
     pub body: Vec<u8>,
 }
 
+/// What became of a message handed to the spool (or to node intake).
+///
+/// It lives beside [`Message`] because every layer that handles a message
+/// (the SMTP session, the spool, node intake) speaks it, and none of them
+/// should import another just for this value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    /// On stable storage.
+    Queued,
+    /// Same envelope and content seen within the replay window.
+    Replay,
+    /// Storage failed; the client should retry later.
+    Failed,
+    /// The daemon is stopping and did not store the message.
+    ShuttingDown,
+}
+
 /// SHA-512 over envelope and content, the key of the replay cache.
 pub type ReplayId = [u8; 64];
 

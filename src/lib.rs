@@ -18,13 +18,14 @@
 
 pub mod address;
 pub mod config;
-pub mod cover;
 pub mod daemon;
 pub mod envelope;
 pub mod logging;
 pub mod mix;
+pub mod node;
 pub mod relay;
 pub mod sanitize;
 pub mod smtp;
 pub mod spool;
 pub mod stats;
+pub mod time;

@@ -49,7 +49,7 @@ fn usage_error(message: &str) -> ExitCode {
 }
 
 fn queue(args: config::QueueArgs) -> ExitCode {
-    match spool::queue_report(&args.data_dir, &spool::system_clock()) {
+    match spool::queue_report(&args.data_dir, &pluto2::time::system_clock()) {
         Ok(report) if args.json => match serde_json::to_string(&report) {
             Ok(json) => {
                 println!("{json}");

@@ -52,7 +52,7 @@ impl Stats {
         shutdown: CancellationToken,
     ) {
         let started = Instant::now();
-        let clock = crate::spool::system_clock();
+        let clock = crate::time::system_clock();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -21,8 +21,9 @@ use super::client::RecipientResult;
 use super::retry::RetryPolicy;
 use super::route::Router;
 use crate::mix::MixPolicy;
-use crate::spool::{Disposition, Lease, Spool, now_ms};
+use crate::spool::{Disposition, Lease, Spool};
 use crate::stats::Stats;
+use crate::time::now_ms;
 
 /// Longest the dispatcher sleeps without checking the spool, covering
 /// leases that expire and clocks that jump.

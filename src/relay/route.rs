@@ -9,8 +9,8 @@ use super::client::{self, ClientConfig, Outgoing, RecipientResult, TlsPolicy};
 use super::failure::Failure;
 use super::mx_lookup::{MxAnswer, MxResolver};
 use super::socks::SocksDialer;
-use crate::cover::CoverKey;
 use crate::mix::padding;
+use crate::node::cover::CoverKey;
 use crate::sanitize::{self, SanitizeConfig};
 use crate::spool::Lease;
 

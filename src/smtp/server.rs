@@ -19,13 +19,14 @@ use tracing::{debug, info, warn};
 use super::proxy_header::{self, ProxySource};
 use super::rate_limit::SessionRateLimiter;
 use super::reply::Reply;
-use super::session::EnqueueOutcome;
 use super::session::{Session, SessionConfig, Step};
-use crate::cover::CoverKey;
+use crate::envelope::EnqueueOutcome;
 use crate::envelope::Message;
 use crate::mix::{MixPolicy, padding};
-use crate::spool::{Spool, now_ms};
+use crate::node::cover::CoverKey;
+use crate::spool::Spool;
 use crate::stats::Stats;
+use crate::time::now_ms;
 
 /// Read size per syscall; DATA is decoded as it arrives, so this is also
 /// roughly the per-session buffer in steady state.

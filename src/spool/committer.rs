@@ -13,10 +13,10 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error};
 
+use super::SpoolError;
 use super::delivery::{self, Disposition, LeaseBatch};
-use super::{Clock, SpoolError};
-use crate::envelope::{Message, ReplayId};
-use crate::smtp::session::EnqueueOutcome;
+use crate::envelope::{EnqueueOutcome, Message, ReplayId};
+use crate::time::Clock;
 
 /// Upper bound on one group, so one huge burst cannot hold every reply
 /// behind a single enormous transaction.

@@ -12,7 +12,7 @@ mod schema;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -20,31 +20,15 @@ pub use delivery::{Disposition, Lease, LeaseBatch, LeasedRecipient};
 pub use report::QueueReport;
 pub use schema::SPOOL_FILE;
 
+use crate::envelope::EnqueueOutcome;
 use crate::envelope::Message;
-use crate::smtp::session::EnqueueOutcome;
+use crate::time::Clock;
 use committer::{Committer, EnqueueRequest, Job};
 
 /// Requests waiting for the committer. Bounded so that a storage stall
 /// pushes back on sessions (they wait before their 250) instead of piling
 /// messages up in memory; 1024 covers the largest group several times.
 const QUEUE_DEPTH: usize = 1024;
-
-/// Milliseconds since the Unix epoch; injected so tests can move time.
-/// Every time column in the spool uses this unit (mix release times need
-/// sub-second precision).
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// Current time in unix milliseconds, the spool's unit.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-pub fn system_clock() -> Clock {
-    Arc::new(now_ms)
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {

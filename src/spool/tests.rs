@@ -123,7 +123,7 @@ async fn it_commits_concurrent_enqueues_and_answers_each() {
 #[test]
 fn it_explains_a_missing_spool() {
     let dir = tempfile::tempdir().unwrap();
-    let err = queue_report(dir.path(), &system_clock())
+    let err = queue_report(dir.path(), &crate::time::system_clock())
         .unwrap_err()
         .to_string();
     assert!(err.contains("-data-dir"), "{err}");

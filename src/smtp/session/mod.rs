@@ -18,7 +18,7 @@ use smtp_proto::Request;
 
 use super::data_decoder::DataDecoder;
 use super::reply::Reply;
-use crate::envelope::Message;
+use crate::envelope::{EnqueueOutcome, Message};
 
 /// Longest command line accepted. RFC 5321 §4.5.3.1.4 sets 512 octets; we
 /// allow 4096 because SMTPUTF8 addresses and parameters can be longer, and
@@ -53,19 +53,6 @@ pub enum Step {
     /// Look up whether this clearnet domain provably has no mail server,
     /// then answer with [`Session::domain_checked`].
     CheckDomain(String),
-}
-
-/// The spool's answer to an enqueue request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EnqueueOutcome {
-    /// On stable storage.
-    Queued,
-    /// Same envelope and content seen within the replay window.
-    Replay,
-    /// Storage failed; the client should retry later.
-    Failed,
-    /// The daemon is stopping and did not store the message.
-    ShuttingDown,
 }
 
 /// A mail transaction in progress (between MAIL and the end of DATA).

@@ -22,11 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
 use crate::address::OnionName;
+use crate::envelope::EnqueueOutcome;
 use crate::envelope::{Envelope, Message};
 use crate::mix::MixPolicy;
-use crate::smtp::session::EnqueueOutcome;
-use crate::spool::{Spool, now_ms};
+use crate::spool::Spool;
 use crate::stats::Stats;
+use crate::time::now_ms;
 
 /// Header that carries the marker.
 pub const MARKER: &str = "X-Pluto2-Cover";
