@@ -1,24 +1,27 @@
 //! Wiring of the running daemon: spool, listener, signals, orderly stop.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::BoxFuture;
 use crate::config::Config;
 use crate::mix::MixPolicy;
-use crate::node::cover::{self, CoverKey};
+use crate::node::cover::{CoverGenerator, CoverKey};
+use crate::node::dispatch::Dispatcher;
+use crate::node::egress::Egress;
+use crate::node::intake::Intake;
+use crate::node::retry::RetryPolicy;
 use crate::relay::client::{ClientConfig, TlsPolicy};
 use crate::relay::mx_lookup::MxResolver;
-use crate::relay::pool::RelayPool;
-use crate::relay::retry::RetryPolicy;
 use crate::relay::route::Router;
 use crate::relay::socks::SocksDialer;
 use crate::sanitize::SanitizeConfig;
@@ -63,15 +66,12 @@ pub enum DaemonError {
 /// accepting, lets sessions finish their in-flight step or answer 421,
 /// waits for pending commits and closes the database.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    let (spool, closer) = Spool::open(
-        &config.data_dir,
-        config.replay_window,
-        crate::time::system_clock(),
-    )
-    .map_err(|source| DaemonError::Spool {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
+    let clock = crate::time::system_clock();
+    let (spool, closer) = Spool::open(&config.data_dir, config.replay_window, clock.clone())
+        .map_err(|source| DaemonError::Spool {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
     let listener = TcpListener::bind(config.addr)
         .await
         .map_err(|source| DaemonError::Bind {
@@ -109,17 +109,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         },
         envelope_from: relay.envelope_from.clone(),
         port: relay.smtp_port,
-        pad_block: config.pad_block,
-        sanitize: config.sanitize_from.clone().map(|from| SanitizeConfig {
-            from,
-            message_id_domain: config.name.to_string(),
+        body: Arc::new(Egress {
+            sanitize: config.sanitize_from.clone().map(|from| SanitizeConfig {
+                from,
+                message_id_domain: config.name.to_string(),
+            }),
+            pad_block: config.pad_block,
+            cover_key: cover_key.clone(),
         }),
-        cover_key: cover_key.clone(),
-        debug: config.debug,
     });
-    let pool = RelayPool {
+    let dispatcher = Dispatcher {
         spool: spool.clone(),
-        router,
+        transport: router,
         retry: RetryPolicy {
             base: relay.retry_base,
             max_attempts: relay.retries,
@@ -130,18 +131,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         // Longer than any delivery can take (MX lookup, a few hosts, the
         // SMTP dialogue), so an expired lease always means a dead worker.
         lease: MX_TIMEOUT + relay.delivery_timeout * 4 + Duration::from_secs(60),
+        clock: clock.clone(),
     };
-    let relay_task = tokio::spawn(pool.run(shutdown.clone()));
+    let relay_task = tokio::spawn(dispatcher.run(shutdown.clone()));
     let cover_task = config.cover_interval.map(|interval| {
-        tokio::spawn(cover::generate(
-            cover_key.clone(),
-            config.name.clone(),
-            spool.clone(),
-            config.mix.clone(),
+        let generator = CoverGenerator {
+            key: cover_key.clone(),
+            own: config.name.clone(),
+            spool: spool.clone(),
+            mix: config.mix.clone(),
             interval,
-            stats.clone(),
-            shutdown.clone(),
-        ))
+            stats: stats.clone(),
+            clock: clock.clone(),
+        };
+        tokio::spawn(generator.run(StdRng::from_os_rng(), shutdown.clone()))
     });
     let stats_task = tokio::spawn(stats.clone().report(
         config.data_dir.clone(),
@@ -157,16 +160,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             max_errors: MAX_ERRORS,
             check_domains: true,
         }),
-        spool,
         rate_limiter: SessionRateLimiter::new(config.rate_limit, config.rate_window),
         idle_timeout: config.idle_timeout,
         proxy_protocol: config.proxy_protocol,
-        debug: config.debug,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         domain_check: Some(Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
-        mix: config.mix.clone(),
-        cover_key,
-        stats,
+        sink: Arc::new(Intake {
+            spool,
+            mix: config.mix.clone(),
+            cover_key,
+            stats,
+            clock,
+        }),
     });
     info!("[CONN] listening on {local}");
     if config.mix == MixPolicy::Immediate {
@@ -191,7 +196,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         let _ = task.await;
     }
     let _ = stats_task.await;
-    // Every Spool handle is gone now (server context, relay pool, cover
+    // Every Spool handle is gone now (server context, dispatcher, cover
     // generator); the committer drains what is left and closes the database.
     closer.closed().await;
     info!("[SPOOL] closed cleanly");
@@ -217,10 +222,7 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> Result<(), DaemonError> 
 struct MxCheck(Arc<MxResolver>);
 
 impl DomainCheck for MxCheck {
-    fn undeliverable<'a>(
-        &'a self,
-        domain: &'a str,
-    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+    fn undeliverable<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, bool> {
         Box::pin(self.0.provably_undeliverable(domain, RCPT_CHECK_TIMEOUT))
     }
 }

@@ -23,9 +23,14 @@ pub mod envelope;
 pub mod logging;
 pub mod mix;
 pub mod node;
+pub mod redact;
 pub mod relay;
 pub mod sanitize;
 pub mod smtp;
 pub mod spool;
 pub mod stats;
 pub mod time;
+
+/// The boxed future returned by the small traits through which a lower
+/// layer calls a higher one (object safe, `Send`).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

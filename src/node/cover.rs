@@ -27,7 +27,7 @@ use crate::envelope::{Envelope, Message};
 use crate::mix::MixPolicy;
 use crate::spool::Spool;
 use crate::stats::Stats;
-use crate::time::now_ms;
+use crate::time::Clock;
 
 /// Header that carries the marker.
 pub const MARKER: &str = "X-Pluto2-Cover";
@@ -177,37 +177,43 @@ pub fn make_message<R: Rng + ?Sized>(key: &CoverKey, own: &OnionName, rng: &mut 
     }
 }
 
-/// Generates cover until shutdown.
-pub async fn generate(
-    key: CoverKey,
-    own: OnionName,
-    spool: Spool,
-    mix: MixPolicy,
-    interval: Duration,
-    stats: Arc<Stats>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        // Exponential gap: the arrivals form a Poisson process.
-        let gap = {
-            let u: f64 = 1.0 - rand::rng().random::<f64>();
-            interval.mul_f64(-u.ln())
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(gap) => {}
+/// The loop cover generator task.
+pub struct CoverGenerator {
+    pub key: CoverKey,
+    /// This node's onion name: cover is addressed to ourselves.
+    pub own: OnionName,
+    pub spool: Spool,
+    /// Cover gets release times like real mail, so it is mixed with it.
+    pub mix: MixPolicy,
+    /// Mean gap between cover messages.
+    pub interval: Duration,
+    pub stats: Arc<Stats>,
+    /// Where "now" comes from for release times (injected for tests).
+    pub clock: Clock,
+}
+
+impl CoverGenerator {
+    /// Generates cover until shutdown. `rng` draws the gaps, sizes and
+    /// contents: a CSPRNG seeded from the OS in the daemon, a seeded one
+    /// in tests.
+    pub async fn run<R: Rng + Send>(self, mut rng: R, shutdown: CancellationToken) {
+        loop {
+            // Exponential gap: the arrivals form a Poisson process.
+            let u: f64 = 1.0 - rng.random::<f64>();
+            let gap = self.interval.mul_f64(-u.ln());
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(gap) => {}
+            }
+            let message = make_message(&self.key, &self.own, &mut rng);
+            let release = self.mix.release_at((self.clock)(), &mut rng);
+            match self.spool.enqueue(message, release).await {
+                EnqueueOutcome::Queued => Stats::add(&self.stats.cover_sent, 1),
+                EnqueueOutcome::ShuttingDown => return,
+                other => error!("[MIX] cover message not queued: {other:?}"),
+            }
+            debug!("[MIX] cover message queued");
         }
-        let (message, release) = {
-            let mut rng = rand::rng();
-            let m = make_message(&key, &own, &mut rng);
-            (m, mix.release_at(now_ms(), &mut rng))
-        };
-        match spool.enqueue(message, release).await {
-            EnqueueOutcome::Queued => Stats::add(&stats.cover_sent, 1),
-            EnqueueOutcome::ShuttingDown => return,
-            other => error!("[MIX] cover message not queued: {other:?}"),
-        }
-        debug!("[MIX] cover message queued");
     }
 }
 

@@ -3,7 +3,5 @@
 pub mod client;
 pub mod failure;
 pub mod mx_lookup;
-pub mod pool;
-pub mod retry;
 pub mod route;
 pub mod socks;

@@ -9,9 +9,7 @@ use super::client::{self, ClientConfig, Outgoing, RecipientResult, TlsPolicy};
 use super::failure::Failure;
 use super::mx_lookup::{MxAnswer, MxResolver};
 use super::socks::SocksDialer;
-use crate::mix::padding;
-use crate::node::cover::CoverKey;
-use crate::sanitize::{self, SanitizeConfig};
+use crate::redact::Sensitive;
 use crate::spool::Lease;
 
 /// What a delivery needs besides the lease itself.
@@ -23,14 +21,16 @@ pub struct Router {
     pub envelope_from: Option<String>,
     /// Port of every next hop (25; other values only in tests).
     pub port: u16,
-    /// Outgoing DATA is padded to a multiple of this (0 = off).
-    pub pad_block: usize,
-    /// Exit header rewriting (`-sanitize`); `None` passes headers on.
-    pub sanitize: Option<SanitizeConfig>,
-    /// Our own cover messages keep their headers (the marker must survive
-    /// to come back); they carry nothing identifying.
-    pub cover_key: CoverKey,
-    pub debug: bool,
+    /// Turns the stored message into the bytes sent after DATA (node
+    /// policy: sanitizing and padding).
+    pub body: Arc<dyn OutgoingBody>,
+}
+
+/// What the node does to a message's bytes before they leave. A trait so
+/// the transport does not depend on node policy.
+pub trait OutgoingBody: Send + Sync {
+    /// Called once per delivery attempt.
+    fn prepare(&self, original: &[u8]) -> Vec<u8>;
 }
 
 /// Outcome per recipient, in lease order.
@@ -38,7 +38,7 @@ pub type Results = Vec<RecipientResult>;
 
 impl Router {
     /// Attempts delivery of every recipient in the lease.
-    pub async fn deliver(self: &Arc<Self>, lease: &Lease) -> Results {
+    pub async fn deliver(&self, lease: &Lease) -> Results {
         let all = |f: Failure| vec![RecipientResult::Failed(f); lease.recipients.len()];
         let onion = lease.domain.ends_with(".onion");
         let hosts = if onion {
@@ -65,7 +65,7 @@ impl Router {
         let sender = self.envelope_from.as_deref().unwrap_or(&lease.sender);
         // Sanitized and padded once per attempt with fresh randomness, so two
         // attempts of one message do not carry identical bytes.
-        let body = self.prepare(&lease.body);
+        let body = self.body.prepare(&lease.body);
         let mut last = Failure::temporary("no mail host to try");
         for (i, host) in hosts.iter().enumerate() {
             let stream = match self.dialer.connect(host, self.port).await {
@@ -77,9 +77,7 @@ impl Router {
                         kind(onion),
                         f
                     );
-                    if self.debug {
-                        debug!("[RELAY] host {host} (MX #{i}) unreachable");
-                    }
+                    debug!("[RELAY] host {} (MX #{i}) unreachable", Sensitive(host));
                     last = f;
                     // RFC 5321 §5.1: on connection failure try the next MX.
                     continue;
@@ -102,24 +100,6 @@ impl Router {
             };
         }
         all(last)
-    }
-}
-
-impl Router {
-    /// The bytes that go on the wire: sanitized (unless cover) and padded.
-    /// Synchronous, so the thread-local RNG never lives across an await.
-    fn prepare(&self, original: &[u8]) -> Vec<u8> {
-        let mut rng = rand::rng();
-        let sanitized;
-        let body = match &self.sanitize {
-            Some(cfg) if !self.cover_key.is_cover(original) => {
-                sanitized =
-                    sanitize::sanitize(original, cfg, std::time::SystemTime::now(), &mut rng);
-                &sanitized[..]
-            }
-            _ => original,
-        };
-        padding::pad(body, self.pad_block, &mut rng)
     }
 }
 

@@ -20,13 +20,9 @@ use super::proxy_header::{self, ProxySource};
 use super::rate_limit::SessionRateLimiter;
 use super::reply::Reply;
 use super::session::{Session, SessionConfig, Step};
-use crate::envelope::EnqueueOutcome;
-use crate::envelope::Message;
-use crate::mix::{MixPolicy, padding};
-use crate::node::cover::CoverKey;
-use crate::spool::Spool;
-use crate::stats::Stats;
-use crate::time::now_ms;
+use crate::BoxFuture;
+use crate::envelope::{EnqueueOutcome, Message};
+use crate::redact::Sensitive;
 
 /// Read size per syscall; DATA is decoded as it arrives, so this is also
 /// roughly the per-session buffer in steady state.
@@ -39,55 +35,30 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Everything a connection task needs, shared read-only.
 pub struct ServerContext {
     pub session: Arc<SessionConfig>,
-    pub spool: Spool,
     pub rate_limiter: SessionRateLimiter,
     pub idle_timeout: Duration,
     pub proxy_protocol: bool,
-    pub debug: bool,
     pub connections: Arc<Semaphore>,
     /// Answers RCPT-time "does this domain have a mail server?" questions.
     pub domain_check: Option<Arc<dyn DomainCheck>>,
-    /// Decides when an accepted message may leave.
-    pub mix: MixPolicy,
-    /// Recognises this node's own cover messages coming back.
-    pub cover_key: CoverKey,
-    pub stats: Arc<Stats>,
+    /// Takes every finished message; the listener knows nothing of what
+    /// happens to it (padding, cover, mixing, counting are node policy).
+    pub sink: Arc<dyn MessageSink>,
 }
 
-impl ServerContext {
-    /// Removes padding a sending pluto2 added, then either swallows our own
-    /// loop cover (counted, never spooled) or stores the message.
-    async fn accept(&self, mut message: Message) -> EnqueueOutcome {
-        let stripped = padding::strip(&message.body);
-        if stripped.len() != message.body.len() {
-            message.body = stripped.to_vec();
-        }
-        if self.cover_key.is_cover(&message.body) {
-            Stats::add(&self.stats.cover_received, 1);
-            return EnqueueOutcome::Queued;
-        }
-        let outcome = self.spool.enqueue(message, self.release_time()).await;
-        if outcome == EnqueueOutcome::Queued {
-            Stats::add(&self.stats.received, 1);
-        }
-        outcome
-    }
-
-    /// Release time for a message accepted now, from the thread-local
-    /// CSPRNG (ChaCha, reseeded from the OS).
-    fn release_time(&self) -> u64 {
-        self.mix.release_at(now_ms(), &mut rand::rng())
-    }
+/// Where the listener hands a message whose DATA ended well. The answer
+/// becomes the client's reply, so it must come only once the message is
+/// durable (or definitely refused). A trait so the server does not depend
+/// on node policy or storage.
+pub trait MessageSink: Send + Sync {
+    fn accept(&self, message: Message) -> BoxFuture<'_, EnqueueOutcome>;
 }
 
 /// RCPT-time domain check, implemented by the relay's MX resolver (through
 /// Tor). A trait so the server does not depend on the relay module.
 pub trait DomainCheck: Send + Sync {
     /// True only if the domain provably cannot receive mail.
-    fn undeliverable<'a>(
-        &'a self,
-        domain: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
+    fn undeliverable<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, bool>;
 }
 
 /// Accepts until `shutdown` fires; connection tasks are spawned on `tracker`
@@ -136,11 +107,7 @@ fn admit(ctx: &ServerContext, identity: IpAddr, stream: &TcpStream) -> bool {
     if ctx.rate_limiter.admit(identity) {
         return true;
     }
-    if ctx.debug {
-        info!("[CONN] rate limit exceeded by {identity}");
-    } else {
-        info!("[CONN] rate limit exceeded by a client");
-    }
+    info!("[CONN] rate limit exceeded by {}", Sensitive(identity));
     refuse(
         stream,
         &Reply::new(421, "4.7.0", "too many sessions from you, try again later"),
@@ -170,9 +137,7 @@ async fn connection(
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
-    if ctx.debug {
-        debug!("[CONN] accepted {peer}");
-    }
+    debug!("[CONN] accepted {}", Sensitive(peer));
     let _ = stream.set_nodelay(true);
     let mut input = Input::default();
     if ctx.proxy_protocol {
@@ -260,10 +225,8 @@ async fn run_session(
             }
             Step::Enqueue(message) => {
                 let recipients = message.envelope.recipients.len();
-                let outcome = ctx.accept(message).await;
-                if ctx.debug {
-                    debug!("[SMTP] message with {recipients} recipient(s): {outcome:?}");
-                }
+                let outcome = ctx.sink.accept(message).await;
+                debug!("[SMTP] message with {recipients} recipient(s): {outcome:?}");
                 follow_up = Some(session.enqueued(outcome));
             }
             Step::CheckDomain(domain) => {

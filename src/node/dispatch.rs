@@ -1,5 +1,9 @@
-//! The relay worker pool: one dispatcher task leases due work from the
-//! spool and runs up to `-workers` deliveries at once.
+//! The dispatcher: one task leases due work from the spool and runs up to
+//! `-workers` deliveries at once, then settles each outcome (delivered,
+//! dropped, or retried at a time the mix chooses).
+//!
+//! It is node policy, not transport: it decides *when* and *whether* to try
+//! again; the transport behind [`Deliver`] only attempts one delivery.
 //!
 //! The dispatcher sleeps until new mail is committed, the earliest retry
 //! falls due, or a worker frees up; it never polls in a tight loop. Each
@@ -17,21 +21,34 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
-use super::client::RecipientResult;
 use super::retry::RetryPolicy;
-use super::route::Router;
+use crate::BoxFuture;
 use crate::mix::MixPolicy;
+use crate::relay::client::RecipientResult;
+use crate::relay::route::Router;
 use crate::spool::{Disposition, Lease, Spool};
 use crate::stats::Stats;
-use crate::time::now_ms;
+use crate::time::Clock;
 
 /// Longest the dispatcher sleeps without checking the spool, covering
 /// leases that expire and clocks that jump.
 const MAX_IDLE: Duration = Duration::from_secs(30);
 
-pub struct RelayPool {
+/// One delivery attempt for one lease: a result per recipient, in lease
+/// order. The relay's [`Router`] in production; a fake in tests.
+pub trait Deliver: Send + Sync {
+    fn deliver<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Vec<RecipientResult>>;
+}
+
+impl Deliver for Router {
+    fn deliver<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Vec<RecipientResult>> {
+        Box::pin(Router::deliver(self, lease))
+    }
+}
+
+pub struct Dispatcher {
     pub spool: Spool,
-    pub router: Arc<Router>,
+    pub transport: Arc<dyn Deliver>,
     pub retry: RetryPolicy,
     /// Retries re-enter the mix, so a retried message does not leave alone
     /// at a time an observer could predict from the failure.
@@ -40,9 +57,12 @@ pub struct RelayPool {
     pub stats: Arc<Stats>,
     /// How long a leased recipient is reserved for its worker.
     pub lease: Duration,
+    /// Where "now" comes from for retry times and sleeps (the spool's
+    /// clock; injected for tests).
+    pub clock: Clock,
 }
 
-impl RelayPool {
+impl Dispatcher {
     /// Runs until `shutdown`; deliveries in flight are abandoned at
     /// shutdown and their leases released at the next start (at-least-once).
     pub async fn run(self, shutdown: CancellationToken) {
@@ -73,7 +93,7 @@ impl RelayPool {
                 drop(first);
                 let wait = batch
                     .next_due
-                    .map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
+                    .map(|due| Duration::from_millis(due.saturating_sub((this.clock)())))
                     .unwrap_or(MAX_IDLE)
                     .min(MAX_IDLE);
                 tokio::select! {
@@ -114,9 +134,9 @@ impl RelayPool {
     }
 
     async fn handle(&self, lease: Lease) {
-        let results = self.router.deliver(&lease).await;
+        let results = self.transport.deliver(&lease).await;
         let mut rng = StdRng::from_os_rng();
-        let now = now_ms();
+        let now = (self.clock)();
         let (mut delivered, mut dropped, mut deferred) = (0, 0, 0);
         let outcomes: Vec<(i64, Disposition)> = lease
             .recipients
