@@ -138,7 +138,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         let generator = CoverGenerator {
             key: cover_key.clone(),
             own: config.name.clone(),
-            spool: spool.clone(),
+            queue: Arc::new(spool.clone()),
             mix: config.mix.clone(),
             interval,
             stats: stats.clone(),

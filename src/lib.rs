@@ -21,15 +21,18 @@ pub mod config;
 pub mod daemon;
 pub mod envelope;
 pub mod logging;
-pub mod mix;
-pub mod node;
-pub mod redact;
+pub(crate) mod mix;
+pub(crate) mod node;
+pub(crate) mod redact;
 pub mod relay;
-pub mod sanitize;
-pub mod smtp;
+pub(crate) mod sanitize;
+pub(crate) mod smtp;
 pub mod spool;
-pub mod stats;
+pub(crate) mod stats;
 pub mod time;
+
+#[cfg(test)]
+mod testkit;
 
 /// The boxed future returned by the small traits through which a lower
 /// layer calls a higher one (object safe, `Send`).

@@ -26,6 +26,11 @@ impl Stats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    #[cfg(test)]
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
     /// One line, `key=value` pairs in a fixed order so scripts can parse it.
     pub fn line(&self, uptime: Duration, queued: Option<u64>) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);

@@ -21,13 +21,14 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
+use crate::BoxFuture;
 use crate::address::OnionName;
 use crate::envelope::EnqueueOutcome;
 use crate::envelope::{Envelope, Message};
 use crate::mix::MixPolicy;
 use crate::spool::Spool;
 use crate::stats::Stats;
-use crate::time::Clock;
+use crate::time::{Clock, UnixMillis};
 
 /// Header that carries the marker.
 pub const MARKER: &str = "X-Pluto2-Cover";
@@ -177,12 +178,25 @@ pub fn make_message<R: Rng + ?Sized>(key: &CoverKey, own: &OnionName, rng: &mut 
     }
 }
 
+/// Where generated cover goes: the spool in the daemon. A trait so the
+/// generator's timing can be tested on paused time without a database
+/// thread (whose I/O would let paused time jump ahead).
+pub trait CoverQueue: Send + Sync {
+    fn enqueue(&self, message: Message, release_at: UnixMillis) -> BoxFuture<'_, EnqueueOutcome>;
+}
+
+impl CoverQueue for Spool {
+    fn enqueue(&self, message: Message, release_at: UnixMillis) -> BoxFuture<'_, EnqueueOutcome> {
+        Box::pin(Spool::enqueue(self, message, release_at))
+    }
+}
+
 /// The loop cover generator task.
 pub struct CoverGenerator {
     pub key: CoverKey,
     /// This node's onion name: cover is addressed to ourselves.
     pub own: OnionName,
-    pub spool: Spool,
+    pub queue: Arc<dyn CoverQueue>,
     /// Cover gets release times like real mail, so it is mixed with it.
     pub mix: MixPolicy,
     /// Mean gap between cover messages.
@@ -207,7 +221,7 @@ impl CoverGenerator {
             }
             let message = make_message(&self.key, &self.own, &mut rng);
             let release = self.mix.release_at((self.clock)(), &mut rng);
-            match self.spool.enqueue(message, release).await {
+            match self.queue.enqueue(message, release).await {
                 EnqueueOutcome::Queued => Stats::add(&self.stats.cover_sent, 1),
                 EnqueueOutcome::ShuttingDown => return,
                 other => error!("[MIX] cover message not queued: {other:?}"),
@@ -266,6 +280,77 @@ mod tests {
         assert!((2000..4500).contains(&median), "median {median}");
         assert!(sizes[0] >= 200 && sizes[2000] <= 262_144);
         assert!(sizes[1900] > 3 * median, "long tail");
+    }
+
+    /// Records what the generator queues and when (on the test's clock).
+    struct Recorder {
+        clock: Clock,
+        queued: std::sync::Mutex<Vec<(UnixMillis, UnixMillis)>>,
+    }
+
+    impl CoverQueue for Recorder {
+        fn enqueue(&self, _: Message, release_at: UnixMillis) -> BoxFuture<'_, EnqueueOutcome> {
+            self.queued
+                .lock()
+                .unwrap()
+                .push(((self.clock)(), release_at));
+            Box::pin(async { EnqueueOutcome::Queued })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn it_generates_cover_as_a_poisson_process_with_mixed_release_times() {
+        const BASE: UnixMillis = 1_700_000_000_000;
+        let clock = crate::testkit::tokio_clock(BASE);
+        let recorder = Arc::new(Recorder {
+            clock: clock.clone(),
+            queued: Default::default(),
+        });
+        let window = Duration::from_secs(30);
+        let generator = CoverGenerator {
+            key: CoverKey::from_bytes([2; 32]),
+            own: own(),
+            queue: recorder.clone(),
+            mix: MixPolicy::Batch {
+                window,
+                jitter_min: Duration::from_millis(100),
+                jitter_max: Duration::from_secs(2),
+            },
+            interval: Duration::from_secs(15),
+            stats: Arc::new(Stats::default()),
+            clock,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(generator.run(StdRng::seed_from_u64(11), stop.clone()));
+        // Eight simulated hours: about 1,920 messages at one per 15 s.
+        tokio::time::sleep(Duration::from_secs(8 * 3600)).await;
+        stop.cancel();
+        task.await.unwrap();
+
+        let queued = recorder.queued.lock().unwrap().clone();
+        let n = queued.len();
+        assert!((1700..2150).contains(&n), "{n} cover messages in 8 h");
+        let mut last = BASE;
+        let gaps: Vec<f64> = queued
+            .iter()
+            .map(|&(at, _)| {
+                let gap = (at - last) as f64 / 1000.0;
+                last = at;
+                gap
+            })
+            .collect();
+        let d = crate::testkit::ks_statistic(gaps, |x| 1.0 - (-x / 15.0).exp());
+        assert!(d < crate::testkit::ks_critical(n), "KS D = {d}");
+        // Each message's release time comes from the mix at its creation:
+        // after the end of its batch window, within one jitter.
+        let w = window.as_millis() as u64;
+        for &(at, release) in &queued {
+            let window_end = (at / w + 1) * w;
+            assert!(
+                (window_end + 100..=window_end + 2000).contains(&release),
+                "created {at}, released {release}"
+            );
+        }
     }
 
     #[test]

@@ -177,3 +177,143 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::envelope::{EnqueueOutcome, Envelope, Message};
+    use crate::node::cover::CoverKey;
+    use crate::node::intake::Intake;
+    use crate::relay::failure::Failure;
+    use crate::time::UnixMillis;
+
+    const BASE: UnixMillis = 1_700_000_000_000;
+    const WINDOW: u64 = 30_000;
+
+    /// A transport that fails every recipient's first attempt and accepts
+    /// the second, reporting each attempt with the clock time it began.
+    struct FlakyTransport {
+        clock: Clock,
+        attempts: mpsc::Sender<(UnixMillis, u32)>,
+        seen: Mutex<u32>,
+    }
+
+    impl Deliver for FlakyTransport {
+        fn deliver<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Vec<RecipientResult>> {
+            let at = (self.clock)();
+            *self.seen.lock().unwrap() += 1;
+            let results = lease
+                .recipients
+                .iter()
+                .map(|r| match r.attempts {
+                    0 => RecipientResult::Failed(Failure::temporary("test: try later")),
+                    _ => RecipientResult::Delivered,
+                })
+                .collect();
+            let attempt = lease.recipients[0].attempts;
+            Box::pin(async move {
+                self.attempts.send((at, attempt)).await.unwrap();
+                results
+            })
+        }
+    }
+
+    fn mail(i: usize) -> Message {
+        Message {
+            envelope: Envelope {
+                sender: String::new(),
+                recipients: vec![format!("r{i}@example.org")],
+                smtputf8: false,
+                eight_bit: false,
+            },
+            body: format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes(),
+        }
+    }
+
+    /// On paused time, with the spool's clock following tokio's: nothing is
+    /// delivered before its batch window ends, and a retry re-enters the
+    /// mix (it leaves at a window end plus jitter, not at failure time plus
+    /// backoff, which would make it linkable to the failure).
+    #[tokio::test(start_paused = true)]
+    async fn it_delivers_after_the_window_and_retries_through_the_mix() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::testkit::tokio_clock(BASE + 1_234);
+        let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
+        let mix = MixPolicy::Batch {
+            window: Duration::from_millis(WINDOW),
+            jitter_min: Duration::from_millis(100),
+            jitter_max: Duration::from_secs(2),
+        };
+        let stats = Arc::new(Stats::default());
+        let intake = Intake {
+            spool: spool.clone(),
+            mix: mix.clone(),
+            cover_key: CoverKey::from_bytes([4; 32]),
+            stats: stats.clone(),
+            clock: clock.clone(),
+        };
+        const N: usize = 5;
+        for i in 0..N {
+            assert_eq!(intake.ingest(mail(i)).await, EnqueueOutcome::Queued);
+        }
+        let (tx, mut rx) = mpsc::channel(4 * N);
+        let transport = Arc::new(FlakyTransport {
+            clock: clock.clone(),
+            attempts: tx,
+            seen: Mutex::new(0),
+        });
+        let dispatcher = Dispatcher {
+            spool: spool.clone(),
+            transport: transport.clone(),
+            retry: RetryPolicy {
+                base: Duration::from_secs(60),
+                max_attempts: 3,
+            },
+            mix,
+            workers: N,
+            stats: stats.clone(),
+            lease: Duration::from_secs(600),
+            clock: clock.clone(),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(dispatcher.run(stop.clone()));
+
+        let first_window_end = (BASE + 1_234) / WINDOW * WINDOW + WINDOW;
+        let mut firsts = Vec::new();
+        let mut retries = Vec::new();
+        while firsts.len() + retries.len() < 2 * N {
+            let (at, attempt) = rx.recv().await.unwrap();
+            if attempt == 0 {
+                firsts.push(at)
+            } else {
+                retries.push(at)
+            }
+        }
+        for &at in &firsts {
+            assert!(
+                (first_window_end + 100..=first_window_end + 2_000).contains(&at),
+                "first attempt at {at}, window ends {first_window_end}"
+            );
+        }
+        let latest_first = *firsts.iter().max().unwrap();
+        for &at in &retries {
+            // Backoff is at least base/2 = 30 s, then the mix adds the rest
+            // of a window and a jitter.
+            assert!(at >= latest_first - 2_000 + 30_000, "retry at {at}");
+            assert!(
+                (100..=2_000).contains(&(at % WINDOW)),
+                "retry at {at} is not a window end plus jitter"
+            );
+        }
+        assert_eq!(*transport.seen.lock().unwrap(), 2 * N as u32);
+        assert_eq!(Stats::get(&stats.sent), N as u64);
+        stop.cancel();
+        task.await.unwrap();
+        drop((intake, spool));
+        closer.closed().await;
+    }
+}

@@ -3,5 +3,5 @@
 pub mod client;
 pub mod failure;
 pub mod mx_lookup;
-pub mod route;
+pub(crate) mod route;
 pub mod socks;

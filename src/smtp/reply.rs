@@ -32,10 +32,6 @@ impl Reply {
         Self { code, lines }
     }
 
-    pub fn code(&self) -> u16 {
-        self.code
-    }
-
     /// Appends the wire form (`250-...` continuation lines, CRLF endings).
     pub fn encode(&self, out: &mut Vec<u8>) {
         let last = self.lines.len().saturating_sub(1);

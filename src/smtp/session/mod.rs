@@ -126,12 +126,6 @@ impl Session {
         )
     }
 
-    /// True while a DATA body is being received (a stop now loses nothing,
-    /// the client was not told 250 and will retry).
-    pub fn in_data(&self) -> bool {
-        matches!(self.phase, Phase::Data { .. })
-    }
-
     /// Processes as much of `input` as forms complete units. Returns the
     /// number of bytes consumed and what to do next; unconsumed bytes must be
     /// offered again, followed by more input.
