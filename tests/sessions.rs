@@ -28,7 +28,9 @@ async fn a_stalled_client_does_not_block_others() {
     let mut slow = d.client().await;
     slow.send(b"EHLO half-a-line").await; // no CRLF: the session waits
     let mut slow_data = d.ehlo_client().await;
-    slow_data.start_data("a@example.org", &["b@example.org"]).await;
+    slow_data
+        .start_data("a@example.org", &["b@example.org"])
+        .await;
     slow_data.send(b"partial body").await;
     let mut fast = d.ehlo_client().await;
     assert_eq!(
@@ -57,7 +59,8 @@ async fn sessions_over_the_rate_limit_get_421() {
     }
     let mut c = Client::connect(d.addr).await;
     told_421_and_closed(&mut c, "4.7.0").await;
-    d.until_log("about the rate limit", is_rate_limit_line).await;
+    d.until_log("about the rate limit", is_rate_limit_line)
+        .await;
     let logs = d.log_text();
     let leaked = logs
         .lines()
@@ -110,7 +113,8 @@ async fn a_rate_limited_circuit_is_not_named_in_the_logs() {
     assert_eq!(first.code("QUIT").await, 221);
     let mut again = proxied(&d, circuit.as_bytes()).await;
     assert_eq!(again.reply().await.0, 421);
-    d.until_log("about the rate limit", is_rate_limit_line).await;
+    d.until_log("about the rate limit", is_rate_limit_line)
+        .await;
     let logs = d.log_text();
     for needle in ["4dad", "7e57", "fc00"] {
         assert!(

@@ -44,8 +44,7 @@ async fn every_outgoing_connection_goes_to_the_socks_port() {
             "192.0.2.53:53",
         ],
     );
-    let mut c = d.client().await;
-    c.code("EHLO client.example").await;
+    let mut c = d.ehlo_client().await;
     let to_onion = format!("a@{dest}");
     assert_eq!(
         c.send_mail("s@example.net", &[&to_onion, "b@example.org"], "x")
@@ -56,22 +55,7 @@ async fn every_outgoing_connection_goes_to_the_socks_port() {
     sink.wait_for(2).await;
     d.until_queue("empty", |q| q["messages"] == 0).await;
 
-    // Stop pluto2 itself (strace's child); strace exits with it.
-    let strace_pid = d.child.id();
-    let children =
-        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
-    let pid = children
-        .split_whitespace()
-        .next()
-        .expect("pluto2 runs under strace");
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    d.wait();
+    d.stop_traced();
 
     let text = std::fs::read_to_string(&trace).unwrap();
     let proxy_port = format!("sin_port=htons({})", proxy.addr.port());
@@ -94,4 +78,49 @@ async fn every_outgoing_connection_goes_to_the_socks_port() {
     }
     // Onion SMTP, the DNS query, and clearnet SMTP at least.
     assert!(inet_connects >= 3, "too few connections traced:\n{text}");
+}
+
+#[tokio::test]
+async fn a_daemon_started_without_a_proxy_dials_only_the_tests_dead_end() {
+    // The fixture's defaults keep the suite off a real Tor on 9050 and off
+    // public resolvers. An RCPT to a clearnet domain makes the daemon look
+    // for its MX through "Tor".
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let trace_arg = trace.to_str().unwrap().to_string();
+    let mut d = Daemon::start_wrapped(
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=connect",
+            "-o",
+            &trace_arg,
+        ],
+        &dir.path().join("data"),
+        &[],
+    );
+    let mut c = d.ehlo_client().await;
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("RCPT TO:<b@example.org>").await, 250);
+    c.code("QUIT").await;
+    d.stop_traced();
+
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let dead_end = format!("sin_port=htons({})", d.dead_end.addr.port());
+    let connects: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("connect(") && l.contains("AF_INET"))
+        .collect();
+    assert!(
+        !connects.is_empty(),
+        "the MX check made no connection:\n{text}"
+    );
+    for line in connects {
+        assert!(
+            line.contains(&dead_end) && line.contains("127.0.0.1"),
+            "connection outside the test's dead end: {line}"
+        );
+    }
 }

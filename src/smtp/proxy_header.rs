@@ -155,7 +155,10 @@ mod tests {
                 b"PROXY TCP4 1.2.3.4 127.0.0.1 050 25\r\n",
                 Malformed("bad port"),
             ),
-            (b"PROXY TCP4 1.2.3.4 127.0.0.1 5000 \r\n", Malformed("bad port")),
+            (
+                b"PROXY TCP4 1.2.3.4 127.0.0.1 5000 \r\n",
+                Malformed("bad port"),
+            ),
             (
                 b"PROXY TCP4 1.2.3.4 127.0.0.1 5000 25\n",
                 Malformed("line must end with CRLF"),

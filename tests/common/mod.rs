@@ -38,7 +38,7 @@ pub struct Daemon {
     pub logs: Arc<Mutex<Vec<String>>>,
     _dir: Option<tempfile::TempDir>,
     /// Stands in for Tor and the resolver unless the test passed its own.
-    _dead_end: DeadEnd,
+    pub dead_end: DeadEnd,
 }
 
 /// True if `extra` sets `flag` (as `-flag value` or `-flag=value`, with one
@@ -168,7 +168,7 @@ impl Daemon {
             data_dir: data_dir.to_path_buf(),
             logs,
             _dir: None,
-            _dead_end: dead_end,
+            dead_end,
         }
     }
 
@@ -216,6 +216,23 @@ impl Daemon {
                 }
             }
         })
+    }
+
+    /// Stops a daemon started under `strace -f` with SIGTERM to pluto2
+    /// itself (strace's child); strace exits with it and has then written
+    /// its whole trace.
+    pub fn stop_traced(&mut self) {
+        let strace_pid = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
+                .unwrap();
+        let pid = children
+            .split_whitespace()
+            .next()
+            .expect("pluto2 runs under strace");
+        let status = Command::new("kill").args(["-TERM", pid]).status().unwrap();
+        assert!(status.success());
+        self.wait();
     }
 
     pub fn kill9(&mut self) {
