@@ -176,24 +176,15 @@ async fn the_250_after_data_follows_the_fsync_of_the_spool() {
     // spool file must be followed by a completed fsync/fdatasync of that
     // file before "250" is written to the client. strace -f prints events of
     // all threads (the committer has its own) in the order they happen.
-    let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("trace");
-    let trace_arg = trace.to_str().unwrap().to_string();
-    let mut d = Daemon::start_wrapped(
+    let mut d = Daemon::start_traced(
         &[
-            "strace",
-            "-f",
-            "-qq",
             "-tt",
             "-y",
             "-s",
             "64",
             "-e",
             "trace=write,writev,pwrite64,pwritev,sendto,sendmsg,fsync,fdatasync",
-            "-o",
-            &trace_arg,
         ],
-        &dir.path().join("data"),
         // Held by the mix, so no delivery writes to the spool meanwhile.
         &["-batch-window", "1h"],
     );
@@ -204,8 +195,7 @@ async fn the_250_after_data_follows_the_fsync_of_the_spool() {
         250
     );
     c.code("QUIT").await;
-    d.stop_traced();
-    let text = std::fs::read_to_string(&trace).unwrap();
+    let text = d.stop_traced();
 
     // Per spool file: writes seen so far, and how many of them a completed
     // sync covers. A sync covers the writes made before it started.

@@ -20,21 +20,9 @@ async fn every_outgoing_connection_goes_to_the_socks_port() {
     proxy.route(&dest, 25, sink.addr);
     proxy.route("mx.example.org", 25, sink.addr);
 
-    let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("trace");
-    let trace_arg = trace.to_str().unwrap().to_string();
     let proxy_arg = proxy.addr.to_string();
-    let mut d = Daemon::start_wrapped(
-        &[
-            "strace",
-            "-f",
-            "-qq",
-            "-e",
-            "trace=socket,connect,sendto,sendmsg",
-            "-o",
-            &trace_arg,
-        ],
-        &dir.path().join("data"),
+    let mut d = Daemon::start_traced(
+        &["-e", "trace=socket,connect,sendto,sendmsg"],
         &[
             "-batch-window",
             "0",
@@ -55,9 +43,7 @@ async fn every_outgoing_connection_goes_to_the_socks_port() {
     sink.wait_for(2).await;
     d.until_queue("empty", |q| q["messages"] == 0).await;
 
-    d.stop_traced();
-
-    let text = std::fs::read_to_string(&trace).unwrap();
+    let text = d.stop_traced();
     let proxy_port = format!("sin_port=htons({})", proxy.addr.port());
     let mut inet_connects = 0;
     for line in text.lines() {
@@ -85,29 +71,12 @@ async fn a_daemon_started_without_a_proxy_dials_only_the_tests_dead_end() {
     // The fixture's defaults keep the suite off a real Tor on 9050 and off
     // public resolvers. An RCPT to a clearnet domain makes the daemon look
     // for its MX through "Tor".
-    let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("trace");
-    let trace_arg = trace.to_str().unwrap().to_string();
-    let mut d = Daemon::start_wrapped(
-        &[
-            "strace",
-            "-f",
-            "-qq",
-            "-e",
-            "trace=connect",
-            "-o",
-            &trace_arg,
-        ],
-        &dir.path().join("data"),
-        &[],
-    );
+    let mut d = Daemon::start_traced(&["-e", "trace=connect"], &[]);
     let mut c = d.ehlo_client().await;
     assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
     assert_eq!(c.code("RCPT TO:<b@example.org>").await, 250);
     c.code("QUIT").await;
-    d.stop_traced();
-
-    let text = std::fs::read_to_string(&trace).unwrap();
+    let text = d.stop_traced();
     let dead_end = format!("sin_port=htons({})", d.dead_end.addr.port());
     let connects: Vec<&str> = text
         .lines()

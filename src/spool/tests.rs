@@ -38,11 +38,19 @@ struct TestSpool {
 impl TestSpool {
     fn open(replay_window: Duration, start: u64) -> TestSpool {
         let (clock, now) = manual_clock(start);
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, closer) = Spool::open(dir.path(), replay_window, clock.clone()).unwrap();
+        Self::open_in(tempfile::tempdir().unwrap(), replay_window, clock, now)
+    }
+
+    fn open_in(
+        dir: tempfile::TempDir,
+        window: Duration,
+        clock: Clock,
+        now: Arc<AtomicU64>,
+    ) -> TestSpool {
+        let (spool, closer) = Spool::open(dir.path(), window, clock.clone()).unwrap();
         TestSpool {
             dir,
-            window: replay_window,
+            window,
             clock,
             now,
             spool,
@@ -53,25 +61,9 @@ impl TestSpool {
     /// Closes the spool (waiting for the committer) and opens the same
     /// directory again, as a restart of the daemon would.
     async fn reopen(self) -> TestSpool {
-        let TestSpool {
-            dir,
-            window,
-            clock,
-            now,
-            spool,
-            closer,
-        } = self;
-        drop(spool);
-        closer.closed().await;
-        let (spool, closer) = Spool::open(dir.path(), window, clock.clone()).unwrap();
-        TestSpool {
-            dir,
-            window,
-            clock,
-            now,
-            spool,
-            closer,
-        }
+        drop(self.spool);
+        self.closer.closed().await;
+        Self::open_in(self.dir, self.window, self.clock, self.now)
     }
 
     async fn close(self) {

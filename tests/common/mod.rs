@@ -39,6 +39,8 @@ pub struct Daemon {
     _dir: Option<tempfile::TempDir>,
     /// Stands in for Tor and the resolver unless the test passed its own.
     pub dead_end: DeadEnd,
+    /// Where strace writes, for a daemon started by `start_traced`.
+    trace: Option<PathBuf>,
 }
 
 /// True if `extra` sets `flag` (as `-flag value` or `-flag=value`, with one
@@ -98,6 +100,21 @@ impl Daemon {
     /// Starts on an existing data directory (restart tests).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Daemon {
         Self::start_wrapped(&[], data_dir, extra)
+    }
+
+    /// Starts the binary under `strace -f -qq` with `options` (which
+    /// syscalls, how to print them) in a fresh data directory;
+    /// [`Daemon::stop_traced`] returns the trace.
+    pub fn start_traced(options: &[&str], extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = dir.path().join("trace");
+        let trace_arg = trace.to_str().unwrap();
+        let mut wrapper = vec!["strace", "-f", "-qq", "-o", trace_arg];
+        wrapper.extend(options);
+        let mut d = Self::start_wrapped(&wrapper, &dir.path().join("data"), extra);
+        d.trace = Some(trace);
+        d._dir = Some(dir);
+        d
     }
 
     /// Starts the binary under a wrapper command such as `strace -f -o F`.
@@ -169,6 +186,7 @@ impl Daemon {
             logs,
             _dir: None,
             dead_end,
+            trace: None,
         }
     }
 
@@ -218,10 +236,10 @@ impl Daemon {
         })
     }
 
-    /// Stops a daemon started under `strace -f` with SIGTERM to pluto2
-    /// itself (strace's child); strace exits with it and has then written
-    /// its whole trace.
-    pub fn stop_traced(&mut self) {
+    /// Stops a daemon started by [`Daemon::start_traced`] with SIGTERM to
+    /// pluto2 itself (strace's child); strace exits with it and has then
+    /// written its whole trace, which this returns.
+    pub fn stop_traced(&mut self) -> String {
         let strace_pid = self.child.id();
         let children =
             std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
@@ -233,6 +251,8 @@ impl Daemon {
         let status = Command::new("kill").args(["-TERM", pid]).status().unwrap();
         assert!(status.success());
         self.wait();
+        let trace = self.trace.as_ref().expect("started by start_traced");
+        std::fs::read_to_string(trace).unwrap()
     }
 
     pub fn kill9(&mut self) {
