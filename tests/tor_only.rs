@@ -1,7 +1,9 @@
 //! "Tor only", observed from outside: the real binary runs under
 //! `strace -f`, delivers to an onion and to a clearnet domain (MX lookup
 //! included), and every connect() it made must go to the SOCKS port, with no
-//! UDP socket and no datagram sent anywhere.
+//! UDP socket and no datagram sent anywhere. The suite itself stays off the
+//! network too: a daemon started without a proxy dials only the test's
+//! dead end.
 
 mod common;
 
