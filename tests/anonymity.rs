@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::smtp_sink::{Behaviour, Sink};
 use common::socks_proxy::SocksProxy;
@@ -15,8 +15,6 @@ fn args(proxy: &SocksProxy, extra: &[&str]) -> Vec<String> {
     let mut all = vec![
         "-tor-socks".to_string(),
         proxy.addr.to_string(),
-        "-dns-server".into(),
-        "192.0.2.53:53".into(),
         // Loop cover comes back from 127.0.0.1 like the test's own client.
         "-rate-limit".into(),
         "1000".into(),
@@ -33,12 +31,27 @@ fn start(proxy: &SocksProxy, extra: &[&str]) -> Daemon {
 
 /// Sends `bodies` in order over one session; returns when all got 250.
 async fn send_all(d: &Daemon, to: &str, bodies: &[String]) {
-    let mut c = d.client().await;
-    c.code("EHLO client.example").await;
+    let mut c = d.ehlo_client().await;
     for body in bodies {
         assert_eq!(c.send_mail("alice@example.net", &[to], body).await, 250);
     }
     c.code("QUIT").await;
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Batch window of the test below; windows are aligned to multiples of it
+/// in unix time, as in the daemon.
+const WINDOW_MS: u64 = 2000;
+
+/// End of the window that holds unix time `t`.
+fn window_end(t: u64) -> u64 {
+    (t / WINDOW_MS + 1) * WINDOW_MS
 }
 
 #[tokio::test]
@@ -47,15 +60,16 @@ async fn a_batch_leaves_reordered_after_the_window_in_whole_pad_blocks() {
     let sink = Sink::start(Behaviour::default()).await;
     let dest = onion(20);
     proxy.route(&dest, 25, sink.addr);
+    let window = format!("{WINDOW_MS}ms");
     let d = start(
         &proxy,
         &[
             "-batch-window",
-            "2s",
+            &window,
             "-jitter-min",
             "100ms",
             "-jitter-max",
-            "1s",
+            "500ms",
             "-workers",
             "12",
         ],
@@ -69,8 +83,26 @@ async fn a_batch_leaves_reordered_after_the_window_in_whole_pad_blocks() {
             )
         })
         .collect();
-    let sent = Instant::now();
-    send_all(&d, &format!("r@{dest}"), &bodies).await;
+    // Start early in a window, so that a mix releasing at "acceptance +
+    // jitter" (no window) would deliver the first message well before the
+    // window ends: this waits for the wall clock, not for the daemon.
+    let left = window_end(unix_ms()) - unix_ms();
+    if left < 1500 {
+        tokio::time::sleep(Duration::from_millis(left + 20)).await;
+    }
+    // Wall-clock bounds become Instants (what the sink records) through
+    // one anchor.
+    let (anchor, anchor_ms) = (Instant::now(), unix_ms());
+    let mut not_before = Vec::new();
+    let mut c = d.ehlo_client().await;
+    for body in &bodies {
+        // The daemon accepts the message after this moment, so its window
+        // ends no earlier than this one.
+        not_before.push(anchor + Duration::from_millis(window_end(unix_ms()) - anchor_ms));
+        let to = format!("r@{dest}");
+        assert_eq!(c.send_mail("alice@example.net", &[&to], body).await, 250);
+    }
+    c.code("QUIT").await;
     let got = sink.wait_for(n).await;
 
     let order: Vec<usize> = got
@@ -88,7 +120,7 @@ async fn a_batch_leaves_reordered_after_the_window_in_whole_pad_blocks() {
         (0..n).collect::<Vec<_>>(),
         "batch left in arrival order"
     );
-    for r in &got {
+    for (r, &i) in got.iter().zip(&order) {
         assert_eq!(
             r.wire_len % 8192,
             0,
@@ -96,8 +128,9 @@ async fn a_batch_leaves_reordered_after_the_window_in_whole_pad_blocks() {
             r.wire_len
         );
         assert!(
-            r.at.duration_since(sent) >= Duration::from_millis(100),
-            "released before window end + jitter"
+            r.at >= not_before[i],
+            "message {i} released {:?} before its window ended",
+            not_before[i] - r.at
         );
         let text = String::from_utf8_lossy(&r.data);
         assert!(

@@ -3,30 +3,31 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{Client, Daemon};
 use tokio::sync::Notify;
 
+/// Sends "same body" again on a fresh transaction; returns the reply.
+async fn resend(c: &mut Client) -> (u16, String) {
+    c.start_data("a@example.org", &["b@example.org"]).await;
+    c.send(b"same body\r\n.\r\n").await;
+    c.reply().await
+}
+
 #[tokio::test]
 async fn replays_are_refused_across_a_restart() {
     let mut d = Daemon::start(&[]);
-    let mut c = d.client().await;
-    c.code("EHLO client.example").await;
+    let mut c = d.ehlo_client().await;
     assert_eq!(
         c.send_mail("a@example.org", &["b@example.org"], "same body")
             .await,
         250
     );
-    let (code, _) = {
-        c.code("MAIL FROM:<a@example.org>").await;
-        c.code("RCPT TO:<b@example.org>").await;
-        c.code("DATA").await;
-        c.send(b"same body\r\n.\r\n").await;
-        c.reply().await
-    };
-    assert_eq!(code, 554);
+    let (code, text) = resend(&mut c).await;
+    assert_eq!(code, 554, "{text}");
     assert_eq!(
         c.send_mail("a@example.org", &["b@example.org"], "other body")
             .await,
@@ -38,13 +39,8 @@ async fn replays_are_refused_across_a_restart() {
     assert!(d.wait().success());
     let dir = d.take_dir().unwrap();
     let d = Daemon::start_in(&d.data_dir.clone(), &[]);
-    let mut c = d.client().await;
-    c.code("EHLO client.example").await;
-    c.code("MAIL FROM:<a@example.org>").await;
-    c.code("RCPT TO:<b@example.org>").await;
-    c.code("DATA").await;
-    c.send(b"same body\r\n.\r\n").await;
-    let (code, text) = c.reply().await;
+    let mut c = d.ehlo_client().await;
+    let (code, text) = resend(&mut c).await;
     assert_eq!(code, 554, "{text}");
     assert!(text.contains("5.7.1"));
     assert_eq!(d.queue_json()["messages"], 2);
@@ -125,16 +121,13 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
 #[tokio::test]
 async fn sigterm_answers_421_to_open_sessions_and_exits_cleanly() {
     let mut d = Daemon::start(&[]);
-    let mut idle = d.client().await;
-    idle.code("EHLO client.example").await;
-    let mut in_data = d.client().await;
-    in_data.code("EHLO client.example").await;
-    in_data.code("MAIL FROM:<a@example.org>").await;
-    in_data.code("RCPT TO:<b@example.org>").await;
-    in_data.code("DATA").await;
+    let mut idle = d.ehlo_client().await;
+    let mut in_data = d.ehlo_client().await;
+    in_data
+        .start_data("a@example.org", &["b@example.org"])
+        .await;
     in_data.send(b"Subject: unfinished\r\n").await;
-    let mut done = d.client().await;
-    done.code("EHLO client.example").await;
+    let mut done = d.ehlo_client().await;
     assert_eq!(
         done.send_mail("a@example.org", &["b@example.org"], "kept")
             .await,
@@ -150,5 +143,122 @@ async fn sigterm_answers_421_to_open_sessions_and_exits_cleanly() {
     let status = d.wait();
     assert!(status.success(), "{status:?}");
     assert!(d.log_text().contains("[SPOOL] closed cleanly"));
+    assert_eq!(d.queue_json()["messages"], 1);
+}
+
+/// Spool files whose writes must be on disk before a `250` (not the
+/// `-shm` index, which SQLite rebuilds and never syncs).
+fn spool_file(path: &str) -> bool {
+    ["spool.sqlite", "spool.sqlite-wal", "spool.sqlite-journal"]
+        .iter()
+        .any(|name| path.ends_with(&format!("/{name}")))
+}
+
+/// The syscall name and the path strace decoded for its first argument
+/// (`-y`), for lines like `123 12:00:00.000000 fsync(11</d/spool.sqlite-wal>) = 0`.
+fn call_and_path(line: &str) -> Option<(&str, &str)> {
+    let (head, args) = line.split_once('(')?;
+    let call = head.rsplit(' ').next()?;
+    let path = args.split_once('<')?.1.split_once('>')?.0;
+    Some((call, path))
+}
+
+/// Records that a completed sync of `file` covers its first `writes` writes.
+fn cover<'a>(synced: &mut HashMap<&'a str, usize>, file: &'a str, writes: usize) {
+    let n = synced.entry(file).or_default();
+    *n = (*n).max(writes);
+}
+
+#[tokio::test]
+async fn the_250_after_data_follows_the_fsync_of_the_spool() {
+    // SIGKILL keeps the page cache, so only the order of system calls shows
+    // that an acknowledged message is on disk: after DATA, every write to a
+    // spool file must be followed by a completed fsync/fdatasync of that
+    // file before "250" is written to the client. strace -f prints events of
+    // all threads (the committer has its own) in the order they happen.
+    let mut d = Daemon::start_traced(
+        &[
+            "-tt",
+            "-y",
+            "-s",
+            "64",
+            "-e",
+            "trace=write,writev,pwrite64,pwritev,sendto,sendmsg,fsync,fdatasync",
+        ],
+        // Held by the mix, so no delivery writes to the spool meanwhile.
+        &["-batch-window", "1h"],
+    );
+    let mut c = d.ehlo_client().await;
+    let body = "Subject: durable\r\n\r\nkept";
+    assert_eq!(
+        c.send_mail("a@example.org", &["b@example.org"], body).await,
+        250
+    );
+    c.code("QUIT").await;
+    let text = d.stop_traced();
+
+    // Per spool file: writes seen so far, and how many of them a completed
+    // sync covers. A sync covers the writes made before it started.
+    let mut written: HashMap<&str, usize> = HashMap::new();
+    let mut synced: HashMap<&str, usize> = HashMap::new();
+    // Syncs in flight per thread: (file, writes it covers).
+    let mut in_flight: HashMap<&str, (&str, usize)> = HashMap::new();
+    let mut in_data = false;
+    let mut acknowledged = false;
+    for line in text.lines() {
+        let thread = line.split_whitespace().next().unwrap_or("");
+        if line.contains("\"354 ") {
+            in_data = true;
+            continue;
+        }
+        if line.contains("\"250 2.0.0 Ok: queued") {
+            assert!(in_data, "250 before DATA?\n{text}");
+            assert!(
+                !written.is_empty(),
+                "no write to the spool before the 250:\n{text}"
+            );
+            for (file, &n) in &written {
+                assert_eq!(
+                    synced.get(file).copied().unwrap_or(0),
+                    n,
+                    "{file} written but not synced before the 250:\n{text}"
+                );
+            }
+            acknowledged = true;
+            break;
+        }
+        if !in_data {
+            continue;
+        }
+        if let Some(rest) = line.split_once("<... ").map(|(_, r)| r) {
+            // `<... fsync resumed>) = 0`: the end of a call begun earlier.
+            if (rest.starts_with("fsync resumed") || rest.starts_with("fdatasync resumed"))
+                && let Some((file, covers)) = in_flight.remove(thread)
+                && line.trim_end().ends_with("= 0")
+            {
+                cover(&mut synced, file, covers);
+            }
+            continue;
+        }
+        let Some((call, path)) = call_and_path(line) else {
+            continue;
+        };
+        if !spool_file(path) {
+            continue;
+        }
+        match call {
+            "write" | "writev" | "pwrite64" | "pwritev" => *written.entry(path).or_default() += 1,
+            "fsync" | "fdatasync" => {
+                let covers = written.get(path).copied().unwrap_or(0);
+                if line.trim_end().ends_with("<unfinished ...>") {
+                    in_flight.insert(thread, (path, covers));
+                } else if line.trim_end().ends_with("= 0") {
+                    cover(&mut synced, path, covers);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(acknowledged, "no 250 for the message in the trace:\n{text}");
     assert_eq!(d.queue_json()["messages"], 1);
 }

@@ -11,9 +11,14 @@ async fn idle_clients_are_timed_out_with_421() {
     let mut c = d.client().await;
     // The server speaks first once the timeout passes; the test just waits
     // for that reply (bounded by PATIENCE).
+    told_421_and_closed(&mut c, "4.4.2").await;
+}
+
+/// The next reply is 421 with `enhanced`, and the server then hangs up.
+async fn told_421_and_closed(c: &mut Client, enhanced: &str) {
     let (code, text) = c.reply().await;
     assert_eq!(code, 421, "{text}");
-    assert!(text.contains("4.4.2"));
+    assert!(text.contains(enhanced), "{text}");
     assert!(c.closed().await);
 }
 
@@ -22,14 +27,12 @@ async fn a_stalled_client_does_not_block_others() {
     let d = Daemon::start(&[]);
     let mut slow = d.client().await;
     slow.send(b"EHLO half-a-line").await; // no CRLF: the session waits
-    let mut slow_data = d.client().await;
-    slow_data.code("EHLO s.example").await;
-    slow_data.code("MAIL FROM:<a@example.org>").await;
-    slow_data.code("RCPT TO:<b@example.org>").await;
-    slow_data.code("DATA").await;
+    let mut slow_data = d.ehlo_client().await;
+    slow_data
+        .start_data("a@example.org", &["b@example.org"])
+        .await;
     slow_data.send(b"partial body").await;
-    let mut fast = d.client().await;
-    fast.code("EHLO f.example").await;
+    let mut fast = d.ehlo_client().await;
     assert_eq!(
         fast.send_mail("a@example.org", &["c@example.org"], "hi")
             .await,
@@ -44,10 +47,7 @@ async fn connections_over_the_limit_get_421() {
     let _a = d.client().await;
     let _b = d.client().await;
     let mut c = Client::connect(d.addr).await;
-    let (code, text) = c.reply().await;
-    assert_eq!(code, 421, "{text}");
-    assert!(text.contains("4.7.0"));
-    assert!(c.closed().await);
+    told_421_and_closed(&mut c, "4.7.0").await;
 }
 
 #[tokio::test]
@@ -58,14 +58,23 @@ async fn sessions_over_the_rate_limit_get_421() {
         assert_eq!(c.code("QUIT").await, 221);
     }
     let mut c = Client::connect(d.addr).await;
-    let (code, text) = c.reply().await;
-    assert_eq!(code, 421, "{text}");
-    assert!(text.contains("4.7.0"));
-    assert!(c.closed().await);
-    assert!(
-        !d.log_text().contains("127.0.0.1 "),
-        "client IP logged without -debug"
-    );
+    told_421_and_closed(&mut c, "4.7.0").await;
+    d.until_log("about the rate limit", is_rate_limit_line)
+        .await;
+    let logs = d.log_text();
+    let leaked = logs
+        .lines()
+        .any(|l| l.contains("127.0.0.1") && !l.contains("listening on"));
+    assert!(!leaked, "client IP logged without -debug:\n{logs}");
+}
+
+fn is_rate_limit_line(line: &str) -> bool {
+    line.contains("rate limit")
+}
+
+/// The source address Tor would announce for circuit `id`.
+fn circuit_header(id: &str) -> String {
+    format!("PROXY TCP6 fc00:dead:beef:4dad::0:{id} ::1 65535 25\r\n")
 }
 
 async fn proxied(d: &Daemon, header: &[u8]) -> Client {
@@ -77,25 +86,42 @@ async fn proxied(d: &Daemon, header: &[u8]) -> Client {
 #[tokio::test]
 async fn proxy_header_identifies_each_tor_circuit() {
     let d = Daemon::start(&["-proxy-protocol", "-rate-limit", "1", "-rate-window", "1h"]);
-    let circuit_a = b"PROXY TCP6 fc00:dead:beef:4dad::0:a ::1 65535 25\r\n";
-    let circuit_b = b"PROXY TCP6 fc00:dead:beef:4dad::0:b ::1 65535 25\r\n";
-    let mut a1 = proxied(&d, circuit_a).await;
+    let circuit_a = circuit_header("a");
+    let mut a1 = proxied(&d, circuit_a.as_bytes()).await;
     assert_eq!(a1.reply().await.0, 220);
     assert_eq!(a1.code("QUIT").await, 221);
-    let mut a2 = proxied(&d, circuit_a).await;
+    let mut a2 = proxied(&d, circuit_a.as_bytes()).await;
     let (code, text) = a2.reply().await;
     assert_eq!(code, 421, "same circuit again: {text}");
-    let mut b = proxied(&d, circuit_b).await;
+    let mut b = proxied(&d, circuit_header("b").as_bytes()).await;
     assert_eq!(b.reply().await.0, 220, "another circuit has its own budget");
     // Header and first command in one write (Tor sends the header first;
     // a pipelining client may follow immediately).
-    let mut c = proxied(
-        &d,
-        b"PROXY TCP6 fc00:dead:beef:4dad::0:c ::1 65535 25\r\nNOOP\r\n",
-    )
-    .await;
+    let mut c = proxied(&d, format!("{}NOOP\r\n", circuit_header("c")).as_bytes()).await;
     assert_eq!(c.reply().await.0, 220);
     assert_eq!(c.reply().await.0, 250);
+}
+
+#[tokio::test]
+async fn a_rate_limited_circuit_is_not_named_in_the_logs() {
+    // The announced source is the circuit id: as identifying as an IP, and
+    // recognisable in any spelling of the address ("4dad").
+    let d = Daemon::start(&["-proxy-protocol", "-rate-limit", "1", "-rate-window", "1h"]);
+    let circuit = circuit_header("7e57");
+    let mut first = proxied(&d, circuit.as_bytes()).await;
+    assert_eq!(first.reply().await.0, 220);
+    assert_eq!(first.code("QUIT").await, 221);
+    let mut again = proxied(&d, circuit.as_bytes()).await;
+    assert_eq!(again.reply().await.0, 421);
+    d.until_log("about the rate limit", is_rate_limit_line)
+        .await;
+    let logs = d.log_text();
+    for needle in ["4dad", "7e57", "fc00"] {
+        assert!(
+            !logs.contains(needle),
+            "circuit identity logged without -debug:\n{logs}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -65,11 +65,8 @@ async fn pipelined_commands_get_replies_in_order() {
 #[tokio::test]
 async fn smuggled_end_of_data_is_not_honoured() {
     let d = Daemon::start(&[]);
-    let mut c = d.client().await;
-    c.code("EHLO client.example").await;
-    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
-    assert_eq!(c.code("RCPT TO:<b@example.org>").await, 250);
-    assert_eq!(c.code("DATA").await, 354);
+    let mut c = d.ehlo_client().await;
+    c.start_data("a@example.org", &["b@example.org"]).await;
     // A classic smuggling attempt: the bare-LF dot would end the message on
     // a lenient server, and the rest would become a second transaction.
     c.send(b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nforged\r\n.\r\n")
@@ -85,13 +82,10 @@ async fn smuggled_end_of_data_is_not_honoured() {
 #[tokio::test]
 async fn oversized_data_is_read_to_the_end_and_refused() {
     let d = Daemon::start(&["-max-message-size", "20000"]);
-    let mut c = d.client().await;
-    c.code("EHLO client.example").await;
+    let mut c = d.ehlo_client().await;
     let (code, text) = c.cmd("MAIL FROM:<a@example.org> SIZE=20001").await;
     assert_eq!((code, &text[4..9]), (552, "5.3.4"));
-    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
-    assert_eq!(c.code("RCPT TO:<b@example.org>").await, 250);
-    assert_eq!(c.code("DATA").await, 354);
+    c.start_data("a@example.org", &["b@example.org"]).await;
     let line = "x".repeat(998) + "\r\n";
     for _ in 0..100 {
         c.send(line.as_bytes()).await;
@@ -107,8 +101,7 @@ async fn oversized_data_is_read_to_the_end_and_refused() {
 #[tokio::test]
 async fn recipients_beyond_the_limit_get_452() {
     let d = Daemon::start(&["-max-recipients", "2"]);
-    let mut c = d.client().await;
-    c.code("EHLO client.example").await;
+    let mut c = d.ehlo_client().await;
     c.code("MAIL FROM:<>").await;
     assert_eq!(c.code("RCPT TO:<a@example.org>").await, 250);
     assert_eq!(c.code("RCPT TO:<b@example.org>").await, 250);
@@ -120,8 +113,7 @@ async fn recipients_beyond_the_limit_get_452() {
 #[tokio::test]
 async fn bad_onion_recipients_are_refused_with_the_reason() {
     let d = Daemon::start(&[]);
-    let mut c = d.client().await;
-    c.code("EHLO client.example").await;
+    let mut c = d.ehlo_client().await;
     c.code("MAIL FROM:<a@example.org>").await;
     let good = onion(4);
     let bad = format!(

@@ -1,7 +1,9 @@
 //! "Tor only", observed from outside: the real binary runs under
 //! `strace -f`, delivers to an onion and to a clearnet domain (MX lookup
 //! included), and every connect() it made must go to the SOCKS port, with no
-//! UDP socket and no datagram sent anywhere.
+//! UDP socket and no datagram sent anywhere. The suite itself stays off the
+//! network too: a daemon started without a proxy dials only the test's
+//! dead end.
 
 mod common;
 
@@ -20,21 +22,9 @@ async fn every_outgoing_connection_goes_to_the_socks_port() {
     proxy.route(&dest, 25, sink.addr);
     proxy.route("mx.example.org", 25, sink.addr);
 
-    let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("trace");
-    let trace_arg = trace.to_str().unwrap().to_string();
     let proxy_arg = proxy.addr.to_string();
-    let mut d = Daemon::start_wrapped(
-        &[
-            "strace",
-            "-f",
-            "-qq",
-            "-e",
-            "trace=socket,connect,sendto,sendmsg",
-            "-o",
-            &trace_arg,
-        ],
-        &dir.path().join("data"),
+    let mut d = Daemon::start_traced(
+        &["-e", "trace=socket,connect,sendto,sendmsg"],
         &[
             "-batch-window",
             "0",
@@ -44,8 +34,7 @@ async fn every_outgoing_connection_goes_to_the_socks_port() {
             "192.0.2.53:53",
         ],
     );
-    let mut c = d.client().await;
-    c.code("EHLO client.example").await;
+    let mut c = d.ehlo_client().await;
     let to_onion = format!("a@{dest}");
     assert_eq!(
         c.send_mail("s@example.net", &[&to_onion, "b@example.org"], "x")
@@ -56,24 +45,7 @@ async fn every_outgoing_connection_goes_to_the_socks_port() {
     sink.wait_for(2).await;
     d.until_queue("empty", |q| q["messages"] == 0).await;
 
-    // Stop pluto2 itself (strace's child); strace exits with it.
-    let strace_pid = d.child.id();
-    let children =
-        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
-    let pid = children
-        .split_whitespace()
-        .next()
-        .expect("pluto2 runs under strace");
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    d.wait();
-
-    let text = std::fs::read_to_string(&trace).unwrap();
+    let text = d.stop_traced();
     let proxy_port = format!("sin_port=htons({})", proxy.addr.port());
     let mut inet_connects = 0;
     for line in text.lines() {
@@ -94,4 +66,32 @@ async fn every_outgoing_connection_goes_to_the_socks_port() {
     }
     // Onion SMTP, the DNS query, and clearnet SMTP at least.
     assert!(inet_connects >= 3, "too few connections traced:\n{text}");
+}
+
+#[tokio::test]
+async fn a_daemon_started_without_a_proxy_dials_only_the_tests_dead_end() {
+    // The fixture's defaults keep the suite off a real Tor on 9050 and off
+    // public resolvers. An RCPT to a clearnet domain makes the daemon look
+    // for its MX through "Tor".
+    let mut d = Daemon::start_traced(&["-e", "trace=connect"], &[]);
+    let mut c = d.ehlo_client().await;
+    assert_eq!(c.code("MAIL FROM:<a@example.org>").await, 250);
+    assert_eq!(c.code("RCPT TO:<b@example.org>").await, 250);
+    c.code("QUIT").await;
+    let text = d.stop_traced();
+    let dead_end = format!("sin_port=htons({})", d.dead_end.addr.port());
+    let connects: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("connect(") && l.contains("AF_INET"))
+        .collect();
+    assert!(
+        !connects.is_empty(),
+        "the MX check made no connection:\n{text}"
+    );
+    for line in connects {
+        assert!(
+            line.contains(&dead_end) && line.contains("127.0.0.1"),
+            "connection outside the test's dead end: {line}"
+        );
+    }
 }

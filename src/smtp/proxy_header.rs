@@ -118,21 +118,64 @@ mod tests {
     }
 
     #[test]
-    fn it_rejects_missing_and_malformed_headers() {
-        let table: &[&[u8]] = &[
-            b"EHLO x\r\n",
-            b"PROXY TCP4 1.2.3.4 127.0.0.1 5000\r\n",
-            b"PROXY TCP4 ::1 127.0.0.1 5000 25\r\n",
-            b"PROXY TCP6 1.2.3.4 ::1 5000 25\r\n",
-            b"PROXY TCP4 1.2.3.4 127.0.0.1 70000 25\r\n",
-            b"PROXY TCP4 1.2.3.4 127.0.0.1 050 25\r\n",
-            b"PROXY TCP4 1.2.3.4 127.0.0.1 5000 25\n",
-            b"PROXY UDP4 1.2.3.4 127.0.0.1 5000 25\r\n",
-            b"PROXY TCP4 1.2.3.4  127.0.0.1 5000 25\r\n",
+    fn it_rejects_missing_and_malformed_headers_with_the_reason() {
+        use ProxyHeaderError::{Malformed, Missing};
+        let table: &[(&[u8], ProxyHeaderError)] = &[
+            (b"EHLO x\r\n", Missing),
+            (b"proxy TCP4 1.2.3.4 127.0.0.1 5000 25\r\n", Missing),
+            (
+                b"PROXY TCP4 1.2.3.4 127.0.0.1 5000\r\n",
+                Malformed("expected 4 fields after the protocol"),
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4  127.0.0.1 5000 25\r\n",
+                Malformed("expected 4 fields after the protocol"),
+            ),
+            (
+                b"PROXY TCP4 not-an-ip 127.0.0.1 5000 25\r\n",
+                Malformed("bad source address"),
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 localhost 5000 25\r\n",
+                Malformed("bad destination address"),
+            ),
+            (
+                b"PROXY TCP4 ::1 127.0.0.1 5000 25\r\n",
+                Malformed("address family does not match protocol"),
+            ),
+            (
+                b"PROXY TCP6 1.2.3.4 ::1 5000 25\r\n",
+                Malformed("address family does not match protocol"),
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 127.0.0.1 70000 25\r\n",
+                Malformed("bad port"),
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 127.0.0.1 050 25\r\n",
+                Malformed("bad port"),
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 127.0.0.1 5000 \r\n",
+                Malformed("bad port"),
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 127.0.0.1 5000 25\n",
+                Malformed("line must end with CRLF"),
+            ),
+            (
+                b"PROXY TCP4 \xff.2.3.4 127.0.0.1 5000 25\r\n",
+                Malformed("not ASCII"),
+            ),
+            (
+                b"PROXY UDP4 1.2.3.4 127.0.0.1 5000 25\r\n",
+                Malformed("unknown protocol"),
+            ),
         ];
-        for input in table {
-            assert!(
-                parse(input).is_err(),
+        for (input, expected) in table {
+            assert_eq!(
+                parse(input).as_ref(),
+                Err(expected),
                 "{:?}",
                 String::from_utf8_lossy(input)
             );

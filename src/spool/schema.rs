@@ -89,3 +89,28 @@ fn migrate(conn: &Connection) -> Result<(), SpoolError> {
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings the `250` after DATA relies on, read back from SQLite
+    /// rather than from the code that sets them.
+    #[test]
+    fn the_writer_logs_ahead_syncs_every_commit_and_overwrites_deleted_mail() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(dir.path()).unwrap();
+        let journal: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        let synchronous: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        let secure_delete: i64 = conn
+            .pragma_query_value(None, "secure_delete", |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        assert_eq!(synchronous, 2, "synchronous=FULL");
+        assert_eq!(secure_delete, 1);
+    }
+}

@@ -1,5 +1,6 @@
 //! Spool behaviour against a real SQLite file in a temporary directory.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;
@@ -24,100 +25,201 @@ fn manual_clock(start: u64) -> (Clock, Arc<AtomicU64>) {
     (Arc::new(move || read.load(Ordering::SeqCst)), now)
 }
 
+/// A spool in its own temporary directory, on a clock the test moves.
+struct TestSpool {
+    dir: tempfile::TempDir,
+    window: Duration,
+    clock: Clock,
+    now: Arc<AtomicU64>,
+    spool: Spool,
+    closer: SpoolCloser,
+}
+
+impl TestSpool {
+    fn open(replay_window: Duration, start: u64) -> TestSpool {
+        let (clock, now) = manual_clock(start);
+        Self::open_in(tempfile::tempdir().unwrap(), replay_window, clock, now)
+    }
+
+    fn open_in(
+        dir: tempfile::TempDir,
+        window: Duration,
+        clock: Clock,
+        now: Arc<AtomicU64>,
+    ) -> TestSpool {
+        let (spool, closer) = Spool::open(dir.path(), window, clock.clone()).unwrap();
+        TestSpool {
+            dir,
+            window,
+            clock,
+            now,
+            spool,
+            closer,
+        }
+    }
+
+    /// Closes the spool (waiting for the committer) and opens the same
+    /// directory again, as a restart of the daemon would.
+    async fn reopen(self) -> TestSpool {
+        drop(self.spool);
+        self.closer.closed().await;
+        Self::open_in(self.dir, self.window, self.clock, self.now)
+    }
+
+    async fn close(self) {
+        drop(self.spool);
+        self.closer.closed().await;
+    }
+
+    fn set_now(&self, now: u64) {
+        self.now.store(now, Ordering::SeqCst);
+    }
+
+    fn report(&self) -> QueueReport {
+        queue_report(self.dir.path(), &self.clock).unwrap()
+    }
+
+    async fn enqueue(&self, body: &str, rcpts: usize) -> EnqueueOutcome {
+        self.spool.enqueue(message(body, rcpts), 0).await
+    }
+
+    async fn lease_count(&self, lease: Duration) -> usize {
+        self.spool.lease(10, lease).await.unwrap().leases.len()
+    }
+}
+
 #[tokio::test]
 async fn it_stores_messages_with_one_row_per_recipient() {
-    let dir = tempfile::tempdir().unwrap();
-    let (clock, _) = manual_clock(1000);
-    let (spool, closer) =
-        Spool::open(dir.path(), Duration::from_secs(86400), clock.clone()).unwrap();
-    assert_eq!(
-        spool.enqueue(message("one", 2), 0).await,
-        EnqueueOutcome::Queued
-    );
-    assert_eq!(
-        spool.enqueue(message("two", 3), 0).await,
-        EnqueueOutcome::Queued
-    );
-    let report = queue_report(dir.path(), &clock).unwrap();
+    let t = TestSpool::open(Duration::from_secs(86400), 1000);
+    assert_eq!(t.enqueue("one", 2).await, EnqueueOutcome::Queued);
+    assert_eq!(t.enqueue("two", 3).await, EnqueueOutcome::Queued);
+    let report = t.report();
     assert_eq!(report.messages, 2);
     assert_eq!(report.recipients, 5);
     assert_eq!(report.queued, 5);
-    drop(spool);
-    closer.closed().await;
+    t.close().await;
 }
 
 #[tokio::test]
 async fn it_refuses_replays_within_the_window_even_after_reopening() {
-    let dir = tempfile::tempdir().unwrap();
-    let (clock, now) = manual_clock(1000);
-    let window = Duration::from_secs(86400);
-    let (spool, closer) = Spool::open(dir.path(), window, clock.clone()).unwrap();
-    assert_eq!(
-        spool.enqueue(message("same", 1), 0).await,
-        EnqueueOutcome::Queued
-    );
-    assert_eq!(
-        spool.enqueue(message("same", 1), 0).await,
-        EnqueueOutcome::Replay
-    );
-    assert_eq!(
-        spool.enqueue(message("other", 1), 0).await,
-        EnqueueOutcome::Queued
-    );
-    drop(spool);
-    closer.closed().await;
+    let t = TestSpool::open(Duration::from_secs(86400), 1000);
+    assert_eq!(t.enqueue("same", 1).await, EnqueueOutcome::Queued);
+    assert_eq!(t.enqueue("same", 1).await, EnqueueOutcome::Replay);
+    assert_eq!(t.enqueue("other", 1).await, EnqueueOutcome::Queued);
 
-    let (spool, closer) = Spool::open(dir.path(), window, clock.clone()).unwrap();
-    now.store(1000 + 86_399_000, Ordering::SeqCst);
-    assert_eq!(
-        spool.enqueue(message("same", 1), 0).await,
-        EnqueueOutcome::Replay
-    );
-    now.store(1000 + 86_400_000, Ordering::SeqCst);
-    assert_eq!(
-        spool.enqueue(message("same", 1), 0).await,
-        EnqueueOutcome::Queued
-    );
-    assert_eq!(queue_report(dir.path(), &clock).unwrap().messages, 3);
-    drop(spool);
-    closer.closed().await;
+    let t = t.reopen().await;
+    t.set_now(1000 + 86_399_000);
+    assert_eq!(t.enqueue("same", 1).await, EnqueueOutcome::Replay);
+    t.set_now(1000 + 86_400_000);
+    assert_eq!(t.enqueue("same", 1).await, EnqueueOutcome::Queued);
+    assert_eq!(t.report().messages, 3);
+    t.close().await;
 }
 
 #[tokio::test]
 async fn it_skips_the_replay_check_when_the_window_is_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let (clock, _) = manual_clock(5);
-    let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock).unwrap();
-    assert_eq!(
-        spool.enqueue(message("same", 1), 0).await,
-        EnqueueOutcome::Queued
-    );
-    assert_eq!(
-        spool.enqueue(message("same", 1), 0).await,
-        EnqueueOutcome::Queued
-    );
-    drop(spool);
-    closer.closed().await;
+    let t = TestSpool::open(Duration::ZERO, 5);
+    assert_eq!(t.enqueue("same", 1).await, EnqueueOutcome::Queued);
+    assert_eq!(t.enqueue("same", 1).await, EnqueueOutcome::Queued);
+    t.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn it_commits_concurrent_enqueues_and_answers_each() {
-    let dir = tempfile::tempdir().unwrap();
-    let (clock, _) = manual_clock(1000);
-    let (spool, closer) = Spool::open(dir.path(), Duration::from_secs(60), clock.clone()).unwrap();
+    let t = TestSpool::open(Duration::from_secs(60), 1000);
     let mut tasks = Vec::new();
     for i in 0..200 {
-        let spool = spool.clone();
+        let spool = t.spool.clone();
         tasks.push(tokio::spawn(async move {
             spool.enqueue(message(&format!("m{i}"), 1), 0).await
         }));
     }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), EnqueueOutcome::Queued);
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), EnqueueOutcome::Queued);
     }
-    assert_eq!(queue_report(dir.path(), &clock).unwrap().messages, 200);
+    assert_eq!(t.report().messages, 200);
+    t.close().await;
+}
+
+/// A clock for the committer that counts its readings and holds the first
+/// one until the test lets go. The committer reads the clock once per
+/// group, before it writes, so the first group stalls there (as behind a
+/// slow fsync) while the test queues more requests; every group stamps its
+/// messages with its own reading.
+struct GatedClock {
+    clock: Clock,
+    /// Resolves once the committer is held inside its first group.
+    entered: tokio::sync::oneshot::Receiver<()>,
+    release: std::sync::mpsc::Sender<()>,
+}
+
+fn gated_clock() -> GatedClock {
+    let (entered_tx, entered) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let entered_tx = Mutex::new(Some(entered_tx));
+    let release_rx = Mutex::new(release_rx);
+    let readings = AtomicU64::new(0);
+    let clock: Clock = Arc::new(move || {
+        let n = readings.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(entered) = entered_tx.lock().unwrap().take() {
+            let _ = entered.send(());
+            let _ = release_rx.lock().unwrap().recv();
+        }
+        n * 1000
+    });
+    GatedClock {
+        clock,
+        entered,
+        release,
+    }
+}
+
+/// Puts an enqueue request straight into the committer's queue; when this
+/// returns the request is waiting there.
+async fn submit(spool: &Spool, body: &str) -> oneshot::Receiver<EnqueueOutcome> {
+    let message = message(body, 1);
+    let (reply, answer) = oneshot::channel();
+    let request = EnqueueRequest {
+        replay_id: message.replay_id(),
+        message,
+        release_at: 0,
+        reply,
+    };
+    assert!(spool.tx.send(Job::Enqueue(request)).await.is_ok());
+    answer
+}
+
+#[tokio::test]
+async fn it_commits_requests_that_queued_up_during_a_commit_as_one_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = gated_clock();
+    let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, gate.clock).unwrap();
+    let first = submit(&spool, "first").await;
+    gate.entered.await.unwrap();
+    let waiting: i64 = 50;
+    let mut answers = Vec::new();
+    for i in 0..waiting {
+        answers.push(submit(&spool, &format!("m{i}")).await);
+    }
+    gate.release.send(()).unwrap();
+    assert_eq!(first.await.unwrap(), EnqueueOutcome::Queued);
+    for answer in answers {
+        assert_eq!(answer.await.unwrap(), EnqueueOutcome::Queued);
+    }
     drop(spool);
     closer.closed().await;
+
+    // Messages stamped with the same clock reading were committed together.
+    let conn = schema::open_reader(dir.path()).unwrap();
+    let mut groups = conn
+        .prepare("SELECT received_at, COUNT(*) FROM messages GROUP BY received_at ORDER BY 1")
+        .unwrap();
+    let sizes: Vec<i64> = groups
+        .query_map([], |row| row.get(1))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sizes, [1, waiting], "group sizes");
 }
 
 #[test]
@@ -131,20 +233,16 @@ fn it_explains_a_missing_spool() {
 
 #[tokio::test]
 async fn it_reports_an_empty_spool_with_no_oldest_age() {
-    let dir = tempfile::tempdir().unwrap();
-    let (clock, _) = manual_clock(50);
-    let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
-    let report = queue_report(dir.path(), &clock).unwrap();
+    let t = TestSpool::open(Duration::ZERO, 50);
+    let report = t.report();
     assert_eq!((report.messages, report.oldest_age_seconds), (0, None));
-    drop(spool);
-    closer.closed().await;
+    t.close().await;
 }
 
 #[tokio::test]
 async fn it_leases_groups_by_destination_and_settles_outcomes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (clock, now) = manual_clock(1000);
-    let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
+    let t = TestSpool::open(Duration::ZERO, 1000);
+    let spool = &t.spool;
     let mut m = message("multi", 0);
     m.envelope.recipients = vec![
         "a@one.example".into(),
@@ -162,16 +260,12 @@ async fn it_leases_groups_by_destination_and_settles_outcomes() {
         .unwrap();
     assert_eq!(one.recipients.len(), 2);
     assert_eq!(one.body, b"multi");
-    assert!(
-        spool
-            .lease(10, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .leases
-            .is_empty(),
+    assert_eq!(
+        t.lease_count(Duration::from_secs(60)).await,
+        0,
         "leased rows are not handed out twice"
     );
-    assert_eq!(queue_report(dir.path(), &clock).unwrap().leased, 3);
+    assert_eq!(t.report().leased, 3);
 
     let two = batch
         .leases
@@ -185,7 +279,7 @@ async fn it_leases_groups_by_destination_and_settles_outcomes() {
         .collect();
     outcomes.push((two.recipients[0].id, Disposition::Retry { at: 101_000 }));
     spool.settle(outcomes).await.unwrap();
-    let report = queue_report(dir.path(), &clock).unwrap();
+    let report = t.report();
     assert_eq!(
         (
             report.messages,
@@ -195,16 +289,12 @@ async fn it_leases_groups_by_destination_and_settles_outcomes() {
         (1, 1, Some(100))
     );
 
-    assert!(
-        spool
-            .lease(10, Duration::from_secs(60))
-            .await
-            .unwrap()
-            .leases
-            .is_empty(),
+    assert_eq!(
+        t.lease_count(Duration::from_secs(60)).await,
+        0,
         "not due before its retry time"
     );
-    now.store(101_000, Ordering::SeqCst);
+    t.set_now(101_000);
     let batch = spool.lease(10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(batch.leases[0].recipients[0].attempts, 1);
     spool
@@ -215,42 +305,23 @@ async fn it_leases_groups_by_destination_and_settles_outcomes() {
         .await
         .unwrap();
     assert_eq!(
-        queue_report(dir.path(), &clock).unwrap().messages,
+        t.report().messages,
         0,
         "message removed with its last recipient"
     );
-    drop(spool);
-    closer.closed().await;
+    t.close().await;
 }
 
 #[tokio::test]
 async fn it_releases_leases_of_a_crashed_run_on_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let (clock, _) = manual_clock(1000);
-    let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
-    spool.enqueue(message("x", 1), 0).await;
+    let t = TestSpool::open(Duration::ZERO, 1000);
+    t.enqueue("x", 1).await;
+    assert_eq!(t.lease_count(Duration::from_secs(3600)).await, 1);
+    let t = t.reopen().await;
     assert_eq!(
-        spool
-            .lease(10, Duration::from_secs(3600))
-            .await
-            .unwrap()
-            .leases
-            .len(),
-        1
-    );
-    drop(spool);
-    closer.closed().await;
-    let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
-    assert_eq!(
-        spool
-            .lease(10, Duration::from_secs(3600))
-            .await
-            .unwrap()
-            .leases
-            .len(),
+        t.lease_count(Duration::from_secs(3600)).await,
         1,
         "redelivered after restart"
     );
-    drop(spool);
-    closer.closed().await;
+    t.close().await;
 }

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,54 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     pub logs: Arc<Mutex<Vec<String>>>,
     _dir: Option<tempfile::TempDir>,
+    /// Stands in for Tor and the resolver unless the test passed its own.
+    pub dead_end: DeadEnd,
+    /// Where strace writes, for a daemon started by `start_traced`.
+    trace: Option<PathBuf>,
+}
+
+/// True if `extra` sets `flag` (as `-flag value` or `-flag=value`, with one
+/// or two dashes).
+fn has_flag(extra: &[&str], flag: &str) -> bool {
+    let bare = flag.trim_start_matches('-');
+    extra.iter().any(|arg| {
+        let name = arg.trim_start_matches('-');
+        arg.starts_with('-') && (name == bare || name.starts_with(&format!("{bare}=")))
+    })
+}
+
+/// A 127.0.0.1 port owned by the test that accepts connections and closes
+/// them at once: a SOCKS proxy (or resolver) that is there but says nothing,
+/// so every attempt through it fails fast instead of reaching the network.
+pub struct DeadEnd {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl DeadEnd {
+    pub fn start() -> DeadEnd {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                drop(stream);
+            }
+        });
+        DeadEnd { addr, stop }
+    }
+}
+
+impl Drop for DeadEnd {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag and lets the port go.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
 }
 
 impl Daemon {
@@ -53,6 +102,21 @@ impl Daemon {
         Self::start_wrapped(&[], data_dir, extra)
     }
 
+    /// Starts the binary under `strace -f -qq` with `options` (which
+    /// syscalls, how to print them) in a fresh data directory;
+    /// [`Daemon::stop_traced`] returns the trace.
+    pub fn start_traced(options: &[&str], extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = dir.path().join("trace");
+        let trace_arg = trace.to_str().unwrap();
+        let mut wrapper = vec!["strace", "-f", "-qq", "-o", trace_arg];
+        wrapper.extend(options);
+        let mut d = Self::start_wrapped(&wrapper, &dir.path().join("data"), extra);
+        d.trace = Some(trace);
+        d._dir = Some(dir);
+        d
+    }
+
     /// Starts the binary under a wrapper command such as `strace -f -o F`.
     pub fn start_wrapped(wrapper: &[&str], data_dir: &Path, extra: &[&str]) -> Daemon {
         let name = onion(1);
@@ -65,16 +129,26 @@ impl Daemon {
             None => Command::new(BIN),
         };
         // Cover traffic would add messages at random moments; tests that
-        // want it ask for it.
-        let quiet: &[&str] = if extra.contains(&"-cover-interval") {
-            &[]
-        } else {
-            &["-cover-interval", "0"]
-        };
+        // want it ask for it. Tor and the resolver default to a port this
+        // test owns and that answers nothing, so a machine running Tor on
+        // 9050 never sees a connection from the suite; tests that want a
+        // proxy pass their own.
+        let dead_end = DeadEnd::start();
+        let dead = dead_end.addr.to_string();
+        let mut defaults: Vec<&str> = Vec::new();
+        for (flag, value) in [
+            ("-cover-interval", "0"),
+            ("-tor-socks", dead.as_str()),
+            ("-dns-server", dead.as_str()),
+        ] {
+            if !has_flag(extra, flag) {
+                defaults.extend([flag, value]);
+            }
+        }
         let mut child = command
             .args(["-name", &name, "-addr", "127.0.0.1:0", "-data-dir"])
             .arg(data_dir)
-            .args(quiet)
+            .args(&defaults)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -111,6 +185,8 @@ impl Daemon {
             data_dir: data_dir.to_path_buf(),
             logs,
             _dir: None,
+            dead_end,
+            trace: None,
         }
     }
 
@@ -118,6 +194,14 @@ impl Daemon {
         let mut c = Client::connect(self.addr).await;
         let (code, text) = c.reply().await;
         assert_eq!(code, 220, "greeting: {text}");
+        c
+    }
+
+    /// A client past the greeting and `EHLO client.example`.
+    pub async fn ehlo_client(&self) -> Client {
+        let mut c = self.client().await;
+        let (code, text) = c.cmd("EHLO client.example").await;
+        assert_eq!(code, 250, "EHLO: {text}");
         c
     }
 
@@ -152,6 +236,25 @@ impl Daemon {
         })
     }
 
+    /// Stops a daemon started by [`Daemon::start_traced`] with SIGTERM to
+    /// pluto2 itself (strace's child); strace exits with it and has then
+    /// written its whole trace, which this returns.
+    pub fn stop_traced(&mut self) -> String {
+        let strace_pid = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
+                .unwrap();
+        let pid = children
+            .split_whitespace()
+            .next()
+            .expect("pluto2 runs under strace");
+        let status = Command::new("kill").args(["-TERM", pid]).status().unwrap();
+        assert!(status.success());
+        self.wait();
+        let trace = self.trace.as_ref().expect("started by start_traced");
+        std::fs::read_to_string(trace).unwrap()
+    }
+
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -180,6 +283,24 @@ impl Daemon {
                 "spool never reached {what}: {q}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until a log line satisfies `wanted` and returns it (bounded
+    /// by PATIENCE). Log lines reach the test through a reader thread, so a
+    /// check for what a line must *not* say first waits for the line.
+    pub async fn until_log(&self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.logs.lock().unwrap().iter().find(|l| wanted(l)) {
+                return line.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line {what}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -284,13 +405,22 @@ impl Client {
         )
     }
 
+    /// MAIL, RCPT for each of `to`, DATA; each must be accepted. The
+    /// session is then reading the message.
+    pub async fn start_data(&mut self, from: &str, to: &[&str]) {
+        let (code, text) = self.cmd(&format!("MAIL FROM:<{from}>")).await;
+        assert_eq!(code, 250, "MAIL: {text}");
+        for r in to {
+            let (code, text) = self.cmd(&format!("RCPT TO:<{r}>")).await;
+            assert_eq!(code, 250, "RCPT {r}: {text}");
+        }
+        let (code, text) = self.cmd("DATA").await;
+        assert_eq!(code, 354, "DATA: {text}");
+    }
+
     /// A full transaction; returns the reply code to the final dot.
     pub async fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> u16 {
-        assert_eq!(self.code(&format!("MAIL FROM:<{from}>")).await, 250);
-        for r in to {
-            assert_eq!(self.code(&format!("RCPT TO:<{r}>")).await, 250);
-        }
-        assert_eq!(self.code("DATA").await, 354);
+        self.start_data(from, to).await;
         self.send(body.as_bytes()).await;
         self.send(b"\r\n.\r\n").await;
         self.reply().await.0
