@@ -61,6 +61,8 @@ mod tests {
         prepare(&data).unwrap();
         assert!(data.is_dir());
         assert_eq!(mode(&data), 0o700);
+        // Missing parents are created private too, not only the last one.
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
         assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "probe left");
     }
 
