@@ -9,7 +9,7 @@
 //! Each group is a clap [`Args`] struct with its own help heading (so
 //! `pluto2 --help` shows sections) and validates, on its own flags only, into
 //! a typed settings struct that [`Config`] holds. The few settings that
-//! depend on more than one group are derived in [`apply_cross_group_rules`],
+//! depend on more than one group are derived in `apply_cross_group_rules`,
 //! and nowhere else. Adding a group takes four steps: a `FooArgs` struct with
 //! `#[command(next_help_heading = "Foo")]`, its `validate` into a
 //! `FooConfig`, a `#[command(flatten)]` field in [`DaemonArgs`] and a field
@@ -502,7 +502,7 @@ impl SpoolArgs {
 
 impl RelayArgs {
     /// Leaves `envelope_from` as given (`None` when absent); its default
-    /// comes from [`apply_cross_group_rules`].
+    /// comes from `apply_cross_group_rules`.
     fn validate(self) -> Result<RelayConfig, ConfigError> {
         if self.workers == 0 {
             return Err(bad("-workers", "0", "must be at least 1"));
