@@ -1,18 +1,34 @@
-//! Command line: the flag contract of DESIGN.md, parsed with clap.
+//! Command line: clap definitions, Go-style flag rewriting, and validation.
 //!
 //! Operators coming from the Go implementation type `-name x` and `-name=x`;
 //! clap only knows `--name`, so [`normalize_args`] rewrites single-dash long
-//! flags before clap sees them. Every setting is validated here, once, so the
-//! rest of the daemon can trust its [`Config`] and never re-check it.
+//! flags before clap sees them.
+//!
+//! The daemon's flags come in groups, one per part of the node: its name,
+//! the listener, the spool, the relay, the mix, sanitizing and operations.
+//! Each group is a clap [`Args`] struct with its own help heading (so
+//! `pluto2 --help` shows sections) and validates, on its own flags only, into
+//! a typed settings struct that [`Config`] holds. The few settings that
+//! depend on more than one group are derived in `apply_cross_group_rules`,
+//! and nowhere else. Adding a group takes four steps: a `FooArgs` struct with
+//! `#[command(next_help_heading = "Foo")]`, its `validate` into a
+//! `FooConfig`, a `#[command(flatten)]` field in [`DaemonArgs`] and a field
+//! in [`Config`].
+//!
+//! Validation only reads (the flags and, with `-hs-hostname-file`, Tor's
+//! hostname file): it creates, changes and writes nothing, so it can check a
+//! command line without touching the node. The daemon prepares the data
+//! directory when it starts.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::address::OnionName;
+use crate::mix::{DelayStrategy, MixPolicy};
 
 /// Exit status for a bad command line or unusable setting (sysexits EX_USAGE),
 /// so systemd and scripts can tell "fix your config" from a runtime failure.
@@ -20,8 +36,6 @@ pub const EX_USAGE: i32 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
-    Cli(String),
     #[error(
         "-name is missing: pass -name <56 chars>.onion, or -hs-hostname-file pointing at the \
          `hostname` file Tor writes in your HiddenServiceDir (see contrib/torrc.example)"
@@ -42,10 +56,6 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
-    #[error(
-        "-data-dir {path}: {reason}; pass -data-dir with a directory pluto2 may create and write"
-    )]
-    DataDir { path: String, reason: String },
 }
 
 #[derive(Debug, Parser)]
@@ -78,20 +88,47 @@ pub struct QueueArgs {
     pub json: bool,
 }
 
+/// The daemon's flags, one flattened struct per group; the order here is
+/// the order of the sections in `--help`.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+    #[command(flatten)]
+    pub spool: SpoolArgs,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    #[command(flatten)]
+    pub mix: MixArgs,
+    #[command(flatten)]
+    pub sanitize: SanitizeArgs,
+    #[command(flatten)]
+    pub ops: OpsArgs,
+}
+
+/// Who this node is. A group of its own rather than part of the listener:
+/// the name is used by every part (SMTP greeting, HELO, envelope sender,
+/// From and Message-ID of sanitized mail, cover traffic).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Node")]
+pub struct NodeArgs {
     /// This node's v3 onion name (56 base32 characters + ".onion").
     #[arg(long, value_name = "ONION")]
     pub name: Option<String>,
     /// Tor's HiddenServiceDir/hostname file, read when -name is absent.
     #[arg(long, value_name = "FILE")]
     pub hs_hostname_file: Option<PathBuf>,
+}
+
+/// The inbound SMTP side: where it listens and what one client may do.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Listener")]
+pub struct ListenerArgs {
     /// SMTP listen address.
     #[arg(long, default_value = "127.0.0.1:2525", value_name = "IP:PORT")]
     pub addr: SocketAddr,
-    /// Spool database and node state (created with mode 0700).
-    #[arg(long, default_value = "pluto2-data", value_name = "DIR")]
-    pub data_dir: PathBuf,
     /// Largest message accepted, in bytes (advertised in SIZE).
     #[arg(long, default_value_t = 10_485_760, value_name = "BYTES")]
     pub max_message_size: usize,
@@ -110,12 +147,27 @@ pub struct DaemonArgs {
     /// Close a session that sends nothing for this long (RFC 5321 4.5.3.2 suggests 5m).
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
-    /// How long identical messages are refused as replays (0 = no replay check).
-    #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
-    pub replay_window: Duration,
     /// Expect a PROXY v1 header (Tor's HiddenServiceExportCircuitID haproxy).
     #[arg(long)]
     pub proxy_protocol: bool,
+}
+
+/// Where accepted mail is kept until it leaves.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Spool")]
+pub struct SpoolArgs {
+    /// Spool database and node state (created with mode 0700 at start).
+    #[arg(long, default_value = "pluto2-data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// How long identical messages are refused as replays (0 = no replay check).
+    #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+    pub replay_window: Duration,
+}
+
+/// Outbound delivery through Tor to the next hop.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Relay")]
+pub struct RelayArgs {
     /// Tor SOCKS5 proxy; every outgoing connection goes through it.
     #[arg(long, default_value = "127.0.0.1:9050", value_name = "IP:PORT")]
     pub tor_socks: SocketAddr,
@@ -137,13 +189,18 @@ pub struct DaemonArgs {
     /// Envelope sender for relayed mail (default nobody@<-name>; `<>` for the null sender).
     #[arg(long, value_name = "ADDRESS")]
     pub envelope_from: Option<String>,
-    /// Hide the client's envelope sender (and, later, identifying headers).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
-          default_missing_value = "true", value_name = "BOOL")]
-    pub sanitize: bool,
     /// Require a valid certificate for STARTTLS to clearnet hosts.
     #[arg(long)]
     pub tls_verify: bool,
+    /// Port of the next hop's SMTP server (25 everywhere; change only for tests).
+    #[arg(long, default_value_t = 25, value_name = "PORT")]
+    pub smtp_port: u16,
+}
+
+/// When mail leaves, and what hides its timing and size.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Mix")]
+pub struct MixArgs {
     /// Mix batch window: mail accepted in a window leaves after it ends (0 = no batching).
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub batch_window: Duration,
@@ -164,22 +221,35 @@ pub struct DaemonArgs {
     pub max_delay: Duration,
     /// Pool delay distribution: exponential, constant or poisson.
     #[arg(long, default_value = "exponential", value_name = "STRATEGY")]
-    pub delay_strategy: crate::mix::DelayStrategy,
+    pub delay_strategy: DelayStrategy,
     /// Mean interval of cover messages, a Poisson process (0 = no cover).
     #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     pub cover_interval: Duration,
     /// Pad every outgoing DATA to a multiple of this many bytes (0 = off).
     #[arg(long, default_value_t = 8192, value_name = "BYTES")]
     pub pad_block: usize,
+}
+
+/// What of the author's identity is removed before mail leaves.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Sanitize")]
+pub struct SanitizeArgs {
+    /// Rewrite identifying headers and hide the client's envelope sender.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub sanitize: bool,
+    /// From header that replaces the author's when -sanitize is on (NAME = this node's onion).
+    #[arg(long, value_name = "HEADER", default_value = "Anonymous <nobody@NAME>")]
+    pub anon_from: String,
+}
+
+/// Running the node: logs and their detail.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Operations")]
+pub struct OpsArgs {
     /// How often the [STATS] line is logged.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub stats_interval: Duration,
-    /// From header that replaces the author's when -sanitize is on.
-    #[arg(long, value_name = "HEADER", default_value = "Anonymous <nobody@NAME>")]
-    pub anon_from: String,
-    /// Port of the next hop's SMTP server (25 everywhere; change only for tests).
-    #[arg(long, default_value_t = 25, value_name = "PORT")]
-    pub smtp_port: u16,
     /// Verbose logs, including addresses (never message content).
     #[arg(long)]
     pub debug: bool,
@@ -191,29 +261,38 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e} (expected a duration such as 30s, 1m, 24h)"))
 }
 
-/// Validated settings of the daemon.
+/// Validated settings of the daemon, one struct per flag group.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub name: OnionName,
+    pub listener: ListenerConfig,
+    pub spool: SpoolConfig,
+    pub relay: RelayConfig,
+    pub mix: MixConfig,
+    pub sanitize: SanitizePolicy,
+    pub ops: OpsConfig,
+}
+
+/// Settings of the SMTP listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
     pub addr: SocketAddr,
-    pub data_dir: PathBuf,
     pub max_message_size: usize,
     pub max_recipients: usize,
     pub max_connections: usize,
     pub rate_limit: NonZeroU32,
     pub rate_window: Duration,
     pub idle_timeout: Duration,
-    pub replay_window: Duration,
     pub proxy_protocol: bool,
-    pub debug: bool,
-    pub relay: RelayConfig,
-    pub mix: crate::mix::MixPolicy,
-    /// Mean gap between cover messages; `None` = no cover.
-    pub cover_interval: Option<Duration>,
-    pub pad_block: usize,
-    pub stats_interval: Duration,
-    /// `Some(from header)` when exit headers are sanitized.
-    pub sanitize_from: Option<String>,
+}
+
+/// Settings of the spool.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// Not yet checked: the daemon creates and checks it at start.
+    pub data_dir: PathBuf,
+    /// Zero turns the replay check off.
+    pub replay_window: Duration,
 }
 
 /// Settings of outbound delivery.
@@ -230,6 +309,31 @@ pub struct RelayConfig {
     pub envelope_from: Option<String>,
     pub tls_verify: bool,
     pub smtp_port: u16,
+}
+
+/// Settings of release timing, cover traffic and padding.
+#[derive(Debug, Clone)]
+pub struct MixConfig {
+    pub policy: MixPolicy,
+    /// Mean gap between cover messages; `None` = no cover.
+    pub cover_interval: Option<Duration>,
+    /// Zero turns padding off.
+    pub pad_block: usize,
+}
+
+/// Whether and how mail is sanitized before it leaves.
+#[derive(Debug, Clone)]
+pub struct SanitizePolicy {
+    /// `Some(From header)` when exit headers are sanitized, with `NAME`
+    /// already replaced by the node's name; `None` with -sanitize=false.
+    pub anon_from: Option<String>,
+}
+
+/// Settings of logging.
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    pub stats_interval: Duration,
+    pub debug: bool,
 }
 
 /// Rewrites Go-style `-flag` and `-flag=value` into `--flag`, leaving `-h`,
@@ -278,15 +382,83 @@ pub fn one_line(err: &clap::Error) -> String {
 }
 
 impl DaemonArgs {
-    /// Checks every setting and prepares the data directory.
+    /// Checks every setting, group by group, then derives the settings that
+    /// span groups. Creates and writes nothing (see the module doc).
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let name = self.resolve_name()?;
-        if self.max_message_size < 1024 {
-            return Err(ConfigError::BadValue {
-                flag: "-max-message-size",
-                value: self.max_message_size.to_string(),
-                reason: "must be at least 1024 bytes".into(),
+        let name = self.node.resolve_name()?;
+        let listener = self.listener.validate()?;
+        let spool = self.spool.validate();
+        let relay = self.relay.validate()?;
+        let mix = self.mix.validate()?;
+        let ops = self.ops.validate()?;
+        let (relay, sanitize) = apply_cross_group_rules(&name, relay, &self.sanitize);
+        Ok(Config {
+            name,
+            listener,
+            spool,
+            relay,
+            mix,
+            sanitize,
+            ops,
+        })
+    }
+}
+
+/// The settings that depend on more than one group (or on the node name),
+/// kept in this one place so that no group's `validate` looks at another's
+/// flags.
+///
+/// * Without -envelope-from, relayed mail carries `nobody@<name>` while
+///   -sanitize is on (the client's own sender would identify them) and the
+///   client's MAIL FROM when it is off.
+/// * -anon-from applies only while -sanitize is on; `NAME` in it stands for
+///   the node's onion name.
+fn apply_cross_group_rules(
+    name: &OnionName,
+    mut relay: RelayConfig,
+    sanitize: &SanitizeArgs,
+) -> (RelayConfig, SanitizePolicy) {
+    if relay.envelope_from.is_none() && sanitize.sanitize {
+        relay.envelope_from = Some(format!("nobody@{name}"));
+    }
+    let anon_from = sanitize
+        .sanitize
+        .then(|| sanitize.anon_from.replace("NAME", name.as_str()));
+    (relay, SanitizePolicy { anon_from })
+}
+
+impl NodeArgs {
+    /// Takes -name, or else the first line of Tor's hostname file.
+    fn resolve_name(&self) -> Result<OnionName, ConfigError> {
+        if let Some(value) = &self.name {
+            return OnionName::parse(value.trim()).map_err(|source| ConfigError::BadName {
+                value: value.clone(),
+                source,
             });
+        }
+        let Some(path) = &self.hs_hostname_file else {
+            return Err(ConfigError::NoName);
+        };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::HostnameFile {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        OnionName::parse(text.trim()).map_err(|e| ConfigError::HostnameFile {
+            path: shown,
+            reason: format!("does not hold a valid v3 onion name: {e}"),
+        })
+    }
+}
+
+impl ListenerArgs {
+    fn validate(self) -> Result<ListenerConfig, ConfigError> {
+        if self.max_message_size < 1024 {
+            return Err(bad(
+                "-max-message-size",
+                &self.max_message_size.to_string(),
+                "must be at least 1024 bytes",
+            ));
         }
         if self.max_recipients == 0 {
             return Err(bad("-max-recipients", "0", "must be at least 1"));
@@ -304,7 +476,77 @@ impl DaemonArgs {
             ));
         }
         at_least_a_second("-idle-timeout", self.idle_timeout)?;
-        at_least_a_second("-stats-interval", self.stats_interval)?;
+        Ok(ListenerConfig {
+            addr: self.addr,
+            max_message_size: self.max_message_size,
+            max_recipients: self.max_recipients,
+            max_connections: self.max_connections,
+            rate_limit,
+            rate_window: self.rate_window,
+            idle_timeout: self.idle_timeout,
+            proxy_protocol: self.proxy_protocol,
+        })
+    }
+}
+
+impl SpoolArgs {
+    /// Nothing to refuse: any window is meaningful, and whether the data
+    /// directory is usable is only known by trying, at daemon start.
+    fn validate(self) -> SpoolConfig {
+        SpoolConfig {
+            data_dir: self.data_dir,
+            replay_window: self.replay_window,
+        }
+    }
+}
+
+impl RelayArgs {
+    /// Leaves `envelope_from` as given (`None` when absent); its default
+    /// comes from `apply_cross_group_rules`.
+    fn validate(self) -> Result<RelayConfig, ConfigError> {
+        if self.workers == 0 {
+            return Err(bad("-workers", "0", "must be at least 1"));
+        }
+        if self.retries == 0 {
+            return Err(bad(
+                "-retries",
+                "0",
+                "must be at least 1 (the first attempt counts)",
+            ));
+        }
+        at_least_a_second("-delivery-timeout", self.delivery_timeout)?;
+        at_least_a_second("-retry-base", self.retry_base)?;
+        let envelope_from = match self.envelope_from.as_deref() {
+            None => None,
+            Some("<>") | Some("") => Some(String::new()),
+            Some(addr) => {
+                let addr = addr.trim_start_matches('<').trim_end_matches('>');
+                crate::address::parse_mailbox(addr, false).map_err(|e| {
+                    bad(
+                        "-envelope-from",
+                        addr,
+                        &format!("{e}; give a full address or <>"),
+                    )
+                })?;
+                Some(addr.to_string())
+            }
+        };
+        Ok(RelayConfig {
+            tor_socks: self.tor_socks,
+            dns_server: self.dns_server,
+            workers: self.workers,
+            retries: self.retries,
+            retry_base: self.retry_base,
+            delivery_timeout: self.delivery_timeout,
+            envelope_from,
+            tls_verify: self.tls_verify,
+            smtp_port: self.smtp_port,
+        })
+    }
+}
+
+impl MixArgs {
+    fn validate(self) -> Result<MixConfig, ConfigError> {
         if self.pad_block != 0 && self.pad_block < 512 {
             return Err(bad(
                 "-pad-block",
@@ -312,36 +554,16 @@ impl DaemonArgs {
                 "must be 0 (off) or at least 512 bytes",
             ));
         }
-        let relay = self.relay_config(&name)?;
-        let mix = self.mix_policy()?;
-        let sanitize_from = self
-            .sanitize
-            .then(|| self.anon_from.replace("NAME", name.as_str()));
-        prepare_data_dir(&self.data_dir)?;
-        Ok(Config {
-            name,
-            addr: self.addr,
-            data_dir: self.data_dir,
-            max_message_size: self.max_message_size,
-            max_recipients: self.max_recipients,
-            max_connections: self.max_connections,
-            rate_limit,
-            rate_window: self.rate_window,
-            idle_timeout: self.idle_timeout,
-            replay_window: self.replay_window,
-            proxy_protocol: self.proxy_protocol,
-            debug: self.debug,
-            relay,
-            mix,
+        Ok(MixConfig {
+            policy: self.policy()?,
             cover_interval: (!self.cover_interval.is_zero()).then_some(self.cover_interval),
             pad_block: self.pad_block,
-            stats_interval: self.stats_interval,
-            sanitize_from,
         })
     }
 
-    fn mix_policy(&self) -> Result<crate::mix::MixPolicy, ConfigError> {
-        use crate::mix::MixPolicy;
+    /// -delay wins over the batch flags; a zero -batch-window without it
+    /// means no mixing at all.
+    fn policy(&self) -> Result<MixPolicy, ConfigError> {
         let show = |d: Duration| humantime::format_duration(d).to_string();
         if self.delay {
             if self.min_delay > self.max_delay {
@@ -373,67 +595,14 @@ impl DaemonArgs {
             jitter_max: self.jitter_max,
         })
     }
+}
 
-    fn relay_config(&self, name: &OnionName) -> Result<RelayConfig, ConfigError> {
-        if self.workers == 0 {
-            return Err(bad("-workers", "0", "must be at least 1"));
-        }
-        if self.retries == 0 {
-            return Err(bad(
-                "-retries",
-                "0",
-                "must be at least 1 (the first attempt counts)",
-            ));
-        }
-        at_least_a_second("-delivery-timeout", self.delivery_timeout)?;
-        at_least_a_second("-retry-base", self.retry_base)?;
-        let envelope_from = match self.envelope_from.as_deref() {
-            Some("<>") | Some("") => Some(String::new()),
-            Some(addr) => {
-                let addr = addr.trim_start_matches('<').trim_end_matches('>');
-                crate::address::parse_mailbox(addr, false).map_err(|e| {
-                    bad(
-                        "-envelope-from",
-                        addr,
-                        &format!("{e}; give a full address or <>"),
-                    )
-                })?;
-                Some(addr.to_string())
-            }
-            None if self.sanitize => Some(format!("nobody@{name}")),
-            None => None,
-        };
-        Ok(RelayConfig {
-            tor_socks: self.tor_socks,
-            dns_server: self.dns_server,
-            workers: self.workers,
-            retries: self.retries,
-            retry_base: self.retry_base,
-            delivery_timeout: self.delivery_timeout,
-            envelope_from,
-            tls_verify: self.tls_verify,
-            smtp_port: self.smtp_port,
-        })
-    }
-
-    fn resolve_name(&self) -> Result<OnionName, ConfigError> {
-        if let Some(value) = &self.name {
-            return OnionName::parse(value.trim()).map_err(|source| ConfigError::BadName {
-                value: value.clone(),
-                source,
-            });
-        }
-        let Some(path) = &self.hs_hostname_file else {
-            return Err(ConfigError::NoName);
-        };
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::HostnameFile {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
-        OnionName::parse(text.trim()).map_err(|e| ConfigError::HostnameFile {
-            path: shown,
-            reason: format!("does not hold a valid v3 onion name: {e}"),
+impl OpsArgs {
+    fn validate(self) -> Result<OpsConfig, ConfigError> {
+        at_least_a_second("-stats-interval", self.stats_interval)?;
+        Ok(OpsConfig {
+            stats_interval: self.stats_interval,
+            debug: self.debug,
         })
     }
 }
@@ -458,45 +627,143 @@ fn bad(flag: &'static str, value: &str, reason: &str) -> ConfigError {
     }
 }
 
-/// Creates the data directory with mode 0700 (the spool holds mail and the
-/// replay cache) and checks that it is a writable directory.
-pub fn prepare_data_dir(path: &Path) -> Result<(), ConfigError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |reason: String| ConfigError::DataDir {
-        path: path.display().to_string(),
-        reason,
-    };
-    if !path.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(|e| err(format!("cannot create it: {e}")))?;
-    }
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    if !meta.is_dir() {
-        return Err(err("exists and is not a directory".into()));
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| err(format!("cannot restrict it to mode 0700: {e}")))?;
-    }
-    let probe = path.join(".write-probe");
-    std::fs::write(&probe, b"")
-        .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| err(format!("is not writable: {e}")))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+    use clap::parser::ValueSource;
 
     fn args(list: &[&str]) -> Vec<String> {
         std::iter::once("pluto2")
             .chain(list.iter().copied())
             .map(String::from)
             .collect()
+    }
+
+    /// The flag cells and default cells of README.md's "Command line" table,
+    /// one `(flag without dash, default)` per flag; a row such as
+    /// `-rate-limit` / `-rate-window` gives two.
+    fn readme_flags() -> Vec<(String, String)> {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Command line")
+            .nth(1)
+            .expect("README.md has a Command line section");
+        let section = section.split("\n## ").next().unwrap();
+        let mut flags = Vec::new();
+        for row in section.lines().filter(|l| l.starts_with("| `-")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let names: Vec<&str> = cells[1].split(" / ").collect();
+            let defaults: Vec<&str> = cells[2].split(" / ").collect();
+            for (i, name) in names.iter().enumerate() {
+                let name = name.trim_matches('`').strip_prefix('-').unwrap();
+                let default = defaults.get(i).unwrap_or(&defaults[0]).trim_matches('`');
+                flags.push((name.to_string(), default.to_string()));
+            }
+        }
+        flags
+    }
+
+    /// The daemon's flags as clap knows them (help and version left out).
+    fn daemon_flags() -> Vec<clap::Arg> {
+        // Built, so that switches such as -debug carry their implicit default.
+        let mut command = Cli::command();
+        command.build();
+        command
+            .get_arguments()
+            .filter(|a| a.get_long().is_some_and(|l| l != "help" && l != "version"))
+            .cloned()
+            .collect()
+    }
+
+    fn flag(long: &str) -> clap::Arg {
+        daemon_flags()
+            .into_iter()
+            .find(|a| a.get_long() == Some(long))
+            .unwrap_or_else(|| panic!("README names -{long}, which pluto2 does not know"))
+    }
+
+    #[test]
+    fn it_parses_every_flag_of_the_readme_table_with_a_single_dash() {
+        let flags = readme_flags();
+        assert!(flags.len() >= 34, "only {} flags read", flags.len());
+        for (long, _) in flags {
+            let arg = flag(&long);
+            let forms: Vec<Vec<String>> = if arg.get_action().takes_values() {
+                let value = match arg.get_default_values().first() {
+                    Some(d) => d.to_string_lossy().into_owned(),
+                    None => match long.as_str() {
+                        "name" => OnionName::from_public_key(&[4u8; 32]).to_string(),
+                        "hs-hostname-file" => "/var/lib/tor/pluto2/hostname".into(),
+                        "envelope-from" => "<>".into(),
+                        other => panic!("no sample value for -{other}; add one here"),
+                    },
+                };
+                vec![
+                    args(&[&format!("-{long}"), &value]),
+                    args(&[&format!("-{long}={value}")]),
+                ]
+            } else {
+                vec![args(&[&format!("-{long}")])]
+            };
+            for form in forms {
+                let matches = Cli::command()
+                    .try_get_matches_from(normalize_args(form.clone()))
+                    .unwrap_or_else(|e| panic!("{form:?}: {}", one_line(&e)));
+                assert_eq!(
+                    matches.value_source(arg.get_id().as_str()),
+                    Some(ValueSource::CommandLine),
+                    "{form:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn it_keeps_the_readme_table_and_the_flags_in_step() {
+        let documented = readme_flags();
+        let mut names: Vec<&str> = documented.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        let known = daemon_flags();
+        let mut longs: Vec<&str> = known.iter().filter_map(|a| a.get_long()).collect();
+        longs.sort_unstable();
+        assert_eq!(names, longs, "README table and clap disagree on the flags");
+        for (long, readme_default) in &documented {
+            let arg = flag(long);
+            let Some(default) = arg.get_default_values().first() else {
+                continue; // -name, -envelope-from: derived, described in words
+            };
+            let default = default.to_string_lossy();
+            let readme_default = if readme_default == "off" {
+                "false"
+            } else {
+                readme_default
+            };
+            assert_eq!(default, readme_default, "default of -{long}");
+        }
+    }
+
+    #[test]
+    fn it_shows_the_flags_in_sections() {
+        let help = Cli::command().render_help().to_string();
+        let mut at = 0;
+        for heading in [
+            "Node:",
+            "Listener:",
+            "Spool:",
+            "Relay:",
+            "Mix:",
+            "Sanitize:",
+            "Operations:",
+        ] {
+            let found = help[at..]
+                .find(&format!("\n{heading}\n"))
+                .unwrap_or_else(|| panic!("no {heading} section after byte {at}:\n{help}"));
+            at += found + 1;
+        }
+        let relay = help.find("\nRelay:\n").unwrap();
+        let mix = help.find("\nMix:\n").unwrap();
+        assert!(help[relay..mix].contains("--envelope-from"), "{help}");
     }
 
     #[test]
@@ -509,9 +776,9 @@ mod tests {
             "3",
         ]))
         .unwrap();
-        assert_eq!(cli.daemon.addr.port(), 1);
-        assert_eq!(cli.daemon.rate_window, Duration::from_secs(120));
-        assert_eq!(cli.daemon.max_recipients, 3);
+        assert_eq!(cli.daemon.listener.addr.port(), 1);
+        assert_eq!(cli.daemon.listener.rate_window, Duration::from_secs(120));
+        assert_eq!(cli.daemon.listener.max_recipients, 3);
     }
 
     #[test]
@@ -531,8 +798,15 @@ mod tests {
     #[test]
     fn it_rejects_unknown_flags_in_one_line() {
         let err = parse(args(&["-frobnicate"])).unwrap_err();
+        // clap's own report runs over several lines (tip, usage); only its
+        // first line, which names the flag, may reach the operator.
+        assert!(err.to_string().trim_end().contains('\n'));
         let line = one_line(&err);
-        assert!(line.contains("--frobnicate"), "{line}");
+        assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+        assert_eq!(
+            line,
+            "unexpected argument '--frobnicate' found; run `pluto2 --help` for the flags"
+        );
     }
 
     #[test]
@@ -549,10 +823,8 @@ mod tests {
 
     #[test]
     fn it_hides_the_envelope_sender_unless_sanitize_is_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("d");
         let name = OnionName::from_public_key(&[3u8; 32]).to_string();
-        let base = ["-name", name.as_str(), "-data-dir", data.to_str().unwrap()];
+        let base = ["-name", name.as_str()];
         let cfg = |extra: &[&str]| {
             let all: Vec<&str> = base.iter().chain(extra).copied().collect();
             parse(args(&all))
@@ -588,6 +860,32 @@ mod tests {
     }
 
     #[test]
+    fn it_puts_the_node_name_into_anon_from_only_when_sanitizing() {
+        let name = OnionName::from_public_key(&[6u8; 32]);
+        let from = |extra: &[&str]| {
+            let shown = name.to_string();
+            let all: Vec<&str> = ["-name", shown.as_str()]
+                .iter()
+                .chain(extra)
+                .copied()
+                .collect();
+            parse(args(&all))
+                .unwrap()
+                .daemon
+                .validate()
+                .unwrap()
+                .sanitize
+                .anon_from
+        };
+        assert_eq!(from(&[]), Some(format!("Anonymous <nobody@{name}>")));
+        assert_eq!(
+            from(&["-anon-from", "Relay of NAME <x@NAME>"]),
+            Some(format!("Relay of {name} <x@{name}>"))
+        );
+        assert_eq!(from(&["-sanitize=false"]), None);
+    }
+
+    #[test]
     fn it_requires_a_name_or_hostname_file() {
         let cli = parse(args(&[])).unwrap();
         assert!(matches!(cli.daemon.validate(), Err(ConfigError::NoName)));
@@ -609,34 +907,50 @@ mod tests {
     }
 
     #[test]
-    fn it_reads_the_name_from_the_hostname_file_and_creates_the_data_dir() {
-        use std::os::unix::fs::PermissionsExt;
+    fn it_reads_the_name_from_the_hostname_file() {
         let dir = tempfile::tempdir().unwrap();
         let host = dir.path().join("hostname");
         let name = OnionName::from_public_key(&[9u8; 32]);
         std::fs::write(&host, format!("{name}\n")).unwrap();
-        let data = dir.path().join("spool");
-        let cli = parse(args(&[
-            "-hs-hostname-file",
-            host.to_str().unwrap(),
-            "-data-dir",
-            data.to_str().unwrap(),
-        ]))
-        .unwrap();
+        let cli = parse(args(&["-hs-hostname-file", host.to_str().unwrap()])).unwrap();
         let cfg = cli.daemon.validate().unwrap();
         assert_eq!(cfg.name, name);
-        let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
     }
 
     #[test]
-    fn it_refuses_a_data_dir_that_is_a_file() {
+    fn it_validates_without_creating_or_changing_the_data_dir() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, b"x").unwrap();
-        let name = OnionName::from_public_key(&[1u8; 32]).to_string();
-        let cli = parse(args(&["-name", &name, "-data-dir", file.to_str().unwrap()])).unwrap();
-        let msg = cli.daemon.validate().unwrap_err().to_string();
-        assert!(msg.starts_with("-data-dir"), "{msg}");
+        let name = OnionName::from_public_key(&[2u8; 32]).to_string();
+        let listing = || {
+            let mut names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            names
+        };
+
+        let missing = dir.path().join("missing").join("spool");
+        let cli = parse(args(&[
+            "-name",
+            &name,
+            "-data-dir",
+            missing.to_str().unwrap(),
+        ]))
+        .unwrap();
+        let cfg = cli.daemon.validate().unwrap();
+        assert_eq!(cfg.spool.data_dir, missing);
+        assert!(listing().is_empty(), "validate created {:?}", listing());
+
+        // An existing directory open to others keeps its mode and gains no file.
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cli = parse(args(&["-name", &name, "-data-dir", open.to_str().unwrap()])).unwrap();
+        cli.daemon.validate().unwrap();
+        let mode = std::fs::metadata(&open).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755);
+        assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
     }
 }

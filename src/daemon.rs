@@ -31,6 +31,8 @@ use crate::smtp::session::SessionConfig;
 use crate::spool::{Spool, SpoolError};
 use crate::stats::Stats;
 
+mod data_dir;
+
 /// Bound on one MX lookup through Tor during delivery.
 const MX_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -44,6 +46,8 @@ const MAX_ERRORS: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error(transparent)]
+    DataDir(#[from] data_dir::DataDirError),
     #[error(
         "-data-dir {path}: cannot open the spool: {source}; check that the directory is writable, the disk is not full, and no other pluto2 uses it"
     )]
@@ -66,27 +70,32 @@ pub enum DaemonError {
 /// accepting, lets sessions finish their in-flight step or answer 421,
 /// waits for pending commits and closes the database.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    data_dir::prepare(&config.spool.data_dir)?;
     let clock = crate::time::system_clock();
-    let (spool, closer) = Spool::open(&config.data_dir, config.replay_window, clock.clone())
-        .map_err(|source| DaemonError::Spool {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
-    let listener = TcpListener::bind(config.addr)
+    let (spool, closer) = Spool::open(
+        &config.spool.data_dir,
+        config.spool.replay_window,
+        clock.clone(),
+    )
+    .map_err(|source| DaemonError::Spool {
+        path: config.spool.data_dir.display().to_string(),
+        source,
+    })?;
+    let listener = TcpListener::bind(config.listener.addr)
         .await
         .map_err(|source| DaemonError::Bind {
-            addr: config.addr,
+            addr: config.listener.addr,
             source,
         })?;
     let local = listener.local_addr().map_err(|source| DaemonError::Bind {
-        addr: config.addr,
+        addr: config.listener.addr,
         source,
     })?;
     spawn_signal_handler(shutdown.clone())?;
 
     let cover_key =
-        CoverKey::load_or_create(&config.data_dir).map_err(|e| DaemonError::CoverKey {
-            path: config.data_dir.display().to_string(),
+        CoverKey::load_or_create(&config.spool.data_dir).map_err(|e| DaemonError::CoverKey {
+            path: config.spool.data_dir.display().to_string(),
             source: e,
         })?;
     let stats = Arc::new(Stats::default());
@@ -110,11 +119,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         envelope_from: relay.envelope_from.clone(),
         port: relay.smtp_port,
         body: Arc::new(Egress {
-            sanitize: config.sanitize_from.clone().map(|from| SanitizeConfig {
-                from,
-                message_id_domain: config.name.to_string(),
-            }),
-            pad_block: config.pad_block,
+            sanitize: config
+                .sanitize
+                .anon_from
+                .clone()
+                .map(|from| SanitizeConfig {
+                    from,
+                    message_id_domain: config.name.to_string(),
+                }),
+            pad_block: config.mix.pad_block,
             cover_key: cover_key.clone(),
         }),
     });
@@ -125,7 +138,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             base: relay.retry_base,
             max_attempts: relay.retries,
         },
-        mix: config.mix.clone(),
+        mix: config.mix.policy.clone(),
         workers: relay.workers,
         stats: stats.clone(),
         // Longer than any delivery can take (MX lookup, a few hosts, the
@@ -134,12 +147,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         clock: clock.clone(),
     };
     let relay_task = tokio::spawn(dispatcher.run(shutdown.clone()));
-    let cover_task = config.cover_interval.map(|interval| {
+    let cover_task = config.mix.cover_interval.map(|interval| {
         let generator = CoverGenerator {
             key: cover_key.clone(),
             own: config.name.clone(),
             queue: Arc::new(spool.clone()),
-            mix: config.mix.clone(),
+            mix: config.mix.policy.clone(),
             interval,
             stats: stats.clone(),
             clock: clock.clone(),
@@ -147,39 +160,42 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         tokio::spawn(generator.run(StdRng::from_os_rng(), shutdown.clone()))
     });
     let stats_task = tokio::spawn(stats.clone().report(
-        config.data_dir.clone(),
-        config.stats_interval,
+        config.spool.data_dir.clone(),
+        config.ops.stats_interval,
         shutdown.clone(),
     ));
 
     let ctx = Arc::new(ServerContext {
         session: Arc::new(SessionConfig {
             hostname: config.name.to_string(),
-            max_message_size: config.max_message_size,
-            max_recipients: config.max_recipients,
+            max_message_size: config.listener.max_message_size,
+            max_recipients: config.listener.max_recipients,
             max_errors: MAX_ERRORS,
             check_domains: true,
         }),
-        rate_limiter: SessionRateLimiter::new(config.rate_limit, config.rate_window),
-        idle_timeout: config.idle_timeout,
-        proxy_protocol: config.proxy_protocol,
-        connections: Arc::new(Semaphore::new(config.max_connections)),
+        rate_limiter: SessionRateLimiter::new(
+            config.listener.rate_limit,
+            config.listener.rate_window,
+        ),
+        idle_timeout: config.listener.idle_timeout,
+        proxy_protocol: config.listener.proxy_protocol,
+        connections: Arc::new(Semaphore::new(config.listener.max_connections)),
         domain_check: Some(Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
         sink: Arc::new(Intake {
             spool,
-            mix: config.mix.clone(),
+            mix: config.mix.policy.clone(),
             cover_key,
             stats,
             clock,
         }),
     });
     info!("[CONN] listening on {local}");
-    if config.mix == MixPolicy::Immediate {
+    if config.mix.policy == MixPolicy::Immediate {
         warn!(
             "[MIX] no batching and no delay pool: mail leaves in arrival order, linkable by timing"
         );
     }
-    if config.replay_window.is_zero() {
+    if config.spool.replay_window.is_zero() {
         warn!("[SPOOL] replay protection is off (-replay-window 0)");
     }
 

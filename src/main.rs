@@ -24,7 +24,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return usage_error(&e.to_string()),
             };
-            logging::init(config.debug);
+            logging::init(config.ops.debug);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -34,6 +34,9 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(daemon::run(config, CancellationToken::new())) {
                 Ok(()) => ExitCode::SUCCESS,
+                // A data dir pluto2 cannot create or write is a setting to
+                // fix, like any other bad flag.
+                Err(e @ daemon::DaemonError::DataDir(_)) => usage_error(&e.to_string()),
                 Err(e) => {
                     eprintln!("pluto2: {e}");
                     ExitCode::FAILURE

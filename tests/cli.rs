@@ -12,6 +12,17 @@ fn run(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// A refused start prints exactly one line: `pluto2: ` and the message,
+/// one newline at its end and none inside (clap's own report would add a
+/// tip and the usage below it).
+fn assert_one_line(args: &[&str], text: &str) {
+    assert!(
+        text.starts_with("pluto2: ") && text.ends_with('\n') && text.matches('\n').count() == 1,
+        "{args:?}: not one line: {text:?}"
+    );
+    assert!(!text.contains('\r'), "{args:?}: {text:?}");
+}
+
 #[test]
 fn unknown_flags_and_bad_values_stop_startup_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,7 +53,7 @@ fn unknown_flags_and_bad_values_stop_startup_with_one_line() {
     for (args, needle) in cases {
         let (code, text) = run(args);
         assert_eq!(code, 64, "{args:?}: {text}");
-        assert_eq!(text.trim_end().lines().count(), 1, "{args:?}: {text}");
+        assert_one_line(args, &text);
         assert!(text.contains(needle), "{args:?}: {text}");
     }
 }
@@ -57,6 +68,7 @@ fn a_name_with_a_wrong_checksum_is_rejected_as_such() {
     );
     let (code, text) = run(&["-name", &bad]);
     assert_eq!(code, 64);
+    assert_one_line(&["-name", &bad], &text);
     assert!(text.contains("checksum"), "{text}");
 }
 
@@ -65,9 +77,14 @@ fn an_unusable_data_dir_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, b"").unwrap();
-    let (code, text) = run(&["-name", &onion(1), "-data-dir", file.to_str().unwrap()]);
-    assert_eq!(code, 64);
-    assert!(text.contains("-data-dir"), "{text}");
+    let args = ["-name", &onion(1), "-data-dir", file.to_str().unwrap()];
+    let (code, text) = run(&args);
+    assert_eq!(code, 64, "{text}");
+    assert_one_line(&args, &text);
+    assert!(
+        text.contains("-data-dir") && text.contains("not a directory"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
