@@ -92,10 +92,19 @@ async fn the_name_can_come_from_tors_hostname_file() {
     let dir = tempfile::tempdir().unwrap();
     let host = dir.path().join("hostname");
     std::fs::write(&host, format!("{}\n", onion(7))).unwrap();
+    // Every address the daemon could dial belongs to the test.
+    let dead_end = common::DeadEnd::start();
+    let dead = dead_end.addr.to_string();
     let mut child = Command::new(BIN)
         .args([
             "-hs-hostname-file",
             host.to_str().unwrap(),
+            "-tor-socks",
+            &dead,
+            "-dns-server",
+            &dead,
+            "-cover-interval",
+            "0",
             "-addr",
             "127.0.0.1:0",
             "-data-dir",
