@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::mix::MixPolicy;
 use crate::node::cover::{self, CoverKey};
-use crate::relay::client::{ClientConfig, TlsPolicy};
+use crate::relay::client::{ClientConfig, TlsPolicy, tls_config};
 use crate::relay::mx_lookup::MxResolver;
 use crate::relay::pool::RelayPool;
 use crate::relay::retry::RetryPolicy;
@@ -102,9 +102,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         mx: mx.clone(),
         client: ClientConfig {
             helo_name: config.name.to_string(),
-            tls: TlsPolicy::Opportunistic {
-                verify: relay.tls_verify,
-            },
+            // Built once here and shared by every delivery.
+            tls: TlsPolicy::Opportunistic(tls_config(relay.tls_verify)),
             timeout: relay.delivery_timeout,
         },
         envelope_from: relay.envelope_from.clone(),
