@@ -20,7 +20,7 @@ use crate::node::dispatch::Dispatcher;
 use crate::node::egress::Egress;
 use crate::node::intake::Intake;
 use crate::node::retry::RetryPolicy;
-use crate::relay::client::{ClientConfig, TlsPolicy};
+use crate::relay::client::{ClientConfig, TlsPolicy, tls_config};
 use crate::relay::mx_lookup::MxResolver;
 use crate::relay::route::Router;
 use crate::relay::socks::SocksDialer;
@@ -111,9 +111,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         mx: mx.clone(),
         client: ClientConfig {
             helo_name: config.name.to_string(),
-            tls: TlsPolicy::Opportunistic {
-                verify: relay.tls_verify,
-            },
+            // Built once here and shared by every delivery.
+            tls: TlsPolicy::Opportunistic(tls_config(relay.tls_verify)),
             timeout: relay.delivery_timeout,
         },
         envelope_from: relay.envelope_from.clone(),

@@ -355,7 +355,8 @@ async fn a_dead_onion_address_is_dropped_not_retried() {
     send(&d, &[&format!("x@{dest}")], "nowhere").await;
     empty(&d).await;
     assert!(
-        d.log_text().contains("permanent failure"),
+        d.log_text()
+            .contains("permanent failure: SOCKS reply 0xf6: invalid onion address"),
         "{}",
         d.log_text()
     );

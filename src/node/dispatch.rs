@@ -188,7 +188,7 @@ mod tests {
     use crate::envelope::{EnqueueOutcome, Envelope, Message};
     use crate::node::cover::CoverKey;
     use crate::node::intake::Intake;
-    use crate::relay::failure::Failure;
+    use crate::relay::failure::{Failure, FailureKind, Stage};
     use crate::time::UnixMillis;
 
     const BASE: UnixMillis = 1_700_000_000_000;
@@ -210,7 +210,11 @@ mod tests {
                 .recipients
                 .iter()
                 .map(|r| match r.attempts {
-                    0 => RecipientResult::Failed(Failure::temporary("test: try later")),
+                    0 => RecipientResult::Failed(Failure::temporary(FailureKind::Reply {
+                        stage: Stage::Rcpt,
+                        code: 451,
+                        enhanced: None,
+                    })),
                     _ => RecipientResult::Delivered,
                 })
                 .collect();

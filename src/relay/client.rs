@@ -4,15 +4,23 @@
 //! One transaction per (message, destination): MAIL, every RCPT, DATA,
 //! pipelined when the server offers PIPELINING. Results are per recipient,
 //! so a 550 for one address does not hold back the others. STARTTLS is
-//! opportunistic (Postfix's `may` level) unless certificate checks are asked
-//! for. Failure reasons carry reply codes, never server text (which may echo
-//! addresses) and never our addresses.
+//! opportunistic (Postfix's `may` level); with `-tls-verify` the
+//! certificate must also verify. Replies and EHLO capabilities are read
+//! with smtp-proto's parsers; of a reply only its code and enhanced status
+//! are kept, never its text (which may echo addresses), so failures can be
+//! logged as they are.
 
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use smtp_proto::response::parser::ResponseReceiver;
+use smtp_proto::{
+    EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::client::Resumption;
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
@@ -22,29 +30,31 @@ use tokio_rustls::rustls::crypto::{
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{self, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::failure::Failure;
+use super::failure::{BadReply, EnhancedCode, Failure, FailureKind, Stage, TlsProblem};
 
-/// A reply line longer than this, or a reply with more lines, is treated as
-/// a broken server: a hostile next hop must not make us buffer without bound.
-const MAX_REPLY_LINE: usize = 4096;
-const MAX_REPLY_LINES: usize = 100;
+/// Most bytes one reply may take on the wire, all its lines together. A
+/// hostile next hop must not make us buffer without bound. smtp-proto caps
+/// the text it keeps (4 KiB), but not the bytes it reads: a run of empty
+/// continuation lines ("220-") keeps it asking for more. This count is the
+/// bound that holds whatever the server sends.
+const MAX_REPLY_BYTES: usize = 16 * 1024;
+
+/// Bytes asked of the stream per read.
+const READ_CHUNK: usize = 4096;
 
 /// How long we wait for the reply to QUIT. The outcome is decided before
 /// QUIT; a server that never answers it must not turn a delivered message
 /// into a retry (and so a duplicate).
 const QUIT_WAIT: Duration = Duration::from_secs(5);
 
-/// Where the system's CA bundle lives on Debian (package ca-certificates).
-const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum TlsPolicy {
     /// Never use TLS (onion destinations: the circuit is already encrypted
     /// and authenticated by the onion address).
     Off,
-    /// Use STARTTLS when offered; with `verify` the certificate must chain
-    /// to the system CA bundle and match the host name.
-    Opportunistic { verify: bool },
+    /// Use STARTTLS when offered, with this configuration (from
+    /// [`tls_config`], built once at start and shared).
+    Opportunistic(Arc<rustls::ClientConfig>),
 }
 
 #[derive(Debug, Clone)]
@@ -73,97 +83,192 @@ pub enum RecipientResult {
     Failed(Failure),
 }
 
+/// The TLS client configuration for STARTTLS. Built once at start and
+/// shared by every delivery: the roots and the verifier do not change
+/// while we run.
+///
+/// With `verify` (`-tls-verify`), the certificate must chain to a root of
+/// the Mozilla CA programme (the `webpki-roots` crate: the same roots on
+/// every machine, nothing read from disk) and name the MX host. Without it,
+/// any certificate is taken: encryption against passive observers only.
+pub fn tls_config(verify: bool) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports rustls's default protocol versions");
+    let mut config = if verify {
+        let roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth()
+    };
+    // A session cache in a shared configuration would let a next hop
+    // resume, and so link, connections that reached it over different
+    // circuits. Every handshake starts from nothing.
+    config.resumption = Resumption::disabled();
+    Arc::new(config)
+}
+
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// A reply: code, enhanced status if any, and the capability words of an
-/// EHLO reply (upper-cased first word of each line).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What we keep of a reply: its code and enhanced status, not its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Reply {
     code: u16,
-    status: Option<String>,
-    lines: Vec<String>,
+    enhanced: Option<EnhancedCode>,
 }
 
 impl Reply {
+    /// `None` for a code outside 200–599 (no SMTP reply we could act on).
+    fn from_parsed(parsed: smtp_proto::Response<String>) -> Option<Reply> {
+        if !(200..600).contains(&parsed.code) {
+            return None;
+        }
+        // smtp-proto reports "no enhanced status" as 0.0.0; RFC 3463
+        // classes are 2, 4 and 5 only.
+        let [class, subject, detail] = parsed.esc;
+        let enhanced = matches!(class, 2 | 4 | 5).then_some(EnhancedCode {
+            class,
+            subject,
+            detail,
+        });
+        Some(Reply {
+            code: parsed.code,
+            enhanced,
+        })
+    }
+
     fn class(&self) -> u16 {
         self.code / 100
     }
 
-    /// Short description for logs: "550 5.1.1".
-    fn brief(&self) -> String {
-        match &self.status {
-            Some(s) => format!("{} {s}", self.code),
-            None => self.code.to_string(),
+    fn refused(&self, stage: Stage) -> FailureKind {
+        FailureKind::Reply {
+            stage,
+            code: self.code,
+            enhanced: self.enhanced,
         }
     }
 
-    fn failure(&self, stage: &str) -> Failure {
-        let reason = format!("{stage} refused: {}", self.brief());
+    /// A refusal at `stage`: permanent for 5xx, temporary otherwise.
+    fn failure(&self, stage: Stage) -> Failure {
         if self.class() == 5 {
-            Failure::permanent(reason)
+            Failure::permanent(self.refused(stage))
         } else {
-            Failure::temporary(reason)
+            Failure::temporary(self.refused(stage))
         }
     }
+}
 
-    fn has_extension(&self, name: &str) -> bool {
-        self.lines.iter().skip(1).any(|l| {
-            l.split_ascii_whitespace()
-                .next()
-                .is_some_and(|w| w.eq_ignore_ascii_case(name))
+/// The extensions a next hop offers (smtp-proto's `EXT_*` bits); none
+/// after HELO.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Extensions(u32);
+
+impl Extensions {
+    /// From the bytes of a 2xx reply to EHLO. A reply smtp-proto cannot
+    /// read as an EHLO reply (a 2xx other than 250, say) offers nothing,
+    /// like the old server it probably comes from.
+    fn from_ehlo(raw: &[u8]) -> Extensions {
+        EhloResponse::parse(&mut raw.iter())
+            .map(|ehlo| Extensions(ehlo.capabilities))
+            .unwrap_or_default()
+    }
+
+    fn has(self, extension: u32) -> bool {
+        self.0 & extension != 0
+    }
+}
+
+type Outcome = Result<Vec<RecipientResult>, Failure>;
+
+/// How far a delivery got. It lives outside the transaction future, so
+/// `deliver` can still read it when the overall timeout drops that future.
+struct Progress {
+    stage: Stage,
+    /// Set before QUIT: from then on the outcome stands, whatever QUIT does.
+    decided: Option<Outcome>,
+}
+
+struct Connection<'p> {
+    io: Box<dyn Io>,
+    /// Bytes read and not yet parsed: the rest of a pipelined batch of
+    /// replies, or, right after the go-ahead to STARTTLS, injected ones.
+    unread: Vec<u8>,
+    progress: &'p mut Progress,
+}
+
+impl Connection<'_> {
+    fn at(&mut self, stage: Stage) {
+        self.progress.stage = stage;
+    }
+
+    fn io_failure(&self, e: io::Error) -> Failure {
+        Failure::temporary(FailureKind::Io {
+            stage: self.progress.stage,
+            kind: e.kind(),
         })
     }
-}
 
-struct Connection {
-    io: BufReader<Box<dyn Io>>,
-}
-
-impl Connection {
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        let w = self.io.get_mut();
-        w.write_all(bytes).await.map_err(io_failure)?;
-        w.flush().await.map_err(io_failure)
+        let sent = async {
+            self.io.write_all(bytes).await?;
+            self.io.flush().await
+        }
+        .await;
+        sent.map_err(|e| self.io_failure(e))
     }
 
     async fn reply(&mut self) -> Result<Reply, Failure> {
-        let mut lines = Vec::new();
-        let mut line = Vec::new();
+        self.reply_and_bytes().await.map(|(reply, _)| reply)
+    }
+
+    /// Reads one reply and returns it with the bytes it took on the wire.
+    /// Bytes after it stay in `unread` for the next call (pipelining).
+    async fn reply_and_bytes(&mut self) -> Result<(Reply, Vec<u8>), Failure> {
+        let stage = self.progress.stage;
+        let bad = |problem| Failure::temporary(FailureKind::BadReply { stage, problem });
+        let mut receiver = ResponseReceiver::default();
+        let mut raw = Vec::new();
         loop {
-            line.clear();
-            let n = (&mut self.io)
-                .take(MAX_REPLY_LINE as u64 + 1)
-                .read_until(b'\n', &mut line)
+            if !self.unread.is_empty() {
+                let mut rest = self.unread.iter();
+                let parsed = receiver.parse(&mut rest);
+                let used = self.unread.len() - rest.len();
+                raw.extend_from_slice(&self.unread[..used]);
+                self.unread.drain(..used);
+                match parsed {
+                    Ok(response) => {
+                        return match Reply::from_parsed(response) {
+                            Some(reply) => Ok((reply, raw)),
+                            None => Err(bad(BadReply::Malformed)),
+                        };
+                    }
+                    Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
+                    Err(smtp_proto::Error::ResponseTooLong) => return Err(bad(BadReply::TooLong)),
+                    Err(_) => return Err(bad(BadReply::Malformed)),
+                }
+            }
+            if raw.len() > MAX_REPLY_BYTES {
+                return Err(bad(BadReply::TooLong));
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let n = self
+                .io
+                .read(&mut chunk)
                 .await
-                .map_err(io_failure)?;
+                .map_err(|e| self.io_failure(e))?;
             if n == 0 {
-                return Err(Failure::temporary("connection closed by the server"));
+                return Err(Failure::temporary(FailureKind::Io {
+                    stage,
+                    kind: io::ErrorKind::UnexpectedEof,
+                }));
             }
-            if n > MAX_REPLY_LINE || lines.len() >= MAX_REPLY_LINES {
-                return Err(Failure::temporary("server reply too long"));
-            }
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\r', '\n']);
-            let code = text
-                .get(..3)
-                .and_then(|c| c.parse::<u16>().ok())
-                .filter(|c| (200..600).contains(c))
-                .ok_or_else(|| Failure::temporary("malformed server reply"))?;
-            let more = text.as_bytes().get(3) == Some(&b'-');
-            lines.push(text.get(4..).unwrap_or("").to_string());
-            if !more {
-                let status = lines[0]
-                    .split_ascii_whitespace()
-                    .next()
-                    .filter(|w| is_enhanced_status(w))
-                    .map(str::to_string);
-                return Ok(Reply {
-                    code,
-                    status,
-                    lines,
-                });
-            }
+            self.unread.extend_from_slice(&chunk[..n]);
         }
     }
 
@@ -173,43 +278,31 @@ impl Connection {
     }
 }
 
-fn io_failure(e: std::io::Error) -> Failure {
-    Failure::temporary(format!("connection error: {}", e.kind()))
-}
-
-fn is_enhanced_status(word: &str) -> bool {
-    let parts: Vec<&str> = word.split('.').collect();
-    parts.len() == 3
-        && matches!(parts[0], "2" | "4" | "5")
-        && parts[1..]
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
 /// Delivers `msg` over `stream`. `Err` means the failure applies to every
 /// recipient (nothing was accepted).
-pub async fn deliver<S>(
-    stream: S,
-    config: &ClientConfig,
-    msg: &Outgoing<'_>,
-) -> Result<Vec<RecipientResult>, Failure>
+pub async fn deliver<S>(stream: S, config: &ClientConfig, msg: &Outgoing<'_>) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut decided = None;
-    let attempt = transaction(Box::new(stream), config, msg, &mut decided);
+    let mut progress = Progress {
+        stage: Stage::Greeting,
+        decided: None,
+    };
+    let attempt = transaction(Box::new(stream), config, msg, &mut progress);
     match tokio::time::timeout(config.timeout, attempt).await {
         Ok(result) => result,
-        Err(_) => decided.unwrap_or_else(|| Err(Failure::temporary("delivery timed out"))),
+        Err(_) => progress.decided.take().unwrap_or_else(|| {
+            Err(Failure::temporary(FailureKind::Timeout {
+                stage: progress.stage,
+            }))
+        }),
     }
 }
 
-type Outcome = Result<Vec<RecipientResult>, Failure>;
-
 /// Records the outcome, then says QUIT (bounded). If the overall timeout
 /// strikes during QUIT, `deliver` still returns the recorded outcome.
-async fn finish(conn: &mut Connection, outcome: Outcome, decided: &mut Option<Outcome>) -> Outcome {
-    *decided = Some(outcome.clone());
+async fn finish(conn: &mut Connection<'_>, outcome: Outcome) -> Outcome {
+    conn.progress.decided = Some(outcome.clone());
     let _ = tokio::time::timeout(QUIT_WAIT, conn.command("QUIT")).await;
     outcome
 }
@@ -218,81 +311,84 @@ async fn transaction(
     stream: Box<dyn Io>,
     config: &ClientConfig,
     msg: &Outgoing<'_>,
-    decided: &mut Option<Outcome>,
+    progress: &mut Progress,
 ) -> Outcome {
     let mut conn = Connection {
-        io: BufReader::new(stream),
+        io: stream,
+        unread: Vec::new(),
+        progress,
     };
+    conn.at(Stage::Greeting);
     let greeting = conn.reply().await?;
     if greeting.class() != 2 {
-        return Err(greeting.failure("greeting"));
+        return Err(greeting.failure(Stage::Greeting));
     }
-    let mut ehlo = hello(&mut conn, &config.helo_name).await?;
+    let mut offered = hello(&mut conn, &config.helo_name).await?;
 
-    if let TlsPolicy::Opportunistic { verify } = config.tls
-        && ehlo.has_extension("STARTTLS")
+    if let TlsPolicy::Opportunistic(tls) = &config.tls
+        && offered.has(EXT_START_TLS)
     {
+        conn.at(Stage::StartTls);
         let reply = conn.command("STARTTLS").await?;
         if reply.class() != 2 {
             // Even a 5xx here says nothing about the mail itself: try again
             // later rather than drop it.
-            return Err(Failure::temporary(format!(
-                "STARTTLS refused: {}",
-                reply.brief()
+            return Err(Failure::temporary(reply.refused(Stage::StartTls)));
+        }
+        // Anything read past the 220 was sent before encryption and could
+        // be injected (CVE-2011-0411 class): refuse to go on.
+        if !conn.unread.is_empty() {
+            return Err(Failure::temporary(FailureKind::Tls(
+                TlsProblem::PlaintextInjection,
             )));
         }
-        // Anything buffered past the 220 was sent before encryption and
-        // could be injected (CVE-2011-0411 class): refuse to go on.
-        if !conn.io.buffer().is_empty() {
-            return Err(Failure::temporary(
-                "server sent data before the TLS handshake",
-            ));
-        }
-        let plain = conn.io.into_inner();
-        let tls = upgrade(plain, msg.server_name, verify).await?;
+        conn.at(Stage::TlsHandshake);
+        let Connection {
+            io,
+            unread,
+            progress,
+        } = conn;
+        let io = upgrade(io, tls, msg.server_name).await?;
         conn = Connection {
-            io: BufReader::new(tls),
+            io,
+            unread,
+            progress,
         };
-        ehlo = hello(&mut conn, &config.helo_name).await?;
+        offered = hello(&mut conn, &config.helo_name).await?;
     }
 
-    if msg.smtputf8 && !ehlo.has_extension("SMTPUTF8") {
-        return finish(
-            &mut conn,
-            Err(Failure::permanent(
-                "next hop does not support SMTPUTF8 (RFC 6531)",
-            )),
-            decided,
-        )
-        .await;
+    if msg.smtputf8 && !offered.has(EXT_SMTP_UTF8) {
+        return finish(&mut conn, Err(Failure::permanent(FailureKind::NoSmtpUtf8))).await;
     }
 
     let mut mail = format!("MAIL FROM:<{}>", msg.sender);
-    if ehlo.has_extension("SIZE") {
+    if offered.has(EXT_SIZE) {
         mail.push_str(&format!(" SIZE={}", msg.body.len()));
     }
-    if msg.eight_bit && ehlo.has_extension("8BITMIME") {
+    if msg.eight_bit && offered.has(EXT_8BIT_MIME) {
         mail.push_str(" BODY=8BITMIME");
     }
     if msg.smtputf8 {
         mail.push_str(" SMTPUTF8");
     }
 
-    let pipelining = ehlo.has_extension("PIPELINING");
     let mut results: Vec<Option<RecipientResult>> = vec![None; msg.recipients.len()];
     let data_reply;
-    if pipelining {
+    if offered.has(EXT_PIPELINING) {
         let mut batch = format!("{mail}\r\n");
         for r in msg.recipients {
             batch.push_str(&format!("RCPT TO:<{r}>\r\n"));
         }
         batch.push_str("DATA\r\n");
+        conn.at(Stage::Mail);
         conn.send(batch.as_bytes()).await?;
         let mail_reply = conn.reply().await?;
+        conn.at(Stage::Rcpt);
         for slot in results.iter_mut() {
             let r = conn.reply().await?;
             *slot = rcpt_result(&r);
         }
+        conn.at(Stage::Data);
         data_reply = conn.reply().await?;
         if mail_reply.class() != 2 {
             if data_reply.code == 354 {
@@ -300,25 +396,23 @@ async fn transaction(
                 let _ = conn.send(b".\r\n").await;
                 let _ = conn.reply().await;
             }
-            return finish(&mut conn, Err(mail_reply.failure("MAIL")), decided).await;
+            return finish(&mut conn, Err(mail_reply.failure(Stage::Mail))).await;
         }
     } else {
+        conn.at(Stage::Mail);
         let mail_reply = conn.command(&mail).await?;
         if mail_reply.class() != 2 {
-            return finish(&mut conn, Err(mail_reply.failure("MAIL")), decided).await;
+            return finish(&mut conn, Err(mail_reply.failure(Stage::Mail))).await;
         }
+        conn.at(Stage::Rcpt);
         for (slot, r) in results.iter_mut().zip(msg.recipients) {
             let reply = conn.command(&format!("RCPT TO:<{r}>")).await?;
             *slot = rcpt_result(&reply);
         }
         if results.iter().all(|r| r.is_some()) {
-            return finish(
-                &mut conn,
-                Ok(results.into_iter().flatten().collect()),
-                decided,
-            )
-            .await;
+            return finish(&mut conn, Ok(results.into_iter().flatten().collect())).await;
         }
+        conn.at(Stage::Data);
         data_reply = conn.command("DATA").await?;
     }
 
@@ -328,28 +422,24 @@ async fn transaction(
             let _ = conn.send(b".\r\n").await;
             let _ = conn.reply().await;
         }
-        return finish(
-            &mut conn,
-            Ok(results.into_iter().flatten().collect()),
-            decided,
-        )
-        .await;
+        return finish(&mut conn, Ok(results.into_iter().flatten().collect())).await;
     }
     if data_reply.code != 354 {
-        return finish(&mut conn, Err(data_reply.failure("DATA")), decided).await;
+        return finish(&mut conn, Err(data_reply.failure(Stage::Data))).await;
     }
+    conn.at(Stage::Dot);
     conn.send(&dot_stuff(msg.body)).await?;
     let final_reply = conn.reply().await?;
     let outcome = if final_reply.class() == 2 {
         RecipientResult::Delivered
     } else {
-        RecipientResult::Failed(final_reply.failure("message"))
+        RecipientResult::Failed(final_reply.failure(Stage::Dot))
     };
     let delivered = results
         .into_iter()
         .map(|r| r.unwrap_or_else(|| outcome.clone()))
         .collect();
-    finish(&mut conn, Ok(delivered), decided).await
+    finish(&mut conn, Ok(delivered)).await
 }
 
 /// `None` = accepted so far (the DATA result decides).
@@ -357,24 +447,27 @@ fn rcpt_result(reply: &Reply) -> Option<RecipientResult> {
     if reply.class() == 2 {
         None
     } else {
-        Some(RecipientResult::Failed(reply.failure("RCPT")))
+        Some(RecipientResult::Failed(reply.failure(Stage::Rcpt)))
     }
 }
 
 /// EHLO, falling back to HELO for servers that do not know it.
-async fn hello(conn: &mut Connection, name: &str) -> Result<Reply, Failure> {
-    let reply = conn.command(&format!("EHLO {name}")).await?;
+async fn hello(conn: &mut Connection<'_>, name: &str) -> Result<Extensions, Failure> {
+    conn.at(Stage::Ehlo);
+    conn.send(format!("EHLO {name}\r\n").as_bytes()).await?;
+    let (reply, raw) = conn.reply_and_bytes().await?;
     if reply.class() == 2 {
-        return Ok(reply);
+        return Ok(Extensions::from_ehlo(&raw));
     }
     if reply.class() == 5 {
+        conn.at(Stage::Helo);
         let helo = conn.command(&format!("HELO {name}")).await?;
         if helo.class() == 2 {
-            return Ok(helo);
+            return Ok(Extensions::default());
         }
-        return Err(helo.failure("HELO"));
+        return Err(helo.failure(Stage::Helo));
     }
-    Err(reply.failure("EHLO"))
+    Err(reply.failure(Stage::Ehlo))
 }
 
 /// Dot-stuffs the body and appends the terminator, making sure the body
@@ -396,44 +489,34 @@ pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     out
 }
 
-async fn upgrade(plain: Box<dyn Io>, host: &str, verify: bool) -> Result<Box<dyn Io>, Failure> {
-    let provider = Arc::new(ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Failure::temporary(format!("TLS setup failed: {e}")))?;
-    let tls_config = if verify {
-        builder
-            .with_root_certificates(system_roots()?)
-            .with_no_client_auth()
-    } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-            .with_no_client_auth()
-    };
+async fn upgrade(
+    plain: Box<dyn Io>,
+    tls: &Arc<rustls::ClientConfig>,
+    host: &str,
+) -> Result<Box<dyn Io>, Failure> {
     let name = ServerName::try_from(host.to_string())
-        .map_err(|_| Failure::permanent("host name not usable for TLS"))?;
-    let stream = TlsConnector::from(Arc::new(tls_config))
+        .map_err(|_| Failure::permanent(FailureKind::UnusableHostName))?;
+    let stream = TlsConnector::from(tls.clone())
         .connect(name, plain)
         .await
-        .map_err(|e| Failure::temporary(format!("TLS handshake failed: {}", e.kind())))?;
+        .map_err(|e| Failure::temporary(handshake_failure(&e)))?;
     Ok(Box::new(stream))
 }
 
-fn system_roots() -> Result<RootCertStore, Failure> {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(SYSTEM_CA_BUNDLE)
-        .map_err(|e| Failure::temporary(format!("cannot read {SYSTEM_CA_BUNDLE}: {e}")))?;
-    for cert in certs.flatten() {
-        let _ = roots.add(cert);
+/// tokio-rustls reports TLS errors as `InvalidData` I/O errors carrying the
+/// rustls error; anything else is the connection itself failing.
+fn handshake_failure(e: &io::Error) -> FailureKind {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(_)) => FailureKind::Tls(TlsProblem::Certificate),
+        Some(_) => FailureKind::Tls(TlsProblem::Handshake),
+        None => FailureKind::Io {
+            stage: Stage::TlsHandshake,
+            kind: e.kind(),
+        },
     }
-    if roots.is_empty() {
-        return Err(Failure::temporary(format!(
-            "no CA certificates in {SYSTEM_CA_BUNDLE}"
-        )));
-    }
-    Ok(roots)
 }
 
 /// Opportunistic TLS: encrypt against passive observers without trusting
@@ -503,30 +586,118 @@ mod tests {
         assert_eq!(dot_stuff(b""), b".\r\n");
     }
 
-    #[test]
-    fn it_classifies_replies_without_their_text() {
-        let r = Reply {
-            code: 550,
-            status: Some("5.1.1".into()),
-            lines: vec!["5.1.1 <secret@example.org> unknown".into()],
+    /// Runs `check` on a connection whose server side has already sent
+    /// `server` (from a task, so it may be larger than the pipe).
+    async fn with_server<F, T>(server: Vec<u8>, check: F) -> T
+    where
+        F: AsyncFnOnce(&mut Connection<'_>) -> T,
+    {
+        let (client, mut far) = tokio::io::duplex(READ_CHUNK);
+        tokio::spawn(async move {
+            let _ = far.write_all(&server).await;
+            // Hold the far end open: a close would end a read early.
+            let _ = far.read_to_end(&mut Vec::new()).await;
+        });
+        let mut progress = Progress {
+            stage: Stage::Greeting,
+            decided: None,
         };
-        let f = r.failure("RCPT");
+        let mut conn = Connection {
+            io: Box::new(client),
+            unread: Vec::new(),
+            progress: &mut progress,
+        };
+        check(&mut conn).await
+    }
+
+    fn reply(code: u16, enhanced: Option<(u8, u8, u8)>) -> Reply {
+        Reply {
+            code,
+            enhanced: enhanced.map(|(class, subject, detail)| EnhancedCode {
+                class,
+                subject,
+                detail,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn it_reads_pipelined_replies_one_at_a_time() {
+        let server =
+            b"250 2.1.0 ok\r\n550-5.1.1 <secret@example.org>\r\n550 5.1.1 unknown\r\n354 go\r\n";
+        let replies = with_server(server.to_vec(), async |conn| {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(conn.reply().await.unwrap());
+            }
+            got
+        })
+        .await;
+        assert_eq!(
+            replies,
+            [
+                reply(250, Some((2, 1, 0))),
+                reply(550, Some((5, 1, 1))),
+                reply(354, None)
+            ]
+        );
+        let f = replies[1].failure(Stage::Rcpt);
         assert!(f.is_permanent());
-        assert_eq!(f.reason, "RCPT refused: 550 5.1.1");
-        let r = Reply {
-            code: 451,
-            status: None,
-            lines: vec!["try later".into()],
-        };
-        assert!(!r.failure("DATA").is_permanent());
+        assert_eq!(f.to_string(), "permanent failure: RCPT refused: 550 5.1.1");
+    }
+
+    #[tokio::test]
+    async fn it_keeps_only_enhanced_codes_of_a_mail_class() {
+        let server = b"250 3.0.0 odd\r\n451 4.3.0\r\n";
+        let replies = with_server(server.to_vec(), async |conn| {
+            (conn.reply().await.unwrap(), conn.reply().await.unwrap())
+        })
+        .await;
+        assert_eq!(replies, (reply(250, None), reply(451, Some((4, 3, 0)))));
+        assert!(!replies.1.failure(Stage::Data).is_permanent());
+    }
+
+    #[tokio::test]
+    async fn it_refuses_replies_that_are_not_smtp() {
+        for server in [&b"hello there\r\n"[..], b"999 what\r\n", b"150 early\r\n"] {
+            let f = with_server(server.to_vec(), async |conn| conn.reply().await).await;
+            assert_eq!(
+                f,
+                Err(Failure::temporary(FailureKind::BadReply {
+                    stage: Stage::Greeting,
+                    problem: BadReply::Malformed,
+                })),
+                "{server:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn it_stops_reading_a_reply_of_endless_empty_lines() {
+        // smtp-proto's own cap only looks at line text, and these lines
+        // have none: only our byte count stops the reading. The last line
+        // (no text either) ends a reply smtp-proto accepts, so a client
+        // without the count would read all 60 KB and succeed.
+        let mut server = b"220-\r\n".repeat(10_000);
+        server.extend_from_slice(b"220 \r\n");
+        let f = with_server(server, async |conn| conn.reply().await).await;
+        assert_eq!(
+            f,
+            Err(Failure::temporary(FailureKind::BadReply {
+                stage: Stage::Greeting,
+                problem: BadReply::TooLong,
+            }))
+        );
     }
 
     #[test]
-    fn it_recognizes_enhanced_status_codes() {
-        assert!(is_enhanced_status("2.0.0"));
-        assert!(is_enhanced_status("5.7.123"));
-        assert!(!is_enhanced_status("3.0.0"));
-        assert!(!is_enhanced_status("5.1"));
-        assert!(!is_enhanced_status("Ok"));
+    fn it_reads_extensions_from_an_ehlo_reply() {
+        let offered = Extensions::from_ehlo(
+            b"250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 STARTTLS\r\n",
+        );
+        assert!(offered.has(EXT_PIPELINING) && offered.has(EXT_SIZE) && offered.has(EXT_START_TLS));
+        assert!(!offered.has(EXT_SMTP_UTF8) && !offered.has(EXT_8BIT_MIME));
+        // A success that is no EHLO reply offers nothing.
+        assert_eq!(Extensions::from_ehlo(b"220 odd\r\n"), Extensions::default());
     }
 }

@@ -22,7 +22,9 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use rand::seq::SliceRandom;
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::failure::Failure;
+use hickory_resolver::net::{DnsError, NetError};
+
+use super::failure::{DnsProblem, Failure, FailureKind, Stage};
 use super::socks::SocksDialer;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +68,7 @@ impl RuntimeProvider for TorRuntime {
                 .connect(&server.ip().to_string(), server.port())
                 .await
                 .map(AsyncIoTokioAsStd)
-                .map_err(|e| io::Error::other(e.to_string()))
+                .map_err(io::Error::other)
         })
     }
 
@@ -136,17 +138,16 @@ impl MxResolver {
             tokio::time::timeout(self.timeout * 2, self.resolver.lookup(fqdn, RecordType::MX))
                 .await;
         let records = match lookup {
-            Err(_) => return Err(Failure::temporary("MX lookup timed out")),
+            Err(_) => {
+                return Err(Failure::temporary(FailureKind::Timeout {
+                    stage: Stage::Mx,
+                }));
+            }
             Ok(Err(e)) if e.is_nx_domain() => return Ok(MxAnswer::NoSuchDomain),
             Ok(Err(e)) if e.is_no_records_found() => {
                 return Ok(MxAnswer::Hosts(vec![domain.to_string()]));
             }
-            Ok(Err(e)) => {
-                return Err(Failure::temporary(format!(
-                    "MX lookup failed: {}",
-                    brief(&e.to_string(), domain)
-                )));
-            }
+            Ok(Err(e)) => return Err(Failure::temporary(lookup_failure(&e))),
             Ok(Ok(lookup)) => lookup,
         };
         let mut mx: Vec<(u16, String)> = records
@@ -188,10 +189,19 @@ impl MxResolver {
     }
 }
 
-/// Error texts from the resolver can contain the queried name: blank it
-/// out (reasons are logged without -debug) and keep the text short.
-fn brief(text: &str, domain: &str) -> String {
-    text.replace(domain, "…").chars().take(120).collect()
+/// The kind of a failed lookup. Only the class is kept: the resolver's
+/// error texts can contain the queried name.
+fn lookup_failure(e: &NetError) -> FailureKind {
+    match e {
+        NetError::Timeout => FailureKind::Timeout { stage: Stage::Mx },
+        NetError::Dns(DnsError::ResponseCode(code)) => FailureKind::Dns(DnsProblem::ServerError {
+            rcode: u16::from(*code),
+        }),
+        NetError::Io(_) | NetError::NoConnections | NetError::Busy => {
+            FailureKind::Dns(DnsProblem::Unreachable)
+        }
+        _ => FailureKind::Dns(DnsProblem::LookupFailed),
+    }
 }
 
 /// Sorts by preference with random order among equals, drops the null MX
@@ -242,14 +252,25 @@ mod tests {
     }
 
     #[test]
-    fn it_keeps_error_details_but_not_the_domain() {
-        let text = brief(
-            "no record found for Query { name: Name(\"secret.example.\"), SERVFAIL",
-            "secret.example",
+    fn it_classifies_lookup_errors_by_kind() {
+        use hickory_resolver::proto::op::ResponseCode;
+        assert_eq!(
+            lookup_failure(&NetError::Dns(DnsError::ResponseCode(
+                ResponseCode::ServFail
+            ))),
+            FailureKind::Dns(DnsProblem::ServerError { rcode: 2 })
         );
-        assert!(
-            text.contains("SERVFAIL") && !text.contains("secret"),
-            "{text}"
+        assert_eq!(
+            lookup_failure(&NetError::Timeout),
+            FailureKind::Timeout { stage: Stage::Mx }
+        );
+        assert_eq!(
+            lookup_failure(&NetError::NoConnections),
+            FailureKind::Dns(DnsProblem::Unreachable)
+        );
+        assert_eq!(
+            lookup_failure(&NetError::Msg("secret.example: odd".into())),
+            FailureKind::Dns(DnsProblem::LookupFailed)
         );
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tracing::{debug, info};
 
 use super::client::{self, ClientConfig, Outgoing, RecipientResult, TlsPolicy};
-use super::failure::Failure;
+use super::failure::{DnsProblem, Failure, FailureKind};
 use super::mx_lookup::{MxAnswer, MxResolver};
 use super::socks::SocksDialer;
 use crate::redact::Sensitive;
@@ -47,10 +47,12 @@ impl Router {
             match self.mx.lookup(&lease.domain).await {
                 Ok(MxAnswer::Hosts(hosts)) => hosts,
                 Ok(MxAnswer::NullMx) => {
-                    return all(Failure::permanent("domain accepts no mail (null MX)"));
+                    return all(Failure::permanent(FailureKind::Dns(DnsProblem::NullMx)));
                 }
                 Ok(MxAnswer::NoSuchDomain) => {
-                    return all(Failure::permanent("domain does not exist"));
+                    return all(Failure::permanent(FailureKind::Dns(
+                        DnsProblem::NoSuchDomain,
+                    )));
                 }
                 Err(f) => return all(f),
             }
@@ -66,7 +68,7 @@ impl Router {
         // Sanitized and padded once per attempt with fresh randomness, so two
         // attempts of one message do not carry identical bytes.
         let body = self.body.prepare(&lease.body);
-        let mut last = Failure::temporary("no mail host to try");
+        let mut last = Failure::temporary(FailureKind::NoHost);
         for (i, host) in hosts.iter().enumerate() {
             let stream = match self.dialer.connect(host, self.port).await {
                 Ok(s) => s,

@@ -1,9 +1,12 @@
 //! SOCKS5 CONNECT through Tor (RFC 1928, RFC 1929, Tor's socks-extensions).
 //!
-//! A small client of our own rather than `tokio-socks`: that crate folds
-//! Tor's extended reply codes 0xF0–0xF7 into one generic error, and those
-//! codes are exactly what tells a dead onion service (permanent) from a
-//! descriptor that is not yet reachable (temporary).
+//! A small client of our own, on purpose, rather than `tokio-socks`: that
+//! crate folds Tor's extended reply codes 0xF0–0xF7 into one generic error,
+//! and those codes are exactly what tells "no such onion service" (0xF6,
+//! drop the mail) from "descriptor not reachable yet" (0xF0–0xF3, 0xF7,
+//! try later). Every reply is checked byte for byte (versions, the reserved
+//! byte, the address type), so a broken proxy is reported as such instead
+//! of being read as a success.
 //!
 //! Host names are always sent to the proxy as names (ATYP 3); nothing is
 //! resolved locally. Every connection uses fresh random credentials, so
@@ -17,11 +20,13 @@ use rand::distr::Alphanumeric;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::failure::Failure;
+use super::failure::{Failure, FailureKind, ProxyProblem, Stage, socks_reply_meaning};
 
 const VERSION: u8 = 5;
 const METHOD_NONE: u8 = 0;
 const METHOD_USER_PASS: u8 = 2;
+/// Version of the username/password sub-negotiation (RFC 1929).
+const AUTH_VERSION: u8 = 1;
 const CMD_CONNECT: u8 = 1;
 const ATYP_V4: u8 = 1;
 const ATYP_NAME: u8 = 3;
@@ -42,35 +47,13 @@ pub enum SocksError {
     Io(#[from] std::io::Error),
     #[error("SOCKS handshake timed out")]
     Timeout,
-    #[error("SOCKS protocol violation: {0}")]
-    Protocol(&'static str),
+    /// The proxy answered something SOCKS5 does not allow.
+    #[error("{0}")]
+    Protocol(ProxyProblem),
     #[error("destination name longer than 255 bytes")]
     NameTooLong,
-    #[error("SOCKS reply {code:#04x}: {}", reply_text(*.code))]
+    #[error("SOCKS reply {code:#04x}: {}", socks_reply_meaning(*.code))]
     Reply { code: u8 },
-}
-
-/// Meaning of a SOCKS5 reply code, including Tor's extensions.
-fn reply_text(code: u8) -> &'static str {
-    match code {
-        0x01 => "general failure",
-        0x02 => "not allowed by ruleset",
-        0x03 => "network unreachable",
-        0x04 => "host unreachable",
-        0x05 => "connection refused",
-        0x06 => "TTL expired (timeout)",
-        0x07 => "command not supported",
-        0x08 => "address type not supported",
-        0xF0 => "onion service descriptor not found",
-        0xF1 => "onion service descriptor invalid",
-        0xF2 => "onion service introduction failed",
-        0xF3 => "onion service rendezvous failed",
-        0xF4 => "onion service missing client authorization",
-        0xF5 => "onion service wrong client authorization",
-        0xF6 => "invalid onion address",
-        0xF7 => "onion service introduction timed out",
-        _ => "unknown reply code",
-    }
 }
 
 impl SocksError {
@@ -81,12 +64,23 @@ impl SocksError {
     /// cannot do what we ask (0x07, 0x08). Everything else (network trouble,
     /// descriptors not yet published, refused ports, a down proxy) can heal.
     pub fn into_failure(self) -> Failure {
-        match &self {
+        match self {
             SocksError::Reply {
-                code: 0x07 | 0x08 | 0xF4 | 0xF5 | 0xF6,
+                code: code @ (0x07 | 0x08 | 0xF4 | 0xF5 | 0xF6),
+            } => Failure::permanent(FailureKind::SocksReply { code }),
+            SocksError::Reply { code } => Failure::temporary(FailureKind::SocksReply { code }),
+            SocksError::NameTooLong => Failure::permanent(FailureKind::UnusableHostName),
+            SocksError::ProxyUnreachable(e) => {
+                Failure::temporary(FailureKind::Proxy(ProxyProblem::Unreachable(e.kind())))
             }
-            | SocksError::NameTooLong => Failure::permanent(self.to_string()),
-            _ => Failure::temporary(self.to_string()),
+            SocksError::Io(e) => Failure::temporary(FailureKind::Io {
+                stage: Stage::Connect,
+                kind: e.kind(),
+            }),
+            SocksError::Timeout => Failure::temporary(FailureKind::Timeout {
+                stage: Stage::Connect,
+            }),
+            SocksError::Protocol(p) => Failure::temporary(FailureKind::Proxy(p)),
         }
     }
 }
@@ -130,16 +124,12 @@ async fn handshake(stream: &mut TcpStream, host: &str, port: u16) -> Result<(), 
     let mut choice = [0u8; 2];
     stream.read_exact(&mut choice).await?;
     if choice[0] != VERSION {
-        return Err(SocksError::Protocol("proxy is not SOCKS5"));
+        return Err(SocksError::Protocol(ProxyProblem::NotSocks5));
     }
     match choice[1] {
         METHOD_USER_PASS => authenticate(stream).await?,
         METHOD_NONE => {}
-        _ => {
-            return Err(SocksError::Protocol(
-                "proxy accepts none of our authentication methods",
-            ));
-        }
+        _ => return Err(SocksError::Protocol(ProxyProblem::NoAcceptableMethod)),
     }
     request(stream, host, port).await
 }
@@ -147,15 +137,19 @@ async fn handshake(stream: &mut TcpStream, host: &str, port: u16) -> Result<(), 
 async fn authenticate(stream: &mut TcpStream) -> Result<(), SocksError> {
     let user = fresh_credential();
     let pass = fresh_credential();
-    let mut auth = vec![1, user.len() as u8];
+    let mut auth = vec![AUTH_VERSION, user.len() as u8];
     auth.extend_from_slice(user.as_bytes());
     auth.push(pass.len() as u8);
     auth.extend_from_slice(pass.as_bytes());
     stream.write_all(&auth).await?;
     let mut status = [0u8; 2];
     stream.read_exact(&mut status).await?;
+    // RFC 1929: the reply carries the sub-negotiation's version, not 5.
+    if status[0] != AUTH_VERSION {
+        return Err(SocksError::Protocol(ProxyProblem::BadAuthVersion));
+    }
     if status[1] != 0 {
-        return Err(SocksError::Protocol("proxy rejected the credentials"));
+        return Err(SocksError::Protocol(ProxyProblem::CredentialsRejected));
     }
     Ok(())
 }
@@ -165,7 +159,12 @@ async fn request(stream: &mut TcpStream, host: &str, port: u16) -> Result<(), So
     let mut head = [0u8; 4];
     stream.read_exact(&mut head).await?;
     if head[0] != VERSION {
-        return Err(SocksError::Protocol("bad reply version"));
+        return Err(SocksError::Protocol(ProxyProblem::BadReplyVersion));
+    }
+    // A non-zero reserved byte means we are not reading a SOCKS5 reply
+    // where we think we are; its code could not be trusted either.
+    if head[2] != 0 {
+        return Err(SocksError::Protocol(ProxyProblem::BadReserved));
     }
     if head[1] != 0 {
         return Err(SocksError::Reply { code: head[1] });
@@ -179,7 +178,7 @@ async fn request(stream: &mut TcpStream, host: &str, port: u16) -> Result<(), So
             stream.read_exact(&mut len).await?;
             len[0] as usize + 2
         }
-        _ => return Err(SocksError::Protocol("bad address type in reply")),
+        _ => return Err(SocksError::Protocol(ProxyProblem::BadAddressType)),
     };
     let mut skip = vec![0u8; rest];
     stream.read_exact(&mut skip).await?;
@@ -237,6 +236,107 @@ mod tests {
             assert_eq!(f.is_permanent(), permanent.contains(&code), "{code:#x}");
         }
         assert!(!SocksError::Timeout.into_failure().is_permanent());
+    }
+
+    /// A one-connection proxy that reads exactly `reads[i]` bytes, then
+    /// writes `writes[i]`, in turn. The bytes are whatever the test needs,
+    /// including ones a real proxy would never send.
+    async fn fake_proxy(steps: Vec<(usize, Vec<u8>)>) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            for (read, write) in steps {
+                let mut buf = vec![0u8; read];
+                if stream.read_exact(&mut buf).await.is_err() {
+                    return;
+                }
+                let _ = stream.write_all(&write).await;
+            }
+            // Keep the connection open until the client is done with it.
+            let _ = stream.read_to_end(&mut Vec::new()).await;
+        });
+        addr
+    }
+
+    /// Method offer (4 bytes), credentials (1 + 1 + 16 + 1 + 16 bytes),
+    /// CONNECT to example.org:25 (5 + 11 + 2 bytes).
+    const OFFER: usize = 4;
+    const AUTH: usize = 35;
+    const CONNECT: usize = 18;
+    const SUCCESS: [u8; 10] = [5, 0, 0, ATYP_V4, 0, 0, 0, 0, 0, 0];
+
+    async fn dial(proxy: SocketAddr) -> Result<TcpStream, SocksError> {
+        SocksDialer::new(proxy, Duration::from_secs(30))
+            .connect("example.org", 25)
+            .await
+    }
+
+    #[tokio::test]
+    async fn it_connects_through_a_proxy_that_follows_the_rfcs() {
+        let proxy = fake_proxy(vec![
+            (OFFER, vec![5, METHOD_USER_PASS]),
+            (AUTH, vec![AUTH_VERSION, 0]),
+            (CONNECT, SUCCESS.to_vec()),
+        ])
+        .await;
+        dial(proxy).await.expect("a well-behaved proxy");
+    }
+
+    #[tokio::test]
+    async fn it_refuses_an_authentication_reply_with_the_wrong_version() {
+        // Version 5 where RFC 1929 says 1: a proxy (or something posing as
+        // one) that does not speak the sub-negotiation it picked. The rest
+        // is a valid success, so only the version check can catch it.
+        let proxy = fake_proxy(vec![
+            (OFFER, vec![5, METHOD_USER_PASS]),
+            (AUTH, vec![5, 0]),
+            (CONNECT, SUCCESS.to_vec()),
+        ])
+        .await;
+        let e = dial(proxy).await.expect_err("bad auth version");
+        assert!(
+            matches!(e, SocksError::Protocol(ProxyProblem::BadAuthVersion)),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.into_failure(),
+            Failure::temporary(FailureKind::Proxy(ProxyProblem::BadAuthVersion))
+        );
+    }
+
+    #[tokio::test]
+    async fn it_refuses_a_connect_reply_with_a_non_zero_reserved_byte() {
+        let mut reply = SUCCESS;
+        reply[2] = 0x01;
+        let proxy = fake_proxy(vec![
+            (OFFER, vec![5, METHOD_NONE]),
+            (CONNECT, reply.to_vec()),
+        ])
+        .await;
+        let e = dial(proxy).await.expect_err("bad reserved byte");
+        assert!(
+            matches!(e, SocksError::Protocol(ProxyProblem::BadReserved)),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.into_failure().kind,
+            FailureKind::Proxy(ProxyProblem::BadReserved)
+        );
+    }
+
+    #[tokio::test]
+    async fn it_keeps_tor_onion_reply_codes_apart() {
+        for (code, permanent) in [(0xF6u8, true), (0xF2, false)] {
+            let proxy = fake_proxy(vec![
+                (OFFER, vec![5, METHOD_NONE]),
+                (CONNECT, vec![5, code, 0, ATYP_V4, 0, 0, 0, 0, 0, 0]),
+            ])
+            .await;
+            let f = dial(proxy).await.expect_err("refused").into_failure();
+            assert_eq!(f.kind, FailureKind::SocksReply { code });
+            assert_eq!(f.is_permanent(), permanent, "{code:#x}");
+        }
     }
 
     #[test]
