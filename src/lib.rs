@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod envelope;
 pub mod logging;
+pub mod message;
 pub mod mix;
 pub mod node;
 pub mod relay;
