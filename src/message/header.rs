@@ -125,12 +125,9 @@ impl<'a> Iterator for Fields<'a> {
         }
         self.pos = last.end;
 
-        let first_line = &input[first.start..first.content_end];
-        let name = if first.is_continuation(input) {
-            None
-        } else {
-            field_name(first_line)
-        };
+        // An orphan continuation line never has a name: SP and HTAB are
+        // not ftext.
+        let name = field_name(&input[first.start..first.content_end]);
         let value_start = match name {
             Some((_, colon)) => first.start + colon + 1,
             None => first.start,
