@@ -49,9 +49,6 @@ fn needs_crlf(body: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
-
     use super::*;
 
     #[test]
@@ -74,13 +71,7 @@ mod tests {
 
     #[test]
     fn its_wire_length_is_the_stuffed_length() {
-        const ALPHABET: &[u8] = b"..a\r\n\n";
-        let mut rng = StdRng::seed_from_u64(3);
-        for _ in 0..2_000 {
-            let len = rng.random_range(0..30);
-            let body: Vec<u8> = (0..len)
-                .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())])
-                .collect();
+        for body in crate::message::random_inputs(b"..a\r\n\n", 30, 2_000, 3) {
             assert_eq!(wire_len(&body), stuff(&body).len(), "{body:?}");
         }
     }

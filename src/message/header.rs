@@ -206,9 +206,6 @@ fn field_name(line: &[u8]) -> Option<(&[u8], usize)> {
 
 #[cfg(test)]
 mod tests {
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
-
     use super::*;
 
     /// (name, value) of every item, as text for readable failures.
@@ -347,13 +344,7 @@ mod tests {
     /// items tile the header block exactly, each consistent with its range.
     #[test]
     fn it_tiles_the_header_block_for_any_input() {
-        const ALPHABET: &[u8] = b"a:: \t\r\n\n\xff";
-        let mut rng = StdRng::seed_from_u64(11);
-        for _ in 0..5_000 {
-            let len = rng.random_range(0..40);
-            let message: Vec<u8> = (0..len)
-                .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())])
-                .collect();
+        for message in crate::message::random_inputs(b"a:: \t\r\n\n\xff", 40, 5_000, 11) {
             let head = split(&message).head;
             let mut covered = 0;
             for field in fields(&message) {

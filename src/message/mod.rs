@@ -12,3 +12,20 @@
 
 pub mod dot;
 pub mod header;
+
+/// Adversarial inputs for the codecs' tests: `count` byte strings shorter
+/// than `max_len`, drawn from `alphabet` (repeat a byte to make it more
+/// frequent) with a fixed seed, so failures reproduce.
+#[cfg(test)]
+fn random_inputs(alphabet: &[u8], max_len: usize, count: usize, seed: u64) -> Vec<Vec<u8>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            let len = rng.random_range(0..max_len);
+            (0..len)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect()
+        })
+        .collect()
+}
