@@ -9,7 +9,8 @@
 
 use rand::Rng;
 
-use crate::message::dot::wire_len;
+/// The measure padding works in, re-exported for callers that check it.
+pub use crate::message::dot::wire_len;
 use crate::message::header;
 
 /// Name of the padding header.
