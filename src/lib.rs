@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod envelope;
 pub mod logging;
+pub(crate) mod message;
 pub(crate) mod mix;
 pub(crate) mod node;
 pub(crate) mod redact;

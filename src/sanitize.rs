@@ -13,17 +13,14 @@
 //!
 //! # Parsing rules
 //!
-//! * The header block ends at the first empty line. Lines end with LF; a CR
-//!   right before the LF is part of the terminator. For ordinary CRLF input
-//!   this is exactly the first `CRLF CRLF`. Splitting on LF (rather than
-//!   only on CRLF) means a bare LF inside a kept header cannot smuggle a
-//!   dropped header past the filter for a receiver that treats bare LF as a
-//!   line break.
-//! * A line starting with space or tab continues the header above it and
-//!   shares its fate. Such lines before the first header are dropped.
-//! * A line that is not `field-name ":"` (field-name being printable ASCII
-//!   without colon, optionally followed by spaces or tabs as in RFC 5322's
-//!   obsolete syntax) is malformed and dropped, with its continuation lines.
+//! * Lines, the end of the header block and folding follow the one line
+//!   rule of [`crate::message::header`]. In particular a bare LF ends a
+//!   line, so it cannot smuggle a dropped header past the filter for a
+//!   receiver that treats bare LF as a line break. A continuation line
+//!   shares the fate of the field above it; continuation lines before the
+//!   first field are dropped.
+//! * A line that is not a well-formed `name:` field is dropped, with its
+//!   continuation lines.
 //! * If the first line that does not start with whitespace is not a header
 //!   field, the input is taken to be body only: all of it is kept as the
 //!   body behind the three new headers.
@@ -33,6 +30,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc2822;
+
+use crate::message::header;
 
 /// What the relay puts in place of identifying headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +95,7 @@ pub fn sanitize<R: Rng + ?Sized>(
     now: SystemTime,
     rng: &mut R,
 ) -> Vec<u8> {
-    let (head, body) = split_header_block(message);
+    let parts = header::split(message);
 
     let mut out = Vec::with_capacity(message.len() + 256);
     out.extend_from_slice(b"From: ");
@@ -107,111 +108,39 @@ pub fn sanitize<R: Rng + ?Sized>(
     out.extend_from_slice(rfc5322_date(now).as_bytes());
     out.extend_from_slice(b"\r\n");
 
-    if !looks_like_header_block(head, body.is_some()) {
+    if !looks_like_header_block(message, parts) {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(message);
         return out;
     }
 
-    for field in fields(head) {
+    for field in header::fields(message) {
         if keep_field(&field) {
-            for line in &field.lines {
+            for line in field.lines() {
                 out.extend_from_slice(line);
                 out.extend_from_slice(b"\r\n");
             }
         }
     }
     out.extend_from_slice(b"\r\n");
-    if let Some(body) = body {
+    if let Some(body) = parts.body {
         out.extend_from_slice(body);
     }
     out
 }
 
-/// Splits `message` at its first empty line. Returns the header block (up to
-/// and including the terminator of its last line) and, if an empty line was
-/// found, everything after it.
-fn split_header_block(message: &[u8]) -> (&[u8], Option<&[u8]>) {
-    let mut start = 0;
-    while let Some(offset) = memchr::memchr(b'\n', &message[start..]) {
-        let end = start + offset;
-        let line = strip_cr(&message[start..end]);
-        if line.is_empty() {
-            return (&message[..start], Some(&message[end + 1..]));
-        }
-        start = end + 1;
-    }
-    (message, None)
-}
-
-/// The lines of a header block, without their terminators. A trailing
-/// unterminated line counts; empty lines are skipped.
-fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
-    head.split(|&b| b == b'\n')
-        .map(strip_cr)
-        .filter(|line| !line.is_empty())
-}
-
-fn strip_cr(line: &[u8]) -> &[u8] {
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-fn starts_with_wsp(line: &[u8]) -> bool {
-    matches!(line.first(), Some(b' ' | b'\t'))
-}
-
 /// Decides whether the input starts with headers at all: yes if its first
 /// line that is not a continuation is a header field, or if the input opens
 /// with the empty line (an empty header block before a body).
-fn looks_like_header_block(head: &[u8], has_separator: bool) -> bool {
-    match lines(head).find(|line| !starts_with_wsp(line)) {
-        Some(line) => field_name(line).is_some(),
-        None => head.is_empty() && has_separator,
+fn looks_like_header_block(message: &[u8], parts: header::Parts<'_>) -> bool {
+    match header::fields(message).find(|field| !field.is_orphan()) {
+        Some(field) => field.name.is_some(),
+        None => parts.head.is_empty() && parts.body.is_some(),
     }
-}
-
-/// The field name of a header line, without any whitespace before the colon,
-/// or `None` if the line is not `field-name *WSP ":" ...`.
-fn field_name(line: &[u8]) -> Option<&[u8]> {
-    let colon = memchr::memchr(b':', line)?;
-    let raw = &line[..colon];
-    let name_len = raw
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(0, |last| last + 1);
-    let name = &raw[..name_len];
-    let printable = |b: &u8| (33..=126).contains(b);
-    (!name.is_empty() && name.iter().all(printable)).then_some(name)
-}
-
-/// One header field: its first line and any continuation lines, each
-/// without its line terminator. `name` is `None` for a malformed field.
-struct Field<'a> {
-    name: Option<&'a [u8]>,
-    lines: Vec<&'a [u8]>,
-}
-
-/// Groups header lines into fields. Continuation lines before the first
-/// field belong to nothing and are left out.
-fn fields(head: &[u8]) -> Vec<Field<'_>> {
-    let mut fields: Vec<Field<'_>> = Vec::new();
-    for line in lines(head) {
-        if starts_with_wsp(line) {
-            if let Some(field) = fields.last_mut() {
-                field.lines.push(line);
-            }
-        } else {
-            fields.push(Field {
-                name: field_name(line),
-                lines: vec![line],
-            });
-        }
-    }
-    fields
 }
 
 /// The allow-list decision for one field.
-fn keep_field(field: &Field<'_>) -> bool {
+fn keep_field(field: &header::Field<'_>) -> bool {
     let Some(name) = field.name else {
         return false;
     };
@@ -227,28 +156,12 @@ fn keep_field(field: &Field<'_>) -> bool {
     // values are harmless and kept; an address value is the sender's own
     // address (the same reason Reply-To is dropped), so it is dropped.
     if name.eq_ignore_ascii_case(b"mail-copies-to") {
-        let value = unfolded_value(field);
-        let value = value.trim_ascii();
+        let value = field.value.trim_ascii();
         return MAIL_COPIES_TO_KEYWORDS
             .iter()
             .any(|keyword| value.eq_ignore_ascii_case(keyword));
     }
     false
-}
-
-/// The field's value with its continuation lines joined.
-fn unfolded_value(field: &Field<'_>) -> Vec<u8> {
-    let mut value = Vec::new();
-    for (index, line) in field.lines.iter().enumerate() {
-        if index == 0 {
-            if let Some(colon) = memchr::memchr(b':', line) {
-                value.extend_from_slice(&line[colon + 1..]);
-            }
-        } else {
-            value.extend_from_slice(line);
-        }
-    }
-    value
 }
 
 /// 24 lowercase base32 characters from `rng`.
@@ -260,62 +173,24 @@ fn random_id<R: Rng + ?Sized>(rng: &mut R) -> String {
         .to_ascii_lowercase()
 }
 
-const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-const SECONDS_PER_DAY: i64 = 86_400;
+/// Stands in for the date when the clock lies outside what RFC 5322 can
+/// write (years 1900 to 9999): a clock that far off is broken, and a fixed
+/// date says nothing about this node.
+const FALLBACK_DATE: &str = "Thu, 01 Jan 1970 00:00:00 +0000";
 
-/// `now` in UTC as an RFC 5322 date, e.g. `Tue, 24 Nov 2026 10:23:54 +0000`.
+/// `now` in UTC as an RFC 5322 date, e.g. `Tue, 24 Nov 2026 10:23:54 +0000`,
+/// with the seconds rounded down.
 fn rfc5322_date(now: SystemTime) -> String {
-    let seconds = unix_seconds(now);
-    let days = seconds.div_euclid(SECONDS_PER_DAY);
-    let second_of_day = seconds.rem_euclid(SECONDS_PER_DAY);
-    let (year, month, day) = civil_from_days(days);
-    // 1970-01-01 was a Thursday (index 4 from Sunday).
-    let weekday = WEEKDAYS[(days + 4).rem_euclid(7) as usize];
-    format!(
-        "{weekday}, {day:02} {month} {year:04} {:02}:{:02}:{:02} +0000",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60,
-        month = MONTHS[month as usize - 1],
-    )
-}
-
-/// Whole seconds since the Unix epoch, rounded down (also before 1970).
-fn unix_seconds(now: SystemTime) -> i64 {
-    match now.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX / 2),
-        Err(before) => {
-            let before = before.duration();
-            let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX / 2);
-            let partial = i64::from(before.subsec_nanos() > 0);
-            -whole - partial
-        }
-    }
-}
-
-/// Proleptic Gregorian (year, month 1..=12, day 1..=31) of a count of days
-/// since 1970-01-01. Works in 400-year eras starting on 1 March, so the leap
-/// day falls at the end of each era-year.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // Shift the origin to 0000-03-01.
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097); // 0..=146_096
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153; // 0 = March
-    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    let since_epoch = match now.duration_since(UNIX_EPOCH) {
+        Ok(after) => time::Duration::try_from(after).ok(),
+        Err(before) => time::Duration::try_from(before.duration())
+            .ok()
+            .map(|before| -before),
+    };
+    since_epoch
+        .and_then(|offset| OffsetDateTime::UNIX_EPOCH.checked_add(offset))
+        .and_then(|date| date.format(&Rfc2822).ok())
+        .unwrap_or_else(|| FALLBACK_DATE.to_owned())
 }
 
 #[cfg(test)]
@@ -626,6 +501,7 @@ mod tests {
             (951_782_400, "Tue, 29 Feb 2000 00:00:00 +0000"),
             (1_709_164_800, "Thu, 29 Feb 2024 00:00:00 +0000"),
             (253_402_300_799, "Fri, 31 Dec 9999 23:59:59 +0000"),
+            (-2_208_988_800, "Mon, 01 Jan 1900 00:00:00 +0000"),
         ];
         for &(seconds, expected) in cases {
             let time = if seconds >= 0 {
@@ -646,21 +522,15 @@ mod tests {
     }
 
     #[test]
-    fn civil_from_days_matches_known_dates() {
-        let cases: &[(i64, (i64, u32, u32))] = &[
-            (0, (1970, 1, 1)),
-            (-1, (1969, 12, 31)),
-            (59, (1970, 3, 1)),
-            (11_016, (2000, 2, 29)),
-            (11_017, (2000, 3, 1)),
-            (19_723, (2024, 1, 1)),
-            (19_782, (2024, 2, 29)),
-            (20_781, (2026, 11, 24)),
-            (-719_468, (0, 3, 1)),
-            (2_932_896, (9999, 12, 31)),
+    fn falls_back_to_a_fixed_date_outside_rfc5322_years() {
+        let far_future = UNIX_EPOCH.checked_add(Duration::from_secs(i64::MAX as u64));
+        let times = [
+            Some(UNIX_EPOCH - Duration::from_secs(2_208_988_801)),
+            Some(UNIX_EPOCH + Duration::from_secs(253_402_300_800)),
+            far_future,
         ];
-        for &(days, expected) in cases {
-            assert_eq!(civil_from_days(days), expected, "{days}");
+        for time in times.into_iter().flatten() {
+            assert_eq!(rfc5322_date(time), FALLBACK_DATE, "{time:?}");
         }
     }
 }

@@ -9,6 +9,10 @@
 
 use rand::Rng;
 
+/// The measure padding works in, re-exported for callers that check it.
+pub use crate::message::dot::wire_len;
+use crate::message::header;
+
 /// Name of the padding header.
 pub const HEADER: &str = "X-Padding";
 
@@ -16,24 +20,6 @@ pub const HEADER: &str = "X-Padding";
 const LINE: usize = 72;
 /// "X-Padding: " plus at least one character and CRLF.
 const MIN_PAD: usize = HEADER.len() + 2 + 1 + 2;
-
-const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Bytes `body` takes on the wire after dot-stuffing, with the final ".\r\n".
-pub fn wire_len(body: &[u8]) -> usize {
-    let mut n = body.len() + 3;
-    let mut line_start = true;
-    for &b in body {
-        if line_start && b == b'.' {
-            n += 1;
-        }
-        line_start = b == b'\n';
-    }
-    if !body.is_empty() && !body.ends_with(b"\r\n") {
-        n += 2;
-    }
-    n
-}
 
 /// Returns `message` with a padding header so that its wire length is a
 /// multiple of `block` (0 disables padding).
@@ -60,6 +46,9 @@ fn padding_header<R: Rng + ?Sized>(size: usize, rng: &mut R) -> Vec<u8> {
     out.extend_from_slice(b": ");
     // Characters still to place, after the first line's CRLF.
     let mut left = size - HEADER.len() - 2 - 2;
+    // `left` also counts the folding bytes: a few characters to spare.
+    let chars = random_base64(left, rng);
+    let mut chars = chars.as_slice();
     let mut first = true;
     loop {
         // A continuation line costs 3 bytes besides its characters and must
@@ -73,9 +62,9 @@ fn padding_header<R: Rng + ?Sized>(size: usize, rng: &mut R) -> Vec<u8> {
         if !first {
             out.push(b' ');
         }
-        for _ in 0..take {
-            out.push(ALPHABET[rng.random_range(0..ALPHABET.len())]);
-        }
+        let (line, more) = chars.split_at(take);
+        out.extend_from_slice(line);
+        chars = more;
         out.extend_from_slice(b"\r\n");
         left -= take;
         if left == 0 {
@@ -88,24 +77,22 @@ fn padding_header<R: Rng + ?Sized>(size: usize, rng: &mut R) -> Vec<u8> {
     out
 }
 
-/// Removes a leading padding header (and its continuation lines), if any.
+/// `n` random base64 characters. Each is uniform over the alphabet: a
+/// prefix of the encoding of uniform random bytes is uniform.
+fn random_base64<R: Rng + ?Sized>(n: usize, rng: &mut R) -> Vec<u8> {
+    let mut bytes = vec![0u8; n.div_ceil(4) * 3];
+    rng.fill_bytes(&mut bytes);
+    let mut text = data_encoding::BASE64_NOPAD.encode(&bytes).into_bytes();
+    text.truncate(n);
+    text
+}
+
+/// Removes a padding header (and its continuation lines) if it is the
+/// message's first field; anything else is returned unchanged.
 pub fn strip(message: &[u8]) -> &[u8] {
-    let prefix = format!("{HEADER}:");
-    if message.len() < prefix.len()
-        || !message[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-    {
-        return message;
-    }
-    let mut pos = 0;
-    loop {
-        let Some(nl) = memchr::memchr(b'\n', &message[pos..]) else {
-            return message;
-        };
-        pos += nl + 1;
-        match message.get(pos) {
-            Some(b' ') | Some(b'\t') => continue,
-            _ => return &message[pos..],
-        }
+    match header::fields(message).next() {
+        Some(field) if field.has_name(HEADER) => &message[field.range.end..],
+        _ => message,
     }
 }
 
@@ -153,8 +140,24 @@ mod tests {
     }
 
     #[test]
-    fn it_counts_wire_bytes_like_the_smtp_client() {
-        let body = b"a\r\n.b\r\nc";
-        assert_eq!(wire_len(body), crate::relay::client::dot_stuff(body).len());
+    fn it_strips_only_a_first_field_named_x_padding() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (
+                b"x-padding: a\r\n\tb\r\n b\r\nSubject: s\r\n\r\nx",
+                b"Subject: s\r\n\r\nx",
+            ),
+            (b"X-Padding : a\r\n\r\nx", b"\r\nx"),
+            (b"X-Padding: a\r\n", b""),
+            (b"X-Padding-Not: a\r\n\r\nx", b"X-Padding-Not: a\r\n\r\nx"),
+            (
+                b"Subject: s\r\nX-Padding: a\r\n",
+                b"Subject: s\r\nX-Padding: a\r\n",
+            ),
+            (b"\r\nX-Padding: a\r\n", b"\r\nX-Padding: a\r\n"),
+            (b"", b""),
+        ];
+        for &(message, stripped) in cases {
+            assert_eq!(strip(message), stripped, "{message:?}");
+        }
     }
 }

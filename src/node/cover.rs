@@ -25,6 +25,7 @@ use crate::BoxFuture;
 use crate::address::OnionName;
 use crate::envelope::EnqueueOutcome;
 use crate::envelope::{Envelope, Message};
+use crate::message::header;
 use crate::mix::MixPolicy;
 use crate::spool::Spool;
 use crate::stats::Stats;
@@ -33,6 +34,10 @@ use crate::time::{Clock, UnixMillis};
 /// Header that carries the marker.
 pub const MARKER: &str = "X-Pluto2-Cover";
 const KEY_FILE: &str = "cover.key";
+/// Longest marker value worth decoding: a 16-byte nonce and a 32-byte tag
+/// take 97 hex characters and a dot; the rest leaves room for folding.
+/// Longer values are refused before any decoding work.
+const MAX_MARKER_VALUE: usize = 128;
 
 /// The node's secret for cover markers.
 #[derive(Clone)]
@@ -92,30 +97,24 @@ impl CoverKey {
 
     /// True if the header block carries a marker made with this key.
     pub fn is_cover(&self, message: &[u8]) -> bool {
-        let head_end = message
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or(message.len());
-        let prefix = format!("{MARKER}:");
-        message[..head_end]
-            .split(|&b| b == b'\n')
-            .filter_map(|line| {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                (line.len() > prefix.len()
-                    && line[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()))
-                .then(|| &line[prefix.len()..])
-            })
-            .any(|value| self.verify(value))
+        header::fields(message)
+            .filter(|field| field.has_name(MARKER))
+            .any(|field| self.verify(field.value))
     }
 
+    /// Checks a marker value `nonce.tag` (hex, either case, surrounding
+    /// whitespace and folding allowed).
     fn verify(&self, value: &[u8]) -> bool {
-        let Ok(text) = std::str::from_utf8(value) else {
+        if value.len() > MAX_MARKER_VALUE {
+            return false;
+        }
+        let value = value.trim_ascii();
+        let Some(dot) = memchr::memchr(b'.', value) else {
             return false;
         };
-        let Some((nonce, tag)) = text.trim().split_once('.') else {
-            return false;
-        };
-        let (Some(nonce), Some(tag)) = (unhex(nonce), unhex(tag)) else {
+        let (nonce, tag) = (&value[..dot], &value[dot + 1..]);
+        let hex = data_encoding::HEXLOWER_PERMISSIVE;
+        let (Ok(nonce), Ok(tag)) = (hex.decode(nonce), hex.decode(tag)) else {
             return false;
         };
         let mut mac = self.mac();
@@ -126,17 +125,7 @@ impl CoverKey {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.len() > 128 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    data_encoding::HEXLOWER.encode(bytes)
 }
 
 /// Body size of a cover message: log-normal around a few KiB, like typical
@@ -153,20 +142,17 @@ fn cover_size<R: Rng + ?Sized>(rng: &mut R) -> usize {
 
 /// A complete cover message to `own` (this node's onion name).
 pub fn make_message<R: Rng + ?Sized>(key: &CoverKey, own: &OnionName, rng: &mut R) -> Message {
-    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut body = format!(
         "{}\r\nSubject: {}\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n",
         key.marker(rng),
         hex(&rng.random::<[u8; 6]>()),
-    )
-    .into_bytes();
-    let mut left = cover_size(rng);
-    while left > 0 {
-        let n = left.min(76);
-        body.extend((0..n).map(|_| B64[rng.random_range(0..64)]));
-        body.extend_from_slice(b"\r\n");
-        left -= n;
-    }
+    );
+    // Base64 writes 4 characters for 3 bytes; the body then has about
+    // `cover_size` characters, in 76-character lines ending with CRLF.
+    let mut content = vec![0u8; cover_size(rng) / 4 * 3];
+    rng.fill_bytes(&mut content);
+    data_encoding::BASE64_MIME.encode_append(&content, &mut body);
+    let body = body.into_bytes();
     Message {
         envelope: Envelope {
             sender: String::new(),
@@ -260,6 +246,66 @@ mod tests {
         assert!(!key.is_cover(&forged));
         assert!(!key.is_cover(b"X-Pluto2-Cover: 00.00\r\n\r\nbody"));
         assert!(!key.is_cover(b"Subject: hello\r\n\r\nX-Pluto2-Cover: in the body\r\n"));
+    }
+
+    /// The marker line of a fresh cover message, without its CRLF.
+    fn marker_line(key: &CoverKey) -> Vec<u8> {
+        let m = make_message(key, &own(), &mut StdRng::seed_from_u64(10));
+        m.body.split(|&b| b == b'\r').next().unwrap().to_vec()
+    }
+
+    #[test]
+    fn it_recognizes_markers_in_any_header_shape() {
+        let key = CoverKey::from_bytes([3; 32]);
+        let line = marker_line(&key);
+        let value = &line[MARKER.len() + 1..];
+        let with = |prefix: &[u8], suffix: &[u8]| [prefix, value, suffix].concat();
+        let recognized = [
+            // Alone, as a bare header block without body.
+            with(b"X-Pluto2-Cover:", b""),
+            with(b"x-pluto2-cover:", b"\r\n"),
+            // Folded by a relay on the way, and with obsolete spacing.
+            with(b"Subject: s\r\nX-Pluto2-Cover:\r\n\t", b"\r\n\r\nbody"),
+            with(b"X-Pluto2-Cover :", b"\r\n\r\n"),
+            // Upper-case hex from a rewriting relay.
+            [b"X-Pluto2-Cover:", value.to_ascii_uppercase().as_slice()].concat(),
+        ];
+        for message in &recognized {
+            assert!(
+                key.is_cover(message),
+                "{}",
+                String::from_utf8_lossy(message)
+            );
+        }
+        let refused = [
+            // After the header block, or not a field of its own.
+            with(b"Subject: s\r\n\r\nX-Pluto2-Cover:", b""),
+            with(b"Subject: s\r\n X-Pluto2-Cover:", b""),
+            with(b"X-Pluto2-Cover-Not:", b""),
+            // Longer than any marker: refused before decoding.
+            with(b"X-Pluto2-Cover:", &[b' '; MAX_MARKER_VALUE]),
+        ];
+        for message in &refused {
+            assert!(
+                !key.is_cover(message),
+                "{}",
+                String::from_utf8_lossy(message)
+            );
+        }
+    }
+
+    #[test]
+    fn it_writes_the_body_as_mime_base64() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let key = CoverKey::from_bytes([4; 32]);
+        for _ in 0..20 {
+            let m = make_message(&key, &own(), &mut rng);
+            let body = header::split(&m.body).body.expect("a body");
+            assert!(body.ends_with(b"\r\n"));
+            assert!(body.split(|&b| b == b'\n').all(|line| line.len() <= 77));
+            let content = data_encoding::BASE64_MIME.decode(body).expect("base64");
+            assert!(content.len() >= 200 / 4 * 3, "{}", content.len());
+        }
     }
 
     #[test]

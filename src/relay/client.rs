@@ -470,24 +470,7 @@ async fn hello(conn: &mut Connection<'_>, name: &str) -> Result<Extensions, Fail
     Err(reply.failure(Stage::Ehlo))
 }
 
-/// Dot-stuffs the body and appends the terminator, making sure the body
-/// ends with CRLF first (RFC 5321 §4.5.2).
-pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
-    let mut line_start = true;
-    for &b in body {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        line_start = b == b'\n';
-    }
-    if !body.is_empty() && !body.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
+use crate::message::dot::stuff as dot_stuff;
 
 async fn upgrade(
     plain: Box<dyn Io>,
