@@ -1,15 +1,18 @@
 //! pluto2: an SMTP relay for Tor onion services.
 //!
-//! Layout, following the mail's path through the daemon:
+//! Layout by layer (lower layers never import higher ones; ARCHITECTURE.md
+//! holds the import table and `tests/layers.rs` enforces it):
 //!
-//! * [`config`]: the command line contract and its validation.
-//! * [`smtp`]: inbound SMTP. [`smtp::session`] is the pure protocol state
-//!   machine; [`smtp::server`] owns the sockets, limits and timeouts.
-//! * [`address`]: mailbox, domain and v3 onion name checks.
-//! * [`envelope`]: the accepted message handed from SMTP to the spool.
-//! * [`spool`]: the durable SQLite queue with group commit and replay cache.
-//! * [`daemon`]: wiring, signals and orderly shutdown.
-//! * [`logging`]: tracing setup that keeps identifying data out of logs.
+//! * values: [`address`] (mailbox, domain, v3 onion checks), [`envelope`]
+//!   (the accepted message and its enqueue outcome), [`time`] (unix ms and
+//!   the injectable clock), `redact` (identifying values hidden in logs).
+//! * codecs, pure: `message` (header tokenizer, dot-stuffing), `mix`
+//!   (release times, padding), `sanitize`, `smtp::session` and its parts.
+//! * storage: [`spool`], the durable SQLite queue with group commit.
+//! * transport: `smtp::server` (the listener), [`relay`] (SOCKS5, MX through
+//!   Tor, the SMTP client).
+//! * node policy: `node` (intake, egress, dispatch, cover), `stats`.
+//! * edges: [`config`], [`daemon`], [`logging`].
 //!
 //! See ARCHITECTURE.md for the data flow and the invariants.
 

@@ -6,6 +6,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::*;
+use crate::testkit::ks_statistic;
 
 fn batch() -> MixPolicy {
     MixPolicy::Batch {
@@ -91,18 +92,6 @@ fn a_batch_leaves_within_one_window_plus_one_jitter() {
 }
 
 /// One-sample Kolmogorov–Smirnov statistic against `cdf`.
-fn ks(mut xs: Vec<f64>, cdf: impl Fn(f64) -> f64) -> f64 {
-    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = xs.len() as f64;
-    xs.iter()
-        .enumerate()
-        .map(|(i, &x)| {
-            let f = cdf(x);
-            (f - i as f64 / n).abs().max(((i + 1) as f64 / n - f).abs())
-        })
-        .fold(0.0, f64::max)
-}
-
 #[test]
 fn delay_strategies_match_their_distributions_and_bounds() {
     let min = Duration::from_secs(3600);
@@ -128,7 +117,7 @@ fn delay_strategies_match_their_distributions_and_bounds() {
                 t as f64 - min.as_millis() as f64
             })
             .collect();
-        let d = ks(offsets.clone(), |x| strategy.cdf(x, width));
+        let d = ks_statistic(offsets.clone(), |x| strategy.cdf(x, width));
         assert!(d < critical, "{strategy:?}: KS {d:.4} >= {critical:.4}");
         // And each is distinguishable from the others: the test has teeth.
         for other in [
@@ -137,7 +126,7 @@ fn delay_strategies_match_their_distributions_and_bounds() {
             DelayStrategy::Poisson,
         ] {
             if other != strategy {
-                let d = ks(offsets.clone(), |x| other.cdf(x, width));
+                let d = ks_statistic(offsets.clone(), |x| other.cdf(x, width));
                 assert!(d > critical, "{strategy:?} samples also fit {other:?}");
             }
         }
