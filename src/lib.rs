@@ -26,6 +26,7 @@ pub mod envelope;
 pub mod logging;
 pub(crate) mod message;
 pub(crate) mod mix;
+pub mod mixnet;
 pub(crate) mod node;
 pub(crate) mod redact;
 pub mod relay;

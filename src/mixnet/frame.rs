@@ -1,0 +1,260 @@
+//! Frames on a link between two mix nodes (the `-node` listener).
+//!
+//! A frame is a type byte followed by a body whose length is fixed by the
+//! type, so the reader knows after one byte how much to expect and never
+//! reads more than one packet's worth from a stranger:
+//!
+//! | type | frame | body |
+//! |---|---|---|
+//! | 1 | HELLO | protocol version u16, network parameter hash [32], sender identity [32], clock (unix s) u64 |
+//! | 2 | PACKET | sequence u64, epoch u32, packet [`PACKET_SIZE`] |
+//! | 3 | ACK | sequence u64, status u8 |
+//! | 4 | PING | nonce u64 |
+//! | 5 | PONG | nonce u64 |
+//!
+//! Sans-I/O: [`decode`] takes the bytes read so far and says how many it
+//! used, or that it needs more.
+
+use super::packet::{PACKET_SIZE, PacketError, WirePacket};
+
+/// The link protocol version in HELLO.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+const HELLO: u8 = 1;
+const PACKET: u8 = 2;
+const ACK: u8 = 3;
+const PING: u8 = 4;
+const PONG: u8 = 5;
+
+/// The longest frame (a PACKET); a reader never needs a larger buffer.
+pub const MAX_FRAME: usize = 1 + 8 + 4 + PACKET_SIZE;
+
+/// What the receiving hop did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckStatus {
+    /// On disk: the sender may delete its copy.
+    Stored,
+    /// Seen before (replay tag known): not forwarded again; delete.
+    Duplicate,
+    /// Refused for good (bad MAC, version, delay, next hop): delete.
+    Rejected,
+    /// No mix key for the packet's epoch here: the end-to-end layer
+    /// recovers; delete.
+    UnknownEpoch,
+    /// Not taken now (storage busy or full): keep and retry later.
+    Busy,
+}
+
+impl AckStatus {
+    fn byte(self) -> u8 {
+        match self {
+            AckStatus::Stored => 1,
+            AckStatus::Duplicate => 2,
+            AckStatus::Rejected => 3,
+            AckStatus::UnknownEpoch => 4,
+            AckStatus::Busy => 5,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<AckStatus> {
+        Some(match b {
+            1 => AckStatus::Stored,
+            2 => AckStatus::Duplicate,
+            3 => AckStatus::Rejected,
+            4 => AckStatus::UnknownEpoch,
+            5 => AckStatus::Busy,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello {
+        version: u16,
+        params_hash: [u8; 32],
+        identity: [u8; 32],
+        clock_secs: u64,
+    },
+    Packet {
+        seq: u64,
+        epoch: u32,
+        packet: WirePacket,
+    },
+    Ack {
+        seq: u64,
+        status: AckStatus,
+    },
+    Ping(u64),
+    Pong(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("unknown frame type {0}")]
+    Type(u8),
+    #[error("unknown acknowledgement status {0}")]
+    Status(u8),
+    #[error("{0}")]
+    Packet(#[from] PacketError),
+}
+
+fn body_len(kind: u8) -> Result<usize, FrameError> {
+    Ok(match kind {
+        HELLO => 2 + 32 + 32 + 8,
+        PACKET => 8 + 4 + PACKET_SIZE,
+        ACK => 8 + 1,
+        PING | PONG => 8,
+        other => return Err(FrameError::Type(other)),
+    })
+}
+
+impl Frame {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Frame::Hello {
+                version,
+                params_hash,
+                identity,
+                clock_secs,
+            } => {
+                out.push(HELLO);
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(params_hash);
+                out.extend_from_slice(identity);
+                out.extend_from_slice(&clock_secs.to_be_bytes());
+            }
+            Frame::Packet { seq, epoch, packet } => {
+                out.push(PACKET);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&epoch.to_be_bytes());
+                out.extend_from_slice(packet.as_bytes());
+            }
+            Frame::Ack { seq, status } => {
+                out.push(ACK);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.push(status.byte());
+            }
+            Frame::Ping(nonce) => {
+                out.push(PING);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Frame::Pong(nonce) => {
+                out.push(PONG);
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
+        }
+    }
+}
+
+/// Decodes one frame from the start of `buf`: `Ok(None)` when more bytes
+/// are needed, otherwise the frame and the bytes it used. An unknown type
+/// is an error at once (the link is closed), before its body is read.
+pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    let Some(&kind) = buf.first() else {
+        return Ok(None);
+    };
+    let len = body_len(kind)?;
+    let Some(body) = buf.get(1..1 + len) else {
+        return Ok(None);
+    };
+    let u64_at = |at: usize| u64::from_be_bytes(body[at..at + 8].try_into().unwrap());
+    let frame = match kind {
+        HELLO => Frame::Hello {
+            version: u16::from_be_bytes([body[0], body[1]]),
+            params_hash: body[2..34].try_into().unwrap(),
+            identity: body[34..66].try_into().unwrap(),
+            clock_secs: u64_at(66),
+        },
+        PACKET => Frame::Packet {
+            seq: u64_at(0),
+            epoch: u32::from_be_bytes(body[8..12].try_into().unwrap()),
+            packet: WirePacket::from_slice(&body[12..])?,
+        },
+        ACK => Frame::Ack {
+            seq: u64_at(0),
+            status: AckStatus::from_byte(body[8]).ok_or(FrameError::Status(body[8]))?,
+        },
+        PING => Frame::Ping(u64_at(0)),
+        _ => Frame::Pong(u64_at(0)),
+    };
+    Ok(Some((frame, 1 + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_frames() -> Vec<Frame> {
+        vec![
+            Frame::Hello {
+                version: PROTOCOL_VERSION,
+                params_hash: [1; 32],
+                identity: [2; 32],
+                clock_secs: 1_700_000_000,
+            },
+            Frame::Packet {
+                seq: 7,
+                epoch: 19_000,
+                packet: WirePacket::from_slice(&[5; PACKET_SIZE]).unwrap(),
+            },
+            Frame::Ack {
+                seq: 7,
+                status: AckStatus::Duplicate,
+            },
+            Frame::Ping(42),
+            Frame::Pong(42),
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips_and_a_stream_splits_at_any_point() {
+        let mut stream = Vec::new();
+        for f in all_frames() {
+            f.encode(&mut stream);
+        }
+        for cut in [0, 1, 50, 8_000, stream.len() - 1] {
+            // Feed the stream in two pieces; frames come out whole.
+            let mut got = Vec::new();
+            let mut buf = stream[..cut].to_vec();
+            let mut fed = cut;
+            loop {
+                match decode(&buf).unwrap() {
+                    Some((frame, used)) => {
+                        got.push(frame);
+                        buf.drain(..used);
+                    }
+                    None if fed < stream.len() => {
+                        buf.extend_from_slice(&stream[fed..]);
+                        fed = stream.len();
+                    }
+                    None => break,
+                }
+            }
+            assert_eq!(got, all_frames(), "cut at {cut}");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn every_packet_frame_has_one_size() {
+        let mut a = Vec::new();
+        all_frames()[1].encode(&mut a);
+        assert_eq!(a.len(), MAX_FRAME);
+    }
+
+    #[test]
+    fn unknown_types_and_statuses_are_errors_before_any_body() {
+        assert_eq!(decode(&[9]).unwrap_err(), FrameError::Type(9));
+        assert_eq!(decode(&[0]).unwrap_err(), FrameError::Type(0));
+        let mut ack = Vec::new();
+        Frame::Ack {
+            seq: 1,
+            status: AckStatus::Stored,
+        }
+        .encode(&mut ack);
+        *ack.last_mut().unwrap() = 0;
+        assert_eq!(decode(&ack).unwrap_err(), FrameError::Status(0));
+        assert_eq!(decode(&ack[..5]).unwrap(), None);
+    }
+}
