@@ -11,4 +11,5 @@
 
 pub mod fragment;
 pub mod frame;
+pub mod link;
 pub mod packet;

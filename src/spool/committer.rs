@@ -13,10 +13,10 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error};
 
-use super::SpoolError;
-use super::delivery::{self, Disposition, LeaseBatch};
+use super::delivery::{self, Disposition, LeaseBatch, LeaseScope};
+use super::{SpoolError, mixnet};
 use crate::envelope::{EnqueueOutcome, Message, ReplayId};
-use crate::time::Clock;
+use crate::time::{Clock, UnixMillis};
 
 /// Upper bound on one group, so one huge burst cannot hold every reply
 /// behind a single enormous transaction.
@@ -40,12 +40,27 @@ pub enum Job {
     Lease {
         max: usize,
         lease_ms: u64,
+        scope: LeaseScope,
         reply: oneshot::Sender<Result<LeaseBatch, SpoolError>>,
     },
     Settle {
         outcomes: Vec<(i64, Disposition)>,
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
+    /// Mixnet custody decisions: grouped into one transaction like
+    /// enqueues, because a busy hop commits thousands a second.
+    Custody(CustodyRequest),
+    /// Any other single-transaction job (mixnet bookkeeping): runs on the
+    /// writer thread with the connection and the current time.
+    Call(WriterCall),
+}
+
+/// A job for the writer thread: the connection and the current time.
+pub type WriterCall = Box<dyn FnOnce(&mut Connection, UnixMillis) + Send>;
+
+pub struct CustodyRequest {
+    pub custody: mixnet::Custody,
+    pub reply: oneshot::Sender<mixnet::CustodyOutcome>,
 }
 
 pub struct Committer {
@@ -75,20 +90,25 @@ impl Committer {
     /// Runs until every sender is gone, then checkpoints and closes.
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut custody = Vec::with_capacity(MAX_GROUP);
         let mut others = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
                     Job::Enqueue(req) => group.push(req),
+                    Job::Custody(req) => custody.push(req),
                     other => others.push(other),
                 }
-                if group.len() < MAX_GROUP {
+                if group.len() < MAX_GROUP && custody.len() < MAX_GROUP {
                     next = rx.try_recv().ok();
                 }
             }
             if !group.is_empty() {
                 self.commit_group(&mut group);
+            }
+            if !custody.is_empty() {
+                self.commit_custody(&mut custody);
             }
             for job in others.drain(..) {
                 self.bookkeeping(job);
@@ -112,14 +132,45 @@ impl Committer {
             Job::Lease {
                 max,
                 lease_ms,
+                scope,
                 reply,
             } => {
-                let _ = reply.send(delivery::lease(&mut self.conn, now, max, lease_ms));
+                let _ = reply.send(delivery::lease(&mut self.conn, now, max, lease_ms, scope));
             }
             Job::Settle { outcomes, reply } => {
                 let _ = reply.send(delivery::settle(&mut self.conn, &outcomes));
             }
-            Job::Enqueue(_) => unreachable!("enqueues are grouped"),
+            Job::Call(call) => call(&mut self.conn, now),
+            Job::Enqueue(_) | Job::Custody(_) => unreachable!("grouped jobs"),
+        }
+    }
+
+    /// One transaction for a group of custody decisions; every requester
+    /// hears its outcome only after the COMMIT (or learns it failed).
+    fn commit_custody(&mut self, group: &mut Vec<CustodyRequest>) {
+        let now = (self.clock)();
+        let result = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(SpoolError::from)
+            .and_then(|tx| {
+                let items: Vec<&mixnet::Custody> = group.iter().map(|r| &r.custody).collect();
+                let outcomes = mixnet::custody_refs(&tx, now, &items)?;
+                tx.commit()?;
+                Ok(outcomes)
+            });
+        let outcomes = match result {
+            Ok(o) => o,
+            Err(e) => {
+                error!(
+                    "[SPOOL] custody commit of {} packet(s) failed: {e}",
+                    group.len()
+                );
+                vec![mixnet::CustodyOutcome::Failed; group.len()]
+            }
+        };
+        for (req, outcome) in group.drain(..).zip(outcomes) {
+            let _ = req.reply.send(outcome);
         }
     }
 

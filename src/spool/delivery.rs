@@ -31,6 +31,34 @@ pub struct Lease {
     pub eight_bit: bool,
     pub body: Vec<u8>,
     pub recipients: Vec<LeasedRecipient>,
+    /// For mail that left the mixnet here: its mixnet message id (the
+    /// outgoing Message-ID is derived from it).
+    pub mix_id: Option<[u8; 16]>,
+}
+
+/// Which messages the direct dispatcher may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseScope {
+    /// Direct mode: everything not handed to the mixnet.
+    All,
+    /// Mixnet mode: only mail that left the mixnet here; mail accepted by
+    /// SMTP never leaves directly.
+    ExitOnly,
+}
+
+impl LeaseScope {
+    /// SQL condition on `recipients.message_id` (a constant string, never
+    /// built from input).
+    fn condition(self) -> &'static str {
+        match self {
+            LeaseScope::All => {
+                "NOT EXISTS (SELECT 1 FROM mix_outbound o WHERE o.message = recipients.message_id)"
+            }
+            LeaseScope::ExitOnly => {
+                "EXISTS (SELECT 1 FROM messages m WHERE m.id = recipients.message_id AND m.origin = 'exit')"
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -65,18 +93,20 @@ pub fn lease(
     now: u64,
     max: usize,
     lease_ms: u64,
+    scope: LeaseScope,
 ) -> Result<LeaseBatch, SpoolError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let now_i = now as i64;
     let mut groups: BTreeMap<(i64, String), Vec<LeasedRecipient>> = BTreeMap::new();
     let mut order: Vec<(i64, String)> = Vec::new();
     {
-        let mut due = tx.prepare_cached(
+        let mut due = tx.prepare_cached(&format!(
             "SELECT id, message_id, address, attempts FROM recipients
-             WHERE (state IN ('queued', 'deferred') AND next_attempt <= ?1)
-                OR (state = 'leased' AND lease_until <= ?1)
+             WHERE ((state IN ('queued', 'deferred') AND next_attempt <= ?1)
+                OR (state = 'leased' AND lease_until <= ?1)) AND {}
              ORDER BY next_attempt, random() LIMIT ?2",
-        )?;
+            scope.condition()
+        ))?;
         // Ties in release time are broken at random (SQLite's ChaCha20-based
         // random()), never by arrival order, which would leak it.
         // Enough rows for `max` full groups; a message has at most
@@ -111,21 +141,23 @@ pub fn lease(
             "UPDATE recipients SET state = 'leased', lease_until = ?2 WHERE id = ?1",
         )?;
         let mut load = tx.prepare_cached(
-            "SELECT sender, smtputf8, eight_bit, body FROM messages WHERE id = ?1",
+            "SELECT sender, smtputf8, eight_bit, body, mix_id FROM messages WHERE id = ?1",
         )?;
         for key in order {
             let recipients = groups.remove(&key).unwrap_or_default();
             for r in &recipients {
                 mark.execute(params![r.id, (now + lease_ms) as i64])?;
             }
-            let (sender, smtputf8, eight_bit, body) = load.query_row(params![key.0], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, bool>(1)?,
-                    r.get::<_, bool>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                ))
-            })?;
+            let (sender, smtputf8, eight_bit, body, mix_id) =
+                load.query_row(params![key.0], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, bool>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, Option<Vec<u8>>>(4)?,
+                    ))
+                })?;
             leases.push(Lease {
                 message_id: key.0,
                 domain: key.1,
@@ -134,14 +166,19 @@ pub fn lease(
                 eight_bit,
                 body,
                 recipients,
+                mix_id: mix_id.and_then(|id| id.as_slice().try_into().ok()),
             });
         }
     }
     let next_due: Option<i64> = tx.query_row(
-        "SELECT MIN(t) FROM (
-             SELECT MIN(next_attempt) AS t FROM recipients WHERE state IN ('queued', 'deferred')
-             UNION ALL
-             SELECT MIN(lease_until) FROM recipients WHERE state = 'leased')",
+        &format!(
+            "SELECT MIN(t) FROM (
+                 SELECT MIN(next_attempt) AS t FROM recipients
+                 WHERE state IN ('queued', 'deferred') AND {c}
+                 UNION ALL
+                 SELECT MIN(lease_until) FROM recipients WHERE state = 'leased' AND {c})",
+            c = scope.condition()
+        ),
         [],
         |r| r.get(0),
     )?;

@@ -7,6 +7,7 @@
 
 mod committer;
 mod delivery;
+pub mod mixnet;
 pub mod report;
 mod schema;
 
@@ -14,16 +15,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-pub use delivery::{Disposition, Lease, LeaseBatch, LeasedRecipient};
+pub use delivery::{Disposition, Lease, LeaseBatch, LeaseScope, LeasedRecipient};
 pub use report::QueueReport;
 pub use schema::SPOOL_FILE;
 
 use crate::envelope::EnqueueOutcome;
 use crate::envelope::Message;
 use crate::time::Clock;
-use committer::{Committer, EnqueueRequest, Job};
+use crate::time::UnixMillis;
+use committer::{Committer, CustodyRequest, EnqueueRequest, Job};
+use mixnet::{
+    Custody, CustodyOutcome, EntryAck, ExitCompletion, Launch, MixId, MixnetCounts, MixnetLease,
+    NodeBytes, OutPacket, Overdue, PacketBatch, PacketSettle, Stalled, StoredFragment,
+};
 
 /// Requests waiting for the committer. Bounded so that a storage stall
 /// pushes back on sessions (they wait before their 250) instead of piling
@@ -49,6 +55,10 @@ pub enum SpoolError {
 pub struct Spool {
     tx: mpsc::Sender<Job>,
     new_mail: Arc<Notify>,
+    /// Bumped whenever packets are queued, so link tasks waiting for work
+    /// wake up; a watch never loses a change that happened between a
+    /// check and the wait.
+    packets: Arc<watch::Sender<u64>>,
 }
 
 /// Joins the committer thread once every [`Spool`] handle is dropped.
@@ -77,7 +87,15 @@ impl Spool {
         let thread = std::thread::Builder::new()
             .name("spool-committer".into())
             .spawn(move || committer.run(rx))?;
-        Ok((Spool { tx, new_mail }, SpoolCloser { thread }))
+        let packets = Arc::new(watch::channel(0).0);
+        Ok((
+            Spool {
+                tx,
+                new_mail,
+                packets,
+            },
+            SpoolCloser { thread },
+        ))
     }
 
     /// Stores the message durably, first due for delivery at `release_at`
@@ -107,11 +125,23 @@ impl Spool {
 
     /// Hands out up to `max` groups of due recipients for `lease`.
     pub async fn lease(&self, max: usize, lease: Duration) -> Result<LeaseBatch, SpoolError> {
+        self.lease_scoped(max, lease, LeaseScope::All).await
+    }
+
+    /// Like [`Spool::lease`], limited to `scope` (mixnet mode leases only
+    /// mail that left the mixnet here).
+    pub async fn lease_scoped(
+        &self,
+        max: usize,
+        lease: Duration,
+        scope: LeaseScope,
+    ) -> Result<LeaseBatch, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Job::Lease {
                 max,
                 lease_ms: lease.as_millis() as u64,
+                scope,
                 reply,
             })
             .await
@@ -127,6 +157,182 @@ impl Spool {
             .await
             .map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
+    }
+}
+
+/// The mixnet's storage operations. Each runs in its own transaction on
+/// the writer thread (custody decisions in groups), so "returned Ok" always
+/// means "committed".
+impl Spool {
+    /// Changes whenever packets were queued; link tasks wait on it.
+    pub fn packet_events(&self) -> watch::Receiver<u64> {
+        self.packets.subscribe()
+    }
+
+    fn packets_queued(&self) {
+        self.packets.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Runs `f` on the writer thread and waits for its result.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection, UnixMillis) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Call(Box::new(move |conn, now| {
+            let _ = reply.send(f(conn, now));
+        }));
+        self.tx.send(job).await.map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Records a replay tag and what must be kept with it, in a group
+    /// commit; the link acknowledges the packet according to the outcome.
+    pub async fn custody(&self, custody: Custody) -> CustodyOutcome {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .tx
+            .send(Job::Custody(CustodyRequest { custody, reply }))
+            .await
+            .is_err()
+        {
+            return CustodyOutcome::Failed;
+        }
+        let outcome = answer.await.unwrap_or(CustodyOutcome::Failed);
+        if matches!(outcome, CustodyOutcome::Stored) {
+            self.packets_queued();
+        }
+        outcome
+    }
+
+    /// Queues packets outside a custody decision.
+    pub async fn queue_packets(&self, packets: Vec<OutPacket>) -> Result<(), SpoolError> {
+        self.call(move |conn, _| mixnet::queue_packets(conn, &packets))
+            .await?;
+        self.packets_queued();
+        Ok(())
+    }
+
+    /// Leases up to `max` due packets for `next_hop` for `lease`.
+    pub async fn lease_packets(
+        &self,
+        next_hop: NodeBytes,
+        max: usize,
+        lease: Duration,
+    ) -> Result<PacketBatch, SpoolError> {
+        let lease_ms = lease.as_millis() as u64;
+        self.call(move |conn, now| mixnet::lease_packets(conn, now, &next_hop, max, lease_ms))
+            .await
+    }
+
+    pub async fn settle_packets(
+        &self,
+        outcomes: Vec<(i64, PacketSettle)>,
+    ) -> Result<(), SpoolError> {
+        self.call(move |conn, _| mixnet::settle_packets(conn, &outcomes))
+            .await
+    }
+
+    /// Next hops with packets waiting.
+    pub async fn waiting_hops(&self) -> Result<Vec<NodeBytes>, SpoolError> {
+        self.call(|conn, _| mixnet::waiting_hops(conn)).await
+    }
+
+    /// Deletes packets past their custody deadline; counts by kind.
+    pub async fn expire_packets(&self) -> Result<Vec<(mixnet::PacketKind, u64)>, SpoolError> {
+        self.call(mixnet::expire_packets).await
+    }
+
+    /// At start: voids packet leases and gives overdue packets a fresh
+    /// release time from `fresh`.
+    pub async fn restart_packets(
+        &self,
+        fresh: impl FnMut() -> UnixMillis + Send + 'static,
+    ) -> Result<usize, SpoolError> {
+        self.call(move |conn, now| mixnet::restart_packets(conn, now, fresh))
+            .await
+    }
+
+    pub async fn fragments(&self, mix_id: MixId) -> Result<Vec<StoredFragment>, SpoolError> {
+        self.call(move |conn, _| mixnet::fragments(conn, &mix_id))
+            .await
+    }
+
+    /// Moves a completed message into the spool; false if it was done before.
+    pub async fn complete_at_exit(&self, completion: ExitCompletion) -> Result<bool, SpoolError> {
+        let fresh = self
+            .call(move |conn, now| mixnet::complete_at_exit(conn, now, &completion))
+            .await?;
+        self.new_mail.notify_one();
+        self.packets_queued();
+        Ok(fresh)
+    }
+
+    /// Incomplete messages idle for `stall`, each with a reply block taken.
+    pub async fn take_stalled(
+        &self,
+        stall: Duration,
+        max: usize,
+    ) -> Result<Vec<Stalled>, SpoolError> {
+        let stall_ms = stall.as_millis() as u64;
+        self.call(move |conn, now| mixnet::take_stalled(conn, now, stall_ms, max))
+            .await
+    }
+
+    /// SMTP messages due to enter the mixnet, and when the next one is due.
+    pub async fn due_for_mixnet(
+        &self,
+        max: usize,
+    ) -> Result<(Vec<MixnetLease>, Option<UnixMillis>), SpoolError> {
+        self.call(move |conn, now| mixnet::due_for_mixnet(conn, now, max))
+            .await
+    }
+
+    pub async fn launch(&self, launch: Launch) -> Result<(), SpoolError> {
+        self.call(move |conn, _| mixnet::launch(conn, &launch))
+            .await?;
+        self.packets_queued();
+        Ok(())
+    }
+
+    pub async fn reply_recovery(
+        &self,
+        reply_id: [u8; 16],
+    ) -> Result<Option<(MixId, u16, Vec<u8>)>, SpoolError> {
+        self.call(move |conn, _| mixnet::reply_recovery(conn, &reply_id))
+            .await
+    }
+
+    pub async fn acknowledge(&self, mix_id: MixId, ack: EntryAck) -> Result<bool, SpoolError> {
+        self.call(move |conn, _| mixnet::acknowledge(conn, &mix_id, &ack))
+            .await
+    }
+
+    pub async fn overdue(
+        &self,
+        max: usize,
+    ) -> Result<(Vec<Overdue>, Option<UnixMillis>), SpoolError> {
+        self.call(move |conn, now| mixnet::overdue(conn, now, max))
+            .await
+    }
+
+    pub async fn give_up(&self, mix_id: MixId) -> Result<bool, SpoolError> {
+        self.call(move |conn, _| mixnet::give_up(conn, &mix_id))
+            .await
+    }
+
+    pub async fn complete_candidates(&self, max: usize) -> Result<Vec<MixId>, SpoolError> {
+        self.call(move |conn, _| mixnet::complete_candidates(conn, max))
+            .await
+    }
+
+    pub async fn drop_fragments(&self, mix_id: MixId) -> Result<(), SpoolError> {
+        self.call(move |conn, _| mixnet::drop_fragments(conn, &mix_id))
+            .await
+    }
+
+    pub async fn mixnet_counts(&self) -> Result<MixnetCounts, SpoolError> {
+        self.call(|conn, _| mixnet::counts(conn)).await
     }
 }
 

@@ -10,8 +10,9 @@ use super::SpoolError;
 /// File name of the spool inside `-data-dir`.
 pub const SPOOL_FILE: &str = "spool.sqlite";
 
-/// Bumped whenever the layout below changes incompatibly.
-const SCHEMA_VERSION: i64 = 1;
+/// Bumped whenever the layout below changes; older spools are migrated
+/// forward in [`migrate`], newer ones are refused.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Readers (`pluto2 queue`) and the writer share the file; a short busy
 /// wait covers the moment of a checkpoint instead of failing.
@@ -54,9 +55,17 @@ fn migrate(conn: &Connection) -> Result<(), SpoolError> {
     if version == SCHEMA_VERSION {
         return Ok(());
     }
-    if version != 0 {
+    if version > SCHEMA_VERSION {
         return Err(SpoolError::SchemaVersion(version));
     }
+    if version == 0 {
+        create_v1(conn)?;
+    }
+    migrate_v1_to_v2(conn)?;
+    Ok(())
+}
+
+fn create_v1(conn: &Connection) -> Result<(), SpoolError> {
     conn.execute_batch(
         "BEGIN;
          CREATE TABLE messages (
@@ -90,6 +99,69 @@ fn migrate(conn: &Connection) -> Result<(), SpoolError> {
     Ok(())
 }
 
+/// The mixnet's custody tables (see `spool::mixnet`), and two columns on
+/// messages: where a message came from (`smtp` at an entry, `exit` when it
+/// left the mixnet here) and, for the latter, its mixnet message id.
+fn migrate_v1_to_v2(conn: &Connection) -> Result<(), SpoolError> {
+    conn.execute_batch(
+        "BEGIN;
+         ALTER TABLE messages ADD COLUMN origin TEXT NOT NULL DEFAULT 'smtp'
+             CHECK (origin IN ('smtp', 'exit'));
+         ALTER TABLE messages ADD COLUMN mix_id BLOB;
+         CREATE TABLE mix_packets (
+             id          INTEGER PRIMARY KEY,
+             next_hop    BLOB    NOT NULL,
+             epoch       INTEGER NOT NULL,
+             bytes       BLOB    NOT NULL,
+             kind        TEXT    NOT NULL CHECK (kind IN ('forward', 'fragment', 'ack')),
+             release_at  INTEGER NOT NULL,
+             deadline    INTEGER NOT NULL,
+             attempts    INTEGER NOT NULL DEFAULT 0,
+             lease_until INTEGER NOT NULL DEFAULT 0
+         );
+         CREATE INDEX mix_packets_due ON mix_packets(next_hop, release_at);
+         CREATE TABLE mix_tags (
+             tag     BLOB    PRIMARY KEY,
+             epoch   INTEGER NOT NULL,
+             seen_at INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TABLE mix_fragments (
+             mix_id      BLOB    NOT NULL,
+             idx         INTEGER NOT NULL,
+             count       INTEGER NOT NULL,
+             blob_len    INTEGER NOT NULL,
+             blob_hash   BLOB    NOT NULL,
+             reply_block BLOB,
+             data        BLOB    NOT NULL,
+             received_at INTEGER NOT NULL,
+             PRIMARY KEY (mix_id, idx)
+         ) WITHOUT ROWID;
+         CREATE TABLE mix_done (
+             mix_id  BLOB    PRIMARY KEY,
+             done_at INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TABLE mix_outbound (
+             mix_id     BLOB    PRIMARY KEY,
+             message    INTEGER NOT NULL UNIQUE REFERENCES messages(id) ON DELETE CASCADE,
+             exit       BLOB    NOT NULL,
+             fragments  INTEGER NOT NULL,
+             acked      BLOB,
+             next_check INTEGER NOT NULL,
+             give_up_at INTEGER NOT NULL,
+             rounds     INTEGER NOT NULL DEFAULT 0
+         ) WITHOUT ROWID;
+         CREATE TABLE mix_replies (
+             reply_id   BLOB    PRIMARY KEY,
+             mix_id     BLOB    NOT NULL REFERENCES mix_outbound(mix_id) ON DELETE CASCADE,
+             recovery   BLOB    NOT NULL
+         ) WITHOUT ROWID;
+         CREATE INDEX mix_replies_message ON mix_replies(mix_id);
+         PRAGMA user_version = 2;
+         COMMIT;",
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +184,33 @@ mod tests {
         assert_eq!(journal, "wal");
         assert_eq!(synchronous, 2, "synchronous=FULL");
         assert_eq!(secure_delete, 1);
+    }
+
+    #[test]
+    fn a_version_1_spool_keeps_its_mail_and_gains_the_mixnet_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(SPOOL_FILE)).unwrap();
+            create_v1(&conn).unwrap();
+            conn.execute(
+                "INSERT INTO messages (received_at, sender, smtputf8, eight_bit, body)
+                 VALUES (1, 'a@b.example', 0, 0, x'00')",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open_writer(dir.path()).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let origin: String = conn
+            .query_row("SELECT origin FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(origin, "smtp");
+        let packets: i64 = conn
+            .query_row("SELECT COUNT(*) FROM mix_packets", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(packets, 0);
     }
 }

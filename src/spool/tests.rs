@@ -325,3 +325,251 @@ async fn it_releases_leases_of_a_crashed_run_on_open() {
     );
     t.close().await;
 }
+
+mod mixnet_storage {
+    use super::*;
+    use crate::spool::mixnet::{
+        Custody, CustodyOutcome, EntryAck, ExitCompletion, Launch, OutPacket, PacketKind,
+        PacketSettle, StoredFragment,
+    };
+
+    fn packet(next: u8, release_at: u64) -> OutPacket {
+        OutPacket {
+            next_hop: [next; 32],
+            epoch: 0,
+            bytes: vec![next; 100],
+            kind: PacketKind::Forward,
+            release_at,
+            deadline: release_at + 60_000,
+        }
+    }
+
+    fn fragment(index: u16, count: u16) -> StoredFragment {
+        StoredFragment {
+            mix_id: [7; 16],
+            index,
+            count,
+            blob_len: 10,
+            blob_hash: [1; 32],
+            reply_block: Some(vec![index as u8; 8]),
+            data: vec![index as u8],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_known_tag_is_a_duplicate_and_keeps_nothing_even_after_a_restart() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        let forward = |tag: u8| Custody::Forward {
+            tag: [tag; 32],
+            epoch: 0,
+            packet: packet(2, 1_500),
+        };
+        assert_eq!(t.spool.custody(forward(1)).await, CustodyOutcome::Stored);
+        assert_eq!(t.spool.custody(forward(1)).await, CustodyOutcome::Duplicate);
+        let t = t.reopen().await;
+        assert_eq!(t.spool.custody(forward(1)).await, CustodyOutcome::Duplicate);
+        assert_eq!(t.spool.mixnet_counts().await.unwrap().packets_forward, 1);
+        t.close().await;
+    }
+
+    #[tokio::test]
+    async fn packets_leave_only_when_due_and_only_on_acknowledgement() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        t.spool
+            .queue_packets(vec![packet(2, 2_000), packet(3, 1_000)])
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(10);
+        let none = t.spool.lease_packets([2; 32], 8, lease).await.unwrap();
+        assert!(none.packets.is_empty(), "not before its release time");
+        assert_eq!(none.next_due, Some(2_000));
+        t.set_now(2_000);
+        let batch = t.spool.lease_packets([2; 32], 8, lease).await.unwrap();
+        assert_eq!(batch.packets.len(), 1);
+        let again = t.spool.lease_packets([2; 32], 8, lease).await.unwrap();
+        assert!(
+            again.packets.is_empty(),
+            "a leased packet is not handed out twice"
+        );
+        let id = batch.packets[0].id;
+        t.spool
+            .settle_packets(vec![(id, PacketSettle::Retry { at: 5_000 })])
+            .await
+            .unwrap();
+        t.set_now(5_000);
+        let retry = t.spool.lease_packets([2; 32], 8, lease).await.unwrap();
+        assert_eq!(retry.packets[0].bytes, batch.packets[0].bytes, "same bytes");
+        assert_eq!(retry.packets[0].attempts, 1);
+        t.spool
+            .settle_packets(vec![(id, PacketSettle::Done)])
+            .await
+            .unwrap();
+        assert_eq!(t.spool.waiting_hops().await.unwrap(), vec![[3; 32]]);
+        t.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_restart_gives_overdue_packets_fresh_release_times() {
+        let t = TestSpool::open(Duration::ZERO, 10_000);
+        t.spool
+            .queue_packets(vec![packet(2, 1_000), packet(2, 20_000)])
+            .await
+            .unwrap();
+        let mut next = 30_000;
+        let moved = t
+            .spool
+            .restart_packets(move || {
+                next += 1;
+                next
+            })
+            .await
+            .unwrap();
+        assert_eq!(moved, 1);
+        let batch = t
+            .spool
+            .lease_packets([2; 32], 8, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(
+            batch.packets.is_empty(),
+            "nothing is due right after the restart"
+        );
+        assert_eq!(batch.next_due, Some(20_000));
+        t.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_exit_moves_a_complete_message_into_the_spool_once() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        for (i, tag) in [(0u16, 10u8), (1, 11)] {
+            let outcome = t
+                .spool
+                .custody(Custody::Fragment {
+                    tag: [tag; 32],
+                    epoch: 0,
+                    fragment: fragment(i, 2),
+                })
+                .await;
+            assert_eq!(outcome, CustodyOutcome::FragmentStored { have: i + 1 });
+        }
+        assert_eq!(t.spool.complete_candidates(8).await.unwrap(), vec![[7; 16]]);
+        assert_eq!(t.spool.fragments([7; 16]).await.unwrap().len(), 2);
+        let completion = || ExitCompletion {
+            mix_id: [7; 16],
+            message: message("body", 2),
+            release_at: 1_000,
+            ack: Some(OutPacket {
+                kind: PacketKind::Ack,
+                ..packet(4, 1_000)
+            }),
+        };
+        assert!(t.spool.complete_at_exit(completion()).await.unwrap());
+        assert!(
+            !t.spool.complete_at_exit(completion()).await.unwrap(),
+            "once"
+        );
+        assert_eq!(t.report().messages, 1);
+        let counts = t.spool.mixnet_counts().await.unwrap();
+        assert_eq!((counts.exit_partial, counts.packets_ack), (0, 2));
+        // A late copy of a fragment is answered, never stored again.
+        let late = t
+            .spool
+            .custody(Custody::Fragment {
+                tag: [12; 32],
+                epoch: 0,
+                fragment: fragment(0, 2),
+            })
+            .await;
+        assert_eq!(late, CustodyOutcome::AlreadyDone);
+        let lease = t.spool.lease(8, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(lease.leases[0].mix_id, Some([7; 16]));
+        t.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_entry_keeps_a_message_until_complete_and_never_leases_it_directly() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        assert_eq!(
+            t.spool.enqueue(message("hello", 1), 1_000).await,
+            EnqueueOutcome::Queued
+        );
+        let exit_only = t
+            .spool
+            .lease_scoped(8, Duration::from_secs(5), LeaseScope::ExitOnly)
+            .await
+            .unwrap();
+        assert!(exit_only.leases.is_empty() && exit_only.next_due.is_none());
+        let (due, _) = t.spool.due_for_mixnet(8).await.unwrap();
+        assert_eq!(due.len(), 1);
+        t.spool
+            .launch(Launch {
+                spool_message: due[0].spool_message,
+                mix_id: [5; 16],
+                exit: [9; 32],
+                fragments: 1,
+                next_check: 5_000,
+                give_up_at: 50_000,
+                replies: vec![([6; 16], vec![1, 2, 3])],
+                packets: vec![packet(2, 1_000)],
+            })
+            .await
+            .unwrap();
+        assert!(t.spool.due_for_mixnet(8).await.unwrap().0.is_empty());
+        let direct = t.spool.lease(8, Duration::from_secs(5)).await.unwrap();
+        assert!(direct.leases.is_empty(), "in the mixnet: never direct");
+        assert_eq!(
+            t.spool.reply_recovery([6; 16]).await.unwrap(),
+            Some(([5; 16], 1, vec![1, 2, 3]))
+        );
+        t.set_now(5_000);
+        let (overdue, _) = t.spool.overdue(8).await.unwrap();
+        assert_eq!(overdue.len(), 1);
+        assert_eq!(overdue[0].message.body, b"hello");
+        assert!(
+            t.spool
+                .acknowledge([5; 16], EntryAck::Partial(vec![0]))
+                .await
+                .unwrap()
+        );
+        assert_eq!(t.report().messages, 1, "kept until COMPLETE");
+        assert!(
+            t.spool
+                .acknowledge([5; 16], EntryAck::Complete)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !t.spool
+                .acknowledge([5; 16], EntryAck::Complete)
+                .await
+                .unwrap()
+        );
+        assert_eq!(t.report().messages, 0);
+        assert_eq!(t.spool.reply_recovery([6; 16]).await.unwrap(), None);
+        t.close().await;
+    }
+
+    #[tokio::test]
+    async fn stalled_messages_yield_each_reply_block_once() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        t.spool
+            .custody(Custody::Fragment {
+                tag: [1; 32],
+                epoch: 0,
+                fragment: fragment(1, 3),
+            })
+            .await;
+        let stall = Duration::from_secs(10);
+        assert!(t.spool.take_stalled(stall, 8).await.unwrap().is_empty());
+        t.set_now(20_000);
+        let stalled = t.spool.take_stalled(stall, 8).await.unwrap();
+        assert_eq!(stalled.len(), 1);
+        assert_eq!((stalled[0].count, stalled[0].have.clone()), (3, vec![1]));
+        t.set_now(40_000);
+        assert!(
+            t.spool.take_stalled(stall, 8).await.unwrap().is_empty(),
+            "its only reply block is used"
+        );
+        t.close().await;
+    }
+}

@@ -1,0 +1,426 @@
+//! Links between mix nodes: the `-node` listener and one persistent
+//! outbound stream per peer, through the Tor SOCKS dialer.
+//!
+//! Transport only: frames in, frames out, deadlines and bounds. What a
+//! packet means, when it may leave and what to do with an acknowledgement
+//! is node policy, reached through [`PacketHandler`] (inbound) and
+//! [`PacketSource`] (outbound).
+//!
+//! Both sides start with HELLO (protocol version, hash of the network
+//! parameters, identity, clock); a peer with another version or other
+//! parameters is refused, because a node that mixes with other delays or
+//! sizes would stand out. After that the sender keeps at most `window`
+//! packets unacknowledged; each PACKET's sequence number is the sender's
+//! spool row, so an ACK names exactly what may be deleted.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::frame::{self, AckStatus, Frame, FrameError, MAX_FRAME, PROTOCOL_VERSION};
+use super::packet::{NodeId, WirePacket};
+use crate::BoxFuture;
+use crate::redact::Sensitive;
+use crate::relay::socks::SocksDialer;
+
+/// Settings shared by both directions.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// This node's identity (sent in HELLO).
+    pub identity: [u8; 32],
+    /// Hash of the network parameters; peers must match.
+    pub params_hash: [u8; 32],
+    /// Unacknowledged packets allowed per link.
+    pub window: usize,
+    /// A link that shows no frame for this long is closed (peers ping
+    /// well within it).
+    pub idle_timeout: Duration,
+    /// Interval of PINGs on an idle outbound link.
+    pub ping_interval: Duration,
+    /// Bound on connecting (SOCKS and HELLO).
+    pub connect_timeout: Duration,
+    /// Outbound links are closed and reopened (a new Tor circuit) after
+    /// this long.
+    pub max_age: Duration,
+    /// Inbound connections at once.
+    pub max_inbound: usize,
+}
+
+/// Receives packets from inbound links. The returned status is sent back
+/// as ACK, so it must come only once the packet's fate is durable.
+pub trait PacketHandler: Send + Sync {
+    fn receive(&self, epoch: u32, packet: WirePacket) -> BoxFuture<'_, AckStatus>;
+}
+
+/// A packet an outbound link may send now.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The spool row: it is the frame's sequence number.
+    pub id: i64,
+    pub epoch: u32,
+    pub packet: WirePacket,
+}
+
+/// Supplies and settles the packets for one peer (node policy).
+pub trait PacketSource: Send + Sync {
+    /// Up to `max` packets due for `peer` now; `None` in the second slot
+    /// when nothing else is waiting, otherwise when to ask again.
+    fn take(&self, peer: NodeId, max: usize) -> BoxFuture<'_, (Vec<Outgoing>, Option<Duration>)>;
+    /// The peer answered for packet `id`.
+    fn acked(&self, peer: NodeId, id: i64, status: AckStatus) -> BoxFuture<'_, ()>;
+    /// These packets were sent but not acknowledged before the link broke.
+    fn unacked(&self, peer: NodeId, ids: Vec<i64>) -> BoxFuture<'_, ()>;
+    /// The link to `peer` came up or went down.
+    fn link_state(&self, peer: NodeId, up: bool);
+    /// Changes whenever new packets may be waiting. The link keeps its
+    /// receiver across checks, so a change between a `take` that found
+    /// nothing and the wait is never missed.
+    fn events(&self) -> watch::Receiver<u64>;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("no frame for {0:?}")]
+    Idle(Duration),
+    #[error("peer closed the link")]
+    Closed,
+    #[error("expected HELLO first")]
+    NoHello,
+    #[error("peer speaks link protocol {0}, we speak {PROTOCOL_VERSION}")]
+    Version(u16),
+    #[error("peer has other network parameters (nodes.json params differ)")]
+    Params,
+    #[error("SOCKS: {0}")]
+    Socks(String),
+    #[error("acknowledgement for a packet that was not sent")]
+    StrayAck,
+    #[error("timed out connecting")]
+    ConnectTimeout,
+}
+
+/// Reads whole frames from a stream with a deadline per frame. The buffer
+/// never holds more than one frame plus one read.
+struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    fn new() -> Self {
+        FrameReader {
+            buf: Vec::with_capacity(2 * MAX_FRAME),
+        }
+    }
+
+    async fn next<R: AsyncReadExt + Unpin>(
+        &mut self,
+        stream: &mut R,
+        idle: Duration,
+    ) -> Result<Frame, LinkError> {
+        loop {
+            if let Some((frame, used)) = frame::decode(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(frame);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = tokio::time::timeout(idle, stream.read(&mut chunk))
+                .await
+                .map_err(|_| LinkError::Idle(idle))??;
+            if n == 0 {
+                return Err(LinkError::Closed);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn hello(cfg: &LinkConfig) -> Frame {
+    let clock_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Frame::Hello {
+        version: PROTOCOL_VERSION,
+        params_hash: cfg.params_hash,
+        identity: cfg.identity,
+        clock_secs,
+    }
+}
+
+/// Checks the peer's HELLO; returns its identity.
+fn check_hello(cfg: &LinkConfig, frame: Frame) -> Result<[u8; 32], LinkError> {
+    match frame {
+        Frame::Hello {
+            version,
+            params_hash,
+            identity,
+            ..
+        } => {
+            if version != PROTOCOL_VERSION {
+                return Err(LinkError::Version(version));
+            }
+            if params_hash != cfg.params_hash {
+                return Err(LinkError::Params);
+            }
+            Ok(identity)
+        }
+        _ => Err(LinkError::NoHello),
+    }
+}
+
+async fn write_frame(
+    stream: &mut (impl AsyncWriteExt + Unpin),
+    frame: &Frame,
+) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(MAX_FRAME);
+    frame.encode(&mut out);
+    stream.write_all(&out).await
+}
+
+/// Accepts links until shutdown; each connection gets its own task on
+/// `tracker`, at most `max_inbound` at once.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: Arc<LinkConfig>,
+    handler: Arc<dyn PacketHandler>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(cfg.max_inbound));
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!("[MIXNET] link accept failed: {e}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    }
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            debug!("[MIXNET] link refused: too many inbound links");
+            continue;
+        };
+        let (cfg, handler, stop) = (cfg.clone(), handler.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            if let Err(e) = inbound(stream, &cfg, handler, stop).await {
+                debug!("[MIXNET] inbound link closed: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// One inbound link: HELLO, then packets handled concurrently (at most
+/// `window` at once), each acknowledged when its handler answers.
+async fn inbound(
+    stream: TcpStream,
+    cfg: &LinkConfig,
+    handler: Arc<dyn PacketHandler>,
+    shutdown: CancellationToken,
+) -> Result<(), LinkError> {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut reader = FrameReader::new();
+    let first = reader.next(&mut rd, cfg.connect_timeout).await?;
+    let peer = check_hello(cfg, first)?;
+    write_frame(&mut wr, &hello(cfg)).await?;
+    debug!("[MIXNET] inbound link from {}", Sensitive(hex(&peer)));
+    // Replies go through one writer task so handlers never share the socket.
+    let (out_tx, mut out_rx) = mpsc::channel::<Frame>(cfg.window * 2 + 4);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if write_frame(&mut wr, &frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let in_flight = Arc::new(Semaphore::new(cfg.window));
+    let handlers = TaskTracker::new();
+    let result = loop {
+        let frame = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            f = reader.next(&mut rd, cfg.idle_timeout) => f,
+        };
+        match frame {
+            Ok(Frame::Packet { seq, epoch, packet }) => {
+                // A peer over its window waits here: backpressure, not loss.
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break Ok(());
+                };
+                let (handler, out) = (handler.clone(), out_tx.clone());
+                handlers.spawn(async move {
+                    let status = handler.receive(epoch, packet).await;
+                    let _ = out.send(Frame::Ack { seq, status }).await;
+                    drop(permit);
+                });
+            }
+            Ok(Frame::Ping(nonce)) => {
+                let _ = out_tx.send(Frame::Pong(nonce)).await;
+            }
+            Ok(Frame::Pong(_)) => {}
+            Ok(Frame::Hello { .. }) | Ok(Frame::Ack { .. }) => break Err(LinkError::NoHello),
+            Err(e) => break Err(e),
+        }
+    };
+    // Packets already being stored finish and are acknowledged if the peer
+    // is still there; a lost ACK only means a retry, which is a duplicate.
+    handlers.close();
+    handlers.wait().await;
+    drop(out_tx);
+    let _ = writer.await;
+    result
+}
+
+/// Keeps a link to `peer` open while there is work or health to check, and
+/// sends what `source` gives it. Runs until shutdown.
+pub async fn run_peer(
+    peer: NodeId,
+    host: String,
+    port: u16,
+    dialer: SocksDialer,
+    cfg: Arc<LinkConfig>,
+    source: Arc<dyn PacketSource>,
+    shutdown: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = outbound(peer, &host, port, &dialer, &cfg, source.as_ref(), &shutdown) => r,
+        };
+        source.link_state(peer, false);
+        match result {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                info!("[MIXNET] link to a peer failed ({e}); retrying");
+            }
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        // 1 s, 2 s, 4 s … capped at a minute, with jitter so peers that lost
+        // a node together do not reconnect in lockstep.
+        let base = Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60));
+        let pause = base.mul_f64(rand::rng().random_range(0.5..1.0));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+async fn outbound(
+    peer: NodeId,
+    host: &str,
+    port: u16,
+    dialer: &SocksDialer,
+    cfg: &LinkConfig,
+    source: &dyn PacketSource,
+    shutdown: &CancellationToken,
+) -> Result<(), LinkError> {
+    let stream = tokio::time::timeout(cfg.connect_timeout, dialer.connect(host, port))
+        .await
+        .map_err(|_| LinkError::ConnectTimeout)?
+        .map_err(|e| LinkError::Socks(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    write_frame(&mut wr, &hello(cfg)).await?;
+    let mut reader = FrameReader::new();
+    let answer = reader.next(&mut rd, cfg.connect_timeout).await?;
+    // The peer's identity in HELLO is informative: the onion name we
+    // dialled already authenticates it (Tor checks the key).
+    check_hello(cfg, answer)?;
+    source.link_state(peer, true);
+    let opened = tokio::time::Instant::now();
+    let mut sent: HashSet<i64> = HashSet::new();
+    let mut next_ping = tokio::time::Instant::now() + cfg.ping_interval;
+    let mut events = source.events();
+    let result = loop {
+        if opened.elapsed() >= cfg.max_age && sent.is_empty() {
+            break Ok(()); // rotate: a new connection, a new circuit
+        }
+        // Fill the window.
+        let mut wait_hint = None;
+        if sent.len() < cfg.window {
+            events.borrow_and_update();
+            let (batch, hint) = source.take(peer, cfg.window - sent.len()).await;
+            wait_hint = hint;
+            let mut out = Vec::with_capacity(batch.len() * MAX_FRAME);
+            for o in batch {
+                Frame::Packet {
+                    seq: o.id as u64,
+                    epoch: o.epoch,
+                    packet: o.packet,
+                }
+                .encode(&mut out);
+                sent.insert(o.id);
+            }
+            if !out.is_empty()
+                && let Err(e) = wr.write_all(&out).await
+            {
+                break Err(e.into());
+            }
+        }
+        let idle_for = match wait_hint {
+            Some(d) if sent.len() < cfg.window => d,
+            _ => cfg.ping_interval,
+        };
+        let wake = (tokio::time::Instant::now() + idle_for).min(next_ping);
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            frame = reader.next(&mut rd, cfg.idle_timeout) => match frame {
+                Ok(Frame::Ack { seq, status }) => {
+                    let id = seq as i64;
+                    if !sent.remove(&id) {
+                        break Err(LinkError::StrayAck);
+                    }
+                    source.acked(peer, id, status).await;
+                }
+                Ok(Frame::Pong(_)) => {}
+                Ok(Frame::Ping(n)) => {
+                    if let Err(e) = write_frame(&mut wr, &Frame::Pong(n)).await {
+                        break Err(e.into());
+                    }
+                }
+                Ok(_) => break Err(LinkError::NoHello),
+                Err(e) => break Err(e),
+            },
+            _ = events.changed(), if sent.len() < cfg.window => {}
+            _ = tokio::time::sleep_until(wake) => {
+                if tokio::time::Instant::now() >= next_ping {
+                    next_ping = tokio::time::Instant::now() + cfg.ping_interval;
+                    if let Err(e) = write_frame(&mut wr, &Frame::Ping(rand::rng().random())).await {
+                        break Err(e.into());
+                    }
+                }
+            }
+        }
+    };
+    if !sent.is_empty() {
+        source.unacked(peer, sent.into_iter().collect()).await;
+    }
+    let _ = wr.shutdown().await;
+    result
+}
+
+fn hex(bytes: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(bytes)
+}

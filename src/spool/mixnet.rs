@@ -1,0 +1,817 @@
+//! Spool side of the mixnet: packets in custody, replay tags, fragments at
+//! the exit, and the entry's messages waiting for their acknowledgement.
+//!
+//! Custody rule: a node acknowledges a packet to the previous hop only after
+//! the transaction holding its replay tag and whatever it must keep (the
+//! packet for the next hop, or the fragment) has committed. A packet leaves
+//! `mix_packets` only when the next hop acknowledged it (or its custody
+//! deadline passed, which is counted).
+//!
+//! Everything here is bytes and numbers; the codecs that give them meaning
+//! live in `mixnet::{packet, fragment}` and are applied by the node.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::SpoolError;
+use crate::envelope::Message;
+use crate::time::UnixMillis;
+
+/// A 32-byte node identity as stored.
+pub type NodeBytes = [u8; 32];
+/// A 16-byte mixnet message id.
+pub type MixId = [u8; 16];
+
+/// Why a packet is kept (for counting; nothing identifying).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketKind {
+    /// A hop forwarding someone else's packet.
+    Forward,
+    /// An entry sending a fragment of its own message.
+    Fragment,
+    /// An exit sending an acknowledgement through a reply block.
+    Ack,
+}
+
+impl PacketKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            PacketKind::Forward => "forward",
+            PacketKind::Fragment => "fragment",
+            PacketKind::Ack => "ack",
+        }
+    }
+}
+
+/// A packet to keep until its next hop acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutPacket {
+    pub next_hop: NodeBytes,
+    pub epoch: u32,
+    pub bytes: Vec<u8>,
+    pub kind: PacketKind,
+    /// Not sent before this time (the hop's delay).
+    pub release_at: UnixMillis,
+    /// Given up (and counted) if still unacknowledged at this time.
+    pub deadline: UnixMillis,
+}
+
+/// A fragment as the exit keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFragment {
+    pub mix_id: MixId,
+    pub index: u16,
+    pub count: u16,
+    pub blob_len: u32,
+    pub blob_hash: [u8; 32],
+    pub reply_block: Option<Vec<u8>>,
+    pub data: Vec<u8>,
+}
+
+/// One custody decision, committed in a group with others.
+#[derive(Debug)]
+pub enum Custody {
+    /// A hop: remember the tag, keep the packet for the next hop.
+    Forward {
+        tag: [u8; 32],
+        epoch: u32,
+        packet: OutPacket,
+    },
+    /// An exit: remember the tag, keep the fragment (unless its message is
+    /// already done).
+    Fragment {
+        tag: [u8; 32],
+        epoch: u32,
+        fragment: StoredFragment,
+    },
+    /// A final hop with nothing to keep: remember the tag only.
+    Tag { tag: [u8; 32], epoch: u32 },
+}
+
+/// The answer to a custody request; the link acknowledges accordingly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CustodyOutcome {
+    /// Committed.
+    Stored,
+    /// The fragment is committed; `have` of its message's fragments are
+    /// now stored.
+    FragmentStored { have: u16 },
+    /// The tag was known: nothing done (a replay, or a retry after a lost
+    /// acknowledgement).
+    Duplicate,
+    /// The fragment's message was completed here before: nothing stored,
+    /// but the tag is remembered (the sender needs a fresh acknowledgement).
+    AlreadyDone,
+    /// Storage failed: nothing committed, the sender will retry.
+    Failed,
+}
+
+/// Writes a group of custody requests in the caller's transaction.
+pub(super) fn custody_refs(
+    tx: &Transaction<'_>,
+    now: UnixMillis,
+    requests: &[&Custody],
+) -> Result<Vec<CustodyOutcome>, SpoolError> {
+    let mut remember = tx.prepare_cached(
+        "INSERT INTO mix_tags (tag, epoch, seen_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+    )?;
+    let mut done = tx.prepare_cached("SELECT 1 FROM mix_done WHERE mix_id = ?1")?;
+    let mut fragment = tx.prepare_cached(
+        "INSERT OR IGNORE INTO mix_fragments
+             (mix_id, idx, count, blob_len, blob_hash, reply_block, data, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut have = tx.prepare_cached("SELECT COUNT(*) FROM mix_fragments WHERE mix_id = ?1")?;
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for &request in requests {
+        let (tag, epoch) = match request {
+            Custody::Forward { tag, epoch, .. }
+            | Custody::Fragment { tag, epoch, .. }
+            | Custody::Tag { tag, epoch } => (tag, epoch),
+        };
+        if remember.execute(params![&tag[..], epoch, now as i64])? == 0 {
+            outcomes.push(CustodyOutcome::Duplicate);
+            continue;
+        }
+        outcomes.push(match request {
+            Custody::Forward { packet, .. } => {
+                insert_packet(tx, packet)?;
+                CustodyOutcome::Stored
+            }
+            Custody::Fragment { fragment: f, .. } => {
+                if done.exists(params![&f.mix_id[..]])? {
+                    CustodyOutcome::AlreadyDone
+                } else {
+                    fragment.execute(params![
+                        &f.mix_id[..],
+                        f.index,
+                        f.count,
+                        f.blob_len,
+                        &f.blob_hash[..],
+                        f.reply_block,
+                        f.data,
+                        now as i64
+                    ])?;
+                    let n: i64 = have.query_row(params![&f.mix_id[..]], |r| r.get(0))?;
+                    CustodyOutcome::FragmentStored { have: n as u16 }
+                }
+            }
+            Custody::Tag { .. } => CustodyOutcome::Stored,
+        });
+    }
+    Ok(outcomes)
+}
+
+fn insert_packet(conn: &Connection, p: &OutPacket) -> Result<(), SpoolError> {
+    conn.prepare_cached(
+        "INSERT INTO mix_packets (next_hop, epoch, bytes, kind, release_at, deadline)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        &p.next_hop[..],
+        p.epoch,
+        p.bytes,
+        p.kind.as_str(),
+        p.release_at as i64,
+        p.deadline as i64
+    ])?;
+    Ok(())
+}
+
+/// Queues packets outside a custody decision (an exit's re-acknowledgement).
+pub(super) fn queue_packets(
+    conn: &mut Connection,
+    packets: &[OutPacket],
+) -> Result<(), SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for p in packets {
+        insert_packet(&tx, p)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A packet handed to a link for sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedPacket {
+    pub id: i64,
+    pub epoch: u32,
+    pub bytes: Vec<u8>,
+    pub attempts: u32,
+}
+
+/// Due packets for one next hop, oldest release first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PacketBatch {
+    pub packets: Vec<LeasedPacket>,
+    /// When the next packet for this hop becomes due, if any is waiting.
+    pub next_due: Option<UnixMillis>,
+}
+
+pub(super) fn lease_packets(
+    conn: &mut Connection,
+    now: UnixMillis,
+    next_hop: &NodeBytes,
+    max: usize,
+    lease_ms: u64,
+) -> Result<PacketBatch, SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut packets = Vec::new();
+    {
+        let mut due = tx.prepare_cached(
+            "SELECT id, epoch, bytes, attempts FROM mix_packets
+             WHERE next_hop = ?1 AND release_at <= ?2 AND lease_until <= ?2
+             ORDER BY release_at, random() LIMIT ?3",
+        )?;
+        let rows = due.query_map(params![&next_hop[..], now as i64, max as i64], |r| {
+            Ok(LeasedPacket {
+                id: r.get(0)?,
+                epoch: r.get(1)?,
+                bytes: r.get(2)?,
+                attempts: r.get::<_, i64>(3)?.max(0) as u32,
+            })
+        })?;
+        for row in rows {
+            packets.push(row?);
+        }
+        let mut mark =
+            tx.prepare_cached("UPDATE mix_packets SET lease_until = ?2 WHERE id = ?1")?;
+        for p in &packets {
+            mark.execute(params![p.id, (now + lease_ms) as i64])?;
+        }
+    }
+    let next_due: Option<i64> = tx.query_row(
+        "SELECT MIN(MAX(release_at, lease_until)) FROM mix_packets WHERE next_hop = ?1",
+        params![&next_hop[..]],
+        |r| r.get(0),
+    )?;
+    tx.commit()?;
+    Ok(PacketBatch {
+        packets,
+        next_due: next_due.map(|t| t.max(0) as u64),
+    })
+}
+
+/// What became of a leased packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketSettle {
+    /// The next hop has it (stored, duplicate, rejected, unknown epoch):
+    /// our custody ends.
+    Done,
+    /// Not acknowledged: send the same bytes again at this time.
+    Retry { at: UnixMillis },
+}
+
+pub(super) fn settle_packets(
+    conn: &mut Connection,
+    outcomes: &[(i64, PacketSettle)],
+) -> Result<(), SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut remove = tx.prepare_cached("DELETE FROM mix_packets WHERE id = ?1")?;
+        let mut retry = tx.prepare_cached(
+            "UPDATE mix_packets SET attempts = attempts + 1, release_at = ?2, lease_until = 0
+             WHERE id = ?1",
+        )?;
+        for (id, settle) in outcomes {
+            match settle {
+                PacketSettle::Done => remove.execute(params![id])?,
+                PacketSettle::Retry { at } => retry.execute(params![id, *at as i64])?,
+            };
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Next hops that have packets waiting (due or not), so links to them are
+/// kept open.
+pub(super) fn waiting_hops(conn: &Connection) -> Result<Vec<NodeBytes>, SpoolError> {
+    let mut stmt = conn.prepare_cached("SELECT DISTINCT next_hop FROM mix_packets")?;
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        if let Ok(id) = <NodeBytes>::try_from(row?.as_slice()) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Custody deadlines that passed: the packets are deleted; returns how many
+/// of each kind, for the counters and the log.
+pub(super) fn expire_packets(
+    conn: &mut Connection,
+    now: UnixMillis,
+) -> Result<Vec<(PacketKind, u64)>, SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut out = Vec::new();
+    for kind in [PacketKind::Forward, PacketKind::Fragment, PacketKind::Ack] {
+        let n = tx.execute(
+            "DELETE FROM mix_packets WHERE kind = ?1 AND deadline <= ?2",
+            params![kind.as_str(), now as i64],
+        )?;
+        if n > 0 {
+            out.push((kind, n as u64));
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// At start: every lease is void, and packets whose release time passed
+/// while the node was down get `fresh(id)` as their new release time, so a
+/// restart does not send the backlog in one burst.
+pub(super) fn restart_packets(
+    conn: &mut Connection,
+    now: UnixMillis,
+    mut fresh: impl FnMut() -> UnixMillis,
+) -> Result<usize, SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute("UPDATE mix_packets SET lease_until = 0", [])?;
+    let overdue: Vec<i64> = {
+        let mut stmt = tx.prepare("SELECT id FROM mix_packets WHERE release_at < ?1")?;
+        stmt.query_map(params![now as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    {
+        let mut update = tx.prepare("UPDATE mix_packets SET release_at = ?2 WHERE id = ?1")?;
+        for id in &overdue {
+            update.execute(params![id, fresh() as i64])?;
+        }
+    }
+    tx.commit()?;
+    Ok(overdue.len())
+}
+
+/// The exit's stored fragments of one message.
+pub(super) fn fragments(
+    conn: &Connection,
+    mix_id: &MixId,
+) -> Result<Vec<StoredFragment>, SpoolError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, count, blob_len, blob_hash, reply_block, data FROM mix_fragments
+         WHERE mix_id = ?1 ORDER BY idx",
+    )?;
+    let rows = stmt.query_map(params![&mix_id[..]], |r| {
+        let hash: Vec<u8> = r.get(3)?;
+        Ok(StoredFragment {
+            mix_id: *mix_id,
+            index: r.get(0)?,
+            count: r.get(1)?,
+            blob_len: r.get(2)?,
+            blob_hash: hash.as_slice().try_into().unwrap_or([0; 32]),
+            reply_block: r.get(4)?,
+            data: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The exit finished a message: it enters the spool for delivery (origin
+/// `exit`), its id is recorded as done, its fragments go, and the
+/// acknowledgement is queued — all in one transaction, so a crash leaves
+/// either the fragments or the message, never both or neither.
+#[derive(Debug)]
+pub struct ExitCompletion {
+    pub mix_id: MixId,
+    pub message: Message,
+    pub release_at: UnixMillis,
+    pub ack: Option<OutPacket>,
+}
+
+pub(super) fn complete_at_exit(
+    conn: &mut Connection,
+    now: UnixMillis,
+    c: &ExitCompletion,
+) -> Result<bool, SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let fresh = tx.execute(
+        "INSERT INTO mix_done (mix_id, done_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        params![&c.mix_id[..], now as i64],
+    )? == 1;
+    if fresh {
+        let env = &c.message.envelope;
+        tx.execute(
+            "INSERT INTO messages (received_at, sender, smtputf8, eight_bit, body, origin, mix_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'exit', ?6)",
+            params![
+                now as i64,
+                env.sender,
+                env.smtputf8,
+                env.eight_bit,
+                c.message.body,
+                &c.mix_id[..]
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        let mut recipient = tx.prepare_cached(
+            "INSERT INTO recipients (message_id, address, next_attempt) VALUES (?1, ?2, ?3)",
+        )?;
+        for address in &env.recipients {
+            recipient.execute(params![id, address, c.release_at as i64])?;
+        }
+    }
+    tx.execute(
+        "DELETE FROM mix_fragments WHERE mix_id = ?1",
+        params![&c.mix_id[..]],
+    )?;
+    if let Some(ack) = &c.ack {
+        insert_packet(&tx, ack)?;
+    }
+    tx.commit()?;
+    Ok(fresh)
+}
+
+/// An incomplete message at the exit that has waited long enough for a
+/// PARTIAL acknowledgement; `reply_block` is taken (single use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    pub mix_id: MixId,
+    pub count: u16,
+    pub have: Vec<u16>,
+    pub reply_block: Vec<u8>,
+}
+
+pub(super) fn take_stalled(
+    conn: &mut Connection,
+    now: UnixMillis,
+    stall_ms: u64,
+    max: usize,
+) -> Result<Vec<Stalled>, SpoolError> {
+    let received_before = now.saturating_sub(stall_ms);
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let ids: Vec<Vec<u8>> = {
+        let mut stmt = tx.prepare(
+            "SELECT mix_id FROM mix_fragments GROUP BY mix_id
+             HAVING MAX(received_at) < ?1 AND SUM(reply_block IS NOT NULL) > 0 LIMIT ?2",
+        )?;
+        stmt.query_map(params![received_before as i64, max as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        let Ok(mix_id) = MixId::try_from(id.as_slice()) else {
+            continue;
+        };
+        let (count, have): (u16, Vec<u16>) = {
+            let mut stmt = tx.prepare("SELECT idx, count FROM mix_fragments WHERE mix_id = ?1")?;
+            let rows: Vec<(u16, u16)> = stmt
+                .query_map(params![&id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            (
+                rows.first().map_or(0, |r| r.1),
+                rows.iter().map(|r| r.0).collect(),
+            )
+        };
+        let block: Option<(i64, Vec<u8>)> = tx
+            .query_row(
+                "SELECT idx, reply_block FROM mix_fragments
+                 WHERE mix_id = ?1 AND reply_block IS NOT NULL LIMIT 1",
+                params![&id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((idx, reply_block)) = block else {
+            continue;
+        };
+        tx.execute(
+            "UPDATE mix_fragments SET reply_block = NULL, received_at = ?3
+             WHERE mix_id = ?1 AND idx = ?2",
+            params![&id, idx, now as i64],
+        )?;
+        out.push(Stalled {
+            mix_id,
+            count,
+            have,
+            reply_block,
+        });
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// A message accepted here by SMTP and due to enter the mixnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MixnetLease {
+    pub spool_message: i64,
+    pub message: Message,
+}
+
+/// Messages from SMTP whose release time has passed and that are not in
+/// the mixnet yet, with the time the next one becomes due.
+pub(super) fn due_for_mixnet(
+    conn: &Connection,
+    now: UnixMillis,
+    max: usize,
+) -> Result<(Vec<MixnetLease>, Option<UnixMillis>), SpoolError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT m.id, m.sender, m.smtputf8, m.eight_bit, m.body, MIN(r.next_attempt) AS due
+         FROM messages m JOIN recipients r ON r.message_id = m.id
+         WHERE m.origin = 'smtp'
+           AND NOT EXISTS (SELECT 1 FROM mix_outbound o WHERE o.message = m.id)
+         GROUP BY m.id HAVING due <= ?1 ORDER BY due, random() LIMIT ?2",
+    )?;
+    let rows: Vec<(i64, String, bool, bool, Vec<u8>)> = stmt
+        .query_map(params![now as i64, max as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut rcpts =
+        conn.prepare_cached("SELECT address FROM recipients WHERE message_id = ?1 ORDER BY id")?;
+    let mut leases = Vec::with_capacity(rows.len());
+    for (id, sender, smtputf8, eight_bit, body) in rows {
+        let recipients = rcpts
+            .query_map(params![id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        leases.push(MixnetLease {
+            spool_message: id,
+            message: Message {
+                envelope: crate::envelope::Envelope {
+                    sender,
+                    recipients,
+                    smtputf8,
+                    eight_bit,
+                },
+                body,
+            },
+        });
+    }
+    let next: Option<i64> = conn.query_row(
+        "SELECT MIN(due) FROM (SELECT MIN(r.next_attempt) AS due FROM messages m
+             JOIN recipients r ON r.message_id = m.id
+             WHERE m.origin = 'smtp'
+               AND NOT EXISTS (SELECT 1 FROM mix_outbound o WHERE o.message = m.id)
+             GROUP BY m.id)",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((leases, next.map(|t| t.max(0) as u64)))
+}
+
+/// A message's (re)entry into the mixnet: the packets of its fragments and
+/// the recovery material of their reply blocks, committed together.
+#[derive(Debug)]
+pub struct Launch {
+    pub spool_message: i64,
+    pub mix_id: MixId,
+    pub exit: NodeBytes,
+    pub fragments: u16,
+    pub next_check: UnixMillis,
+    pub give_up_at: UnixMillis,
+    pub replies: Vec<([u8; 16], Vec<u8>)>,
+    pub packets: Vec<OutPacket>,
+}
+
+pub(super) fn launch(conn: &mut Connection, l: &Launch) -> Result<(), SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let updated = tx.execute(
+        "UPDATE mix_outbound SET next_check = ?2, rounds = rounds + 1 WHERE mix_id = ?1",
+        params![&l.mix_id[..], l.next_check as i64],
+    )?;
+    if updated == 0 {
+        tx.execute(
+            "INSERT INTO mix_outbound (mix_id, message, exit, fragments, next_check, give_up_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                &l.mix_id[..],
+                l.spool_message,
+                &l.exit[..],
+                l.fragments,
+                l.next_check as i64,
+                l.give_up_at as i64
+            ],
+        )?;
+    }
+    {
+        let mut reply = tx.prepare_cached(
+            "INSERT INTO mix_replies (reply_id, mix_id, recovery) VALUES (?1, ?2, ?3)",
+        )?;
+        for (id, recovery) in &l.replies {
+            reply.execute(params![&id[..], &l.mix_id[..], recovery])?;
+        }
+    }
+    for p in &l.packets {
+        insert_packet(&tx, p)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The recovery material filed under a reply id, with its message.
+pub(super) fn reply_recovery(
+    conn: &Connection,
+    reply_id: &[u8; 16],
+) -> Result<Option<(MixId, u16, Vec<u8>)>, SpoolError> {
+    Ok(conn
+        .query_row(
+            "SELECT r.mix_id, o.fragments, r.recovery FROM mix_replies r
+             JOIN mix_outbound o ON o.mix_id = r.mix_id WHERE r.reply_id = ?1",
+            params![&reply_id[..]],
+            |r| {
+                let id: Vec<u8> = r.get(0)?;
+                Ok((id, r.get::<_, u16>(1)?, r.get::<_, Vec<u8>>(2)?))
+            },
+        )
+        .optional()?
+        .and_then(|(id, n, rec)| Some((MixId::try_from(id.as_slice()).ok()?, n, rec))))
+}
+
+/// What an acknowledgement does at the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryAck {
+    /// The exit has the whole message: the entry's copy is deleted.
+    Complete,
+    /// The exit has these fragments so far.
+    Partial(Vec<u8>),
+}
+
+/// Applies an acknowledgement; true if it changed anything (a late second
+/// acknowledgement of a finished message changes nothing).
+pub(super) fn acknowledge(
+    conn: &mut Connection,
+    mix_id: &MixId,
+    ack: &EntryAck,
+) -> Result<bool, SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let changed = match ack {
+        EntryAck::Complete => {
+            let message: Option<i64> = tx
+                .query_row(
+                    "SELECT message FROM mix_outbound WHERE mix_id = ?1",
+                    params![&mix_id[..]],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match message {
+                // Cascades to recipients, mix_outbound and mix_replies.
+                Some(id) => tx.execute("DELETE FROM messages WHERE id = ?1", params![id])? > 0,
+                None => false,
+            }
+        }
+        EntryAck::Partial(bitmap) => {
+            tx.execute(
+                "UPDATE mix_outbound SET acked = ?2 WHERE mix_id = ?1",
+                params![&mix_id[..], bitmap],
+            )? > 0
+        }
+    };
+    tx.commit()?;
+    Ok(changed)
+}
+
+/// A message whose acknowledgement is overdue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdue {
+    pub mix_id: MixId,
+    pub spool_message: i64,
+    pub exit: NodeBytes,
+    pub fragments: u16,
+    /// The last PARTIAL bitmap, if one came.
+    pub acked: Option<Vec<u8>>,
+    pub rounds: u32,
+    pub give_up_at: UnixMillis,
+    pub message: Message,
+}
+
+pub(super) fn overdue(
+    conn: &Connection,
+    now: UnixMillis,
+    max: usize,
+) -> Result<(Vec<Overdue>, Option<UnixMillis>), SpoolError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT o.mix_id, o.message, o.exit, o.fragments, o.acked, o.rounds, o.give_up_at,
+                m.sender, m.smtputf8, m.eight_bit, m.body
+         FROM mix_outbound o JOIN messages m ON m.id = o.message
+         WHERE o.next_check <= ?1 ORDER BY o.next_check LIMIT ?2",
+    )?;
+    let mut rcpts =
+        conn.prepare_cached("SELECT address FROM recipients WHERE message_id = ?1 ORDER BY id")?;
+    let rows = stmt.query_map(params![now as i64, max as i64], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+            r.get::<_, u16>(3)?,
+            r.get::<_, Option<Vec<u8>>>(4)?,
+            r.get::<_, i64>(5)?,
+            r.get::<_, i64>(6)?,
+            r.get::<_, String>(7)?,
+            r.get::<_, bool>(8)?,
+            r.get::<_, bool>(9)?,
+            r.get::<_, Vec<u8>>(10)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, message, exit, fragments, acked, rounds, give_up, sender, utf8, eight, body) =
+            row?;
+        let (Ok(mix_id), Ok(exit)) = (
+            MixId::try_from(id.as_slice()),
+            NodeBytes::try_from(exit.as_slice()),
+        ) else {
+            continue;
+        };
+        let recipients = rcpts
+            .query_map(params![message], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        out.push(Overdue {
+            mix_id,
+            spool_message: message,
+            exit,
+            fragments,
+            acked,
+            rounds: rounds.max(0) as u32,
+            give_up_at: give_up.max(0) as u64,
+            message: Message {
+                envelope: crate::envelope::Envelope {
+                    sender,
+                    recipients,
+                    smtputf8: utf8,
+                    eight_bit: eight,
+                },
+                body,
+            },
+        });
+    }
+    let next: Option<i64> =
+        conn.query_row("SELECT MIN(next_check) FROM mix_outbound", [], |r| r.get(0))?;
+    Ok((out, next.map(|t| t.max(0) as u64)))
+}
+
+/// The end-to-end horizon passed without COMPLETE: the message is dropped.
+pub(super) fn give_up(conn: &mut Connection, mix_id: &MixId) -> Result<bool, SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let n = tx.execute(
+        "DELETE FROM messages WHERE id = (SELECT message FROM mix_outbound WHERE mix_id = ?1)",
+        params![&mix_id[..]],
+    )?;
+    tx.commit()?;
+    Ok(n > 0)
+}
+
+/// Mixnet counts for `pluto2 queue`: never identities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct MixnetCounts {
+    /// Packets in custody, by why they are kept.
+    pub packets_forward: u64,
+    pub packets_fragment: u64,
+    pub packets_ack: u64,
+    /// Messages sent into the mixnet and waiting for COMPLETE.
+    pub awaiting_ack: u64,
+    /// Messages with fragments stored at this exit, not complete yet.
+    pub exit_partial: u64,
+}
+
+pub(super) fn counts(conn: &Connection) -> Result<MixnetCounts, SpoolError> {
+    let mut c = MixnetCounts::default();
+    let mut stmt = conn.prepare("SELECT kind, COUNT(*) FROM mix_packets GROUP BY kind")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (kind, n) = row?;
+        let n = n.max(0) as u64;
+        match kind.as_str() {
+            "forward" => c.packets_forward = n,
+            "fragment" => c.packets_fragment = n,
+            "ack" => c.packets_ack = n,
+            _ => {}
+        }
+    }
+    c.awaiting_ack = conn
+        .query_row("SELECT COUNT(*) FROM mix_outbound", [], |r| {
+            r.get::<_, i64>(0)
+        })?
+        .max(0) as u64;
+    c.exit_partial = conn
+        .query_row(
+            "SELECT COUNT(DISTINCT mix_id) FROM mix_fragments",
+            [],
+            |r| r.get::<_, i64>(0),
+        )?
+        .max(0) as u64;
+    Ok(c)
+}
+
+/// Messages whose fragments are all stored but that are not complete yet
+/// (the node stopped between the last fragment and completion).
+pub(super) fn complete_candidates(conn: &Connection, max: usize) -> Result<Vec<MixId>, SpoolError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT mix_id FROM mix_fragments GROUP BY mix_id HAVING COUNT(*) = MAX(count) LIMIT ?1",
+    )?;
+    let ids: Vec<Vec<u8>> = stmt
+        .query_map(params![max as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(ids
+        .into_iter()
+        .filter_map(|id| MixId::try_from(id.as_slice()).ok())
+        .collect())
+}
+
+/// Fragments that cannot form their message (hash or format wrong) are
+/// thrown away; the entry retransmits.
+pub(super) fn drop_fragments(conn: &mut Connection, mix_id: &MixId) -> Result<(), SpoolError> {
+    conn.execute(
+        "DELETE FROM mix_fragments WHERE mix_id = ?1",
+        params![&mix_id[..]],
+    )?;
+    Ok(())
+}
