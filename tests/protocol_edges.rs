@@ -144,20 +144,25 @@ async fn postmaster_huge_sizes_and_literals_get_one_documented_answer() {
 #[tokio::test]
 async fn senders_are_checked_for_syntax_not_deliverability() {
     let d = Daemon::start(&[]);
-    for from in ["root@vm", "sender@test.onion", "someone@[192.0.2.7]"] {
-        let out = Command::new("swaks")
+    // No --from: swaks's own default, user@<this host's name>, which is
+    // single-label on many machines (the README's command).
+    for from in ["", "root@vm", "sender@test.onion", "someone@[192.0.2.7]"] {
+        let mut swaks = Command::new("swaks");
+        swaks
             .args(["--server", &d.addr.ip().to_string()])
             .args(["--port", &d.addr.port().to_string()])
-            .args(["--from", from, "--to", "someone@example.org"])
-            .output()
-            .expect("swaks must be installed");
+            .args(["--to", "someone@example.org"]);
+        if !from.is_empty() {
+            swaks.args(["--from", from]);
+        }
+        let out = swaks.output().expect("swaks must be installed");
         let transcript = String::from_utf8_lossy(&out.stdout);
         assert!(
             transcript.contains("<-  250 2.0.0 Ok: queued"),
             "{from}:\n{transcript}"
         );
     }
-    assert_eq!(d.queue_json()["messages"], 3);
+    assert_eq!(d.queue_json()["messages"], 4);
     // Recipients stay strict.
     let mut c = d.ehlo_client().await;
     c.code("MAIL FROM:<root@vm>").await;
@@ -191,7 +196,7 @@ async fn onion_subdomains_are_kept_in_the_spool_and_on_the_wire() {
 }
 
 #[tokio::test]
-async fn its_own_name_is_no_destination_but_cover_still_loops() {
+async fn its_own_name_is_no_destination_and_only_cover_may_go_there() {
     let d = Daemon::start(&[]);
     let own = &d.name;
     let mut c = d.ehlo_client().await;
