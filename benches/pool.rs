@@ -20,6 +20,7 @@ fn message(i: usize) -> Message {
             recipients: vec![format!("r{i}@example.org")],
             smtputf8: false,
             eight_bit: false,
+            to_own_name: false,
         },
         body: format!("Subject: {i}\r\n\r\n{}\r\n", "x".repeat(4000)).into_bytes(),
     }

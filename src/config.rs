@@ -243,6 +243,46 @@ pub struct SanitizeArgs {
     pub anon_from: String,
 }
 
+impl SanitizeArgs {
+    /// -anon-from goes into every sanitized message as the From header, so
+    /// it must be one header value: a single line (a CR or LF would start
+    /// new headers in every message) holding one address, either alone or
+    /// as `Display Name <address>`. `NAME` passes as the domain (it becomes
+    /// the onion name later). Checked even with -sanitize=false, so that
+    /// turning sanitizing on never meets a broken value.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let value = self.anon_from.as_str();
+        let shown = value.escape_debug().to_string();
+        let refuse = |reason: &str| Err(bad("-anon-from", &shown, reason));
+        if value.chars().any(|c| c.is_control()) {
+            return refuse(
+                "must be one line without control characters (a CR or LF would add headers to every message)",
+            );
+        }
+        let address = match (value.find('<'), value.rfind('>')) {
+            (None, None) => value.trim(),
+            (Some(open), Some(close))
+                if open < close
+                    && value[close + 1..].trim().is_empty()
+                    && value.matches('<').count() == 1
+                    && value.matches('>').count() == 1 =>
+            {
+                &value[open + 1..close]
+            }
+            _ => return refuse("must be an address or `Display Name <address>`"),
+        };
+        if address.contains(char::is_whitespace) {
+            return refuse("the address in it must not contain spaces");
+        }
+        if let Err(e) = crate::address::check_sender(address, false) {
+            return refuse(&format!(
+                "{e}; give one address, e.g. `Anonymous <nobody@NAME>`"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Running the node: logs and their detail.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Operations")]
@@ -391,6 +431,7 @@ impl DaemonArgs {
         let relay = self.relay.validate()?;
         let mix = self.mix.validate()?;
         let ops = self.ops.validate()?;
+        self.sanitize.validate()?;
         let (relay, sanitize) = apply_cross_group_rules(&name, relay, &self.sanitize);
         Ok(Config {
             name,
@@ -883,6 +924,42 @@ mod tests {
             Some(format!("Relay of {name} <x@{name}>"))
         );
         assert_eq!(from(&["-sanitize=false"]), None);
+    }
+
+    #[test]
+    fn it_refuses_an_anon_from_that_is_not_one_address_on_one_line() {
+        let name = OnionName::from_public_key(&[6u8; 32]).to_string();
+        let check = |value: &str| {
+            parse(args(&["-name", &name, "-anon-from", value]))
+                .unwrap()
+                .daemon
+                .validate()
+                .map(|c| c.sanitize.anon_from)
+                .map_err(|e| e.to_string())
+        };
+        for good in [
+            "Anonymous <nobody@NAME>",
+            "nobody@NAME",
+            "\"Relay, NAME\" <x@example.org>",
+            "<x@example.org>",
+        ] {
+            assert!(check(good).is_ok(), "{good}: {:?}", check(good));
+        }
+        for bad in [
+            "Anonymous <nobody@NAME>\r\nBcc: victim@example.org",
+            "Anonymous <nobody@NAME>\n",
+            "Anon\0 <nobody@NAME>",
+            "Anonymous",
+            "Anonymous <>",
+            "Anonymous <nobody@NAME",
+            "A <x@y> <z@w>",
+            "A <x@y> trailing",
+            "two words@example.org",
+        ] {
+            let err = check(bad).unwrap_err();
+            assert!(err.starts_with("-anon-from "), "{bad:?}: {err}");
+            assert!(!err.contains(['\r', '\n', '\0']), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -12,7 +12,20 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// The client declared `BODY=8BITMIME`.
     pub eight_bit: bool,
+    /// A recipient is this node's own onion name. Only this node's loop
+    /// cover may go there: node intake drops verified cover and refuses
+    /// anything else ([`EnqueueOutcome::Loop`]), because a message relayed
+    /// to ourselves would come back for ever. Not stored in the spool: it
+    /// only matters between the session and intake.
+    pub to_own_name: bool,
 }
+
+/// The local part of the one own-name recipient a session accepts at RCPT:
+/// loop cover is addressed to `cover@<own onion>`. Whether a message to it
+/// really is cover is known only at the end of DATA, from its marker.
+/// Only this node ever sends to its own name, through Tor, so no one else
+/// sees the address.
+pub const COVER_LOCAL_PART: &str = "cover";
 
 /// An accepted message: envelope plus the dot-unstuffed body (CRLF lines).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +43,14 @@ pub struct Message {
 pub enum EnqueueOutcome {
     /// On stable storage.
     Queued,
-    /// Same envelope and content seen within the replay window.
+    /// Same envelope and content seen within the replay window: not stored
+    /// again. The client is told `250` as for the first copy (the first copy
+    /// is queued, so this is the truth, and a client that lost the first
+    /// `250` must not bounce a message that was in fact accepted).
     Replay,
+    /// Addressed to this node's own name but not its verified cover:
+    /// relaying it would bring it back for ever. Nothing was stored.
+    Loop,
     /// Storage failed; the client should retry later.
     Failed,
     /// The daemon is stopping and did not store the message.
@@ -71,6 +90,7 @@ mod tests {
                 recipients: rcpts.iter().map(|s| s.to_string()).collect(),
                 smtputf8: false,
                 eight_bit: false,
+                to_own_name: false,
             },
             body: body.to_vec(),
         }

@@ -19,6 +19,8 @@ pub struct Stats {
     pub cover_sent: AtomicU64,
     pub cover_received: AtomicU64,
     pub batches: AtomicU64,
+    /// Exact duplicates inside the replay window: answered 250, not queued.
+    pub replays: AtomicU64,
 }
 
 impl Stats {
@@ -37,7 +39,7 @@ impl Stats {
         let uptime = humantime::format_duration(Duration::from_secs(uptime.as_secs()));
         let queued = queued.map_or_else(|| "?".to_string(), |q| q.to_string());
         format!(
-            "[STATS] uptime={uptime} received={} sent={} failed={} deferred={} queued={queued} cover_sent={} cover_received={} batches={}",
+            "[STATS] uptime={uptime} received={} sent={} failed={} deferred={} queued={queued} cover_sent={} cover_received={} batches={} replays={}",
             get(&self.received),
             get(&self.sent),
             get(&self.failed),
@@ -45,6 +47,7 @@ impl Stats {
             get(&self.cover_sent),
             get(&self.cover_received),
             get(&self.batches),
+            get(&self.replays),
         )
     }
 
@@ -85,10 +88,11 @@ mod tests {
         let s = Stats::default();
         Stats::add(&s.received, 3);
         Stats::add(&s.cover_sent, 2);
+        Stats::add(&s.replays, 4);
         let line = s.line(Duration::from_secs(3725), Some(7));
         assert_eq!(
             line,
-            "[STATS] uptime=1h 2m 5s received=3 sent=0 failed=0 deferred=0 queued=7 cover_sent=2 cover_received=0 batches=0"
+            "[STATS] uptime=1h 2m 5s received=3 sent=0 failed=0 deferred=0 queued=7 cover_sent=2 cover_received=0 batches=0 replays=4"
         );
     }
 }

@@ -69,13 +69,28 @@ async fn smuggled_end_of_data_is_not_honoured() {
     c.start_data("a@example.org", &["b@example.org"]).await;
     // A classic smuggling attempt: the bare-LF dot would end the message on
     // a lenient server, and the rest would become a second transaction.
+    // The bare LF ends the session instead (521), before the dot.
     c.send(b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nforged\r\n.\r\n")
         .await;
     let (code, text) = c.reply().await;
-    assert_eq!(code, 550, "{text}");
+    assert_eq!(code, 521, "{text}");
     assert!(text.contains("5.5.2") && text.contains("bare"), "{text}");
-    // Nothing after the real terminator was treated as a command.
-    assert_eq!(c.code("NOOP").await, 250);
+    // Nothing after the bare LF was treated as a command.
+    assert!(c.closed().await);
+    assert_eq!(d.queue_json()["messages"], 0);
+}
+
+#[tokio::test]
+async fn a_bare_cr_in_data_is_refused_after_the_real_terminator() {
+    let d = Daemon::start(&[]);
+    let mut c = d.ehlo_client().await;
+    c.start_data("a@example.org", &["b@example.org"]).await;
+    c.send(b"Subject: x\r\n\r\nhi\r.\rMAIL FROM:<evil@example.org>\r\n.\r\n")
+        .await;
+    let (code, text) = c.reply().await;
+    assert_eq!(code, 550, "{text}");
+    assert!(text.contains("5.5.2") && text.contains("bare CR"), "{text}");
+    assert_eq!(c.code("NOOP").await, 250, "the session goes on");
     assert_eq!(d.queue_json()["messages"], 0);
 }
 

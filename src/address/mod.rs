@@ -76,9 +76,11 @@ pub enum AddressError {
 /// Where a mailbox lives, split by how the relay will reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Domain {
-    /// An onion service. Only the service name is kept: Tor ignores any
+    /// An onion service, named by its service label alone: Tor ignores any
     /// labels in front of it, so `mail.<name>.onion` and `<name>.onion`
-    /// are the same destination and should compare equal.
+    /// reach the same service. The subdomains are not dropped from the
+    /// address, though (see [`Mailbox::domain_str`]): the service may tell
+    /// its mailboxes apart by them.
     Onion(OnionName),
     /// A clearnet domain: ASCII letters lowercased (DNS is
     /// case-insensitive), non-ASCII labels kept exactly as given.
@@ -93,15 +95,19 @@ pub struct Mailbox {
     /// preserved.
     pub local: String,
     pub domain: Domain,
+    /// The domain as the client wrote it, ASCII letters lowercased (DNS and
+    /// onion names are case-insensitive); onion subdomains are kept.
+    written_domain: String,
 }
 
 impl Mailbox {
-    /// The domain as it should be written after the `@`.
+    /// The domain as it should be written after the `@`: the client's
+    /// spelling with ASCII letters lowercased, subdomains included. An
+    /// address is never rewritten into another one: `mail.<name>.onion`
+    /// stays `mail.<name>.onion` in the spool, in the replay id and on the
+    /// wire to the next hop.
     pub fn domain_str(&self) -> &str {
-        match &self.domain {
-            Domain::Onion(name) => name.as_str(),
-            Domain::Clearnet(name) => name,
-        }
+        &self.written_domain
     }
 }
 
@@ -182,11 +188,65 @@ pub fn parse_mailbox(address: &str, smtputf8: bool) -> Result<Mailbox, AddressEr
     }
     let (local, domain) = address.rsplit_once('@').ok_or(AddressError::MissingAt)?;
     check_local(local, smtputf8)?;
-    let domain = parse_domain(domain, smtputf8)?;
+    let parsed = parse_domain(domain, smtputf8)?;
     Ok(Mailbox {
         local: local.to_owned(),
-        domain,
+        domain: parsed,
+        written_domain: domain.to_ascii_lowercase(),
     })
+}
+
+/// Checks a reverse-path (MAIL FROM) for syntax only.
+///
+/// The sender is not a destination: with sanitizing on it is thrown away,
+/// and no bounce is ever sent to it. So it is held to what a mail client
+/// can produce rather than to what this relay could deliver to: a
+/// single-label domain (`root@vm`, the default of many hosts), a numeric
+/// last label, an address literal (`a@[192.0.2.1]`) and any name ending in
+/// `.onion`, checksum or not, are all accepted. Refused is only what can
+/// never be an address (no `@`, empty parts, over-long parts, control
+/// characters, spaces in the domain) and non-ASCII without SMTPUTF8. The
+/// address itself is kept by the caller exactly as given.
+pub fn check_sender(address: &str, smtputf8: bool) -> Result<(), AddressError> {
+    if address.len() > MAX_ADDRESS {
+        return Err(AddressError::TooLong);
+    }
+    let (local, domain) = address.rsplit_once('@').ok_or(AddressError::MissingAt)?;
+    check_local(local, smtputf8)?;
+    if domain.is_empty() {
+        return Err(AddressError::BadDomain("it is empty"));
+    }
+    if !smtputf8 && !domain.is_ascii() {
+        return Err(AddressError::NonAsciiWithoutSmtputf8);
+    }
+    if let Some(inner) = domain.strip_prefix('[') {
+        // RFC 5321 §4.1.3 address literal: printable ASCII inside brackets.
+        let ok = inner.strip_suffix(']').is_some_and(|body| {
+            !body.is_empty()
+                && body
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'[' && b != b']')
+        });
+        return if ok {
+            Ok(())
+        } else {
+            Err(AddressError::BadDomain(
+                "an address literal must be [address] with nothing but printable characters inside",
+            ))
+        };
+    }
+    // A host's own name may carry underscores; anything else a label holds
+    // is checked as for recipients, but one label is enough.
+    for label in domain.split('.') {
+        check_label_lenient(label, smtputf8)?;
+    }
+    Ok(())
+}
+
+/// Like [`check_label`], but also accepting `_` (host names set by hand
+/// carry it, and a sender is never dialled).
+fn check_label_lenient(label: &str, smtputf8: bool) -> Result<(), AddressError> {
+    check_label(&label.replace('_', "u"), smtputf8)
 }
 
 /// Validates the part after the `@` on its own; see [`parse_mailbox`] for
@@ -553,24 +613,77 @@ mod tests {
     }
 
     #[test]
-    fn it_resolves_onion_domains_to_the_bare_service_name() {
+    fn it_keeps_onion_subdomains_and_names_the_service() {
         let name = onion(1);
         let s = name.as_str();
+        // (as given, as kept)
         let cases = [
-            s.to_string(),
-            s.to_ascii_uppercase(),
-            format!("mail.{s}"),
-            format!("a.b-c.d.{}", s.to_ascii_uppercase()),
+            (s.to_string(), s.to_string()),
+            (s.to_ascii_uppercase(), s.to_string()),
+            (format!("mail.{s}"), format!("mail.{s}")),
+            (
+                format!("A.b-c.d.{}", s.to_ascii_uppercase()),
+                format!("a.b-c.d.{s}"),
+            ),
         ];
-        for domain in cases {
-            let m = parse_mailbox(&format!("User@{domain}"), false).unwrap();
-            assert_eq!(m.domain, Domain::Onion(name.clone()), "{domain}");
+        for (given, kept) in cases {
+            let m = parse_mailbox(&format!("User@{given}"), false).unwrap();
+            assert_eq!(m.domain, Domain::Onion(name.clone()), "{given}");
             assert_eq!(m.local, "User");
-            assert_eq!(m.to_string(), format!("User@{s}"));
+            assert_eq!(m.domain_str(), kept);
+            assert_eq!(m.to_string(), format!("User@{kept}"));
         }
         let real = "duckduckgogg42xjoc72x3sjasowoarfbgcmvfimaftt6twagswzczad.onion";
         let m = parse_mailbox(&format!("x@{}", real.to_ascii_uppercase()), false).unwrap();
         assert_eq!(m.domain_str(), real);
+    }
+
+    #[test]
+    fn it_accepts_any_sender_a_mail_client_can_produce() {
+        let broken_onion = format!("x{}", &onion(2).to_string()[1..]);
+        for sender in [
+            "root@vm",
+            "sender@test.onion",
+            &format!("a@{broken_onion}"),
+            "a@[192.0.2.1]",
+            "a@[IPv6:2001:db8::1]",
+            "a@1.2.3.4",
+            "a@my_host.lan",
+            "user@example.org",
+            "quoted local@example.org",
+        ] {
+            assert_eq!(check_sender(sender, false), Ok(()), "{sender}");
+        }
+        assert_eq!(check_sender("jörg@bücher", true), Ok(()));
+    }
+
+    #[test]
+    fn it_refuses_senders_that_are_no_address_at_all() {
+        let long = format!("a@{}", "b".repeat(260));
+        let table: Vec<(&str, AddressError)> = vec![
+            ("postmaster", AddressError::MissingAt),
+            ("@vm", AddressError::EmptyLocalPart),
+            ("a@", bad_domain("it is empty")),
+            ("a@vm.", bad_domain(EMPTY_LABEL)),
+            ("a@exa mple", bad_domain(BAD_CHAR)),
+            ("a@ex\r\nample", bad_domain(BAD_CHAR)),
+            ("a\nb@vm", AddressError::BadLocalPart),
+            (&long, AddressError::TooLong),
+            ("jörg@vm", AddressError::NonAsciiWithoutSmtputf8),
+            ("a@bücher", AddressError::NonAsciiWithoutSmtputf8),
+        ];
+        for (input, expected) in table {
+            assert_eq!(check_sender(input, false), Err(expected), "{input:?}");
+        }
+        for literal in ["a@[", "a@[]", "a@[1.2.3.4", "a@[1 2]"] {
+            assert!(
+                matches!(
+                    check_sender(literal, false),
+                    Err(AddressError::BadDomain(_))
+                ),
+                "{literal}"
+            );
+        }
     }
 
     #[test]

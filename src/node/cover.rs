@@ -24,7 +24,7 @@ use tracing::{debug, error};
 use crate::BoxFuture;
 use crate::address::OnionName;
 use crate::envelope::EnqueueOutcome;
-use crate::envelope::{Envelope, Message};
+use crate::envelope::{COVER_LOCAL_PART, Envelope, Message};
 use crate::message::header;
 use crate::mix::MixPolicy;
 use crate::spool::Spool;
@@ -156,9 +156,10 @@ pub fn make_message<R: Rng + ?Sized>(key: &CoverKey, own: &OnionName, rng: &mut 
     Message {
         envelope: Envelope {
             sender: String::new(),
-            recipients: vec![format!("cover@{own}")],
+            recipients: vec![format!("{COVER_LOCAL_PART}@{own}")],
             smtputf8: false,
             eight_bit: false,
+            to_own_name: true,
         },
         body,
     }

@@ -233,6 +233,7 @@ mod tests {
                 recipients: vec![format!("r{i}@example.org")],
                 smtputf8: false,
                 eight_bit: false,
+                to_own_name: false,
             },
             body: format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes(),
         }

@@ -5,16 +5,19 @@
 //! today, the mixnet exit later) treats it alike:
 //!
 //! 1. strip the padding a sending pluto2 added (it is not the author's);
-//! 2. drop our own loop cover coming back (counted, never spooled);
+//! 2. drop our own loop cover coming back (counted, never spooled), and
+//!    refuse anything else addressed to this node's own name (a loop);
 //! 3. draw the message's release time from the mix policy;
 //! 4. enqueue durably in the spool;
-//! 5. count it.
+//! 5. count it (a replay within the window is counted as such).
 //!
 //! Transports hand messages in through traits they define themselves
 //! (`smtp::server::MessageSink`), so they never import
 //! this module.
 
 use std::sync::Arc;
+
+use tracing::info;
 
 use crate::BoxFuture;
 use crate::envelope::{EnqueueOutcome, Message};
@@ -49,9 +52,21 @@ impl Intake {
             Stats::add(&self.stats.cover_received, 1);
             return EnqueueOutcome::Queued;
         }
+        if message.envelope.to_own_name {
+            // Not our cover, yet addressed to us: relaying it would loop.
+            info!("[SMTP] refused a message to this node's own name that is not its cover");
+            return EnqueueOutcome::Loop;
+        }
         let outcome = self.spool.enqueue(message, self.release_time()).await;
-        if outcome == EnqueueOutcome::Queued {
-            Stats::add(&self.stats.received, 1);
+        match outcome {
+            EnqueueOutcome::Queued => Stats::add(&self.stats.received, 1),
+            EnqueueOutcome::Replay => {
+                Stats::add(&self.stats.replays, 1);
+                info!(
+                    "[SPOOL] a message identical to one accepted within the replay window: answered as accepted, not queued again"
+                );
+            }
+            _ => {}
         }
         outcome
     }

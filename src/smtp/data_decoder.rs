@@ -1,13 +1,17 @@
 //! Decoding of the DATA stream: dot-unstuffing and end-of-data detection.
 //!
-//! This is the SMTP-smuggling defense. Only `CRLF . CRLF` ends a message;
-//! a bare LF or bare CR anywhere marks the message as malformed, and a bare
-//! LF never starts a new line, so `\n.\n`, `\n.\r\n` and `\r.\r` can never
-//! end the message early. The decoder keeps counting after the size limit is
-//! passed, so an oversized message is read to its end (and then refused)
-//! without holding more than the limit in memory.
+//! This is the SMTP-smuggling defense. Only `CRLF . CRLF` ends a message.
+//! A bare LF stops decoding at once ([`Verdict::BareLf`]): the client uses
+//! LF line endings (or smuggles), its `\n.\n` would never end the message,
+//! and the session closes instead of waiting; nothing after the LF is read.
+//! A bare CR or a NUL byte marks the message as malformed but decoding goes
+//! on to the real `CRLF . CRLF`, so `\r.\r` can never end the message early.
+//! A NUL is refused because a next hop that drops NULs before looking for
+//! the end of data would see lines we never saw. The decoder keeps counting
+//! after the size limit is passed, so an oversized message is read to its
+//! end (and then refused) without holding more than the limit in memory.
 
-use memchr::memchr2;
+use memchr::memchr3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Position {
@@ -28,7 +32,12 @@ enum Position {
 pub enum Verdict {
     Complete,
     TooLarge,
+    /// A bare CR somewhere in the message (read to its end).
     BareLineEnding,
+    /// A NUL byte somewhere in the message (read to its end).
+    NulByte,
+    /// A bare LF: returned as soon as it is seen, before the end of data.
+    BareLf,
 }
 
 #[derive(Debug)]
@@ -38,6 +47,7 @@ pub struct DataDecoder {
     /// Decoded size so far, counted even past the limit.
     size: usize,
     bare: bool,
+    nul: bool,
 }
 
 impl DataDecoder {
@@ -47,33 +57,37 @@ impl DataDecoder {
             limit,
             size: 0,
             bare: false,
+            nul: false,
         }
     }
 
     /// Consumes bytes from `input`, appending decoded content to `body`
     /// while it is within the limit. Returns how many bytes were consumed and
-    /// `Some(verdict)` once the terminating `CRLF.CRLF` has been read; bytes
-    /// after the terminator are not consumed (they are pipelined commands).
+    /// `Some(verdict)` once the terminating `CRLF.CRLF` has been read, or
+    /// `Some(Verdict::BareLf)` at the first bare LF; bytes after the
+    /// terminator (or the LF) are not consumed.
     pub fn feed(&mut self, input: &[u8], body: &mut Vec<u8>) -> (usize, Option<Verdict>) {
         let mut i = 0;
         while i < input.len() {
             match self.pos {
                 Position::Mid => {
                     let rest = &input[i..];
-                    match memchr2(b'\r', b'\n', rest) {
+                    match memchr3(b'\r', b'\n', b'\0', rest) {
                         None => {
                             self.emit(rest, body);
                             return (input.len(), None);
                         }
                         Some(k) => {
                             self.emit(&rest[..k], body);
-                            if rest[k] == b'\r' {
-                                self.pos = Position::AfterCr;
-                            } else {
-                                // Bare LF: keep it (the message is refused
-                                // anyway) but do not treat it as a line start.
-                                self.bare = true;
-                                self.emit(b"\n", body);
+                            match rest[k] {
+                                b'\r' => self.pos = Position::AfterCr,
+                                b'\n' => return (i + k + 1, Some(Verdict::BareLf)),
+                                _ => {
+                                    // Kept so sizes stay right; the message
+                                    // is refused at its end.
+                                    self.nul = true;
+                                    self.emit(b"\0", body);
+                                }
                             }
                             i += k + 1;
                         }
@@ -139,6 +153,8 @@ impl DataDecoder {
             Verdict::TooLarge
         } else if self.bare {
             Verdict::BareLineEnding
+        } else if self.nul {
+            Verdict::NulByte
         } else {
             Verdict::Complete
         }
@@ -197,14 +213,8 @@ mod tests {
     }
 
     #[test]
-    fn it_never_ends_on_smuggling_terminators() {
-        for input in [
-            &b"a\n.\nMAIL FROM:<x@y.z>\r\n"[..],
-            b"a\n.\r\nMAIL FROM:<x@y.z>\r\n",
-            b"a\r.\rMAIL\r\n",
-            b"a\r\n.\nMAIL\r\n",
-            b"a\r\n.\r.\r\n",
-        ] {
+    fn it_never_ends_on_bare_cr_terminators() {
+        for input in [&b"a\r.\rMAIL\r\n"[..], b"a\r\n.\r.\r\n"] {
             for f in [decode_all, decode_bytewise] {
                 let (n, v, _) = f(input, 1000);
                 assert_eq!(v, None, "{input:?} ended early");
@@ -214,15 +224,40 @@ mod tests {
     }
 
     #[test]
-    fn it_rejects_bare_lf_and_bare_cr_in_data() {
-        for input in [
-            &b"a\nb\r\n.\r\n"[..],
-            b"a\rb\r\n.\r\n",
-            b"a\r\n.\nb\r\n.\r\n",
-        ] {
+    fn it_stops_at_the_first_bare_lf_without_reading_on() {
+        // (input, verdict, bytes consumed)
+        let cases: &[(&[u8], Verdict, usize)] = &[
+            (b"a\n.\nMAIL FROM:<x@y.z>\r\n", Verdict::BareLf, 2),
+            (b"a\n.\r\nMAIL FROM:<x@y.z>\r\n", Verdict::BareLf, 2),
+            (b"a\r\n.\nMAIL\r\n", Verdict::BareLf, 5),
+            (b"\n", Verdict::BareLf, 1),
+            (b"Subject: x\r\n\nbody\r\n.\r\n", Verdict::BareLf, 13),
+            // The terminator comes first; the LF after it is not data.
+            (b"a\r\n.\r\n\n", Verdict::Complete, 6),
+        ];
+        for (input, verdict, used) in cases {
             for f in [decode_all, decode_bytewise] {
-                let (_, v, _) = f(input, 1000);
-                assert_eq!(v, Some(Verdict::BareLineEnding), "{input:?}");
+                let (n, v, _) = f(input, 1000);
+                assert_eq!(v, Some(*verdict), "{input:?}");
+                assert_eq!(n, *used, "{input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn it_rejects_bare_cr_and_nul_in_data_after_reading_to_the_end() {
+        let cases: &[(&[u8], Verdict)] = &[
+            (b"a\rb\r\n.\r\n", Verdict::BareLineEnding),
+            (b"a\0b\r\n.\r\n", Verdict::NulByte),
+            (b"\0\r\n.\r\n", Verdict::NulByte),
+            (b"a\r\n\0.\r\n.\r\n", Verdict::NulByte),
+            (b"a\r\0\r\n.\r\n", Verdict::BareLineEnding),
+        ];
+        for (input, verdict) in cases {
+            for f in [decode_all, decode_bytewise] {
+                let (n, v, _) = f(input, 1000);
+                assert_eq!(v, Some(*verdict), "{input:?}");
+                assert_eq!(n, input.len(), "{input:?}");
             }
         }
     }

@@ -13,6 +13,7 @@ fn message(body: &str, rcpts: usize) -> Message {
             recipients: (0..rcpts).map(|i| format!("r{i}@example.net")).collect(),
             smtputf8: false,
             eight_bit: false,
+            to_own_name: false,
         },
         body: body.as_bytes().to_vec(),
     }

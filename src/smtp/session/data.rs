@@ -40,8 +40,14 @@ impl Session {
             (Verdict::BareLineEnding, _) => self.error(Reply::new(
                 550,
                 "5.5.2",
-                "message refused: bare CR or LF in data; every line must end with CRLF",
+                "message refused: bare CR in data; every line must end with CRLF",
             )),
+            (Verdict::NulByte, _) => self.error(Reply::new(
+                550,
+                "5.6.0",
+                "message refused: NUL byte in data",
+            )),
+            (Verdict::BareLf, _) => self.bare_lf("data"),
             (Verdict::Complete, Some(tx)) => {
                 self.phase = Phase::AwaitingSpool;
                 Step::Enqueue(Message {
@@ -50,6 +56,7 @@ impl Session {
                         recipients: tx.recipients,
                         smtputf8: tx.smtputf8,
                         eight_bit: tx.eight_bit,
+                        to_own_name: tx.to_own_name,
                     },
                     body,
                 })

@@ -18,6 +18,7 @@ use smtp_proto::Request;
 
 use super::data_decoder::DataDecoder;
 use super::reply::Reply;
+use crate::address::OnionName;
 use crate::envelope::{EnqueueOutcome, Message};
 
 /// Longest command line accepted. RFC 5321 §4.5.3.1.4 sets 512 octets; we
@@ -28,7 +29,8 @@ pub const MAX_COMMAND_LINE: usize = 4096;
 /// Settings the protocol rules need; built once per listener.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// Our onion name, used in the greeting and EHLO reply.
+    /// Our onion name, used in the greeting and EHLO reply, and refused as
+    /// a destination (mail to it would loop).
     pub hostname: String,
     pub max_message_size: usize,
     pub max_recipients: usize,
@@ -63,6 +65,9 @@ struct Transaction {
     smtputf8: bool,
     eight_bit: bool,
     declared_size: usize,
+    /// `cover@<own name>` was accepted at RCPT; intake refuses the message
+    /// unless it is this node's verified cover.
+    to_own_name: bool,
 }
 
 #[derive(Debug)]
@@ -85,6 +90,8 @@ enum Phase {
 
 pub struct Session {
     config: Arc<SessionConfig>,
+    /// `config.hostname` as an onion name, for the loop check at RCPT.
+    own_name: Option<OnionName>,
     greeted: bool,
     tx: Option<Transaction>,
     phase: Phase,
@@ -94,6 +101,7 @@ pub struct Session {
 impl Session {
     pub fn new(config: Arc<SessionConfig>) -> Self {
         Self {
+            own_name: OnionName::parse(&config.hostname).ok(),
             config,
             greeted: false,
             tx: None,
@@ -161,6 +169,17 @@ impl Session {
                 Some(k) if k >= MAX_COMMAND_LINE => {
                     (k + 1, self.error(Reply::new(500, "5.5.2", "line too long")))
                 }
+                // Like Postfix with smtpd_forbid_bare_newline = yes: a
+                // command line ending in a bare LF is answered at once and
+                // the connection closed, so an `echo ... | nc` user hears
+                // why on the first line, and nothing after it is parsed.
+                Some(k) if k == 0 || input[k - 1] != b'\r' => (k + 1, self.bare_lf("command")),
+                // smtp-proto silently drops a CR inside a line, which would
+                // turn `a<CR>b@x` into another address.
+                Some(k) if memchr::memchr(b'\r', &input[..k - 1]).is_some() => (
+                    k + 1,
+                    self.error(Reply::new(500, "5.5.2", "bare CR in command line")),
+                ),
                 Some(k) => (k + 1, self.command(&input[..=k])),
             },
         }
@@ -172,11 +191,16 @@ impl Session {
         self.phase = Phase::Command;
         self.tx = None;
         match outcome {
-            EnqueueOutcome::Queued => Step::Reply(Reply::new(250, "2.0.0", "Ok: queued")),
-            EnqueueOutcome::Replay => Step::Reply(Reply::new(
-                554,
+            // A replay gets the very reply the first copy got: that copy is
+            // queued, a client that lost its 250 must not bounce it, and a
+            // refusal would tell anyone holding a copy that it passed here.
+            EnqueueOutcome::Queued | EnqueueOutcome::Replay => {
+                Step::Reply(Reply::new(250, "2.0.0", "Ok: queued"))
+            }
+            EnqueueOutcome::Loop => Step::Reply(Reply::new(
+                550,
                 "5.7.1",
-                "message refused: identical message already accepted (replay protection)",
+                "message refused: this node's own name is not a destination (it would loop); nothing was queued",
             )),
             EnqueueOutcome::Failed => Step::Reply(Reply::new(
                 451,
@@ -187,15 +211,56 @@ impl Session {
         }
     }
 
+    /// The reply to a line that ends in a bare LF, in a command or in
+    /// DATA: `521` (this server will not talk to such a client, RFC 7504)
+    /// and close. Nothing after the LF is ever read as a command.
+    fn bare_lf(&mut self, stage: &str) -> Step {
+        self.phase = Phase::Closed;
+        self.tx = None;
+        Step::Close(Reply::new(
+            521,
+            "5.5.2",
+            format!(
+                "bare LF in {stage}: every line must end with CRLF (with netcat, use nc -C); closing"
+            ),
+        ))
+    }
+
     fn command(&mut self, line: &[u8]) -> Step {
-        let request = match Request::parse(&mut line.iter()) {
+        // smtp-proto would replace invalid UTF-8 with U+FFFD and so name a
+        // different mailbox; an address is refused, never rewritten. RFC
+        // 6531 §3.5 gives 553 with X.6.7 for an address refused on account
+        // of its characters.
+        if is_address_command(line) && std::str::from_utf8(line).is_err() {
+            return self.error(Reply::new(
+                553,
+                "5.6.7",
+                "address refused: it is not valid UTF-8",
+            ));
+        }
+        let masked = line
+            .get(..4)
+            .filter(|verb| verb.eq_ignore_ascii_case(b"MAIL"))
+            .and_then(|_| mail::mask_sender_literal(line));
+        let parsed = match &masked {
+            Some((masked_line, _)) => Request::parse(&mut masked_line.iter()),
+            None => Request::parse(&mut line.iter()),
+        };
+        let request = match parsed {
             Ok(r) => r,
-            Err(e) => return self.parse_error(e),
+            Err(e) => return self.parse_error(e, line),
         };
         match request {
             Request::Ehlo { host } => self.ehlo(&host, true),
             Request::Helo { host } => self.ehlo(&host, false),
-            Request::Mail { from } => self.mail(from),
+            Request::Mail { mut from } => {
+                if let Some((_, literal)) = &masked
+                    && let Some((local, _)) = from.address.rsplit_once('@')
+                {
+                    from.address = format!("{local}@{literal}").into();
+                }
+                self.mail(from, line)
+            }
             Request::Rcpt { to } => self.rcpt(to),
             Request::Data => self.data(),
             Request::Rset => {
@@ -225,9 +290,29 @@ impl Session {
         }
     }
 
-    fn parse_error(&mut self, e: smtp_proto::Error) -> Step {
+    fn parse_error(&mut self, e: smtp_proto::Error, line: &[u8]) -> Step {
         use smtp_proto::Error as E;
         let reply = match e {
+            // smtp-proto saturates a SIZE of 20 digits to its error value;
+            // a number of only digits is a size, and this one is too big.
+            E::InvalidParameter { param: "SIZE" }
+                if mail::declared_size(line)
+                    .is_some_and(|n| n > self.config.max_message_size as u64) =>
+            {
+                return Step::Reply(self.size_exceeded());
+            }
+            // smtp-proto refuses some literals (IPv6) before we see them;
+            // they get the same reply as the literals it passes on.
+            E::InvalidRecipientAddress if path_of(line).is_some_and(|p| p.contains(&b'[')) => {
+                Reply::new(
+                    553,
+                    "5.1.3",
+                    format!(
+                        "recipient address rejected: {}",
+                        crate::address::AddressError::AddressLiteral
+                    ),
+                )
+            }
             E::UnknownCommand => Reply::new(500, "5.5.1", "command unrecognized"),
             E::InvalidSenderAddress => Reply::new(501, "5.1.7", "bad sender address syntax"),
             E::InvalidRecipientAddress => Reply::new(501, "5.1.3", "bad recipient address syntax"),
@@ -266,6 +351,20 @@ impl Session {
     fn bad_sequence(&mut self, text: &str) -> Step {
         self.error(Reply::new(503, "5.5.1", text))
     }
+}
+
+/// True for MAIL and RCPT lines, the commands that carry an address.
+fn is_address_command(line: &[u8]) -> bool {
+    line.get(..4).is_some_and(|verb| {
+        verb.eq_ignore_ascii_case(b"MAIL") || verb.eq_ignore_ascii_case(b"RCPT")
+    })
+}
+
+/// The bytes between the first `<` of a command line and the next `>`.
+fn path_of(line: &[u8]) -> Option<&[u8]> {
+    let open = memchr::memchr(b'<', line)?;
+    let len = memchr::memchr(b'>', &line[open + 1..])?;
+    Some(&line[open + 1..open + 1 + len])
 }
 
 /// Quotes client-supplied text for a reply without letting control bytes through.

@@ -5,7 +5,8 @@ use std::borrow::Cow;
 use smtp_proto::RcptTo;
 
 use super::{Phase, Reply, Session, Step};
-use crate::address::{AddressError, Domain, parse_mailbox};
+use crate::address::{AddressError, Domain, Mailbox, parse_mailbox};
+use crate::envelope::COVER_LOCAL_PART;
 
 impl Session {
     pub(super) fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) -> Step {
@@ -34,6 +35,14 @@ impl Session {
         }
         let mailbox = match parse_mailbox(&to.address, tx.smtputf8) {
             Ok(m) => m,
+            Err(e @ AddressError::NonAsciiWithoutSmtputf8) => {
+                // RFC 6531 §3.5: 553 with X.6.7 for a non-ASCII address.
+                return self.error(Reply::new(
+                    553,
+                    "5.6.7",
+                    format!("recipient address rejected: {e}"),
+                ));
+            }
             Err(e @ AddressError::Onion(_)) => {
                 return self.error(Reply::new(
                     553,
@@ -49,6 +58,9 @@ impl Session {
                 ));
             }
         };
+        if self.is_own_name(&mailbox) {
+            return self.own_name_recipient(&mailbox);
+        }
         if self.config.check_domains
             && let Domain::Clearnet(domain) = &mailbox.domain
         {
@@ -59,6 +71,31 @@ impl Session {
             return Step::CheckDomain(domain);
         }
         self.accept_recipient(mailbox.to_string())
+    }
+
+    fn is_own_name(&self, mailbox: &Mailbox) -> bool {
+        matches!((&mailbox.domain, &self.own_name), (Domain::Onion(service), Some(own)) if service == own)
+    }
+
+    /// This node's own name (or a subdomain of it) is not a destination:
+    /// relayed there, a message would come back and leave again for ever,
+    /// each pass with a fresh Message-ID and Date, so that replay
+    /// protection never matches. The one exception is `cover@<own name>`,
+    /// where loop cover goes; whether a message to it is cover shows only
+    /// at the end of DATA, where intake refuses anything that is not.
+    fn own_name_recipient(&mut self, mailbox: &Mailbox) -> Step {
+        let own = self.own_name.as_ref().map(|n| n.as_str());
+        if mailbox.local == COVER_LOCAL_PART && Some(mailbox.domain_str()) == own {
+            if let Some(tx) = self.tx.as_mut() {
+                tx.to_own_name = true;
+            }
+            return self.accept_recipient(mailbox.to_string());
+        }
+        self.error(Reply::new(
+            550,
+            "5.7.1",
+            "recipient refused: this node's own name is not a destination (mail to it would loop)",
+        ))
     }
 
     fn accept_recipient(&mut self, recipient: String) -> Step {

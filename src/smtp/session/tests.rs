@@ -145,27 +145,70 @@ fn it_answers_a_pipelined_batch_in_order() {
 }
 
 #[test]
-fn it_rejects_bare_lf_in_data_and_keeps_nothing() {
-    let mut c = Client::greeted();
-    c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n");
-    let r = c.send(b"one\ntwo\r\n.\r\n");
-    assert!(r[0].starts_with("550 5.5.2"), "{r:?}");
-    assert!(c.queued.is_empty());
-    // The transaction is over: RCPT now is out of sequence.
-    assert_eq!(c.codes(b"RCPT TO:<b@example.org>\r\n"), [503]);
+fn it_closes_at_the_first_bare_lf_in_data_and_keeps_nothing() {
+    for data in [
+        &b"one\ntwo\r\n.\r\n"[..],
+        b"one\n.\n",
+        b"one\r\n.\nQUIT\r\n",
+    ] {
+        let mut c = Client::greeted();
+        c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n");
+        let r = c.send(data);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].starts_with("521 5.5.2"), "{r:?}");
+        assert!(r[0].contains("CRLF") && r[0].contains("nc -C"), "{r:?}");
+        assert!(c.closed);
+        assert!(c.queued.is_empty());
+        // Closed: nothing more is read, not even a well-formed command.
+        assert!(c.send(b"NOOP\r\n").is_empty());
+    }
 }
 
 #[test]
-fn it_never_ends_data_at_lf_dot_lf() {
+fn it_never_takes_bytes_after_lf_dot_lf_as_commands() {
     let mut c = Client::greeted();
     c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n");
     let r =
         c.send(b"x\n.\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\n");
-    assert!(r.is_empty(), "smuggled commands were answered: {r:?}");
-    let r = c.send(b"\r\n.\r\n");
-    assert_eq!(r.len(), 1);
-    assert!(r[0].starts_with("550"));
+    assert_eq!(r.len(), 1, "smuggled commands were answered: {r:?}");
+    assert!(r[0].starts_with("521"), "{r:?}");
     assert!(c.queued.is_empty());
+}
+
+#[test]
+fn it_closes_on_a_command_line_ending_in_bare_lf() {
+    for input in [&b"EHLO x.example\n"[..], b"\n", b"NOOP\nNOOP\r\n"] {
+        let mut c = Client::new();
+        let r = c.send(input);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].starts_with("521 5.5.2"), "{r:?}");
+        assert!(r[0].contains("nc -C"), "{r:?}");
+        assert!(c.closed);
+    }
+}
+
+#[test]
+fn it_refuses_bare_cr_and_nul_in_data_after_the_terminator() {
+    for (data, prefix) in [
+        (&b"a\rb\r\n.\r\n"[..], "550 5.5.2"),
+        (b"a\0b\r\n.\r\n", "550 5.6.0"),
+    ] {
+        let mut c = Client::greeted();
+        c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n");
+        let r = c.send(data);
+        assert!(r[0].starts_with(prefix), "{r:?}");
+        assert!(c.queued.is_empty());
+        assert_eq!(c.codes(b"NOOP\r\n"), [250], "the session goes on");
+    }
+}
+
+#[test]
+fn it_refuses_a_bare_cr_inside_a_command_line() {
+    let mut c = Client::greeted();
+    c.send(b"MAIL FROM:<a@example.org>\r\n");
+    let r = c.send(b"RCPT TO:<us\rer@example.org>\r\n");
+    assert!(r[0].starts_with("500 5.5.2"), "{r:?}");
+    assert_eq!(c.codes(b"DATA\r\n"), [503], "no recipient was taken");
 }
 
 #[test]
@@ -184,6 +227,14 @@ fn it_refuses_oversized_data_after_reading_it_all() {
 fn it_refuses_a_declared_size_over_the_limit_at_mail_time() {
     let mut c = Client::greeted();
     let r = c.send(b"MAIL FROM:<a@example.org> SIZE=1001\r\n");
+    assert!(r[0].starts_with("552 5.3.4"), "{r:?}");
+    // Too big for 64 bits is still just too big (smtp-proto wraps it).
+    for digits in [20, 21, 40] {
+        let line = format!("MAIL FROM:<a@example.org> SIZE={}\r\n", "9".repeat(digits));
+        let r = c.send(line.as_bytes());
+        assert!(r[0].starts_with("552 5.3.4"), "{digits}: {r:?}");
+    }
+    let r = c.send(b"MAIL FROM:<a@example.org> size=100000000000000000000000 BODY=8BITMIME\r\n");
     assert!(r[0].starts_with("552 5.3.4"), "{r:?}");
     assert_eq!(
         c.codes(b"MAIL FROM:<a@example.org> SIZE=1000 BODY=8BITMIME SMTPUTF8\r\n"),
@@ -274,9 +325,111 @@ fn it_validates_recipient_mailboxes() {
     assert!(r[0].starts_with("553 5.1.2"), "{r:?}");
     let r = c.send(b"RCPT TO:<x@localhost>\r\n");
     assert!(r[0].starts_with("553 5.1.3"), "{r:?}");
-    // smtp-proto already refuses the bracket as address syntax.
-    let r = c.send(b"RCPT TO:<x@[127.0.0.1]>\r\n");
-    assert!(r[0].starts_with("501 5.1.3"), "{r:?}");
+    // smtp-proto refuses the bracket as address syntax; the reply is the
+    // one for every literal, as the README says.
+    for literal in ["[127.0.0.1]", "[IPv6:::1]"] {
+        let r = c.send(format!("RCPT TO:<x@{literal}>\r\n").as_bytes());
+        assert!(r[0].starts_with("553 5.1.3"), "{r:?}");
+        assert!(r[0].contains("literal"), "{r:?}");
+    }
+    let r = c.send("RCPT TO:<jörg@example.org>\r\n".as_bytes());
+    assert!(r[0].starts_with("553 5.6.7"), "{r:?}");
+}
+
+#[test]
+fn it_keeps_onion_subdomains_in_the_recipient() {
+    let mut c = Client::greeted();
+    let to = format!("user@mail.{}", onion(2));
+    c.send(format!("MAIL FROM:<a@example.org>\r\nRCPT TO:<{to}>\r\nDATA\r\nx\r\n.\r\n").as_bytes());
+    assert_eq!(c.queued[0].envelope.recipients, [to]);
+}
+
+#[test]
+fn it_refuses_invalid_utf8_addresses_instead_of_rewriting_them() {
+    for line in [
+        &b"MAIL FROM:<j\xf6rg@example.org> SMTPUTF8\r\n"[..],
+        b"MAIL FROM:<a@ex\xc3ample.org> SMTPUTF8\r\n",
+    ] {
+        let mut c = Client::greeted();
+        let r = c.send(line);
+        assert!(r[0].starts_with("553 5.6.7"), "{r:?}");
+        assert_eq!(
+            c.codes(b"RCPT TO:<b@example.org>\r\n"),
+            [503],
+            "no transaction"
+        );
+    }
+    let mut c = Client::greeted();
+    c.send(b"MAIL FROM:<a@example.org> SMTPUTF8\r\n");
+    let r = c.send(b"RCPT TO:<j\xf6rg@example.org>\r\n");
+    assert!(r[0].starts_with("553 5.6.7"), "{r:?}");
+    let r = c.send(b"RCPT TO:<a@b\xfc\xfccher.example>\r\n");
+    assert!(r[0].starts_with("553 5.6.7"), "{r:?}");
+    assert_eq!(c.codes(b"DATA\r\n"), [503], "no recipient was taken");
+}
+
+#[test]
+fn it_checks_senders_for_syntax_not_deliverability() {
+    for sender in [
+        "root@vm".to_string(),
+        "sender@test.onion".into(),
+        "a@[192.0.2.1]".into(),
+        "a@[IPv6:2001:db8::1]".into(),
+        "a@my_host".into(),
+    ] {
+        let mut c = Client::greeted();
+        let r = c.send(
+            format!("MAIL FROM:<{sender}>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nx\r\n.\r\n")
+                .as_bytes(),
+        );
+        assert!(r[0].starts_with("250 2.1.0"), "{sender}: {r:?}");
+        assert_eq!(c.queued[0].envelope.sender, sender);
+    }
+    for (line, prefix) in [
+        ("MAIL FROM:<postmaster>", "553 5.1.7"),
+        ("MAIL FROM:<Postmaster>", "553 5.1.7"),
+        ("MAIL FROM:<a@>", "553 5.1.7"),
+        ("MAIL FROM:<a@[1.2.3.4>", "501 5.1.7"),
+        ("MAIL FROM:<jörg@example.org>", "553 5.6.7"),
+    ] {
+        let mut c = Client::greeted();
+        let r = c.send(format!("{line}\r\n").as_bytes());
+        assert!(r[0].starts_with(prefix), "{line}: {r:?}");
+    }
+    // Recipients stay strict.
+    let mut c = Client::greeted();
+    c.send(b"MAIL FROM:<root@vm>\r\n");
+    assert_eq!(c.codes(b"RCPT TO:<root@vm>\r\n"), [553]);
+    assert_eq!(c.codes(b"RCPT TO:<a@test.onion>\r\n"), [553]);
+}
+
+#[test]
+fn it_refuses_its_own_name_as_a_destination_except_for_cover() {
+    let own = onion(1);
+    for to in [
+        format!("alice@{own}"),
+        format!("cover@mail.{own}"),
+        format!("x@sub.{}", own.to_uppercase()),
+    ] {
+        let mut c = Client::greeted();
+        c.send(b"MAIL FROM:<a@example.org>\r\n");
+        let r = c.send(format!("RCPT TO:<{to}>\r\n").as_bytes());
+        assert!(r[0].starts_with("550 5.7.1"), "{to}: {r:?}");
+        assert_eq!(c.codes(b"DATA\r\n"), [503], "{to} was taken");
+    }
+    // cover@<own> is accepted at RCPT and flagged for intake, which knows
+    // cover when it sees it; other recipients are not flagged.
+    let mut c = Client::greeted();
+    c.send(format!("MAIL FROM:<>\r\nRCPT TO:<cover@{own}>\r\nDATA\r\nx\r\n.\r\n").as_bytes());
+    assert!(c.queued[0].envelope.to_own_name);
+    c.send(
+        format!(
+            "MAIL FROM:<>\r\nRCPT TO:<b@{}>\r\nDATA\r\nx\r\n.\r\n",
+            onion(2)
+        )
+        .as_bytes(),
+    );
+    assert!(!c.queued[1].envelope.to_own_name);
 }
 
 #[test]
@@ -309,7 +462,9 @@ fn it_waits_for_a_complete_line() {
 #[test]
 fn it_reports_replays_and_storage_failures() {
     for (outcome, prefix) in [
-        (EnqueueOutcome::Replay, "554 5.7.1"),
+        // A replay is answered exactly like the first copy.
+        (EnqueueOutcome::Replay, "250 2.0.0 Ok: queued\r\n"),
+        (EnqueueOutcome::Loop, "550 5.7.1"),
         (EnqueueOutcome::Failed, "451 4.3.0"),
         (EnqueueOutcome::ShuttingDown, "421 4.3.0"),
     ] {
