@@ -341,6 +341,7 @@ pub fn decode_blob(blob: &[u8]) -> Result<Message, FragmentError> {
             recipients,
             smtputf8: flags & FLAG_SMTPUTF8 != 0,
             eight_bit: flags & FLAG_EIGHT_BIT != 0,
+            to_own_name: false,
         },
         body,
     })
@@ -424,6 +425,7 @@ mod tests {
                 recipients: vec!["c@d.example".into(), "é@f.example".into()],
                 smtputf8: true,
                 eight_bit: false,
+                to_own_name: false,
             },
             body: (0..body_len).map(|i| (i % 251) as u8).collect(),
         }
