@@ -135,7 +135,7 @@ pub struct ListenerArgs {
     /// Recipients per message.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub max_recipients: usize,
-    /// Concurrent SMTP sessions; the excess client gets 421.
+    /// Concurrent SMTP sessions; when full, the slowest session is shed (421) for a newcomer.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_connections: usize,
     /// Sessions allowed per client identity in each -rate-window.
