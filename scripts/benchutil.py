@@ -3,9 +3,10 @@ import base64
 import hashlib
 
 
-def onion_name() -> str:
-    """A valid v3 onion name (fixed key) for a local pluto2 under test."""
-    key = bytes(range(32))
+def onion_name(seed: int = 0) -> str:
+    """A valid v3 onion name (fixed key) for a local pluto2 under test;
+    another seed gives another name (a recipient that is not the node)."""
+    key = bytes((i + seed) % 256 for i in range(32))
     check = hashlib.sha3_256(b".onion checksum" + key + b"\x03").digest()[:2]
     return base64.b32encode(key + check + b"\x03").decode().lower() + ".onion"
 
@@ -17,3 +18,46 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+def start_pluto2(binary: str, data_dir: str, *flags: str):
+    """Starts pluto2 on 127.0.0.1 (an ephemeral port, Tor pointed at the
+    discard port so nothing leaves) and returns (process, (host, port)).
+    Its log is drained by a thread and kept in process.log_lines."""
+    import subprocess
+    import threading
+    import time
+    proc = subprocess.Popen(
+        [binary, "-name", onion_name(), "-addr", "127.0.0.1:0", "-data-dir", data_dir,
+         "-tor-socks", "127.0.0.1:9", "-dns-server", "127.0.0.1:9", "-cover-interval", "0",
+         *flags],
+        stderr=subprocess.PIPE, text=True)
+    addr = None
+    deadline = time.monotonic() + 30
+    proc.log_lines = []
+    while addr is None and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        proc.log_lines.append(line)
+        if "listening on " in line:
+            host, port = line.rsplit("listening on ", 1)[1].strip().rsplit(":", 1)
+            addr = (host, int(port))
+    if addr is None:
+        proc.kill()
+        raise SystemExit("pluto2 did not start: " + "".join(proc.log_lines))
+
+    def drain() -> None:
+        for line in proc.stderr:
+            proc.log_lines.append(line)
+    threading.Thread(target=drain, daemon=True).start()
+    return proc, addr
+
+
+def hwm_kib(pid: int) -> int:
+    """Peak resident set size of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM")

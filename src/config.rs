@@ -135,7 +135,7 @@ pub struct ListenerArgs {
     /// Recipients per message.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub max_recipients: usize,
-    /// Concurrent SMTP sessions; the excess client gets 421.
+    /// Concurrent SMTP sessions; when full, the slowest session is shed (421) for a newcomer.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_connections: usize,
     /// Sessions allowed per client identity in each -rate-window.
@@ -147,6 +147,15 @@ pub struct ListenerArgs {
     /// Close a session that sends nothing for this long (RFC 5321 4.5.3.2 suggests 5m).
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
+    /// Close any session this long after it connected, busy or not.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    pub session_timeout: Duration,
+    /// Slowest average DATA rate, in bytes per second, after a grace of -idle-timeout (at most 30s) (0 = off).
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub min_data_rate: u64,
+    /// Memory for message bodies shared by all sessions, beyond 64 KiB each; when spent, 452 4.3.1.
+    #[arg(long, default_value_t = 134_217_728, value_name = "BYTES")]
+    pub data_memory: usize,
     /// Expect a PROXY v1 header (Tor's HiddenServiceExportCircuitID haproxy).
     #[arg(long)]
     pub proxy_protocol: bool,
@@ -323,6 +332,10 @@ pub struct ListenerConfig {
     pub rate_limit: NonZeroU32,
     pub rate_window: Duration,
     pub idle_timeout: Duration,
+    pub session_timeout: Duration,
+    /// Bytes per second; zero turns the minimum off.
+    pub min_data_rate: u64,
+    pub data_memory: usize,
     pub proxy_protocol: bool,
 }
 
@@ -517,6 +530,7 @@ impl ListenerArgs {
             ));
         }
         at_least_a_second("-idle-timeout", self.idle_timeout)?;
+        at_least_a_second("-session-timeout", self.session_timeout)?;
         Ok(ListenerConfig {
             addr: self.addr,
             max_message_size: self.max_message_size,
@@ -525,6 +539,9 @@ impl ListenerArgs {
             rate_limit,
             rate_window: self.rate_window,
             idle_timeout: self.idle_timeout,
+            session_timeout: self.session_timeout,
+            min_data_rate: self.min_data_rate,
+            data_memory: self.data_memory,
             proxy_protocol: self.proxy_protocol,
         })
     }

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -25,13 +24,16 @@ use crate::relay::mx_lookup::MxResolver;
 use crate::relay::route::Router;
 use crate::relay::socks::SocksDialer;
 use crate::sanitize::SanitizeConfig;
+use crate::smtp::connections::ConnectionTable;
+use crate::smtp::memory_budget::MemoryBudget;
 use crate::smtp::rate_limit::SessionRateLimiter;
-use crate::smtp::server::{self, DomainCheck, ServerContext};
+use crate::smtp::server::{self, DomainCheck, LogThrottle, ServerContext};
 use crate::smtp::session::SessionConfig;
 use crate::spool::{Spool, SpoolError};
 use crate::stats::Stats;
 
 mod data_dir;
+mod fd_limit;
 
 /// Bound on one MX lookup through Tor during delivery.
 const MX_TIMEOUT: Duration = Duration::from_secs(20);
@@ -39,6 +41,12 @@ const MX_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on the RCPT-time "does this domain take mail?" lookup; the client
 /// is waiting, and a slow answer means "accept".
 const RCPT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections the kernel queues for us before we accept them. 128 (the
+/// usual default) overflows in a burst of Tor circuits arriving at once,
+/// and while accepts pause for lack of descriptors; Linux caps the value at
+/// `net.core.somaxconn` (4096 by default since 5.4).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Errors a client makes before the session is closed with 421
 /// (Postfix's smtpd_hard_error_limit defaults to 20; we are stricter).
@@ -81,12 +89,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         path: config.spool.data_dir.display().to_string(),
         source,
     })?;
-    let listener = TcpListener::bind(config.listener.addr)
-        .await
-        .map_err(|source| DaemonError::Bind {
-            addr: config.listener.addr,
-            source,
-        })?;
+    check_descriptors(&config);
+    let listener = bind(config.listener.addr).map_err(|source| DaemonError::Bind {
+        addr: config.listener.addr,
+        source,
+    })?;
     let local = listener.local_addr().map_err(|source| DaemonError::Bind {
         addr: config.listener.addr,
         source,
@@ -177,8 +184,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             config.listener.rate_window,
         ),
         idle_timeout: config.listener.idle_timeout,
+        session_timeout: config.listener.session_timeout,
+        min_data_rate: config.listener.min_data_rate,
         proxy_protocol: config.listener.proxy_protocol,
-        connections: Arc::new(Semaphore::new(config.listener.max_connections)),
+        connections: ConnectionTable::new(config.listener.max_connections),
+        memory: MemoryBudget::new(config.listener.data_memory),
+        memory_refusals: LogThrottle::default(),
         domain_check: Some(Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
         sink: Arc::new(Intake {
             spool,
@@ -216,6 +227,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     closer.closed().await;
     info!("[SPOOL] closed cleanly");
     Ok(())
+}
+
+/// Binds the SMTP listener with a backlog of [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std and tokio do: a restart can bind while old connections linger
+    // in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Raises the descriptor limit and warns when -max-connections cannot fit.
+fn check_descriptors(config: &Config) {
+    let limits = fd_limit::raise();
+    if limits.soft > limits.before {
+        info!(
+            "[CONN] file descriptor limit raised from {} to {}",
+            limits.before, limits.soft
+        );
+    }
+    let needed = fd_limit::needed(config.listener.max_connections, config.relay.workers);
+    if needed > limits.soft {
+        let hard = limits
+            .hard
+            .map_or_else(|| "unlimited".to_string(), |h| h.to_string());
+        warn!(
+            "[CONN] -max-connections {} needs about {needed} file descriptors but the limit is {} (hard limit {hard}): raise LimitNOFILE= or `ulimit -n`, or lower -max-connections",
+            config.listener.max_connections, limits.soft
+        );
+    }
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) -> Result<(), DaemonError> {

@@ -42,15 +42,6 @@ async fn a_stalled_client_does_not_block_others() {
 }
 
 #[tokio::test]
-async fn connections_over_the_limit_get_421() {
-    let d = Daemon::start(&["-max-connections", "2"]);
-    let _a = d.client().await;
-    let _b = d.client().await;
-    let mut c = Client::connect(d.addr).await;
-    told_421_and_closed(&mut c, "4.7.0").await;
-}
-
-#[tokio::test]
 async fn sessions_over_the_rate_limit_get_421() {
     let d = Daemon::start(&["-rate-limit", "3", "-rate-window", "1h"]);
     for _ in 0..3 {

@@ -1,6 +1,9 @@
 //! Inbound SMTP: the pure protocol state machine and the socket server.
 
+pub mod accept_backoff;
+pub mod connections;
 pub mod data_decoder;
+pub mod memory_budget;
 pub mod proxy_header;
 pub mod rate_limit;
 pub mod reply;

@@ -1,21 +1,39 @@
 //! The SMTP listener: sockets, limits and timeouts around the pure session.
 //!
 //! Each accepted connection gets its own task, so a slow client only ever
-//! delays itself. Load is bounded at the door: a connection beyond
-//! `-max-connections` or over its rate limit is told `421` and closed
-//! without spawning anything.
+//! delays itself. What one client can take is bounded:
+//!
+//! * **Connections**: a client over its rate limit is told `421` and closed
+//!   without spawning anything; a full table of `-max-connections` sheds its
+//!   slowest session to make room (`smtp::connections`).
+//! * **Time**: `-idle-timeout` between reads and writes; `-session-timeout`
+//!   for the whole session, however busy, so trickling a byte every few
+//!   seconds cannot hold a slot for ever; and in DATA an average of at least
+//!   `-min-data-rate` bytes per second after a grace period of
+//!   `-idle-timeout` (at most [`DATA_GRACE`]): DATA must be done by
+//!   `start + grace + bytes / rate`, the way Postfix's per-request deadline
+//!   with `smtpd_min_data_rate` works. All three end in `421 4.4.2`.
+//! * **Memory**: message bodies draw from one budget (`smtp::memory_budget`),
+//!   checked after every read; a session it cannot cover gets `452 4.3.1`.
+//! * **File descriptors**: a failing `accept` backs off and logs once per
+//!   episode (`smtp::accept_backoff`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::Mutex;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
+use super::accept_backoff::AcceptBackoff;
+use super::connections::{ConnectionTable, Slot};
+use super::memory_budget::{MemoryBudget, Reservation};
 use super::proxy_header::{self, ProxySource};
 use super::rate_limit::SessionRateLimiter;
 use super::reply::Reply;
@@ -28,17 +46,28 @@ use crate::redact::Sensitive;
 /// roughly the per-session buffer in steady state.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Pause after a failed accept (e.g. out of file descriptors) so the loop
-/// does not spin while the condition lasts.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest grace before `-min-data-rate` applies to a DATA phase.
+pub const DATA_GRACE: Duration = Duration::from_secs(30);
+
+/// Events that can come in floods (sheds, memory refusals) are logged at
+/// most once per this period, with their count.
+const LOG_PERIOD: Duration = Duration::from_secs(60);
 
 /// Everything a connection task needs, shared read-only.
 pub struct ServerContext {
     pub session: Arc<SessionConfig>,
     pub rate_limiter: SessionRateLimiter,
     pub idle_timeout: Duration,
+    /// Whole-session deadline, counted from the accept.
+    pub session_timeout: Duration,
+    /// Bytes per second DATA must average after its grace; 0 = no minimum.
+    pub min_data_rate: u64,
     pub proxy_protocol: bool,
-    pub connections: Arc<Semaphore>,
+    pub connections: Arc<ConnectionTable>,
+    /// Shared by all sessions for the message bodies they hold.
+    pub memory: Arc<MemoryBudget>,
+    /// Throttles the log line about transactions refused for memory.
+    pub memory_refusals: LogThrottle,
     /// Answers RCPT-time "does this domain have a mail server?" questions.
     pub domain_check: Option<Arc<dyn DomainCheck>>,
     /// Takes every finished message; the listener knows nothing of what
@@ -69,37 +98,63 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let mut backoff = AcceptBackoff::default();
+    let sheds = LogThrottle::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                backoff.succeeded();
+                pair
+            }
             Err(e) => {
-                warn!("[CONN] accept failed: {e}");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = backoff.failed(&e) => continue,
+                }
             }
         };
-        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-            info!("[CONN] refused a connection: -max-connections reached");
-            refuse(
-                &stream,
-                &Reply::new(421, "4.7.0", "too many connections, try again later"),
-            );
-            continue;
-        };
+        // The rate limit comes first, so a refused client cannot shed anyone.
         if !ctx.proxy_protocol && !admit(&ctx, peer.ip(), &stream) {
             continue;
+        }
+        let admission = ctx.connections.admit(Instant::now());
+        if admission.shed_another
+            && let Some(n) = sheds.note(Instant::now())
+        {
+            info!(
+                "[CONN] -max-connections reached: shed {n} slowest session(s) to admit newcomers"
+            );
         }
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            connection(stream, peer, ctx, shutdown, permit).await;
+            connection(stream, peer, ctx, shutdown, admission.slot).await;
         });
     }
     debug!("[CONN] listener stopped");
+}
+
+/// Counts an event that can come in floods and says when to log it: the
+/// first time, then at most once per [`LOG_PERIOD`], with the count since
+/// the last line.
+#[derive(Debug, Default)]
+pub struct LogThrottle(Mutex<(Option<Instant>, u64)>);
+
+impl LogThrottle {
+    pub fn note(&self, now: Instant) -> Option<u64> {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, count) = &mut *state;
+        *count += 1;
+        if last.is_some_and(|at| now.duration_since(at) < LOG_PERIOD) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(count))
+    }
 }
 
 /// Applies the per-identity rate limit; tells a refused client why.
@@ -125,9 +180,18 @@ fn refuse(stream: &TcpStream, reply: &Reply) {
 enum Ended {
     Done,
     PeerClosed,
-    Timeout,
+    Timeout(Limit),
+    Shed,
     Shutdown,
     Io(std::io::Error),
+}
+
+/// Which time limit a client ran into.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Idle,
+    Session,
+    DataRate,
 }
 
 async fn connection(
@@ -135,13 +199,20 @@ async fn connection(
     peer: SocketAddr,
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    slot: Slot,
 ) {
     debug!("[CONN] accepted {}", Sensitive(peer));
     let _ = stream.set_nodelay(true);
     let mut input = Input::default();
+    let mut watch = Watch {
+        idle: ctx.idle_timeout,
+        session_end: Instant::now() + ctx.session_timeout,
+        data: None,
+        slot,
+        shutdown,
+    };
     if ctx.proxy_protocol {
-        match read_proxy_header(&mut stream, &mut input, ctx.idle_timeout, &shutdown).await {
+        match read_proxy_header(&mut stream, &mut input, &watch).await {
             Ok(source) => {
                 let identity = match source {
                     ProxySource::Address(ip) => ip,
@@ -158,14 +229,62 @@ async fn connection(
         }
     }
     let mut session = Session::new(ctx.session.clone());
-    let ended = run_session(&mut stream, &mut session, &mut input, &ctx, &shutdown).await;
+    let ended = run_session(&mut stream, &mut session, &mut input, &ctx, &mut watch).await;
     match ended {
         Ended::Done | Ended::PeerClosed => {}
-        Ended::Timeout => debug!("[CONN] idle timeout"),
+        Ended::Timeout(limit) => debug!("[CONN] closed: {limit:?} time limit"),
+        Ended::Shed => debug!("[CONN] shed to admit a newcomer"),
         Ended::Shutdown => debug!("[CONN] closed for shutdown"),
         Ended::Io(e) => debug!("[CONN] connection error: {e}"),
     }
     let _ = stream.shutdown().await;
+}
+
+/// The limits one connection runs under while it waits for input.
+struct Watch {
+    idle: Duration,
+    session_end: Instant,
+    /// Set while the session is in DATA.
+    data: Option<DataClock>,
+    slot: Slot,
+    shutdown: CancellationToken,
+}
+
+/// Progress of one DATA phase, for the minimum rate.
+struct DataClock {
+    /// When DATA must be complete if no more bytes arrive.
+    deadline: Instant,
+}
+
+impl Watch {
+    /// The earliest hard deadline and which limit it is.
+    fn deadline(&self) -> (Instant, Limit) {
+        match &self.data {
+            Some(data) if data.deadline < self.session_end => (data.deadline, Limit::DataRate),
+            _ => (self.session_end, Limit::Session),
+        }
+    }
+
+    /// Follows the session into and out of DATA; each byte received in
+    /// DATA moves its deadline by `1 / -min-data-rate` seconds.
+    fn track_data(&mut self, in_data: bool, min_rate: u64) {
+        match (in_data, &self.data) {
+            (true, None) if min_rate > 0 => {
+                self.data = Some(DataClock {
+                    deadline: Instant::now() + self.idle.min(DATA_GRACE),
+                });
+            }
+            (false, Some(_)) => self.data = None,
+            _ => {}
+        }
+    }
+
+    fn received(&mut self, n: usize, min_rate: u64) {
+        self.slot.received(n);
+        if let Some(data) = &mut self.data {
+            data.deadline += Duration::from_secs_f64(n as f64 / min_rate as f64);
+        }
+    }
 }
 
 /// Reads the PROXY v1 line before anything else; nothing is sent to the
@@ -173,8 +292,7 @@ async fn connection(
 async fn read_proxy_header(
     stream: &mut TcpStream,
     input: &mut Input,
-    timeout: Duration,
-    shutdown: &CancellationToken,
+    watch: &Watch,
 ) -> Result<ProxySource, String> {
     loop {
         match proxy_header::parse(input.pending()) {
@@ -185,10 +303,11 @@ async fn read_proxy_header(
             Ok(None) => {}
             Err(e) => return Err(e.to_string()),
         }
-        match input.fill(stream, timeout, shutdown).await {
-            Fill::Data => {}
+        match input.fill(stream, watch).await {
+            Fill::Data(n) => watch.slot.received(n),
             Fill::Eof => return Err("client closed before the PROXY header".into()),
-            Fill::Timeout => return Err("no PROXY header before the idle timeout".into()),
+            Fill::Timeout(_) => return Err("no PROXY header in time".into()),
+            Fill::Shed => return Err("shed to admit a newcomer".into()),
             Fill::Shutdown => return Err("shutting down".into()),
             Fill::Io(e) => return Err(e.to_string()),
         }
@@ -200,10 +319,11 @@ async fn run_session(
     session: &mut Session,
     input: &mut Input,
     ctx: &ServerContext,
-    shutdown: &CancellationToken,
+    watch: &mut Watch,
 ) -> Ended {
     let mut out = Vec::with_capacity(512);
     session.greeting().encode(&mut out);
+    let mut memory = Reservation::new(ctx.memory.clone());
     // A step that answers an Enqueue or CheckDomain request; it is handled
     // like any other before more input is read.
     let mut follow_up: Option<Step> = None;
@@ -216,16 +336,31 @@ async fn run_session(
                 step
             }
         };
+        match session.data_buffered() {
+            Some(buffered) if !memory.cover(buffered) => {
+                session.drop_data_for_memory();
+                if let Some(n) = ctx.memory_refusals.note(Instant::now()) {
+                    info!(
+                        "[SMTP] -data-memory spent: {n} message(s) refused with 452 4.3.1 since the last such line"
+                    );
+                }
+            }
+            Some(_) => {}
+            // The body of an Enqueue is still held until the sink answers.
+            None if !matches!(step, Step::Enqueue(_)) => memory.release(),
+            None => {}
+        }
         match step {
             Step::Reply(reply) => reply.encode(&mut out),
             Step::Close(reply) => {
                 reply.encode(&mut out);
-                let _ = write(stream, &mut out, ctx.idle_timeout).await;
+                let _ = write(stream, &mut out, watch).await;
                 return Ended::Done;
             }
             Step::Enqueue(message) => {
                 let recipients = message.envelope.recipients.len();
                 let outcome = ctx.sink.accept(message).await;
+                memory.release();
                 debug!("[SMTP] message with {recipients} recipient(s): {outcome:?}");
                 follow_up = Some(session.enqueued(outcome));
             }
@@ -239,20 +374,25 @@ async fn run_session(
             Step::NeedInput => {
                 // Replies to a pipelined group go out together, once the
                 // session has consumed everything it was given (RFC 2920).
-                if let Err(e) = write(stream, &mut out, ctx.idle_timeout).await {
-                    return Ended::Io(e);
+                if let Err(e) = write(stream, &mut out, watch).await {
+                    return match e {
+                        WriteError::Shed => shed(stream),
+                        WriteError::Io(e) => Ended::Io(e),
+                    };
                 }
-                match input.fill(stream, ctx.idle_timeout, shutdown).await {
-                    Fill::Data => {}
+                watch.track_data(session.data_buffered().is_some(), ctx.min_data_rate);
+                match input.fill(stream, watch).await {
+                    Fill::Data(n) => watch.received(n, ctx.min_data_rate),
                     Fill::Eof => return Ended::PeerClosed,
-                    Fill::Timeout => {
+                    Fill::Timeout(limit) => {
                         session.timed_out().encode(&mut out);
-                        let _ = write(stream, &mut out, ctx.idle_timeout).await;
-                        return Ended::Timeout;
+                        let _ = write(stream, &mut out, watch).await;
+                        return Ended::Timeout(limit);
                     }
+                    Fill::Shed => return shed(stream),
                     Fill::Shutdown => {
                         session.shutting_down().encode(&mut out);
-                        let _ = write(stream, &mut out, ctx.idle_timeout).await;
+                        let _ = write(stream, &mut out, watch).await;
                         return Ended::Shutdown;
                     }
                     Fill::Io(e) => return Ended::Io(e),
@@ -262,31 +402,53 @@ async fn run_session(
     }
 }
 
+/// Tells a shed session why, without waiting: its slot already belongs to
+/// the newcomer, so a client that does not read must not keep the task.
+fn shed(stream: &TcpStream) -> Ended {
+    refuse(
+        stream,
+        &Reply::new(
+            421,
+            "4.4.2",
+            "too many connections: closing the slowest, try again later",
+        ),
+    );
+    Ended::Shed
+}
+
+enum WriteError {
+    Shed,
+    Io(std::io::Error),
+}
+
 /// Writes and clears `out`; a client that stops reading is cut off after
-/// the idle timeout instead of holding the task forever.
-async fn write(
-    stream: &mut TcpStream,
-    out: &mut Vec<u8>,
-    timeout: Duration,
-) -> std::io::Result<()> {
+/// the idle timeout instead of holding the task forever, and at once if
+/// it is shed.
+async fn write(stream: &mut TcpStream, out: &mut Vec<u8>, watch: &Watch) -> Result<(), WriteError> {
     if out.is_empty() {
         return Ok(());
     }
-    let result = match tokio::time::timeout(timeout, stream.write_all(out)).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "write timed out",
-        )),
+    let result = tokio::select! {
+        _ = watch.slot.shed().cancelled() => Err(WriteError::Shed),
+        written = tokio::time::timeout(watch.idle, stream.write_all(out)) => match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(WriteError::Io(e)),
+            Err(_) => Err(WriteError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write timed out",
+            ))),
+        },
     };
     out.clear();
     result
 }
 
 enum Fill {
-    Data,
+    /// This many bytes arrived.
+    Data(usize),
     Eof,
-    Timeout,
+    Timeout(Limit),
+    Shed,
     Shutdown,
     Io(std::io::Error),
 }
@@ -311,23 +473,22 @@ impl Input {
         }
     }
 
-    async fn fill(
-        &mut self,
-        stream: &mut TcpStream,
-        timeout: Duration,
-        shutdown: &CancellationToken,
-    ) -> Fill {
+    /// Reads once, unless a limit of `watch` comes first.
+    async fn fill(&mut self, stream: &mut TcpStream, watch: &Watch) -> Fill {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
         self.buf.reserve(READ_CHUNK);
+        let (deadline, limit) = watch.deadline();
         tokio::select! {
-            _ = shutdown.cancelled() => Fill::Shutdown,
-            read = tokio::time::timeout(timeout, stream.read_buf(&mut self.buf)) => match read {
-                Err(_) => Fill::Timeout,
+            _ = watch.shutdown.cancelled() => Fill::Shutdown,
+            _ = watch.slot.shed().cancelled() => Fill::Shed,
+            _ = tokio::time::sleep_until(deadline) => Fill::Timeout(limit),
+            read = tokio::time::timeout(watch.idle, stream.read_buf(&mut self.buf)) => match read {
+                Err(_) => Fill::Timeout(Limit::Idle),
                 Ok(Ok(0)) => Fill::Eof,
-                Ok(Ok(_)) => Fill::Data,
+                Ok(Ok(n)) => Fill::Data(n),
                 Ok(Err(e)) => Fill::Io(e),
             },
         }

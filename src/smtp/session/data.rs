@@ -5,8 +5,10 @@ use crate::envelope::{Envelope, Message};
 use crate::smtp::data_decoder::Verdict;
 
 /// Initial body buffer; grows as needed. A declared SIZE raises it, up to
-/// this cap, so a lying client cannot make us reserve the whole limit.
-const MAX_PREALLOCATION: usize = 1 << 20;
+/// this cap, so a lying client cannot make us reserve the whole limit. The
+/// server lets a session hold 64 KiB without drawing from its shared memory
+/// budget; preallocating no more keeps small mail off that budget.
+const MAX_PREALLOCATION: usize = 64 * 1024;
 
 impl Session {
     pub(super) fn data(&mut self) -> Step {
@@ -20,12 +22,40 @@ impl Session {
         self.phase = Phase::Data {
             decoder: DataDecoder::new(self.config.max_message_size),
             body: Vec::with_capacity(capacity),
+            over_budget: false,
         };
         // No enhanced code: RFC 3463 has no class for 3xx replies.
         Step::Reply(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"))
     }
 
-    pub(super) fn data_finished(&mut self, verdict: Verdict, body: Vec<u8>) -> Step {
+    /// Bytes of memory the body being received holds (its capacity), or
+    /// `None` outside DATA. The server charges it to its memory budget.
+    pub fn data_buffered(&self) -> Option<usize> {
+        match &self.phase {
+            Phase::Data { body, .. } => Some(body.capacity()),
+            _ => None,
+        }
+    }
+
+    /// The server's memory budget cannot hold this body: free it now, keep
+    /// reading DATA to its end without storing it (so the stream stays in
+    /// step, as for an oversized message) and answer `452 4.3.1` then.
+    pub fn drop_data_for_memory(&mut self) {
+        if let Phase::Data {
+            body, over_budget, ..
+        } = &mut self.phase
+        {
+            *body = Vec::new();
+            *over_budget = true;
+        }
+    }
+
+    pub(super) fn data_finished(
+        &mut self,
+        verdict: Verdict,
+        body: Vec<u8>,
+        over_budget: bool,
+    ) -> Step {
         self.phase = Phase::Command;
         let tx = self.tx.take();
         match (verdict, tx) {
@@ -48,6 +78,11 @@ impl Session {
                 "message refused: NUL byte in data",
             )),
             (Verdict::BareLf, _) => self.bare_lf("data"),
+            (Verdict::Complete, Some(_)) if over_budget => Step::Reply(Reply::new(
+                452,
+                "4.3.1",
+                "insufficient system storage: too much mail in progress, try again later",
+            )),
             (Verdict::Complete, Some(tx)) => {
                 self.phase = Phase::AwaitingSpool;
                 Step::Enqueue(Message {

@@ -78,6 +78,9 @@ enum Phase {
     Data {
         decoder: DataDecoder,
         body: Vec<u8>,
+        /// The server's memory budget ran out: the body is dropped as it
+        /// arrives and the transaction ends in 452 (see `data.rs`).
+        over_budget: bool,
     },
     /// `Step::Enqueue` was returned; waiting for `enqueued`.
     AwaitingSpool,
@@ -150,13 +153,21 @@ impl Session {
                     (k + 1, reply)
                 }
             },
-            Phase::Data { decoder, body } => {
+            Phase::Data {
+                decoder,
+                body,
+                over_budget,
+            } => {
                 let (used, verdict) = decoder.feed(input, body);
+                let over_budget = *over_budget;
+                if over_budget {
+                    body.clear();
+                }
                 match verdict {
                     None => (used, Step::NeedInput),
                     Some(v) => {
                         let body = std::mem::take(body);
-                        (used, self.data_finished(v, body))
+                        (used, self.data_finished(v, body, over_budget))
                     }
                 }
             }
