@@ -33,6 +33,7 @@ use crate::spool::{Spool, SpoolError};
 use crate::stats::Stats;
 
 mod data_dir;
+pub mod lock;
 
 /// Bound on one MX lookup through Tor during delivery.
 const MX_TIMEOUT: Duration = Duration::from_secs(20);
@@ -52,6 +53,8 @@ const MAX_ERRORS: u32 = 10;
 pub enum DaemonError {
     #[error(transparent)]
     DataDir(#[from] data_dir::DataDirError),
+    #[error(transparent)]
+    Locked(#[from] lock::LockError),
     #[error("-data-dir {path}: cannot open the spool: {source}")]
     Spool { path: String, source: SpoolError },
     #[error("-addr {addr}: {}", bind_advice(*.addr, .source))]
@@ -76,6 +79,8 @@ impl DaemonError {
             // A data dir pluto2 cannot create or write is a setting to fix,
             // like any other bad flag.
             DaemonError::DataDir(_) => sysexits::USAGE,
+            DaemonError::Locked(lock::LockError::Held { .. }) => sysexits::TEMPFAIL,
+            DaemonError::Locked(lock::LockError::Io { .. }) => sysexits::CANTCREAT,
             DaemonError::Spool { source, .. } => spool_exit_status(source),
             DaemonError::Bind { source, .. } => match source.kind() {
                 ErrorKind::PermissionDenied => sysexits::NOPERM,
@@ -131,6 +136,9 @@ fn bind_advice(addr: SocketAddr, e: &std::io::Error) -> String {
 /// waits for pending commits and closes the database.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     data_dir::prepare(&config.spool.data_dir)?;
+    // Before the spool is opened: opening releases every lease, which is
+    // only right when no other daemon is delivering from it.
+    let lock = lock::acquire(&config.spool.data_dir)?;
     let clock = crate::time::system_clock();
     let (spool, closer) = Spool::open(
         &config.spool.data_dir,
@@ -275,6 +283,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     // generator); the committer drains what is left and closes the database.
     closer.closed().await;
     info!("[SPOOL] closed cleanly");
+    // Only now may another daemon take the spool.
+    drop(lock);
     Ok(())
 }
 
