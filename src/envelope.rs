@@ -32,6 +32,8 @@ pub enum EnqueueOutcome {
     Queued,
     /// Same envelope and content seen within the replay window.
     Replay,
+    /// The header records too many relay hops: the message is looping.
+    TooManyHops,
     /// Storage failed; the client should retry later.
     Failed,
     /// The daemon is stopping and did not store the message.

@@ -310,6 +310,7 @@ fn it_waits_for_a_complete_line() {
 fn it_reports_replays_and_storage_failures() {
     for (outcome, prefix) in [
         (EnqueueOutcome::Replay, "554 5.7.1"),
+        (EnqueueOutcome::TooManyHops, "554 5.4.6"),
         (EnqueueOutcome::Failed, "451 4.3.0"),
         (EnqueueOutcome::ShuttingDown, "421 4.3.0"),
     ] {
