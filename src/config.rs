@@ -32,7 +32,37 @@ use crate::mix::{DelayStrategy, MixPolicy};
 
 /// Exit status for a bad command line or unusable setting (sysexits EX_USAGE),
 /// so systemd and scripts can tell "fix your config" from a runtime failure.
-pub const EX_USAGE: i32 = 64;
+pub const EX_USAGE: i32 = sysexits::USAGE as i32;
+
+/// The exit statuses of `pluto2`, from BSD's `sysexits.h`, so that systemd
+/// (`RestartPreventExitStatus=`) and scripts can tell "fix the setting" from
+/// "try again later" without reading the message. README.md has the table.
+pub mod sysexits {
+    /// A flag or its value is wrong.
+    pub const USAGE: u8 = 64;
+    /// An input file holds something else than expected.
+    pub const DATAERR: u8 = 65;
+    /// An input file is missing or cannot be read.
+    pub const NOINPUT: u8 = 66;
+    /// A resource pluto2 needs is not available (the listen address).
+    pub const UNAVAILABLE: u8 = 69;
+    /// A fault of pluto2 itself or of its runtime.
+    pub const SOFTWARE: u8 = 70;
+    /// A file in the data directory cannot be created.
+    pub const CANTCREAT: u8 = 73;
+    /// Reading or writing a file failed.
+    pub const IOERR: u8 = 74;
+    /// Temporary: trying again later may work (another pluto2 holds the data directory).
+    pub const TEMPFAIL: u8 = 75;
+    /// The process lacks a privilege it needs (a port below 1024).
+    pub const NOPERM: u8 = 77;
+    /// The data directory holds state this pluto2 cannot use.
+    pub const CONFIG: u8 = 78;
+}
+
+/// Tor writes 63 bytes into `hostname`; anything far larger is not that
+/// file, and reading it whole could exhaust memory.
+const MAX_HOSTNAME_FILE: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -46,16 +76,38 @@ pub enum ConfigError {
         value: String,
         source: crate::address::OnionError,
     },
+    /// The file cannot be read as Tor's hostname file (missing, unreadable,
+    /// not a regular file, too large).
     #[error(
         "-hs-hostname-file {path}: {reason}; point it at the `hostname` file in Tor's HiddenServiceDir"
     )]
     HostnameFile { path: String, reason: String },
+    /// The file was read but holds no valid onion name.
+    #[error(
+        "-hs-hostname-file {path}: does not hold a valid v3 onion name: {source}; point it at the `hostname` file in Tor's HiddenServiceDir"
+    )]
+    HostnameContent {
+        path: String,
+        source: crate::address::OnionError,
+    },
     #[error("{flag} {value}: {reason}")]
     BadValue {
         flag: &'static str,
         value: String,
         reason: String,
     },
+}
+
+impl ConfigError {
+    /// The exit status for this error: 66 when Tor's hostname file cannot
+    /// be read, 65 when it holds no onion name, 64 for everything else.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            ConfigError::HostnameFile { .. } => sysexits::NOINPUT,
+            ConfigError::HostnameContent { .. } => sysexits::DATAERR,
+            _ => sysexits::USAGE,
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -129,18 +181,41 @@ pub struct ListenerArgs {
     /// SMTP listen address.
     #[arg(long, default_value = "127.0.0.1:2525", value_name = "IP:PORT")]
     pub addr: SocketAddr,
+    // The counts below are signed and take negative numbers as values, so
+    // that `-max-message-size -5` reaches `validate` and is refused with its
+    // lower bound, instead of clap reading `-5` as an unknown flag.
     /// Largest message accepted, in bytes (advertised in SIZE).
-    #[arg(long, default_value_t = 10_485_760, value_name = "BYTES")]
-    pub max_message_size: usize,
+    #[arg(
+        long,
+        default_value_t = 10_485_760,
+        value_name = "BYTES",
+        allow_negative_numbers = true
+    )]
+    pub max_message_size: i64,
     /// Recipients per message.
-    #[arg(long, default_value_t = 50, value_name = "N")]
-    pub max_recipients: usize,
+    #[arg(
+        long,
+        default_value_t = 50,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub max_recipients: i64,
     /// Concurrent SMTP sessions; when full, the slowest session is shed (421) for a newcomer.
-    #[arg(long, default_value_t = 1024, value_name = "N")]
-    pub max_connections: usize,
+    #[arg(
+        long,
+        default_value_t = 1024,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub max_connections: i64,
     /// Sessions allowed per client identity in each -rate-window.
-    #[arg(long, default_value_t = 10, value_name = "N")]
-    pub rate_limit: u32,
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub rate_limit: i64,
     /// Window for -rate-limit, e.g. 1m.
     #[arg(long, default_value = "1m", value_parser = parse_duration, value_name = "DURATION")]
     pub rate_window: Duration,
@@ -494,34 +569,53 @@ impl NodeArgs {
             return Err(ConfigError::NoName);
         };
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::HostnameFile {
+        let text = read_hostname_file(path).map_err(|reason| ConfigError::HostnameFile {
             path: shown.clone(),
-            reason: e.to_string(),
+            reason,
         })?;
-        OnionName::parse(text.trim()).map_err(|e| ConfigError::HostnameFile {
+        OnionName::parse(text.trim()).map_err(|source| ConfigError::HostnameContent {
             path: shown,
-            reason: format!("does not hold a valid v3 onion name: {e}"),
+            source,
         })
     }
 }
 
+/// Reads Tor's hostname file, refusing anything that is not a small regular
+/// file: a FIFO would block the start for ever and a huge file (a device,
+/// a log) would be read until memory runs out. The file is opened
+/// non-blocking so that even a FIFO swapped in after a check cannot hang
+/// the open; the type is checked on the opened file itself.
+fn read_hostname_file(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_HOSTNAME_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_HOSTNAME_FILE {
+        return Err(format!(
+            "is larger than {MAX_HOSTNAME_FILE} bytes, so it is not Tor's hostname file"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "is not text".into())
+}
+
 impl ListenerArgs {
     fn validate(self) -> Result<ListenerConfig, ConfigError> {
-        if self.max_message_size < 1024 {
-            return Err(bad(
-                "-max-message-size",
-                &self.max_message_size.to_string(),
-                "must be at least 1024 bytes",
-            ));
-        }
-        if self.max_recipients == 0 {
-            return Err(bad("-max-recipients", "0", "must be at least 1"));
-        }
-        if self.max_connections == 0 {
-            return Err(bad("-max-connections", "0", "must be at least 1"));
-        }
-        let rate_limit = NonZeroU32::new(self.rate_limit)
-            .ok_or_else(|| bad("-rate-limit", "0", "must be at least 1 session per window"))?;
+        let max_message_size = count("-max-message-size", self.max_message_size, 1024, " bytes")?;
+        let max_recipients = count("-max-recipients", self.max_recipients, 1, "")?;
+        let max_connections = count("-max-connections", self.max_connections, 1, "")?;
+        let rate_limit: u32 = count("-rate-limit", self.rate_limit, 1, " session per window")?;
+        let rate_limit = NonZeroU32::new(rate_limit).expect("checked to be at least 1");
         if self.rate_window.is_zero() {
             return Err(bad(
                 "-rate-window",
@@ -533,9 +627,9 @@ impl ListenerArgs {
         at_least_a_second("-session-timeout", self.session_timeout)?;
         Ok(ListenerConfig {
             addr: self.addr,
-            max_message_size: self.max_message_size,
-            max_recipients: self.max_recipients,
-            max_connections: self.max_connections,
+            max_message_size,
+            max_recipients,
+            max_connections,
             rate_limit,
             rate_window: self.rate_window,
             idle_timeout: self.idle_timeout,
@@ -545,6 +639,25 @@ impl ListenerArgs {
             proxy_protocol: self.proxy_protocol,
         })
     }
+}
+
+/// A count flag's value as the type its setting uses, refused in one line
+/// naming the lower bound when it is below `min` (negative values included)
+/// and when it does not fit the type.
+fn count<T: TryFrom<i64>>(
+    flag: &'static str,
+    value: i64,
+    min: i64,
+    unit: &str,
+) -> Result<T, ConfigError> {
+    if value < min {
+        return Err(bad(
+            flag,
+            &value.to_string(),
+            &format!("must be at least {min}{unit}"),
+        ));
+    }
+    T::try_from(value).map_err(|_| bad(flag, &value.to_string(), "is too large"))
 }
 
 impl SpoolArgs {

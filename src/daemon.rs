@@ -1,5 +1,6 @@
 //! Wiring of the running daemon: spool, listener, signals, orderly stop.
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::BoxFuture;
-use crate::config::Config;
+use crate::config::{Config, sysexits};
 use crate::mix::MixPolicy;
 use crate::node::cover::{CoverGenerator, CoverKey};
 use crate::node::dispatch::Dispatcher;
@@ -34,6 +35,7 @@ use crate::stats::Stats;
 
 mod data_dir;
 mod fd_limit;
+pub mod lock;
 
 /// Bound on one MX lookup through Tor during delivery.
 const MX_TIMEOUT: Duration = Duration::from_secs(20);
@@ -52,15 +54,18 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// (Postfix's smtpd_hard_error_limit defaults to 20; we are stricter).
 const MAX_ERRORS: u32 = 10;
 
+/// Why the daemon did not start (or stopped). Each says in one line which
+/// flag or file is at fault and what to do; [`DaemonError::exit_status`]
+/// gives the matching sysexits status.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     DataDir(#[from] data_dir::DataDirError),
-    #[error(
-        "-data-dir {path}: cannot open the spool: {source}; check that the directory is writable, the disk is not full, and no other pluto2 uses it"
-    )]
+    #[error(transparent)]
+    Locked(#[from] lock::LockError),
+    #[error("-data-dir {path}: cannot open the spool: {source}")]
     Spool { path: String, source: SpoolError },
-    #[error("-addr {addr}: cannot listen: {source}; choose a free address")]
+    #[error("-addr {addr}: {}", bind_advice(*.addr, .source))]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -74,11 +79,74 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
+impl DaemonError {
+    /// The process exit status for this error (sysexits; README.md has the
+    /// table).
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            // A data dir pluto2 cannot create or write is a setting to fix,
+            // like any other bad flag.
+            DaemonError::DataDir(_) => sysexits::USAGE,
+            DaemonError::Locked(lock::LockError::Held { .. }) => sysexits::TEMPFAIL,
+            DaemonError::Locked(lock::LockError::Io { .. }) => sysexits::CANTCREAT,
+            DaemonError::Spool { source, .. } => spool_exit_status(source),
+            DaemonError::Bind { source, .. } => match source.kind() {
+                ErrorKind::PermissionDenied => sysexits::NOPERM,
+                _ => sysexits::UNAVAILABLE,
+            },
+            DaemonError::CoverKey { .. } => sysexits::CANTCREAT,
+            DaemonError::Signals(_) => sysexits::SOFTWARE,
+        }
+    }
+}
+
+/// The exit status for a spool that cannot be opened, shared by the daemon
+/// and `pluto2 queue`.
+pub fn spool_exit_status(e: &SpoolError) -> u8 {
+    match e {
+        SpoolError::Missing => sysexits::NOINPUT,
+        SpoolError::SchemaVersion { .. } | SpoolError::Foreign { .. } => sysexits::CONFIG,
+        SpoolError::Corrupt { .. } => sysexits::DATAERR,
+        SpoolError::Open(e) | SpoolError::Sqlite(e) => match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly) => {
+                sysexits::CANTCREAT
+            }
+            Some(rusqlite::ErrorCode::PermissionDenied) => sysexits::NOPERM,
+            _ => sysexits::IOERR,
+        },
+        SpoolError::Thread(_) | SpoolError::Closed => sysexits::SOFTWARE,
+    }
+}
+
+/// What a failed bind means and what to do about it. The kernel says
+/// "permission denied" both for a privileged port and for a security
+/// module's refusal; only the first has a known remedy.
+fn bind_advice(addr: SocketAddr, e: &std::io::Error) -> String {
+    match e.kind() {
+        ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "port {} is privileged and this process may not bind it ({e}); grant it CAP_NET_BIND_SERVICE \
+             (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE) or listen on a port ≥ 1024 and let Tor's \
+             HiddenServicePort map port 25 to it",
+            addr.port()
+        ),
+        ErrorKind::AddrInUse => format!(
+            "another process is already listening there ({e}); stop it or choose another -addr"
+        ),
+        ErrorKind::AddrNotAvailable => format!(
+            "no network interface of this host has that IP ({e}); choose a local address such as 127.0.0.1"
+        ),
+        _ => format!("cannot listen: {e}; choose another -addr"),
+    }
+}
+
 /// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), then stops
 /// accepting, lets sessions finish their in-flight step or answer 421,
 /// waits for pending commits and closes the database.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     data_dir::prepare(&config.spool.data_dir)?;
+    // Before the spool is opened: opening releases every lease, which is
+    // only right when no other daemon is delivering from it.
+    let lock = lock::acquire(&config.spool.data_dir)?;
     let clock = crate::time::system_clock();
     let (spool, closer) = Spool::open(
         &config.spool.data_dir,
@@ -226,6 +294,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     // generator); the committer drains what is left and closes the database.
     closer.closed().await;
     info!("[SPOOL] closed cleanly");
+    // Only now may another daemon take the spool.
+    drop(lock);
     Ok(())
 }
 

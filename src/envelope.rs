@@ -51,6 +51,8 @@ pub enum EnqueueOutcome {
     /// Addressed to this node's own name but not its verified cover:
     /// relaying it would bring it back for ever. Nothing was stored.
     Loop,
+    /// The header records too many relay hops: the message is looping.
+    TooManyHops,
     /// Storage failed; the client should retry later.
     Failed,
     /// The daemon is stopping and did not store the message.

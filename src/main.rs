@@ -1,8 +1,12 @@
 //! The `pluto2` binary: parse the command line, set up logs, run the library.
+//!
+//! Every refusal is one line on stderr, `pluto2: ` and a message naming the
+//! flag or file and what to do, and the exit status says its kind
+//! (sysexits, see `config::sysexits` and README.md).
 
 use std::process::ExitCode;
 
-use pluto2::config::{self, Command, EX_USAGE};
+use pluto2::config::{self, Command, sysexits};
 use pluto2::{daemon, logging, spool};
 use tokio_util::sync::CancellationToken;
 
@@ -15,40 +19,40 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => return usage_error(&config::one_line(&e)),
+        Err(e) => return fail(sysexits::USAGE, &config::one_line(&e)),
     };
     match cli.command {
         Some(Command::Queue(args)) => queue(args),
         None => {
             let config = match cli.daemon.validate() {
                 Ok(c) => c,
-                Err(e) => return usage_error(&e.to_string()),
+                Err(e) => return fail(e.exit_status(), &e.to_string()),
             };
             logging::init(config.ops.debug);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("pluto2: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
+                    return fail(
+                        sysexits::SOFTWARE,
+                        &format!("cannot start the runtime: {e}"),
+                    );
                 }
             };
             match runtime.block_on(daemon::run(config, CancellationToken::new())) {
                 Ok(()) => ExitCode::SUCCESS,
-                // A data dir pluto2 cannot create or write is a setting to
-                // fix, like any other bad flag.
-                Err(e @ daemon::DaemonError::DataDir(_)) => usage_error(&e.to_string()),
-                Err(e) => {
-                    eprintln!("pluto2: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail(e.exit_status(), &e.to_string()),
             }
         }
     }
 }
 
-fn usage_error(message: &str) -> ExitCode {
-    eprintln!("pluto2: {message}");
-    ExitCode::from(EX_USAGE as u8)
+/// Prints the one line of a refusal and returns its status. Messages are
+/// written to be one line; this folds any line break a library error might
+/// still carry, so the promise holds whatever the cause.
+fn fail(status: u8, message: &str) -> ExitCode {
+    let line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    eprintln!("pluto2: {line}");
+    ExitCode::from(status)
 }
 
 fn queue(args: config::QueueArgs) -> ExitCode {
@@ -58,18 +62,18 @@ fn queue(args: config::QueueArgs) -> ExitCode {
                 println!("{json}");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("pluto2: {e}");
-                ExitCode::FAILURE
-            }
+            Err(e) => fail(sysexits::SOFTWARE, &e.to_string()),
         },
         Ok(report) => {
             print!("{report}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("pluto2: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(
+            daemon::spool_exit_status(&e),
+            &format!(
+                "-data-dir {}: cannot read the spool: {e}",
+                args.data_dir.display()
+            ),
+        ),
     }
 }

@@ -193,6 +193,88 @@ fn rfc5322_date(now: SystemTime) -> String {
         .unwrap_or_else(|| FALLBACK_DATE.to_owned())
 }
 
+/// The hop counter pluto2 writes into every message it relays (cover
+/// excepted), so that mail cycling between relays stops even though
+/// sanitizing drops `Received:` and gives every pass a new `Message-ID`
+/// and `Date`.
+///
+/// Its value is a bare number and says nothing but how many sanitizing
+/// relays the message has passed: a message leaving its first pluto2 says
+/// `1`, whatever the author's own mail servers added before (their
+/// `Received:` lines are dropped and not counted into it, so the value does
+/// not reveal how the author submitted the message).
+pub const HOP_COUNT: &str = "X-Hop-Count";
+
+/// Hops the header block records: every `Received:` and `Delivered-To:`
+/// field (what Postfix's `hopcount_limit` counts, so the hops of MTAs that
+/// keep headers count too) plus the value of [`HOP_COUNT`]. Saturates
+/// instead of overflowing.
+pub fn hops(message: &[u8]) -> u32 {
+    let trace = header::fields(message)
+        .filter(|field| field.has_name("received") || field.has_name("delivered-to"))
+        .count();
+    u32::try_from(trace)
+        .unwrap_or(u32::MAX)
+        .saturating_add(hop_counter(message))
+}
+
+/// The largest [`HOP_COUNT`] value in the header block, 0 without one. A
+/// value that is not a plain decimal number is ignored (a sender can always
+/// drop the header, so a malformed one gains them nothing); one too large
+/// for `u32` counts as `u32::MAX`.
+pub fn hop_counter(message: &[u8]) -> u32 {
+    header::fields(message)
+        .filter(|field| field.has_name(HOP_COUNT))
+        .filter_map(|field| parse_count(field.value.trim_ascii()))
+        .max()
+        .unwrap_or(0)
+}
+
+fn parse_count(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut n: u32 = 0;
+    for &d in digits {
+        n = n.saturating_mul(10).saturating_add(u32::from(d - b'0'));
+    }
+    Some(n)
+}
+
+/// `message` with every [`HOP_COUNT`] field removed and one
+/// `X-Hop-Count: count` put last in the header block, where it cannot
+/// become the continuation of anything and leaves the fields above it
+/// (the sanitizer's `From:` first) where they were. A message that does not
+/// start with a header block (see the module's parsing rules) gets a header
+/// block of its own, so its first line stays in the body.
+pub fn with_hop_count(message: &[u8], count: u32) -> Vec<u8> {
+    let line = format!("{HOP_COUNT}: {count}\r\n");
+    let mut out = Vec::with_capacity(message.len() + line.len() + 2);
+    let parts = header::split(message);
+    if !looks_like_header_block(message, parts) {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(message);
+        return out;
+    }
+    let mut copied = 0;
+    for field in header::fields(message).filter(|field| field.has_name(HOP_COUNT)) {
+        out.extend_from_slice(&message[copied..field.range.start]);
+        copied = field.range.end;
+    }
+    out.extend_from_slice(&parts.head[copied.min(parts.head.len())..]);
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        // The header block ran to the end of an unterminated line.
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(line.as_bytes());
+    if let Some(body) = parts.body {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -531,6 +613,82 @@ mod tests {
         ];
         for time in times.into_iter().flatten() {
             assert_eq!(rfc5322_date(time), FALLBACK_DATE, "{time:?}");
+        }
+    }
+
+    #[test]
+    fn it_counts_received_delivered_to_and_the_hop_counter_as_hops() {
+        let message = b"Received: a\r\nreceived: b\r\n\tfolded\r\nDelivered-To: c\r\n\
+            X-Hop-Count: 4\r\nSubject: Received: no\r\n\r\nReceived: in the body\r\n";
+        assert_eq!(hop_counter(message), 4);
+        assert_eq!(hops(message), 7);
+        assert_eq!(hops(b"Subject: x\r\n\r\nbody"), 0);
+    }
+
+    #[test]
+    fn it_reads_the_largest_well_formed_hop_counter() {
+        let read = |m: &[u8]| hop_counter(m);
+        assert_eq!(read(b"X-Hop-Count: 3\r\nx-hop-count:  9 \r\n\r\n"), 9);
+        assert_eq!(read(b"X-Hop-Count: lots\r\n\r\n"), 0);
+        assert_eq!(read(b"X-Hop-Count: -4\r\n\r\n"), 0);
+        assert_eq!(read(b"X-Hop-Count: 2 3\r\n\r\n"), 0);
+        assert_eq!(read(b"X-Hop-Count:\r\n\r\n"), 0);
+        assert_eq!(
+            read(b"X-Hop-Count: 99999999999999999999999\r\n\r\n"),
+            u32::MAX
+        );
+        assert_eq!(
+            hops(b"Received: x\r\nX-Hop-Count: 4294967295\r\n\r\n"),
+            u32::MAX
+        );
+    }
+
+    #[test]
+    fn it_replaces_every_hop_counter_with_one_at_the_end_of_the_header() {
+        let out = with_hop_count(
+            b"Subject: s\r\nX-Hop-Count: 3\r\nTo: t\r\nX-HOP-COUNT: 5\r\n folded\r\n\r\nX-Hop-Count: 1\r\n",
+            6,
+        );
+        assert_eq!(
+            out,
+            b"Subject: s\r\nTo: t\r\nX-Hop-Count: 6\r\n\r\nX-Hop-Count: 1\r\n",
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+
+    #[test]
+    fn it_keeps_the_body_a_body_when_adding_a_hop_counter() {
+        let cases: &[(&[u8], &[u8])] = &[
+            // No header block: the first line must not become a header.
+            (b"hello\r\n", b"X-Hop-Count: 1\r\n\r\nhello\r\n"),
+            (b"", b"X-Hop-Count: 1\r\n\r\n"),
+            // An empty header block.
+            (b"\r\nbody", b"X-Hop-Count: 1\r\n\r\nbody"),
+            // Opening continuation lines stay where they were.
+            (
+                b" orphan\r\nSubject: s\r\n\r\nb",
+                b" orphan\r\nSubject: s\r\nX-Hop-Count: 1\r\n\r\nb",
+            ),
+            // Headers only, the last line unterminated or folded.
+            (b"Subject: s", b"Subject: s\r\nX-Hop-Count: 1\r\n"),
+            (
+                b"Subject: s\r\n more\r\n",
+                b"Subject: s\r\n more\r\nX-Hop-Count: 1\r\n",
+            ),
+            // A counter last and without a body.
+            (b"To: t\r\nX-Hop-Count: 9", b"To: t\r\nX-Hop-Count: 1\r\n"),
+        ];
+        for (input, expected) in cases {
+            let out = with_hop_count(input, 1);
+            assert_eq!(
+                out,
+                *expected,
+                "{:?} -> {:?}",
+                String::from_utf8_lossy(input),
+                String::from_utf8_lossy(&out)
+            );
+            assert_eq!(hop_counter(&out), 1, "{:?}", String::from_utf8_lossy(&out));
         }
     }
 }

@@ -2,25 +2,92 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
-use common::{BIN, Daemon, onion};
+use common::{BIN, Daemon, PATIENCE, onion};
 
+/// Runs pluto2 to its end and returns its exit status and stderr. A run
+/// that outlives PATIENCE (a start that hangs, or one that should have been
+/// refused and serves instead) is killed and fails the test.
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out.status.code().unwrap_or(-1), text)
+    run_with(&[], args)
 }
+
+/// Like [`run`], under a wrapper command such as `setpriv …`.
+fn run_with(wrapper: &[&str], args: &[&str]) -> (i32, String) {
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    let mut child = command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    // stderr reaches its end when the process exits (or, for a daemon that
+    // started after all, never: that is the timeout).
+    let text = match rx.recv_timeout(PATIENCE) {
+        Ok(text) => text,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?}: still running after {PATIENCE:?}");
+        }
+    };
+    let status = child.wait().unwrap();
+    (status.code().unwrap_or(-1), text)
+}
+
+/// Longest refusal line accepted: room for a path, the reason and the
+/// advice, far below a schema dump folded into one line.
+const MAX_LINE: usize = 400;
 
 /// A refused start prints exactly one line: `pluto2: ` and the message,
 /// one newline at its end and none inside (clap's own report would add a
-/// tip and the usage below it).
+/// tip and the usage below it), and short enough to be read as one.
 fn assert_one_line(args: &[&str], text: &str) {
     assert!(
         text.starts_with("pluto2: ") && text.ends_with('\n') && text.matches('\n').count() == 1,
         "{args:?}: not one line: {text:?}"
     );
     assert!(!text.contains('\r'), "{args:?}: {text:?}");
+    assert!(
+        text.chars().count() <= MAX_LINE,
+        "{args:?}: {} characters: {text:?}",
+        text.chars().count()
+    );
+}
+
+/// Runs a start that must be refused and checks the refusal: its exit
+/// status, one line, and the words it must contain (the flag or file, and
+/// what to do). Returns the line.
+fn refused(args: &[&str], status: i32, needles: &[&str]) -> String {
+    refused_with(&[], args, status, needles)
+}
+
+fn refused_with(wrapper: &[&str], args: &[&str], status: i32, needles: &[&str]) -> String {
+    let (code, text) = run_with(wrapper, args);
+    assert_eq!(code, status, "{args:?}: {text}");
+    assert_one_line(args, &text);
+    for needle in needles {
+        assert!(text.contains(needle), "{args:?}: no {needle:?} in {text}");
+    }
+    text
 }
 
 #[test]
@@ -187,26 +254,277 @@ async fn logs_hold_no_addresses_without_debug() {
 }
 
 #[test]
-fn an_unreadable_spool_stops_startup_with_advice() {
+fn a_damaged_spool_stops_startup_and_queue_with_advice_to_move_it_aside() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    std::fs::write(
-        data.join("spool.sqlite"),
-        b"this is not a database, just text padding it out",
-    )
-    .unwrap();
-    let (code, text) = run(&[
+    let junk = b"this is not a database, just text padding it out";
+    std::fs::write(data.join("spool.sqlite"), junk).unwrap();
+    let data = data.to_str().unwrap();
+    let name = onion(1);
+    let daemon = ["-name", &name, "-addr", "127.0.0.1:0", "-data-dir", data];
+    for args in [&daemon[..], &["queue", "-data-dir", data]] {
+        refused(
+            args,
+            65,
+            &["-data-dir", "spool.sqlite", "damaged", "move it aside"],
+        );
+    }
+    let kept = std::fs::read(Path::new(data).join("spool.sqlite")).unwrap();
+    assert_eq!(kept, junk, "the damaged file was changed");
+}
+
+/// Makes `data/spool.sqlite` an SQLite database with `sql` run in it.
+fn sqlite_file(data: &Path, sql: &str) {
+    std::fs::create_dir_all(data).unwrap();
+    let conn = rusqlite::Connection::open(data.join("spool.sqlite")).unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
+fn tables(data: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(data.join("spool.sqlite")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn another_programs_database_in_the_data_dir_is_named_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Another program's database, with a table named like one of ours.
+    sqlite_file(
+        &data,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE messages (id INTEGER PRIMARY KEY, text TEXT);",
+    );
+    let d = data.to_str().unwrap();
+    let name = onion(1);
+    let daemon = ["-name", &name, "-addr", "127.0.0.1:0", "-data-dir", d];
+    for args in [&daemon[..], &["queue", "-data-dir", d]] {
+        let line = refused(args, 78, &["-data-dir", "not a pluto2 spool", "users"]);
+        assert!(!line.contains("CREATE"), "{line}");
+    }
+    assert_eq!(tables(&data), ["messages", "users"], "pluto2 wrote into it");
+}
+
+#[test]
+fn a_spool_from_a_newer_pluto2_is_refused_without_unrelated_hints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    sqlite_file(
+        &data,
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY);
+         CREATE TABLE recipients (id INTEGER PRIMARY KEY);
+         CREATE TABLE replay (id BLOB PRIMARY KEY);
+         CREATE TABLE future (x);
+         PRAGMA user_version = 3;",
+    );
+    let d = data.to_str().unwrap();
+    let name = onion(1);
+    let daemon = ["-name", &name, "-addr", "127.0.0.1:0", "-data-dir", d];
+    for args in [&daemon[..], &["queue", "-data-dir", d]] {
+        let line = refused(
+            args,
+            78,
+            &[
+                "-data-dir",
+                "schema version 3",
+                "newer",
+                "release that wrote it",
+            ],
+        );
+        assert!(!line.contains("writable"), "{line}");
+    }
+}
+
+#[test]
+fn queue_without_a_spool_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("never-ran");
+    refused(
+        &["queue", "-data-dir", d.to_str().unwrap()],
+        66,
+        &["-data-dir", "no spool.sqlite"],
+    );
+}
+
+#[test]
+fn negative_counts_are_refused_with_their_lower_bound() {
+    let name = onion(1);
+    for (args, needles) in [
+        (
+            vec!["-max-message-size", "-5"],
+            ["-max-message-size -5", "must be at least 1024 bytes"],
+        ),
+        (
+            vec!["-max-message-size=-5"],
+            ["-max-message-size -5", "must be at least 1024 bytes"],
+        ),
+        (
+            vec!["--max-connections", "-1"],
+            ["-max-connections -1", "must be at least 1"],
+        ),
+        (
+            vec!["-rate-limit", "-3"],
+            ["-rate-limit -3", "must be at least 1"],
+        ),
+    ] {
+        let mut all = vec!["-name", name.as_str()];
+        all.extend(args);
+        refused(&all, 64, &needles);
+    }
+}
+
+#[test]
+fn a_hostname_file_that_is_a_fifo_or_huge_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    // Nobody ever writes to the FIFO: reading it would wait for ever.
+    refused(
+        &["-hs-hostname-file", fifo.to_str().unwrap()],
+        66,
+        &[
+            "-hs-hostname-file",
+            "not a regular file",
+            "HiddenServiceDir",
+        ],
+    );
+    // A real onion name at the start, then 64 GiB (sparse, so it costs no
+    // disk): refused for its size after reading at most a small bound. The
+    // address space is capped at 1 GiB, so a start that read the file to
+    // its end would die of it instead of taking the machine's memory.
+    let huge = dir.path().join("huge");
+    std::fs::write(&huge, format!("{}\n", onion(3))).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&huge)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let cap = ["prlimit", "--as=1073741824", "--"];
+    let capped = Command::new(cap[0])
+        .args(&cap[1..])
+        .arg("true")
+        .status()
+        .is_ok_and(|s| s.success());
+    refused_with(
+        if capped { &cap[..] } else { &[] },
+        &["-hs-hostname-file", huge.to_str().unwrap()],
+        66,
+        &["-hs-hostname-file", "larger than 1024 bytes"],
+    );
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not an onion name\n").unwrap();
+    refused(
+        &["-hs-hostname-file", wrong.to_str().unwrap()],
+        65,
+        &["-hs-hostname-file", "valid v3 onion name"],
+    );
+    refused(
+        &[
+            "-hs-hostname-file",
+            dir.path().join("absent").to_str().unwrap(),
+        ],
+        66,
+        &["-hs-hostname-file"],
+    );
+}
+
+/// The first privileged port (below `ip_unprivileged_port_start`), and a
+/// wrapper under which pluto2 may not bind it: as root, `setpriv` drops
+/// CAP_NET_BIND_SERVICE from the bounding set, so the program it runs lacks
+/// it; any other user lacks it anyway. `None` when this host has no
+/// privileged ports.
+fn privileged_port() -> Option<(u16, Vec<&'static str>)> {
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    if start <= 1 {
+        return None;
+    }
+    let drop_cap = ["setpriv", "--bounding-set=-net_bind_service", "--"];
+    let can_drop = Command::new(drop_cap[0])
+        .args(&drop_cap[1..])
+        .arg("true")
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let wrapper = if can_drop {
+        drop_cap.to_vec()
+    } else {
+        Vec::new()
+    };
+    Some((start - 1, wrapper))
+}
+
+#[test]
+fn a_privileged_port_without_the_right_to_bind_it_is_explained() {
+    let Some((port, wrapper)) = privileged_port() else {
+        eprintln!("no privileged ports on this host (ip_unprivileged_port_start); skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let dead = common::DeadEnd::start().addr.to_string();
+    let name = onion(1);
+    let data = dir.path().join("data");
+    let args = [
         "-name",
-        &onion(1),
+        &name,
         "-addr",
-        "127.0.0.1:0",
+        &addr,
         "-data-dir",
         data.to_str().unwrap(),
-    ]);
-    assert_ne!(code, 0);
-    assert!(
-        text.contains("-data-dir") && text.contains("cannot open the spool"),
-        "{text}"
+        "-tor-socks",
+        &dead,
+        "-dns-server",
+        &dead,
+    ];
+    let line = refused_with(
+        &wrapper,
+        &args,
+        77,
+        &[&format!("-addr {addr}"), "CAP_NET_BIND_SERVICE", "1024"],
     );
+    assert!(!line.contains("in use"), "{line}");
+}
+
+#[test]
+fn an_address_in_use_is_told_apart_from_a_missing_privilege() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let dead = common::DeadEnd::start().addr.to_string();
+    let name = onion(1);
+    let data = dir.path().join("data");
+    let args = [
+        "-name",
+        &name,
+        "-addr",
+        &addr,
+        "-data-dir",
+        data.to_str().unwrap(),
+        "-tor-socks",
+        &dead,
+        "-dns-server",
+        &dead,
+    ];
+    let line = refused(
+        &args,
+        69,
+        &[
+            &format!("-addr {addr}"),
+            "already listening",
+            "another -addr",
+        ],
+    );
+    assert!(!line.contains("CAP_NET_BIND_SERVICE"), "{line}");
 }

@@ -2,7 +2,9 @@
 //!
 //! Sanitize the header block (unless the message is our own loop cover,
 //! whose marker must survive the trip and which carries nothing
-//! identifying), then pad to whole `-pad-block`s. One place owns this order,
+//! identifying), count this hop in `X-Hop-Count` (so that mail cycling
+//! between relays stops at a receiving node's intake; see
+//! [`sanitize::HOP_COUNT`]), then pad to whole `-pad-block`s. One place owns this order,
 //! so SMTP delivery today and the mixnet exit later leave alike. The relay
 //! transport calls it through its own `relay::route::OutgoingBody` trait.
 
@@ -28,15 +30,19 @@ impl Egress {
     /// carry identical bytes.
     pub fn prepare_at(&self, original: &[u8], now: SystemTime) -> Vec<u8> {
         let mut rng = rand::rng();
-        let sanitized;
+        if self.cover_key.is_cover(original) {
+            return padding::pad(original, self.pad_block, &mut rng);
+        }
+        let hop = sanitize::hop_counter(original).saturating_add(1);
         let body = match &self.sanitize {
-            Some(cfg) if !self.cover_key.is_cover(original) => {
-                sanitized = sanitize::sanitize(original, cfg, now, &mut rng);
-                &sanitized[..]
-            }
-            _ => original,
+            Some(cfg) => sanitize::sanitize(original, cfg, now, &mut rng),
+            None => original.to_vec(),
         };
-        padding::pad(body, self.pad_block, &mut rng)
+        padding::pad(
+            &sanitize::with_hop_count(&body, hop),
+            self.pad_block,
+            &mut rng,
+        )
     }
 }
 
@@ -83,7 +89,30 @@ mod tests {
     #[test]
     fn it_passes_headers_on_when_sanitizing_is_off() {
         let out = egress(false).prepare(MAIL);
-        assert_eq!(padding::strip(&out), MAIL);
+        let (head, body) = MAIL.split_at(MAIL.len() - b"\r\nbody\r\n".len());
+        let expected = [head, b"X-Hop-Count: 1\r\n", body].concat();
+        assert_eq!(padding::strip(&out), expected);
+    }
+
+    #[test]
+    fn it_counts_one_more_hop_than_the_message_arrived_with() {
+        let arrived = b"Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n\
+            X-Hop-Count: 7\r\nSubject: hi\r\n\r\nbody\r\n";
+        for sanitizing in [true, false] {
+            let out = egress(sanitizing).prepare(arrived);
+            let out = padding::strip(&out);
+            assert_eq!(sanitize::hop_counter(out), 8, "sanitize {sanitizing}");
+            let counters: Vec<_> = crate::message::header::fields(out)
+                .filter(|f| f.has_name(sanitize::HOP_COUNT))
+                .map(|f| f.raw.to_vec())
+                .collect();
+            assert_eq!(counters, [b"X-Hop-Count: 8\r\n".to_vec()]);
+        }
+        // Sanitized, the author's own Received lines are dropped and not
+        // counted: the first pluto2 always writes 1.
+        let fresh = b"Received: from a\r\nReceived: from b\r\nSubject: hi\r\n\r\nx\r\n";
+        let out = egress(true).prepare(fresh);
+        assert_eq!(sanitize::hops(padding::strip(&out)), 1);
     }
 
     #[test]

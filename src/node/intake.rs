@@ -7,9 +7,11 @@
 //! 1. strip the padding a sending pluto2 added (it is not the author's);
 //! 2. drop our own loop cover coming back (counted, never spooled), and
 //!    refuse anything else addressed to this node's own name (a loop);
-//! 3. draw the message's release time from the mix policy;
-//! 4. enqueue durably in the spool;
-//! 5. count it (a replay within the window is counted as such).
+//! 3. refuse a message whose header records [`HOP_LIMIT`] hops or more
+//!    (a mail loop between relays; see [`sanitize::hops`]);
+//! 4. draw the message's release time from the mix policy;
+//! 5. enqueue durably in the spool;
+//! 6. count it (a replay within the window is counted as such).
 //!
 //! Transports hand messages in through traits they define themselves
 //! (`smtp::server::MessageSink`), so they never import
@@ -23,10 +25,18 @@ use crate::BoxFuture;
 use crate::envelope::{EnqueueOutcome, Message};
 use crate::mix::{MixPolicy, padding};
 use crate::node::cover::CoverKey;
+use crate::sanitize;
 use crate::smtp::server::MessageSink;
 use crate::spool::Spool;
 use crate::stats::Stats;
 use crate::time::Clock;
+
+/// Hops after which a message is taken to be looping and refused, as with
+/// Postfix's `hopcount_limit` (same default, and counting the same
+/// `Received:` and `Delivered-To:` fields, plus pluto2's own `X-Hop-Count`).
+/// Real paths are a handful of hops; fifty leaves room for long remailer
+/// chains and still ends a loop between two nodes within seconds.
+pub const HOP_LIMIT: u32 = 50;
 
 /// Node intake shared by every connection task.
 pub struct Intake {
@@ -56,6 +66,11 @@ impl Intake {
             // Not our cover, yet addressed to us: relaying it would loop.
             info!("[SMTP] refused a message to this node's own name that is not its cover");
             return EnqueueOutcome::Loop;
+        }
+        let hops = sanitize::hops(&message.body);
+        if hops >= HOP_LIMIT {
+            info!("[LOOP] refused a message with {hops} hops (limit {HOP_LIMIT})");
+            return EnqueueOutcome::TooManyHops;
         }
         let outcome = self.spool.enqueue(message, self.release_time()).await;
         match outcome {

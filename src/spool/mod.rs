@@ -36,14 +36,37 @@ use mixnet::{
 /// messages up in memory; 1024 covers the largest group several times.
 const QUEUE_DEPTH: usize = 1024;
 
+/// What went wrong with the spool. The variants met when opening it say in
+/// their own words what the operator should do, in one line, so that the
+/// daemon and `pluto2 queue` can print them after `-data-dir DIR: `.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("no spool at {0}: is -data-dir right, and has pluto2 run there?")]
-    Missing(String),
-    #[error("spool schema version {0} is not known to this pluto2; use the matching release")]
-    SchemaVersion(i64),
+    /// `pluto2 queue` found no spool (the daemon creates it).
+    #[error("no {SPOOL_FILE} in it; is -data-dir right, and has the daemon run there?")]
+    Missing,
+    /// The file was written by a newer pluto2, whose layout this one does
+    /// not know; opening it anyway could lose mail.
+    #[error(
+        "{SPOOL_FILE} has schema version {found}, newer than this pluto2 knows ({known}); run the pluto2 release that wrote it"
+    )]
+    SchemaVersion { found: i64, known: i64 },
+    /// An SQLite database of some other program sits where the spool goes.
+    #[error(
+        "{SPOOL_FILE} is not a pluto2 spool ({what}); point -data-dir at a directory of pluto2's own, or move that file away"
+    )]
+    Foreign { what: String },
+    /// SQLite cannot read the file as a database.
+    #[error(
+        "{SPOOL_FILE} is damaged ({detail}); move it aside, with its -wal and -shm files if any (e.g. to {SPOOL_FILE}.damaged), and start pluto2 again for an empty spool"
+    )]
+    Corrupt { detail: String },
+    /// Any other failure while opening: permissions, disk, locks.
+    #[error(
+        "cannot open {SPOOL_FILE}: {0}; check that the directory is writable and the disk is not full"
+    )]
+    Open(rusqlite::Error),
     #[error("cannot start the spool thread: {0}")]
     Thread(#[from] std::io::Error),
     #[error("the spool is closed")]
@@ -80,7 +103,7 @@ impl Spool {
         clock: Clock,
     ) -> Result<(Spool, SpoolCloser), SpoolError> {
         let conn = schema::open_writer(data_dir)?;
-        delivery::release_all_leases(&conn)?;
+        delivery::release_all_leases(&conn).map_err(schema::still_opening)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let new_mail = Arc::new(Notify::new());
         let committer = Committer::new(conn, clock, replay_window, new_mail.clone());
@@ -340,7 +363,7 @@ impl Spool {
 /// daemon runs, thanks to WAL).
 pub fn queue_report(data_dir: &Path, clock: &Clock) -> Result<QueueReport, SpoolError> {
     let mut conn = schema::open_reader(data_dir)?;
-    report::read(&mut conn, clock())
+    report::read(&mut conn, clock()).map_err(schema::still_opening)
 }
 
 #[cfg(test)]

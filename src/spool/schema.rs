@@ -24,25 +24,131 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// makes every COMMIT fsync the log, which is what lets us answer 250;
 /// `secure_delete` overwrites delivered mail instead of leaving it in free pages.
 pub fn open_writer(data_dir: &Path) -> Result<Connection, SpoolError> {
-    let conn = Connection::open(data_dir.join(SPOOL_FILE))?;
-    configure(&conn)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    migrate(&conn)?;
+    let conn = Connection::open(data_dir.join(SPOOL_FILE)).map_err(opening)?;
+    configure(&conn).map_err(opening)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(opening)?;
+    match identify(&conn)? {
+        Found::Ours => {}
+        Found::Old(1) => migrate_v1_to_v2(&conn).map_err(opening)?,
+        Found::Old(_) | Found::Empty => {
+            create_v1(&conn).map_err(opening)?;
+            migrate_v1_to_v2(&conn).map_err(opening)?;
+        }
+    }
     Ok(conn)
 }
 
-/// Opens an existing spool without creating one (for `pluto2 queue`).
+/// Opens an existing spool without creating one (for `pluto2 queue`),
+/// after the same checks as the daemon's, so it refuses a foreign, newer
+/// or damaged file with the same words.
 pub fn open_reader(data_dir: &Path) -> Result<Connection, SpoolError> {
     let path = data_dir.join(SPOOL_FILE);
     if !path.exists() {
-        return Err(SpoolError::Missing(path.display().to_string()));
+        return Err(SpoolError::Missing);
     }
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-    configure(&conn)?;
-    Ok(conn)
+    let conn =
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(opening)?;
+    configure(&conn).map_err(opening)?;
+    match identify(&conn)? {
+        Found::Ours | Found::Old(_) => Ok(conn),
+        Found::Empty => Err(SpoolError::Missing),
+    }
 }
 
-fn configure(conn: &Connection) -> Result<(), SpoolError> {
+/// Turns an SQLite error met while opening into the error that says what
+/// to do: a file SQLite cannot read as a database is damaged (or not a
+/// database at all); anything else is a plain failure to open.
+pub(super) fn opening(e: rusqlite::Error) -> SpoolError {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match e.sqlite_error_code() {
+        Some(NotADatabase | DatabaseCorrupt) => SpoolError::Corrupt {
+            detail: one_line(&e.to_string()),
+        },
+        _ => match e {
+            // Keeps the statement text (which can run over many lines) out
+            // of the message.
+            rusqlite::Error::SqlInputError { error, msg, .. } => {
+                SpoolError::Open(rusqlite::Error::SqliteFailure(error, Some(one_line(&msg))))
+            }
+            e => SpoolError::Open(e),
+        },
+    }
+}
+
+/// [`opening`] for the first statements after the checks (releasing
+/// leases, the `queue` report), which still count as opening the spool.
+pub(super) fn still_opening(e: SpoolError) -> SpoolError {
+    match e {
+        SpoolError::Sqlite(e) => opening(e),
+        other => other,
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// What the database file holds.
+enum Found {
+    /// A pluto2 spool of this schema version.
+    Ours,
+    /// A pluto2 spool of an older version, migrated forward on open.
+    Old(i64),
+    /// Nothing yet: a new file.
+    Empty,
+}
+
+/// The tables a spool of [`SCHEMA_VERSION`] has.
+const TABLES: [&str; 3] = ["messages", "recipients", "replay"];
+
+/// Tells a pluto2 spool from an empty file, another program's database and
+/// a spool of a newer pluto2, before anything is written: creating our
+/// tables beside someone else's would fail half-way (and print the whole
+/// schema) or, worse, succeed.
+fn identify(conn: &Connection) -> Result<Found, SpoolError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(opening)?;
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(opening)?;
+    if version > SCHEMA_VERSION {
+        return Err(SpoolError::SchemaVersion {
+            found: version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    let ours = TABLES.iter().all(|t| names.iter().any(|n| n == t));
+    match version {
+        SCHEMA_VERSION if ours => Ok(Found::Ours),
+        1 if ours => Ok(Found::Old(1)),
+        0 if names.is_empty() => Ok(Found::Empty),
+        _ => Err(SpoolError::Foreign {
+            what: describe_tables(version, &names),
+        }),
+    }
+}
+
+/// A short, one-line description of a foreign database's tables.
+fn describe_tables(version: i64, names: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut shown: Vec<&str> = names.iter().take(SHOWN).map(String::as_str).collect();
+    if names.len() > SHOWN {
+        shown.push("…");
+    }
+    match (names.is_empty(), version) {
+        (true, v) => format!("no tables, user_version {v}"),
+        (false, 0) => format!("tables: {}", shown.join(", ")),
+        (false, v) => format!("user_version {v}, tables: {}", shown.join(", ")),
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "secure_delete", "ON")?;
@@ -50,22 +156,9 @@ fn configure(conn: &Connection) -> Result<(), SpoolError> {
     Ok(())
 }
 
-fn migrate(conn: &Connection) -> Result<(), SpoolError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version == SCHEMA_VERSION {
-        return Ok(());
-    }
-    if version > SCHEMA_VERSION {
-        return Err(SpoolError::SchemaVersion(version));
-    }
-    if version == 0 {
-        create_v1(conn)?;
-    }
-    migrate_v1_to_v2(conn)?;
-    Ok(())
-}
-
-fn create_v1(conn: &Connection) -> Result<(), SpoolError> {
+/// Lays out a new, empty spool at version 1; [`migrate_v1_to_v2`] follows,
+/// so a new spool and an upgraded one have the same layout.
+fn create_v1(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
         "BEGIN;
          CREATE TABLE messages (
@@ -95,14 +188,13 @@ fn create_v1(conn: &Connection) -> Result<(), SpoolError> {
          CREATE INDEX replay_seen ON replay(seen_at);
          PRAGMA user_version = 1;
          COMMIT;",
-    )?;
-    Ok(())
+    )
 }
 
 /// The mixnet's custody tables (see `spool::mixnet`), and two columns on
 /// messages: where a message came from (`smtp` at an entry, `exit` when it
 /// left the mixnet here) and, for the latter, its mixnet message id.
-fn migrate_v1_to_v2(conn: &Connection) -> Result<(), SpoolError> {
+fn migrate_v1_to_v2(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
         "BEGIN;
          ALTER TABLE messages ADD COLUMN origin TEXT NOT NULL DEFAULT 'smtp'
@@ -158,8 +250,7 @@ fn migrate_v1_to_v2(conn: &Connection) -> Result<(), SpoolError> {
          CREATE INDEX mix_replies_message ON mix_replies(mix_id);
          PRAGMA user_version = 2;
          COMMIT;",
-    )?;
-    Ok(())
+    )
 }
 
 #[cfg(test)]

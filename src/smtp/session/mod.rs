@@ -213,6 +213,12 @@ impl Session {
                 "5.7.1",
                 "message refused: this node's own name is not a destination (it would loop); nothing was queued",
             )),
+            // RFC 3463 X.4.6: routing loop detected.
+            EnqueueOutcome::TooManyHops => Step::Reply(Reply::new(
+                554,
+                "5.4.6",
+                "message refused: too many hops, it is looping between relays",
+            )),
             EnqueueOutcome::Failed => Step::Reply(Reply::new(
                 451,
                 "4.3.0",

@@ -465,6 +465,7 @@ fn it_reports_replays_and_storage_failures() {
         // A replay is answered exactly like the first copy.
         (EnqueueOutcome::Replay, "250 2.0.0 Ok: queued\r\n"),
         (EnqueueOutcome::Loop, "550 5.7.1"),
+        (EnqueueOutcome::TooManyHops, "554 5.4.6"),
         (EnqueueOutcome::Failed, "451 4.3.0"),
         (EnqueueOutcome::ShuttingDown, "421 4.3.0"),
     ] {
