@@ -466,3 +466,52 @@ async fn smtputf8_mail_to_a_server_without_it_fails_permanently() {
             .contains("permanent failure: next hop does not support SMTPUTF8")
     );
 }
+
+#[tokio::test]
+async fn every_drop_and_retry_is_logged_with_class_stage_and_code_but_no_address() {
+    let proxy = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour {
+        refuse_rcpt: vec![("reject".into(), 550)],
+        // First final dot: try again later; second: too big for good.
+        data_replies: vec![451, 552],
+        ..Behaviour::default()
+    })
+    .await;
+    let dest = onion(14);
+    proxy.route(&dest, 25, sink.addr);
+    let d = start(&proxy, &[]);
+    send(
+        &d,
+        &[&format!("reject@{dest}"), &format!("keep@{dest}")],
+        "refused twice",
+    )
+    .await;
+    empty(&d).await;
+    let rcpt = d
+        .until_log("for the RCPT refusal", |l| {
+            l.contains("INFO") && l.contains("dropped 1 recipient(s) (onion)")
+        })
+        .await;
+    assert!(
+        rcpt.contains("RCPT refused: 550 5.1.1") && rcpt.contains("class=smtp_reply"),
+        "{rcpt}"
+    );
+    let retry = d
+        .until_log("for the retry", |l| l.contains("will retry 1 recipient(s)"))
+        .await;
+    assert!(
+        retry.contains("INFO") && retry.contains("message refused: 451 4.0.0"),
+        "{retry}"
+    );
+    let size = d
+        .until_log("for the refusal after DATA", |l| {
+            l.contains("dropped") && l.contains("552")
+        })
+        .await;
+    assert!(
+        size.contains("INFO") && size.contains("message refused: 552 5.0.0"),
+        "{size}"
+    );
+    assert!(!d.log_text().contains(&dest), "no address in the log");
+    assert!(sink.received().is_empty());
+}

@@ -19,12 +19,13 @@ use rand::rngs::StdRng;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 
 use super::retry::RetryPolicy;
 use crate::BoxFuture;
 use crate::mix::MixPolicy;
 use crate::relay::client::RecipientResult;
+use crate::relay::failure::Failure;
 use crate::relay::route::Router;
 use crate::spool::{Disposition, Lease, Spool};
 use crate::stats::Stats;
@@ -138,22 +139,32 @@ impl Dispatcher {
         let mut rng = StdRng::from_os_rng();
         let now = (self.clock)();
         let (mut delivered, mut dropped, mut deferred) = (0, 0, 0);
+        let mut notes = OutcomeNotes::default();
         let outcomes: Vec<(i64, Disposition)> = lease
             .recipients
             .iter()
             .zip(results)
             .map(|(r, result)| {
-                let d = match result {
+                let d = match &result {
                     RecipientResult::Delivered => Disposition::Delivered,
-                    RecipientResult::Failed(f) if f.is_permanent() => Disposition::Dropped,
-                    RecipientResult::Failed(_) => match self.retry.next_delay(r.attempts, &mut rng)
+                    RecipientResult::Failed(f) if f.is_permanent() => {
+                        notes.add(Note::Dropped, f);
+                        Disposition::Dropped
+                    }
+                    RecipientResult::Failed(f) => match self.retry.next_delay(r.attempts, &mut rng)
                     {
-                        Some(delay) => Disposition::Retry {
-                            at: self
-                                .mix
-                                .release_at(now + delay.as_millis() as u64, &mut rng),
-                        },
-                        None => Disposition::Dropped,
+                        Some(delay) => {
+                            notes.add(Note::Retry, f);
+                            Disposition::Retry {
+                                at: self
+                                    .mix
+                                    .release_at(now + delay.as_millis() as u64, &mut rng),
+                            }
+                        }
+                        None => {
+                            notes.add(Note::GaveUp, f);
+                            Disposition::Dropped
+                        }
                     },
                 };
                 match d {
@@ -167,6 +178,7 @@ impl Dispatcher {
         Stats::add(&self.stats.sent, delivered);
         Stats::add(&self.stats.failed, dropped);
         Stats::add(&self.stats.deferred, deferred);
+        notes.log(destination_kind(&lease.domain), self.retry.max_attempts);
         // Per-delivery outcomes with their timestamps would be per-message
         // timing: only with -debug. The [STATS] line carries the totals.
         debug!("[RELAY] {delivered} delivered, {deferred} deferred, {dropped} dropped");
@@ -175,6 +187,65 @@ impl Dispatcher {
             // a duplicate is possible, a loss is not.
             error!("[RELAY] cannot record delivery results: {e}");
         }
+    }
+}
+
+/// What became of a recipient that was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Note {
+    /// A permanent failure: the recipient leaves the spool.
+    Dropped,
+    /// A temporary failure with attempts left.
+    Retry,
+    /// A temporary failure on the last allowed attempt.
+    GaveUp,
+}
+
+/// The drops and retries of one delivery, grouped by failure, so that a
+/// refusal of many recipients of one message makes one line, not one per
+/// recipient. What a line holds is the failure's class, stage and codes
+/// (never an address or server text: see `relay::failure`), so the
+/// operator sees why mail did not leave without `-debug`, as the README
+/// promises.
+#[derive(Default)]
+struct OutcomeNotes(Vec<(Note, Failure, usize)>);
+
+impl OutcomeNotes {
+    fn add(&mut self, note: Note, failure: &Failure) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(n, f, _)| *n == note && f == failure)
+        {
+            Some((_, _, count)) => *count += 1,
+            None => self.0.push((note, failure.clone(), 1)),
+        }
+    }
+
+    fn log(&self, destination: &str, max_attempts: u32) {
+        for (note, failure, count) in &self.0 {
+            let class = failure.class();
+            match note {
+                Note::Dropped => info!(
+                    "[RELAY] dropped {count} recipient(s) ({destination}): {failure} [class={class}]"
+                ),
+                Note::Retry => info!(
+                    "[RELAY] will retry {count} recipient(s) ({destination}): {failure} [class={class}]"
+                ),
+                Note::GaveUp => info!(
+                    "[RELAY] dropped {count} recipient(s) ({destination}) after {max_attempts} attempts: {failure} [class={class}]"
+                ),
+            }
+        }
+    }
+}
+
+/// Onion or clearnet: how much of the destination a log line may say.
+fn destination_kind(domain: &str) -> &'static str {
+    if domain.ends_with(".onion") {
+        "onion"
+    } else {
+        "clearnet"
     }
 }
 
@@ -188,7 +259,7 @@ mod tests {
     use crate::envelope::{EnqueueOutcome, Envelope, Message};
     use crate::node::cover::CoverKey;
     use crate::node::intake::Intake;
-    use crate::relay::failure::{Failure, FailureKind, Stage};
+    use crate::relay::failure::{FailureKind, Stage};
     use crate::time::UnixMillis;
 
     const BASE: UnixMillis = 1_700_000_000_000;

@@ -95,10 +95,8 @@ impl Router {
             };
             return match client::deliver(stream, &config, &outgoing).await {
                 Ok(results) => results,
-                Err(f) => {
-                    info!("[RELAY] delivery failed ({}): {}", kind(onion), f);
-                    all(f)
-                }
+                // node::dispatch logs the outcome of every recipient.
+                Err(f) => all(f),
             };
         }
         all(last)
