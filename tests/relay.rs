@@ -515,3 +515,28 @@ async fn every_drop_and_retry_is_logged_with_class_stage_and_code_but_no_address
     assert!(!d.log_text().contains(&dest), "no address in the log");
     assert!(sink.received().is_empty());
 }
+
+#[tokio::test]
+async fn an_onion_name_whose_key_tor_refuses_is_refused_at_rcpt() {
+    let proxy = SocksProxy::start().await;
+    let d = start(&proxy, &[]);
+    // Checksum and version are right for these keys, but neither is a key
+    // Tor accepts: y = 2 is no curve point, y = 0 has order 4.
+    let mut not_a_point = [0u8; 32];
+    not_a_point[0] = 2;
+    let bad = [not_a_point, [0u8; 32]]
+        .map(|key| pluto2::address::OnionName::from_public_key(&key).to_string());
+    let mut c = d.client().await;
+    c.code("EHLO client.example").await;
+    c.code("MAIL FROM:<a@example.net>").await;
+    for name in &bad {
+        let (code, text) = c.cmd(&format!("RCPT TO:<x@{name}>")).await;
+        assert_eq!(code, 553, "{name}: {text}");
+        assert!(
+            text.contains("5.1.2") && text.contains("valid service key"),
+            "{text}"
+        );
+    }
+    assert_eq!(c.code(&format!("RCPT TO:<x@{}>", onion(15))).await, 250);
+    assert!(proxy.requests().is_empty(), "nothing was tried through Tor");
+}

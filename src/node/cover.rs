@@ -225,7 +225,7 @@ mod tests {
     use super::*;
 
     fn own() -> OnionName {
-        OnionName::from_public_key(&[1; 32])
+        OnionName::from_seed(1)
     }
 
     #[test]

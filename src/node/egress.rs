@@ -89,7 +89,7 @@ mod tests {
     #[test]
     fn it_keeps_the_marker_of_its_own_cover() {
         let e = egress(true);
-        let own = OnionName::from_public_key(&[1; 32]);
+        let own = OnionName::from_seed(1);
         let m = cover::make_message(&e.cover_key, &own, &mut StdRng::seed_from_u64(3));
         let out = e.prepare(&m.body);
         assert!(e.cover_key.is_cover(padding::strip(&out)));

@@ -6,7 +6,7 @@ use super::*;
 use crate::address::OnionName;
 
 fn onion(seed: u8) -> String {
-    OnionName::from_public_key(&[seed; 32]).to_string()
+    OnionName::from_seed(seed).to_string()
 }
 
 fn config() -> Arc<SessionConfig> {
