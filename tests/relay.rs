@@ -540,3 +540,61 @@ async fn an_onion_name_whose_key_tor_refuses_is_refused_at_rcpt() {
     assert_eq!(c.code(&format!("RCPT TO:<x@{}>", onion(15))).await, 250);
     assert!(proxy.requests().is_empty(), "nothing was tried through Tor");
 }
+
+/// A message of `n` bytes as stored (headers, a blank line, body lines;
+/// the trailing CRLF of the last line included).
+fn sized_body(n: usize) -> String {
+    let head = "Subject: size\r\n\r\n";
+    let mut body = String::from(head);
+    while body.len() + 2 < n {
+        let line = (n - 2 - body.len()).min(70);
+        body.push_str(&"x".repeat(line));
+        if body.len() + 2 < n {
+            body.push_str("\r\n");
+        }
+    }
+    assert_eq!(body.len() + 2, n);
+    body
+}
+
+#[tokio::test]
+async fn padding_never_passes_the_next_hops_size_and_too_big_is_a_logged_drop() {
+    let proxy = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour {
+        size_limit: Some(5000),
+        ..Behaviour::default()
+    })
+    .await;
+    let dest = onion(16);
+    proxy.route(&dest, 25, sink.addr);
+    let d = start(&proxy, &["-pad-block", "4096", "-sanitize=false"]);
+    // Padded to whole blocks it would be 8192 bytes on the wire: over the
+    // limit. It goes out padded up to exactly the limit instead.
+    send(&d, &[&format!("a@{dest}")], &sized_body(4090)).await;
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].data.len(), 5000);
+    assert!(got[0].data.starts_with(b"X-Padding: "));
+    empty(&d).await;
+    // Over the limit even unpadded: dropped before MAIL, and logged.
+    let mails = sink.mail_commands();
+    send(&d, &[&format!("b@{dest}")], &sized_body(6000)).await;
+    let line = d
+        .until_log("for the too-big drop", |l| l.contains("class=too_big"))
+        .await;
+    assert!(
+        line.contains("INFO")
+            && line.contains("dropped 1 recipient(s)")
+            && line.contains(
+                "permanent failure: message larger than the next hop's EHLO SIZE limit (MAIL)"
+            ),
+        "{line}"
+    );
+    empty(&d).await;
+    assert_eq!(
+        sink.mail_commands(),
+        mails,
+        "no MAIL for a message that cannot fit"
+    );
+    assert_eq!(sink.received().len(), 1);
+    assert!(!d.log_text().contains(&dest));
+}

@@ -23,10 +23,21 @@ pub struct Egress {
 }
 
 impl Egress {
-    /// The bytes that go on the wire for `original` (as stored). Fresh
-    /// randomness on every call, so two attempts of one message do not
-    /// carry identical bytes.
-    pub fn prepare_at(&self, original: &[u8], now: SystemTime) -> Vec<u8> {
+    /// The bytes that go on the wire for `original` (as stored), no longer
+    /// than `limit` (the next hop's EHLO SIZE), or `None` when even the
+    /// unpadded message is longer. Fresh randomness on every call, so two
+    /// attempts of one message do not carry identical bytes.
+    ///
+    /// When whole-block padding would pass the limit, the message is padded
+    /// up to exactly the limit instead (every message in that situation
+    /// leaves at the same size), or, when there is no room for a padding
+    /// header, sent unpadded: a next hop's refusal would drop it for good.
+    pub fn prepare_at(
+        &self,
+        original: &[u8],
+        limit: Option<usize>,
+        now: SystemTime,
+    ) -> Option<Vec<u8>> {
         let mut rng = rand::rng();
         let sanitized;
         let body = match &self.sanitize {
@@ -36,13 +47,23 @@ impl Egress {
             }
             _ => original,
         };
-        padding::pad(body, self.pad_block, &mut rng)
+        let padded = padding::pad(body, self.pad_block, &mut rng);
+        let Some(limit) = limit else {
+            return Some(padded);
+        };
+        if padded.len() <= limit {
+            return Some(padded);
+        }
+        // SIZE counts the message as declared in MAIL FROM's SIZE=, which
+        // is its length before dot-stuffing.
+        let room = limit.checked_sub(body.len())?;
+        padding::pad_by(body, room, &mut rng).or_else(|| Some(body.to_vec()))
     }
 }
 
 impl OutgoingBody for Egress {
-    fn prepare(&self, original: &[u8]) -> Vec<u8> {
-        self.prepare_at(original, SystemTime::now())
+    fn prepare(&self, original: &[u8], limit: Option<usize>) -> Option<Vec<u8>> {
+        self.prepare_at(original, limit, SystemTime::now())
     }
 }
 
@@ -71,7 +92,7 @@ mod tests {
 
     #[test]
     fn it_sanitizes_then_pads_real_mail() {
-        let out = egress(true).prepare(MAIL);
+        let out = egress(true).prepare(MAIL, None).unwrap();
         assert_eq!(crate::mix::padding::wire_len(&out) % 4096, 0);
         let text = String::from_utf8_lossy(padding::strip(&out)).into_owned();
         assert!(!text.contains("alice@host.example"), "{text}");
@@ -82,7 +103,7 @@ mod tests {
 
     #[test]
     fn it_passes_headers_on_when_sanitizing_is_off() {
-        let out = egress(false).prepare(MAIL);
+        let out = egress(false).prepare(MAIL, None).unwrap();
         assert_eq!(padding::strip(&out), MAIL);
     }
 
@@ -91,8 +112,27 @@ mod tests {
         let e = egress(true);
         let own = OnionName::from_seed(1);
         let m = cover::make_message(&e.cover_key, &own, &mut StdRng::seed_from_u64(3));
-        let out = e.prepare(&m.body);
+        let out = e.prepare(&m.body, None).unwrap();
         assert!(e.cover_key.is_cover(padding::strip(&out)));
         assert_eq!(padding::strip(&out), &m.body[..]);
+    }
+
+    #[test]
+    fn it_never_pads_past_the_next_hops_limit() {
+        let e = egress(false);
+        // Whole blocks fit: padded as always.
+        let out = e.prepare(MAIL, Some(4096)).unwrap();
+        assert_eq!(padding::wire_len(&out), 4096);
+        // A block would pass the limit: padded up to exactly the limit.
+        let out = e.prepare(MAIL, Some(1000)).unwrap();
+        assert_eq!(out.len(), 1000);
+        assert_eq!(padding::strip(&out), MAIL);
+        // No room for a padding header: sent as it is.
+        let out = e.prepare(MAIL, Some(MAIL.len() + 3)).unwrap();
+        assert_eq!(out, MAIL);
+        let out = e.prepare(MAIL, Some(MAIL.len())).unwrap();
+        assert_eq!(out, MAIL);
+        // Too big even so.
+        assert_eq!(e.prepare(MAIL, Some(MAIL.len() - 1)), None);
     }
 }

@@ -71,10 +71,36 @@ pub struct Outgoing<'a> {
     pub server_name: &'a str,
     pub sender: &'a str,
     pub recipients: &'a [String],
-    /// CRLF lines, not dot-stuffed.
-    pub body: &'a [u8],
+    /// The message as stored: CRLF lines, not dot-stuffed.
+    pub original: &'a [u8],
+    /// Turns `original` into the bytes sent, once the next hop's SIZE
+    /// limit is known (sanitized and padded, with fresh randomness per
+    /// connection, so two attempts do not carry identical bytes).
+    pub body: &'a dyn OutgoingBody,
     pub smtputf8: bool,
     pub eight_bit: bool,
+}
+
+/// What the node does to a message's bytes before they leave. A trait so
+/// the transport does not depend on node policy (`node::egress::Egress`
+/// sanitizes and pads).
+pub trait OutgoingBody: Send + Sync {
+    /// Called once per connection that got as far as EHLO, with the next
+    /// hop's SIZE limit if it announced one: the bytes to send after DATA,
+    /// never longer than `limit`, or `None` when the message cannot fit
+    /// under it at all (a permanent failure).
+    fn prepare(&self, original: &[u8], limit: Option<usize>) -> Option<Vec<u8>>;
+}
+
+/// Sends the message as it is (tests, and any caller without policy).
+pub struct AsIs;
+
+impl OutgoingBody for AsIs {
+    fn prepare(&self, original: &[u8], limit: Option<usize>) -> Option<Vec<u8>> {
+        limit
+            .is_none_or(|limit| original.len() <= limit)
+            .then(|| original.to_vec())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,10 +190,13 @@ impl Reply {
     }
 }
 
-/// The extensions a next hop offers (smtp-proto's `EXT_*` bits); none
-/// after HELO.
+/// The extensions a next hop offers (smtp-proto's `EXT_*` bits) and its
+/// SIZE limit (0: none announced); none after HELO.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Extensions(u32);
+struct Extensions {
+    bits: u32,
+    size: usize,
+}
 
 impl Extensions {
     /// From the bytes of a 2xx reply to EHLO. A reply smtp-proto cannot
@@ -175,12 +204,21 @@ impl Extensions {
     /// like the old server it probably comes from.
     fn from_ehlo(raw: &[u8]) -> Extensions {
         EhloResponse::parse(&mut raw.iter())
-            .map(|ehlo| Extensions(ehlo.capabilities))
+            .map(|ehlo| Extensions {
+                bits: ehlo.capabilities,
+                size: ehlo.size,
+            })
             .unwrap_or_default()
     }
 
     fn has(self, extension: u32) -> bool {
-        self.0 & extension != 0
+        self.bits & extension != 0
+    }
+
+    /// The largest message the next hop takes, if it said (RFC 1870:
+    /// `SIZE` without a number, or `SIZE 0`, means no fixed limit).
+    fn size_limit(self) -> Option<usize> {
+        (self.has(EXT_SIZE) && self.size > 0).then_some(self.size)
     }
 }
 
@@ -361,9 +399,20 @@ async fn transaction(
         return finish(&mut conn, Err(Failure::permanent(FailureKind::NoSmtpUtf8))).await;
     }
 
+    // Padding must not push the message past the next hop's limit: it
+    // would be refused (552) after our client got its 250.
+    let Some(body) = msg.body.prepare(msg.original, offered.size_limit()) else {
+        return finish(
+            &mut conn,
+            Err(Failure::permanent(FailureKind::TooBig {
+                stage: Stage::Mail,
+            })),
+        )
+        .await;
+    };
     let mut mail = format!("MAIL FROM:<{}>", msg.sender);
     if offered.has(EXT_SIZE) {
-        mail.push_str(&format!(" SIZE={}", msg.body.len()));
+        mail.push_str(&format!(" SIZE={}", body.len()));
     }
     if msg.eight_bit && offered.has(EXT_8BIT_MIME) {
         mail.push_str(" BODY=8BITMIME");
@@ -428,7 +477,7 @@ async fn transaction(
         return finish(&mut conn, Err(data_reply.failure(Stage::Data))).await;
     }
     conn.at(Stage::Dot);
-    conn.send(&dot_stuff(msg.body)).await?;
+    conn.send(&dot_stuff(&body)).await?;
     let final_reply = conn.reply().await?;
     let outcome = if final_reply.class() == 2 {
         RecipientResult::Delivered

@@ -101,6 +101,11 @@ pub enum FailureKind {
     UnusableHostName,
     /// The message needs SMTPUTF8 and the next hop does not offer it.
     NoSmtpUtf8,
+    /// The message is larger than the SIZE the next hop announced, even
+    /// without padding; found before `stage` (MAIL), so nothing was sent.
+    TooBig {
+        stage: Stage,
+    },
 }
 
 impl FailureKind {
@@ -120,6 +125,7 @@ impl FailureKind {
             FailureKind::NoHost => "no_host",
             FailureKind::UnusableHostName => "host_name",
             FailureKind::NoSmtpUtf8 => "no_smtputf8",
+            FailureKind::TooBig { .. } => "too_big",
         }
     }
 }
@@ -153,6 +159,10 @@ impl fmt::Display for FailureKind {
             FailureKind::NoHost => f.write_str("no mail host to try"),
             FailureKind::UnusableHostName => f.write_str("host name not usable"),
             FailureKind::NoSmtpUtf8 => f.write_str("next hop does not support SMTPUTF8 (RFC 6531)"),
+            FailureKind::TooBig { stage } => write!(
+                f,
+                "message larger than the next hop's EHLO SIZE limit ({stage})"
+            ),
         }
     }
 }
@@ -415,6 +425,7 @@ mod tests {
             FailureKind::NoHost,
             FailureKind::UnusableHostName,
             FailureKind::NoSmtpUtf8,
+            FailureKind::TooBig { stage: Stage::Mail },
         ];
         let mut classes = std::collections::HashSet::new();
         for kind in &kinds {

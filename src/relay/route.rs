@@ -26,12 +26,9 @@ pub struct Router {
     pub body: Arc<dyn OutgoingBody>,
 }
 
-/// What the node does to a message's bytes before they leave. A trait so
-/// the transport does not depend on node policy.
-pub trait OutgoingBody: Send + Sync {
-    /// Called once per delivery attempt.
-    fn prepare(&self, original: &[u8]) -> Vec<u8>;
-}
+/// The seam to node policy for the bytes after DATA (defined with the
+/// client, which calls it once the next hop's SIZE is known).
+pub use super::client::OutgoingBody;
 
 /// Outcome per recipient, in lease order.
 pub type Results = Vec<RecipientResult>;
@@ -65,9 +62,6 @@ impl Router {
         }
         let recipients: Vec<String> = lease.recipients.iter().map(|r| r.address.clone()).collect();
         let sender = self.envelope_from.as_deref().unwrap_or(&lease.sender);
-        // Sanitized and padded once per attempt with fresh randomness, so two
-        // attempts of one message do not carry identical bytes.
-        let body = self.body.prepare(&lease.body);
         let mut last = Failure::temporary(FailureKind::NoHost);
         for (i, host) in hosts.iter().enumerate() {
             let stream = match self.dialer.connect(host, self.port).await {
@@ -89,7 +83,8 @@ impl Router {
                 server_name: host,
                 sender,
                 recipients: &recipients,
-                body: &body,
+                original: &lease.body,
+                body: self.body.as_ref(),
                 smtputf8: lease.smtputf8,
                 eight_bit: lease.eight_bit,
             };

@@ -34,6 +34,10 @@ pub struct Behaviour {
     pub refuse_ehlo: bool,
     /// Do not advertise SMTPUTF8.
     pub ascii_only: bool,
+    /// Announce this EHLO SIZE (default 100000000) and refuse with 552 a
+    /// MAIL whose SIZE= or a message whose length exceeds it, as Postfix's
+    /// message_size_limit does.
+    pub size_limit: Option<usize>,
 }
 
 /// A message the sink accepted with 250.
@@ -58,7 +62,9 @@ struct State {
     stall: bool,
     refuse_ehlo: bool,
     ascii_only: bool,
+    size_limit: usize,
     received: Mutex<Vec<Received>>,
+    mail_commands: AtomicUsize,
     arrived: Notify,
     connections: AtomicUsize,
 }
@@ -82,6 +88,7 @@ impl Sink {
             stall: b.stall,
             refuse_ehlo: b.refuse_ehlo,
             ascii_only: b.ascii_only,
+            size_limit: b.size_limit.unwrap_or(100_000_000),
             ..State::default()
         });
         let acceptor = tls_acceptor();
@@ -108,6 +115,11 @@ impl Sink {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// MAIL commands seen, accepted or not.
+    pub fn mail_commands(&self) -> usize {
+        self.state.mail_commands.load(Ordering::SeqCst)
     }
 
     pub fn connections(&self) -> usize {
@@ -182,7 +194,8 @@ async fn session(
                 ""
             };
             format!(
-                "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{utf8_line}{tls_line}250 SIZE 100000000\r\n"
+                "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{utf8_line}{tls_line}250 SIZE {}\r\n",
+                state.size_limit
             )
         } else if upper.starts_with("HELO") {
             "250 sink.test\r\n".into()
@@ -196,9 +209,18 @@ async fn session(
             rcpts.clear();
             continue;
         } else if upper.starts_with("MAIL FROM:") {
-            from = path(&cmd);
-            rcpts.clear();
-            "250 2.1.0 ok\r\n".into()
+            state.mail_commands.fetch_add(1, Ordering::SeqCst);
+            let declared = upper
+                .split_whitespace()
+                .find_map(|p| p.strip_prefix("SIZE="))
+                .and_then(|n| n.parse::<usize>().ok());
+            if declared.is_some_and(|n| n > state.size_limit) {
+                "552 5.3.4 message size exceeds fixed limit\r\n".into()
+            } else {
+                from = path(&cmd);
+                rcpts.clear();
+                "250 2.1.0 ok\r\n".into()
+            }
         } else if upper.starts_with("RCPT TO:") {
             let to = path(&cmd);
             match state.refuse.iter().find(|(s, _)| to.contains(s.as_str())) {
@@ -229,7 +251,11 @@ async fn session(
                     return Ok(());
                 }
                 let (data, wire_len) = read_data(&mut io).await?;
-                let code = state.script.lock().unwrap().0.pop_front().unwrap_or(250);
+                let code = if data.len() > state.size_limit {
+                    552
+                } else {
+                    state.script.lock().unwrap().0.pop_front().unwrap_or(250)
+                };
                 if code == 250 {
                     state.received.lock().unwrap().push(Received {
                         mail_from: from.clone(),
