@@ -117,6 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         },
         envelope_from: relay.envelope_from.clone(),
         port: relay.smtp_port,
+        tls_fallback: !relay.tls_verify,
         body: Arc::new(Egress {
             sanitize: config
                 .sanitize

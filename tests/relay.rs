@@ -598,3 +598,75 @@ async fn padding_never_passes_the_next_hops_size_and_too_big_is_a_logged_drop() 
     assert_eq!(sink.received().len(), 1);
     assert!(!d.log_text().contains(&dest));
 }
+
+#[tokio::test]
+async fn a_refused_or_broken_starttls_goes_on_in_plaintext_on_a_new_connection() {
+    let proxy = SocksProxy::start().await;
+    let dns = DnsServer::start(&[
+        (
+            "refuses.example",
+            Zone::Mx(vec![(10, "mx.refuses.example.")]),
+        ),
+        ("broken.example", Zone::Mx(vec![(10, "mx.broken.example.")])),
+    ])
+    .await;
+    let refuses = Sink::start(Behaviour {
+        starttls: true,
+        starttls_refusal: Some(454),
+        ..Behaviour::default()
+    })
+    .await;
+    let broken = Sink::start(Behaviour {
+        starttls: true,
+        starttls_garbage: true,
+        ..Behaviour::default()
+    })
+    .await;
+    proxy.route(DNS, 53, dns.addr);
+    proxy.route("mx.refuses.example", 25, refuses.addr);
+    proxy.route("mx.broken.example", 25, broken.addr);
+    let d = start(&proxy, &[]);
+    send(&d, &["a@refuses.example"], "454 to STARTTLS").await;
+    send(&d, &["b@broken.example"], "a handshake that breaks").await;
+    for sink in [&refuses, &broken] {
+        let got = sink.wait_for(1).await;
+        assert!(!got[0].tls, "delivered without TLS");
+        assert_eq!(sink.connections(), 2, "a new connection for plaintext");
+    }
+    empty(&d).await;
+    d.until_log("for the 454 fallback", |l| {
+        l.contains("STARTTLS refused: 454") && l.contains("trying again without TLS")
+    })
+    .await;
+    d.until_log("for the handshake fallback", |l| {
+        l.contains("TLS handshake failed") && l.contains("trying again without TLS")
+    })
+    .await;
+    assert!(
+        !d.log_text().contains("example"),
+        "no host or address in the log"
+    );
+}
+
+#[tokio::test]
+async fn with_tls_verify_a_refused_starttls_is_deferred_not_sent_in_plaintext() {
+    let proxy = SocksProxy::start().await;
+    let dns = DnsServer::start(&[(
+        "refuses.example",
+        Zone::Mx(vec![(10, "mx.refuses.example.")]),
+    )])
+    .await;
+    let sink = Sink::start(Behaviour {
+        starttls: true,
+        starttls_refusal: Some(454),
+        ..Behaviour::default()
+    })
+    .await;
+    proxy.route(DNS, 53, dns.addr);
+    proxy.route("mx.refuses.example", 25, sink.addr);
+    let d = start(&proxy, &["-tls-verify", "-retries", "20"]);
+    send(&d, &["a@refuses.example"], "must not leave in plaintext").await;
+    d.until_queue("deferred", |q| q["deferred"] == 1).await;
+    assert!(sink.received().is_empty());
+    assert_eq!(sink.connections(), 1);
+}

@@ -55,6 +55,22 @@ impl Failure {
         self.severity == Severity::Permanent
     }
 
+    /// True if TLS negotiation failed: STARTTLS refused or unanswered, or
+    /// the handshake after it broke. Such a failure says nothing about the
+    /// mail, and opportunistic TLS may go on without encryption.
+    pub fn is_tls_negotiation(&self) -> bool {
+        match &self.kind {
+            FailureKind::Reply { stage, .. }
+            | FailureKind::BadReply { stage, .. }
+            | FailureKind::Io { stage, .. }
+            | FailureKind::Timeout { stage } => {
+                matches!(stage, Stage::StartTls | Stage::TlsHandshake)
+            }
+            FailureKind::Tls(TlsProblem::Handshake | TlsProblem::PlaintextInjection) => true,
+            _ => false,
+        }
+    }
+
     /// A short fixed name for the kind of failure, fit for a metric label.
     pub fn class(&self) -> &'static str {
         self.kind.class()

@@ -21,6 +21,11 @@ pub struct Router {
     pub envelope_from: Option<String>,
     /// Port of every next hop (25; other values only in tests).
     pub port: u16,
+    /// When STARTTLS is refused or its handshake fails, try the same host
+    /// again on a new connection without TLS, as Postfix's opportunistic
+    /// level does (off with -tls-verify: a certificate that must verify
+    /// cannot be skipped).
+    pub tls_fallback: bool,
     /// Turns the stored message into the bytes sent after DATA (node
     /// policy: sanitizing and padding).
     pub body: Arc<dyn OutgoingBody>,
@@ -88,9 +93,31 @@ impl Router {
                 smtputf8: lease.smtputf8,
                 eight_bit: lease.eight_bit,
             };
-            return match client::deliver(stream, &config, &outgoing).await {
-                Ok(results) => results,
+            let failure = match client::deliver(stream, &config, &outgoing).await {
+                Ok(results) => return results,
+                Err(f) => f,
+            };
+            let tls_on = matches!(config.tls, TlsPolicy::Opportunistic(_));
+            if !(tls_on && self.tls_fallback && failure.is_tls_negotiation()) {
                 // node::dispatch logs the outcome of every recipient.
+                return all(failure);
+            }
+            // A refused or broken STARTTLS says nothing about the mail:
+            // deferring it would only drop it after -retries attempts.
+            info!(
+                "[RELAY] {failure} ({}); trying again without TLS on a new connection",
+                kind(onion)
+            );
+            let stream = match self.dialer.connect(host, self.port).await {
+                Ok(s) => s,
+                Err(e) => return all(e.into_failure()),
+            };
+            let plain = ClientConfig {
+                tls: TlsPolicy::Off,
+                ..config.clone()
+            };
+            return match client::deliver(stream, &plain, &outgoing).await {
+                Ok(results) => results,
                 Err(f) => all(f),
             };
         }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
@@ -22,6 +22,10 @@ use super::PATIENCE;
 pub struct Behaviour {
     /// Offer STARTTLS.
     pub starttls: bool,
+    /// Answer STARTTLS with this code instead of going ahead.
+    pub starttls_refusal: Option<u16>,
+    /// Go ahead with STARTTLS, then send plain text instead of a handshake.
+    pub starttls_garbage: bool,
     /// Replies to successive final dots; 250 once the list is used up.
     pub data_replies: Vec<u16>,
     /// Recipients containing this text get this code at RCPT.
@@ -59,6 +63,8 @@ struct State {
     script: Mutex<(VecDeque<u16>, usize)>,
     refuse: Vec<(String, u16)>,
     starttls: bool,
+    starttls_refusal: Option<u16>,
+    starttls_garbage: bool,
     stall: bool,
     refuse_ehlo: bool,
     ascii_only: bool,
@@ -85,6 +91,8 @@ impl Sink {
             script: Mutex::new((b.data_replies.into(), b.drop_mid_data)),
             refuse: b.refuse_rcpt,
             starttls: b.starttls,
+            starttls_refusal: b.starttls_refusal,
+            starttls_garbage: b.starttls_garbage,
             stall: b.stall,
             refuse_ehlo: b.refuse_ehlo,
             ascii_only: b.ascii_only,
@@ -199,6 +207,21 @@ async fn session(
             )
         } else if upper.starts_with("HELO") {
             "250 sink.test\r\n".into()
+        } else if upper == "STARTTLS" && state.starttls && !tls && state.starttls_refusal.is_some()
+        {
+            let code = state.starttls_refusal.unwrap_or(454);
+            format!("{code} {}.7.0 TLS not available now\r\n", code / 100)
+        } else if upper == "STARTTLS" && state.starttls && !tls && state.starttls_garbage {
+            io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
+            // Answer the ClientHello with text: the handshake fails.
+            let mut hello = [0u8; 512];
+            let _ = io.read(&mut hello).await?;
+            io.get_mut()
+                .write_all(b"this is no TLS handshake at all\r\n")
+                .await?;
+            let mut rest = Vec::new();
+            let _ = io.read_to_end(&mut rest).await;
+            return Ok(());
         } else if upper == "STARTTLS" && state.starttls && !tls {
             io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
             let plain = io.into_inner();
