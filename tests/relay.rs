@@ -670,3 +670,38 @@ async fn with_tls_verify_a_refused_starttls_is_deferred_not_sent_in_plaintext() 
     assert!(sink.received().is_empty());
     assert_eq!(sink.connections(), 1);
 }
+
+// Multi-threaded: the sink must answer while this thread waits for the
+// daemon to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_past_data_at_sigterm_settles_and_is_not_made_again() {
+    let proxy = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour {
+        dot_delay: Some(std::time::Duration::from_millis(1500)),
+        ..Behaviour::default()
+    })
+    .await;
+    let dest = onion(17);
+    proxy.route(&dest, 25, sink.addr);
+    let mut d = start(&proxy, &[]);
+    send(&d, &[&format!("x@{dest}")], "only once").await;
+    // The message is out; the next hop has not answered yet.
+    sink.wait_for_dots(1).await;
+    d.signal("TERM");
+    assert!(d.wait().success());
+    let dir = d.take_dir().unwrap();
+    assert_eq!(
+        common::queue_json(&d.data_dir)["messages"],
+        0,
+        "its settle was committed before the spool closed: {}",
+        d.log_text()
+    );
+    sink.wait_for(1).await;
+    let all = flags(proxy.addr, &[]);
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let d2 = Daemon::start_in(&d.data_dir.clone(), &refs);
+    empty(&d2).await;
+    assert_eq!(sink.received().len(), 1, "not delivered a second time");
+    assert_eq!(sink.connections(), 1);
+    drop(dir);
+}

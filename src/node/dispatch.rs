@@ -7,11 +7,14 @@
 //!
 //! The dispatcher sleeps until new mail is committed, the earliest retry
 //! falls due, or a worker frees up; it never polls in a tight loop. Each
-//! delivery is bounded by `-delivery-timeout` inside the SMTP client, and
-//! the lease outlives that bound, so a stalled server cannot stall the pool
-//! and an expired lease cannot cause a parallel duplicate.
+//! SMTP dialogue is bounded by `-delivery-timeout` inside the client, and
+//! a whole delivery (MX lookup and every host) by four fifths of the lease
+//! here, so a stalled server cannot stall the pool and an expired lease
+//! cannot cause a parallel duplicate. At shutdown, a delivery that already
+//! sent its message gets a short grace to read the answer and settle it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rand::SeedableRng;
@@ -25,7 +28,7 @@ use super::retry::RetryPolicy;
 use crate::BoxFuture;
 use crate::mix::MixPolicy;
 use crate::relay::client::RecipientResult;
-use crate::relay::failure::Failure;
+use crate::relay::failure::{Failure, FailureKind};
 use crate::relay::route::Router;
 use crate::spool::{Disposition, Lease, Spool};
 use crate::stats::Stats;
@@ -35,15 +38,31 @@ use crate::time::Clock;
 /// leases that expire and clocks that jump.
 const MAX_IDLE: Duration = Duration::from_secs(30);
 
+/// How long a delivery that already sent its message may still run after
+/// shutdown began, to read the next hop's answer and settle it. Cancelled
+/// instead, a delivery the next hop accepted would be made again after the
+/// restart.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// One delivery attempt for one lease: a result per recipient, in lease
-/// order. The relay's [`Router`] in production; a fake in tests.
+/// order. The relay's [`Router`] in production; a fake in tests. The
+/// transport sets `sent_message` once the message itself went out (the
+/// dispatcher then lets it finish at shutdown).
 pub trait Deliver: Send + Sync {
-    fn deliver<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Vec<RecipientResult>>;
+    fn deliver<'a>(
+        &'a self,
+        lease: &'a Lease,
+        sent_message: &'a AtomicBool,
+    ) -> BoxFuture<'a, Vec<RecipientResult>>;
 }
 
 impl Deliver for Router {
-    fn deliver<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Vec<RecipientResult>> {
-        Box::pin(Router::deliver(self, lease))
+    fn deliver<'a>(
+        &'a self,
+        lease: &'a Lease,
+        sent_message: &'a AtomicBool,
+    ) -> BoxFuture<'a, Vec<RecipientResult>> {
+        Box::pin(Router::deliver(self, lease, sent_message))
     }
 }
 
@@ -64,8 +83,10 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Runs until `shutdown`; deliveries in flight are abandoned at
-    /// shutdown and their leases released at the next start (at-least-once).
+    /// Runs until `shutdown`. Deliveries in flight that have not sent their
+    /// message yet are abandoned at shutdown and their leases released at
+    /// the next start (at-least-once); those that have get
+    /// [`SHUTDOWN_GRACE`] to finish and settle.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.workers));
@@ -121,9 +142,16 @@ impl Dispatcher {
                 let stop = shutdown.clone();
                 let settled = settled.clone();
                 tracker.spawn(async move {
+                    let sent_message = AtomicBool::new(false);
+                    let work = this.handle(lease, &sent_message);
+                    tokio::pin!(work);
                     tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = this.handle(lease) => settled.notify_one(),
+                        _ = &mut work => settled.notify_one(),
+                        _ = stop.cancelled() => {
+                            if sent_message.load(Ordering::SeqCst) {
+                                let _ = tokio::time::timeout(SHUTDOWN_GRACE, work).await;
+                            }
+                        }
                     }
                     drop(permit);
                 });
@@ -134,8 +162,22 @@ impl Dispatcher {
         debug!("[RELAY] pool stopped");
     }
 
-    async fn handle(&self, lease: Lease) {
-        let results = self.transport.deliver(&lease).await;
+    /// The bound on one whole delivery (MX lookup and every host): well
+    /// below the lease, so the lease cannot run out while the delivery
+    /// still runs and hand the same recipients to a second worker.
+    fn delivery_bound(&self) -> Duration {
+        self.lease - self.lease / 5
+    }
+
+    async fn handle(&self, lease: Lease, sent_message: &AtomicBool) {
+        let delivery = self.transport.deliver(&lease, sent_message);
+        let results = match tokio::time::timeout(self.delivery_bound(), delivery).await {
+            Ok(results) => results,
+            Err(_) => {
+                let f = Failure::temporary(FailureKind::Deadline);
+                vec![RecipientResult::Failed(f); lease.recipients.len()]
+            }
+        };
         let mut rng = StdRng::from_os_rng();
         let now = (self.clock)();
         let (mut delivered, mut dropped, mut deferred) = (0, 0, 0);
@@ -259,7 +301,7 @@ mod tests {
     use crate::envelope::{EnqueueOutcome, Envelope, Message};
     use crate::node::cover::CoverKey;
     use crate::node::intake::Intake;
-    use crate::relay::failure::{FailureKind, Stage};
+    use crate::relay::failure::Stage;
     use crate::time::UnixMillis;
 
     const BASE: UnixMillis = 1_700_000_000_000;
@@ -274,7 +316,11 @@ mod tests {
     }
 
     impl Deliver for FlakyTransport {
-        fn deliver<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Vec<RecipientResult>> {
+        fn deliver<'a>(
+            &'a self,
+            lease: &'a Lease,
+            _sent_message: &'a AtomicBool,
+        ) -> BoxFuture<'a, Vec<RecipientResult>> {
             let at = (self.clock)();
             *self.seen.lock().unwrap() += 1;
             let results = lease
@@ -386,6 +432,106 @@ mod tests {
         }
         assert_eq!(*transport.seen.lock().unwrap(), 2 * N as u32);
         assert_eq!(Stats::get(&stats.sent), N as u64);
+        stop.cancel();
+        task.await.unwrap();
+        drop((intake, spool));
+        closer.closed().await;
+    }
+
+    /// A transport whose deliveries never end; it records how many run at
+    /// once (a delivery's future is dropped when it is cut off).
+    struct Hanging {
+        running: Arc<std::sync::atomic::AtomicUsize>,
+        most: Arc<std::sync::atomic::AtomicUsize>,
+        started: mpsc::Sender<()>,
+    }
+
+    struct Running(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Deliver for Hanging {
+        fn deliver<'a>(
+            &'a self,
+            _lease: &'a Lease,
+            _sent_message: &'a AtomicBool,
+        ) -> BoxFuture<'a, Vec<RecipientResult>> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            let guard = Running(self.running.clone());
+            Box::pin(async move {
+                let _guard = guard;
+                self.started.send(()).await.unwrap();
+                std::future::pending().await
+            })
+        }
+    }
+
+    /// On paused time: a delivery that never ends is cut off below its
+    /// lease, so the recipient is never leased to a second worker while
+    /// the first still runs, and it is retried and finally dropped.
+    #[tokio::test(start_paused = true)]
+    async fn it_ends_a_delivery_before_its_lease_runs_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::testkit::tokio_clock(BASE);
+        let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
+        let stats = Arc::new(Stats::default());
+        let intake = Intake {
+            spool: spool.clone(),
+            mix: MixPolicy::Immediate,
+            cover_key: CoverKey::from_bytes([4; 32]),
+            stats: stats.clone(),
+            clock: clock.clone(),
+        };
+        assert_eq!(intake.ingest(mail(0)).await, EnqueueOutcome::Queued);
+        let (tx, mut rx) = mpsc::channel(8);
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dispatcher = Dispatcher {
+            spool: spool.clone(),
+            transport: Arc::new(Hanging {
+                running: Arc::default(),
+                most: most.clone(),
+                started: tx,
+            }),
+            retry: RetryPolicy {
+                base: Duration::from_secs(1),
+                max_attempts: 3,
+            },
+            mix: MixPolicy::Immediate,
+            workers: 4,
+            stats: stats.clone(),
+            lease: Duration::from_secs(100),
+            clock: clock.clone(),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(dispatcher.run(stop.clone()));
+        for _ in 0..3 {
+            rx.recv().await.unwrap();
+        }
+        // The third attempt is the last: once it is cut off, the recipient
+        // is dropped.
+        // (Paused time: the sleeps cost nothing and bound the wait.)
+        for _ in 0..3_600 {
+            if Stats::get(&stats.failed) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(
+            Stats::get(&stats.failed),
+            1,
+            "dropped after the last attempt"
+        );
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            1,
+            "two deliveries of one lease at once"
+        );
+        assert_eq!(Stats::get(&stats.deferred), 2);
         stop.cancel();
         task.await.unwrap();
         drop((intake, spool));

@@ -12,6 +12,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use smtp_proto::response::parser::ResponseReceiver;
@@ -226,21 +227,23 @@ type Outcome = Result<Vec<RecipientResult>, Failure>;
 
 /// How far a delivery got. It lives outside the transaction future, so
 /// `deliver` can still read it when the overall timeout drops that future.
-struct Progress {
+struct Progress<'w> {
     stage: Stage,
     /// Set before QUIT: from then on the outcome stands, whatever QUIT does.
     decided: Option<Outcome>,
+    /// See [`deliver_watched`].
+    sent_message: &'w AtomicBool,
 }
 
-struct Connection<'p> {
+struct Connection<'p, 'w> {
     io: Box<dyn Io>,
     /// Bytes read and not yet parsed: the rest of a pipelined batch of
     /// replies, or, right after the go-ahead to STARTTLS, injected ones.
     unread: Vec<u8>,
-    progress: &'p mut Progress,
+    progress: &'p mut Progress<'w>,
 }
 
-impl Connection<'_> {
+impl Connection<'_, '_> {
     fn at(&mut self, stage: Stage) {
         self.progress.stage = stage;
     }
@@ -322,9 +325,25 @@ pub async fn deliver<S>(stream: S, config: &ClientConfig, msg: &Outgoing<'_>) ->
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    deliver_watched(stream, config, msg, &AtomicBool::new(false)).await
+}
+
+/// Like [`deliver`], and sets `sent_message` just before the message
+/// itself goes out: from then on the next hop may accept it, and
+/// abandoning the delivery would make a duplicate after a restart.
+pub async fn deliver_watched<S>(
+    stream: S,
+    config: &ClientConfig,
+    msg: &Outgoing<'_>,
+    sent_message: &AtomicBool,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut progress = Progress {
         stage: Stage::Greeting,
         decided: None,
+        sent_message,
     };
     let attempt = transaction(Box::new(stream), config, msg, &mut progress);
     match tokio::time::timeout(config.timeout, attempt).await {
@@ -339,7 +358,7 @@ where
 
 /// Records the outcome, then says QUIT (bounded). If the overall timeout
 /// strikes during QUIT, `deliver` still returns the recorded outcome.
-async fn finish(conn: &mut Connection<'_>, outcome: Outcome) -> Outcome {
+async fn finish(conn: &mut Connection<'_, '_>, outcome: Outcome) -> Outcome {
     conn.progress.decided = Some(outcome.clone());
     let _ = tokio::time::timeout(QUIT_WAIT, conn.command("QUIT")).await;
     outcome
@@ -349,7 +368,7 @@ async fn transaction(
     stream: Box<dyn Io>,
     config: &ClientConfig,
     msg: &Outgoing<'_>,
-    progress: &mut Progress,
+    progress: &mut Progress<'_>,
 ) -> Outcome {
     let mut conn = Connection {
         io: stream,
@@ -477,6 +496,7 @@ async fn transaction(
         return finish(&mut conn, Err(data_reply.failure(Stage::Data))).await;
     }
     conn.at(Stage::Dot);
+    conn.progress.sent_message.store(true, Ordering::SeqCst);
     conn.send(&dot_stuff(&body)).await?;
     let final_reply = conn.reply().await?;
     let outcome = if final_reply.class() == 2 {
@@ -501,7 +521,7 @@ fn rcpt_result(reply: &Reply) -> Option<RecipientResult> {
 }
 
 /// EHLO, falling back to HELO for servers that do not know it.
-async fn hello(conn: &mut Connection<'_>, name: &str) -> Result<Extensions, Failure> {
+async fn hello(conn: &mut Connection<'_, '_>, name: &str) -> Result<Extensions, Failure> {
     conn.at(Stage::Ehlo);
     conn.send(format!("EHLO {name}\r\n").as_bytes()).await?;
     let (reply, raw) = conn.reply_and_bytes().await?;
@@ -622,7 +642,7 @@ mod tests {
     /// `server` (from a task, so it may be larger than the pipe).
     async fn with_server<F, T>(server: Vec<u8>, check: F) -> T
     where
-        F: AsyncFnOnce(&mut Connection<'_>) -> T,
+        F: AsyncFnOnce(&mut Connection<'_, '_>) -> T,
     {
         let (client, mut far) = tokio::io::duplex(READ_CHUNK);
         tokio::spawn(async move {
@@ -630,9 +650,11 @@ mod tests {
             // Hold the far end open: a close would end a read early.
             let _ = far.read_to_end(&mut Vec::new()).await;
         });
+        let unwatched = AtomicBool::new(false);
         let mut progress = Progress {
             stage: Stage::Greeting,
             decided: None,
+            sent_message: &unwatched,
         };
         let mut conn = Connection {
             io: Box::new(client),

@@ -122,6 +122,9 @@ pub enum FailureKind {
     TooBig {
         stage: Stage,
     },
+    /// The whole delivery (MX lookup and every host) ran past the bound
+    /// the dispatcher keeps below the lease.
+    Deadline,
 }
 
 impl FailureKind {
@@ -142,6 +145,7 @@ impl FailureKind {
             FailureKind::UnusableHostName => "host_name",
             FailureKind::NoSmtpUtf8 => "no_smtputf8",
             FailureKind::TooBig { .. } => "too_big",
+            FailureKind::Deadline => "deadline",
         }
     }
 }
@@ -175,6 +179,7 @@ impl fmt::Display for FailureKind {
             FailureKind::NoHost => f.write_str("no mail host to try"),
             FailureKind::UnusableHostName => f.write_str("host name not usable"),
             FailureKind::NoSmtpUtf8 => f.write_str("next hop does not support SMTPUTF8 (RFC 6531)"),
+            FailureKind::Deadline => f.write_str("delivery ran out of time before its lease"),
             FailureKind::TooBig { stage } => write!(
                 f,
                 "message larger than the next hop's EHLO SIZE limit ({stage})"
@@ -442,6 +447,7 @@ mod tests {
             FailureKind::UnusableHostName,
             FailureKind::NoSmtpUtf8,
             FailureKind::TooBig { stage: Stage::Mail },
+            FailureKind::Deadline,
         ];
         let mut classes = std::collections::HashSet::new();
         for kind in &kinds {

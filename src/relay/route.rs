@@ -2,6 +2,7 @@
 //! run the SMTP client, and turn the result into per-recipient outcomes.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use tracing::{debug, info};
 
@@ -39,8 +40,10 @@ pub use super::client::OutgoingBody;
 pub type Results = Vec<RecipientResult>;
 
 impl Router {
-    /// Attempts delivery of every recipient in the lease.
-    pub async fn deliver(&self, lease: &Lease) -> Results {
+    /// Attempts delivery of every recipient in the lease. `sent_message`
+    /// is set once a message went out after DATA (see
+    /// [`client::deliver_watched`]).
+    pub async fn deliver(&self, lease: &Lease, sent_message: &AtomicBool) -> Results {
         let all = |f: Failure| vec![RecipientResult::Failed(f); lease.recipients.len()];
         let onion = lease.domain.ends_with(".onion");
         let hosts = if onion {
@@ -93,10 +96,11 @@ impl Router {
                 smtputf8: lease.smtputf8,
                 eight_bit: lease.eight_bit,
             };
-            let failure = match client::deliver(stream, &config, &outgoing).await {
-                Ok(results) => return results,
-                Err(f) => f,
-            };
+            let failure =
+                match client::deliver_watched(stream, &config, &outgoing, sent_message).await {
+                    Ok(results) => return results,
+                    Err(f) => f,
+                };
             let tls_on = matches!(config.tls, TlsPolicy::Opportunistic(_));
             if !(tls_on && self.tls_fallback && failure.is_tls_negotiation()) {
                 // node::dispatch logs the outcome of every recipient.
@@ -116,7 +120,7 @@ impl Router {
                 tls: TlsPolicy::Off,
                 ..config.clone()
             };
-            return match client::deliver(stream, &plain, &outgoing).await {
+            return match client::deliver_watched(stream, &plain, &outgoing, sent_message).await {
                 Ok(results) => results,
                 Err(f) => all(f),
             };

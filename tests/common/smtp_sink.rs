@@ -42,6 +42,8 @@ pub struct Behaviour {
     /// MAIL whose SIZE= or a message whose length exceeds it, as Postfix's
     /// message_size_limit does.
     pub size_limit: Option<usize>,
+    /// Wait this long after the final dot before answering it.
+    pub dot_delay: Option<std::time::Duration>,
 }
 
 /// A message the sink accepted with 250.
@@ -69,6 +71,9 @@ struct State {
     refuse_ehlo: bool,
     ascii_only: bool,
     size_limit: usize,
+    dot_delay: Option<std::time::Duration>,
+    /// Final dots read, answered or not.
+    dots: AtomicUsize,
     received: Mutex<Vec<Received>>,
     mail_commands: AtomicUsize,
     arrived: Notify,
@@ -97,6 +102,7 @@ impl Sink {
             refuse_ehlo: b.refuse_ehlo,
             ascii_only: b.ascii_only,
             size_limit: b.size_limit.unwrap_or(100_000_000),
+            dot_delay: b.dot_delay,
             ..State::default()
         });
         let acceptor = tls_acceptor();
@@ -123,6 +129,22 @@ impl Sink {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` final dots were read (answered or not yet).
+    pub async fn wait_for_dots(&self, n: usize) {
+        let wait = async {
+            loop {
+                let notified = self.state.arrived.notified();
+                if self.state.dots.load(Ordering::SeqCst) >= n {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .unwrap_or_else(|_| panic!("sink did not read {n} final dot(s)"));
     }
 
     /// MAIL commands seen, accepted or not.
@@ -274,6 +296,11 @@ async fn session(
                     return Ok(());
                 }
                 let (data, wire_len) = read_data(&mut io).await?;
+                state.dots.fetch_add(1, Ordering::SeqCst);
+                state.arrived.notify_waiters();
+                if let Some(delay) = state.dot_delay {
+                    tokio::time::sleep(delay).await;
+                }
                 let code = if data.len() > state.size_limit {
                     552
                 } else {
