@@ -162,6 +162,10 @@ pub struct SpoolArgs {
     /// How long identical messages are refused as replays (0 = no replay check).
     #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
     pub replay_window: Duration,
+    /// Free space kept in reserve on the data dir's file system: below it
+    /// new mail gets 452 4.3.1 while queued mail still drains (0 = off).
+    #[arg(long, default_value_t = 100 * 1024 * 1024, value_name = "BYTES")]
+    pub min_free_space: u64,
 }
 
 /// Outbound delivery through Tor to the next hop.
@@ -293,6 +297,8 @@ pub struct SpoolConfig {
     pub data_dir: PathBuf,
     /// Zero turns the replay check off.
     pub replay_window: Duration,
+    /// Bytes of free space below which new mail is refused (0: never).
+    pub min_free_space: u64,
 }
 
 /// Settings of outbound delivery.
@@ -496,6 +502,7 @@ impl SpoolArgs {
         SpoolConfig {
             data_dir: self.data_dir,
             replay_window: self.replay_window,
+            min_free_space: self.min_free_space,
         }
     }
 }

@@ -81,6 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         path: config.spool.data_dir.display().to_string(),
         source,
     })?;
+    let spool = spool.with_free_space_reserve(&config.spool.data_dir, config.spool.min_free_space);
     let listener = TcpListener::bind(config.listener.addr)
         .await
         .map_err(|source| DaemonError::Bind {

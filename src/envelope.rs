@@ -34,6 +34,9 @@ pub enum EnqueueOutcome {
     Replay,
     /// Storage failed; the client should retry later.
     Failed,
+    /// The disk is full or free space is under the reserve
+    /// (`-min-free-space`); the client should retry later.
+    NoSpace,
     /// The daemon is stopping and did not store the message.
     ShuttingDown,
 }

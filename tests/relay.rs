@@ -705,3 +705,40 @@ async fn a_delivery_past_data_at_sigterm_settles_and_is_not_made_again() {
     assert_eq!(sink.connections(), 1);
     drop(dir);
 }
+
+#[tokio::test]
+async fn under_the_free_space_reserve_new_mail_gets_452_and_queued_mail_still_leaves() {
+    let proxy = SocksProxy::start().await;
+    let dest = onion(18);
+    proxy.refuse(&dest, 25, 0xF2); // introduction failed: temporary
+    let mut d = start(&proxy, &[]);
+    send(&d, &[&format!("x@{dest}")], "queued before the disk filled").await;
+    d.until_queue("deferred", |q| q["deferred"] == 1).await;
+    d.signal("TERM");
+    assert!(d.wait().success());
+    let dir = d.take_dir().unwrap();
+
+    // No file system has an exabyte free: every enqueue is under the
+    // reserve.
+    let proxy2 = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    proxy2.route(&dest, 25, sink.addr);
+    let all = flags(proxy2.addr, &["-min-free-space", "1000000000000000000"]);
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let d2 = Daemon::start_in(&d.data_dir.clone(), &refs);
+    let mut c = d2.client().await;
+    c.code("EHLO client.example").await;
+    c.start_data("alice@example.net", &[&format!("y@{dest}")])
+        .await;
+    c.send(b"Subject: refused\r\n\r\nno room\r\n.\r\n").await;
+    let (code, text) = c.reply().await;
+    assert_eq!(code, 452, "{text}");
+    assert!(text.starts_with("452 4.3.1"), "{text}");
+    // Leasing and settling still work: the earlier message leaves.
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].rcpt_to, [format!("x@{dest}")]);
+    empty(&d2).await;
+    d2.until_log("for the reserve warning", |l| l.contains("-min-free-space"))
+        .await;
+    drop(dir);
+}

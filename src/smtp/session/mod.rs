@@ -183,6 +183,11 @@ impl Session {
                 "4.3.0",
                 "local error while storing the message, try again later",
             )),
+            EnqueueOutcome::NoSpace => Step::Reply(Reply::new(
+                452,
+                "4.3.1",
+                "insufficient system storage, try again later",
+            )),
             EnqueueOutcome::ShuttingDown => Step::Close(self.shutting_down()),
         }
     }

@@ -311,6 +311,7 @@ fn it_reports_replays_and_storage_failures() {
     for (outcome, prefix) in [
         (EnqueueOutcome::Replay, "554 5.7.1"),
         (EnqueueOutcome::Failed, "451 4.3.0"),
+        (EnqueueOutcome::NoSpace, "452 4.3.1"),
         (EnqueueOutcome::ShuttingDown, "421 4.3.0"),
     ] {
         let mut c = Client::greeted();
