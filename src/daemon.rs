@@ -16,7 +16,7 @@ use crate::BoxFuture;
 use crate::config::Config;
 use crate::mix::MixPolicy;
 use crate::node::cover::{CoverGenerator, CoverKey};
-use crate::node::dispatch::Dispatcher;
+use crate::node::dispatch::{DeliveryHealth, Dispatcher};
 use crate::node::egress::Egress;
 use crate::node::intake::Intake;
 use crate::node::retry::RetryPolicy;
@@ -132,6 +132,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             cover_key: cover_key.clone(),
         }),
     });
+    let health = Arc::new(DeliveryHealth::default());
     let dispatcher = Dispatcher {
         spool: spool.clone(),
         transport: router,
@@ -146,6 +147,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         // SMTP dialogue), so an expired lease always means a dead worker.
         lease: MX_TIMEOUT + relay.delivery_timeout * 4 + Duration::from_secs(60),
         clock: clock.clone(),
+        cover_key: cover_key.clone(),
+        health: health.clone(),
     };
     let relay_task = tokio::spawn(dispatcher.run(shutdown.clone()));
     let cover_task = config.mix.cover_interval.map(|interval| {
@@ -157,6 +160,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             interval,
             stats: stats.clone(),
             clock: clock.clone(),
+            health: health.clone(),
         };
         tokio::spawn(generator.run(StdRng::from_os_rng(), shutdown.clone()))
     });

@@ -19,6 +19,10 @@ pub struct Stats {
     pub cover_sent: AtomicU64,
     pub cover_received: AtomicU64,
     pub batches: AtomicU64,
+    /// Cover that failed to leave: dropped, never retried.
+    pub cover_dropped: AtomicU64,
+    /// Cover not generated because deliveries were failing (Tor down).
+    pub cover_paused: AtomicU64,
 }
 
 impl Stats {
@@ -37,7 +41,7 @@ impl Stats {
         let uptime = humantime::format_duration(Duration::from_secs(uptime.as_secs()));
         let queued = queued.map_or_else(|| "?".to_string(), |q| q.to_string());
         format!(
-            "[STATS] uptime={uptime} received={} sent={} failed={} deferred={} queued={queued} cover_sent={} cover_received={} batches={}",
+            "[STATS] uptime={uptime} received={} sent={} failed={} deferred={} queued={queued} cover_sent={} cover_received={} batches={} cover_dropped={} cover_paused={}",
             get(&self.received),
             get(&self.sent),
             get(&self.failed),
@@ -45,6 +49,8 @@ impl Stats {
             get(&self.cover_sent),
             get(&self.cover_received),
             get(&self.batches),
+            get(&self.cover_dropped),
+            get(&self.cover_paused),
         )
     }
 
@@ -88,7 +94,7 @@ mod tests {
         let line = s.line(Duration::from_secs(3725), Some(7));
         assert_eq!(
             line,
-            "[STATS] uptime=1h 2m 5s received=3 sent=0 failed=0 deferred=0 queued=7 cover_sent=2 cover_received=0 batches=0"
+            "[STATS] uptime=1h 2m 5s received=3 sent=0 failed=0 deferred=0 queued=7 cover_sent=2 cover_received=0 batches=0 cover_dropped=0 cover_paused=0"
         );
     }
 }

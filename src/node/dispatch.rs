@@ -22,8 +22,9 @@ use rand::rngs::StdRng;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
+use super::cover::CoverKey;
 use super::retry::RetryPolicy;
 use crate::BoxFuture;
 use crate::mix::MixPolicy;
@@ -66,6 +67,41 @@ impl Deliver for Router {
     }
 }
 
+/// Whether deliveries are failing because Tor itself cannot be used,
+/// shared by the dispatcher (which sets it from delivery outcomes) and the
+/// cover generator (which pauses while it is set). Cover made during an
+/// outage would pile up in the spool and leave in a burst on recovery,
+/// which would make the recovery, and so the cover, visible.
+#[derive(Debug, Default)]
+pub struct DeliveryHealth {
+    outage: AtomicBool,
+}
+
+impl DeliveryHealth {
+    pub fn in_outage(&self) -> bool {
+        self.outage.load(Ordering::Relaxed)
+    }
+
+    /// Records one delivery's outcome: any recipient delivered clears the
+    /// outage; every recipient failing because the proxy cannot be used
+    /// sets it; anything else (a next hop's refusal) says nothing about Tor.
+    pub(crate) fn record(&self, results: &[RecipientResult]) {
+        if results.iter().any(|r| *r == RecipientResult::Delivered) {
+            if self.outage.swap(false, Ordering::Relaxed) {
+                info!("[RELAY] deliveries succeed again: cover traffic resumes");
+            }
+        } else if !results.is_empty()
+            && results.iter().all(|r| {
+                matches!(r, RecipientResult::Failed(f)
+                    if !f.is_permanent() && matches!(f.kind, FailureKind::Proxy(_)))
+            })
+            && !self.outage.swap(true, Ordering::Relaxed)
+        {
+            warn!("[RELAY] the Tor SOCKS proxy cannot be used: cover traffic pauses");
+        }
+    }
+}
+
 pub struct Dispatcher {
     pub spool: Spool,
     pub transport: Arc<dyn Deliver>,
@@ -80,6 +116,12 @@ pub struct Dispatcher {
     /// Where "now" comes from for retry times and sleeps (the spool's
     /// clock; injected for tests).
     pub clock: Clock,
+    /// Recognises our own cover, which is dropped on its first failure:
+    /// a retried cover message would leave later on top of the normal
+    /// stream.
+    pub cover_key: CoverKey,
+    /// Set and cleared from delivery outcomes; read by the cover generator.
+    pub health: Arc<DeliveryHealth>,
 }
 
 impl Dispatcher {
@@ -180,6 +222,8 @@ impl Dispatcher {
         };
         let mut rng = StdRng::from_os_rng();
         let now = (self.clock)();
+        self.health.record(&results);
+        let cover = self.cover_key.is_cover(&lease.body);
         let (mut delivered, mut dropped, mut deferred) = (0, 0, 0);
         let mut notes = OutcomeNotes::default();
         let outcomes: Vec<(i64, Disposition)> = lease
@@ -189,6 +233,10 @@ impl Dispatcher {
             .map(|(r, result)| {
                 let d = match &result {
                     RecipientResult::Delivered => Disposition::Delivered,
+                    RecipientResult::Failed(_) if cover => {
+                        Stats::add(&self.stats.cover_dropped, 1);
+                        Disposition::Dropped
+                    }
                     RecipientResult::Failed(f) if f.is_permanent() => {
                         notes.add(Note::Dropped, f);
                         Disposition::Dropped
@@ -218,7 +266,10 @@ impl Dispatcher {
             })
             .collect();
         Stats::add(&self.stats.sent, delivered);
-        Stats::add(&self.stats.failed, dropped);
+        // Cover is not mail: its drops have their own counter.
+        if !cover {
+            Stats::add(&self.stats.failed, dropped);
+        }
         Stats::add(&self.stats.deferred, deferred);
         notes.log(destination_kind(&lease.domain), self.retry.max_attempts);
         // Per-delivery outcomes with their timestamps would be per-message
@@ -399,6 +450,8 @@ mod tests {
             stats: stats.clone(),
             lease: Duration::from_secs(600),
             clock: clock.clone(),
+            cover_key: CoverKey::from_bytes([4; 32]),
+            health: Arc::default(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(dispatcher.run(stop.clone()));
@@ -506,6 +559,8 @@ mod tests {
             stats: stats.clone(),
             lease: Duration::from_secs(100),
             clock: clock.clone(),
+            cover_key: CoverKey::from_bytes([4; 32]),
+            health: Arc::default(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(dispatcher.run(stop.clone()));
@@ -535,6 +590,83 @@ mod tests {
         stop.cancel();
         task.await.unwrap();
         drop((intake, spool));
+        closer.closed().await;
+    }
+
+    /// A transport behind a dead Tor: every attempt fails at the proxy.
+    struct TorDown {
+        attempts: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Deliver for TorDown {
+        fn deliver<'a>(
+            &'a self,
+            lease: &'a Lease,
+            _sent_message: &'a AtomicBool,
+        ) -> BoxFuture<'a, Vec<RecipientResult>> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            let f = Failure::temporary(FailureKind::Proxy(
+                crate::relay::failure::ProxyProblem::Unreachable(
+                    std::io::ErrorKind::ConnectionRefused,
+                ),
+            ));
+            let n = lease.recipients.len();
+            Box::pin(async move { vec![RecipientResult::Failed(f); n] })
+        }
+    }
+
+    /// On paused time: cover that fails is dropped at once (counted), real
+    /// mail that fails the same way is kept for a retry, and the failures
+    /// mark an outage.
+    #[tokio::test(start_paused = true)]
+    async fn it_drops_failed_cover_at_once_and_marks_the_outage() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::testkit::tokio_clock(BASE);
+        let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
+        let key = CoverKey::from_bytes([4; 32]);
+        let own = crate::address::OnionName::from_seed(1);
+        let mut rng = StdRng::seed_from_u64(1);
+        let cover = crate::node::cover::make_message(&key, &own, &mut rng);
+        assert_eq!(spool.enqueue(cover, BASE).await, EnqueueOutcome::Queued);
+        assert_eq!(spool.enqueue(mail(1), BASE).await, EnqueueOutcome::Queued);
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stats = Arc::new(Stats::default());
+        let health = Arc::new(DeliveryHealth::default());
+        let dispatcher = Dispatcher {
+            spool: spool.clone(),
+            transport: Arc::new(TorDown {
+                attempts: attempts.clone(),
+            }),
+            retry: RetryPolicy {
+                base: Duration::from_secs(3600),
+                max_attempts: 9,
+            },
+            mix: MixPolicy::Immediate,
+            workers: 2,
+            stats: stats.clone(),
+            lease: Duration::from_secs(600),
+            clock: clock.clone(),
+            cover_key: key,
+            health: health.clone(),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(dispatcher.run(stop.clone()));
+        // Well before the first retry (at least 30 min away).
+        for _ in 0..600 {
+            if attempts.load(Ordering::SeqCst) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        assert_eq!(Stats::get(&stats.cover_dropped), 1, "cover dropped");
+        assert_eq!(Stats::get(&stats.deferred), 1, "real mail kept");
+        assert_eq!(Stats::get(&stats.failed), 0);
+        assert!(health.in_outage());
+        stop.cancel();
+        task.await.unwrap();
+        drop(spool);
         closer.closed().await;
     }
 }
