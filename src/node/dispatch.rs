@@ -86,7 +86,7 @@ impl DeliveryHealth {
     /// outage; every recipient failing because the proxy cannot be used
     /// sets it; anything else (a next hop's refusal) says nothing about Tor.
     pub(crate) fn record(&self, results: &[RecipientResult]) {
-        if results.iter().any(|r| *r == RecipientResult::Delivered) {
+        if results.contains(&RecipientResult::Delivered) {
             if self.outage.swap(false, Ordering::Relaxed) {
                 info!("[RELAY] deliveries succeed again: cover traffic resumes");
             }
