@@ -195,6 +195,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         }),
     });
     info!("[CONN] listening on {local}");
+    if !config.listener.proxy_protocol && local.ip().is_loopback() {
+        warn!(
+            "[CONN] without -proxy-protocol every client through Tor comes from {}: -rate-limit {} per {} is shared by the whole onion service; for a limit per circuit use -proxy-protocol with HiddenServiceExportCircuitID haproxy (contrib/torrc.example)",
+            local.ip(),
+            config.listener.rate_limit,
+            humantime::format_duration(config.listener.rate_window)
+        );
+    }
     if config.mix.policy == MixPolicy::Immediate {
         warn!(
             "[MIX] no batching and no delay pool: mail leaves in arrival order, linkable by timing"

@@ -30,6 +30,11 @@ pub struct Message {
 pub enum EnqueueOutcome {
     /// On stable storage.
     Queued,
+    /// This node's own traffic come back (loop cover), recognised and
+    /// discarded: answered like `Queued`, and the session that brought it
+    /// is not charged against the rate limit, so own cover never spends a
+    /// client's budget.
+    OwnTraffic,
     /// Same envelope and content seen within the replay window.
     Replay,
     /// Storage failed; the client should retry later.

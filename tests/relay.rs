@@ -742,3 +742,46 @@ async fn under_the_free_space_reserve_new_mail_gets_452_and_queued_mail_still_le
         .await;
     drop(dir);
 }
+
+#[tokio::test]
+async fn own_cover_coming_back_through_tor_does_not_spend_the_rate_limit() {
+    let proxy = SocksProxy::start().await;
+    let d = start(
+        &proxy,
+        &[
+            "-cover-interval",
+            "50ms",
+            "-rate-limit",
+            "2",
+            "-rate-window",
+            "1h",
+            "-stats-interval",
+            "1s",
+            // One delivery at a time: cover sessions never overlap, so
+            // each is refunded before the next one is admitted.
+            "-workers",
+            "1",
+        ],
+    );
+    // Tor hands our own onion's port 25 back to our listener, from
+    // 127.0.0.1 like every client without -proxy-protocol.
+    proxy.route(&d.name, 25, d.addr);
+    d.until_log("for cover to come back five times", |l| {
+        l.split("cover_received=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|n| n >= 5)
+    })
+    .await;
+    // Cover used five sessions from 127.0.0.1; a client there still has
+    // the whole budget of two.
+    let mut first = d.client().await;
+    assert_eq!(first.code("QUIT").await, 221);
+    assert!(d.log_text().contains("shared by the whole onion service"));
+    assert!(
+        !d.log_text().contains("rate limit exceeded"),
+        "{}",
+        d.log_text()
+    );
+}

@@ -47,7 +47,7 @@ impl Intake {
         }
         if self.cover_key.is_cover(&message.body) {
             Stats::add(&self.stats.cover_received, 1);
-            return EnqueueOutcome::Queued;
+            return EnqueueOutcome::OwnTraffic;
         }
         let outcome = self.spool.enqueue(message, self.release_time()).await;
         if outcome == EnqueueOutcome::Queued {

@@ -140,10 +140,11 @@ async fn connection(
     debug!("[CONN] accepted {}", Sensitive(peer));
     let _ = stream.set_nodelay(true);
     let mut input = Input::default();
+    let mut identity = peer.ip();
     if ctx.proxy_protocol {
         match read_proxy_header(&mut stream, &mut input, ctx.idle_timeout, &shutdown).await {
             Ok(source) => {
-                let identity = match source {
+                identity = match source {
                     ProxySource::Address(ip) => ip,
                     ProxySource::Unknown => peer.ip(),
                 };
@@ -158,7 +159,15 @@ async fn connection(
         }
     }
     let mut session = Session::new(ctx.session.clone());
-    let ended = run_session(&mut stream, &mut session, &mut input, &ctx, &shutdown).await;
+    let ended = run_session(
+        &mut stream,
+        &mut session,
+        &mut input,
+        &ctx,
+        identity,
+        &shutdown,
+    )
+    .await;
     match ended {
         Ended::Done | Ended::PeerClosed => {}
         Ended::Timeout => debug!("[CONN] idle timeout"),
@@ -200,6 +209,7 @@ async fn run_session(
     session: &mut Session,
     input: &mut Input,
     ctx: &ServerContext,
+    identity: IpAddr,
     shutdown: &CancellationToken,
 ) -> Ended {
     let mut out = Vec::with_capacity(512);
@@ -226,6 +236,11 @@ async fn run_session(
             Step::Enqueue(message) => {
                 let recipients = message.envelope.recipients.len();
                 let outcome = ctx.sink.accept(message).await;
+                if outcome == EnqueueOutcome::OwnTraffic {
+                    // The sink recognised this node's own traffic: the
+                    // session it came in does not count.
+                    ctx.rate_limiter.refund(identity);
+                }
                 debug!("[SMTP] message with {recipients} recipient(s): {outcome:?}");
                 follow_up = Some(session.enqueued(outcome));
             }

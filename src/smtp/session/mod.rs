@@ -172,7 +172,10 @@ impl Session {
         self.phase = Phase::Command;
         self.tx = None;
         match outcome {
-            EnqueueOutcome::Queued => Step::Reply(Reply::new(250, "2.0.0", "Ok: queued")),
+            // Own cover gets the same answer: the sender cannot tell.
+            EnqueueOutcome::Queued | EnqueueOutcome::OwnTraffic => {
+                Step::Reply(Reply::new(250, "2.0.0", "Ok: queued"))
+            }
             EnqueueOutcome::Replay => Step::Reply(Reply::new(
                 554,
                 "5.7.1",
