@@ -197,8 +197,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     info!("[CONN] listening on {local}");
     if !config.listener.proxy_protocol && local.ip().is_loopback() {
         warn!(
-            "[CONN] without -proxy-protocol every client through Tor comes from {}: -rate-limit {} per {} is shared by the whole onion service; for a limit per circuit use -proxy-protocol with HiddenServiceExportCircuitID haproxy (contrib/torrc.example)",
-            local.ip(),
+            "[CONN] without -proxy-protocol every client through Tor has the same loopback address, so -rate-limit {} per {} is shared by the whole onion service; for a limit per circuit use -proxy-protocol with HiddenServiceExportCircuitID haproxy (contrib/torrc.example)",
             config.listener.rate_limit,
             humantime::format_duration(config.listener.rate_window)
         );
