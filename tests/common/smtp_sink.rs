@@ -202,6 +202,8 @@ async fn session(
     let mut tls = false;
     io.get_mut().write_all(b"220 sink.test ESMTP\r\n").await?;
     let (mut from, mut rcpts) = (String::new(), Vec::new());
+    // A transaction is open once MAIL was accepted.
+    let mut in_transaction = false;
     let mut line = String::new();
     loop {
         line.clear();
@@ -259,13 +261,17 @@ async fn session(
                 .split_whitespace()
                 .find_map(|p| p.strip_prefix("SIZE="))
                 .and_then(|n| n.parse::<usize>().ok());
-            if declared.is_some_and(|n| n > state.size_limit) {
+            rcpts.clear();
+            in_transaction = !declared.is_some_and(|n| n > state.size_limit);
+            if !in_transaction {
                 "552 5.3.4 message size exceeds fixed limit\r\n".into()
             } else {
                 from = path(&cmd);
                 rcpts.clear();
                 "250 2.1.0 ok\r\n".into()
             }
+        } else if upper.starts_with("RCPT TO:") && !in_transaction {
+            "503 5.5.1 MAIL first\r\n".into()
         } else if upper.starts_with("RCPT TO:") {
             let to = path(&cmd);
             match state.refuse.iter().find(|(s, _)| to.contains(s.as_str())) {
@@ -318,6 +324,7 @@ async fn session(
                     state.arrived.notify_waiters();
                 }
                 rcpts.clear();
+                in_transaction = false;
                 format!("{code} {}.0.0 done\r\n", code / 100)
             }
         } else if upper == "RSET" || upper == "NOOP" {
