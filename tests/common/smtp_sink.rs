@@ -262,7 +262,7 @@ async fn session(
                 .find_map(|p| p.strip_prefix("SIZE="))
                 .and_then(|n| n.parse::<usize>().ok());
             rcpts.clear();
-            in_transaction = !declared.is_some_and(|n| n > state.size_limit);
+            in_transaction = declared.is_none_or(|n| n <= state.size_limit);
             if !in_transaction {
                 "552 5.3.4 message size exceeds fixed limit\r\n".into()
             } else {
