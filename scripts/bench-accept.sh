@@ -76,20 +76,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# v3 onion names with a valid checksum (any 32-byte key will do): one for
+# v3 onion names with real ed25519 keys (pluto2 refuses keys Tor would
+# refuse; these are OnionName::from_seed(1) and (2) in the Rust code): one for
 # pluto2 itself, one for the recipient. The recipient is an onion address,
 # pluto2's main case: a clearnet domain would add an MX lookup through Tor
 # at RCPT time, which this benchmark does not model.
 onion() {
   python3 - "$1" <<'PY'
 import base64, hashlib, sys
-key = hashlib.sha256(sys.argv[1].encode()).digest()
+key = bytes.fromhex(sys.argv[1])
 check = hashlib.sha3_256(b".onion checksum" + key + b"\x03").digest()[:2]
 print(base64.b32encode(key + check + b"\x03").decode().lower() + ".onion")
 PY
 }
-name=$(onion "pluto2 bench node")
-TO=sink@$(onion "pluto2 bench recipient")
+name=$(onion 2a147fc0726e5bc2e07e91d9a309197bcab21705568db0be14fb20bd88d2bccc)
+TO=sink@$(onion a01b6240e815571b6c1aacc29efba4e9048da53badfeeecb33a78aee0a605a83)
 # No cover traffic: it would add messages to the spool that were not sent.
 extra=()
 if "$PLUTO2" -h 2>&1 | grep -q -- '--cover-interval'; then extra+=(-cover-interval 0); fi

@@ -246,6 +246,10 @@ pub struct SpoolArgs {
     /// How long identical messages are refused as replays (0 = no replay check).
     #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
     pub replay_window: Duration,
+    /// Free space kept in reserve on the data dir's file system: below it
+    /// new mail gets 452 4.3.1 while queued mail still drains (0 = off).
+    #[arg(long, default_value_t = 100 * 1024 * 1024, value_name = "BYTES")]
+    pub min_free_space: u64,
 }
 
 /// Outbound delivery through Tor to the next hop.
@@ -421,6 +425,8 @@ pub struct SpoolConfig {
     pub data_dir: PathBuf,
     /// Zero turns the replay check off.
     pub replay_window: Duration,
+    /// Bytes of free space below which new mail is refused (0: never).
+    pub min_free_space: u64,
 }
 
 /// Settings of outbound delivery.
@@ -667,6 +673,7 @@ impl SpoolArgs {
         SpoolConfig {
             data_dir: self.data_dir,
             replay_window: self.replay_window,
+            min_free_space: self.min_free_space,
         }
     }
 }
@@ -864,7 +871,7 @@ mod tests {
                 let value = match arg.get_default_values().first() {
                     Some(d) => d.to_string_lossy().into_owned(),
                     None => match long.as_str() {
-                        "name" => OnionName::from_public_key(&[4u8; 32]).to_string(),
+                        "name" => OnionName::from_seed(4).to_string(),
                         "hs-hostname-file" => "/var/lib/tor/pluto2/hostname".into(),
                         "envelope-from" => "<>".into(),
                         other => panic!("no sample value for -{other}; add one here"),
@@ -994,7 +1001,7 @@ mod tests {
 
     #[test]
     fn it_hides_the_envelope_sender_unless_sanitize_is_off() {
-        let name = OnionName::from_public_key(&[3u8; 32]).to_string();
+        let name = OnionName::from_seed(3).to_string();
         let base = ["-name", name.as_str()];
         let cfg = |extra: &[&str]| {
             let all: Vec<&str> = base.iter().chain(extra).copied().collect();
@@ -1032,7 +1039,7 @@ mod tests {
 
     #[test]
     fn it_puts_the_node_name_into_anon_from_only_when_sanitizing() {
-        let name = OnionName::from_public_key(&[6u8; 32]);
+        let name = OnionName::from_seed(6);
         let from = |extra: &[&str]| {
             let shown = name.to_string();
             let all: Vec<&str> = ["-name", shown.as_str()]
@@ -1100,7 +1107,7 @@ mod tests {
 
     #[test]
     fn it_reports_a_bad_checksum_in_name() {
-        let good = OnionName::from_public_key(&[7u8; 32]).to_string();
+        let good = OnionName::from_seed(7).to_string();
         // Swap two characters of the base32 part so the checksum no longer matches.
         let mut chars: Vec<char> = good.chars().collect();
         chars.swap(0, 1);
@@ -1117,7 +1124,7 @@ mod tests {
     fn it_reads_the_name_from_the_hostname_file() {
         let dir = tempfile::tempdir().unwrap();
         let host = dir.path().join("hostname");
-        let name = OnionName::from_public_key(&[9u8; 32]);
+        let name = OnionName::from_seed(9);
         std::fs::write(&host, format!("{name}\n")).unwrap();
         let cli = parse(args(&["-hs-hostname-file", host.to_str().unwrap()])).unwrap();
         let cfg = cli.daemon.validate().unwrap();
@@ -1128,7 +1135,7 @@ mod tests {
     fn it_validates_without_creating_or_changing_the_data_dir() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let name = OnionName::from_public_key(&[2u8; 32]).to_string();
+        let name = OnionName::from_seed(2).to_string();
         let listing = || {
             let mut names: Vec<_> = std::fs::read_dir(dir.path())
                 .unwrap()

@@ -16,7 +16,7 @@ use crate::BoxFuture;
 use crate::config::{Config, sysexits};
 use crate::mix::MixPolicy;
 use crate::node::cover::{CoverGenerator, CoverKey};
-use crate::node::dispatch::Dispatcher;
+use crate::node::dispatch::{DeliveryHealth, Dispatcher};
 use crate::node::egress::Egress;
 use crate::node::intake::Intake;
 use crate::node::retry::RetryPolicy;
@@ -158,6 +158,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         source,
     })?;
     check_descriptors(&config);
+    let spool = spool.with_free_space_reserve(&config.spool.data_dir, config.spool.min_free_space);
     let listener = bind(config.listener.addr).map_err(|source| DaemonError::Bind {
         addr: config.listener.addr,
         source,
@@ -192,6 +193,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         },
         envelope_from: relay.envelope_from.clone(),
         port: relay.smtp_port,
+        tls_fallback: !relay.tls_verify,
         body: Arc::new(Egress {
             sanitize: config
                 .sanitize
@@ -205,6 +207,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             cover_key: cover_key.clone(),
         }),
     });
+    let health = Arc::new(DeliveryHealth::default());
     let dispatcher = Dispatcher {
         spool: spool.clone(),
         transport: router,
@@ -219,6 +222,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         // SMTP dialogue), so an expired lease always means a dead worker.
         lease: MX_TIMEOUT + relay.delivery_timeout * 4 + Duration::from_secs(60),
         clock: clock.clone(),
+        cover_key: cover_key.clone(),
+        health: health.clone(),
     };
     let relay_task = tokio::spawn(dispatcher.run(shutdown.clone()));
     let cover_task = config.mix.cover_interval.map(|interval| {
@@ -230,6 +235,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             interval,
             stats: stats.clone(),
             clock: clock.clone(),
+            health: health.clone(),
         };
         tokio::spawn(generator.run(StdRng::from_os_rng(), shutdown.clone()))
     });
@@ -268,6 +274,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         }),
     });
     info!("[CONN] listening on {local}");
+    if !config.listener.proxy_protocol && local.ip().is_loopback() {
+        warn!(
+            "[CONN] without -proxy-protocol every client through Tor has the same loopback address, so -rate-limit {} per {} is shared by the whole onion service; for a limit per circuit use -proxy-protocol with HiddenServiceExportCircuitID haproxy (contrib/torrc.example)",
+            config.listener.rate_limit,
+            humantime::format_duration(config.listener.rate_window)
+        );
+    }
     if config.mix.policy == MixPolicy::Immediate {
         warn!(
             "[MIX] no batching and no delay pool: mail leaves in arrival order, linkable by timing"

@@ -43,6 +43,11 @@ pub struct Message {
 pub enum EnqueueOutcome {
     /// On stable storage.
     Queued,
+    /// This node's own traffic come back (loop cover), recognised and
+    /// discarded: answered like `Queued`, and the session that brought it
+    /// is not charged against the rate limit, so own cover never spends a
+    /// client's budget.
+    OwnTraffic,
     /// Same envelope and content seen within the replay window: not stored
     /// again. The client is told `250` as for the first copy (the first copy
     /// is queued, so this is the truth, and a client that lost the first
@@ -55,6 +60,9 @@ pub enum EnqueueOutcome {
     TooManyHops,
     /// Storage failed; the client should retry later.
     Failed,
+    /// The disk is full or free space is under the reserve
+    /// (`-min-free-space`); the client should retry later.
+    NoSpace,
     /// The daemon is stopping and did not store the message.
     ShuttingDown,
 }

@@ -21,6 +21,10 @@ pub struct Stats {
     pub batches: AtomicU64,
     /// Exact duplicates inside the replay window: answered 250, not queued.
     pub replays: AtomicU64,
+    /// Cover that failed to leave: dropped, never retried.
+    pub cover_dropped: AtomicU64,
+    /// Cover not generated because deliveries were failing (Tor down).
+    pub cover_paused: AtomicU64,
 }
 
 impl Stats {
@@ -39,7 +43,7 @@ impl Stats {
         let uptime = humantime::format_duration(Duration::from_secs(uptime.as_secs()));
         let queued = queued.map_or_else(|| "?".to_string(), |q| q.to_string());
         format!(
-            "[STATS] uptime={uptime} received={} sent={} failed={} deferred={} queued={queued} cover_sent={} cover_received={} batches={} replays={}",
+            "[STATS] uptime={uptime} received={} sent={} failed={} deferred={} queued={queued} cover_sent={} cover_received={} batches={} replays={} cover_dropped={} cover_paused={}",
             get(&self.received),
             get(&self.sent),
             get(&self.failed),
@@ -48,6 +52,8 @@ impl Stats {
             get(&self.cover_received),
             get(&self.batches),
             get(&self.replays),
+            get(&self.cover_dropped),
+            get(&self.cover_paused),
         )
     }
 
@@ -92,7 +98,7 @@ mod tests {
         let line = s.line(Duration::from_secs(3725), Some(7));
         assert_eq!(
             line,
-            "[STATS] uptime=1h 2m 5s received=3 sent=0 failed=0 deferred=0 queued=7 cover_sent=2 cover_received=0 batches=0 replays=4"
+            "[STATS] uptime=1h 2m 5s received=3 sent=0 failed=0 deferred=0 queued=7 cover_sent=2 cover_received=0 batches=0 replays=4 cover_dropped=0 cover_paused=0"
         );
     }
 }

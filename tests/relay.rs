@@ -466,3 +466,323 @@ async fn smtputf8_mail_to_a_server_without_it_fails_permanently() {
             .contains("permanent failure: next hop does not support SMTPUTF8")
     );
 }
+
+#[tokio::test]
+async fn every_drop_and_retry_is_logged_with_class_stage_and_code_but_no_address() {
+    let proxy = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour {
+        refuse_rcpt: vec![("reject".into(), 550)],
+        // First final dot: try again later; second: too big for good.
+        data_replies: vec![451, 552],
+        ..Behaviour::default()
+    })
+    .await;
+    let dest = onion(14);
+    proxy.route(&dest, 25, sink.addr);
+    let d = start(&proxy, &[]);
+    send(
+        &d,
+        &[&format!("reject@{dest}"), &format!("keep@{dest}")],
+        "refused twice",
+    )
+    .await;
+    empty(&d).await;
+    let rcpt = d
+        .until_log("for the RCPT refusal", |l| {
+            l.contains("INFO") && l.contains("dropped 1 recipient(s) (onion)")
+        })
+        .await;
+    assert!(
+        rcpt.contains("RCPT refused: 550 5.1.1") && rcpt.contains("class=smtp_reply"),
+        "{rcpt}"
+    );
+    let retry = d
+        .until_log("for the retry", |l| l.contains("will retry 1 recipient(s)"))
+        .await;
+    assert!(
+        retry.contains("INFO") && retry.contains("message refused: 451 4.0.0"),
+        "{retry}"
+    );
+    let size = d
+        .until_log("for the refusal after DATA", |l| {
+            l.contains("dropped") && l.contains("552")
+        })
+        .await;
+    assert!(
+        size.contains("INFO") && size.contains("message refused: 552 5.0.0"),
+        "{size}"
+    );
+    assert!(!d.log_text().contains(&dest), "no address in the log");
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test]
+async fn an_onion_name_whose_key_tor_refuses_is_refused_at_rcpt() {
+    let proxy = SocksProxy::start().await;
+    let d = start(&proxy, &[]);
+    // Checksum and version are right for these keys, but neither is a key
+    // Tor accepts: y = 2 is no curve point, y = 0 has order 4.
+    let mut not_a_point = [0u8; 32];
+    not_a_point[0] = 2;
+    let bad = [not_a_point, [0u8; 32]]
+        .map(|key| pluto2::address::OnionName::from_public_key(&key).to_string());
+    let mut c = d.client().await;
+    c.code("EHLO client.example").await;
+    c.code("MAIL FROM:<a@example.net>").await;
+    for name in &bad {
+        let (code, text) = c.cmd(&format!("RCPT TO:<x@{name}>")).await;
+        assert_eq!(code, 553, "{name}: {text}");
+        assert!(
+            text.contains("5.1.2") && text.contains("valid service key"),
+            "{text}"
+        );
+    }
+    assert_eq!(c.code(&format!("RCPT TO:<x@{}>", onion(15))).await, 250);
+    assert!(proxy.requests().is_empty(), "nothing was tried through Tor");
+}
+
+/// A message of `n` bytes as stored (headers, a blank line, body lines;
+/// the trailing CRLF of the last line included).
+fn sized_body(n: usize) -> String {
+    let head = "Subject: size\r\n\r\n";
+    let mut body = String::from(head);
+    while body.len() + 2 < n {
+        let line = (n - 2 - body.len()).min(70);
+        body.push_str(&"x".repeat(line));
+        if body.len() + 2 < n {
+            body.push_str("\r\n");
+        }
+    }
+    assert_eq!(body.len() + 2, n);
+    body
+}
+
+#[tokio::test]
+async fn padding_never_passes_the_next_hops_size_and_too_big_is_a_logged_drop() {
+    let proxy = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour {
+        size_limit: Some(5000),
+        ..Behaviour::default()
+    })
+    .await;
+    let dest = onion(16);
+    proxy.route(&dest, 25, sink.addr);
+    let d = start(&proxy, &["-pad-block", "4096", "-sanitize=false"]);
+    // Padded to whole blocks it would be 8192 bytes on the wire: over the
+    // limit. It goes out padded up to exactly the limit instead.
+    send(&d, &[&format!("a@{dest}")], &sized_body(4090)).await;
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].data.len(), 5000);
+    assert!(got[0].data.starts_with(b"X-Padding: "));
+    empty(&d).await;
+    // Over the limit even unpadded: dropped before MAIL, and logged.
+    let mails = sink.mail_commands();
+    send(&d, &[&format!("b@{dest}")], &sized_body(6000)).await;
+    let line = d
+        .until_log("for the too-big drop", |l| l.contains("class=too_big"))
+        .await;
+    assert!(
+        line.contains("INFO")
+            && line.contains("dropped 1 recipient(s)")
+            && line.contains(
+                "permanent failure: message larger than the next hop's EHLO SIZE limit (MAIL)"
+            ),
+        "{line}"
+    );
+    empty(&d).await;
+    assert_eq!(
+        sink.mail_commands(),
+        mails,
+        "no MAIL for a message that cannot fit"
+    );
+    assert_eq!(sink.received().len(), 1);
+    assert!(!d.log_text().contains(&dest));
+}
+
+#[tokio::test]
+async fn a_refused_or_broken_starttls_goes_on_in_plaintext_on_a_new_connection() {
+    let proxy = SocksProxy::start().await;
+    let dns = DnsServer::start(&[
+        (
+            "refuses.example",
+            Zone::Mx(vec![(10, "mx.refuses.example.")]),
+        ),
+        ("broken.example", Zone::Mx(vec![(10, "mx.broken.example.")])),
+    ])
+    .await;
+    let refuses = Sink::start(Behaviour {
+        starttls: true,
+        starttls_refusal: Some(454),
+        ..Behaviour::default()
+    })
+    .await;
+    let broken = Sink::start(Behaviour {
+        starttls: true,
+        starttls_garbage: true,
+        ..Behaviour::default()
+    })
+    .await;
+    proxy.route(DNS, 53, dns.addr);
+    proxy.route("mx.refuses.example", 25, refuses.addr);
+    proxy.route("mx.broken.example", 25, broken.addr);
+    let d = start(&proxy, &[]);
+    send(&d, &["a@refuses.example"], "454 to STARTTLS").await;
+    send(&d, &["b@broken.example"], "a handshake that breaks").await;
+    for sink in [&refuses, &broken] {
+        let got = sink.wait_for(1).await;
+        assert!(!got[0].tls, "delivered without TLS");
+        assert_eq!(sink.connections(), 2, "a new connection for plaintext");
+    }
+    empty(&d).await;
+    d.until_log("for the 454 fallback", |l| {
+        l.contains("STARTTLS refused: 454") && l.contains("trying again without TLS")
+    })
+    .await;
+    d.until_log("for the handshake fallback", |l| {
+        l.contains("TLS handshake failed") && l.contains("trying again without TLS")
+    })
+    .await;
+    let logs = d.log_text();
+    assert!(
+        !logs.contains("refuses.example") && !logs.contains("broken.example"),
+        "no host or address in the log: {logs}"
+    );
+}
+
+#[tokio::test]
+async fn with_tls_verify_a_refused_starttls_is_deferred_not_sent_in_plaintext() {
+    let proxy = SocksProxy::start().await;
+    let dns = DnsServer::start(&[(
+        "refuses.example",
+        Zone::Mx(vec![(10, "mx.refuses.example.")]),
+    )])
+    .await;
+    let sink = Sink::start(Behaviour {
+        starttls: true,
+        starttls_refusal: Some(454),
+        ..Behaviour::default()
+    })
+    .await;
+    proxy.route(DNS, 53, dns.addr);
+    proxy.route("mx.refuses.example", 25, sink.addr);
+    let d = start(&proxy, &["-tls-verify", "-retries", "20"]);
+    send(&d, &["a@refuses.example"], "must not leave in plaintext").await;
+    d.until_queue("deferred", |q| q["deferred"] == 1).await;
+    assert!(sink.received().is_empty());
+    assert_eq!(sink.connections(), 1);
+}
+
+// Multi-threaded: the sink must answer while this thread waits for the
+// daemon to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_past_data_at_sigterm_settles_and_is_not_made_again() {
+    let proxy = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour {
+        dot_delay: Some(std::time::Duration::from_millis(1500)),
+        ..Behaviour::default()
+    })
+    .await;
+    let dest = onion(17);
+    proxy.route(&dest, 25, sink.addr);
+    let mut d = start(&proxy, &[]);
+    send(&d, &[&format!("x@{dest}")], "only once").await;
+    // The message is out; the next hop has not answered yet.
+    sink.wait_for_dots(1).await;
+    d.signal("TERM");
+    assert!(d.wait().success());
+    let dir = d.take_dir().unwrap();
+    assert_eq!(
+        common::queue_json(&d.data_dir)["messages"],
+        0,
+        "its settle was committed before the spool closed: {}",
+        d.log_text()
+    );
+    sink.wait_for(1).await;
+    let all = flags(proxy.addr, &[]);
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let d2 = Daemon::start_in(&d.data_dir.clone(), &refs);
+    empty(&d2).await;
+    assert_eq!(sink.received().len(), 1, "not delivered a second time");
+    assert_eq!(sink.connections(), 1);
+    drop(dir);
+}
+
+#[tokio::test]
+async fn under_the_free_space_reserve_new_mail_gets_452_and_queued_mail_still_leaves() {
+    let proxy = SocksProxy::start().await;
+    let dest = onion(18);
+    proxy.refuse(&dest, 25, 0xF2); // introduction failed: temporary
+    let mut d = start(&proxy, &[]);
+    send(&d, &[&format!("x@{dest}")], "queued before the disk filled").await;
+    d.until_queue("deferred", |q| q["deferred"] == 1).await;
+    d.signal("TERM");
+    assert!(d.wait().success());
+    let dir = d.take_dir().unwrap();
+
+    // No file system has an exabyte free: every enqueue is under the
+    // reserve.
+    let proxy2 = SocksProxy::start().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    proxy2.route(&dest, 25, sink.addr);
+    let all = flags(proxy2.addr, &["-min-free-space", "1000000000000000000"]);
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let d2 = Daemon::start_in(&d.data_dir.clone(), &refs);
+    let mut c = d2.client().await;
+    c.code("EHLO client.example").await;
+    c.start_data("alice@example.net", &[&format!("y@{dest}")])
+        .await;
+    c.send(b"Subject: refused\r\n\r\nno room\r\n.\r\n").await;
+    let (code, text) = c.reply().await;
+    assert_eq!(code, 452, "{text}");
+    assert!(text.starts_with("452 4.3.1"), "{text}");
+    // Leasing and settling still work: the earlier message leaves.
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].rcpt_to, [format!("x@{dest}")]);
+    empty(&d2).await;
+    d2.until_log("for the reserve warning", |l| l.contains("-min-free-space"))
+        .await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn own_cover_coming_back_through_tor_does_not_spend_the_rate_limit() {
+    let proxy = SocksProxy::start().await;
+    let d = start(
+        &proxy,
+        &[
+            "-cover-interval",
+            "50ms",
+            "-rate-limit",
+            "2",
+            "-rate-window",
+            "1h",
+            "-stats-interval",
+            "1s",
+            // One delivery at a time: cover sessions never overlap, so
+            // each is refunded before the next one is admitted.
+            "-workers",
+            "1",
+        ],
+    );
+    // Tor hands our own onion's port 25 back to our listener, from
+    // 127.0.0.1 like every client without -proxy-protocol.
+    proxy.route(&d.name, 25, d.addr);
+    d.until_log("for cover to come back five times", |l| {
+        l.split("cover_received=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|n| n >= 5)
+    })
+    .await;
+    // Cover used five sessions from 127.0.0.1; a client there still has
+    // the whole budget of two.
+    let mut first = d.client().await;
+    assert_eq!(first.code("QUIT").await, 221);
+    assert!(d.log_text().contains("shared by the whole onion service"));
+    assert!(
+        !d.log_text().contains("rate limit exceeded"),
+        "{}",
+        d.log_text()
+    );
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::PATIENCE;
 use common::smtp_sink::{Behaviour, Sink};
 use pluto2::relay::client::{
-    ClientConfig, Outgoing, RecipientResult, TlsPolicy, deliver, tls_config,
+    AsIs, ClientConfig, Outgoing, RecipientResult, TlsPolicy, deliver, tls_config,
 };
 use pluto2::relay::failure::{
     BadReply, EnhancedCode, Failure, FailureKind, Severity, Stage, TlsProblem,
@@ -67,7 +67,8 @@ fn message<'a>(recipients: &'a [String], body: &'a [u8]) -> Outgoing<'a> {
         server_name: "localhost",
         sender: SENDER,
         recipients,
-        body,
+        original: body,
+        body: &AsIs,
         smtputf8: false,
         eight_bit: false,
     }

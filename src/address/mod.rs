@@ -379,7 +379,7 @@ mod tests {
 
     /// A valid onion name for the given seed.
     fn onion(seed: u8) -> OnionName {
-        OnionName::from_public_key(&[seed; 32])
+        OnionName::from_seed(seed)
     }
 
     fn bad_domain(reason: &'static str) -> AddressError {

@@ -10,13 +10,21 @@
 //! VERSION       = 0x03
 //! ```
 //!
-//! Verifying all three parts here means a mistyped destination is refused
+//! The key itself must also be one Tor accepts: a point on the ed25519
+//! curve, in the prime-order subgroup and not of small order (Tor's
+//! `hs_address_is_valid` refuses anything else, and its SOCKS port answers
+//! 0xF6 "invalid onion address"). A checksum only proves the name was not
+//! mistyped; most random 32-byte strings are not such a key.
+//!
+//! Verifying all of this here means a mistyped destination is refused
 //! while the client is still connected and can be told why, instead of the
 //! message sitting in the spool until Tor gives up on a service that cannot
 //! exist.
 
 use std::fmt;
 
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
 use data_encoding::BASE32_NOPAD;
 use sha3::{Digest, Sha3_256};
 
@@ -55,6 +63,20 @@ pub enum OnionError {
     /// The embedded checksum does not match the key: almost always a typo.
     #[error("the checksum embedded in the onion name does not match (typo in the name?)")]
     BadChecksum,
+    /// Checksum and version are right but the embedded key is not a usable
+    /// ed25519 public key, so Tor would refuse the name: a forged or
+    /// corrupted name rather than a typo.
+    #[error("the onion name does not carry a valid service key; Tor cannot reach it")]
+    BadKey,
+}
+
+/// True if `key` is an ed25519 public key Tor accepts for a service: it
+/// decodes to a curve point, has no small-order (torsion) component and is
+/// not itself of small order (the identity among them).
+fn is_valid_service_key(key: &[u8; 32]) -> bool {
+    CompressedEdwardsY(*key)
+        .decompress()
+        .is_some_and(|point| point.is_torsion_free() && !point.is_small_order())
 }
 
 /// A verified v3 onion service name, stored lowercase, e.g.
@@ -138,13 +160,20 @@ impl OnionName {
         if raw[32..34] != checksum(&key, version) {
             return Err(OnionError::BadChecksum);
         }
+        // After the checksum: a typo is far more likely than a bad key,
+        // and should be reported as one.
+        if !is_valid_service_key(&key) {
+            return Err(OnionError::BadKey);
+        }
         Ok(OnionName(s.to_ascii_lowercase()))
     }
 
     /// Builds the name of the service whose ed25519 public key is `key`.
     ///
-    /// Any 32 bytes give a well-formed name, which lets tests everywhere
-    /// make up valid destinations without real keys.
+    /// The key is taken as it is: a caller holding arbitrary bytes gets a
+    /// name that [`OnionName::parse`] refuses with [`OnionError::BadKey`]
+    /// (Tor would refuse it too). For made-up valid names use
+    /// [`OnionName::from_seed`].
     pub fn from_public_key(key: &[u8; 32]) -> OnionName {
         let mut raw = [0u8; RAW_LEN];
         raw[..32].copy_from_slice(key);
@@ -154,6 +183,17 @@ impl OnionName {
         name.make_ascii_lowercase();
         name.push_str(SUFFIX);
         OnionName(name)
+    }
+
+    /// A valid name derived deterministically from `seed`: the public key
+    /// for the secret scalar `(seed, seed, …, seed) + 1` (the `+ 1` keeps
+    /// seed 0 away from the identity). The one place tests (unit and
+    /// integration) and examples get made-up destinations from, so every
+    /// such name is one Tor would accept; distinct seeds give distinct
+    /// names. Not for real services: the secret is public.
+    pub fn from_seed(seed: u8) -> OnionName {
+        let secret = Scalar::from_bytes_mod_order([seed; 32]) + Scalar::ONE;
+        OnionName::from_public_key(&EdwardsPoint::mul_base(&secret).compress().to_bytes())
     }
 
     /// The name as stored: lowercase, with the `.onion` suffix.
@@ -244,8 +284,8 @@ mod tests {
 
     #[test]
     fn it_round_trips_a_public_key() {
-        let counting: [u8; 32] = std::array::from_fn(|i| i as u8);
-        for key in [[0u8; 32], [0xff; 32], [42; 32], counting] {
+        for seed in [0u8, 1, 42, 0xff] {
+            let key = OnionName::from_seed(seed).public_key();
             let built = OnionName::from_public_key(&key);
             assert_eq!(built.as_str().len(), LABEL_LEN + SUFFIX.len());
             assert!(built.as_str().ends_with(".onion"));
@@ -253,6 +293,61 @@ mod tests {
             assert_eq!(parsed, built);
             assert_eq!(parsed.public_key(), key);
         }
+    }
+
+    #[test]
+    fn it_gives_every_seed_a_distinct_name_tor_accepts() {
+        let names: std::collections::HashSet<OnionName> = (0..=u8::MAX)
+            .map(|seed| {
+                let name = OnionName::from_seed(seed);
+                assert_eq!(OnionName::parse(name.as_str()), Ok(name.clone()));
+                name
+            })
+            .collect();
+        assert_eq!(names.len(), 256);
+    }
+
+    /// 32 bytes that are no curve point: y² must make (y²−1)/(dy²+1) a
+    /// square, which about half of all y values do not.
+    fn not_a_point() -> [u8; 32] {
+        (2u8..)
+            .map(|b| [b; 32])
+            .find(|k| CompressedEdwardsY(*k).decompress().is_none())
+            .unwrap()
+    }
+
+    #[test]
+    fn it_refuses_a_key_that_is_not_a_curve_point() {
+        let name = OnionName::from_public_key(&not_a_point());
+        assert_eq!(OnionName::parse(name.as_str()), Err(OnionError::BadKey));
+    }
+
+    #[test]
+    fn it_refuses_a_key_with_a_torsion_component() {
+        // y = 0 is a point of order 4: alone (small order) or added to a
+        // good key (a torsion component), Tor refuses it.
+        let order_four = CompressedEdwardsY([0; 32]).decompress().unwrap();
+        let good = CompressedEdwardsY(OnionName::from_seed(5).public_key())
+            .decompress()
+            .unwrap();
+        let mixed = (good + order_four).compress().to_bytes();
+        for key in [mixed, [0; 32]] {
+            let name = OnionName::from_public_key(&key);
+            assert_eq!(
+                OnionName::parse(name.as_str()),
+                Err(OnionError::BadKey),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn it_refuses_the_identity_as_a_key() {
+        // y = 1 encodes the neutral element: torsion-free, yet no key.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let name = OnionName::from_public_key(&identity);
+        assert_eq!(OnionName::parse(name.as_str()), Err(OnionError::BadKey));
     }
 
     #[test]
@@ -378,6 +473,10 @@ mod tests {
                 OnionError::BadChecksum,
                 "the checksum embedded in the onion name does not match (typo in the name?)",
             ),
+            (
+                OnionError::BadKey,
+                "the onion name does not carry a valid service key; Tor cannot reach it",
+            ),
         ];
         for (error, text) in cases {
             assert_eq!(error.to_string(), text);
@@ -415,8 +514,7 @@ mod tests {
                 }
                 s
             } else {
-                let key: [u8; 32] = std::array::from_fn(|_| next() as u8);
-                let name = OnionName::from_public_key(&key).to_string();
+                let name = OnionName::from_seed(next() as u8).to_string();
                 match next() % 3 {
                     0 => name,
                     1 => name

@@ -38,6 +38,23 @@ pub fn pad<R: Rng + ?Sized>(message: &[u8], block: usize, rng: &mut R) -> Vec<u8
     out
 }
 
+/// Returns `message` with a padding header of exactly `extra` bytes, or
+/// `None` when `extra` is too small to hold one (0 returns the message
+/// unpadded). For a next hop whose size limit leaves less than a whole
+/// block: the message then goes out at exactly that limit.
+pub fn pad_by<R: Rng + ?Sized>(message: &[u8], extra: usize, rng: &mut R) -> Option<Vec<u8>> {
+    if extra == 0 {
+        return Some(message.to_vec());
+    }
+    if extra < MIN_PAD {
+        return None;
+    }
+    let mut out = Vec::with_capacity(message.len() + extra);
+    out.extend_from_slice(&padding_header(extra, rng));
+    out.extend_from_slice(message);
+    Some(out)
+}
+
 /// A header of exactly `size` bytes (`size >= MIN_PAD`): a first line
 /// "X-Padding: xxx\r\n" and continuation lines " xxx\r\n".
 fn padding_header<R: Rng + ?Sized>(size: usize, rng: &mut R) -> Vec<u8> {

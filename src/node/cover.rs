@@ -27,6 +27,7 @@ use crate::envelope::EnqueueOutcome;
 use crate::envelope::{COVER_LOCAL_PART, Envelope, Message};
 use crate::message::header;
 use crate::mix::MixPolicy;
+use crate::node::dispatch::DeliveryHealth;
 use crate::spool::Spool;
 use crate::stats::Stats;
 use crate::time::{Clock, UnixMillis};
@@ -191,6 +192,8 @@ pub struct CoverGenerator {
     pub stats: Arc<Stats>,
     /// Where "now" comes from for release times (injected for tests).
     pub clock: Clock,
+    /// While deliveries fail because Tor cannot be used, no cover is made.
+    pub health: Arc<DeliveryHealth>,
 }
 
 impl CoverGenerator {
@@ -205,6 +208,13 @@ impl CoverGenerator {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(gap) => {}
+            }
+            // During an outage the arrivals that fall due are skipped, not
+            // saved up: on recovery cover goes on at its usual rate, with
+            // no burst to make up for the pause.
+            if self.health.in_outage() {
+                Stats::add(&self.stats.cover_paused, 1);
+                continue;
             }
             let message = make_message(&self.key, &self.own, &mut rng);
             let release = self.mix.release_at((self.clock)(), &mut rng);
@@ -226,7 +236,7 @@ mod tests {
     use super::*;
 
     fn own() -> OnionName {
-        OnionName::from_public_key(&[1; 32])
+        OnionName::from_seed(1)
     }
 
     #[test]
@@ -366,6 +376,7 @@ mod tests {
             interval: Duration::from_secs(15),
             stats: Arc::new(Stats::default()),
             clock,
+            health: Arc::default(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(generator.run(StdRng::seed_from_u64(11), stop.clone()));
@@ -398,6 +409,57 @@ mod tests {
                 "created {at}, released {release}"
             );
         }
+    }
+
+    /// On paused time: no cover while deliveries fail for want of Tor,
+    /// and after recovery the usual rate, without a burst making up for
+    /// the pause.
+    #[tokio::test(start_paused = true)]
+    async fn it_pauses_cover_during_an_outage_and_resumes_without_a_burst() {
+        const BASE: UnixMillis = 1_700_000_000_000;
+        let clock = crate::testkit::tokio_clock(BASE);
+        let recorder = Arc::new(Recorder {
+            clock: clock.clone(),
+            queued: Default::default(),
+        });
+        let health = Arc::new(DeliveryHealth::default());
+        health.record(&[proxy_down()]);
+        assert!(health.in_outage());
+        let stats = Arc::new(Stats::default());
+        let generator = CoverGenerator {
+            key: CoverKey::from_bytes([2; 32]),
+            own: own(),
+            queue: recorder.clone(),
+            mix: MixPolicy::Immediate,
+            interval: Duration::from_secs(15),
+            stats: stats.clone(),
+            clock,
+            health: health.clone(),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(generator.run(StdRng::seed_from_u64(13), stop.clone()));
+        // One hour of outage: about 240 arrivals, none queued.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(recorder.queued.lock().unwrap().is_empty());
+        let paused = Stats::get(&stats.cover_paused);
+        assert!((180..300).contains(&paused), "{paused} arrivals skipped");
+        health.record(&[crate::relay::client::RecipientResult::Delivered]);
+        // The first minute after recovery holds about four, not a backlog.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let first_minute = recorder.queued.lock().unwrap().len();
+        assert!(first_minute <= 12, "{first_minute} in the first minute");
+        tokio::time::sleep(Duration::from_secs(3540)).await;
+        let hour = recorder.queued.lock().unwrap().len();
+        assert!((180..300).contains(&hour), "{hour} in the hour after");
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    fn proxy_down() -> crate::relay::client::RecipientResult {
+        use crate::relay::failure::{Failure, FailureKind, ProxyProblem};
+        crate::relay::client::RecipientResult::Failed(Failure::temporary(FailureKind::Proxy(
+            ProxyProblem::Unreachable(std::io::ErrorKind::ConnectionRefused),
+        )))
     }
 
     #[test]

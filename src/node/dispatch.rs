@@ -7,11 +7,14 @@
 //!
 //! The dispatcher sleeps until new mail is committed, the earliest retry
 //! falls due, or a worker frees up; it never polls in a tight loop. Each
-//! delivery is bounded by `-delivery-timeout` inside the SMTP client, and
-//! the lease outlives that bound, so a stalled server cannot stall the pool
-//! and an expired lease cannot cause a parallel duplicate.
+//! SMTP dialogue is bounded by `-delivery-timeout` inside the client, and
+//! a whole delivery (MX lookup and every host) by four fifths of the lease
+//! here, so a stalled server cannot stall the pool and an expired lease
+//! cannot cause a parallel duplicate. At shutdown, a delivery that already
+//! sent its message gets a short grace to read the answer and settle it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rand::SeedableRng;
@@ -19,12 +22,14 @@ use rand::rngs::StdRng;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error};
+use tracing::{debug, error, info, warn};
 
+use super::cover::CoverKey;
 use super::retry::RetryPolicy;
 use crate::BoxFuture;
 use crate::mix::MixPolicy;
 use crate::relay::client::RecipientResult;
+use crate::relay::failure::{Failure, FailureKind};
 use crate::relay::route::Router;
 use crate::spool::{Disposition, Lease, Spool};
 use crate::stats::Stats;
@@ -34,15 +39,66 @@ use crate::time::Clock;
 /// leases that expire and clocks that jump.
 const MAX_IDLE: Duration = Duration::from_secs(30);
 
+/// How long a delivery that already sent its message may still run after
+/// shutdown began, to read the next hop's answer and settle it. Cancelled
+/// instead, a delivery the next hop accepted would be made again after the
+/// restart.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// One delivery attempt for one lease: a result per recipient, in lease
-/// order. The relay's [`Router`] in production; a fake in tests.
+/// order. The relay's [`Router`] in production; a fake in tests. The
+/// transport sets `sent_message` once the message itself went out (the
+/// dispatcher then lets it finish at shutdown).
 pub trait Deliver: Send + Sync {
-    fn deliver<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Vec<RecipientResult>>;
+    fn deliver<'a>(
+        &'a self,
+        lease: &'a Lease,
+        sent_message: &'a AtomicBool,
+    ) -> BoxFuture<'a, Vec<RecipientResult>>;
 }
 
 impl Deliver for Router {
-    fn deliver<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Vec<RecipientResult>> {
-        Box::pin(Router::deliver(self, lease))
+    fn deliver<'a>(
+        &'a self,
+        lease: &'a Lease,
+        sent_message: &'a AtomicBool,
+    ) -> BoxFuture<'a, Vec<RecipientResult>> {
+        Box::pin(Router::deliver(self, lease, sent_message))
+    }
+}
+
+/// Whether deliveries are failing because Tor itself cannot be used,
+/// shared by the dispatcher (which sets it from delivery outcomes) and the
+/// cover generator (which pauses while it is set). Cover made during an
+/// outage would pile up in the spool and leave in a burst on recovery,
+/// which would make the recovery, and so the cover, visible.
+#[derive(Debug, Default)]
+pub struct DeliveryHealth {
+    outage: AtomicBool,
+}
+
+impl DeliveryHealth {
+    pub fn in_outage(&self) -> bool {
+        self.outage.load(Ordering::Relaxed)
+    }
+
+    /// Records one delivery's outcome: any recipient delivered clears the
+    /// outage; every recipient failing because the proxy cannot be used
+    /// sets it; anything else (a next hop's refusal) says nothing about Tor.
+    pub(crate) fn record(&self, results: &[RecipientResult]) {
+        if results.contains(&RecipientResult::Delivered) {
+            if self.outage.swap(false, Ordering::Relaxed) {
+                info!("[RELAY] deliveries succeed again: cover traffic resumes");
+            }
+        } else if !results.is_empty()
+            && results.iter().all(|r| {
+                matches!(r, RecipientResult::Failed(f)
+                    if !f.is_permanent() && matches!(f.kind, FailureKind::Proxy(_)))
+            })
+            && !self.outage.swap(true, Ordering::Relaxed)
+        {
+            warn!("[RELAY] the Tor SOCKS proxy cannot be used: cover traffic pauses");
+        }
     }
 }
 
@@ -60,11 +116,19 @@ pub struct Dispatcher {
     /// Where "now" comes from for retry times and sleeps (the spool's
     /// clock; injected for tests).
     pub clock: Clock,
+    /// Recognises our own cover, which is dropped on its first failure:
+    /// a retried cover message would leave later on top of the normal
+    /// stream.
+    pub cover_key: CoverKey,
+    /// Set and cleared from delivery outcomes; read by the cover generator.
+    pub health: Arc<DeliveryHealth>,
 }
 
 impl Dispatcher {
-    /// Runs until `shutdown`; deliveries in flight are abandoned at
-    /// shutdown and their leases released at the next start (at-least-once).
+    /// Runs until `shutdown`. Deliveries in flight that have not sent their
+    /// message yet are abandoned at shutdown and their leases released at
+    /// the next start (at-least-once); those that have get
+    /// [`SHUTDOWN_GRACE`] to finish and settle.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.workers));
@@ -120,9 +184,16 @@ impl Dispatcher {
                 let stop = shutdown.clone();
                 let settled = settled.clone();
                 tracker.spawn(async move {
+                    let sent_message = AtomicBool::new(false);
+                    let work = this.handle(lease, &sent_message);
+                    tokio::pin!(work);
                     tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = this.handle(lease) => settled.notify_one(),
+                        _ = &mut work => settled.notify_one(),
+                        _ = stop.cancelled() => {
+                            if sent_message.load(Ordering::SeqCst) {
+                                let _ = tokio::time::timeout(SHUTDOWN_GRACE, work).await;
+                            }
+                        }
                     }
                     drop(permit);
                 });
@@ -133,27 +204,57 @@ impl Dispatcher {
         debug!("[RELAY] pool stopped");
     }
 
-    async fn handle(&self, lease: Lease) {
-        let results = self.transport.deliver(&lease).await;
+    /// The bound on one whole delivery (MX lookup and every host): well
+    /// below the lease, so the lease cannot run out while the delivery
+    /// still runs and hand the same recipients to a second worker.
+    fn delivery_bound(&self) -> Duration {
+        self.lease - self.lease / 5
+    }
+
+    async fn handle(&self, lease: Lease, sent_message: &AtomicBool) {
+        let delivery = self.transport.deliver(&lease, sent_message);
+        let results = match tokio::time::timeout(self.delivery_bound(), delivery).await {
+            Ok(results) => results,
+            Err(_) => {
+                let f = Failure::temporary(FailureKind::Deadline);
+                vec![RecipientResult::Failed(f); lease.recipients.len()]
+            }
+        };
         let mut rng = StdRng::from_os_rng();
         let now = (self.clock)();
+        self.health.record(&results);
+        let cover = self.cover_key.is_cover(&lease.body);
         let (mut delivered, mut dropped, mut deferred) = (0, 0, 0);
+        let mut notes = OutcomeNotes::default();
         let outcomes: Vec<(i64, Disposition)> = lease
             .recipients
             .iter()
             .zip(results)
             .map(|(r, result)| {
-                let d = match result {
+                let d = match &result {
                     RecipientResult::Delivered => Disposition::Delivered,
-                    RecipientResult::Failed(f) if f.is_permanent() => Disposition::Dropped,
-                    RecipientResult::Failed(_) => match self.retry.next_delay(r.attempts, &mut rng)
+                    RecipientResult::Failed(_) if cover => {
+                        Stats::add(&self.stats.cover_dropped, 1);
+                        Disposition::Dropped
+                    }
+                    RecipientResult::Failed(f) if f.is_permanent() => {
+                        notes.add(Note::Dropped, f);
+                        Disposition::Dropped
+                    }
+                    RecipientResult::Failed(f) => match self.retry.next_delay(r.attempts, &mut rng)
                     {
-                        Some(delay) => Disposition::Retry {
-                            at: self
-                                .mix
-                                .release_at(now + delay.as_millis() as u64, &mut rng),
-                        },
-                        None => Disposition::Dropped,
+                        Some(delay) => {
+                            notes.add(Note::Retry, f);
+                            Disposition::Retry {
+                                at: self
+                                    .mix
+                                    .release_at(now + delay.as_millis() as u64, &mut rng),
+                            }
+                        }
+                        None => {
+                            notes.add(Note::GaveUp, f);
+                            Disposition::Dropped
+                        }
                     },
                 };
                 match d {
@@ -165,8 +266,12 @@ impl Dispatcher {
             })
             .collect();
         Stats::add(&self.stats.sent, delivered);
-        Stats::add(&self.stats.failed, dropped);
+        // Cover is not mail: its drops have their own counter.
+        if !cover {
+            Stats::add(&self.stats.failed, dropped);
+        }
         Stats::add(&self.stats.deferred, deferred);
+        notes.log(destination_kind(&lease.domain), self.retry.max_attempts);
         // Per-delivery outcomes with their timestamps would be per-message
         // timing: only with -debug. The [STATS] line carries the totals.
         debug!("[RELAY] {delivered} delivered, {deferred} deferred, {dropped} dropped");
@@ -175,6 +280,65 @@ impl Dispatcher {
             // a duplicate is possible, a loss is not.
             error!("[RELAY] cannot record delivery results: {e}");
         }
+    }
+}
+
+/// What became of a recipient that was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Note {
+    /// A permanent failure: the recipient leaves the spool.
+    Dropped,
+    /// A temporary failure with attempts left.
+    Retry,
+    /// A temporary failure on the last allowed attempt.
+    GaveUp,
+}
+
+/// The drops and retries of one delivery, grouped by failure, so that a
+/// refusal of many recipients of one message makes one line, not one per
+/// recipient. What a line holds is the failure's class, stage and codes
+/// (never an address or server text: see `relay::failure`), so the
+/// operator sees why mail did not leave without `-debug`, as the README
+/// promises.
+#[derive(Default)]
+struct OutcomeNotes(Vec<(Note, Failure, usize)>);
+
+impl OutcomeNotes {
+    fn add(&mut self, note: Note, failure: &Failure) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(n, f, _)| *n == note && f == failure)
+        {
+            Some((_, _, count)) => *count += 1,
+            None => self.0.push((note, failure.clone(), 1)),
+        }
+    }
+
+    fn log(&self, destination: &str, max_attempts: u32) {
+        for (note, failure, count) in &self.0 {
+            let class = failure.class();
+            match note {
+                Note::Dropped => info!(
+                    "[RELAY] dropped {count} recipient(s) ({destination}): {failure} [class={class}]"
+                ),
+                Note::Retry => info!(
+                    "[RELAY] will retry {count} recipient(s) ({destination}): {failure} [class={class}]"
+                ),
+                Note::GaveUp => info!(
+                    "[RELAY] dropped {count} recipient(s) ({destination}) after {max_attempts} attempts: {failure} [class={class}]"
+                ),
+            }
+        }
+    }
+}
+
+/// Onion or clearnet: how much of the destination a log line may say.
+fn destination_kind(domain: &str) -> &'static str {
+    if domain.ends_with(".onion") {
+        "onion"
+    } else {
+        "clearnet"
     }
 }
 
@@ -188,7 +352,7 @@ mod tests {
     use crate::envelope::{EnqueueOutcome, Envelope, Message};
     use crate::node::cover::CoverKey;
     use crate::node::intake::Intake;
-    use crate::relay::failure::{Failure, FailureKind, Stage};
+    use crate::relay::failure::Stage;
     use crate::time::UnixMillis;
 
     const BASE: UnixMillis = 1_700_000_000_000;
@@ -203,7 +367,11 @@ mod tests {
     }
 
     impl Deliver for FlakyTransport {
-        fn deliver<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Vec<RecipientResult>> {
+        fn deliver<'a>(
+            &'a self,
+            lease: &'a Lease,
+            _sent_message: &'a AtomicBool,
+        ) -> BoxFuture<'a, Vec<RecipientResult>> {
             let at = (self.clock)();
             *self.seen.lock().unwrap() += 1;
             let results = lease
@@ -283,6 +451,8 @@ mod tests {
             stats: stats.clone(),
             lease: Duration::from_secs(600),
             clock: clock.clone(),
+            cover_key: CoverKey::from_bytes([4; 32]),
+            health: Arc::default(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(dispatcher.run(stop.clone()));
@@ -319,6 +489,185 @@ mod tests {
         stop.cancel();
         task.await.unwrap();
         drop((intake, spool));
+        closer.closed().await;
+    }
+
+    /// A transport whose deliveries never end; it records how many run at
+    /// once (a delivery's future is dropped when it is cut off).
+    struct Hanging {
+        running: Arc<std::sync::atomic::AtomicUsize>,
+        most: Arc<std::sync::atomic::AtomicUsize>,
+        started: mpsc::Sender<()>,
+    }
+
+    struct Running(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Deliver for Hanging {
+        fn deliver<'a>(
+            &'a self,
+            _lease: &'a Lease,
+            _sent_message: &'a AtomicBool,
+        ) -> BoxFuture<'a, Vec<RecipientResult>> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            let guard = Running(self.running.clone());
+            Box::pin(async move {
+                let _guard = guard;
+                self.started.send(()).await.unwrap();
+                std::future::pending().await
+            })
+        }
+    }
+
+    /// On paused time: a delivery that never ends is cut off below its
+    /// lease, so the recipient is never leased to a second worker while
+    /// the first still runs, and it is retried and finally dropped.
+    #[tokio::test(start_paused = true)]
+    async fn it_ends_a_delivery_before_its_lease_runs_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::testkit::tokio_clock(BASE);
+        let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
+        let stats = Arc::new(Stats::default());
+        let intake = Intake {
+            spool: spool.clone(),
+            mix: MixPolicy::Immediate,
+            cover_key: CoverKey::from_bytes([4; 32]),
+            stats: stats.clone(),
+            clock: clock.clone(),
+        };
+        assert_eq!(intake.ingest(mail(0)).await, EnqueueOutcome::Queued);
+        let (tx, mut rx) = mpsc::channel(8);
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dispatcher = Dispatcher {
+            spool: spool.clone(),
+            transport: Arc::new(Hanging {
+                running: Arc::default(),
+                most: most.clone(),
+                started: tx,
+            }),
+            retry: RetryPolicy {
+                base: Duration::from_secs(1),
+                max_attempts: 3,
+            },
+            mix: MixPolicy::Immediate,
+            workers: 4,
+            stats: stats.clone(),
+            lease: Duration::from_secs(100),
+            clock: clock.clone(),
+            cover_key: CoverKey::from_bytes([4; 32]),
+            health: Arc::default(),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(dispatcher.run(stop.clone()));
+        for _ in 0..3 {
+            rx.recv().await.unwrap();
+        }
+        // The third attempt is the last: once it is cut off, the recipient
+        // is dropped.
+        // (Paused time: the sleeps cost nothing and bound the wait.)
+        for _ in 0..3_600 {
+            if Stats::get(&stats.failed) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(
+            Stats::get(&stats.failed),
+            1,
+            "dropped after the last attempt"
+        );
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            1,
+            "two deliveries of one lease at once"
+        );
+        assert_eq!(Stats::get(&stats.deferred), 2);
+        stop.cancel();
+        task.await.unwrap();
+        drop((intake, spool));
+        closer.closed().await;
+    }
+
+    /// A transport behind a dead Tor: every attempt fails at the proxy.
+    struct TorDown {
+        attempts: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Deliver for TorDown {
+        fn deliver<'a>(
+            &'a self,
+            lease: &'a Lease,
+            _sent_message: &'a AtomicBool,
+        ) -> BoxFuture<'a, Vec<RecipientResult>> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            let f = Failure::temporary(FailureKind::Proxy(
+                crate::relay::failure::ProxyProblem::Unreachable(
+                    std::io::ErrorKind::ConnectionRefused,
+                ),
+            ));
+            let n = lease.recipients.len();
+            Box::pin(async move { vec![RecipientResult::Failed(f); n] })
+        }
+    }
+
+    /// On paused time: cover that fails is dropped at once (counted), real
+    /// mail that fails the same way is kept for a retry, and the failures
+    /// mark an outage.
+    #[tokio::test(start_paused = true)]
+    async fn it_drops_failed_cover_at_once_and_marks_the_outage() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::testkit::tokio_clock(BASE);
+        let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
+        let key = CoverKey::from_bytes([4; 32]);
+        let own = crate::address::OnionName::from_seed(1);
+        let mut rng = StdRng::seed_from_u64(1);
+        let cover = crate::node::cover::make_message(&key, &own, &mut rng);
+        assert_eq!(spool.enqueue(cover, BASE).await, EnqueueOutcome::Queued);
+        assert_eq!(spool.enqueue(mail(1), BASE).await, EnqueueOutcome::Queued);
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stats = Arc::new(Stats::default());
+        let health = Arc::new(DeliveryHealth::default());
+        let dispatcher = Dispatcher {
+            spool: spool.clone(),
+            transport: Arc::new(TorDown {
+                attempts: attempts.clone(),
+            }),
+            retry: RetryPolicy {
+                base: Duration::from_secs(3600),
+                max_attempts: 9,
+            },
+            mix: MixPolicy::Immediate,
+            workers: 2,
+            stats: stats.clone(),
+            lease: Duration::from_secs(600),
+            clock: clock.clone(),
+            cover_key: key,
+            health: health.clone(),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(dispatcher.run(stop.clone()));
+        // Well before the first retry (at least 30 min away).
+        for _ in 0..600 {
+            if attempts.load(Ordering::SeqCst) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        assert_eq!(Stats::get(&stats.cover_dropped), 1, "cover dropped");
+        assert_eq!(Stats::get(&stats.deferred), 1, "real mail kept");
+        assert_eq!(Stats::get(&stats.failed), 0);
+        assert!(health.in_outage());
+        stop.cancel();
+        task.await.unwrap();
+        drop(spool);
         closer.closed().await;
     }
 }

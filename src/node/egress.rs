@@ -25,30 +25,51 @@ pub struct Egress {
 }
 
 impl Egress {
-    /// The bytes that go on the wire for `original` (as stored). Fresh
-    /// randomness on every call, so two attempts of one message do not
-    /// carry identical bytes.
-    pub fn prepare_at(&self, original: &[u8], now: SystemTime) -> Vec<u8> {
+    /// The bytes that go on the wire for `original` (as stored), no longer
+    /// than `limit` (the next hop's EHLO SIZE), or `None` when even the
+    /// unpadded message is longer. Fresh randomness on every call, so two
+    /// attempts of one message do not carry identical bytes.
+    ///
+    /// When whole-block padding would pass the limit, the message is padded
+    /// up to exactly the limit instead (every message in that situation
+    /// leaves at the same size), or, when there is no room for a padding
+    /// header, sent unpadded: a next hop's refusal would drop it for good.
+    pub fn prepare_at(
+        &self,
+        original: &[u8],
+        limit: Option<usize>,
+        now: SystemTime,
+    ) -> Option<Vec<u8>> {
         let mut rng = rand::rng();
-        if self.cover_key.is_cover(original) {
-            return padding::pad(original, self.pad_block, &mut rng);
-        }
-        let hop = sanitize::hop_counter(original).saturating_add(1);
-        let body = match &self.sanitize {
-            Some(cfg) => sanitize::sanitize(original, cfg, now, &mut rng),
-            None => original.to_vec(),
+        // Our own cover keeps its headers (its marker must survive the
+        // trip) and gets no hop count: it comes straight back.
+        let body = if self.cover_key.is_cover(original) {
+            original.to_vec()
+        } else {
+            let hop = sanitize::hop_counter(original).saturating_add(1);
+            let sanitized = match &self.sanitize {
+                Some(cfg) => sanitize::sanitize(original, cfg, now, &mut rng),
+                None => original.to_vec(),
+            };
+            sanitize::with_hop_count(&sanitized, hop)
         };
-        padding::pad(
-            &sanitize::with_hop_count(&body, hop),
-            self.pad_block,
-            &mut rng,
-        )
+        let padded = padding::pad(&body, self.pad_block, &mut rng);
+        let Some(limit) = limit else {
+            return Some(padded);
+        };
+        if padded.len() <= limit {
+            return Some(padded);
+        }
+        // SIZE counts the message as declared in MAIL FROM's SIZE=, which
+        // is its length before dot-stuffing.
+        let room = limit.checked_sub(body.len())?;
+        padding::pad_by(&body, room, &mut rng).or(Some(body))
     }
 }
 
 impl OutgoingBody for Egress {
-    fn prepare(&self, original: &[u8]) -> Vec<u8> {
-        self.prepare_at(original, SystemTime::now())
+    fn prepare(&self, original: &[u8], limit: Option<usize>) -> Option<Vec<u8>> {
+        self.prepare_at(original, limit, SystemTime::now())
     }
 }
 
@@ -77,7 +98,7 @@ mod tests {
 
     #[test]
     fn it_sanitizes_then_pads_real_mail() {
-        let out = egress(true).prepare(MAIL);
+        let out = egress(true).prepare(MAIL, None).unwrap();
         assert_eq!(crate::mix::padding::wire_len(&out) % 4096, 0);
         let text = String::from_utf8_lossy(padding::strip(&out)).into_owned();
         assert!(!text.contains("alice@host.example"), "{text}");
@@ -88,7 +109,7 @@ mod tests {
 
     #[test]
     fn it_passes_headers_on_when_sanitizing_is_off() {
-        let out = egress(false).prepare(MAIL);
+        let out = egress(false).prepare(MAIL, None).unwrap();
         let (head, body) = MAIL.split_at(MAIL.len() - b"\r\nbody\r\n".len());
         let expected = [head, b"X-Hop-Count: 1\r\n", body].concat();
         assert_eq!(padding::strip(&out), expected);
@@ -99,7 +120,7 @@ mod tests {
         let arrived = b"Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n\
             X-Hop-Count: 7\r\nSubject: hi\r\n\r\nbody\r\n";
         for sanitizing in [true, false] {
-            let out = egress(sanitizing).prepare(arrived);
+            let out = egress(sanitizing).prepare(arrived, None).unwrap();
             let out = padding::strip(&out);
             assert_eq!(sanitize::hop_counter(out), 8, "sanitize {sanitizing}");
             let counters: Vec<_> = crate::message::header::fields(out)
@@ -111,17 +132,39 @@ mod tests {
         // Sanitized, the author's own Received lines are dropped and not
         // counted: the first pluto2 always writes 1.
         let fresh = b"Received: from a\r\nReceived: from b\r\nSubject: hi\r\n\r\nx\r\n";
-        let out = egress(true).prepare(fresh);
+        let out = egress(true).prepare(fresh, None).unwrap();
         assert_eq!(sanitize::hops(padding::strip(&out)), 1);
     }
 
     #[test]
     fn it_keeps_the_marker_of_its_own_cover() {
         let e = egress(true);
-        let own = OnionName::from_public_key(&[1; 32]);
+        let own = OnionName::from_seed(1);
         let m = cover::make_message(&e.cover_key, &own, &mut StdRng::seed_from_u64(3));
-        let out = e.prepare(&m.body);
+        let out = e.prepare(&m.body, None).unwrap();
         assert!(e.cover_key.is_cover(padding::strip(&out)));
         assert_eq!(padding::strip(&out), &m.body[..]);
+    }
+
+    #[test]
+    fn it_never_pads_past_the_next_hops_limit() {
+        let e = egress(false);
+        // What leaves before padding: the message with its hop count.
+        let (head, body) = MAIL.split_at(MAIL.len() - b"\r\nbody\r\n".len());
+        let counted = [head, b"X-Hop-Count: 1\r\n", body].concat();
+        // Whole blocks fit: padded as always.
+        let out = e.prepare(MAIL, Some(4096)).unwrap();
+        assert_eq!(padding::wire_len(&out), 4096);
+        // A block would pass the limit: padded up to exactly the limit.
+        let out = e.prepare(MAIL, Some(1000)).unwrap();
+        assert_eq!(out.len(), 1000);
+        assert_eq!(padding::strip(&out), counted);
+        // No room for a padding header: sent as it is.
+        let out = e.prepare(MAIL, Some(counted.len() + 3)).unwrap();
+        assert_eq!(out, counted);
+        let out = e.prepare(MAIL, Some(counted.len())).unwrap();
+        assert_eq!(out, counted);
+        // Too big even so.
+        assert_eq!(e.prepare(MAIL, Some(counted.len() - 1)), None);
     }
 }

@@ -60,7 +60,7 @@ impl Intake {
         }
         if self.cover_key.is_cover(&message.body) {
             Stats::add(&self.stats.cover_received, 1);
-            return EnqueueOutcome::Queued;
+            return EnqueueOutcome::OwnTraffic;
         }
         if message.envelope.to_own_name {
             // Not our cover, yet addressed to us: relaying it would loop.

@@ -12,6 +12,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use smtp_proto::response::parser::ResponseReceiver;
@@ -71,10 +72,36 @@ pub struct Outgoing<'a> {
     pub server_name: &'a str,
     pub sender: &'a str,
     pub recipients: &'a [String],
-    /// CRLF lines, not dot-stuffed.
-    pub body: &'a [u8],
+    /// The message as stored: CRLF lines, not dot-stuffed.
+    pub original: &'a [u8],
+    /// Turns `original` into the bytes sent, once the next hop's SIZE
+    /// limit is known (sanitized and padded, with fresh randomness per
+    /// connection, so two attempts do not carry identical bytes).
+    pub body: &'a dyn OutgoingBody,
     pub smtputf8: bool,
     pub eight_bit: bool,
+}
+
+/// What the node does to a message's bytes before they leave. A trait so
+/// the transport does not depend on node policy (`node::egress::Egress`
+/// sanitizes and pads).
+pub trait OutgoingBody: Send + Sync {
+    /// Called once per connection that got as far as EHLO, with the next
+    /// hop's SIZE limit if it announced one: the bytes to send after DATA,
+    /// never longer than `limit`, or `None` when the message cannot fit
+    /// under it at all (a permanent failure).
+    fn prepare(&self, original: &[u8], limit: Option<usize>) -> Option<Vec<u8>>;
+}
+
+/// Sends the message as it is (tests, and any caller without policy).
+pub struct AsIs;
+
+impl OutgoingBody for AsIs {
+    fn prepare(&self, original: &[u8], limit: Option<usize>) -> Option<Vec<u8>> {
+        limit
+            .is_none_or(|limit| original.len() <= limit)
+            .then(|| original.to_vec())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,10 +191,13 @@ impl Reply {
     }
 }
 
-/// The extensions a next hop offers (smtp-proto's `EXT_*` bits); none
-/// after HELO.
+/// The extensions a next hop offers (smtp-proto's `EXT_*` bits) and its
+/// SIZE limit (0: none announced); none after HELO.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Extensions(u32);
+struct Extensions {
+    bits: u32,
+    size: usize,
+}
 
 impl Extensions {
     /// From the bytes of a 2xx reply to EHLO. A reply smtp-proto cannot
@@ -175,12 +205,21 @@ impl Extensions {
     /// like the old server it probably comes from.
     fn from_ehlo(raw: &[u8]) -> Extensions {
         EhloResponse::parse(&mut raw.iter())
-            .map(|ehlo| Extensions(ehlo.capabilities))
+            .map(|ehlo| Extensions {
+                bits: ehlo.capabilities,
+                size: ehlo.size,
+            })
             .unwrap_or_default()
     }
 
     fn has(self, extension: u32) -> bool {
-        self.0 & extension != 0
+        self.bits & extension != 0
+    }
+
+    /// The largest message the next hop takes, if it said (RFC 1870:
+    /// `SIZE` without a number, or `SIZE 0`, means no fixed limit).
+    fn size_limit(self) -> Option<usize> {
+        (self.has(EXT_SIZE) && self.size > 0).then_some(self.size)
     }
 }
 
@@ -188,21 +227,23 @@ type Outcome = Result<Vec<RecipientResult>, Failure>;
 
 /// How far a delivery got. It lives outside the transaction future, so
 /// `deliver` can still read it when the overall timeout drops that future.
-struct Progress {
+struct Progress<'w> {
     stage: Stage,
     /// Set before QUIT: from then on the outcome stands, whatever QUIT does.
     decided: Option<Outcome>,
+    /// See [`deliver_watched`].
+    sent_message: &'w AtomicBool,
 }
 
-struct Connection<'p> {
+struct Connection<'p, 'w> {
     io: Box<dyn Io>,
     /// Bytes read and not yet parsed: the rest of a pipelined batch of
     /// replies, or, right after the go-ahead to STARTTLS, injected ones.
     unread: Vec<u8>,
-    progress: &'p mut Progress,
+    progress: &'p mut Progress<'w>,
 }
 
-impl Connection<'_> {
+impl Connection<'_, '_> {
     fn at(&mut self, stage: Stage) {
         self.progress.stage = stage;
     }
@@ -284,9 +325,25 @@ pub async fn deliver<S>(stream: S, config: &ClientConfig, msg: &Outgoing<'_>) ->
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    deliver_watched(stream, config, msg, &AtomicBool::new(false)).await
+}
+
+/// Like [`deliver`], and sets `sent_message` just before the message
+/// itself goes out: from then on the next hop may accept it, and
+/// abandoning the delivery would make a duplicate after a restart.
+pub async fn deliver_watched<S>(
+    stream: S,
+    config: &ClientConfig,
+    msg: &Outgoing<'_>,
+    sent_message: &AtomicBool,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut progress = Progress {
         stage: Stage::Greeting,
         decided: None,
+        sent_message,
     };
     let attempt = transaction(Box::new(stream), config, msg, &mut progress);
     match tokio::time::timeout(config.timeout, attempt).await {
@@ -301,7 +358,7 @@ where
 
 /// Records the outcome, then says QUIT (bounded). If the overall timeout
 /// strikes during QUIT, `deliver` still returns the recorded outcome.
-async fn finish(conn: &mut Connection<'_>, outcome: Outcome) -> Outcome {
+async fn finish(conn: &mut Connection<'_, '_>, outcome: Outcome) -> Outcome {
     conn.progress.decided = Some(outcome.clone());
     let _ = tokio::time::timeout(QUIT_WAIT, conn.command("QUIT")).await;
     outcome
@@ -311,7 +368,7 @@ async fn transaction(
     stream: Box<dyn Io>,
     config: &ClientConfig,
     msg: &Outgoing<'_>,
-    progress: &mut Progress,
+    progress: &mut Progress<'_>,
 ) -> Outcome {
     let mut conn = Connection {
         io: stream,
@@ -361,9 +418,20 @@ async fn transaction(
         return finish(&mut conn, Err(Failure::permanent(FailureKind::NoSmtpUtf8))).await;
     }
 
+    // Padding must not push the message past the next hop's limit: it
+    // would be refused (552) after our client got its 250.
+    let Some(body) = msg.body.prepare(msg.original, offered.size_limit()) else {
+        return finish(
+            &mut conn,
+            Err(Failure::permanent(FailureKind::TooBig {
+                stage: Stage::Mail,
+            })),
+        )
+        .await;
+    };
     let mut mail = format!("MAIL FROM:<{}>", msg.sender);
     if offered.has(EXT_SIZE) {
-        mail.push_str(&format!(" SIZE={}", msg.body.len()));
+        mail.push_str(&format!(" SIZE={}", body.len()));
     }
     if msg.eight_bit && offered.has(EXT_8BIT_MIME) {
         mail.push_str(" BODY=8BITMIME");
@@ -428,7 +496,8 @@ async fn transaction(
         return finish(&mut conn, Err(data_reply.failure(Stage::Data))).await;
     }
     conn.at(Stage::Dot);
-    conn.send(&dot_stuff(msg.body)).await?;
+    conn.progress.sent_message.store(true, Ordering::SeqCst);
+    conn.send(&dot_stuff(&body)).await?;
     let final_reply = conn.reply().await?;
     let outcome = if final_reply.class() == 2 {
         RecipientResult::Delivered
@@ -452,7 +521,7 @@ fn rcpt_result(reply: &Reply) -> Option<RecipientResult> {
 }
 
 /// EHLO, falling back to HELO for servers that do not know it.
-async fn hello(conn: &mut Connection<'_>, name: &str) -> Result<Extensions, Failure> {
+async fn hello(conn: &mut Connection<'_, '_>, name: &str) -> Result<Extensions, Failure> {
     conn.at(Stage::Ehlo);
     conn.send(format!("EHLO {name}\r\n").as_bytes()).await?;
     let (reply, raw) = conn.reply_and_bytes().await?;
@@ -573,7 +642,7 @@ mod tests {
     /// `server` (from a task, so it may be larger than the pipe).
     async fn with_server<F, T>(server: Vec<u8>, check: F) -> T
     where
-        F: AsyncFnOnce(&mut Connection<'_>) -> T,
+        F: AsyncFnOnce(&mut Connection<'_, '_>) -> T,
     {
         let (client, mut far) = tokio::io::duplex(READ_CHUNK);
         tokio::spawn(async move {
@@ -581,9 +650,11 @@ mod tests {
             // Hold the far end open: a close would end a read early.
             let _ = far.read_to_end(&mut Vec::new()).await;
         });
+        let unwatched = AtomicBool::new(false);
         let mut progress = Progress {
             stage: Stage::Greeting,
             decided: None,
+            sent_message: &unwatched,
         };
         let mut conn = Connection {
             io: Box::new(client),

@@ -55,6 +55,22 @@ impl Failure {
         self.severity == Severity::Permanent
     }
 
+    /// True if TLS negotiation failed: STARTTLS refused or unanswered, or
+    /// the handshake after it broke. Such a failure says nothing about the
+    /// mail, and opportunistic TLS may go on without encryption.
+    pub fn is_tls_negotiation(&self) -> bool {
+        match &self.kind {
+            FailureKind::Reply { stage, .. }
+            | FailureKind::BadReply { stage, .. }
+            | FailureKind::Io { stage, .. }
+            | FailureKind::Timeout { stage } => {
+                matches!(stage, Stage::StartTls | Stage::TlsHandshake)
+            }
+            FailureKind::Tls(TlsProblem::Handshake | TlsProblem::PlaintextInjection) => true,
+            _ => false,
+        }
+    }
+
     /// A short fixed name for the kind of failure, fit for a metric label.
     pub fn class(&self) -> &'static str {
         self.kind.class()
@@ -101,6 +117,14 @@ pub enum FailureKind {
     UnusableHostName,
     /// The message needs SMTPUTF8 and the next hop does not offer it.
     NoSmtpUtf8,
+    /// The message is larger than the SIZE the next hop announced, even
+    /// without padding; found before `stage` (MAIL), so nothing was sent.
+    TooBig {
+        stage: Stage,
+    },
+    /// The whole delivery (MX lookup and every host) ran past the bound
+    /// the dispatcher keeps below the lease.
+    Deadline,
 }
 
 impl FailureKind {
@@ -120,6 +144,8 @@ impl FailureKind {
             FailureKind::NoHost => "no_host",
             FailureKind::UnusableHostName => "host_name",
             FailureKind::NoSmtpUtf8 => "no_smtputf8",
+            FailureKind::TooBig { .. } => "too_big",
+            FailureKind::Deadline => "deadline",
         }
     }
 }
@@ -153,6 +179,11 @@ impl fmt::Display for FailureKind {
             FailureKind::NoHost => f.write_str("no mail host to try"),
             FailureKind::UnusableHostName => f.write_str("host name not usable"),
             FailureKind::NoSmtpUtf8 => f.write_str("next hop does not support SMTPUTF8 (RFC 6531)"),
+            FailureKind::Deadline => f.write_str("delivery ran out of time before its lease"),
+            FailureKind::TooBig { stage } => write!(
+                f,
+                "message larger than the next hop's EHLO SIZE limit ({stage})"
+            ),
         }
     }
 }
@@ -415,6 +446,8 @@ mod tests {
             FailureKind::NoHost,
             FailureKind::UnusableHostName,
             FailureKind::NoSmtpUtf8,
+            FailureKind::TooBig { stage: Stage::Mail },
+            FailureKind::Deadline,
         ];
         let mut classes = std::collections::HashSet::new();
         for kind in &kinds {

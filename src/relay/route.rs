@@ -2,6 +2,7 @@
 //! run the SMTP client, and turn the result into per-recipient outcomes.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use tracing::{debug, info};
 
@@ -21,24 +22,28 @@ pub struct Router {
     pub envelope_from: Option<String>,
     /// Port of every next hop (25; other values only in tests).
     pub port: u16,
+    /// When STARTTLS is refused or its handshake fails, try the same host
+    /// again on a new connection without TLS, as Postfix's opportunistic
+    /// level does (off with -tls-verify: a certificate that must verify
+    /// cannot be skipped).
+    pub tls_fallback: bool,
     /// Turns the stored message into the bytes sent after DATA (node
     /// policy: sanitizing and padding).
     pub body: Arc<dyn OutgoingBody>,
 }
 
-/// What the node does to a message's bytes before they leave. A trait so
-/// the transport does not depend on node policy.
-pub trait OutgoingBody: Send + Sync {
-    /// Called once per delivery attempt.
-    fn prepare(&self, original: &[u8]) -> Vec<u8>;
-}
+/// The seam to node policy for the bytes after DATA (defined with the
+/// client, which calls it once the next hop's SIZE is known).
+pub use super::client::OutgoingBody;
 
 /// Outcome per recipient, in lease order.
 pub type Results = Vec<RecipientResult>;
 
 impl Router {
-    /// Attempts delivery of every recipient in the lease.
-    pub async fn deliver(&self, lease: &Lease) -> Results {
+    /// Attempts delivery of every recipient in the lease. `sent_message`
+    /// is set once a message went out after DATA (see
+    /// [`client::deliver_watched`]).
+    pub async fn deliver(&self, lease: &Lease, sent_message: &AtomicBool) -> Results {
         let all = |f: Failure| vec![RecipientResult::Failed(f); lease.recipients.len()];
         let onion = lease.domain.ends_with(".onion");
         let hosts = if onion {
@@ -65,9 +70,6 @@ impl Router {
         }
         let recipients: Vec<String> = lease.recipients.iter().map(|r| r.address.clone()).collect();
         let sender = self.envelope_from.as_deref().unwrap_or(&lease.sender);
-        // Sanitized and padded once per attempt with fresh randomness, so two
-        // attempts of one message do not carry identical bytes.
-        let body = self.body.prepare(&lease.body);
         let mut last = Failure::temporary(FailureKind::NoHost);
         for (i, host) in hosts.iter().enumerate() {
             let stream = match self.dialer.connect(host, self.port).await {
@@ -89,16 +91,38 @@ impl Router {
                 server_name: host,
                 sender,
                 recipients: &recipients,
-                body: &body,
+                original: &lease.body,
+                body: self.body.as_ref(),
                 smtputf8: lease.smtputf8,
                 eight_bit: lease.eight_bit,
             };
-            return match client::deliver(stream, &config, &outgoing).await {
+            let failure =
+                match client::deliver_watched(stream, &config, &outgoing, sent_message).await {
+                    Ok(results) => return results,
+                    Err(f) => f,
+                };
+            let tls_on = matches!(config.tls, TlsPolicy::Opportunistic(_));
+            if !(tls_on && self.tls_fallback && failure.is_tls_negotiation()) {
+                // node::dispatch logs the outcome of every recipient.
+                return all(failure);
+            }
+            // A refused or broken STARTTLS says nothing about the mail:
+            // deferring it would only drop it after -retries attempts.
+            info!(
+                "[RELAY] {failure} ({}); trying again without TLS on a new connection",
+                kind(onion)
+            );
+            let stream = match self.dialer.connect(host, self.port).await {
+                Ok(s) => s,
+                Err(e) => return all(e.into_failure()),
+            };
+            let plain = ClientConfig {
+                tls: TlsPolicy::Off,
+                ..config.clone()
+            };
+            return match client::deliver_watched(stream, &plain, &outgoing, sent_message).await {
                 Ok(results) => results,
-                Err(f) => {
-                    info!("[RELAY] delivery failed ({}): {}", kind(onion), f);
-                    all(f)
-                }
+                Err(f) => all(f),
             };
         }
         all(last)

@@ -9,10 +9,14 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
+
+/// Most identities holding refunded sessions at once.
+const MAX_CREDIT_KEYS: usize = 4096;
 
 /// How often (in checks) idle keys are dropped, so a stream of distinct
 /// circuits cannot grow the table without bound.
@@ -25,6 +29,10 @@ type Keyed<C> =
 pub struct SessionRateLimiter<C: Clock = DefaultClock> {
     limiter: Keyed<C>,
     checks: AtomicU64,
+    /// Sessions given back by [`SessionRateLimiter::refund`], spent before
+    /// the quota; at most `limit` per identity.
+    credits: DashMap<IpAddr, u32>,
+    limit: u32,
 }
 
 impl SessionRateLimiter<DefaultClock> {
@@ -42,6 +50,8 @@ impl<C: Clock> SessionRateLimiter<C> {
         Self {
             limiter: RateLimiter::dashmap_with_clock(quota, clock),
             checks: AtomicU64::new(0),
+            credits: DashMap::new(),
+            limit: limit.get(),
         }
     }
 
@@ -50,7 +60,26 @@ impl<C: Clock> SessionRateLimiter<C> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % RETAIN_EVERY == RETAIN_EVERY - 1 {
             self.limiter.retain_recent();
         }
+        if let Some(mut credit) = self.credits.get_mut(&client)
+            && *credit > 0
+        {
+            *credit -= 1;
+            return true;
+        }
         self.limiter.check_key(&client).is_ok()
+    }
+
+    /// Gives back the session `client` was charged for: it carried this
+    /// node's own traffic (cover coming back through Tor, which without
+    /// `-proxy-protocol` shares 127.0.0.1 with every client). The table of
+    /// credits is bounded: past [`MAX_CREDIT_KEYS`] identities it starts
+    /// afresh, which at worst charges a later cover session.
+    pub fn refund(&self, client: IpAddr) {
+        if self.credits.len() >= MAX_CREDIT_KEYS && !self.credits.contains_key(&client) {
+            self.credits.clear();
+        }
+        let mut credit = self.credits.entry(client).or_insert(0);
+        *credit = (*credit + 1).min(self.limit);
     }
 }
 

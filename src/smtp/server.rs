@@ -211,10 +211,11 @@ async fn connection(
         slot,
         shutdown,
     };
+    let mut identity = peer.ip();
     if ctx.proxy_protocol {
         match read_proxy_header(&mut stream, &mut input, &watch).await {
             Ok(source) => {
-                let identity = match source {
+                identity = match source {
                     ProxySource::Address(ip) => ip,
                     ProxySource::Unknown => peer.ip(),
                 };
@@ -229,7 +230,15 @@ async fn connection(
         }
     }
     let mut session = Session::new(ctx.session.clone());
-    let ended = run_session(&mut stream, &mut session, &mut input, &ctx, &mut watch).await;
+    let ended = run_session(
+        &mut stream,
+        &mut session,
+        &mut input,
+        &ctx,
+        identity,
+        &mut watch,
+    )
+    .await;
     match ended {
         Ended::Done | Ended::PeerClosed => {}
         Ended::Timeout(limit) => debug!("[CONN] closed: {limit:?} time limit"),
@@ -319,6 +328,7 @@ async fn run_session(
     session: &mut Session,
     input: &mut Input,
     ctx: &ServerContext,
+    identity: IpAddr,
     watch: &mut Watch,
 ) -> Ended {
     let mut out = Vec::with_capacity(512);
@@ -361,6 +371,11 @@ async fn run_session(
                 let recipients = message.envelope.recipients.len();
                 let outcome = ctx.sink.accept(message).await;
                 memory.release();
+                if outcome == EnqueueOutcome::OwnTraffic {
+                    // The sink recognised this node's own traffic: the
+                    // session it came in does not count.
+                    ctx.rate_limiter.refund(identity);
+                }
                 debug!("[SMTP] message with {recipients} recipient(s): {outcome:?}");
                 follow_up = Some(session.enqueued(outcome));
             }

@@ -180,7 +180,12 @@ impl Committer {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 error!("[SPOOL] commit of {} message(s) failed: {e}", group.len());
-                vec![EnqueueOutcome::Failed; group.len()]
+                let outcome = if e.is_disk_full() {
+                    EnqueueOutcome::NoSpace
+                } else {
+                    EnqueueOutcome::Failed
+                };
+                vec![outcome; group.len()]
             }
         };
         let queued = outcomes

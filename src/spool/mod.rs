@@ -11,11 +11,13 @@ pub mod mixnet;
 pub mod report;
 mod schema;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
 
 pub use delivery::{Disposition, Lease, LeaseBatch, LeaseScope, LeasedRecipient};
 pub use report::QueueReport;
@@ -73,6 +75,55 @@ pub enum SpoolError {
     Closed,
 }
 
+impl SpoolError {
+    /// SQLite found the disk full (SQLITE_FULL).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            SpoolError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
+/// Free space kept in reserve on the data directory's file system (like
+/// Postfix's `queue_minfree`): below it new mail is refused, so that
+/// leasing, settling and checkpointing, which need a little space, still
+/// work and the queue can drain. Checked on every enqueue, so service
+/// comes back as soon as space is freed, without a restart.
+struct FreeSpaceReserve {
+    dir: PathBuf,
+    bytes: u64,
+    /// Whether the last check found too little, so only changes are logged.
+    short: AtomicBool,
+}
+
+impl FreeSpaceReserve {
+    /// True when free space (for unprivileged users) is under the reserve.
+    /// A file system that cannot be asked does not refuse mail: SQLite's
+    /// own disk-full error still answers 452 then.
+    fn is_short(&self) -> bool {
+        let short = match rustix::fs::statvfs(&self.dir) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize) < self.bytes,
+            Err(e) => {
+                debug!("[SPOOL] cannot read free space: {e}");
+                false
+            }
+        };
+        if self.short.swap(short, Ordering::Relaxed) != short {
+            if short {
+                warn!(
+                    "[SPOOL] free space in -data-dir under -min-free-space ({} bytes): refusing new mail with 452 until space is freed",
+                    self.bytes
+                );
+            } else {
+                info!("[SPOOL] free space back above -min-free-space: accepting mail again");
+            }
+        }
+        short
+    }
+}
+
 /// Handle to the spool; clones share one committer.
 #[derive(Clone)]
 pub struct Spool {
@@ -82,6 +133,7 @@ pub struct Spool {
     /// wake up; a watch never loses a change that happened between a
     /// check and the wait.
     packets: Arc<watch::Sender<u64>>,
+    reserve: Option<Arc<FreeSpaceReserve>>,
 }
 
 /// Joins the committer thread once every [`Spool`] handle is dropped.
@@ -116,9 +168,24 @@ impl Spool {
                 tx,
                 new_mail,
                 packets,
+                reserve: None,
             },
             SpoolCloser { thread },
         ))
+    }
+
+    /// Refuses new mail ([`EnqueueOutcome::NoSpace`]) while the file system
+    /// of `data_dir` has less than `bytes` free (0: no reserve). Set once,
+    /// before the handle is cloned.
+    pub fn with_free_space_reserve(mut self, data_dir: &Path, bytes: u64) -> Spool {
+        self.reserve = (bytes > 0).then(|| {
+            Arc::new(FreeSpaceReserve {
+                dir: data_dir.to_path_buf(),
+                bytes,
+                short: AtomicBool::new(false),
+            })
+        });
+        self
     }
 
     /// Stores the message durably, first due for delivery at `release_at`
@@ -126,6 +193,9 @@ impl Spool {
     /// the caller's task, so hashing runs in parallel across sessions and the
     /// single committer thread only does I/O.
     pub async fn enqueue(&self, message: Message, release_at: u64) -> EnqueueOutcome {
+        if self.reserve.as_ref().is_some_and(|r| r.is_short()) {
+            return EnqueueOutcome::NoSpace;
+        }
         let replay_id = message.replay_id();
         let (reply, answer) = oneshot::channel();
         let request = EnqueueRequest {

@@ -26,7 +26,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pluto2");
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 pub fn onion(seed: u8) -> String {
-    OnionName::from_public_key(&[seed; 32]).to_string()
+    OnionName::from_seed(seed).to_string()
 }
 
 /// A running daemon with its own temporary data directory.

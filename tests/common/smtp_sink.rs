@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
@@ -22,6 +22,10 @@ use super::PATIENCE;
 pub struct Behaviour {
     /// Offer STARTTLS.
     pub starttls: bool,
+    /// Answer STARTTLS with this code instead of going ahead.
+    pub starttls_refusal: Option<u16>,
+    /// Go ahead with STARTTLS, then send plain text instead of a handshake.
+    pub starttls_garbage: bool,
     /// Replies to successive final dots; 250 once the list is used up.
     pub data_replies: Vec<u16>,
     /// Recipients containing this text get this code at RCPT.
@@ -34,6 +38,12 @@ pub struct Behaviour {
     pub refuse_ehlo: bool,
     /// Do not advertise SMTPUTF8.
     pub ascii_only: bool,
+    /// Announce this EHLO SIZE (default 100000000) and refuse with 552 a
+    /// MAIL whose SIZE= or a message whose length exceeds it, as Postfix's
+    /// message_size_limit does.
+    pub size_limit: Option<usize>,
+    /// Wait this long after the final dot before answering it.
+    pub dot_delay: Option<std::time::Duration>,
 }
 
 /// A message the sink accepted with 250.
@@ -55,10 +65,17 @@ struct State {
     script: Mutex<(VecDeque<u16>, usize)>,
     refuse: Vec<(String, u16)>,
     starttls: bool,
+    starttls_refusal: Option<u16>,
+    starttls_garbage: bool,
     stall: bool,
     refuse_ehlo: bool,
     ascii_only: bool,
+    size_limit: usize,
+    dot_delay: Option<std::time::Duration>,
+    /// Final dots read, answered or not.
+    dots: AtomicUsize,
     received: Mutex<Vec<Received>>,
+    mail_commands: AtomicUsize,
     arrived: Notify,
     connections: AtomicUsize,
 }
@@ -79,9 +96,13 @@ impl Sink {
             script: Mutex::new((b.data_replies.into(), b.drop_mid_data)),
             refuse: b.refuse_rcpt,
             starttls: b.starttls,
+            starttls_refusal: b.starttls_refusal,
+            starttls_garbage: b.starttls_garbage,
             stall: b.stall,
             refuse_ehlo: b.refuse_ehlo,
             ascii_only: b.ascii_only,
+            size_limit: b.size_limit.unwrap_or(100_000_000),
+            dot_delay: b.dot_delay,
             ..State::default()
         });
         let acceptor = tls_acceptor();
@@ -108,6 +129,27 @@ impl Sink {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` final dots were read (answered or not yet).
+    pub async fn wait_for_dots(&self, n: usize) {
+        let wait = async {
+            loop {
+                let notified = self.state.arrived.notified();
+                if self.state.dots.load(Ordering::SeqCst) >= n {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .unwrap_or_else(|_| panic!("sink did not read {n} final dot(s)"));
+    }
+
+    /// MAIL commands seen, accepted or not.
+    pub fn mail_commands(&self) -> usize {
+        self.state.mail_commands.load(Ordering::SeqCst)
     }
 
     pub fn connections(&self) -> usize {
@@ -160,6 +202,8 @@ async fn session(
     let mut tls = false;
     io.get_mut().write_all(b"220 sink.test ESMTP\r\n").await?;
     let (mut from, mut rcpts) = (String::new(), Vec::new());
+    // A transaction is open once MAIL was accepted.
+    let mut in_transaction = false;
     let mut line = String::new();
     loop {
         line.clear();
@@ -182,10 +226,26 @@ async fn session(
                 ""
             };
             format!(
-                "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{utf8_line}{tls_line}250 SIZE 100000000\r\n"
+                "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{utf8_line}{tls_line}250 SIZE {}\r\n",
+                state.size_limit
             )
         } else if upper.starts_with("HELO") {
             "250 sink.test\r\n".into()
+        } else if upper == "STARTTLS" && state.starttls && !tls && state.starttls_refusal.is_some()
+        {
+            let code = state.starttls_refusal.unwrap_or(454);
+            format!("{code} {}.7.0 TLS not available now\r\n", code / 100)
+        } else if upper == "STARTTLS" && state.starttls && !tls && state.starttls_garbage {
+            io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
+            // Answer the ClientHello with text: the handshake fails.
+            let mut hello = [0u8; 512];
+            let _ = io.read(&mut hello).await?;
+            io.get_mut()
+                .write_all(b"this is no TLS handshake at all\r\n")
+                .await?;
+            let mut rest = Vec::new();
+            let _ = io.read_to_end(&mut rest).await;
+            return Ok(());
         } else if upper == "STARTTLS" && state.starttls && !tls {
             io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
             let plain = io.into_inner();
@@ -196,9 +256,22 @@ async fn session(
             rcpts.clear();
             continue;
         } else if upper.starts_with("MAIL FROM:") {
-            from = path(&cmd);
+            state.mail_commands.fetch_add(1, Ordering::SeqCst);
+            let declared = upper
+                .split_whitespace()
+                .find_map(|p| p.strip_prefix("SIZE="))
+                .and_then(|n| n.parse::<usize>().ok());
             rcpts.clear();
-            "250 2.1.0 ok\r\n".into()
+            in_transaction = declared.is_none_or(|n| n <= state.size_limit);
+            if !in_transaction {
+                "552 5.3.4 message size exceeds fixed limit\r\n".into()
+            } else {
+                from = path(&cmd);
+                rcpts.clear();
+                "250 2.1.0 ok\r\n".into()
+            }
+        } else if upper.starts_with("RCPT TO:") && !in_transaction {
+            "503 5.5.1 MAIL first\r\n".into()
         } else if upper.starts_with("RCPT TO:") {
             let to = path(&cmd);
             match state.refuse.iter().find(|(s, _)| to.contains(s.as_str())) {
@@ -229,7 +302,16 @@ async fn session(
                     return Ok(());
                 }
                 let (data, wire_len) = read_data(&mut io).await?;
-                let code = state.script.lock().unwrap().0.pop_front().unwrap_or(250);
+                state.dots.fetch_add(1, Ordering::SeqCst);
+                state.arrived.notify_waiters();
+                if let Some(delay) = state.dot_delay {
+                    tokio::time::sleep(delay).await;
+                }
+                let code = if data.len() > state.size_limit {
+                    552
+                } else {
+                    state.script.lock().unwrap().0.pop_front().unwrap_or(250)
+                };
                 if code == 250 {
                     state.received.lock().unwrap().push(Received {
                         mail_from: from.clone(),
@@ -242,6 +324,7 @@ async fn session(
                     state.arrived.notify_waiters();
                 }
                 rcpts.clear();
+                in_transaction = false;
                 format!("{code} {}.0.0 done\r\n", code / 100)
             }
         } else if upper == "RSET" || upper == "NOOP" {

@@ -204,8 +204,9 @@ impl Session {
         match outcome {
             // A replay gets the very reply the first copy got: that copy is
             // queued, a client that lost its 250 must not bounce it, and a
-            // refusal would tell anyone holding a copy that it passed here.
-            EnqueueOutcome::Queued | EnqueueOutcome::Replay => {
+            // refusal would tell anyone holding a copy that it passed here. Own
+            // cover gets the same answer: the sender cannot tell.
+            EnqueueOutcome::Queued | EnqueueOutcome::Replay | EnqueueOutcome::OwnTraffic => {
                 Step::Reply(Reply::new(250, "2.0.0", "Ok: queued"))
             }
             EnqueueOutcome::Loop => Step::Reply(Reply::new(
@@ -223,6 +224,11 @@ impl Session {
                 451,
                 "4.3.0",
                 "local error while storing the message, try again later",
+            )),
+            EnqueueOutcome::NoSpace => Step::Reply(Reply::new(
+                452,
+                "4.3.1",
+                "insufficient system storage, try again later",
             )),
             EnqueueOutcome::ShuttingDown => Step::Close(self.shutting_down()),
         }

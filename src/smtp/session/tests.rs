@@ -6,7 +6,7 @@ use super::*;
 use crate::address::OnionName;
 
 fn onion(seed: u8) -> String {
-    OnionName::from_public_key(&[seed; 32]).to_string()
+    OnionName::from_seed(seed).to_string()
 }
 
 fn config() -> Arc<SessionConfig> {
@@ -467,6 +467,7 @@ fn it_reports_replays_and_storage_failures() {
         (EnqueueOutcome::Loop, "550 5.7.1"),
         (EnqueueOutcome::TooManyHops, "554 5.4.6"),
         (EnqueueOutcome::Failed, "451 4.3.0"),
+        (EnqueueOutcome::NoSpace, "452 4.3.1"),
         (EnqueueOutcome::ShuttingDown, "421 4.3.0"),
     ] {
         let mut c = Client::greeted();
