@@ -25,11 +25,49 @@ pub struct Stats {
     pub cover_dropped: AtomicU64,
     /// Cover not generated because deliveries were failing (Tor down).
     pub cover_paused: AtomicU64,
+    /// Mixnet mode is on: the line carries the mixnet fields below.
+    pub mixnet: std::sync::atomic::AtomicBool,
+    /// Messages sent into the mixnet from here (fog's `sphinx`).
+    pub mix_messages_in: AtomicU64,
+    /// Messages whose exit said COMPLETE.
+    pub mix_messages_acked: AtomicU64,
+    /// Messages dropped after the end-to-end horizon.
+    pub mix_messages_failed: AtomicU64,
+    /// Rounds in which mail waited because no route could be built.
+    pub mix_no_route: AtomicU64,
+    pub mix_fragments_sent: AtomicU64,
+    pub mix_fragments_retransmitted: AtomicU64,
+    /// Packets received on links (fog's `mix received`).
+    pub mix_packets_in: AtomicU64,
+    /// Packets handed to links (fog's `mix forwarded`; retries included).
+    pub mix_packets_out: AtomicU64,
+    /// Packets whose replay tag was known.
+    pub mix_replays: AtomicU64,
+    /// Packets refused here: bad MAC, version, delay, next hop.
+    pub mix_rejected: AtomicU64,
+    /// Packets the next hop refused.
+    pub mix_rejected_by_peer: AtomicU64,
+    pub mix_unknown_epoch: AtomicU64,
+    /// Packets dropped when their custody horizon passed.
+    pub mix_expired: AtomicU64,
+    pub mix_bad_payloads: AtomicU64,
+    /// Messages completed at this exit and handed to delivery.
+    pub mix_exit_completions: AtomicU64,
+    /// Messages that arrived again after completion (re-acknowledged).
+    pub mix_exit_duplicates: AtomicU64,
+    /// Usable other nodes now, and all other nodes in nodes.json.
+    pub mix_healthy: AtomicU64,
+    pub mix_nodes: AtomicU64,
 }
 
 impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_healthy(&self, usable: u64, nodes: u64) {
+        self.mix_healthy.store(usable, Ordering::Relaxed);
+        self.mix_nodes.store(nodes, Ordering::Relaxed);
     }
 
     #[cfg(test)]
@@ -54,6 +92,36 @@ impl Stats {
             get(&self.replays),
             get(&self.cover_dropped),
             get(&self.cover_paused),
+        ) + &self.mixnet_fields()
+    }
+
+    /// The mixnet part of the line (empty in direct mode). `direct` is
+    /// always 0 in mixnet mode: mail accepted here never leaves directly.
+    fn mixnet_fields(&self) -> String {
+        if !self.mixnet.load(Ordering::Relaxed) {
+            return String::new();
+        }
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            " sphinx={} direct=0 acked={} e2e_failed={} no_route={} fragments={} retransmitted={} packets_in={} packets_out={} mix_replays={} rejected={} rejected_by_peer={} unknown_epoch={} expired={} bad_payloads={} exit_completed={} exit_duplicates={} healthy={}/{}",
+            get(&self.mix_messages_in),
+            get(&self.mix_messages_acked),
+            get(&self.mix_messages_failed),
+            get(&self.mix_no_route),
+            get(&self.mix_fragments_sent),
+            get(&self.mix_fragments_retransmitted),
+            get(&self.mix_packets_in),
+            get(&self.mix_packets_out),
+            get(&self.mix_replays),
+            get(&self.mix_rejected),
+            get(&self.mix_rejected_by_peer),
+            get(&self.mix_unknown_epoch),
+            get(&self.mix_expired),
+            get(&self.mix_bad_payloads),
+            get(&self.mix_exit_completions),
+            get(&self.mix_exit_duplicates),
+            get(&self.mix_healthy),
+            get(&self.mix_nodes),
         )
     }
 

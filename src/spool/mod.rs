@@ -134,6 +134,9 @@ pub struct Spool {
     /// check and the wait.
     packets: Arc<watch::Sender<u64>>,
     reserve: Option<Arc<FreeSpaceReserve>>,
+    /// Bumped whenever a message was queued (the mixnet sender waits on
+    /// it; a watch, unlike `new_mail`, wakes every waiter and loses nothing).
+    mail: Arc<watch::Sender<u64>>,
 }
 
 /// Joins the committer thread once every [`Spool`] handle is dropped.
@@ -163,11 +166,13 @@ impl Spool {
             .name("spool-committer".into())
             .spawn(move || committer.run(rx))?;
         let packets = Arc::new(watch::channel(0).0);
+        let mail = Arc::new(watch::channel(0).0);
         Ok((
             Spool {
                 tx,
                 new_mail,
                 packets,
+                mail,
                 reserve: None,
             },
             SpoolCloser { thread },
@@ -207,7 +212,11 @@ impl Spool {
         if self.tx.send(Job::Enqueue(request)).await.is_err() {
             return EnqueueOutcome::ShuttingDown;
         }
-        answer.await.unwrap_or(EnqueueOutcome::Failed)
+        let outcome = answer.await.unwrap_or(EnqueueOutcome::Failed);
+        if outcome == EnqueueOutcome::Queued {
+            self.mail.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        outcome
     }
 
     /// Resolves when new mail was committed since the last call (the
@@ -257,6 +266,11 @@ impl Spool {
 /// the writer thread (custody decisions in groups), so "returned Ok" always
 /// means "committed".
 impl Spool {
+    /// Changes whenever a message was queued.
+    pub fn mail_events(&self) -> watch::Receiver<u64> {
+        self.mail.subscribe()
+    }
+
     /// Changes whenever packets were queued; link tasks wait on it.
     pub fn packet_events(&self) -> watch::Receiver<u64> {
         self.packets.subscribe()
