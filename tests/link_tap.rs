@@ -261,6 +261,7 @@ async fn it_records_every_frame_both_ways_with_its_exact_size() {
         ]
     );
     assert_eq!(tap.packet_frame_sizes(), vec![MAX_FRAME; 3]);
+    assert_eq!(tap.bytes_on_links(), 2 * 75 + 3 * (MAX_FRAME + 10) + 2 * 9);
     assert!(frames.iter().all(|f| f.host == host && f.port == PORT));
     assert!(frames.windows(2).all(|w| w[0].at <= w[1].at));
     assert_eq!(frames[0].identity, Some(CLIENT_ID));

@@ -449,6 +449,12 @@ impl LinkTap {
             .collect()
     }
 
+    /// Bytes of every recorded frame, both directions, all links (for
+    /// "bytes on links per byte of mail").
+    pub fn bytes_on_links(&self) -> usize {
+        self.state().frames.iter().map(|f| f.len).sum()
+    }
+
     /// Frames on the link to `host` in one direction.
     pub fn frames_on(&self, host: &str, dir: Direction) -> Vec<TapFrame> {
         self.state()
