@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 pub mod dns_server;
+pub mod link_tap;
 pub mod smtp_sink;
 pub mod socks_proxy;
 

@@ -90,7 +90,10 @@ impl SocksProxy {
     }
 }
 
-async fn handle(mut c: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+/// Reads a client's greeting, optional username/password (accepted, only
+/// the username is kept) and CONNECT request, leaving the stream right
+/// where the tunnelled bytes begin. Shared with the link tap.
+pub async fn read_request(c: &mut TcpStream) -> std::io::Result<SocksRequest> {
     let mut head = [0u8; 2];
     c.read_exact(&mut head).await?;
     let mut methods = vec![0u8; head[1] as usize];
@@ -134,19 +137,27 @@ async fn handle(mut c: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<(
     };
     let mut port = [0u8; 2];
     c.read_exact(&mut port).await?;
-    let port = u16::from_be_bytes(port);
+    Ok(SocksRequest {
+        host,
+        port: u16::from_be_bytes(port),
+        by_name,
+        username,
+    })
+}
+
+/// A SOCKS5 reply with this code and a zero IPv4 bound address.
+pub fn reply(code: u8) -> [u8; 10] {
+    [5, code, 0, 1, 0, 0, 0, 0, 0, 0]
+}
+
+async fn handle(mut c: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+    let request = read_request(&mut c).await?;
+    let key = (request.host.clone(), request.port);
     let (route, refusal) = {
         let mut s = state.lock().unwrap();
-        s.requests.push(SocksRequest {
-            host: host.clone(),
-            port,
-            by_name,
-            username,
-        });
-        let key = (host, port);
+        s.requests.push(request);
         (s.routes.get(&key).copied(), s.refusals.get(&key).copied())
     };
-    let reply = |code: u8| [5, code, 0, 1, 0, 0, 0, 0, 0, 0];
     if let Some(code) = refusal {
         c.write_all(&reply(code)).await?;
         return Ok(());
