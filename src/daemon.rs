@@ -32,6 +32,7 @@ use crate::spool::{Spool, SpoolError};
 use crate::stats::Stats;
 
 mod data_dir;
+pub mod mixnet;
 
 /// Bound on one MX lookup through Tor during delivery.
 const MX_TIMEOUT: Duration = Duration::from_secs(20);
@@ -62,6 +63,8 @@ pub enum DaemonError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Mixnet(#[from] mixnet::MixnetStartError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -69,8 +72,26 @@ pub enum DaemonError {
 /// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), then stops
 /// accepting, lets sessions finish their in-flight step or answer 421,
 /// waits for pending commits and closes the database.
+/// Prepares the data directory, loads or creates this node's mixnet keys
+/// and returns its `nodes.json` entry (`-export-node-info`). Binds nothing.
+pub fn export_node_info(
+    config: &Config,
+    info: &crate::config::NodeInfo,
+) -> Result<crate::mixnet::pki::NodeEntry, DaemonError> {
+    data_dir::prepare(&config.spool.data_dir)?;
+    let (identity, mix_key) = mixnet::load_keys(&config.spool.data_dir)
+        .map_err(|e| DaemonError::Mixnet(e.into()))?;
+    Ok(mixnet::node_entry(&config.name, info, &identity, &mix_key))
+}
+
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     data_dir::prepare(&config.spool.data_dir)?;
+    // -sphinx: keys and nodes.json are checked before anything opens or
+    // binds. The mixnet tasks (links, hops, exit, sender) start from this.
+    let mixnet = match config.mixnet.clone() {
+        Some(m) => Some(mixnet::start(&config.spool.data_dir, &config.name, m)?),
+        None => None,
+    };
     let clock = crate::time::system_clock();
     let (spool, closer) = Spool::open(
         &config.spool.data_dir,
@@ -145,8 +166,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         lease: MX_TIMEOUT + relay.delivery_timeout * 4 + Duration::from_secs(60),
         clock: clock.clone(),
     };
-    let relay_task = tokio::spawn(dispatcher.run(shutdown.clone()));
-    let cover_task = config.mix.cover_interval.map(|interval| {
+    // In -sphinx mode no mail leaves directly: the dispatcher does not run
+    // and accepted mail waits in the spool for the mixnet sender. SMTP loop
+    // cover is off too (mixnet cover replaces it).
+    let relay_task = match &mixnet {
+        None => Some(tokio::spawn(dispatcher.run(shutdown.clone()))),
+        Some(node) => {
+            info!(
+                "[MIXNET] {} nodes in nodes.json, {} hops per route; mixnet links are not running yet in this build: accepted mail waits in the spool and never leaves directly",
+                node.directory.nodes().len(),
+                node.directory.params().hops
+            );
+            None
+        }
+    };
+    let cover_interval = config.mix.cover_interval.filter(|_| mixnet.is_none());
+    let cover_task = cover_interval.map(|interval| {
         let generator = CoverGenerator {
             key: cover_key.clone(),
             own: config.name.clone(),
@@ -167,7 +202,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let ctx = Arc::new(ServerContext {
         session: Arc::new(SessionConfig {
             hostname: config.name.to_string(),
-            max_message_size: config.listener.max_message_size,
+            // -sphinx: the network's size, so every entry advertises the same.
+            max_message_size: mixnet.as_ref().map_or(config.listener.max_message_size, |m| {
+                m.directory.params().max_message_size
+            }),
             max_recipients: config.listener.max_recipients,
             max_errors: MAX_ERRORS,
             check_domains: true,
@@ -179,7 +217,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         idle_timeout: config.listener.idle_timeout,
         proxy_protocol: config.listener.proxy_protocol,
         connections: Arc::new(Semaphore::new(config.listener.max_connections)),
-        domain_check: Some(Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
+        // -sphinx: the exit resolves; the entry makes no lookups of its own.
+        domain_check: mixnet
+            .is_none()
+            .then(|| Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
         sink: Arc::new(Intake {
             spool,
             mix: config.mix.policy.clone(),
@@ -206,7 +247,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     );
     tracker.close();
     tracker.wait().await;
-    let _ = relay_task.await;
+    if let Some(task) = relay_task {
+        let _ = task.await;
+    }
     if let Some(task) = cover_task {
         let _ = task.await;
     }

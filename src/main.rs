@@ -25,6 +25,9 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error(&e.to_string()),
             };
             logging::init(config.ops.debug);
+            if let Some(info) = &config.export_node_info {
+                return export_node_info(&config, info);
+            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -36,13 +39,33 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 // A data dir pluto2 cannot create or write is a setting to
                 // fix, like any other bad flag.
-                Err(e @ daemon::DaemonError::DataDir(_)) => usage_error(&e.to_string()),
+                Err(
+                    e @ (daemon::DaemonError::DataDir(_) | daemon::DaemonError::Mixnet(_)),
+                ) => usage_error(&e.to_string()),
                 Err(e) => {
                     eprintln!("pluto2: {e}");
                     ExitCode::FAILURE
                 }
             }
         }
+    }
+}
+
+/// Prints this node's `nodes.json` entry as one JSON object on stdout
+/// (logs stay on stderr) and exits; nothing is started or bound.
+fn export_node_info(config: &config::Config, info: &config::NodeInfo) -> ExitCode {
+    match daemon::export_node_info(config, info) {
+        Ok(entry) => match serde_json::to_string(&entry) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pluto2: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => usage_error(&e.to_string()),
     }
 }
 

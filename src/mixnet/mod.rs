@@ -11,4 +11,6 @@
 
 pub mod fragment;
 pub mod frame;
+pub mod keys;
 pub mod packet;
+pub mod pki;
