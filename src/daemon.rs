@@ -172,6 +172,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let relay_task = match &mixnet {
         None => Some(tokio::spawn(dispatcher.run(shutdown.clone()))),
         Some(node) => {
+            // Its spool handle would keep the committer open at shutdown.
+            drop(dispatcher);
             info!(
                 "[MIXNET] {} nodes in nodes.json, {} hops per route; mixnet links are not running yet in this build: accepted mail waits in the spool and never leaves directly",
                 node.directory.nodes().len(),

@@ -162,7 +162,7 @@ fn network(data: &Path, params: Value) -> Value {
 fn refused_start(data: &Path, pki: &Path) -> (Option<i32>, String) {
     let dead = DeadEnd::start();
     let dead = dead.addr.to_string();
-    let out = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["-name", &onion(1), "-short-name", "alice", "-sphinx"])
         .args(["-addr", "127.0.0.1:0", "-node", "127.0.0.1:0"])
         .args(["-tor-socks", &dead, "-dns-server", &dead, "-data-dir"])
@@ -170,9 +170,31 @@ fn refused_start(data: &Path, pki: &Path) -> (Option<i32>, String) {
         .arg("-pki-file")
         .arg(pki)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    // A daemon that starts instead of refusing would run forever: give up
+    // after PATIENCE, kill it and fail with what it said.
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > PATIENCE {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("pluto2 started instead of refusing: {}", reader.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code(), reader.join().unwrap())
 }
 
 #[test]
@@ -365,5 +387,13 @@ async fn sphinx_mode_accepts_mail_and_never_delivers_directly() {
     // The message is still in the spool, and no SMTP loop cover was added.
     let q = d.queue_json();
     assert_eq!(q["messages"], 1, "{q}");
+    assert!(proxy.requests().is_empty());
+
+    // SIGTERM stops a -sphinx node cleanly (nothing holds the spool open).
+    let mut d = d;
+    d.signal("TERM");
+    assert!(d.wait().success());
+    d.until_log("closed cleanly", |l| l.contains("[SPOOL] closed cleanly"))
+        .await;
     assert!(proxy.requests().is_empty());
 }
