@@ -129,7 +129,12 @@ pub struct NodeArgs {
 #[command(next_help_heading = "Listener")]
 pub struct ListenerArgs {
     /// SMTP listen address (-smtp is another name for it, as in fog).
-    #[arg(long, visible_alias = "smtp", default_value = "127.0.0.1:2525", value_name = "IP:PORT")]
+    #[arg(
+        long,
+        visible_alias = "smtp",
+        default_value = "127.0.0.1:2525",
+        value_name = "IP:PORT"
+    )]
     pub addr: SocketAddr,
     /// Largest message accepted, in bytes (advertised in SIZE).
     #[arg(long, default_value_t = 10_485_760, value_name = "BYTES")]
@@ -677,7 +682,9 @@ impl MixnetArgs {
                     bad(
                         "-short-name",
                         n,
-                        &format!("{e}; pick a short name such as alice (letters, digits, '-', '_', '.')"),
+                        &format!(
+                            "{e}; pick a short name such as alice (letters, digits, '-', '_', '.')"
+                        ),
                     )
                 })?;
                 n.clone()
@@ -686,7 +693,9 @@ impl MixnetArgs {
                 return Err(bad(
                     "-short-name",
                     "(missing)",
-                    &format!("{flag} needs this node's short name for nodes.json, e.g. -short-name alice"),
+                    &format!(
+                        "{flag} needs this node's short name for nodes.json, e.g. -short-name alice"
+                    ),
                 ));
             }
             (None, None) => String::new(),
@@ -1084,10 +1093,17 @@ mod tests {
         assert_eq!(m.info.port, 9999);
         assert_eq!(m.node, "127.0.0.1:9999".parse().unwrap());
         assert_eq!(m.info.family, None);
-        let m = validated(&["-sphinx", "-pki-file", "n.json", "-short-name", "b", "-exit"])
-            .unwrap()
-            .mixnet
-            .unwrap();
+        let m = validated(&[
+            "-sphinx",
+            "-pki-file",
+            "n.json",
+            "-short-name",
+            "b",
+            "-exit",
+        ])
+        .unwrap()
+        .mixnet
+        .unwrap();
         assert!(m.info.exit);
     }
 

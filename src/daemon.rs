@@ -79,8 +79,8 @@ pub fn export_node_info(
     info: &crate::config::NodeInfo,
 ) -> Result<crate::mixnet::pki::NodeEntry, DaemonError> {
     data_dir::prepare(&config.spool.data_dir)?;
-    let (identity, mix_key) = mixnet::load_keys(&config.spool.data_dir)
-        .map_err(|e| DaemonError::Mixnet(e.into()))?;
+    let (identity, mix_key) =
+        mixnet::load_keys(&config.spool.data_dir).map_err(|e| DaemonError::Mixnet(e.into()))?;
     Ok(mixnet::node_entry(&config.name, info, &identity, &mix_key))
 }
 
@@ -205,9 +205,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         session: Arc::new(SessionConfig {
             hostname: config.name.to_string(),
             // -sphinx: the network's size, so every entry advertises the same.
-            max_message_size: mixnet.as_ref().map_or(config.listener.max_message_size, |m| {
-                m.directory.params().max_message_size
-            }),
+            max_message_size: mixnet
+                .as_ref()
+                .map_or(config.listener.max_message_size, |m| {
+                    m.directory.params().max_message_size
+                }),
             max_recipients: config.listener.max_recipients,
             max_errors: MAX_ERRORS,
             check_domains: true,

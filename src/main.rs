@@ -39,9 +39,9 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 // A data dir pluto2 cannot create or write is a setting to
                 // fix, like any other bad flag.
-                Err(
-                    e @ (daemon::DaemonError::DataDir(_) | daemon::DaemonError::Mixnet(_)),
-                ) => usage_error(&e.to_string()),
+                Err(e @ (daemon::DaemonError::DataDir(_) | daemon::DaemonError::Mixnet(_))) => {
+                    usage_error(&e.to_string())
+                }
                 Err(e) => {
                     eprintln!("pluto2: {e}");
                     ExitCode::FAILURE

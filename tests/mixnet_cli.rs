@@ -75,7 +75,9 @@ fn export_node_info_prints_one_stable_entry_and_makes_private_keys() {
     sorted.sort_unstable();
     assert_eq!(
         sorted,
-        ["exit", "family", "identity", "mix_key", "name", "onion", "port"]
+        [
+            "exit", "family", "identity", "mix_key", "name", "onion", "port"
+        ]
     );
     assert_eq!(entry["name"], "alice");
     assert_eq!(entry["onion"], name.as_str());
@@ -102,7 +104,12 @@ fn export_node_info_prints_one_stable_entry_and_makes_private_keys() {
     assert_eq!(files, ["identity.key", "mixkey"]);
 
     // A second run prints the same keys; other flags change their fields.
-    let again = exported(&name, "alice", &data, &["-exit=false", "-node-port", "7000"]);
+    let again = exported(
+        &name,
+        "alice",
+        &data,
+        &["-exit=false", "-node-port", "7000"],
+    );
     assert_eq!(again["identity"], entry["identity"]);
     assert_eq!(again["mix_key"], entry["mix_key"]);
     assert_eq!(again["exit"], false);
@@ -190,7 +197,10 @@ fn refused_start(data: &Path, pki: &Path) -> (Option<i32>, String) {
         if started.elapsed() > PATIENCE {
             child.kill().unwrap();
             child.wait().unwrap();
-            panic!("pluto2 started instead of refusing: {}", reader.join().unwrap());
+            panic!(
+                "pluto2 started instead of refusing: {}",
+                reader.join().unwrap()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -224,16 +234,28 @@ fn a_bad_nodes_json_stops_startup_with_one_line_naming_the_file() {
     let cases: Vec<(&str, Option<String>, &str)> = vec![
         ("missing", None, "cannot read it"),
         ("not json", Some("{nodes".into()), "not a valid nodes.json"),
-        ("unknown key", Some(unknown.to_string()), "unknown field `hop`"),
+        (
+            "unknown key",
+            Some(unknown.to_string()),
+            "unknown field `hop`",
+        ),
         (
             "listed twice",
             Some(twice.to_string()),
             "nodes[5] \"carol\" has the same onion as nodes[2] \"carol\"",
         ),
         ("absent", Some(absent.to_string()), "is not listed"),
-        ("too few", Some(few.to_string()), "a route needs 5 mix nodes"),
+        (
+            "too few",
+            Some(few.to_string()),
+            "a route needs 5 mix nodes",
+        ),
         ("stale", Some(stale.to_string()), "another \"mix_key\""),
-        ("bad onion", Some(bad_onion.to_string()), "nodes[3] \"dave\": \"onion\""),
+        (
+            "bad onion",
+            Some(bad_onion.to_string()),
+            "nodes[3] \"dave\": \"onion\"",
+        ),
     ];
     for (case, content, said) in cases {
         match &content {
@@ -340,7 +362,10 @@ async fn sphinx_mode_accepts_mail_and_never_delivers_directly() {
     let socks = proxy.addr.to_string();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let nodes = network(&data, json!({"max_message_size": 65536, "hop_delay_mean": "20ms"}));
+    let nodes = network(
+        &data,
+        json!({"max_message_size": 65536, "hop_delay_mean": "20ms"}),
+    );
     let pki = dir.path().join("nodes.json");
     std::fs::write(&pki, nodes.to_string()).unwrap();
     let pki_arg = pki.to_str().unwrap();

@@ -163,7 +163,10 @@ fn read(path: &Path, fix: &'static str) -> Result<Option<[u8; KEY_LEN]>, KeyErro
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(KeyError::Exposed { path: shown(), mode });
+        return Err(KeyError::Exposed {
+            path: shown(),
+            mode,
+        });
     }
     let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
     let key = <[u8; KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| KeyError::Size {

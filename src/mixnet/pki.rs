@@ -368,7 +368,11 @@ impl RawParams {
                 ));
             }
         };
-        let mean = duration("hop_delay_mean", self.hop_delay_mean.as_ref(), d.hop_delay_mean)?;
+        let mean = duration(
+            "hop_delay_mean",
+            self.hop_delay_mean.as_ref(),
+            d.hop_delay_mean,
+        )?;
         let max = duration("hop_delay_max", self.hop_delay_max.as_ref(), mean * 12)?;
         if max < mean {
             return Err(param_error(
@@ -690,7 +694,10 @@ mod tests {
             let mut doc = network();
             doc["nodes"][3][field] = value;
             let e = error(&doc);
-            assert!(e.starts_with(&format!("nodes[3] \"dave\": \"{field}\"")), "{e}");
+            assert!(
+                e.starts_with(&format!("nodes[3] \"dave\": \"{field}\"")),
+                "{e}"
+            );
             assert!(e.contains(said), "{e}");
         }
         // 32 bytes that are not a point on the curve.
@@ -772,11 +779,17 @@ mod tests {
     fn it_refuses_bad_durations_and_sizes() {
         let cases = [
             (json!({"hop_delay_mean": "soon"}), "params.hop_delay_mean"),
-            (json!({"hop_delay_mean": "5m", "hop_delay_max": "1m"}), "must not be below"),
+            (
+                json!({"hop_delay_mean": "5m", "hop_delay_max": "1m"}),
+                "must not be below",
+            ),
             (json!({"hop_delay_max": "2d"}), "must be at most 1day"),
             (json!({"ack_timeout": "0s"}), "params.ack_timeout"),
             (json!({"custody_horizon": "0"}), "params.custody_horizon"),
-            (json!({"ack_timeout": "2h", "e2e_horizon": "1h"}), "params.e2e_horizon"),
+            (
+                json!({"ack_timeout": "2h", "e2e_horizon": "1h"}),
+                "params.e2e_horizon",
+            ),
             (json!({"max_message_size": 100}), "params.max_message_size"),
             (
                 json!({ "max_message_size": MAX_MESSAGE_SIZE as u64 + 1 }),
@@ -797,7 +810,9 @@ mod tests {
 
     #[test]
     fn it_caps_the_message_size_at_what_the_fragments_can_carry() {
-        assert!(MAX_MESSAGE_SIZE + ENVELOPE_ALLOWANCE <= MAX_FRAGMENTS * MAX_DATA);
+        let largest_blob = MAX_MESSAGE_SIZE + ENVELOPE_ALLOWANCE;
+        assert!(super::super::fragment::fragments_for(largest_blob) <= MAX_FRAGMENTS);
+        assert!(super::super::fragment::fragments_for(largest_blob + 1) > MAX_FRAGMENTS);
         assert!(Params::default().max_message_size <= MAX_MESSAGE_SIZE);
     }
 
@@ -817,7 +832,10 @@ mod tests {
         let mut doc = network();
         doc["nodes"].as_array_mut().unwrap().pop();
         let e = error(&doc);
-        assert!(e.contains("a route needs 3 mix nodes besides this one"), "{e}");
+        assert!(
+            e.contains("a route needs 3 mix nodes besides this one"),
+            "{e}"
+        );
         assert!(e.contains("2 are listed"), "{e}");
         // Two hops fit in the same file.
         doc["params"] = json!({"hops": 2});
@@ -914,13 +932,36 @@ mod tests {
     /// that parsing gets past the first checks.
     fn random_value(rng: &mut StdRng, depth: u32) -> Value {
         let keys = [
-            "nodes", "params", "name", "onion", "port", "identity", "exit", "family", "mix_key",
-            "hops", "hop_delay_mean", "hop_delay_max", "max_message_size", "ack_timeout",
-            "custody_horizon", "e2e_horizon", "x",
+            "nodes",
+            "params",
+            "name",
+            "onion",
+            "port",
+            "identity",
+            "exit",
+            "family",
+            "mix_key",
+            "hops",
+            "hop_delay_mean",
+            "hop_delay_max",
+            "max_message_size",
+            "ack_timeout",
+            "custody_horizon",
+            "e2e_horizon",
+            "x",
         ];
         let strings = [
-            "", "5m", "0", "-1s", "99999999999999999999d", "20ms", "AAAA", "é", "\u{0}",
-            "aaaa.onion", "alice",
+            "",
+            "5m",
+            "0",
+            "-1s",
+            "99999999999999999999d",
+            "20ms",
+            "AAAA",
+            "é",
+            "\u{0}",
+            "aaaa.onion",
+            "alice",
         ];
         match rng.random_range(0..if depth > 3 { 5 } else { 8 }) {
             0 => Value::Null,
