@@ -69,9 +69,6 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
-/// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), then stops
-/// accepting, lets sessions finish their in-flight step or answer 421,
-/// waits for pending commits and closes the database.
 /// Prepares the data directory, loads or creates this node's mixnet keys
 /// and returns its `nodes.json` entry (`-export-node-info`). Binds nothing.
 pub fn export_node_info(
@@ -84,6 +81,9 @@ pub fn export_node_info(
     Ok(mixnet::node_entry(&config.name, info, &identity, &mix_key))
 }
 
+/// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), then stops
+/// accepting, lets sessions finish their in-flight step or answer 421,
+/// waits for pending commits and closes the database.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     data_dir::prepare(&config.spool.data_dir)?;
     // -sphinx: keys and nodes.json are checked before anything opens or
