@@ -158,6 +158,8 @@ pub struct DaemonArgs {
     pub sanitize: SanitizeArgs,
     #[command(flatten)]
     pub ops: OpsArgs,
+    #[command(flatten)]
+    pub mixnet: MixnetArgs,
 }
 
 /// Who this node is. A group of its own rather than part of the listener:
@@ -178,8 +180,13 @@ pub struct NodeArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Listener")]
 pub struct ListenerArgs {
-    /// SMTP listen address.
-    #[arg(long, default_value = "127.0.0.1:2525", value_name = "IP:PORT")]
+    /// SMTP listen address (-smtp is another name for it, as in fog).
+    #[arg(
+        long,
+        visible_alias = "smtp",
+        default_value = "127.0.0.1:2525",
+        value_name = "IP:PORT"
+    )]
     pub addr: SocketAddr,
     // The counts below are signed and take negative numbers as values, so
     // that `-max-message-size -5` reaches `validate` and is refused with its
@@ -383,6 +390,39 @@ pub struct OpsArgs {
     pub debug: bool,
 }
 
+/// The Sphinx mixnet (`-sphinx`) and what this node publishes about itself
+/// in `nodes.json`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Mixnet")]
+pub struct MixnetArgs {
+    /// Mixnet mode: mail accepted here leaves through the mixnet, never directly.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub sphinx: bool,
+    /// Mixnet link listener (Tor maps the onion's -node-port here).
+    #[arg(long, default_value = "127.0.0.1:9999", value_name = "IP:PORT")]
+    pub node: SocketAddr,
+    /// The network's nodes.json (required with -sphinx).
+    #[arg(long, value_name = "FILE")]
+    pub pki_file: Option<PathBuf>,
+    /// This node's short name in logs and nodes.json (required with -sphinx).
+    #[arg(long, value_name = "NAME")]
+    pub short_name: Option<String>,
+    /// This node delivers mail out of the mixnet (false = middle node only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub exit: bool,
+    /// Operator family published in nodes.json: a route never holds two nodes of one family.
+    #[arg(long, value_name = "FAMILY")]
+    pub family: Option<String>,
+    /// The onion's virtual port for links, published in nodes.json (HiddenServicePort).
+    #[arg(long, default_value_t = 9999, value_name = "PORT")]
+    pub node_port: u16,
+    /// Print this node's nodes.json entry (creating its keys if missing) and exit.
+    #[arg(long)]
+    pub export_node_info: bool,
+}
+
 /// Parses `30s`, `1m`, `24h`, `1h30m` and a bare `0`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
@@ -399,6 +439,10 @@ pub struct Config {
     pub mix: MixConfig,
     pub sanitize: SanitizePolicy,
     pub ops: OpsConfig,
+    /// `None` in direct mode (no -sphinx) and for -export-node-info.
+    pub mixnet: Option<MixnetConfig>,
+    /// `Some` with -export-node-info: print this entry and exit.
+    pub export_node_info: Option<NodeInfo>,
 }
 
 /// Settings of the SMTP listener.
@@ -461,6 +505,26 @@ pub struct SanitizePolicy {
     /// `Some(From header)` when exit headers are sanitized, with `NAME`
     /// already replaced by the node's name; `None` with -sanitize=false.
     pub anon_from: Option<String>,
+}
+
+/// What this node publishes about itself in `nodes.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub short_name: String,
+    /// The onion's virtual port for links.
+    pub port: u16,
+    pub exit: bool,
+    pub family: Option<String>,
+}
+
+/// Settings of mixnet mode (`-sphinx`).
+#[derive(Debug, Clone)]
+pub struct MixnetConfig {
+    /// Where the link listener binds.
+    pub node: SocketAddr,
+    /// `nodes.json`, read and checked by the daemon at start.
+    pub pki_file: PathBuf,
+    pub info: NodeInfo,
 }
 
 /// Settings of logging.
@@ -526,6 +590,7 @@ impl DaemonArgs {
         let mix = self.mix.validate()?;
         let ops = self.ops.validate()?;
         self.sanitize.validate()?;
+        let (mixnet, export_node_info) = self.mixnet.validate()?;
         let (relay, sanitize) = apply_cross_group_rules(&name, relay, &self.sanitize);
         Ok(Config {
             name,
@@ -535,6 +600,8 @@ impl DaemonArgs {
             mix,
             sanitize,
             ops,
+            mixnet,
+            export_node_info,
         })
     }
 }
@@ -775,6 +842,88 @@ impl MixArgs {
     }
 }
 
+impl MixnetArgs {
+    /// Mixnet settings with -sphinx, and the entry to print with
+    /// -export-node-info. Exporting needs no -pki-file: operators export
+    /// their entries before anyone can assemble the file.
+    fn validate(self) -> Result<(Option<MixnetConfig>, Option<NodeInfo>), ConfigError> {
+        let needs_name = if self.export_node_info {
+            Some("-export-node-info")
+        } else if self.sphinx {
+            Some("-sphinx")
+        } else {
+            None
+        };
+        let short_name = match (&self.short_name, needs_name) {
+            (Some(n), _) => {
+                crate::mixnet::pki::check_label(n).map_err(|e| {
+                    bad(
+                        "-short-name",
+                        n,
+                        &format!(
+                            "{e}; pick a short name such as alice (letters, digits, '-', '_', '.')"
+                        ),
+                    )
+                })?;
+                n.clone()
+            }
+            (None, Some(flag)) => {
+                return Err(bad(
+                    "-short-name",
+                    "(missing)",
+                    &format!(
+                        "{flag} needs this node's short name for nodes.json, e.g. -short-name alice"
+                    ),
+                ));
+            }
+            (None, None) => String::new(),
+        };
+        if let Some(family) = &self.family {
+            crate::mixnet::pki::check_label(family).map_err(|e| {
+                bad(
+                    "-family",
+                    family,
+                    &format!("{e}; use one name for all nodes of one operator"),
+                )
+            })?;
+        }
+        if self.node_port == 0 {
+            return Err(bad(
+                "-node-port",
+                "0",
+                "must be the onion's virtual port for links (HiddenServicePort, 9999 by default)",
+            ));
+        }
+        let info = NodeInfo {
+            short_name,
+            port: self.node_port,
+            exit: self.exit,
+            family: self.family,
+        };
+        if self.export_node_info {
+            return Ok((None, Some(info)));
+        }
+        if !self.sphinx {
+            return Ok((None, None));
+        }
+        let Some(pki_file) = self.pki_file else {
+            return Err(bad(
+                "-pki-file",
+                "(missing)",
+                "-sphinx needs the network's nodes.json; assemble it from every node's -export-node-info output (see README)",
+            ));
+        };
+        Ok((
+            Some(MixnetConfig {
+                node: self.node,
+                pki_file,
+                info,
+            }),
+            None,
+        ))
+    }
+}
+
 impl OpsArgs {
     fn validate(self) -> Result<OpsConfig, ConfigError> {
         at_least_a_second("-stats-interval", self.stats_interval)?;
@@ -874,6 +1023,9 @@ mod tests {
                         "name" => OnionName::from_seed(4).to_string(),
                         "hs-hostname-file" => "/var/lib/tor/pluto2/hostname".into(),
                         "envelope-from" => "<>".into(),
+                        "pki-file" => "/etc/pluto2/nodes.json".into(),
+                        "short-name" => "alice".into(),
+                        "family" => "ops-1".into(),
                         other => panic!("no sample value for -{other}; add one here"),
                     },
                 };
@@ -933,6 +1085,7 @@ mod tests {
             "Mix:",
             "Sanitize:",
             "Operations:",
+            "Mixnet:",
         ] {
             let found = help[at..]
                 .find(&format!("\n{heading}\n"))
@@ -1063,9 +1216,154 @@ mod tests {
         assert_eq!(from(&["-sanitize=false"]), None);
     }
 
+    fn validated(extra: &[&str]) -> Result<Config, ConfigError> {
+        let name = OnionName::from_seed(5).to_string();
+        let all: Vec<&str> = ["-name", name.as_str()]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        parse(args(&all)).unwrap().daemon.validate()
+    }
+
+    #[test]
+    fn it_leaves_mixnet_mode_off_unless_sphinx_is_given() {
+        let cfg = validated(&[]).unwrap();
+        assert!(cfg.mixnet.is_none());
+        assert!(cfg.export_node_info.is_none());
+        let cfg = validated(&["-sphinx=false", "-short-name", "alice"]).unwrap();
+        assert!(cfg.mixnet.is_none());
+    }
+
+    #[test]
+    fn it_takes_the_mixnet_flags_go_style() {
+        let cfg = validated(&[
+            "-sphinx",
+            "-pki-file=/etc/pluto2/nodes.json",
+            "-short-name",
+            "alice",
+            "-exit=false",
+            "-family",
+            "ops-1",
+            "-node",
+            "127.0.0.1:7000",
+            "-node-port=7001",
+        ])
+        .unwrap();
+        let m = cfg.mixnet.unwrap();
+        assert_eq!(m.pki_file, PathBuf::from("/etc/pluto2/nodes.json"));
+        assert_eq!(m.node, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(
+            m.info,
+            NodeInfo {
+                short_name: "alice".into(),
+                port: 7001,
+                exit: false,
+                family: Some("ops-1".into()),
+            }
+        );
+        // Defaults: exit on, port 9999, link listener on 127.0.0.1:9999.
+        let m = validated(&["-sphinx", "-pki-file", "n.json", "-short-name", "bob"])
+            .unwrap()
+            .mixnet
+            .unwrap();
+        assert!(m.info.exit);
+        assert_eq!(m.info.port, 9999);
+        assert_eq!(m.node, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(m.info.family, None);
+        let m = validated(&[
+            "-sphinx",
+            "-pki-file",
+            "n.json",
+            "-short-name",
+            "b",
+            "-exit",
+        ])
+        .unwrap()
+        .mixnet
+        .unwrap();
+        assert!(m.info.exit);
+    }
+
+    #[test]
+    fn it_requires_a_short_name_and_a_pki_file_with_sphinx() {
+        let e = validated(&["-sphinx", "-pki-file", "n.json"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("-short-name"), "{e}");
+        assert!(e.contains("-sphinx"), "{e}");
+        let e = validated(&["-sphinx", "-short-name", "alice"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("-pki-file"), "{e}");
+        assert!(e.contains("-export-node-info"), "{e}");
+        let e = validated(&["-export-node-info"]).unwrap_err().to_string();
+        assert!(e.starts_with("-short-name"), "{e}");
+        assert!(e.contains("-export-node-info"), "{e}");
+    }
+
+    #[test]
+    fn it_exports_without_a_pki_file() {
+        let cfg = validated(&["-sphinx", "-short-name", "alice", "-export-node-info"]).unwrap();
+        assert!(cfg.mixnet.is_none());
+        assert_eq!(cfg.export_node_info.unwrap().short_name, "alice");
+    }
+
+    #[test]
+    fn it_refuses_bad_short_names_families_and_ports() {
+        for (flags, said) in [
+            (&["-short-name", "al ice"][..], "-short-name"),
+            (&["-short-name", ""][..], "-short-name"),
+            (&["-short-name", "a", "-family", "x/y"][..], "-family"),
+            (&["-short-name", "a", "-node-port", "0"][..], "-node-port"),
+        ] {
+            let mut all = vec!["-export-node-info"];
+            all.extend(flags);
+            let e = validated(&all).unwrap_err().to_string();
+            assert!(e.starts_with(said), "{flags:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn it_takes_smtp_as_another_name_for_addr() {
+        for form in [&["-smtp", "127.0.0.1:2626"][..], &["-smtp=127.0.0.1:2626"]] {
+            let cfg = validated(form).unwrap();
+            assert_eq!(cfg.listener.addr, "127.0.0.1:2626".parse().unwrap());
+        }
+    }
+
+    /// The flags of fog's systemd unit (its README), as a fog operator has
+    /// them: swapping the binary must keep the unit working.
+    #[test]
+    fn it_parses_the_flags_of_fogs_systemd_unit() {
+        let name = OnionName::from_seed(8).to_string();
+        let line = format!(
+            "-name {name} -short-name fog1 -smtp 127.0.0.1:2525 -node 127.0.0.1:9999 -sphinx \
+             -delay -min-delay 1h0m0s -max-delay 24h -delay-strategy exponential \
+             -pki-file /etc/fog/nodes.json -data-dir /var/lib/fog -debug"
+        );
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let cli = parse(args(&words)).unwrap_or_else(|e| panic!("{}", one_line(&e)));
+        let cfg = cli.daemon.validate().unwrap();
+        let m = cfg.mixnet.unwrap();
+        assert_eq!(m.info.short_name, "fog1");
+        assert_eq!(m.pki_file, PathBuf::from("/etc/fog/nodes.json"));
+        assert_eq!(cfg.listener.addr.port(), 2525);
+        assert_eq!(cfg.spool.data_dir, PathBuf::from("/var/lib/fog"));
+        assert!(cfg.ops.debug);
+        assert_eq!(
+            cfg.mix.policy,
+            MixPolicy::Pool {
+                min: Duration::from_secs(3600),
+                max: Duration::from_secs(86400),
+                strategy: DelayStrategy::Exponential,
+            }
+        );
+    }
+
     #[test]
     fn it_refuses_an_anon_from_that_is_not_one_address_on_one_line() {
-        let name = OnionName::from_public_key(&[6u8; 32]).to_string();
+        let name = OnionName::from_seed(6).to_string();
         let check = |value: &str| {
             parse(args(&["-name", &name, "-anon-from", value]))
                 .unwrap()

@@ -36,6 +36,7 @@ use crate::stats::Stats;
 mod data_dir;
 mod fd_limit;
 pub mod lock;
+pub mod mixnet;
 
 /// Bound on one MX lookup through Tor during delivery.
 const MX_TIMEOUT: Duration = Duration::from_secs(20);
@@ -75,6 +76,8 @@ pub enum DaemonError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Mixnet(#[from] mixnet::MixnetStartError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -86,7 +89,7 @@ impl DaemonError {
         match self {
             // A data dir pluto2 cannot create or write is a setting to fix,
             // like any other bad flag.
-            DaemonError::DataDir(_) => sysexits::USAGE,
+            DaemonError::DataDir(_) | DaemonError::Mixnet(_) => sysexits::USAGE,
             DaemonError::Locked(lock::LockError::Held { .. }) => sysexits::TEMPFAIL,
             DaemonError::Locked(lock::LockError::Io { .. }) => sysexits::CANTCREAT,
             DaemonError::Spool { source, .. } => spool_exit_status(source),
@@ -139,6 +142,18 @@ fn bind_advice(addr: SocketAddr, e: &std::io::Error) -> String {
     }
 }
 
+/// Prepares the data directory, loads or creates this node's mixnet keys
+/// and returns its `nodes.json` entry (`-export-node-info`). Binds nothing.
+pub fn export_node_info(
+    config: &Config,
+    info: &crate::config::NodeInfo,
+) -> Result<crate::mixnet::pki::NodeEntry, DaemonError> {
+    data_dir::prepare(&config.spool.data_dir)?;
+    let (identity, mix_key) =
+        mixnet::load_keys(&config.spool.data_dir).map_err(|e| DaemonError::Mixnet(e.into()))?;
+    Ok(mixnet::node_entry(&config.name, info, &identity, &mix_key))
+}
+
 /// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), then stops
 /// accepting, lets sessions finish their in-flight step or answer 421,
 /// waits for pending commits and closes the database.
@@ -147,6 +162,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     // Before the spool is opened: opening releases every lease, which is
     // only right when no other daemon is delivering from it.
     let lock = lock::acquire(&config.spool.data_dir)?;
+    // -sphinx: keys and nodes.json are checked before anything opens or
+    // binds. The mixnet tasks (links, hops, exit, sender) start from this.
+    let mixnet = match config.mixnet.clone() {
+        Some(m) => Some(mixnet::start(&config.spool.data_dir, &config.name, m)?),
+        None => None,
+    };
     let clock = crate::time::system_clock();
     let (spool, closer) = Spool::open(
         &config.spool.data_dir,
@@ -225,8 +246,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         cover_key: cover_key.clone(),
         health: health.clone(),
     };
-    let relay_task = tokio::spawn(dispatcher.run(shutdown.clone()));
-    let cover_task = config.mix.cover_interval.map(|interval| {
+    // In -sphinx mode no mail leaves directly: the dispatcher does not run
+    // and accepted mail waits in the spool for the mixnet sender. SMTP loop
+    // cover is off too (mixnet cover replaces it).
+    let relay_task = match &mixnet {
+        None => Some(tokio::spawn(dispatcher.run(shutdown.clone()))),
+        Some(node) => {
+            // Its spool handle would keep the committer open at shutdown.
+            drop(dispatcher);
+            info!(
+                "[MIXNET] {} nodes in nodes.json, {} hops per route; mixnet links are not running yet in this build: accepted mail waits in the spool and never leaves directly",
+                node.directory.nodes().len(),
+                node.directory.params().hops
+            );
+            None
+        }
+    };
+    let cover_interval = config.mix.cover_interval.filter(|_| mixnet.is_none());
+    let cover_task = cover_interval.map(|interval| {
         let generator = CoverGenerator {
             key: cover_key.clone(),
             own: config.name.clone(),
@@ -248,7 +285,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let ctx = Arc::new(ServerContext {
         session: Arc::new(SessionConfig {
             hostname: config.name.to_string(),
-            max_message_size: config.listener.max_message_size,
+            // -sphinx: the network's size, so every entry advertises the same.
+            max_message_size: mixnet
+                .as_ref()
+                .map_or(config.listener.max_message_size, |m| {
+                    m.directory.params().max_message_size
+                }),
             max_recipients: config.listener.max_recipients,
             max_errors: MAX_ERRORS,
             check_domains: true,
@@ -264,7 +306,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         connections: ConnectionTable::new(config.listener.max_connections),
         memory: MemoryBudget::new(config.listener.data_memory),
         memory_refusals: LogThrottle::default(),
-        domain_check: Some(Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
+        // -sphinx: the exit resolves; the entry makes no lookups of its own.
+        domain_check: mixnet
+            .is_none()
+            .then(|| Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
         sink: Arc::new(Intake {
             spool,
             mix: config.mix.policy.clone(),
@@ -298,7 +343,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     );
     tracker.close();
     tracker.wait().await;
-    let _ = relay_task.await;
+    if let Some(task) = relay_task {
+        let _ = task.await;
+    }
     if let Some(task) = cover_task {
         let _ = task.await;
     }

@@ -29,6 +29,9 @@ fn main() -> ExitCode {
                 Err(e) => return fail(e.exit_status(), &e.to_string()),
             };
             logging::init(config.ops.debug);
+            if let Some(info) = &config.export_node_info {
+                return export_node_info(&config, info);
+            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -53,6 +56,24 @@ fn fail(status: u8, message: &str) -> ExitCode {
     let line = message.split_whitespace().collect::<Vec<_>>().join(" ");
     eprintln!("pluto2: {line}");
     ExitCode::from(status)
+}
+
+/// Prints this node's `nodes.json` entry as one JSON object on stdout
+/// (logs stay on stderr) and exits; nothing is started or bound.
+fn export_node_info(config: &config::Config, info: &config::NodeInfo) -> ExitCode {
+    match daemon::export_node_info(config, info) {
+        Ok(entry) => match serde_json::to_string(&entry) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pluto2: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => fail(e.exit_status(), &e.to_string()),
+    }
 }
 
 fn queue(args: config::QueueArgs) -> ExitCode {

@@ -11,5 +11,7 @@
 
 pub mod fragment;
 pub mod frame;
+pub mod keys;
 pub mod link;
 pub mod packet;
+pub mod pki;

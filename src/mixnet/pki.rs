@@ -1,0 +1,1014 @@
+//! `nodes.json`: the operators' contract, parsed and checked.
+//!
+//! The file is a JSON object with two keys:
+//!
+//! * `nodes`: one object per node, exactly as `pluto2 -export-node-info`
+//!   prints it ([`NodeEntry`]): short name, onion name, the onion's virtual
+//!   port for links, the base64 ed25519 identity key, whether it is an
+//!   exit, an optional operator family, and (in this version) its base64
+//!   X25519 mix key.
+//! * `params`: the network parameters ([`Params`]), each optional with its
+//!   production default. They are network-wide: every node must use the
+//!   same ones, and [`Params::hash`] goes into the link HELLO so that two
+//!   nodes with different parameters refuse each other.
+//!
+//! Unknown keys are refused everywhere: a misspelt parameter must not
+//! silently fall back to its default. Every other mistake is reported as
+//! one [`PkiError`] naming the entry (`nodes[2] "carol"`) and what to fix.
+//!
+//! Pure: bytes in, a [`Directory`] out. Reading the file is the daemon's
+//! business.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use data_encoding::BASE64;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::fragment::{MAX_DATA, MAX_FRAGMENTS};
+use super::packet::{MAX_HOPS, NodeId};
+use crate::address::OnionName;
+
+/// Largest `nodes.json` accepted, so a wrong path (a log file, a disk
+/// image) is refused before it is read into memory.
+pub const MAX_FILE_SIZE: usize = 1 << 20;
+/// Most nodes in one file; far above any network this design serves.
+pub const MAX_NODES: usize = 1000;
+/// Longest short name and family: they appear in logs and must stay short.
+pub const MAX_LABEL: usize = 32;
+
+/// Fewest and most hops after the entry. Two is the least that keeps the
+/// exit from learning the entry; the most is what a Sphinx header holds.
+pub const MIN_HOPS: usize = 2;
+pub const MAX_ROUTE_HOPS: usize = 5;
+const _: () = assert!(MAX_ROUTE_HOPS <= MAX_HOPS);
+
+/// Room kept in a message's blob for its envelope (sender, recipients,
+/// length prefixes), so that [`Params::max_message_size`] counts the body
+/// the client sends, as SMTP `SIZE` does.
+pub const ENVELOPE_ALLOWANCE: usize = 1 << 20;
+/// The largest `max_message_size`: what [`MAX_FRAGMENTS`] fragments carry,
+/// less the envelope allowance.
+pub const MAX_MESSAGE_SIZE: usize = MAX_FRAGMENTS * MAX_DATA - ENVELOPE_ALLOWANCE;
+/// The smallest `max_message_size` (the same floor as `-max-message-size`).
+pub const MIN_MESSAGE_SIZE: usize = 1024;
+/// Longest per-hop delay a network may choose: a day. Longer delays only
+/// make packets outlive their keys and custody.
+pub const MAX_HOP_DELAY: Duration = Duration::from_secs(24 * 3600);
+
+/// One node as `nodes.json` lists it and `-export-node-info` prints it.
+/// Keys are base64 (standard alphabet, padded) of their 32 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// The short name (`-short-name`), used in logs.
+    pub name: String,
+    /// The v3 onion name (`-name`).
+    pub onion: String,
+    /// The onion's virtual port for links (`-node-port`).
+    pub port: u16,
+    /// The ed25519 identity public key.
+    pub identity: String,
+    /// Whether the node delivers mail out of the mixnet.
+    pub exit: bool,
+    /// The operator family: a route never holds two nodes of one family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    /// The X25519 mix public key (moves into signed bundles later).
+    pub mix_key: String,
+}
+
+/// The file as written; `params` may be left out entirely.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    nodes: Vec<NodeEntry>,
+    #[serde(default)]
+    params: RawParams,
+}
+
+/// Parameters as written: numbers, and durations as strings ("5m").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParams {
+    hops: Option<u64>,
+    hop_delay_mean: Option<String>,
+    hop_delay_max: Option<String>,
+    max_message_size: Option<u64>,
+    ack_timeout: Option<String>,
+    custody_horizon: Option<String>,
+    e2e_horizon: Option<String>,
+}
+
+/// The network parameters, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Params {
+    /// Mix nodes on a route after the entry; the last one is an exit.
+    pub hops: usize,
+    /// Mean of the per-hop delay, Exp(mean) truncated at `hop_delay_max`.
+    pub hop_delay_mean: Duration,
+    pub hop_delay_max: Duration,
+    /// Largest message body accepted (SMTP `SIZE` in `-sphinx` mode).
+    pub max_message_size: usize,
+    /// How long an entry first waits for COMPLETE before retransmitting.
+    pub ack_timeout: Duration,
+    /// How long a hop retries handing a packet to the next hop.
+    pub custody_horizon: Duration,
+    /// How long an entry retries a message end to end.
+    pub e2e_horizon: Duration,
+}
+
+const MINUTE: u64 = 60;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+
+impl Default for Params {
+    /// Production values: minutes per hop, hours before a retransmission,
+    /// days before giving up.
+    fn default() -> Params {
+        let mean = Duration::from_secs(5 * MINUTE);
+        Params {
+            hops: 3,
+            hop_delay_mean: mean,
+            hop_delay_max: mean * 12,
+            max_message_size: 10 * 1024 * 1024,
+            ack_timeout: Duration::from_secs(HOUR),
+            custody_horizon: Duration::from_secs(2 * DAY),
+            e2e_horizon: Duration::from_secs(5 * DAY),
+        }
+    }
+}
+
+impl Params {
+    /// SHA-256 over a canonical encoding: a label naming the format, then
+    /// every parameter in a fixed order, integers big-endian, durations in
+    /// nanoseconds. `"5m"` and `"300s"` hash alike; any real difference
+    /// does not.
+    pub fn hash(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"pluto2 mixnet params v1\0");
+        h.update((self.hops as u64).to_be_bytes());
+        for d in [self.hop_delay_mean, self.hop_delay_max] {
+            h.update(d.as_nanos().to_be_bytes());
+        }
+        h.update((self.max_message_size as u64).to_be_bytes());
+        for d in [self.ack_timeout, self.custody_horizon, self.e2e_horizon] {
+            h.update(d.as_nanos().to_be_bytes());
+        }
+        h.finalize().into()
+    }
+}
+
+/// One node, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub short_name: String,
+    pub onion: OnionName,
+    /// Its address in packet headers: the key inside its onion name.
+    pub id: NodeId,
+    pub port: u16,
+    pub identity: ed25519_dalek::VerifyingKey,
+    pub exit: bool,
+    pub family: Option<String>,
+    pub mix_key: x25519_dalek::PublicKey,
+}
+
+/// The validated `nodes.json` as seen by one node.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    params: Params,
+    nodes: Vec<Node>,
+    by_id: HashMap<NodeId, usize>,
+    own: usize,
+}
+
+/// What is wrong with a `nodes.json`, in words an operator can act on.
+/// The daemon prefixes the file's path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PkiError {
+    #[error("{0} bytes; nodes.json is at most {MAX_FILE_SIZE} bytes: is this the right file?")]
+    TooLarge(usize),
+    #[error("not a valid nodes.json: {0}")]
+    Json(String),
+    #[error("{0} nodes; at most {MAX_NODES} are supported")]
+    TooManyNodes(usize),
+    #[error("{entry}: {what}; {fix}")]
+    Entry {
+        entry: String,
+        what: String,
+        fix: &'static str,
+    },
+    #[error(
+        "{entry} has the same {field} as {other}: a node may be listed once; remove one of them"
+    )]
+    Duplicate {
+        entry: String,
+        other: String,
+        field: &'static str,
+    },
+    #[error("params.{name} {value:?}: {reason}")]
+    Param {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "this node ({0}) is not listed; add the output of `pluto2 -export-node-info` run on this node"
+    )]
+    OwnAbsent(String),
+    #[error(
+        "a route needs {hops} mix nodes besides this one (params.hops = {hops}), {others} are listed; add nodes or lower params.hops"
+    )]
+    TooFewNodes { hops: usize, others: usize },
+    #[error(
+        "no exit node besides this one: a route ends at another node with \"exit\": true; add one"
+    )]
+    NoExit,
+}
+
+/// `nodes[2] "carol"`: the position finds the line, the name the node.
+fn entry_label(index: usize, name: &str) -> String {
+    let shown: String = name.chars().take(MAX_LABEL + 8).collect();
+    format!("nodes[{index}] {shown:?}")
+}
+
+/// Short names and families: 1 to 32 of `a-z A-Z 0-9 - _ .`, so they are
+/// safe in logs and file names. Also checks `-short-name` and `-family`.
+pub fn check_label(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() {
+        return Err("is empty");
+    }
+    if value.len() > MAX_LABEL {
+        return Err("is longer than 32 characters");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("may only hold letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+/// Decodes a base64 32-byte key.
+fn key_bytes(value: &str) -> Result<[u8; 32], String> {
+    let bytes = BASE64
+        .decode(value.as_bytes())
+        .map_err(|e| format!("not base64 ({e})"))?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("{} bytes, a key is 32", bytes.len()))
+}
+
+/// Encodes a key the way `nodes.json` carries it.
+pub fn encode_key(key: &[u8; 32]) -> String {
+    BASE64.encode(key)
+}
+
+impl NodeEntry {
+    fn validate(&self, index: usize) -> Result<Node, PkiError> {
+        let entry = entry_label(index, &self.name);
+        let wrong = |what: String, fix: &'static str| PkiError::Entry {
+            entry: entry.clone(),
+            what,
+            fix,
+        };
+        check_label(&self.name).map_err(|e| {
+            wrong(
+                format!("\"name\" {e}"),
+                "use the node's -short-name (letters, digits, '-', '_', '.')",
+            )
+        })?;
+        let onion = OnionName::parse(self.onion.trim()).map_err(|e| {
+            wrong(
+                format!("\"onion\" {:?}: {e}", self.onion),
+                "copy it from the node's -export-node-info output",
+            )
+        })?;
+        if self.port == 0 {
+            return Err(wrong(
+                "\"port\" is 0".into(),
+                "use the node's -node-port (the HiddenServicePort, 9999 by default)",
+            ));
+        }
+        let identity = key_bytes(&self.identity)
+            .map_err(|e| format!("\"identity\" is {e}"))
+            .and_then(|k| {
+                ed25519_dalek::VerifyingKey::from_bytes(&k)
+                    .map_err(|_| "\"identity\" is not an ed25519 public key".to_string())
+            })
+            .map_err(|what| wrong(what, "copy it from the node's -export-node-info output"))?;
+        let mix_key = key_bytes(&self.mix_key)
+            .map(x25519_dalek::PublicKey::from)
+            .map_err(|e| {
+                wrong(
+                    format!("\"mix_key\" is {e}"),
+                    "copy it from the node's -export-node-info output",
+                )
+            })?;
+        if let Some(family) = &self.family {
+            check_label(family).map_err(|e| {
+                wrong(
+                    format!("\"family\" {e}"),
+                    "use the operator's -family, or leave the key out",
+                )
+            })?;
+        }
+        Ok(Node {
+            short_name: self.name.clone(),
+            id: NodeId(onion.public_key()),
+            onion,
+            port: self.port,
+            identity,
+            exit: self.exit,
+            family: self.family.clone(),
+            mix_key,
+        })
+    }
+}
+
+fn duration(
+    name: &'static str,
+    value: Option<&String>,
+    default: Duration,
+) -> Result<Duration, PkiError> {
+    match value {
+        None => Ok(default),
+        Some(text) => humantime::parse_duration(text.trim()).map_err(|e| PkiError::Param {
+            name,
+            value: text.clone(),
+            reason: format!("{e}; write a duration such as \"20ms\", \"5m\" or \"2d\""),
+        }),
+    }
+}
+
+fn param_error(name: &'static str, value: impl ToString, reason: String) -> PkiError {
+    PkiError::Param {
+        name,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+fn show(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+impl RawParams {
+    fn validate(&self) -> Result<Params, PkiError> {
+        let d = Params::default();
+        let hops = match self.hops {
+            None => d.hops,
+            Some(h) if (MIN_HOPS as u64..=MAX_ROUTE_HOPS as u64).contains(&h) => h as usize,
+            Some(h) => {
+                return Err(param_error(
+                    "hops",
+                    h,
+                    format!("must be {MIN_HOPS} to {MAX_ROUTE_HOPS} (3 is the usual choice)"),
+                ));
+            }
+        };
+        let mean = duration(
+            "hop_delay_mean",
+            self.hop_delay_mean.as_ref(),
+            d.hop_delay_mean,
+        )?;
+        let max = duration("hop_delay_max", self.hop_delay_max.as_ref(), mean * 12)?;
+        if max < mean {
+            return Err(param_error(
+                "hop_delay_max",
+                show(max),
+                format!("must not be below hop_delay_mean ({})", show(mean)),
+            ));
+        }
+        if max > MAX_HOP_DELAY {
+            return Err(param_error(
+                "hop_delay_max",
+                show(max),
+                format!("must be at most {}", show(MAX_HOP_DELAY)),
+            ));
+        }
+        let max_message_size = match self.max_message_size {
+            None => d.max_message_size,
+            Some(n) if (MIN_MESSAGE_SIZE as u64..=MAX_MESSAGE_SIZE as u64).contains(&n) => {
+                n as usize
+            }
+            Some(n) => {
+                return Err(param_error(
+                    "max_message_size",
+                    n,
+                    format!(
+                        "must be {MIN_MESSAGE_SIZE} to {MAX_MESSAGE_SIZE} bytes (what {MAX_FRAGMENTS} fragments carry)"
+                    ),
+                ));
+            }
+        };
+        let ack_timeout = duration("ack_timeout", self.ack_timeout.as_ref(), d.ack_timeout)?;
+        let custody_horizon = duration(
+            "custody_horizon",
+            self.custody_horizon.as_ref(),
+            d.custody_horizon,
+        )?;
+        let e2e_horizon = duration("e2e_horizon", self.e2e_horizon.as_ref(), d.e2e_horizon)?;
+        for (name, value) in [
+            ("ack_timeout", ack_timeout),
+            ("custody_horizon", custody_horizon),
+        ] {
+            if value.is_zero() {
+                return Err(param_error(name, "0", "must be longer than zero".into()));
+            }
+        }
+        if e2e_horizon <= ack_timeout {
+            return Err(param_error(
+                "e2e_horizon",
+                show(e2e_horizon),
+                format!(
+                    "must be longer than ack_timeout ({}), or no message is ever retransmitted",
+                    show(ack_timeout)
+                ),
+            ));
+        }
+        Ok(Params {
+            hops,
+            hop_delay_mean: mean,
+            hop_delay_max: max,
+            max_message_size,
+            ack_timeout,
+            custody_horizon,
+            e2e_horizon,
+        })
+    }
+}
+
+impl Directory {
+    /// Parses and checks `nodes.json` for the node named `own`.
+    pub fn parse(bytes: &[u8], own: &OnionName) -> Result<Directory, PkiError> {
+        if bytes.len() > MAX_FILE_SIZE {
+            return Err(PkiError::TooLarge(bytes.len()));
+        }
+        let raw: RawDirectory =
+            serde_json::from_slice(bytes).map_err(|e| PkiError::Json(e.to_string()))?;
+        if raw.nodes.len() > MAX_NODES {
+            return Err(PkiError::TooManyNodes(raw.nodes.len()));
+        }
+        let params = raw.params.validate()?;
+        let mut nodes = Vec::with_capacity(raw.nodes.len());
+        for (index, entry) in raw.nodes.iter().enumerate() {
+            let node = entry.validate(index)?;
+            for (earlier, seen) in nodes.iter().enumerate() {
+                let seen: &Node = seen;
+                let field = if seen.onion == node.onion {
+                    "onion"
+                } else if seen.identity == node.identity {
+                    "identity"
+                } else if seen.short_name == node.short_name {
+                    "name"
+                } else if seen.mix_key == node.mix_key {
+                    "mix_key"
+                } else {
+                    continue;
+                };
+                return Err(PkiError::Duplicate {
+                    entry: entry_label(index, &node.short_name),
+                    other: entry_label(earlier, &seen.short_name),
+                    field,
+                });
+            }
+            nodes.push(node);
+        }
+        let own = nodes
+            .iter()
+            .position(|n| n.onion == *own)
+            .ok_or_else(|| PkiError::OwnAbsent(own.to_string()))?;
+        let others = nodes.len() - 1;
+        if others < params.hops {
+            return Err(PkiError::TooFewNodes {
+                hops: params.hops,
+                others,
+            });
+        }
+        if !nodes.iter().enumerate().any(|(i, n)| i != own && n.exit) {
+            return Err(PkiError::NoExit);
+        }
+        let by_id = nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
+        Ok(Directory {
+            params,
+            nodes,
+            by_id,
+            own,
+        })
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// This node's own entry.
+    pub fn own(&self) -> &Node {
+        &self.nodes[self.own]
+    }
+
+    /// Every node, this one included, in file order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Every node but this one: the candidates for a route.
+    pub fn others(&self) -> impl Iterator<Item = &Node> {
+        let own = self.own;
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| *i != own)
+            .map(|(_, n)| n)
+    }
+
+    /// The node a packet header names, if it is listed (a hop forwards
+    /// only to listed nodes).
+    pub fn node(&self, id: &NodeId) -> Option<&Node> {
+        self.by_id.get(id).map(|&i| &self.nodes[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use serde_json::{Value, json};
+
+    /// A node's entry built from a seed: onion key, identity and mix key
+    /// all derived from it, so entries differ in every field.
+    fn entry(seed: u8, name: &str, exit: bool) -> Value {
+        let onion = OnionName::from_seed(seed);
+        let identity = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
+        let mix = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([seed; 32]));
+        json!({
+            "name": name,
+            "onion": onion.to_string(),
+            "port": 9999,
+            "identity": encode_key(identity.as_bytes()),
+            "exit": exit,
+            "mix_key": encode_key(mix.as_bytes()),
+        })
+    }
+
+    fn own() -> OnionName {
+        OnionName::from_seed(1)
+    }
+
+    /// Four nodes (this one and three others, all exits): the smallest
+    /// network for the default three hops.
+    fn network() -> Value {
+        json!({
+            "nodes": [
+                entry(1, "alice", true),
+                entry(2, "bob", true),
+                entry(3, "carol", true),
+                entry(4, "dave", true),
+            ]
+        })
+    }
+
+    fn parse(doc: &Value) -> Result<Directory, PkiError> {
+        Directory::parse(doc.to_string().as_bytes(), &own())
+    }
+
+    fn error(doc: &Value) -> String {
+        let e = parse(doc).unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
+        e
+    }
+
+    #[test]
+    fn it_reads_a_minimal_network_with_production_defaults() {
+        let dir = parse(&network()).unwrap();
+        let p = dir.params();
+        assert_eq!(*p, Params::default());
+        assert_eq!(p.hops, 3);
+        assert_eq!(p.hop_delay_mean, Duration::from_secs(300));
+        assert_eq!(p.hop_delay_max, Duration::from_secs(3600));
+        assert_eq!(p.max_message_size, 10 * 1024 * 1024);
+        assert_eq!(p.ack_timeout, Duration::from_secs(3600));
+        assert_eq!(p.custody_horizon, Duration::from_secs(2 * 86400));
+        assert_eq!(p.e2e_horizon, Duration::from_secs(5 * 86400));
+        assert_eq!(dir.own().short_name, "alice");
+        assert_eq!(dir.nodes().len(), 4);
+        let others: Vec<&str> = dir.others().map(|n| n.short_name.as_str()).collect();
+        assert_eq!(others, ["bob", "carol", "dave"]);
+    }
+
+    #[test]
+    fn it_reads_params_and_derives_the_delay_cap_from_the_mean() {
+        let mut doc = network();
+        doc["params"] = json!({
+            "hops": 2,
+            "hop_delay_mean": "20ms",
+            "max_message_size": 65536,
+            "ack_timeout": "2s",
+            "custody_horizon": "1m",
+            "e2e_horizon": "5m",
+        });
+        let p = parse(&doc).unwrap().params().clone();
+        assert_eq!(p.hops, 2);
+        assert_eq!(p.hop_delay_mean, Duration::from_millis(20));
+        assert_eq!(p.hop_delay_max, Duration::from_millis(240));
+        assert_eq!(p.max_message_size, 65536);
+        assert_eq!(p.ack_timeout, Duration::from_secs(2));
+        assert_eq!(p.custody_horizon, Duration::from_secs(60));
+        assert_eq!(p.e2e_horizon, Duration::from_secs(300));
+        doc["params"]["hop_delay_max"] = json!("100ms");
+        assert_eq!(
+            parse(&doc).unwrap().params().hop_delay_max,
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn it_finds_nodes_by_their_header_address() {
+        let dir = parse(&network()).unwrap();
+        let carol = OnionName::from_seed(3);
+        let node = dir.node(&NodeId(carol.public_key())).unwrap();
+        assert_eq!(node.short_name, "carol");
+        assert_eq!(node.onion, carol);
+        assert_eq!(node.port, 9999);
+        assert!(dir.node(&NodeId([9; 32])).is_none());
+    }
+
+    #[test]
+    fn it_prints_entries_that_it_reads_back_unchanged() {
+        let mut e = entry(2, "bob", false);
+        e["family"] = json!("ops-1");
+        let parsed: NodeEntry = serde_json::from_value(e.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), e);
+        // Without a family the key is left out, not written as null.
+        let bare: NodeEntry = serde_json::from_value(entry(2, "bob", false)).unwrap();
+        assert!(!serde_json::to_string(&bare).unwrap().contains("family"));
+    }
+
+    #[test]
+    fn it_refuses_unknown_keys_at_every_level() {
+        let mut doc = network();
+        doc["params"] = json!({"hop": 3});
+        let e = error(&doc);
+        assert!(e.contains("unknown field `hop`"), "{e}");
+
+        let mut doc = network();
+        doc["nodes"][2]["exitt"] = json!(true);
+        assert!(error(&doc).contains("unknown field `exitt`"));
+
+        let mut doc = network();
+        doc["serial"] = json!(1);
+        assert!(error(&doc).contains("unknown field `serial`"));
+    }
+
+    #[test]
+    fn it_refuses_an_entry_missing_a_key() {
+        let mut doc = network();
+        doc["nodes"][1].as_object_mut().unwrap().remove("mix_key");
+        assert!(error(&doc).contains("missing field `mix_key`"));
+    }
+
+    #[test]
+    fn it_names_the_entry_with_a_bad_onion_checksum() {
+        let mut doc = network();
+        let good = doc["nodes"][2]["onion"].as_str().unwrap().to_string();
+        let mut chars: Vec<char> = good.chars().collect();
+        chars[0] = if chars[0] == 'a' { 'b' } else { 'a' };
+        doc["nodes"][2]["onion"] = json!(chars.into_iter().collect::<String>());
+        let e = error(&doc);
+        assert!(e.starts_with("nodes[2] \"carol\": \"onion\""), "{e}");
+        assert!(e.contains("checksum"), "{e}");
+        assert!(e.contains("-export-node-info"), "{e}");
+    }
+
+    #[test]
+    fn it_refuses_bad_keys_naming_the_field() {
+        let cases = [
+            ("identity", json!("not base64!"), "not base64"),
+            ("identity", json!(BASE64.encode(&[1u8; 31])), "31 bytes"),
+            ("mix_key", json!(BASE64.encode(&[1u8; 33])), "33 bytes"),
+            ("mix_key", json!("AAAA"), "3 bytes"),
+        ];
+        for (field, value, said) in cases {
+            let mut doc = network();
+            doc["nodes"][3][field] = value;
+            let e = error(&doc);
+            assert!(
+                e.starts_with(&format!("nodes[3] \"dave\": \"{field}\"")),
+                "{e}"
+            );
+            assert!(e.contains(said), "{e}");
+        }
+        // 32 bytes that are not a point on the curve.
+        let mut not_a_point = None;
+        for b in 0..=255u8 {
+            let mut k = [b; 32];
+            k[31] = 0xff;
+            if ed25519_dalek::VerifyingKey::from_bytes(&k).is_err() {
+                not_a_point = Some(k);
+                break;
+            }
+        }
+        let mut doc = network();
+        doc["nodes"][3]["identity"] = json!(BASE64.encode(&not_a_point.unwrap()));
+        assert!(error(&doc).contains("not an ed25519 public key"));
+    }
+
+    #[test]
+    fn it_refuses_a_bad_short_name_family_or_port() {
+        let mut doc = network();
+        doc["nodes"][1]["name"] = json!("bob smith");
+        assert!(error(&doc).contains("\"name\" may only hold"));
+        let mut doc = network();
+        doc["nodes"][1]["name"] = json!("");
+        assert!(error(&doc).contains("\"name\" is empty"));
+        let mut doc = network();
+        doc["nodes"][1]["family"] = json!("x".repeat(33));
+        assert!(error(&doc).contains("\"family\" is longer"));
+        let mut doc = network();
+        doc["nodes"][1]["port"] = json!(0);
+        assert!(error(&doc).contains("\"port\" is 0"));
+        let mut doc = network();
+        doc["nodes"][1]["port"] = json!(70000);
+        assert!(error(&doc).starts_with("not a valid nodes.json"));
+    }
+
+    #[test]
+    fn it_refuses_a_node_listed_twice_by_any_of_its_names() {
+        // Same onion, different everything else.
+        let mut doc = network();
+        let mut copy = entry(5, "erin", true);
+        copy["onion"] = doc["nodes"][2]["onion"].clone();
+        doc["nodes"].as_array_mut().unwrap().push(copy);
+        let e = error(&doc);
+        assert_eq!(
+            e,
+            "nodes[4] \"erin\" has the same onion as nodes[2] \"carol\": a node may be listed once; remove one of them"
+        );
+        for (field, from) in [("identity", 3usize), ("name", 1), ("mix_key", 2)] {
+            let mut doc = network();
+            let mut copy = entry(5, "erin", true);
+            copy[field] = doc["nodes"][from][field].clone();
+            doc["nodes"].as_array_mut().unwrap().push(copy);
+            let e = error(&doc);
+            assert!(
+                e.contains(&format!("same {field} as nodes[{from}]")),
+                "{field}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn it_refuses_hops_out_of_range() {
+        for hops in [0, 1, 6, 300] {
+            let mut doc = network();
+            doc["params"] = json!({ "hops": hops });
+            let e = error(&doc);
+            assert!(e.starts_with("params.hops"), "{e}");
+            assert!(e.contains("must be 2 to 5"), "{e}");
+        }
+        for hops in [2, 3] {
+            let mut doc = network();
+            doc["params"] = json!({ "hops": hops });
+            assert_eq!(parse(&doc).unwrap().params().hops, hops);
+        }
+    }
+
+    #[test]
+    fn it_refuses_bad_durations_and_sizes() {
+        let cases = [
+            (json!({"hop_delay_mean": "soon"}), "params.hop_delay_mean"),
+            (
+                json!({"hop_delay_mean": "5m", "hop_delay_max": "1m"}),
+                "must not be below",
+            ),
+            (json!({"hop_delay_max": "2d"}), "must be at most 1day"),
+            (json!({"ack_timeout": "0s"}), "params.ack_timeout"),
+            (json!({"custody_horizon": "0"}), "params.custody_horizon"),
+            (
+                json!({"ack_timeout": "2h", "e2e_horizon": "1h"}),
+                "params.e2e_horizon",
+            ),
+            (json!({"max_message_size": 100}), "params.max_message_size"),
+            (
+                json!({ "max_message_size": MAX_MESSAGE_SIZE as u64 + 1 }),
+                "params.max_message_size",
+            ),
+            (json!({"hops": "3"}), "invalid type"),
+        ];
+        for (params, said) in cases {
+            let mut doc = network();
+            doc["params"] = params.clone();
+            let e = error(&doc);
+            assert!(e.contains(said), "{params}: {e}");
+        }
+        let mut doc = network();
+        doc["params"] = json!({ "max_message_size": MAX_MESSAGE_SIZE });
+        parse(&doc).unwrap();
+    }
+
+    #[test]
+    fn it_caps_the_message_size_at_what_the_fragments_can_carry() {
+        let largest_blob = MAX_MESSAGE_SIZE + ENVELOPE_ALLOWANCE;
+        assert!(super::super::fragment::fragments_for(largest_blob) <= MAX_FRAGMENTS);
+        assert!(super::super::fragment::fragments_for(largest_blob + 1) > MAX_FRAGMENTS);
+        assert!(Params::default().max_message_size <= MAX_MESSAGE_SIZE);
+    }
+
+    #[test]
+    fn it_refuses_a_file_without_this_node() {
+        let doc = network();
+        let other = OnionName::from_seed(9);
+        let e = Directory::parse(doc.to_string().as_bytes(), &other)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(other.as_str()), "{e}");
+        assert!(e.contains("-export-node-info"), "{e}");
+    }
+
+    #[test]
+    fn it_refuses_fewer_nodes_than_a_route_needs() {
+        let mut doc = network();
+        doc["nodes"].as_array_mut().unwrap().pop();
+        let e = error(&doc);
+        assert!(
+            e.contains("a route needs 3 mix nodes besides this one"),
+            "{e}"
+        );
+        assert!(e.contains("2 are listed"), "{e}");
+        // Two hops fit in the same file.
+        doc["params"] = json!({"hops": 2});
+        parse(&doc).unwrap();
+        // Five hops need six nodes.
+        let mut doc = network();
+        doc["params"] = json!({"hops": 5});
+        for (seed, name) in [(5, "erin"), (6, "frank")] {
+            doc["nodes"]
+                .as_array_mut()
+                .unwrap()
+                .push(entry(seed, name, false));
+        }
+        parse(&doc).unwrap();
+        doc["nodes"].as_array_mut().unwrap().pop();
+        assert!(error(&doc).contains("a route needs 5"));
+    }
+
+    #[test]
+    fn it_refuses_a_network_whose_only_exit_is_this_node() {
+        let doc = json!({
+            "nodes": [
+                entry(1, "alice", true),
+                entry(2, "bob", false),
+                entry(3, "carol", false),
+                entry(4, "dave", false),
+            ]
+        });
+        assert!(error(&doc).starts_with("no exit node besides this one"));
+        let mut doc = doc;
+        doc["nodes"][3]["exit"] = json!(true);
+        doc["nodes"][0]["exit"] = json!(false);
+        parse(&doc).unwrap();
+    }
+
+    #[test]
+    fn it_refuses_an_oversized_file_before_parsing() {
+        let big = vec![b' '; MAX_FILE_SIZE + 1];
+        assert_eq!(
+            Directory::parse(&big, &own()).unwrap_err(),
+            PkiError::TooLarge(MAX_FILE_SIZE + 1)
+        );
+    }
+
+    #[test]
+    fn it_hashes_equal_params_alike_and_any_change_differently() {
+        let base = Params::default();
+        let mut spelled = network();
+        spelled["params"] = json!({"hop_delay_mean": "300s", "e2e_horizon": "120h"});
+        assert_eq!(parse(&spelled).unwrap().params().hash(), base.hash());
+        let changes: [fn(&mut Params); 7] = [
+            |p| p.hops += 1,
+            |p| p.hop_delay_mean += Duration::from_nanos(1),
+            |p| p.hop_delay_max += Duration::from_millis(1),
+            |p| p.max_message_size += 1,
+            |p| p.ack_timeout += Duration::from_secs(1),
+            |p| p.custody_horizon += Duration::from_secs(1),
+            |p| p.e2e_horizon += Duration::from_secs(1),
+        ];
+        let mut seen = vec![base.hash()];
+        for change in changes {
+            let mut p = base.clone();
+            change(&mut p);
+            let h = p.hash();
+            assert!(!seen.contains(&h), "{p:?}");
+            seen.push(h);
+        }
+        // Swapping two durations is a change too (fixed order).
+        let mut swapped = base.clone();
+        std::mem::swap(&mut swapped.ack_timeout, &mut swapped.custody_horizon);
+        assert_ne!(swapped.hash(), base.hash());
+    }
+
+    #[test]
+    fn it_reads_the_example_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("\n## Run a mixnet node")
+            .nth(1)
+            .expect("README has a \"Run a mixnet node\" section");
+        let example = section
+            .split("```json\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the section has a json example");
+        let doc: Value = serde_json::from_str(example).unwrap();
+        let alice = OnionName::parse(doc["nodes"][0]["onion"].as_str().unwrap()).unwrap();
+        let dir = Directory::parse(example.as_bytes(), &alice).unwrap();
+        assert_eq!(*dir.params(), Params::default());
+        assert_eq!(dir.nodes().len(), 4);
+    }
+
+    /// A random JSON value, biased towards the shapes of nodes.json so
+    /// that parsing gets past the first checks.
+    fn random_value(rng: &mut StdRng, depth: u32) -> Value {
+        let keys = [
+            "nodes",
+            "params",
+            "name",
+            "onion",
+            "port",
+            "identity",
+            "exit",
+            "family",
+            "mix_key",
+            "hops",
+            "hop_delay_mean",
+            "hop_delay_max",
+            "max_message_size",
+            "ack_timeout",
+            "custody_horizon",
+            "e2e_horizon",
+            "x",
+        ];
+        let strings = [
+            "",
+            "5m",
+            "0",
+            "-1s",
+            "99999999999999999999d",
+            "20ms",
+            "AAAA",
+            "é",
+            "\u{0}",
+            "aaaa.onion",
+            "alice",
+        ];
+        match rng.random_range(0..if depth > 3 { 5 } else { 8 }) {
+            0 => Value::Null,
+            1 => json!(rng.random::<bool>()),
+            2 => json!(rng.random::<i64>() >> rng.random_range(0..63)),
+            3 => json!(rng.random::<f64>() * 1e20),
+            4 => json!(strings[rng.random_range(0..strings.len())]),
+            5 => json!(entry(rng.random(), "n", rng.random())),
+            6 => Value::Array(
+                (0..rng.random_range(0..6))
+                    .map(|_| random_value(rng, depth + 1))
+                    .collect(),
+            ),
+            _ => Value::Object(
+                (0..rng.random_range(0..6))
+                    .map(|_| {
+                        (
+                            keys[rng.random_range(0..keys.len())].to_string(),
+                            random_value(rng, depth + 1),
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn it_never_panics_on_random_or_mangled_input() {
+        let mut rng = StdRng::seed_from_u64(0x6e6f_6465_732e_6a73);
+        let valid = network().to_string().into_bytes();
+        for _ in 0..3000 {
+            let doc = random_value(&mut rng, 0);
+            let _ = Directory::parse(doc.to_string().as_bytes(), &own());
+            // A valid file with a few bytes changed, cut or inserted.
+            let mut bytes = valid.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..bytes.len());
+                match rng.random_range(0..3) {
+                    0 => bytes[at] = rng.random(),
+                    1 => bytes.truncate(at),
+                    _ => bytes.insert(at, rng.random()),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            let _ = Directory::parse(&bytes, &own());
+        }
+    }
+}
