@@ -30,7 +30,7 @@ use crate::smtp::memory_budget::MemoryBudget;
 use crate::smtp::rate_limit::SessionRateLimiter;
 use crate::smtp::server::{self, DomainCheck, LogThrottle, ServerContext};
 use crate::smtp::session::SessionConfig;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{LeaseScope, Spool, SpoolError};
 use crate::stats::Stats;
 
 mod data_dir;
@@ -71,6 +71,11 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("-node {addr}: {}", bind_advice(*.addr, .source).replace("-addr", "-node"))]
+    NodeBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("-data-dir {path}: cannot use the cover traffic key: {source}")]
     CoverKey {
         path: String,
@@ -93,10 +98,12 @@ impl DaemonError {
             DaemonError::Locked(lock::LockError::Held { .. }) => sysexits::TEMPFAIL,
             DaemonError::Locked(lock::LockError::Io { .. }) => sysexits::CANTCREAT,
             DaemonError::Spool { source, .. } => spool_exit_status(source),
-            DaemonError::Bind { source, .. } => match source.kind() {
-                ErrorKind::PermissionDenied => sysexits::NOPERM,
-                _ => sysexits::UNAVAILABLE,
-            },
+            DaemonError::Bind { source, .. } | DaemonError::NodeBind { source, .. } => {
+                match source.kind() {
+                    ErrorKind::PermissionDenied => sysexits::NOPERM,
+                    _ => sysexits::UNAVAILABLE,
+                }
+            }
             DaemonError::CoverKey { .. } => sysexits::CANTCREAT,
             DaemonError::Signals(_) => sysexits::SOFTWARE,
         }
@@ -243,26 +250,51 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         // SMTP dialogue), so an expired lease always means a dead worker.
         lease: MX_TIMEOUT + relay.delivery_timeout * 4 + Duration::from_secs(60),
         clock: clock.clone(),
+        scope: LeaseScope::All,
         cover_key: cover_key.clone(),
         health: health.clone(),
     };
-    // In -sphinx mode no mail leaves directly: the dispatcher does not run
-    // and accepted mail waits in the spool for the mixnet sender. SMTP loop
-    // cover is off too (mixnet cover replaces it).
+    // In -sphinx mode no mail accepted here leaves directly: the dispatcher
+    // delivers only mail that left the mixnet at this node (and does not run
+    // at all on a middleman), and the mixnet tasks carry the rest. SMTP loop
+    // cover is off (mixnet cover replaces it).
+    let network_size = mixnet
+        .as_ref()
+        .map(|m| m.directory.params().max_message_size);
     let relay_task = match &mixnet {
-        None => Some(tokio::spawn(dispatcher.run(shutdown.clone()))),
-        Some(node) => {
+        Some(node) if !node.config.info.exit => {
             // Its spool handle would keep the committer open at shutdown.
             drop(dispatcher);
-            info!(
-                "[MIXNET] {} nodes in nodes.json, {} hops per route; mixnet links are not running yet in this build: accepted mail waits in the spool and never leaves directly",
-                node.directory.nodes().len(),
-                node.directory.params().hops
-            );
             None
         }
+        Some(_) => Some(tokio::spawn(
+            Dispatcher {
+                scope: LeaseScope::ExitOnly,
+                ..dispatcher
+            }
+            .run(shutdown.clone()),
+        )),
+        None => Some(tokio::spawn(dispatcher.run(shutdown.clone()))),
     };
-    let cover_interval = config.mix.cover_interval.filter(|_| mixnet.is_none());
+    let mixnet_tasks = match mixnet {
+        Some(node) => {
+            let addr = node.config.node;
+            let tasks = mixnet::spawn(
+                node,
+                spool.clone(),
+                stats.clone(),
+                clock.clone(),
+                config.mix.policy.clone(),
+                SocksDialer::new(relay.tor_socks, relay.delivery_timeout),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|source| DaemonError::NodeBind { addr, source })?;
+            Some(tasks)
+        }
+        None => None,
+    };
+    let cover_interval = config.mix.cover_interval.filter(|_| mixnet_tasks.is_none());
     let cover_task = cover_interval.map(|interval| {
         let generator = CoverGenerator {
             key: cover_key.clone(),
@@ -286,11 +318,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         session: Arc::new(SessionConfig {
             hostname: config.name.to_string(),
             // -sphinx: the network's size, so every entry advertises the same.
-            max_message_size: mixnet
-                .as_ref()
-                .map_or(config.listener.max_message_size, |m| {
-                    m.directory.params().max_message_size
-                }),
+            max_message_size: network_size.unwrap_or(config.listener.max_message_size),
             max_recipients: config.listener.max_recipients,
             max_errors: MAX_ERRORS,
             check_domains: true,
@@ -307,7 +335,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         memory: MemoryBudget::new(config.listener.data_memory),
         memory_refusals: LogThrottle::default(),
         // -sphinx: the exit resolves; the entry makes no lookups of its own.
-        domain_check: mixnet
+        domain_check: mixnet_tasks
             .is_none()
             .then(|| Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
         sink: Arc::new(Intake {
@@ -348,6 +376,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     }
     if let Some(task) = cover_task {
         let _ = task.await;
+    }
+    if let Some(tasks) = mixnet_tasks {
+        tasks.stopped().await;
     }
     let _ = stats_task.await;
     // Every Spool handle is gone now (server context, dispatcher, cover

@@ -117,3 +117,162 @@ fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
         .read_to_end(&mut bytes)?;
     Ok(bytes)
 }
+
+/// The running mixnet tasks; the daemon awaits them at shutdown, before the
+/// spool closes.
+pub struct MixnetTasks {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    links: tokio_util::task::TaskTracker,
+}
+
+impl MixnetTasks {
+    pub async fn stopped(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.links.close();
+        self.links.wait().await;
+    }
+}
+
+/// How often the exit looks for messages to complete or acknowledge as
+/// PARTIAL, and every node for packets past their custody horizon.
+const MAINTENANCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Binds `-node`, then starts the link listener (hops, exit, entry
+/// acknowledgements), one link per other node, the entry's sender and the
+/// maintenance task. Packets whose release time passed while the node was
+/// down get a fresh delay first, so a restart is not a burst.
+pub async fn spawn(
+    node: MixnetNode,
+    spool: crate::spool::Spool,
+    stats: std::sync::Arc<crate::stats::Stats>,
+    clock: crate::time::Clock,
+    mix: crate::mix::MixPolicy,
+    dialer: crate::relay::socks::SocksDialer,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<MixnetTasks, std::io::Error> {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::mixnet::hop::{self, Hop};
+    use crate::mixnet::link::{self, LinkConfig};
+    use crate::mixnet::node::{Forwarder, Health, MixContext, hop_delay};
+    use crate::mixnet::sender::Sender;
+
+    let listener = tokio::net::TcpListener::bind(node.config.node).await?;
+    let local = listener.local_addr()?;
+    let params = node.directory.params().clone();
+    stats
+        .mixnet
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let ctx = Arc::new(MixContext {
+        spool: spool.clone(),
+        directory: Arc::new(node.directory),
+        key: Arc::new(node.mix_key),
+        exit: node.config.info.exit,
+        mix,
+        stats: stats.clone(),
+        clock: clock.clone(),
+        health: Arc::new(Health::new()),
+    });
+    {
+        let (mean, max, clock) = (params.hop_delay_mean, params.hop_delay_max, clock.clone());
+        let moved = spool
+            .restart_packets(move || {
+                clock() + hop_delay(mean, max, &mut rand::rng()).as_millis() as u64
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+        if moved > 0 {
+            tracing::info!(
+                "[MIXNET] {moved} overdue packet(s) got a fresh delay after the restart"
+            );
+        }
+    }
+    let cfg = Arc::new(LinkConfig {
+        identity: node.identity.public().to_bytes(),
+        params_hash: params.hash(),
+        window: 64,
+        idle_timeout: Duration::from_secs(120),
+        ping_interval: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(60),
+        max_age: Duration::from_secs(3 * 3600),
+        max_inbound: 256,
+    });
+    let links = tokio_util::task::TaskTracker::new();
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(link::serve(
+        listener,
+        cfg.clone(),
+        Arc::new(Hop { ctx: ctx.clone() }),
+        shutdown.clone(),
+        links.clone(),
+    )));
+    let forwarder = Arc::new(Forwarder::new(ctx.clone(), Duration::from_secs(120)));
+    for peer in ctx.directory.others() {
+        tasks.push(tokio::spawn(link::run_peer(
+            peer.id,
+            peer.onion.to_string(),
+            peer.port,
+            dialer.clone(),
+            cfg.clone(),
+            forwarder.clone(),
+            shutdown.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(
+        Sender { ctx: ctx.clone() }.run(shutdown.clone()),
+    ));
+    let stall = (params.ack_timeout / 2).max(Duration::from_secs(1));
+    let maintenance = ctx.clone();
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let ctx = maintenance;
+        loop {
+            if ctx.exit {
+                if let Ok(ids) = ctx.spool.complete_candidates(16).await {
+                    for id in ids {
+                        hop::complete(&ctx, id, None).await;
+                    }
+                }
+                if let Ok(stalled) = ctx.spool.take_stalled(stall, 16).await {
+                    let mut acks = Vec::new();
+                    for s in stalled {
+                        let Ok(block) = crate::mixnet::packet::ReplyBlock::from_slice(&s.reply_block)
+                        else {
+                            continue;
+                        };
+                        let body = crate::mixnet::fragment::AckBody::Partial(hop::bitmap(s.count, &s.have));
+                        acks.extend(hop::ack_packet(&ctx, &block, s.mix_id, &body));
+                    }
+                    if !acks.is_empty() {
+                        let _ = ctx.spool.queue_packets(acks).await;
+                    }
+                }
+            }
+            if let Ok(expired) = ctx.spool.expire_packets().await {
+                for (kind, n) in expired {
+                    crate::stats::Stats::add(&ctx.stats.mix_expired, n);
+                    tracing::info!("[MIXNET] dropped {n} {kind:?} packet(s): custody horizon passed without acknowledgement");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(MAINTENANCE.min(stall)) => {}
+            }
+        }
+    }));
+    tracing::info!(
+        "[MIXNET] {} nodes, {} hops per route, links on {}{}",
+        ctx.directory.nodes().len(),
+        params.hops,
+        local,
+        if ctx.exit {
+            ", exit"
+        } else {
+            ", middleman (no exit)"
+        }
+    );
+    Ok(MixnetTasks { tasks, links })
+}

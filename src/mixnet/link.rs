@@ -123,6 +123,40 @@ impl FrameReader {
         }
     }
 
+    /// Skips a PROXY v1 line at the very start of an inbound link: Tor's
+    /// `HiddenServiceExportCircuitID haproxy` applies to every port of the
+    /// onion service, the link port included. (Frame types never start
+    /// with `P`, so the two cannot be confused.)
+    async fn skip_proxy_header<R: AsyncReadExt + Unpin>(
+        &mut self,
+        stream: &mut R,
+        idle: Duration,
+    ) -> Result<(), LinkError> {
+        loop {
+            if self.buf.first().is_some_and(|&b| b != b'P') {
+                return Ok(());
+            }
+            if !self.buf.is_empty() {
+                match crate::smtp::proxy_header::parse(&self.buf) {
+                    Ok(Some((_, used))) => {
+                        self.buf.drain(..used);
+                        return Ok(());
+                    }
+                    Ok(None) => {}
+                    Err(_) => return Err(LinkError::NoHello),
+                }
+            }
+            let mut chunk = [0u8; 512];
+            let n = tokio::time::timeout(idle, stream.read(&mut chunk))
+                .await
+                .map_err(|_| LinkError::Idle(idle))??;
+            if n == 0 {
+                return Err(LinkError::Closed);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
     async fn next<R: AsyncReadExt + Unpin>(
         &mut self,
         stream: &mut R,
@@ -237,6 +271,9 @@ async fn inbound(
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut reader = FrameReader::new();
+    reader
+        .skip_proxy_header(&mut rd, cfg.connect_timeout)
+        .await?;
     let first = reader.next(&mut rd, cfg.connect_timeout).await?;
     let peer = check_hello(cfg, first)?;
     write_frame(&mut wr, &hello(cfg)).await?;
@@ -407,7 +444,8 @@ async fn outbound(
             _ = tokio::time::sleep_until(wake) => {
                 if tokio::time::Instant::now() >= next_ping {
                     next_ping = tokio::time::Instant::now() + cfg.ping_interval;
-                    if let Err(e) = write_frame(&mut wr, &Frame::Ping(rand::rng().random())).await {
+                    let nonce: u64 = rand::rng().random();
+                    if let Err(e) = write_frame(&mut wr, &Frame::Ping(nonce)).await {
                         break Err(e.into());
                     }
                 }

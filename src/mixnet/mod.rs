@@ -11,7 +11,10 @@
 
 pub mod fragment;
 pub mod frame;
+pub mod hop;
 pub mod keys;
 pub mod link;
+pub mod node;
 pub mod packet;
 pub mod pki;
+pub mod sender;

@@ -31,7 +31,7 @@ use crate::mix::MixPolicy;
 use crate::relay::client::RecipientResult;
 use crate::relay::failure::{Failure, FailureKind};
 use crate::relay::route::Router;
-use crate::spool::{Disposition, Lease, Spool};
+use crate::spool::{Disposition, Lease, LeaseScope, Spool};
 use crate::stats::Stats;
 use crate::time::Clock;
 
@@ -116,6 +116,9 @@ pub struct Dispatcher {
     /// Where "now" comes from for retry times and sleeps (the spool's
     /// clock; injected for tests).
     pub clock: Clock,
+    /// Which mail it may deliver: all of it in direct mode, only mail that
+    /// left the mixnet here in mixnet mode.
+    pub scope: LeaseScope,
     /// Recognises our own cover, which is dropped on its first failure:
     /// a retried cover message would leave later on top of the normal
     /// stream.
@@ -142,7 +145,7 @@ impl Dispatcher {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
             let want = 1 + permits.available_permits();
-            let batch = match this.spool.lease(want, this.lease).await {
+            let batch = match this.spool.lease_scoped(want, this.lease, this.scope).await {
                 Ok(b) => b,
                 Err(e) => {
                     error!("[RELAY] cannot lease from the spool: {e}");
@@ -451,6 +454,7 @@ mod tests {
             stats: stats.clone(),
             lease: Duration::from_secs(600),
             clock: clock.clone(),
+            scope: LeaseScope::All,
             cover_key: CoverKey::from_bytes([4; 32]),
             health: Arc::default(),
         };
@@ -560,6 +564,7 @@ mod tests {
             stats: stats.clone(),
             lease: Duration::from_secs(100),
             clock: clock.clone(),
+            scope: LeaseScope::All,
             cover_key: CoverKey::from_bytes([4; 32]),
             health: Arc::default(),
         };
@@ -647,6 +652,7 @@ mod tests {
             stats: stats.clone(),
             lease: Duration::from_secs(600),
             clock: clock.clone(),
+            scope: LeaseScope::All,
             cover_key: key,
             health: health.clone(),
         };

@@ -17,6 +17,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 pub mod dns_server;
 pub mod link_tap;
+pub mod mixnet;
 pub mod smtp_sink;
 pub mod socks_proxy;
 
@@ -120,7 +121,17 @@ impl Daemon {
 
     /// Starts the binary under a wrapper command such as `strace -f -o F`.
     pub fn start_wrapped(wrapper: &[&str], data_dir: &Path, extra: &[&str]) -> Daemon {
-        let name = onion(1);
+        // A test that names its node (several nodes at once) passes -name.
+        let given = extra
+            .iter()
+            .position(|f| *f == "-name")
+            .and_then(|i| extra.get(i + 1));
+        let name = given.map_or_else(|| onion(1), |n| n.to_string());
+        let name_args: Vec<&str> = if given.is_some() {
+            Vec::new()
+        } else {
+            vec!["-name", &name]
+        };
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -147,7 +158,8 @@ impl Daemon {
             }
         }
         let mut child = command
-            .args(["-name", &name, "-addr", "127.0.0.1:0", "-data-dir"])
+            .args(&name_args)
+            .args(["-addr", "127.0.0.1:0", "-data-dir"])
             .arg(data_dir)
             .args(&defaults)
             .args(extra)

@@ -1,0 +1,360 @@
+//! What a node does with a packet that arrives on a link: as a hop it keeps
+//! it for the next hop; as the exit it keeps the fragment and, once a
+//! message is whole, moves it into the spool and acknowledges it end to
+//! end; as an entry it applies the acknowledgement of its own message.
+//!
+//! The order on the receive path is fixed: the link checked the exact size;
+//! here the replay tag and the unwrap run off the async executor; then one
+//! group-committed transaction records the tag together with what must be
+//! kept; only then does the link acknowledge. A known tag is acknowledged
+//! as a duplicate and nothing is forwarded, so a retry after a lost
+//! acknowledgement is safe and a replay is never amplified.
+
+use std::sync::Arc;
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use super::fragment::{self, AckBody, Fragment, Kind};
+use super::frame::AckStatus;
+use super::link::PacketHandler;
+use super::node::MixContext;
+use super::packet::{self, Processed, ReplayTag, ReplyBlock, ReplyRecovery, WirePacket};
+use crate::BoxFuture;
+use crate::spool::mixnet::{
+    Custody, CustodyOutcome, EntryAck, ExitCompletion, MixId, OutPacket, PacketKind, StoredFragment,
+};
+use crate::stats::Stats;
+
+/// The inbound side of every link.
+pub struct Hop {
+    pub ctx: Arc<MixContext>,
+}
+
+impl PacketHandler for Hop {
+    fn receive(&self, epoch: u32, packet: WirePacket) -> BoxFuture<'_, AckStatus> {
+        Box::pin(self.handle(epoch, packet))
+    }
+}
+
+fn status_of(outcome: CustodyOutcome, stats: &Stats) -> AckStatus {
+    match outcome {
+        CustodyOutcome::Stored | CustodyOutcome::FragmentStored { .. } => AckStatus::Stored,
+        CustodyOutcome::AlreadyDone => AckStatus::Stored,
+        CustodyOutcome::Duplicate => {
+            Stats::add(&stats.mix_replays, 1);
+            AckStatus::Duplicate
+        }
+        CustodyOutcome::Failed => AckStatus::Busy,
+    }
+}
+
+impl Hop {
+    async fn handle(&self, epoch: u32, packet: WirePacket) -> AckStatus {
+        let ctx = &self.ctx;
+        Stats::add(&ctx.stats.mix_packets_in, 1);
+        if epoch != ctx.key.epoch {
+            Stats::add(&ctx.stats.mix_unknown_epoch, 1);
+            return AckStatus::UnknownEpoch;
+        }
+        let key = ctx.key.clone();
+        let Ok((tag, processed)) =
+            tokio::task::spawn_blocking(move || packet::process(&packet, key.secret())).await
+        else {
+            return AckStatus::Busy;
+        };
+        let processed = match processed {
+            Ok(p) => p,
+            Err(e) => {
+                debug!("[MIXNET] packet refused: {e}");
+                Stats::add(&ctx.stats.mix_rejected, 1);
+                return AckStatus::Rejected;
+            }
+        };
+        match processed {
+            Processed::Forward {
+                next,
+                delay,
+                packet,
+            } => {
+                let params = ctx.directory.params();
+                if next == ctx.own() || ctx.directory.node(&next).is_none() {
+                    Stats::add(&ctx.stats.mix_rejected, 1);
+                    return AckStatus::Rejected;
+                }
+                if delay > params.hop_delay_max {
+                    Stats::add(&ctx.stats.mix_rejected, 1);
+                    return AckStatus::Rejected;
+                }
+                let now = ctx.now();
+                let out = OutPacket {
+                    next_hop: next.0,
+                    epoch,
+                    bytes: packet.as_bytes().to_vec(),
+                    kind: PacketKind::Forward,
+                    release_at: now + delay.as_millis() as u64,
+                    deadline: ctx.custody_deadline(),
+                };
+                let outcome = ctx
+                    .spool
+                    .custody(Custody::Forward {
+                        tag,
+                        epoch,
+                        packet: out,
+                    })
+                    .await;
+                status_of(outcome, &ctx.stats)
+            }
+            Processed::Final { id, payload } if id == [0; 16] => {
+                let Ok(plain) = payload.plaintext() else {
+                    return self.bad_payload(tag, epoch).await;
+                };
+                let Ok(fragment) = Fragment::decode(&plain) else {
+                    return self.bad_payload(tag, epoch).await;
+                };
+                match fragment.kind {
+                    Kind::Data if ctx.exit => self.exit_fragment(tag, epoch, fragment).await,
+                    Kind::Data => {
+                        // A middleman was made the last hop of a data route:
+                        // the sender's directory is wrong. Refused, counted.
+                        self.remember(tag, epoch).await;
+                        Stats::add(&ctx.stats.mix_rejected, 1);
+                        AckStatus::Rejected
+                    }
+                    Kind::Loop | Kind::Drop | Kind::Ack => {
+                        // Cover arrives in the next version; an Ack without
+                        // a reply id is malformed. Either way: keep the tag.
+                        let outcome = self.remember(tag, epoch).await;
+                        status_of(outcome, &ctx.stats)
+                    }
+                }
+            }
+            Processed::Final { id, payload } => self.entry_ack(tag, epoch, id, payload).await,
+        }
+    }
+
+    async fn remember(&self, tag: ReplayTag, epoch: u32) -> CustodyOutcome {
+        self.ctx.spool.custody(Custody::Tag { tag, epoch }).await
+    }
+
+    async fn bad_payload(&self, tag: ReplayTag, epoch: u32) -> AckStatus {
+        Stats::add(&self.ctx.stats.mix_bad_payloads, 1);
+        self.remember(tag, epoch).await;
+        AckStatus::Rejected
+    }
+
+    /// The exit's share: keep the fragment; when the message is whole,
+    /// complete it (after acknowledging this packet to the previous hop,
+    /// which needs only the fragment to be durable).
+    async fn exit_fragment(&self, tag: ReplayTag, epoch: u32, f: Fragment) -> AckStatus {
+        let ctx = &self.ctx;
+        let reply_block = f.reply_block.clone();
+        let stored = StoredFragment {
+            mix_id: f.message_id,
+            index: f.index,
+            count: f.count,
+            blob_len: f.blob_len,
+            blob_hash: f.blob_hash,
+            reply_block: f.reply_block.as_ref().map(|b| b.as_bytes().to_vec()),
+            data: f.data,
+        };
+        let outcome = ctx
+            .spool
+            .custody(Custody::Fragment {
+                tag,
+                epoch,
+                fragment: stored,
+            })
+            .await;
+        match outcome {
+            CustodyOutcome::FragmentStored { have } if have == f.count => {
+                let ctx = ctx.clone();
+                let mix_id = f.message_id;
+                tokio::spawn(async move { complete(&ctx, mix_id, reply_block).await });
+            }
+            CustodyOutcome::AlreadyDone => {
+                // The entry did not hear our COMPLETE (or sent again before
+                // it could): tell it again, deliver nothing twice.
+                Stats::add(&ctx.stats.mix_exit_duplicates, 1);
+                if let Some(block) = reply_block
+                    && let Some(ack) = ack_packet(ctx, &block, f.message_id, &AckBody::Complete)
+                    && let Err(e) = ctx.spool.queue_packets(vec![ack]).await
+                {
+                    warn!("[MIXNET] cannot queue a repeated acknowledgement: {e}");
+                }
+            }
+            _ => {}
+        }
+        status_of(outcome, &ctx.stats)
+    }
+
+    /// An acknowledgement for a message this node sent into the mixnet.
+    async fn entry_ack(
+        &self,
+        tag: ReplayTag,
+        epoch: u32,
+        reply_id: [u8; 16],
+        payload: packet::FinalPayload,
+    ) -> AckStatus {
+        let ctx = &self.ctx;
+        let found = match ctx.spool.reply_recovery(reply_id).await {
+            Ok(found) => found,
+            Err(_) => return AckStatus::Busy,
+        };
+        let Some((mix_id, count, recovery)) = found else {
+            // Already complete (its replies are gone) or not ours.
+            let outcome = self.remember(tag, epoch).await;
+            return status_of(outcome, &ctx.stats);
+        };
+        let body = payload
+            .open(&ReplyRecovery(recovery))
+            .ok()
+            .and_then(|plain| Fragment::decode(&plain).ok())
+            .filter(|f| f.kind == Kind::Ack && f.message_id == mix_id)
+            .and_then(|f| AckBody::decode(&f.data, count).ok());
+        let Some(body) = body else {
+            return self.bad_payload(tag, epoch).await;
+        };
+        let ack = match &body {
+            AckBody::Complete => EntryAck::Complete,
+            AckBody::Partial(bitmap) => EntryAck::Partial(bitmap.clone()),
+        };
+        match ctx.spool.acknowledge(mix_id, ack).await {
+            Ok(true) if body == AckBody::Complete => {
+                Stats::add(&ctx.stats.mix_messages_acked, 1);
+                debug!("[MIXNET] a message was acknowledged by its exit");
+            }
+            Ok(_) => {}
+            Err(_) => return AckStatus::Busy,
+        }
+        let outcome = self.remember(tag, epoch).await;
+        status_of(outcome, &ctx.stats)
+    }
+}
+
+/// An end-to-end acknowledgement packet through `block`.
+pub fn ack_packet(
+    ctx: &MixContext,
+    block: &ReplyBlock,
+    mix_id: MixId,
+    body: &AckBody,
+) -> Option<OutPacket> {
+    let data = body.encode();
+    let fragment = Fragment {
+        kind: Kind::Ack,
+        message_id: mix_id,
+        index: 0,
+        count: 1,
+        blob_len: data.len() as u32,
+        blob_hash: Sha256::digest(&data).into(),
+        reply_block: None,
+        data,
+    };
+    let (packet, first) = block.send(&fragment.encode()).ok()?;
+    ctx.directory.node(&first)?;
+    Some(OutPacket {
+        next_hop: first.0,
+        epoch: ctx.key.epoch,
+        bytes: packet.as_bytes().to_vec(),
+        kind: PacketKind::Ack,
+        release_at: ctx.now(),
+        deadline: ctx.custody_deadline(),
+    })
+}
+
+/// Completes a message whose fragments are all stored: join and verify,
+/// then one transaction puts it in the spool for delivery, records it as
+/// done, drops the fragments and queues COMPLETE.
+pub async fn complete(ctx: &MixContext, mix_id: MixId, reply_block: Option<ReplyBlock>) {
+    let stored = match ctx.spool.fragments(mix_id).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("[MIXNET] cannot read fragments: {e}");
+            return;
+        }
+    };
+    let block = reply_block.or_else(|| {
+        stored.iter().find_map(|f| {
+            f.reply_block
+                .as_deref()
+                .and_then(|b| ReplyBlock::from_slice(b).ok())
+        })
+    });
+    let fragments: Vec<Fragment> = stored
+        .into_iter()
+        .map(|s| Fragment {
+            kind: Kind::Data,
+            message_id: s.mix_id,
+            index: s.index,
+            count: s.count,
+            blob_len: s.blob_len,
+            blob_hash: s.blob_hash,
+            reply_block: None,
+            data: s.data,
+        })
+        .collect();
+    let message = fragment::join(&fragments).and_then(|blob| fragment::decode_blob(&blob));
+    let message = match message {
+        Ok(m) => m,
+        Err(e) => {
+            info!(
+                "[MIXNET] a message's fragments do not form it ({e}); dropped, the entry will retransmit"
+            );
+            Stats::add(&ctx.stats.mix_bad_payloads, 1);
+            let _ = ctx.spool.drop_fragments(mix_id).await;
+            return;
+        }
+    };
+    let ack = block.and_then(|b| ack_packet(ctx, &b, mix_id, &AckBody::Complete));
+    let release_at = ctx.mix.release_at(ctx.now(), &mut rand::rng());
+    let completion = ExitCompletion {
+        mix_id,
+        message,
+        release_at,
+        ack,
+    };
+    match ctx.spool.complete_at_exit(completion).await {
+        Ok(true) => Stats::add(&ctx.stats.mix_exit_completions, 1),
+        Ok(false) => Stats::add(&ctx.stats.mix_exit_duplicates, 1),
+        Err(e) => warn!("[MIXNET] cannot complete a message: {e}"),
+    }
+}
+
+/// The bitmap of stored fragment indices for a PARTIAL acknowledgement.
+pub fn bitmap(count: u16, have: &[u16]) -> Vec<u8> {
+    let mut map = vec![0u8; (count as usize).div_ceil(8)];
+    for &i in have {
+        if i < count {
+            map[i as usize / 8] |= 1 << (i % 8);
+        }
+    }
+    map
+}
+
+/// Whether fragment `i` is marked in a PARTIAL bitmap.
+pub fn marked(bitmap: &[u8], i: u16) -> bool {
+    bitmap
+        .get(i as usize / 8)
+        .is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
+/// A fresh random id (message ids, reply ids).
+pub fn random_id() -> [u8; 16] {
+    rand::rng().random()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmaps_mark_exactly_the_stored_fragments() {
+        let map = bitmap(10, &[0, 3, 9]);
+        assert_eq!(map.len(), 2);
+        for i in 0..10 {
+            assert_eq!(marked(&map, i), [0, 3, 9].contains(&i), "{i}");
+        }
+        assert!(!marked(&map, 20));
+    }
+}

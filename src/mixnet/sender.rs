@@ -1,0 +1,345 @@
+//! The entry: mail accepted here by SMTP enters the mixnet once its mix
+//! release time has passed, and stays in the spool until the exit says
+//! COMPLETE.
+//!
+//! For each message: a random 16-byte message id, the blob cut into
+//! fragments, one exit chosen for all of them, and per fragment a route of
+//! `hops` distinct nodes (never this one; the last is the exit) with delays
+//! drawn here, plus a single-use reply block whose route ends here. All of
+//! it is committed in one transaction with the packets for the first hops.
+//!
+//! When the acknowledgement is overdue, the missing fragments (all of them
+//! unless a PARTIAL said otherwise) go again on new routes with new delays,
+//! same message id, same exit, after a randomized, growing wait; after the
+//! end-to-end horizon the message is dropped and counted. There is never a
+//! direct fallback: without enough usable nodes, mail waits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rand::seq::SliceRandom;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::fragment::{self, Fragment};
+use super::hop::{marked, random_id};
+use super::node::{MixContext, hop_delay};
+use super::packet::{self, NodeId, ReplyBlock, RouteHop};
+use crate::envelope::Message;
+use crate::spool::mixnet::{Launch, MixId, OutPacket, PacketKind};
+use crate::stats::Stats;
+
+/// Longest the sender sleeps without looking at the spool.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+/// While no route can be built, how often to look again (a node that comes
+/// back is used within this).
+const NO_ROUTE_RETRY: Duration = Duration::from_secs(5);
+/// Messages handled per round.
+const BATCH: usize = 16;
+/// Reply routes are at most this many hops before the entry (Sphinx allows
+/// five in all, and the entry itself is the last).
+const MAX_REPLY_HOPS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("fewer usable nodes than a route needs")]
+    NoRoute,
+    #[error("the message is larger than the network carries")]
+    TooLarge,
+    #[error("{0}")]
+    Packet(#[from] packet::PacketError),
+    #[error("{0}")]
+    Fragment(#[from] fragment::FragmentError),
+    #[error("spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
+}
+
+/// What `build` makes for one round: the message's fragment count, the
+/// recovery material per reply block (by reply id), and the packets.
+type Built = (u16, Vec<([u8; 16], Vec<u8>)>, Vec<OutPacket>);
+
+pub struct Sender {
+    pub ctx: Arc<MixContext>,
+}
+
+impl Sender {
+    /// Runs until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut health = self.ctx.health.events();
+        let mut mail = self.ctx.spool.mail_events();
+        loop {
+            self.update_health_stats();
+            mail.borrow_and_update();
+            let mut wait = MAX_IDLE;
+            match self.ctx.spool.due_for_mixnet(BATCH).await {
+                Ok((due, next)) => {
+                    for lease in due {
+                        match self.launch(lease.spool_message, &lease.message).await {
+                            Ok(()) => {}
+                            Err(SendError::NoRoute) => {
+                                Stats::add(&self.ctx.stats.mix_no_route, 1);
+                                wait = wait.min(NO_ROUTE_RETRY);
+                                break;
+                            }
+                            Err(e) => {
+                                warn!("[MIXNET] cannot send a message into the mixnet: {e}");
+                                wait = wait.min(NO_ROUTE_RETRY);
+                            }
+                        }
+                    }
+                    if let Some(at) = next {
+                        wait = wait.min(self.until(at));
+                    }
+                }
+                Err(e) => warn!("[MIXNET] cannot read the spool: {e}"),
+            }
+            match self.ctx.spool.overdue(BATCH).await {
+                Ok((overdue, next)) => {
+                    for o in overdue {
+                        if let Err(e) = self.retransmit(o).await {
+                            if !matches!(e, SendError::NoRoute) {
+                                warn!("[MIXNET] cannot retransmit: {e}");
+                            }
+                            wait = wait.min(NO_ROUTE_RETRY);
+                        }
+                    }
+                    if let Some(at) = next {
+                        wait = wait.min(self.until(at));
+                    }
+                }
+                Err(e) => warn!("[MIXNET] cannot read the spool: {e}"),
+            }
+            let health_changed = async {
+                match health.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = mail.changed() => {}
+                _ = health_changed => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn until(&self, at: u64) -> Duration {
+        Duration::from_millis(at.saturating_sub(self.ctx.now()))
+    }
+
+    fn update_health_stats(&self) {
+        let others = self.ctx.directory.others().count() as u64;
+        let usable = self.usable_peers().len() as u64;
+        self.ctx.stats.set_healthy(usable, others);
+    }
+
+    /// Peers a route may use now: listed, not this node, link up.
+    fn usable_peers(&self) -> Vec<NodeId> {
+        let own = self.ctx.own();
+        self.ctx
+            .health
+            .usable()
+            .into_iter()
+            .filter(|id| *id != own && self.ctx.directory.node(id).is_some())
+            .collect()
+    }
+
+    fn pick_exit(&self, usable: &[NodeId]) -> Option<NodeId> {
+        let exits: Vec<NodeId> = usable
+            .iter()
+            .copied()
+            .filter(|id| self.ctx.directory.node(id).is_some_and(|n| n.exit))
+            .collect();
+        let i = rand::rng().random_range(0..exits.len().max(1));
+        exits.get(i).copied()
+    }
+
+    fn hop(&self, id: NodeId, delay: Duration) -> RouteHop {
+        let node = self.ctx.directory.node(&id).expect("listed");
+        RouteHop {
+            id,
+            mix_key: node.mix_key,
+            delay,
+        }
+    }
+
+    fn delay(&self) -> Duration {
+        let p = self.ctx.directory.params();
+        hop_delay(p.hop_delay_mean, p.hop_delay_max, &mut rand::rng())
+    }
+
+    /// `hops` distinct usable nodes ending at `exit`, each with its delay.
+    fn forward_route(&self, usable: &[NodeId], exit: NodeId) -> Result<Vec<RouteHop>, SendError> {
+        let hops = self.ctx.directory.params().hops;
+        let mut middle: Vec<NodeId> = usable.iter().copied().filter(|id| *id != exit).collect();
+        if middle.len() + 1 < hops {
+            return Err(SendError::NoRoute);
+        }
+        middle.shuffle(&mut rand::rng());
+        let mut route: Vec<RouteHop> = middle[..hops - 1]
+            .iter()
+            .map(|id| self.hop(*id, self.delay()))
+            .collect();
+        route.push(self.hop(exit, Duration::ZERO));
+        Ok(route)
+    }
+
+    /// A reply route: distinct usable nodes other than the exit, then this
+    /// node (which must be its last hop to read the reply).
+    fn reply_route(&self, usable: &[NodeId], exit: NodeId) -> Result<Vec<RouteHop>, SendError> {
+        let want = self.ctx.directory.params().hops.min(MAX_REPLY_HOPS);
+        let mut pool: Vec<NodeId> = usable.iter().copied().filter(|id| *id != exit).collect();
+        if pool.is_empty() {
+            return Err(SendError::NoRoute);
+        }
+        pool.shuffle(&mut rand::rng());
+        pool.truncate(want);
+        let own = self.ctx.directory.own();
+        let mut route: Vec<RouteHop> = pool.iter().map(|id| self.hop(*id, self.delay())).collect();
+        route.push(RouteHop {
+            id: own.id,
+            mix_key: self.ctx.key.public(),
+            delay: Duration::ZERO,
+        });
+        Ok(route)
+    }
+
+    /// Builds the packets for `indices` of the message's fragments.
+    fn build(
+        &self,
+        mix_id: MixId,
+        message: &Message,
+        exit: NodeId,
+        usable: &[NodeId],
+        indices: Option<&[u16]>,
+    ) -> Result<Built, SendError> {
+        let blob = fragment::encode_blob(message);
+        if blob.len() > self.ctx.directory.params().max_message_size + 64 * 1024 {
+            return Err(SendError::TooLarge);
+        }
+        let fragments: Vec<Fragment> = fragment::split(&blob, mix_id)?;
+        let count = fragments.len() as u16;
+        let mut replies = Vec::new();
+        let mut packets = Vec::new();
+        for mut f in fragments {
+            if indices.is_some_and(|want| !want.contains(&f.index)) {
+                continue;
+            }
+            let route = self.forward_route(usable, exit)?;
+            let reply_id = random_id();
+            let (block, recovery) = ReplyBlock::create(&self.reply_route(usable, exit)?, reply_id)?;
+            f.reply_block = Some(block);
+            let wire = packet::build(&f.encode(), &route)?;
+            replies.push((reply_id, recovery.0));
+            packets.push(OutPacket {
+                next_hop: route[0].id.0,
+                epoch: self.ctx.key.epoch,
+                bytes: wire.as_bytes().to_vec(),
+                kind: PacketKind::Fragment,
+                release_at: self.ctx.now(),
+                deadline: self.ctx.custody_deadline(),
+            });
+        }
+        Ok((count, replies, packets))
+    }
+
+    fn next_check(&self, rounds: u32) -> u64 {
+        let base = self.ctx.directory.params().ack_timeout * (1u32 << rounds.min(4));
+        let jitter = rand::rng().random_range(0.75..1.25);
+        self.ctx.now() + base.mul_f64(jitter).as_millis() as u64
+    }
+
+    async fn launch(&self, spool_message: i64, message: &Message) -> Result<(), SendError> {
+        let usable = self.usable_peers();
+        let exit = self.pick_exit(&usable).ok_or(SendError::NoRoute)?;
+        let mix_id = random_id();
+        let building = {
+            let message = message.clone();
+            let usable = usable.clone();
+            let this = Sender {
+                ctx: self.ctx.clone(),
+            };
+            // Sphinx wrapping is CPU work (about half a millisecond per
+            // packet): off the async executor.
+            tokio::task::spawn_blocking(move || this.build(mix_id, &message, exit, &usable, None))
+                .await
+                .map_err(|_| SendError::NoRoute)?
+        };
+        let (count, replies, packets) = building?;
+        let sent = packets.len() as u64;
+        let params = self.ctx.directory.params();
+        self.ctx
+            .spool
+            .launch(Launch {
+                spool_message,
+                mix_id,
+                exit: exit.0,
+                fragments: count,
+                next_check: self.next_check(0),
+                give_up_at: self.ctx.now() + params.e2e_horizon.as_millis() as u64,
+                replies,
+                packets,
+            })
+            .await?;
+        Stats::add(&self.ctx.stats.mix_messages_in, 1);
+        Stats::add(&self.ctx.stats.mix_fragments_sent, sent);
+        Ok(())
+    }
+
+    async fn retransmit(&self, o: crate::spool::mixnet::Overdue) -> Result<(), SendError> {
+        if self.ctx.now() >= o.give_up_at {
+            if self.ctx.spool.give_up(o.mix_id).await? {
+                Stats::add(&self.ctx.stats.mix_messages_failed, 1);
+                info!(
+                    "[MIXNET] dropped a message: no acknowledgement within the end-to-end horizon"
+                );
+            }
+            return Ok(());
+        }
+        let exit = NodeId(o.exit);
+        let usable = self.usable_peers();
+        let missing: Vec<u16> = (0..o.fragments)
+            .filter(|i| o.acked.as_deref().is_none_or(|map| !marked(map, *i)))
+            .collect();
+        let built = if usable.contains(&exit) {
+            let this = Sender {
+                ctx: self.ctx.clone(),
+            };
+            let (mix_id, message, missing) = (o.mix_id, o.message.clone(), missing.clone());
+            tokio::task::spawn_blocking(move || {
+                this.build(mix_id, &message, exit, &usable, Some(&missing))
+            })
+            .await
+            .map_err(|_| SendError::NoRoute)?
+        } else {
+            Err(SendError::NoRoute)
+        };
+        // Without a route now, only the next check moves: same message id,
+        // same exit, later.
+        let (replies, packets) = match built {
+            Ok((_, replies, packets)) => (replies, packets),
+            Err(SendError::NoRoute) => (Vec::new(), Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let sent = packets.len() as u64;
+        self.ctx
+            .spool
+            .launch(Launch {
+                spool_message: o.spool_message,
+                mix_id: o.mix_id,
+                exit: o.exit,
+                fragments: o.fragments,
+                next_check: self.next_check(o.rounds + 1),
+                give_up_at: o.give_up_at,
+                replies,
+                packets,
+            })
+            .await?;
+        Stats::add(&self.ctx.stats.mix_fragments_retransmitted, sent);
+        Ok(())
+    }
+}

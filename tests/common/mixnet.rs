@@ -1,0 +1,192 @@
+//! A pluto2 mixnet on 127.0.0.1: real `pluto2 -sphinx` processes, each
+//! behind its own link tap (the SOCKS proxy standing in for Tor), which maps
+//! every node's onion name to that node's `-node` port and the mail
+//! destination to an SMTP sink, and records every frame on every link.
+//! `nodes.json` is assembled from each node's `-export-node-info` output,
+//! exactly as operators do.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use pluto2::address::OnionName;
+
+use super::link_tap::LinkTap;
+use super::smtp_sink::{Behaviour, Sink};
+use super::{BIN, Daemon, PATIENCE};
+
+/// The virtual port every node publishes for links.
+pub const LINK_PORT: u16 = 9999;
+
+/// Network parameters for tests: milliseconds per hop, seconds before a
+/// retransmission.
+pub const TEST_PARAMS: &str = r#"{"hops": 3, "hop_delay_mean": "20ms", "hop_delay_max": "240ms",
+    "max_message_size": 262144, "ack_timeout": "4s", "custody_horizon": "10m", "e2e_horizon": "1h"}"#;
+
+pub struct MixNode {
+    pub onion: String,
+    pub short: String,
+    pub data: PathBuf,
+    pub tap: LinkTap,
+    pub daemon: Option<Daemon>,
+    /// The port its links listen on (known once it started).
+    pub link_port: Option<u16>,
+}
+
+pub struct MixNet {
+    pub nodes: Vec<MixNode>,
+    pub sink: Sink,
+    /// Where mail for the sink goes: `someone@<sink_onion>`.
+    pub sink_onion: String,
+    pub pki: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn export(onion: &str, short: &str, data: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["-name", onion, "-short-name", short, "-data-dir"])
+        .arg(data)
+        .args(extra)
+        .arg("-export-node-info")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+impl MixNet {
+    /// `n` nodes, all exits, with `params` (JSON) as network parameters.
+    pub async fn start(n: usize, params: &str) -> MixNet {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Sink::start(Behaviour::default()).await;
+        let sink_onion = OnionName::from_seed(200).to_string();
+        let mut nodes = Vec::new();
+        let mut entries = Vec::new();
+        for i in 0..n {
+            let onion = OnionName::from_seed(100 + i as u8).to_string();
+            let short = format!("n{i}");
+            let data = dir.path().join(&short);
+            entries.push(export(&onion, &short, &data, &[]));
+            let tap = LinkTap::start().await;
+            tap.route(&sink_onion, 25, sink.addr);
+            nodes.push(MixNode {
+                onion,
+                short,
+                data,
+                tap,
+                daemon: None,
+                link_port: None,
+            });
+        }
+        let pki = dir.path().join("nodes.json");
+        let doc = format!(
+            r#"{{"nodes": {}, "params": {params}}}"#,
+            serde_json::to_string(&entries).unwrap()
+        );
+        std::fs::write(&pki, doc).unwrap();
+        let mut net = MixNet {
+            nodes,
+            sink,
+            sink_onion,
+            pki,
+            _dir: dir,
+        };
+        for i in 0..n {
+            net.start_node(i, &[]);
+        }
+        net
+    }
+
+    /// Starts (or restarts) node `i` on its data dir and points every tap
+    /// at its link port.
+    pub fn start_node(&mut self, i: usize, extra: &[&str]) {
+        let node = &self.nodes[i];
+        let tap_addr = node.tap.addr.to_string();
+        let pki = self.pki.to_str().unwrap().to_string();
+        let mut args: Vec<&str> = vec![
+            "-name",
+            &node.onion,
+            "-short-name",
+            &node.short,
+            "-sphinx",
+            "-pki-file",
+            &pki,
+            "-node",
+            "127.0.0.1:0",
+            "-tor-socks",
+            &tap_addr,
+            "-batch-window",
+            "0",
+            "-stats-interval",
+            "1s",
+        ];
+        args.extend(extra);
+        let daemon = Daemon::start_in(&node.data.clone(), &args);
+        let port = link_port(&daemon);
+        self.nodes[i].daemon = Some(daemon);
+        self.nodes[i].link_port = Some(port);
+        let onion = self.nodes[i].onion.clone();
+        for other in &self.nodes {
+            other
+                .tap
+                .route_link(&onion, LINK_PORT, ([127, 0, 0, 1], port).into());
+        }
+    }
+
+    pub fn daemon(&self, i: usize) -> &Daemon {
+        self.nodes[i].daemon.as_ref().expect("running")
+    }
+
+    /// Waits until node `i` reports at least `h` usable peers in [STATS].
+    pub async fn until_healthy(&self, i: usize, h: usize) {
+        let want = format!("healthy={h}/");
+        self.daemon(i)
+            .until_log(&want, |line| {
+                line.split("healthy=")
+                    .nth(1)
+                    .and_then(|v| v.split('/').next())
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .is_some_and(|got| got >= h)
+            })
+            .await;
+    }
+
+    /// Every PACKET frame seen on any link, as (encoded length).
+    pub fn packet_frame_sizes(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.tap.packet_frame_sizes())
+            .collect()
+    }
+
+    /// Bytes that crossed any link, in both directions.
+    pub fn bytes_on_links(&self) -> usize {
+        self.nodes.iter().map(|n| n.tap.bytes_on_links()).sum()
+    }
+}
+
+/// The link port a node logged at start.
+fn link_port(d: &Daemon) -> u16 {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let logs = d.log_text();
+        if let Some(port) = logs
+            .lines()
+            .find_map(|l| l.split("links on ").nth(1))
+            .and_then(|rest| rest.split([',', ' ']).next())
+            .and_then(|addr| addr.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port())
+        {
+            return port;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no link port in the logs: {logs}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
