@@ -86,24 +86,50 @@ const MAIL_COPIES_TO_KEYWORDS: &[&[u8]] = &[b"nobody", b"never", b"poster", b"al
 /// which base32 writes as exactly 24 characters with no padding.
 const MESSAGE_ID_RANDOM_BYTES: usize = 15;
 
+/// The right-hand side of Message-IDs derived from a mixnet message id:
+/// the same for every exit, so a copy delivered twice (by two exits, after
+/// a lost acknowledgement) carries the same Message-ID and readers and
+/// news servers drop the second, while nothing names the exit.
+pub const MIXNET_MESSAGE_ID_DOMAIN: &str = "mixnet.invalid";
+
+/// The left part of the Message-ID of mail that left the mixnet: a hash of
+/// its mixnet message id (random, chosen by the entry), shaped like a
+/// random one.
+pub fn mixnet_message_id(key: &[u8; 16]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"pluto2 mixnet Message-ID\0")
+        .chain_update(key)
+        .finalize();
+    data_encoding::BASE32_NOPAD
+        .encode(&digest[..MESSAGE_ID_RANDOM_BYTES])
+        .to_ascii_lowercase()
+}
+
 /// Rewrites the header block; the body (everything after the first CRLF CRLF) is returned byte for byte unchanged.
 ///
-/// `now` becomes the new `Date:`; `rng` provides the new `Message-ID:`.
+/// `now` becomes the new `Date:`. The new `Message-ID:` is derived from
+/// `key` (a mixnet message id) when one is given, otherwise drawn from `rng`.
 pub fn sanitize<R: Rng + ?Sized>(
     message: &[u8],
     config: &SanitizeConfig,
     now: SystemTime,
     rng: &mut R,
+    key: Option<&[u8; 16]>,
 ) -> Vec<u8> {
     let parts = header::split(message);
+    let (left, right) = match key {
+        Some(k) => (mixnet_message_id(k), MIXNET_MESSAGE_ID_DOMAIN),
+        None => (random_id(rng), config.message_id_domain.as_str()),
+    };
 
     let mut out = Vec::with_capacity(message.len() + 256);
     out.extend_from_slice(b"From: ");
     out.extend_from_slice(config.from.as_bytes());
     out.extend_from_slice(b"\r\nMessage-ID: <");
-    out.extend_from_slice(random_id(rng).as_bytes());
+    out.extend_from_slice(left.as_bytes());
     out.push(b'@');
-    out.extend_from_slice(config.message_id_domain.as_bytes());
+    out.extend_from_slice(right.as_bytes());
     out.extend_from_slice(b">\r\nDate: ");
     out.extend_from_slice(rfc5322_date(now).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -297,7 +323,7 @@ mod tests {
 
     fn run(message: &[u8]) -> Vec<u8> {
         let mut rng = StdRng::seed_from_u64(7);
-        sanitize(message, &config(), fixed_time(), &mut rng)
+        sanitize(message, &config(), fixed_time(), &mut rng, None)
     }
 
     /// Splits output into (header lines with their CRLF, body) at the first
@@ -552,7 +578,7 @@ mod tests {
         let message = b"Subject: s\r\n\r\nb";
         let ids: Vec<Vec<u8>> = (0..2)
             .map(|_| {
-                let output = sanitize(message, &config(), fixed_time(), &mut rng);
+                let output = sanitize(message, &config(), fixed_time(), &mut rng, None);
                 parts(&output).0[1].clone()
             })
             .collect();
@@ -690,5 +716,25 @@ mod tests {
             );
             assert_eq!(hop_counter(&out), 1, "{:?}", String::from_utf8_lossy(&out));
         }
+    }
+
+    #[test]
+    fn mail_from_the_mixnet_gets_a_message_id_derived_from_its_message_id() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let message = b"Subject: s\r\n\r\nbody\r\n";
+        let id_of = |out: &[u8]| {
+            let text = String::from_utf8_lossy(out).into_owned();
+            text.lines()
+                .find(|l| l.starts_with("Message-ID: "))
+                .unwrap()
+                .to_string()
+        };
+        let a = sanitize(message, &config(), fixed_time(), &mut rng, Some(&[1; 16]));
+        let b = sanitize(message, &config(), fixed_time(), &mut rng, Some(&[1; 16]));
+        let c = sanitize(message, &config(), fixed_time(), &mut rng, Some(&[2; 16]));
+        assert_eq!(id_of(&a), id_of(&b), "two exits, one Message-ID");
+        assert_ne!(id_of(&a), id_of(&c));
+        assert!(id_of(&a).ends_with("@mixnet.invalid>"), "{}", id_of(&a));
+        assert!(!id_of(&a).contains(&config().message_id_domain));
     }
 }

@@ -75,6 +75,17 @@ async fn mail_crosses_three_hops_once_in_fixed_size_packets_and_the_entry_never_
                 .collect::<Vec<_>>()
         );
     }
+    // The exit's Message-ID comes from the mixnet message id, not from the
+    // exit: one per message, the same whichever exit delivers it.
+    for r in &got {
+        let head = &r.data[..r.data.len() - body_of(&r.data).len()];
+        let head = String::from_utf8_lossy(head).into_owned();
+        assert!(
+            head.lines()
+                .any(|l| l.starts_with("Message-ID: <") && l.ends_with("@mixnet.invalid>")),
+            "{head}"
+        );
+    }
     // Only exits dial port 25, never the entry.
     assert!(
         net.nodes[0].tap.requests().iter().all(|r| r.port != 25),

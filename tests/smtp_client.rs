@@ -64,6 +64,7 @@ fn rcpts(list: &[&str]) -> Vec<String> {
 
 fn message<'a>(recipients: &'a [String], body: &'a [u8]) -> Outgoing<'a> {
     Outgoing {
+        message_key: None,
         server_name: "localhost",
         sender: SENDER,
         recipients,

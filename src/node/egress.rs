@@ -38,6 +38,7 @@ impl Egress {
         &self,
         original: &[u8],
         limit: Option<usize>,
+        message_key: Option<&[u8; 16]>,
         now: SystemTime,
     ) -> Option<Vec<u8>> {
         let mut rng = rand::rng();
@@ -48,7 +49,7 @@ impl Egress {
         } else {
             let hop = sanitize::hop_counter(original).saturating_add(1);
             let sanitized = match &self.sanitize {
-                Some(cfg) => sanitize::sanitize(original, cfg, now, &mut rng),
+                Some(cfg) => sanitize::sanitize(original, cfg, now, &mut rng, message_key),
                 None => original.to_vec(),
             };
             sanitize::with_hop_count(&sanitized, hop)
@@ -68,8 +69,13 @@ impl Egress {
 }
 
 impl OutgoingBody for Egress {
-    fn prepare(&self, original: &[u8], limit: Option<usize>) -> Option<Vec<u8>> {
-        self.prepare_at(original, limit, SystemTime::now())
+    fn prepare(
+        &self,
+        original: &[u8],
+        limit: Option<usize>,
+        message_key: Option<&[u8; 16]>,
+    ) -> Option<Vec<u8>> {
+        self.prepare_at(original, limit, message_key, SystemTime::now())
     }
 }
 
@@ -98,7 +104,7 @@ mod tests {
 
     #[test]
     fn it_sanitizes_then_pads_real_mail() {
-        let out = egress(true).prepare(MAIL, None).unwrap();
+        let out = egress(true).prepare(MAIL, None, None).unwrap();
         assert_eq!(crate::mix::padding::wire_len(&out) % 4096, 0);
         let text = String::from_utf8_lossy(padding::strip(&out)).into_owned();
         assert!(!text.contains("alice@host.example"), "{text}");
@@ -109,7 +115,7 @@ mod tests {
 
     #[test]
     fn it_passes_headers_on_when_sanitizing_is_off() {
-        let out = egress(false).prepare(MAIL, None).unwrap();
+        let out = egress(false).prepare(MAIL, None, None).unwrap();
         let (head, body) = MAIL.split_at(MAIL.len() - b"\r\nbody\r\n".len());
         let expected = [head, b"X-Hop-Count: 1\r\n", body].concat();
         assert_eq!(padding::strip(&out), expected);
@@ -120,7 +126,7 @@ mod tests {
         let arrived = b"Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n\
             X-Hop-Count: 7\r\nSubject: hi\r\n\r\nbody\r\n";
         for sanitizing in [true, false] {
-            let out = egress(sanitizing).prepare(arrived, None).unwrap();
+            let out = egress(sanitizing).prepare(arrived, None, None).unwrap();
             let out = padding::strip(&out);
             assert_eq!(sanitize::hop_counter(out), 8, "sanitize {sanitizing}");
             let counters: Vec<_> = crate::message::header::fields(out)
@@ -132,7 +138,7 @@ mod tests {
         // Sanitized, the author's own Received lines are dropped and not
         // counted: the first pluto2 always writes 1.
         let fresh = b"Received: from a\r\nReceived: from b\r\nSubject: hi\r\n\r\nx\r\n";
-        let out = egress(true).prepare(fresh, None).unwrap();
+        let out = egress(true).prepare(fresh, None, None).unwrap();
         assert_eq!(sanitize::hops(padding::strip(&out)), 1);
     }
 
@@ -141,7 +147,7 @@ mod tests {
         let e = egress(true);
         let own = OnionName::from_seed(1);
         let m = cover::make_message(&e.cover_key, &own, &mut StdRng::seed_from_u64(3));
-        let out = e.prepare(&m.body, None).unwrap();
+        let out = e.prepare(&m.body, None, None).unwrap();
         assert!(e.cover_key.is_cover(padding::strip(&out)));
         assert_eq!(padding::strip(&out), &m.body[..]);
     }
@@ -153,18 +159,18 @@ mod tests {
         let (head, body) = MAIL.split_at(MAIL.len() - b"\r\nbody\r\n".len());
         let counted = [head, b"X-Hop-Count: 1\r\n", body].concat();
         // Whole blocks fit: padded as always.
-        let out = e.prepare(MAIL, Some(4096)).unwrap();
+        let out = e.prepare(MAIL, Some(4096), None).unwrap();
         assert_eq!(padding::wire_len(&out), 4096);
         // A block would pass the limit: padded up to exactly the limit.
-        let out = e.prepare(MAIL, Some(1000)).unwrap();
+        let out = e.prepare(MAIL, Some(1000), None).unwrap();
         assert_eq!(out.len(), 1000);
         assert_eq!(padding::strip(&out), counted);
         // No room for a padding header: sent as it is.
-        let out = e.prepare(MAIL, Some(counted.len() + 3)).unwrap();
+        let out = e.prepare(MAIL, Some(counted.len() + 3), None).unwrap();
         assert_eq!(out, counted);
-        let out = e.prepare(MAIL, Some(counted.len())).unwrap();
+        let out = e.prepare(MAIL, Some(counted.len()), None).unwrap();
         assert_eq!(out, counted);
         // Too big even so.
-        assert_eq!(e.prepare(MAIL, Some(counted.len() - 1)), None);
+        assert_eq!(e.prepare(MAIL, Some(counted.len() - 1), None), None);
     }
 }

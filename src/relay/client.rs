@@ -78,6 +78,9 @@ pub struct Outgoing<'a> {
     /// limit is known (sanitized and padded, with fresh randomness per
     /// connection, so two attempts do not carry identical bytes).
     pub body: &'a dyn OutgoingBody,
+    /// For mail that left the mixnet here: its mixnet message id, from
+    /// which the outgoing Message-ID is derived.
+    pub message_key: Option<[u8; 16]>,
     pub smtputf8: bool,
     pub eight_bit: bool,
 }
@@ -90,14 +93,24 @@ pub trait OutgoingBody: Send + Sync {
     /// hop's SIZE limit if it announced one: the bytes to send after DATA,
     /// never longer than `limit`, or `None` when the message cannot fit
     /// under it at all (a permanent failure).
-    fn prepare(&self, original: &[u8], limit: Option<usize>) -> Option<Vec<u8>>;
+    fn prepare(
+        &self,
+        original: &[u8],
+        limit: Option<usize>,
+        message_key: Option<&[u8; 16]>,
+    ) -> Option<Vec<u8>>;
 }
 
 /// Sends the message as it is (tests, and any caller without policy).
 pub struct AsIs;
 
 impl OutgoingBody for AsIs {
-    fn prepare(&self, original: &[u8], limit: Option<usize>) -> Option<Vec<u8>> {
+    fn prepare(
+        &self,
+        original: &[u8],
+        limit: Option<usize>,
+        _message_key: Option<&[u8; 16]>,
+    ) -> Option<Vec<u8>> {
         limit
             .is_none_or(|limit| original.len() <= limit)
             .then(|| original.to_vec())
@@ -420,7 +433,10 @@ async fn transaction(
 
     // Padding must not push the message past the next hop's limit: it
     // would be refused (552) after our client got its 250.
-    let Some(body) = msg.body.prepare(msg.original, offered.size_limit()) else {
+    let Some(body) = msg
+        .body
+        .prepare(msg.original, offered.size_limit(), msg.message_key.as_ref())
+    else {
         return finish(
             &mut conn,
             Err(Failure::permanent(FailureKind::TooBig {

@@ -93,6 +93,7 @@ impl Router {
                 recipients: &recipients,
                 original: &lease.body,
                 body: self.body.as_ref(),
+                message_key: lease.mix_id,
                 smtputf8: lease.smtputf8,
                 eight_bit: lease.eight_bit,
             };
