@@ -146,14 +146,7 @@ impl FrameReader {
                     Err(_) => return Err(LinkError::NoHello),
                 }
             }
-            let mut chunk = [0u8; 512];
-            let n = tokio::time::timeout(idle, stream.read(&mut chunk))
-                .await
-                .map_err(|_| LinkError::Idle(idle))??;
-            if n == 0 {
-                return Err(LinkError::Closed);
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.read_more(stream, idle).await?;
         }
     }
 
@@ -167,15 +160,26 @@ impl FrameReader {
                 self.buf.drain(..used);
                 return Ok(frame);
             }
-            let mut chunk = [0u8; 16 * 1024];
-            let n = tokio::time::timeout(idle, stream.read(&mut chunk))
-                .await
-                .map_err(|_| LinkError::Idle(idle))??;
-            if n == 0 {
-                return Err(LinkError::Closed);
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.read_more(stream, idle).await?;
         }
+    }
+
+    /// One read of at most 16 KiB, within `idle`. Cancel-safe: the bytes
+    /// join the buffer in the same poll that read them.
+    async fn read_more<R: AsyncReadExt + Unpin>(
+        &mut self,
+        stream: &mut R,
+        idle: Duration,
+    ) -> Result<(), LinkError> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(idle, stream.read(&mut chunk))
+            .await
+            .map_err(|_| LinkError::Idle(idle))??;
+        if n == 0 {
+            return Err(LinkError::Closed);
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
     }
 }
 
