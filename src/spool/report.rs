@@ -4,6 +4,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use super::SpoolError;
+use super::mixnet::MixnetCounts;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QueueReport {
@@ -16,6 +17,12 @@ pub struct QueueReport {
     pub oldest_age_seconds: Option<u64>,
     /// Seconds until the earliest deferred retry, `null` if none is deferred.
     pub next_retry_in_seconds: Option<u64>,
+    /// Mixnet state (all zero in direct mode): packets in custody by why
+    /// they are kept, messages this entry waits to see acknowledged (also
+    /// counted in `messages` until their COMPLETE arrives), and messages
+    /// with fragments at this exit. Always present, so a script reads the
+    /// same shape from every node.
+    pub mixnet: MixnetCounts,
 }
 
 /// Reads the counts in one read transaction, so they agree with each other.
@@ -46,6 +53,7 @@ pub fn read(conn: &mut Connection, now: u64) -> Result<QueueReport, SpoolError> 
         [],
         |r| r.get(0),
     )?;
+    let mixnet = super::mixnet::counts(&tx)?;
     tx.finish()?;
     // Stored times are unix ms; the report speaks seconds.
     let since = |t: i64| now.saturating_sub(t.max(0) as u64) / 1000;
@@ -57,6 +65,7 @@ pub fn read(conn: &mut Connection, now: u64) -> Result<QueueReport, SpoolError> 
         leased,
         oldest_age_seconds: oldest.map(since),
         next_retry_in_seconds: next.map(|t| (t.max(0) as u64).saturating_sub(now).div_ceil(1000)),
+        mixnet,
     })
 }
 
@@ -81,6 +90,20 @@ impl std::fmt::Display for QueueReport {
                 f,
                 "next retry: in {}",
                 humantime::format_duration(std::time::Duration::from_secs(s))
+            )?;
+        }
+        let m = &self.mixnet;
+        // Direct mode never has mixnet state: its report stays as it was.
+        if *m != MixnetCounts::default() {
+            writeln!(
+                f,
+                "mixnet:     {} packets in custody ({} forward, {} fragment, {} ack), {} awaiting acknowledgement, {} incomplete at this exit",
+                m.packets_forward + m.packets_fragment + m.packets_ack,
+                m.packets_forward,
+                m.packets_fragment,
+                m.packets_ack,
+                m.awaiting_ack,
+                m.exit_partial
             )?;
         }
         Ok(())

@@ -73,6 +73,12 @@ pub enum Action {
     /// Swallow it and close both sides: a link breaking with the frame in
     /// flight.
     DropThenClose,
+    /// Forward it with the byte at this offset of the encoded frame
+    /// flipped (all bits): a packet damaged in flight, which the receiving
+    /// hop refuses (bad MAC) and acknowledges as rejected, so its sender's
+    /// custody ends and the packet is gone for good. An offset past the
+    /// frame's end forwards it unchanged.
+    Corrupt(usize),
     /// Forward it and keep a copy for [`LinkTap::inject`]. Matches PACKET
     /// frames only, whatever the rule's kind says.
     ReplayLater,
@@ -848,6 +854,13 @@ impl Conn {
                 let _ = tx.send((now + d, bytes.to_vec()));
             }
             Some(Action::DropThenClose) => return false,
+            Some(Action::Corrupt(at)) => {
+                let mut damaged = bytes.to_vec();
+                if let Some(b) = damaged.get_mut(at) {
+                    *b ^= 0xff;
+                }
+                let _ = tx.send((now, damaged));
+            }
         }
         true
     }

@@ -190,3 +190,117 @@ fn link_port(d: &Daemon) -> u16 {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+impl MixNet {
+    /// Like [`MixNet::start`], but the nodes in `middle` are middle nodes
+    /// only (`-exit=false` in their entry and on their command line), so a
+    /// test knows where every message leaves the mixnet. Restart such a
+    /// node with `start_node(i, &["-exit=false"])`.
+    pub async fn start_with_middles(n: usize, params: &str, middle: &[usize]) -> MixNet {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Sink::start(Behaviour::default()).await;
+        let sink_onion = OnionName::from_seed(200).to_string();
+        let mut nodes = Vec::new();
+        let mut entries = Vec::new();
+        let flags = |i: usize| -> &'static [&'static str] {
+            if middle.contains(&i) {
+                &["-exit=false"]
+            } else {
+                &[]
+            }
+        };
+        for i in 0..n {
+            let onion = OnionName::from_seed(100 + i as u8).to_string();
+            let short = format!("n{i}");
+            let data = dir.path().join(&short);
+            entries.push(export(&onion, &short, &data, flags(i)));
+            let tap = LinkTap::start().await;
+            tap.route(&sink_onion, 25, sink.addr);
+            nodes.push(MixNode {
+                onion,
+                short,
+                data,
+                tap,
+                daemon: None,
+                link_port: None,
+            });
+        }
+        let pki = dir.path().join("nodes.json");
+        let doc = format!(
+            r#"{{"nodes": {}, "params": {params}}}"#,
+            serde_json::to_string(&entries).unwrap()
+        );
+        std::fs::write(&pki, doc).unwrap();
+        let mut net = MixNet {
+            nodes,
+            sink,
+            sink_onion,
+            pki,
+            _dir: dir,
+        };
+        for i in 0..n {
+            net.start_node(i, flags(i));
+        }
+        net
+    }
+
+    /// Node `i`'s `mixnet` object from `pluto2 queue -json` (packets in
+    /// custody, messages awaiting acknowledgement, incomplete at the exit).
+    pub fn mixnet_counts(&self, i: usize) -> serde_json::Value {
+        super::queue_json(&self.nodes[i].data)["mixnet"].clone()
+    }
+
+    /// Waits until no running node holds anything: no message in its spool
+    /// (the entry's until COMPLETE, the exit's until delivered), no packet
+    /// in custody, no fragment. From then on nothing more can be delivered,
+    /// so the sink's count is final.
+    pub async fn until_quiet(&self) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let busy: Vec<(usize, serde_json::Value)> = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].daemon.is_some())
+                .map(|i| (i, super::queue_json(&self.nodes[i].data)))
+                .filter(|(_, q)| {
+                    q["messages"] != 0
+                        || q["mixnet"]
+                            .as_object()
+                            .is_some_and(|m| m.values().any(|v| *v != 0))
+                })
+                .collect();
+            if busy.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mixnet never went quiet: {busy:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The value of counter `field` in the last `[STATS]` line of `d`.
+pub fn last_stat(d: &Daemon, field: &str) -> Option<u64> {
+    d.log_text()
+        .lines()
+        .filter(|l| l.contains("[STATS]"))
+        .filter_map(|l| stat_in(l, field))
+        .next_back()
+}
+
+/// Waits until a `[STATS]` line of `d` shows `field` satisfying `ok`
+/// (counters only grow, so any line will do), and returns the value.
+pub async fn until_stat(d: &Daemon, field: &str, ok: impl Fn(u64) -> bool) -> u64 {
+    let line = d
+        .until_log(&format!("with {field} as wanted"), |l| {
+            l.contains("[STATS]") && stat_in(l, field).is_some_and(&ok)
+        })
+        .await;
+    stat_in(&line, field).unwrap()
+}
+
+fn stat_in(line: &str, field: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
