@@ -50,17 +50,20 @@ async fn until_stats(d: &Daemon, from: usize, what: &str, ok: impl Fn(&str) -> b
         if let Some(line) = found {
             return line;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no [STATS] line with {what}; last lines:\n{}",
-            d.logs.lock().unwrap()[from..]
+        if tokio::time::Instant::now() >= deadline {
+            // Copied first: panicking with the lock held would poison it
+            // for the thread that reads the daemon's logs.
+            let last: Vec<String> = d.logs.lock().unwrap()[from..]
                 .iter()
                 .rev()
                 .take(8)
                 .cloned()
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+                .collect();
+            panic!(
+                "no [STATS] line with {what}; last lines:\n{}",
+                last.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
