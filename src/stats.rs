@@ -25,6 +25,10 @@ pub struct Stats {
     pub cover_dropped: AtomicU64,
     /// Cover not generated because deliveries were failing (Tor down).
     pub cover_paused: AtomicU64,
+    /// Recipients delivered by SMTP from here for mail that did not leave
+    /// the mixnet here (fog's `direct`). In mixnet mode it must stay 0; it
+    /// is counted, not printed as a constant, so a leak would show.
+    pub direct: AtomicU64,
     /// Mixnet mode is on: the line carries the mixnet fields below.
     pub mixnet: std::sync::atomic::AtomicBool,
     /// Messages sent into the mixnet from here (fog's `sphinx`).
@@ -95,16 +99,17 @@ impl Stats {
         ) + &self.mixnet_fields()
     }
 
-    /// The mixnet part of the line (empty in direct mode). `direct` is
-    /// always 0 in mixnet mode: mail accepted here never leaves directly.
+    /// The mixnet part of the line (empty in direct mode). `direct` stays 0
+    /// in mixnet mode: mail accepted here never leaves directly.
     fn mixnet_fields(&self) -> String {
         if !self.mixnet.load(Ordering::Relaxed) {
             return String::new();
         }
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            " sphinx={} direct=0 acked={} e2e_failed={} no_route={} fragments={} retransmitted={} packets_in={} packets_out={} mix_replays={} rejected={} rejected_by_peer={} unknown_epoch={} expired={} bad_payloads={} exit_completed={} exit_duplicates={} healthy={}/{}",
+            " sphinx={} direct={} acked={} e2e_failed={} no_route={} fragments={} retransmitted={} packets_in={} packets_out={} mix_replays={} rejected={} rejected_by_peer={} unknown_epoch={} expired={} bad_payloads={} exit_completed={} exit_duplicates={} healthy={}/{}",
             get(&self.mix_messages_in),
+            get(&self.direct),
             get(&self.mix_messages_acked),
             get(&self.mix_messages_failed),
             get(&self.mix_no_route),

@@ -342,25 +342,20 @@ pub async fn run_peer(
 ) {
     let mut failures: u32 = 0;
     loop {
+        let mut established = false;
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = outbound(peer, &host, port, &dialer, &cfg, source.as_ref(), &shutdown) => r,
+            r = outbound(peer, &host, port, &dialer, &cfg, source.as_ref(), &shutdown, &mut established) => r,
         };
         source.link_state(peer, false);
-        match result {
-            Ok(()) => failures = 0,
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                info!("[MIXNET] link to a peer failed ({e}); retrying");
-            }
+        if let Err(e) = &result {
+            info!("[MIXNET] link to a peer failed ({e}); retrying");
         }
+        failures = failures_after(failures, established, result.is_ok());
         if shutdown.is_cancelled() {
             return;
         }
-        // 1 s, 2 s, 4 s … capped at a minute, with jitter so peers that lost
-        // a node together do not reconnect in lockstep.
-        let base = Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60));
-        let pause = base.mul_f64(rand::rng().random_range(0.5..1.0));
+        let pause = redial_pause(failures, &mut rand::rng());
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
@@ -368,6 +363,33 @@ pub async fn run_peer(
     }
 }
 
+/// Longest pause between two attempts to dial a peer: a node that comes
+/// back is dialled again within it and, with Tor's connect time, used
+/// within a minute.
+const MAX_REDIAL: Duration = Duration::from_secs(30);
+
+/// The pause before dialling a peer again after `failures` failures in a
+/// row: 1 s, 2 s, 4 s … up to [`MAX_REDIAL`], with jitter so peers that
+/// lost a node together do not reconnect in lockstep.
+fn redial_pause<R: Rng + ?Sized>(failures: u32, rng: &mut R) -> Duration {
+    let base = Duration::from_secs(1 << failures.min(5)).min(MAX_REDIAL);
+    base.mul_f64(rng.random_range(0.5..1.0))
+}
+
+/// Failures in a row after an attempt. A link that got through HELLO
+/// ends the run: its breaking later is a first failure, not the next of
+/// the failures before it (which would make a node that was up for hours
+/// wait the longest pause after a short outage).
+fn failures_after(failures: u32, established: bool, ok: bool) -> u32 {
+    match (ok, established) {
+        (true, _) => 0,
+        (false, true) => 1,
+        (false, false) => failures.saturating_add(1),
+    }
+}
+
+/// One connection to `peer`; sets `established` once HELLO went through.
+#[allow(clippy::too_many_arguments)]
 async fn outbound(
     peer: NodeId,
     host: &str,
@@ -376,6 +398,7 @@ async fn outbound(
     cfg: &LinkConfig,
     source: &dyn PacketSource,
     shutdown: &CancellationToken,
+    established: &mut bool,
 ) -> Result<(), LinkError> {
     let stream = tokio::time::timeout(cfg.connect_timeout, dialer.connect(host, port))
         .await
@@ -389,6 +412,7 @@ async fn outbound(
     // The peer's identity in HELLO is informative: the onion name we
     // dialled already authenticates it (Tor checks the key).
     check_hello(cfg, answer)?;
+    *established = true;
     source.link_state(peer, true);
     let opened = tokio::time::Instant::now();
     let mut sent: HashSet<i64> = HashSet::new();
@@ -469,6 +493,9 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
     use super::*;
 
     fn ping_after(prefix: &[u8]) -> Vec<u8> {
@@ -504,5 +531,29 @@ mod tests {
         let mut stream = &bytes[..];
         let mut reader = FrameReader::new();
         assert!(reader.skip_proxy_header(&mut stream, idle).await.is_err());
+    }
+
+    #[test]
+    fn it_redials_a_peer_within_half_a_minute_however_often_it_failed() {
+        let mut rng = StdRng::seed_from_u64(10);
+        for failures in [0, 1, 5, 6, 40, u32::MAX] {
+            for _ in 0..200 {
+                let pause = redial_pause(failures, &mut rng);
+                assert!(pause < MAX_REDIAL, "{failures} failures: {pause:?}");
+                assert!(pause >= Duration::from_millis(500), "{pause:?}");
+            }
+        }
+        // After a first failure it is quick.
+        assert!(redial_pause(1, &mut rng) < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn it_starts_the_backoff_afresh_after_a_link_that_came_up() {
+        // Dial failures pile up…
+        assert_eq!(failures_after(3, false, false), 4);
+        // …but a link that was up and then broke is a first failure.
+        assert_eq!(failures_after(6, true, false), 1);
+        assert_eq!(failures_after(6, true, true), 0);
+        assert_eq!(failures_after(u32::MAX, false, false), u32::MAX);
     }
 }

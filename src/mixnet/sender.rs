@@ -74,21 +74,26 @@ impl Sender {
             let mut wait = MAX_IDLE;
             match self.ctx.spool.due_for_mixnet(BATCH).await {
                 Ok((due, next)) => {
+                    // A message that could not be sent is still due, so
+                    // `next` is already past: honouring it would spin.
+                    let mut stuck = false;
                     for lease in due {
                         match self.launch(lease.spool_message, &lease.message).await {
                             Ok(()) => {}
                             Err(SendError::NoRoute) => {
                                 Stats::add(&self.ctx.stats.mix_no_route, 1);
-                                wait = wait.min(NO_ROUTE_RETRY);
+                                stuck = true;
                                 break;
                             }
                             Err(e) => {
                                 warn!("[MIXNET] cannot send a message into the mixnet: {e}");
-                                wait = wait.min(NO_ROUTE_RETRY);
+                                stuck = true;
                             }
                         }
                     }
-                    if let Some(at) = next {
+                    if stuck {
+                        wait = wait.min(NO_ROUTE_RETRY);
+                    } else if let Some(at) = next {
                         wait = wait.min(self.until(at));
                     }
                 }

@@ -269,6 +269,9 @@ impl Dispatcher {
             })
             .collect();
         Stats::add(&self.stats.sent, delivered);
+        if lease.mix_id.is_none() && !cover {
+            Stats::add(&self.stats.direct, delivered);
+        }
         // Cover is not mail: its drops have their own counter.
         if !cover {
             Stats::add(&self.stats.failed, dropped);

@@ -304,3 +304,52 @@ fn stat_in(line: &str, field: &str) -> Option<u64> {
         .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))
         .and_then(|v| v.parse().ok())
 }
+
+impl MixNet {
+    /// Stops node `i` (if running) and starts it again on its data dir
+    /// under `strace -f -qq` with `options` (which syscalls to trace);
+    /// [`Daemon::stop_traced`] on `daemon_mut(i)` returns the trace. The
+    /// trace starts with the process, so it covers every link it dials.
+    pub fn restart_node_traced(&mut self, i: usize, options: &[&str]) {
+        self.nodes[i].daemon = None;
+        let node = &self.nodes[i];
+        let trace = self._dir.path().join(format!("{}.strace", node.short));
+        let trace_arg = trace.to_str().unwrap().to_string();
+        let mut wrapper: Vec<&str> = vec!["strace", "-f", "-qq", "-o", &trace_arg];
+        wrapper.extend(options);
+        let tap_addr = node.tap.addr.to_string();
+        let pki = self.pki.to_str().unwrap().to_string();
+        let args: Vec<&str> = vec![
+            "-name",
+            &node.onion,
+            "-short-name",
+            &node.short,
+            "-sphinx",
+            "-pki-file",
+            &pki,
+            "-node",
+            "127.0.0.1:0",
+            "-tor-socks",
+            &tap_addr,
+            "-batch-window",
+            "0",
+            "-stats-interval",
+            "1s",
+        ];
+        let mut daemon = Daemon::start_wrapped(&wrapper, &node.data.clone(), &args);
+        daemon.trace = Some(trace);
+        let port = link_port(&daemon);
+        self.nodes[i].daemon = Some(daemon);
+        self.nodes[i].link_port = Some(port);
+        let onion = self.nodes[i].onion.clone();
+        for other in &self.nodes {
+            other
+                .tap
+                .route_link(&onion, LINK_PORT, ([127, 0, 0, 1], port).into());
+        }
+    }
+
+    pub fn daemon_mut(&mut self, i: usize) -> &mut Daemon {
+        self.nodes[i].daemon.as_mut().expect("running")
+    }
+}
