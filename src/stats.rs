@@ -59,6 +59,8 @@ pub struct Stats {
     pub mix_exit_completions: AtomicU64,
     /// Messages that arrived again after completion (re-acknowledged).
     pub mix_exit_duplicates: AtomicU64,
+    /// Packets in custody here (all kinds), as the spool last said.
+    pub mix_packets_queued: AtomicU64,
     /// Usable other nodes now, and all other nodes in nodes.json.
     pub mix_healthy: AtomicU64,
     pub mix_nodes: AtomicU64,
@@ -107,7 +109,7 @@ impl Stats {
         }
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            " sphinx={} direct={} acked={} e2e_failed={} no_route={} fragments={} retransmitted={} packets_in={} packets_out={} mix_replays={} rejected={} rejected_by_peer={} unknown_epoch={} expired={} bad_payloads={} exit_completed={} exit_duplicates={} healthy={}/{}",
+            " sphinx={} direct={} acked={} e2e_failed={} no_route={} fragments={} retransmitted={} packets_in={} packets_out={} packets_queued={} mix_replays={} rejected={} rejected_by_peer={} unknown_epoch={} expired={} bad_payloads={} exit_completed={} exit_duplicates={} healthy={}/{}",
             get(&self.mix_messages_in),
             get(&self.direct),
             get(&self.mix_messages_acked),
@@ -117,6 +119,7 @@ impl Stats {
             get(&self.mix_fragments_retransmitted),
             get(&self.mix_packets_in),
             get(&self.mix_packets_out),
+            get(&self.mix_packets_queued),
             get(&self.mix_replays),
             get(&self.mix_rejected),
             get(&self.mix_rejected_by_peer),
@@ -147,13 +150,20 @@ impl Stats {
             }
             let dir = data_dir.clone();
             let clock = clock.clone();
-            let queued =
+            let report =
                 tokio::task::spawn_blocking(move || crate::spool::queue_report(&dir, &clock))
                     .await
                     .ok()
-                    .and_then(Result::ok)
-                    .map(|r| r.recipients);
-            info!("{}", self.line(started.elapsed(), queued));
+                    .and_then(Result::ok);
+            if let Some(r) = &report {
+                let m = &r.mixnet;
+                let packets = m.packets_forward + m.packets_fragment + m.packets_ack;
+                self.mix_packets_queued.store(packets, Ordering::Relaxed);
+            }
+            info!(
+                "{}",
+                self.line(started.elapsed(), report.map(|r| r.recipients))
+            );
         }
     }
 }
