@@ -1,0 +1,576 @@
+//! One mix node's packet rate: packets per second through link → unwrap →
+//! custody commit → acknowledgement, with the two costs underneath measured
+//! alone in the same run.
+//!
+//!     cargo bench --bench mixnet_node
+//!     RUNS=5 PACKETS=8000 LINKS=4 cargo bench --bench mixnet_node
+//!
+//! Each run:
+//!
+//! * **node**: three nodes are exported (`-export-node-info`) into a fresh
+//!   `nodes.json`; only the first (A) is started, a real release
+//!   `pluto2 -sphinx` listening for links on 127.0.0.1. Its Tor port is a
+//!   dead end, so it forwards nothing during the run: every packet stays in
+//!   custody. The load generator (this process, one thread) builds
+//!   `PACKETS` valid packets routed A → B (B listed, not running), opens
+//!   `LINKS` links straight to A's `-node` port, says HELLO with the
+//!   network's parameter hash, and keeps up to the node's window (64)
+//!   PACKET frames unacknowledged per link. The rate is ACK `Stored`
+//!   frames over the time from the first PACKET to the last ACK; every
+//!   other status fails the run. CPU time of A's threads (from
+//!   `/proc/PID/task`) and of the generator is read before and after.
+//! * **unwrap alone**: `mixnet::packet::process` (what a hop calls) over
+//!   2,000 packets on one thread (the generator's, between node runs).
+//! * **custody alone**: `Spool::custody` of `PACKETS` forward packets from
+//!   64 × `LINKS` concurrent tasks into a fresh spool (group commit, as
+//!   the node's link handlers do).
+//!
+//! Everything is on 127.0.0.1 and bounded: a fixed number of packets per
+//! run and a deadline on each wait. Under `cargo test` (no `--bench`
+//! argument) one tiny run checks that the path works and prints no
+//! figures worth quoting.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use pluto2::address::OnionName;
+use pluto2::mixnet::frame::{self, AckStatus, Frame, PROTOCOL_VERSION};
+use pluto2::mixnet::packet::{self, RouteHop, WirePacket};
+use pluto2::mixnet::pki::Directory;
+use pluto2::spool::Spool;
+use pluto2::spool::mixnet::{Custody, CustodyOutcome, OutPacket, PacketKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use common::{BIN, Daemon};
+
+/// The node's per-link window (src/daemon/mixnet.rs).
+const WINDOW: usize = 64;
+/// Bound on one run's load phase.
+const RUN_DEADLINE: Duration = Duration::from_secs(120);
+struct Settings {
+    runs: usize,
+    packets: usize,
+    links: usize,
+    /// Packets for the unwrap-alone measurement.
+    unwrap_packets: usize,
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU ticks (utime + stime) per thread name, and for the whole process.
+fn cpu_ticks(pid: u32) -> (HashMap<String, u64>, u64) {
+    let parse = |text: &str| -> Option<(String, u64)> {
+        let open = text.find('(')?;
+        let close = text.rfind(')')?;
+        let name = text[open + 1..close].to_string();
+        let rest: Vec<&str> = text[close + 2..].split(' ').collect();
+        // Fields 14 and 15 of stat; `rest` starts at field 3.
+        let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+        Some((name, ticks))
+    };
+    let mut by_name = HashMap::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(t.path().join("stat"))
+                && let Some((name, ticks)) = parse(&text)
+            {
+                *by_name.entry(name).or_insert(0) += ticks;
+            }
+        }
+    }
+    let total = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| parse(&t))
+        .map_or(0, |(_, t)| t);
+    (by_name, total)
+}
+
+/// (busy, all) ticks of every CPU of the machine, from /proc/stat.
+fn machine_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let all: u64 = fields.iter().take(8).sum();
+    // idle and iowait are fields 4 and 5.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (all - idle, all)
+}
+
+fn ticks_per_sec() -> f64 {
+    // USER_HZ is 100 on Linux for every architecture this runs on.
+    100.0
+}
+
+fn export(onion: &OnionName, short: &str, data: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args([
+            "-name",
+            &onion.to_string(),
+            "-short-name",
+            short,
+            "-data-dir",
+        ])
+        .arg(data)
+        .arg("-export-node-info")
+        .output()
+        .expect("run pluto2 -export-node-info");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("node info is JSON")
+}
+
+/// The link port the node logged at start.
+fn link_port(d: &Daemon) -> u16 {
+    let deadline = Instant::now() + common::PATIENCE;
+    loop {
+        let port = d
+            .log_text()
+            .lines()
+            .find_map(|l| l.split("links on ").nth(1).map(str::to_string))
+            .and_then(|rest| rest.split([',', ' ']).next().map(str::to_string))
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port());
+        if let Some(port) = port {
+            return port;
+        }
+        assert!(Instant::now() < deadline, "no link port: {}", d.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Builds `n` packets for `route` on two threads (the build is the entry's
+/// cost, not measured here).
+fn build_packets(n: usize, route: &[RouteHop]) -> Vec<WirePacket> {
+    let half = n / 2;
+    std::thread::scope(|s| {
+        let first = s.spawn(|| {
+            (0..half)
+                .map(|_| packet::build(&[7u8; 7_000], route).unwrap())
+                .collect::<Vec<_>>()
+        });
+        let mut second: Vec<WirePacket> = (half..n)
+            .map(|_| packet::build(&[7u8; 7_000], route).unwrap())
+            .collect();
+        let mut all = first.join().unwrap();
+        all.append(&mut second);
+        all
+    })
+}
+
+struct NodeRun {
+    rate: f64,
+    secs: f64,
+    /// CPU seconds per thread name of the node, during the load.
+    threads: Vec<(String, f64)>,
+    node_cpu: f64,
+    generator_cpu: f64,
+    /// Share of all CPUs busy during the load, whoever used them.
+    machine_busy: f64,
+    cpus: usize,
+}
+
+/// One link: HELLO, then `frames` with at most WINDOW unacknowledged;
+/// returns how many ACK Stored came back. Waits on `go` after HELLO so all
+/// links start together.
+async fn one_link(
+    port: u16,
+    hello: Vec<u8>,
+    frames: Vec<Vec<u8>>,
+    ready: Arc<Semaphore>,
+    go: Arc<tokio::sync::Notify>,
+) -> Result<usize, String> {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (mut rd, mut wr) = stream.into_split();
+    wr.write_all(&hello).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    // The node's HELLO.
+    loop {
+        if let Some((f, used)) = frame::decode(&buf).map_err(|e| e.to_string())? {
+            buf.drain(..used);
+            if !matches!(f, Frame::Hello { .. }) {
+                return Err(format!("expected HELLO, got {f:?}"));
+            }
+            break;
+        }
+        let n = rd.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("node closed the link after our HELLO".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let go_wait = go.notified();
+    ready.add_permits(1);
+    go_wait.await;
+    let total = frames.len();
+    let credits = Arc::new(Semaphore::new(WINDOW));
+    let writer_credits = credits.clone();
+    let writer = tokio::spawn(async move {
+        for f in frames {
+            writer_credits.acquire().await.unwrap().forget();
+            if wr.write_all(&f).await.is_err() {
+                return;
+            }
+        }
+        // Keep the write half open until the reader is done.
+        std::future::pending::<()>().await;
+    });
+    let mut stored = 0;
+    let mut acked = 0;
+    while acked < total {
+        while let Some((f, used)) = frame::decode(&buf).map_err(|e| e.to_string())? {
+            buf.drain(..used);
+            match f {
+                Frame::Ack { status, .. } => {
+                    acked += 1;
+                    credits.add_permits(1);
+                    if status == AckStatus::Stored {
+                        stored += 1;
+                    } else {
+                        writer.abort();
+                        return Err(format!("ACK {status:?}"));
+                    }
+                }
+                Frame::Ping(_) | Frame::Pong(_) => {}
+                other => return Err(format!("unexpected {other:?}")),
+            }
+        }
+        if acked == total {
+            break;
+        }
+        let n = rd.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            writer.abort();
+            return Err(format!("node closed the link after {acked} ACKs"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    writer.abort();
+    Ok(stored)
+}
+
+async fn node_run(s: &Settings) -> NodeRun {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<OnionName> = (0..3).map(|i| OnionName::from_seed(150 + i)).collect();
+    let entries: Vec<serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| export(n, &format!("b{i}"), &dir.path().join(format!("b{i}"))))
+        .collect();
+    // Production parameters except two hops (three nodes suffice); the
+    // packets ask for no delay, so the hop delay does not matter here.
+    let doc = serde_json::json!({"nodes": entries, "params": {"hops": 2}});
+    let pki = dir.path().join("nodes.json");
+    std::fs::write(&pki, doc.to_string()).unwrap();
+    // The generator's view of the network: C's directory.
+    let view = Directory::parse(&std::fs::read(&pki).unwrap(), &names[2]).unwrap();
+    let node = |short: &str| {
+        view.nodes()
+            .iter()
+            .find(|n| n.short_name == short)
+            .unwrap()
+            .clone()
+    };
+    let (a, b, c) = (node("b0"), node("b1"), node("b2"));
+    let route: Vec<RouteHop> = [&a, &b]
+        .iter()
+        .map(|n| RouteHop {
+            id: n.id,
+            mix_key: n.mix_key,
+            delay: Duration::ZERO,
+        })
+        .collect();
+    let packets = build_packets(s.packets, &route);
+
+    let pki_arg = pki.to_str().unwrap().to_string();
+    let name_a = names[0].to_string();
+    let daemon = Daemon::start_in(
+        &dir.path().join("b0"),
+        &[
+            "-name",
+            &name_a,
+            "-short-name",
+            "b0",
+            "-sphinx",
+            "-pki-file",
+            &pki_arg,
+            "-node",
+            "127.0.0.1:0",
+            "-batch-window",
+            "0",
+        ],
+    );
+    let port = link_port(&daemon);
+
+    let mut hello = Vec::new();
+    Frame::Hello {
+        version: PROTOCOL_VERSION,
+        params_hash: view.params().hash(),
+        identity: c.id.0,
+        clock_secs: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    }
+    .encode(&mut hello);
+    // Deal the packets out to the links, pre-encoded as PACKET frames.
+    let mut per_link: Vec<Vec<Vec<u8>>> = vec![Vec::new(); s.links];
+    for (i, p) in packets.into_iter().enumerate() {
+        let mut f = Vec::with_capacity(frame::MAX_FRAME);
+        Frame::Packet {
+            seq: i as u64,
+            epoch: pluto2::mixnet::keys::STATIC_EPOCH,
+            packet: p,
+        }
+        .encode(&mut f);
+        per_link[i % s.links].push(f);
+    }
+    let ready = Arc::new(Semaphore::new(0));
+    let go = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    for frames in per_link {
+        tasks.push(tokio::spawn(one_link(
+            port,
+            hello.clone(),
+            frames,
+            ready.clone(),
+            go.clone(),
+        )));
+    }
+    tokio::time::timeout(common::PATIENCE, ready.acquire_many(s.links as u32))
+        .await
+        .expect("every link said HELLO")
+        .unwrap()
+        .forget();
+
+    let pid = daemon.child.id();
+    let (threads_before, node_before) = cpu_ticks(pid);
+    let (_, gen_before) = cpu_ticks(std::process::id());
+    let (busy_before, all_before) = machine_ticks();
+    let start = Instant::now();
+    go.notify_waiters();
+    let mut stored = 0;
+    for t in tasks {
+        let r = tokio::time::timeout(RUN_DEADLINE, t)
+            .await
+            .expect("the run finished within its deadline")
+            .unwrap();
+        match r {
+            Ok(n) => stored += n,
+            Err(e) => panic!("link failed: {e}\n{}", daemon.log_text()),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let (threads_after, node_after) = cpu_ticks(pid);
+    let (_, gen_after) = cpu_ticks(std::process::id());
+    let (busy_after, all_after) = machine_ticks();
+    assert_eq!(stored, s.packets, "every packet acknowledged Stored");
+    let hz = ticks_per_sec();
+    let mut threads: Vec<(String, f64)> = threads_after
+        .iter()
+        .map(|(name, after)| {
+            let before = threads_before.get(name).copied().unwrap_or(0);
+            (name.clone(), after.saturating_sub(before) as f64 / hz)
+        })
+        .filter(|(_, cpu)| *cpu > 0.0)
+        .collect();
+    threads.sort_by(|x, y| y.1.total_cmp(&x.1));
+    drop(daemon);
+    NodeRun {
+        rate: stored as f64 / secs,
+        secs,
+        threads,
+        node_cpu: (node_after - node_before) as f64 / hz,
+        generator_cpu: (gen_after - gen_before) as f64 / hz,
+        machine_busy: (busy_after - busy_before) as f64 / (all_after - all_before).max(1) as f64,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// Packets per second through `packet::process` on this thread.
+fn unwrap_rate(n: usize) -> f64 {
+    let keys: Vec<StaticSecret> = (1..=2).map(|i| StaticSecret::from([i; 32])).collect();
+    let route: Vec<RouteHop> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| RouteHop {
+            id: packet::NodeId([i as u8 + 1; 32]),
+            mix_key: PublicKey::from(k),
+            delay: Duration::ZERO,
+        })
+        .collect();
+    let packets = build_packets(n, &route);
+    let start = Instant::now();
+    for p in &packets {
+        let (_, processed) = packet::process(p, &keys[0]);
+        assert!(processed.is_ok());
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Custody commits per second from `tasks` concurrent callers.
+async fn custody_rate(packets: usize, tasks: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, closer) = Spool::open(
+        dir.path(),
+        Duration::from_secs(24 * 3600),
+        pluto2::time::system_clock(),
+    )
+    .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let bytes = vec![9u8; packet::PACKET_SIZE];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (spool, next, bytes) = (spool.clone(), next.clone(), bytes.clone());
+        handles.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= packets {
+                    return;
+                }
+                let mut tag = [0u8; 32];
+                tag[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                tag[8..16].copy_from_slice(&now.to_be_bytes());
+                let outcome = spool
+                    .custody(Custody::Forward {
+                        tag,
+                        epoch: 0,
+                        packet: OutPacket {
+                            next_hop: [2; 32],
+                            epoch: 0,
+                            bytes: bytes.clone(),
+                            kind: PacketKind::Forward,
+                            release_at: now,
+                            deadline: now + 2 * 24 * 3600 * 1000,
+                        },
+                    })
+                    .await;
+                assert_eq!(outcome, CustodyOutcome::Stored);
+            }
+        }));
+    }
+    for h in handles {
+        tokio::time::timeout(RUN_DEADLINE, h)
+            .await
+            .expect("custody finished within its deadline")
+            .unwrap();
+    }
+    let rate = packets as f64 / start.elapsed().as_secs_f64();
+    drop(spool);
+    closer.closed().await;
+    rate
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let s = if bench {
+        Settings {
+            runs: env_or("RUNS", 5),
+            packets: env_or("PACKETS", 8_000),
+            links: env_or("LINKS", 4).max(1),
+            unwrap_packets: 2_000,
+        }
+    } else {
+        // `cargo test --all-targets`: one small run, to keep it compiling
+        // and working, not to measure.
+        Settings {
+            runs: 1,
+            packets: 100,
+            links: 2,
+            unwrap_packets: 20,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "mixnet node: {} runs, {} packets over {} links (window {WINDOW}), pluto2 = {}",
+        s.runs, s.packets, s.links, BIN
+    );
+    let (mut node, mut unwrap, mut custody) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=s.runs {
+        let r = rt.block_on(node_run(&s));
+        let u = unwrap_rate(s.unwrap_packets);
+        let c = rt.block_on(custody_rate(s.packets, WINDOW * s.links));
+        println!(
+            "run {run}: node {:.0} packets/s ({} in {:.2} s; node CPU {:.2} s = {:.0} µs/packet, generator CPU {:.2} s, all {} CPUs {:.0} % busy, {:.2} CPU-s by others); unwrap alone {:.0}/s; custody alone {:.0}/s",
+            r.rate,
+            s.packets,
+            r.secs,
+            r.node_cpu,
+            r.node_cpu / s.packets as f64 * 1e6,
+            r.generator_cpu,
+            r.cpus,
+            r.machine_busy * 100.0,
+            (r.machine_busy * r.cpus as f64 * r.secs - r.node_cpu - r.generator_cpu).max(0.0),
+            u,
+            c
+        );
+        // tokio's blocking threads (the unwrap) carry the workers' name
+        // and may exit within a run, so only the committer is shown apart.
+        let committer = r
+            .threads
+            .iter()
+            .find(|(name, _)| name == "spool-committer")
+            .map_or(0.0, |(_, cpu)| *cpu);
+        println!(
+            "       node CPU: spool-committer {committer:.2} s ({:.0} µs/packet, {:.0} % of the run), all other threads {:.2} s ({:.0} µs/packet)",
+            committer / s.packets as f64 * 1e6,
+            committer / r.secs * 100.0,
+            r.node_cpu - committer,
+            (r.node_cpu - committer) / s.packets as f64 * 1e6,
+        );
+        node.push(r.rate);
+        unwrap.push(u);
+        custody.push(c);
+    }
+    let (n, u, c) = (median(node), median(unwrap), median(custody));
+    println!(
+        "medians: node {n:.0} packets/s; unwrap alone (one core) {u:.0}/s; custody alone {c:.0}/s; node / unwrap {:.2}, node / custody {:.2}",
+        n / u,
+        n / c
+    );
+}
