@@ -394,6 +394,13 @@ async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_lin
     let a = raw_link(to, &good, &bad_type, false).await;
     assert!(a.hello_back() && a.closed, "{a:?}");
     assert_eq!(a.frames.len(), 1, "answered a bad type: {a:?}");
+    // A stray byte before a valid PING: the node neither skips it nor
+    // guesses a length for it (either would answer or wait for more).
+    let mut stray = vec![9];
+    Frame::Ping(0x0404_0404_0404_0404).encode(&mut stray);
+    let a = raw_link(to, &good, &stray, false).await;
+    assert!(a.hello_back() && a.closed, "{a:?}");
+    assert_eq!(a.frames.len(), 1, "answered after a stray byte: {a:?}");
 
     // One byte short, then the peer stops sending: no acknowledgement, the
     // node closes.
