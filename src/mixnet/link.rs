@@ -256,8 +256,15 @@ pub async fn serve(
         };
         let (cfg, handler, stop) = (cfg.clone(), handler.clone(), shutdown.clone());
         tracker.spawn(async move {
-            if let Err(e) = inbound(stream, &cfg, handler, stop).await {
-                debug!("[MIXNET] inbound link closed: {e}");
+            match inbound(stream, &cfg, handler, stop).await {
+                // The dialling side only sees the link close, so the
+                // operator learns here that a peer runs another nodes.json
+                // or another version (without which peer: no identity).
+                Err(e @ (LinkError::Params | LinkError::Version(_))) => {
+                    info!("[MIXNET] inbound link refused: {e}");
+                }
+                Err(e) => debug!("[MIXNET] inbound link closed: {e}"),
+                Ok(()) => {}
             }
             drop(permit);
         });

@@ -1,0 +1,570 @@
+//! Links and replays on a 5-node network of real `pluto2 -sphinx`
+//! processes (tests/common/mixnet.rs): every packet frame has one size,
+//! a frame that is one byte off or of an unknown type closes the link,
+//! a replayed packet is acknowledged as a duplicate and never forwarded
+//! (also after the node restarts), a tampered header is rejected and
+//! counted, a peer with other network parameters is refused, and no log
+//! line names a node, an address or a subject without `-debug`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::PATIENCE;
+use common::link_tap::{
+    Action, Direction, FrameKind, InjectError, LinkTap, Rule, TapConn, TapFrame,
+};
+use common::mixnet::{LINK_PORT, MixNet, TEST_PARAMS};
+use pluto2::address::OnionName;
+use pluto2::mixnet::fragment::{Fragment, Kind};
+use pluto2::mixnet::frame::{self, AckStatus, Frame, MAX_FRAME, PROTOCOL_VERSION};
+use pluto2::mixnet::keys::STATIC_EPOCH;
+use pluto2::mixnet::packet::{RouteHop, build};
+use pluto2::mixnet::pki::Directory;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The longest a hop may hold a packet under TEST_PARAMS is 240 ms (a hop
+/// refuses longer delays). Waiting several times that for a forward that
+/// must not happen bounds the check without guessing at scheduling.
+const NO_FORWARD_WINDOW: Duration = Duration::from_millis(1500);
+
+/// Where a PACKET frame's Sphinx packet starts (type, sequence, epoch).
+const PACKET_AT: usize = 1 + 8 + 4;
+
+/// Recognisable in logs: none of these may appear without `-debug`.
+const SENDER: &str = "secret-sender@client.example";
+const SUBJECT: &str = "secret subject";
+
+/// A MIME message of exactly `size` bytes (at least ~250) with a
+/// base64-looking attachment.
+fn mail(size: usize, tag: &str) -> String {
+    let mut text = format!(
+        "Subject: {SUBJECT} {tag}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=sep\r\n\r\n\
+         --sep\r\nContent-Type: text/plain\r\n\r\nhello {tag}\r\n--sep\r\n\
+         Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    );
+    let end = "\r\n--sep--";
+    let mut n = 1u64;
+    while text.len() + 78 + end.len() <= size {
+        n = n.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        text.push_str(&format!("{n:076}\r\n"));
+    }
+    while text.len() + end.len() < size {
+        text.push('A');
+    }
+    text.push_str(end);
+    assert!(size < 250 || text.len() == size, "{} != {size}", text.len());
+    text
+}
+
+fn rcpt(net: &MixNet) -> String {
+    format!("secret-rcpt@{}", net.sink_onion)
+}
+
+/// Sends one message to the entry (node 0) and checks it was accepted.
+async fn send(net: &MixNet, text: &str) {
+    let mut c = net.daemon(0).ehlo_client().await;
+    let to = rcpt(net);
+    assert_eq!(c.send_mail(SENDER, &[&to], text).await, 250);
+}
+
+/// Waits until the entry holds no message (each one acknowledged by its
+/// exit) and the sink has `n`; returns what the sink has.
+async fn delivered(net: &MixNet, n: usize) -> Vec<common::smtp_sink::Received> {
+    net.daemon(0)
+        .until_queue("every message acknowledged by its exit", |q| {
+            q["messages"] == 0
+        })
+        .await;
+    let got = net.sink.wait_for(n).await;
+    assert_eq!(got.len(), n, "each message delivered exactly once");
+    got
+}
+
+/// The value of `field=` in a [STATS] line.
+fn stat(line: &str, field: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(field)?.strip_prefix('=')?.parse().ok())
+}
+
+/// Waits until node `i` logs a [STATS] line whose `field` is at least
+/// `at_least` (counters only grow within one process).
+async fn until_stat(net: &MixNet, i: usize, field: &str, at_least: u64) -> String {
+    net.daemon(i)
+        .until_log(&format!("[STATS] {field}>={at_least}"), |l| {
+            l.contains("[STATS]") && stat(l, field).is_some_and(|v| v >= at_least)
+        })
+        .await
+}
+
+/// The index of the node whose onion name is `host`.
+fn node_of(net: &MixNet, host: &str) -> usize {
+    net.nodes
+        .iter()
+        .position(|n| n.onion == host)
+        .expect("a node's onion")
+}
+
+/// PACKET frames node `i` sent on its outbound links so far.
+fn sent_packets(frames: &[TapFrame]) -> usize {
+    frames
+        .iter()
+        .filter(|f| f.kind == FrameKind::Packet && f.dir == Direction::ToTarget)
+        .count()
+}
+
+/// Checks that node `i` forwards nothing more than the `before` packets
+/// its tap saw, for longer than any hop delay allows.
+async fn forwards_nothing(tap: &LinkTap, before: usize, why: &str) {
+    let more = tap
+        .wait_until(|f| sent_packets(f) > before, NO_FORWARD_WINDOW)
+        .await;
+    if let Ok(frames) = more {
+        let extra: Vec<_> = frames
+            .iter()
+            .filter(|f| f.kind == FrameKind::Packet && f.dir == Direction::ToTarget)
+            .skip(before)
+            .map(|f| (&f.host, f.len))
+            .collect();
+        panic!("{why}: the node forwarded {extra:?}");
+    }
+}
+
+/// The network as node `i` reads it from nodes.json.
+fn directory(net: &MixNet, i: usize) -> Directory {
+    let own = OnionName::parse(&net.nodes[i].onion).unwrap();
+    Directory::parse(&std::fs::read(&net.pki).unwrap(), &own).unwrap()
+}
+
+fn hello(params_hash: [u8; 32], version: u16) -> Frame {
+    Frame::Hello {
+        version,
+        params_hash,
+        identity: [0x42; 32],
+        clock_secs: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    }
+}
+
+/// What a node did on a link the test opened itself.
+#[derive(Debug)]
+struct Answer {
+    /// Every whole frame it sent, its HELLO first if it answered one.
+    frames: Vec<Frame>,
+    /// Bytes after the last whole frame.
+    left: usize,
+    /// It closed the connection (within PATIENCE).
+    closed: bool,
+}
+
+impl Answer {
+    fn hello_back(&self) -> bool {
+        matches!(self.frames.first(), Some(Frame::Hello { .. }))
+    }
+
+    fn acks(&self) -> Vec<AckStatus> {
+        self.frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Ack { status, .. } => Some(*status),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Connects straight to a node's link listener, sends `first` (a HELLO)
+/// and then `bytes` as they are, optionally ends its own sending half, and
+/// reads whatever the node answers until it closes. A reset counts as a
+/// close: a node that closes with unread bytes in its buffer resets.
+async fn raw_link(to: SocketAddr, first: &Frame, bytes: &[u8], end_sending: bool) -> Answer {
+    let mut stream = TcpStream::connect(to).await.unwrap();
+    let _ = stream.set_nodelay(true);
+    let mut out = Vec::new();
+    first.encode(&mut out);
+    out.extend_from_slice(bytes);
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, async {
+        // The node may close before taking every byte; that is an answer.
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+        if end_sending {
+            let _ = stream.shutdown().await;
+        }
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Ok(Some((f, used))) = frame::decode(&got[at..]) {
+        frames.push(f);
+        at += used;
+    }
+    Answer {
+        frames,
+        left: got.len() - at,
+        closed,
+    }
+}
+
+/// A fresh packet for node `hop` to forward to node `next` (who drops it:
+/// DROP cover), as a PACKET frame. No node has seen it before.
+fn fresh_packet_frame(net: &MixNet, hop: usize, next: usize, seq: u64) -> Vec<u8> {
+    let dir = directory(net, 0);
+    let node = |i: usize| {
+        let onion = OnionName::parse(&net.nodes[i].onion).unwrap();
+        dir.nodes()
+            .iter()
+            .find(|n| n.onion == onion)
+            .unwrap()
+            .clone()
+    };
+    let route: Vec<RouteHop> = [hop, next]
+        .iter()
+        .map(|&i| RouteHop {
+            id: node(i).id,
+            mix_key: node(i).mix_key,
+            delay: Duration::from_millis(5),
+        })
+        .collect();
+    let drop = Fragment {
+        kind: Kind::Drop,
+        message_id: [7; 16],
+        index: 0,
+        count: 1,
+        blob_len: 0,
+        blob_hash: [0; 32],
+        reply_block: None,
+        data: Vec::new(),
+    };
+    let packet = build(&drop.encode(), &route).unwrap();
+    let mut out = Vec::new();
+    Frame::Packet {
+        seq,
+        epoch: STATIC_EPOCH,
+        packet,
+    }
+    .encode(&mut out);
+    out
+}
+
+fn is_close(e: &InjectError) -> bool {
+    match e {
+        InjectError::Closed => true,
+        InjectError::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    }
+}
+
+/// No node's log names a node, the sink, the sender, a recipient or a
+/// subject: `-sphinx` mode keeps the rule of direct mode.
+fn assert_logs_hold_no_identities(net: &MixNet) {
+    let mut needles = vec![
+        "secret".to_string(),
+        "client.example".to_string(),
+        net.sink_onion.clone(),
+    ];
+    for n in &net.nodes {
+        needles.push(n.onion.clone());
+        // The onion name without its suffix (its key, base32).
+        needles.push(n.onion.trim_end_matches(".onion").to_string());
+    }
+    // Identity keys as HELLO carries them, in hex.
+    for n in directory(net, 0).nodes() {
+        let hex: String = n
+            .identity
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        needles.push(hex);
+    }
+    for (i, n) in net.nodes.iter().enumerate() {
+        let Some(d) = n.daemon.as_ref() else { continue };
+        let logs = d.log_text();
+        assert!(logs.contains("[STATS]"), "node {i} logged no [STATS]");
+        for needle in &needles {
+            assert!(
+                !logs.contains(needle.as_str()),
+                "node {i} logged {needle}:\n{logs}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_link() {
+    let net = MixNet::start(5, TEST_PARAMS).await;
+    net.until_healthy(0, 4).await;
+
+    // The network's maximum, as the entry advertises it.
+    let mut c = net.daemon(0).client().await;
+    let (code, ehlo) = c.cmd("EHLO client.example").await;
+    assert_eq!(code, 250);
+    let max: usize = ehlo
+        .lines()
+        .find_map(|l| l.split("SIZE ").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("SIZE in EHLO");
+    drop(c);
+    // send_mail ends the data with CRLF before the dot: that CRLF counts.
+    let sizes = [100, 8 * 1024, 60 * 1024, max - 2];
+    for (i, &size) in sizes.iter().enumerate() {
+        send(&net, &mail(size, &format!("m{i}"))).await;
+    }
+    let got = delivered(&net, sizes.len()).await;
+    for i in 0..sizes.len() {
+        let hello = format!("hello m{i}\r\n");
+        assert!(
+            got.iter()
+                .any(|r| r.data.windows(hello.len()).any(|w| w == hello.as_bytes())),
+            "message m{i} missing"
+        );
+    }
+
+    // Every frame on every link, both directions: a PACKET is always
+    // MAX_FRAME bytes, and no other kind varies either.
+    let frames: Vec<TapFrame> = net.nodes.iter().flat_map(|n| n.tap.frames()).collect();
+    let fixed = |k: FrameKind| match k {
+        FrameKind::Packet => Some(MAX_FRAME),
+        FrameKind::Ack => Some(1 + 8 + 1),
+        FrameKind::Hello => Some(1 + 2 + 32 + 32 + 8),
+        FrameKind::Ping | FrameKind::Pong => Some(1 + 8),
+        FrameKind::Malformed | FrameKind::Partial => None,
+    };
+    for f in &frames {
+        assert_eq!(Some(f.len), fixed(f.kind), "{f:?}");
+    }
+    // Three hops for each fragment (one for 100 B, ~35 for the maximum).
+    let packets = frames
+        .iter()
+        .filter(|f| f.kind == FrameKind::Packet)
+        .count();
+    let fragments = sizes.iter().map(|s| s / 7_000 + 1).sum::<usize>();
+    assert!(packets >= 3 * fragments, "{packets} packet frames");
+    // Acknowledgements (COMPLETE through reply blocks) are packets of the
+    // same size, arriving at the entry.
+    let onion0 = &net.nodes[0].onion;
+    let acks_in = frames
+        .iter()
+        .filter(|f| &f.host == onion0 && f.kind == FrameKind::Packet)
+        .count();
+    assert!(
+        acks_in >= sizes.len(),
+        "{acks_in} packets reached the entry"
+    );
+
+    // A packet no node has seen, for node 2 to forward to node 3.
+    let (hop, next) = (2, 3);
+    let to = ([127, 0, 0, 1], net.nodes[hop].link_port.unwrap()).into();
+    let params = directory(&net, hop).params().hash();
+    let good = hello(params, PROTOCOL_VERSION);
+    let packet = fresh_packet_frame(&net, hop, next, 1);
+    assert_eq!(packet.len(), MAX_FRAME);
+    let tap = &net.nodes[hop].tap;
+    let before = sent_packets(&tap.frames());
+
+    // An unknown type byte: closed at once, nothing acknowledged.
+    let mut bad_type = packet.clone();
+    bad_type[0] = 0;
+    let host = &net.nodes[hop].onion;
+    let e = net.nodes[0]
+        .tap
+        .inject(host, LINK_PORT, &bad_type)
+        .await
+        .expect_err("a frame of unknown type acknowledged");
+    assert!(is_close(&e), "{e:?}");
+    bad_type[0] = 9;
+    let a = raw_link(to, &good, &bad_type, false).await;
+    assert!(a.hello_back() && a.closed, "{a:?}");
+    assert_eq!(a.frames.len(), 1, "answered a bad type: {a:?}");
+    // A stray byte before a valid PING: the node neither skips it nor
+    // guesses a length for it (either would answer or wait for more).
+    let mut stray = vec![9];
+    Frame::Ping(0x0404_0404_0404_0404).encode(&mut stray);
+    let a = raw_link(to, &good, &stray, false).await;
+    assert!(a.hello_back() && a.closed, "{a:?}");
+    assert_eq!(a.frames.len(), 1, "answered after a stray byte: {a:?}");
+
+    // One byte short, then the peer stops sending: no acknowledgement, the
+    // node closes.
+    let a = raw_link(to, &good, &packet[..packet.len() - 1], true).await;
+    assert!(a.hello_back() && a.closed, "{a:?}");
+    assert!(a.acks().is_empty() && a.left == 0, "{a:?}");
+
+    // Neither stored anything: the packet itself is still new here, and
+    // the node forwards it like any other.
+    let a = raw_link(to, &good, &packet, true).await;
+    assert_eq!(a.acks(), [AckStatus::Stored], "{a:?}");
+    let next_onion = net.nodes[next].onion.clone();
+    tap.wait_until(
+        |f| {
+            f.iter().skip(before).any(|f| {
+                f.host == next_onion && f.kind == FrameKind::Packet && f.dir == Direction::ToTarget
+            })
+        },
+        PATIENCE,
+    )
+    .await
+    .expect("the packet forwarded");
+
+    // One byte long: the whole frame before it is answered (a duplicate
+    // now), the stray byte closes the link without anything else.
+    let mut long = packet.clone();
+    long.push(0xff);
+    let a = raw_link(to, &good, &long, false).await;
+    assert!(a.hello_back() && a.closed, "{a:?}");
+    assert_eq!(a.acks(), [AckStatus::Duplicate], "{a:?}");
+    assert_eq!((a.frames.len(), a.left), (2, 0), "{a:?}");
+
+    // The network still carries mail.
+    send(&net, &mail(500, "after")).await;
+    delivered(&net, sizes.len() + 1).await;
+    assert_logs_hold_no_identities(&net);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_packet_is_a_duplicate_even_after_a_restart_and_a_bad_mac_is_rejected() {
+    let mut net = MixNet::start(5, TEST_PARAMS).await;
+    net.until_healthy(0, 4).await;
+    // Keep the first packet the entry sends to its first hop.
+    net.nodes[0].tap.add_rule(
+        Rule::new(Action::ReplayLater)
+            .dir(Direction::ToTarget)
+            .kind(FrameKind::Packet),
+    );
+    send(&net, &mail(300, "once")).await;
+    delivered(&net, 1).await;
+    let captured = net.nodes[0].tap.captured();
+    assert_eq!(captured.len(), 1);
+    let cap = &captured[0];
+    assert_eq!(cap.bytes.len(), MAX_FRAME);
+    let hop = node_of(&net, &cap.host);
+    assert_ne!(hop, 0);
+
+    // The replay: acknowledged as a duplicate, not forwarded, counted.
+    let before = sent_packets(&net.nodes[hop].tap.frames());
+    let status = net.nodes[0]
+        .tap
+        .inject(&cap.host, cap.port, &cap.bytes)
+        .await;
+    assert_eq!(status.unwrap(), AckStatus::Duplicate);
+    forwards_nothing(&net.nodes[hop].tap, before, "a replay").await;
+    until_stat(&net, hop, "mix_replays", 1).await;
+
+    // One header byte changed (inside the routing information, after the
+    // group element): the MAC fails, rejected and counted.
+    let mut tampered = cap.bytes.clone();
+    tampered[PACKET_AT + 40] ^= 0x01;
+    let status = net.nodes[0]
+        .tap
+        .inject(&cap.host, cap.port, &tampered)
+        .await;
+    assert_eq!(status.unwrap(), AckStatus::Rejected);
+    until_stat(&net, hop, "rejected", 1).await;
+    forwards_nothing(&net.nodes[hop].tap, before, "a bad MAC").await;
+    assert_eq!(net.sink.received().len(), 1, "delivered again");
+
+    // The replay tag is on disk: after SIGKILL and a restart the same
+    // packet is still a duplicate.
+    net.nodes[hop].daemon.as_mut().unwrap().kill9();
+    net.start_node(hop, &[]);
+    let status = net.nodes[0]
+        .tap
+        .inject(&cap.host, cap.port, &cap.bytes)
+        .await;
+    assert_eq!(status.unwrap(), AckStatus::Duplicate, "tag lost in restart");
+    until_stat(&net, hop, "mix_replays", 1).await;
+    forwards_nothing(&net.nodes[hop].tap, before, "a replay after restart").await;
+    assert_eq!(net.sink.received().len(), 1, "delivered again");
+    assert_logs_hold_no_identities(&net);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_other_network_parameters_is_refused_without_a_hello() {
+    let mut net = MixNet::start(5, TEST_PARAMS).await;
+    let target = 1;
+    let to: SocketAddr = ([127, 0, 0, 1], net.nodes[target].link_port.unwrap()).into();
+    let params = directory(&net, target).params().hash();
+
+    // The right parameters get a HELLO back and a link that stays open.
+    let a = raw_link(to, &hello(params, PROTOCOL_VERSION), &[], true).await;
+    assert!(a.hello_back(), "{a:?}");
+    // Other parameters, or another protocol version: closed unanswered.
+    let mut other = params;
+    other[0] ^= 1;
+    for h in [
+        hello(other, PROTOCOL_VERSION),
+        hello(params, PROTOCOL_VERSION + 1),
+    ] {
+        let a = raw_link(to, &h, &[], false).await;
+        assert!(a.closed && a.frames.is_empty() && a.left == 0, "{a:?}");
+    }
+
+    // A node started with other parameters (an operator's stale
+    // nodes.json): its peers refuse its links without a HELLO, and say why.
+    let odd = 4;
+    net.nodes[odd].daemon.as_mut().unwrap().signal("TERM");
+    assert!(net.nodes[odd].daemon.as_mut().unwrap().wait().success());
+    let right = std::fs::read_to_string(&net.pki).unwrap();
+    let stale = right.replace(r#""hop_delay_mean": "20ms""#, r#""hop_delay_mean": "30ms""#);
+    assert_ne!(stale, right);
+    std::fs::write(&net.pki, stale).unwrap();
+    // Only what the restarted node dials counts.
+    let first_new = net.nodes[odd].tap.connections().len() as u64;
+    net.start_node(odd, &[]);
+    std::fs::write(&net.pki, right).unwrap();
+    let tap = &net.nodes[odd].tap;
+    // Every link the odd node opens is closed by its peer first...
+    let closed_by_peer =
+        |c: &TapConn| c.id >= first_new && c.link && c.first_eof == Some(Direction::FromTarget);
+    let conns = tap
+        .wait_connections(|conns| conns.iter().any(closed_by_peer), PATIENCE)
+        .await
+        .unwrap_or_else(|c| panic!("no link closed by a peer: {c:?} {:?}", tap.frames()));
+    let conn = conns.iter().find(|c| closed_by_peer(c)).unwrap();
+    // ...after the odd node's HELLO, which it never answered.
+    let frames = tap.frames();
+    assert!(
+        frames.iter().any(|f| f.conn == conn.id
+            && f.kind == FrameKind::Hello
+            && f.dir == Direction::ToTarget),
+        "{conn:?} {frames:?}"
+    );
+    let answered: Vec<_> = frames
+        .iter()
+        .filter(|f| f.conn >= first_new && f.dir == Direction::FromTarget)
+        .collect();
+    assert!(
+        answered.is_empty(),
+        "a peer answered a node with other parameters: {answered:?}"
+    );
+    let refuser = node_of(&net, &conn.host);
+    // The refusing node says why (identities are checked for below).
+    net.daemon(refuser)
+        .until_log("a refused link", |l| l.contains("network parameters"))
+        .await;
+    // The odd node never counts a peer as usable.
+    until_stat(&net, odd, "packets_in", 0).await;
+    let logs = net.daemon(odd).log_text();
+    for line in logs.lines().filter(|l| l.contains("[STATS]")) {
+        assert!(line.contains("healthy=0/4"), "{line}");
+    }
+    assert_logs_hold_no_identities(&net);
+}
