@@ -61,49 +61,19 @@ fn export(onion: &str, short: &str, data: &Path, extra: &[&str]) -> serde_json::
 impl MixNet {
     /// `n` nodes, all exits, with `params` (JSON) as network parameters.
     pub async fn start(n: usize, params: &str) -> MixNet {
-        let dir = tempfile::tempdir().unwrap();
-        let sink = Sink::start(Behaviour::default()).await;
-        let sink_onion = OnionName::from_seed(200).to_string();
-        let mut nodes = Vec::new();
-        let mut entries = Vec::new();
-        for i in 0..n {
-            let onion = OnionName::from_seed(100 + i as u8).to_string();
-            let short = format!("n{i}");
-            let data = dir.path().join(&short);
-            entries.push(export(&onion, &short, &data, &[]));
-            let tap = LinkTap::start().await;
-            tap.route(&sink_onion, 25, sink.addr);
-            nodes.push(MixNode {
-                onion,
-                short,
-                data,
-                tap,
-                daemon: None,
-                link_port: None,
-            });
-        }
-        let pki = dir.path().join("nodes.json");
-        let doc = format!(
-            r#"{{"nodes": {}, "params": {params}}}"#,
-            serde_json::to_string(&entries).unwrap()
-        );
-        std::fs::write(&pki, doc).unwrap();
-        let mut net = MixNet {
-            nodes,
-            sink,
-            sink_onion,
-            pki,
-            _dir: dir,
-        };
-        for i in 0..n {
-            net.start_node(i, &[]);
-        }
-        net
+        Self::start_with_middles(n, params, &[]).await
     }
 
     /// Starts (or restarts) node `i` on its data dir and points every tap
     /// at its link port.
     pub fn start_node(&mut self, i: usize, extra: &[&str]) {
+        self.launch(i, &[], extra, None);
+    }
+
+    /// Starts node `i` under `wrapper` (nothing, or e.g. strace) with the
+    /// harness's flags plus `extra`, records its link port and points every
+    /// tap at it.
+    fn launch(&mut self, i: usize, wrapper: &[&str], extra: &[&str], trace: Option<PathBuf>) {
         let node = &self.nodes[i];
         let tap_addr = node.tap.addr.to_string();
         let pki = self.pki.to_str().unwrap().to_string();
@@ -125,7 +95,8 @@ impl MixNet {
             "1s",
         ];
         args.extend(extra);
-        let daemon = Daemon::start_in(&node.data.clone(), &args);
+        let mut daemon = Daemon::start_wrapped(wrapper, &node.data.clone(), &args);
+        daemon.trace = trace;
         let port = link_port(&daemon);
         self.nodes[i].daemon = Some(daemon);
         self.nodes[i].link_port = Some(port);
@@ -312,41 +283,14 @@ impl MixNet {
     /// trace starts with the process, so it covers every link it dials.
     pub fn restart_node_traced(&mut self, i: usize, options: &[&str]) {
         self.nodes[i].daemon = None;
-        let node = &self.nodes[i];
-        let trace = self._dir.path().join(format!("{}.strace", node.short));
+        let trace = self
+            ._dir
+            .path()
+            .join(format!("{}.strace", self.nodes[i].short));
         let trace_arg = trace.to_str().unwrap().to_string();
         let mut wrapper: Vec<&str> = vec!["strace", "-f", "-qq", "-o", &trace_arg];
         wrapper.extend(options);
-        let tap_addr = node.tap.addr.to_string();
-        let pki = self.pki.to_str().unwrap().to_string();
-        let args: Vec<&str> = vec![
-            "-name",
-            &node.onion,
-            "-short-name",
-            &node.short,
-            "-sphinx",
-            "-pki-file",
-            &pki,
-            "-node",
-            "127.0.0.1:0",
-            "-tor-socks",
-            &tap_addr,
-            "-batch-window",
-            "0",
-            "-stats-interval",
-            "1s",
-        ];
-        let mut daemon = Daemon::start_wrapped(&wrapper, &node.data.clone(), &args);
-        daemon.trace = Some(trace);
-        let port = link_port(&daemon);
-        self.nodes[i].daemon = Some(daemon);
-        self.nodes[i].link_port = Some(port);
-        let onion = self.nodes[i].onion.clone();
-        for other in &self.nodes {
-            other
-                .tap
-                .route_link(&onion, LINK_PORT, ([127, 0, 0, 1], port).into());
-        }
+        self.launch(i, &wrapper, &[], Some(trace));
     }
 
     pub fn daemon_mut(&mut self, i: usize) -> &mut Daemon {
