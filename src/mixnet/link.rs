@@ -505,39 +505,25 @@ mod tests {
 
     use super::*;
 
-    fn ping_after(prefix: &[u8]) -> Vec<u8> {
+    /// What a fresh inbound reader makes of `prefix` followed by a PING.
+    async fn first_frame_after(prefix: &[u8]) -> Result<Frame, LinkError> {
+        let idle = Duration::from_secs(1);
         let mut bytes = prefix.to_vec();
         Frame::Ping(7).encode(&mut bytes);
-        bytes
+        let mut stream = &bytes[..];
+        let mut reader = FrameReader::new();
+        reader.skip_proxy_header(&mut stream, idle).await?;
+        reader.next(&mut stream, idle).await
     }
 
     #[tokio::test]
     async fn it_skips_the_proxy_line_tor_sends_before_the_first_frame() {
-        let idle = Duration::from_secs(1);
-        let bytes = ping_after(b"PROXY TCP6 fc00:dead:beef:4dad::0:7e57 ::1 6543 9999\r\n");
-        let mut stream = &bytes[..];
-        let mut reader = FrameReader::new();
-        reader.skip_proxy_header(&mut stream, idle).await.unwrap();
-        assert_eq!(
-            reader.next(&mut stream, idle).await.unwrap(),
-            Frame::Ping(7)
-        );
-
+        let proxy = b"PROXY TCP6 fc00:dead:beef:4dad::0:7e57 ::1 6543 9999\r\n";
+        assert_eq!(first_frame_after(proxy).await.unwrap(), Frame::Ping(7));
         // Without a PROXY line the first frame is untouched.
-        let bytes = ping_after(b"");
-        let mut stream = &bytes[..];
-        let mut reader = FrameReader::new();
-        reader.skip_proxy_header(&mut stream, idle).await.unwrap();
-        assert_eq!(
-            reader.next(&mut stream, idle).await.unwrap(),
-            Frame::Ping(7)
-        );
-
+        assert_eq!(first_frame_after(b"").await.unwrap(), Frame::Ping(7));
         // A broken PROXY line ends the link.
-        let bytes = ping_after(b"PROXY nonsense\r\n");
-        let mut stream = &bytes[..];
-        let mut reader = FrameReader::new();
-        assert!(reader.skip_proxy_header(&mut stream, idle).await.is_err());
+        assert!(first_frame_after(b"PROXY nonsense\r\n").await.is_err());
     }
 
     #[test]
