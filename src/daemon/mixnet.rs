@@ -251,6 +251,13 @@ pub async fn spawn(
                     }
                 }
             }
+            // Nothing can arrive for a message older than both horizons.
+            let forget = params.e2e_horizon + params.custody_horizon;
+            if let Ok((fragments, done)) = ctx.spool.prune_mixnet(forget).await
+                && fragments + done > 0
+            {
+                tracing::info!("[MIXNET] forgot {fragments} stale fragment(s) and {done} finished message id(s)");
+            }
             if let Ok(expired) = ctx.spool.expire_packets().await {
                 for (kind, n) in expired {
                     crate::stats::Stats::add(&ctx.stats.mix_expired, n);

@@ -274,6 +274,10 @@ pub async fn complete(ctx: &MixContext, mix_id: MixId, reply_block: Option<Reply
             return;
         }
     };
+    if stored.is_empty() {
+        // Another completion of the same message got there first.
+        return;
+    }
     let block = reply_block.or_else(|| {
         stored.iter().find_map(|f| {
             f.reply_block

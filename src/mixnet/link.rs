@@ -290,14 +290,20 @@ async fn inbound(
     write_frame(&mut wr, &hello(cfg)).await?;
     debug!("[MIXNET] inbound link from {}", Sensitive(hex(&peer)));
     // Replies go through one writer task so handlers never share the socket.
+    // A peer that stops reading cannot hold it: every write has a deadline,
+    // and when the writer gives up the channel closes, so handlers and the
+    // reader below stop waiting on it.
     let (out_tx, mut out_rx) = mpsc::channel::<Frame>(cfg.window * 2 + 4);
+    let write_deadline = cfg.idle_timeout;
     let writer = tokio::spawn(async move {
         while let Some(frame) = out_rx.recv().await {
-            if write_frame(&mut wr, &frame).await.is_err() {
-                break;
+            match tokio::time::timeout(write_deadline, write_frame(&mut wr, &frame)).await {
+                Ok(Ok(())) => {}
+                _ => break,
             }
         }
-        let _ = wr.shutdown().await;
+        drop(out_rx);
+        let _ = tokio::time::timeout(write_deadline, wr.shutdown()).await;
     });
     let in_flight = Arc::new(Semaphore::new(cfg.window));
     let handlers = TaskTracker::new();
@@ -306,10 +312,17 @@ async fn inbound(
             _ = shutdown.cancelled() => break Ok(()),
             f = reader.next(&mut rd, cfg.idle_timeout) => f,
         };
+        if out_tx.is_closed() {
+            break Err(LinkError::Closed); // the writer gave up on the peer
+        }
         match frame {
             Ok(Frame::Packet { seq, epoch, packet }) => {
                 // A peer over its window waits here: backpressure, not loss.
-                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                let permit = tokio::select! {
+                    _ = shutdown.cancelled() => break Ok(()),
+                    p = in_flight.clone().acquire_owned() => p,
+                };
+                let Ok(permit) = permit else {
                     break Ok(());
                 };
                 let (handler, out) = (handler.clone(), out_tx.clone());
@@ -320,7 +333,8 @@ async fn inbound(
                 });
             }
             Ok(Frame::Ping(nonce)) => {
-                let _ = out_tx.send(Frame::Pong(nonce)).await;
+                // A peer that pings without reading gets no queue of PONGs.
+                let _ = out_tx.try_send(Frame::Pong(nonce));
             }
             Ok(Frame::Pong(_)) => {}
             Ok(Frame::Hello { .. }) | Ok(Frame::Ack { .. }) => break Err(LinkError::NoHello),
@@ -424,19 +438,31 @@ async fn outbound(
     let opened = tokio::time::Instant::now();
     let mut sent: HashSet<i64> = HashSet::new();
     let mut next_ping = tokio::time::Instant::now() + cfg.ping_interval;
+    // Any frame from the peer (ACK, PONG) proves it is alive; a peer silent
+    // for `idle_timeout` despite our pings is given up, so its packets go
+    // to other routes' links instead of into a dead socket.
+    let mut last_heard = tokio::time::Instant::now();
     let mut events = source.events();
     let result = loop {
-        if opened.elapsed() >= cfg.max_age && sent.is_empty() {
-            break Ok(()); // rotate: a new connection, a new circuit
+        // Past its age the link takes no new packets, drains what is in
+        // flight, and closes: a new connection, a new circuit.
+        let rotating = opened.elapsed() >= cfg.max_age;
+        if rotating && sent.is_empty() {
+            break Ok(());
         }
         // Fill the window.
         let mut wait_hint = None;
-        if sent.len() < cfg.window {
+        if !rotating && sent.len() < cfg.window {
             events.borrow_and_update();
             let (batch, hint) = source.take(peer, cfg.window - sent.len()).await;
             wait_hint = hint;
             let mut out = Vec::with_capacity(batch.len() * MAX_FRAME);
             for o in batch {
+                // A lease that ran out while the ACK was on its way hands
+                // the same packet back: it is in flight already.
+                if sent.contains(&o.id) {
+                    continue;
+                }
                 Frame::Packet {
                     seq: o.id as u64,
                     epoch: o.epoch,
@@ -446,9 +472,9 @@ async fn outbound(
                 sent.insert(o.id);
             }
             if !out.is_empty()
-                && let Err(e) = wr.write_all(&out).await
+                && let Err(e) = write_within(&mut wr, &out, cfg.idle_timeout).await
             {
-                break Err(e.into());
+                break Err(e);
             }
         }
         let idle_for = match wait_hint {
@@ -458,18 +484,25 @@ async fn outbound(
         let wake = (tokio::time::Instant::now() + idle_for).min(next_ping);
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            _ = tokio::time::sleep_until(last_heard + cfg.idle_timeout) => {
+                break Err(LinkError::Idle(cfg.idle_timeout));
+            }
             frame = reader.next(&mut rd, cfg.idle_timeout) => match frame {
                 Ok(Frame::Ack { seq, status }) => {
+                    last_heard = tokio::time::Instant::now();
                     let id = seq as i64;
                     if !sent.remove(&id) {
                         break Err(LinkError::StrayAck);
                     }
                     source.acked(peer, id, status).await;
                 }
-                Ok(Frame::Pong(_)) => {}
+                Ok(Frame::Pong(_)) => last_heard = tokio::time::Instant::now(),
                 Ok(Frame::Ping(n)) => {
-                    if let Err(e) = write_frame(&mut wr, &Frame::Pong(n)).await {
-                        break Err(e.into());
+                    last_heard = tokio::time::Instant::now();
+                    let mut pong = Vec::new();
+                    Frame::Pong(n).encode(&mut pong);
+                    if let Err(e) = write_within(&mut wr, &pong, cfg.idle_timeout).await {
+                        break Err(e);
                     }
                 }
                 Ok(_) => break Err(LinkError::NoHello),
@@ -480,8 +513,10 @@ async fn outbound(
                 if tokio::time::Instant::now() >= next_ping {
                     next_ping = tokio::time::Instant::now() + cfg.ping_interval;
                     let nonce: u64 = rand::rng().random();
-                    if let Err(e) = write_frame(&mut wr, &Frame::Ping(nonce)).await {
-                        break Err(e.into());
+                    let mut ping = Vec::new();
+                    Frame::Ping(nonce).encode(&mut ping);
+                    if let Err(e) = write_within(&mut wr, &ping, cfg.idle_timeout).await {
+                        break Err(e);
                     }
                 }
             }
@@ -492,6 +527,19 @@ async fn outbound(
     }
     let _ = wr.shutdown().await;
     result
+}
+
+/// Writes `bytes`, giving up after `deadline`: a peer that stops reading
+/// cannot hold the link (and its packets) for ever.
+async fn write_within(
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    bytes: &[u8],
+    deadline: Duration,
+) -> Result<(), LinkError> {
+    tokio::time::timeout(deadline, wr.write_all(bytes))
+        .await
+        .map_err(|_| LinkError::Idle(deadline))?
+        .map_err(LinkError::from)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -548,5 +596,91 @@ mod tests {
         assert_eq!(failures_after(6, true, false), 1);
         assert_eq!(failures_after(6, true, true), 0);
         assert_eq!(failures_after(u32::MAX, false, false), u32::MAX);
+    }
+
+    fn test_config(idle: Duration) -> Arc<LinkConfig> {
+        Arc::new(LinkConfig {
+            identity: [1; 32],
+            params_hash: [2; 32],
+            window: 4,
+            idle_timeout: idle,
+            ping_interval: idle / 3,
+            connect_timeout: Duration::from_secs(5),
+            max_age: Duration::from_secs(3600),
+            max_inbound: 4,
+        })
+    }
+
+    /// A packet source with nothing to send.
+    struct Idle(watch::Sender<u64>);
+
+    impl PacketSource for Idle {
+        fn take(&self, _: NodeId, _: usize) -> BoxFuture<'_, (Vec<Outgoing>, Option<Duration>)> {
+            Box::pin(async { (Vec::new(), None) })
+        }
+        fn acked(&self, _: NodeId, _: i64, _: AckStatus) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+        fn unacked(&self, _: NodeId, _: Vec<i64>) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+        fn link_state(&self, _: NodeId, _: bool) {}
+        fn events(&self) -> watch::Receiver<u64> {
+            self.0.subscribe()
+        }
+    }
+
+    /// Plays SOCKS5 (no authentication, CONNECT accepted) and then a peer
+    /// that answers HELLO and never says anything again, while reading
+    /// whatever it is sent.
+    async fn silent_peer(listener: TcpListener, cfg: Arc<LinkConfig>) {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut greeting = [0u8; 4];
+        s.read_exact(&mut greeting).await.unwrap();
+        s.write_all(&[5, 0]).await.unwrap();
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await.unwrap();
+        let mut rest = vec![0u8; head[4] as usize + 2];
+        s.read_exact(&mut rest).await.unwrap();
+        s.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).await.unwrap();
+        let mut reader = FrameReader::new();
+        reader.next(&mut s, Duration::from_secs(5)).await.unwrap();
+        write_frame(&mut s, &hello(&cfg)).await.unwrap();
+        let mut sink = [0u8; 1024];
+        while let Ok(n) = s.read(&mut sink).await {
+            if n == 0 {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_outbound_link_to_a_peer_that_falls_silent_is_given_up() {
+        let cfg = test_config(Duration::from_millis(300));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap();
+        tokio::spawn(silent_peer(listener, cfg.clone()));
+        let dialer = SocksDialer::new(proxy, Duration::from_secs(5));
+        let source = Idle(watch::channel(0).0);
+        let stop = CancellationToken::new();
+        let peer = NodeId([3; 32]);
+        let mut established = false;
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            outbound(
+                peer,
+                "peer.onion",
+                9999,
+                &dialer,
+                &cfg,
+                &source,
+                &stop,
+                &mut established,
+            ),
+        )
+        .await
+        .expect("a silent peer must not hold the link for ever");
+        assert!(established, "HELLO was exchanged");
+        assert!(matches!(result, Err(LinkError::Idle(_))), "{result:?}");
     }
 }

@@ -101,15 +101,20 @@ impl Sender {
             }
             match self.ctx.spool.overdue(BATCH).await {
                 Ok((overdue, next)) => {
+                    // As above: a retransmission that failed left its check
+                    // time in the past, so `next` would make this spin.
+                    let mut stuck = false;
                     for o in overdue {
                         if let Err(e) = self.retransmit(o).await {
                             if !matches!(e, SendError::NoRoute) {
                                 warn!("[MIXNET] cannot retransmit: {e}");
                             }
-                            wait = wait.min(NO_ROUTE_RETRY);
+                            stuck = true;
                         }
                     }
-                    if let Some(at) = next {
+                    if stuck {
+                        wait = wait.min(NO_ROUTE_RETRY);
+                    } else if let Some(at) = next {
                         wait = wait.min(self.until(at));
                     }
                 }
@@ -307,9 +312,16 @@ impl Sender {
         }
         let exit = NodeId(o.exit);
         let usable = self.usable_peers();
-        let missing: Vec<u16> = (0..o.fragments)
+        let mut missing: Vec<u16> = (0..o.fragments)
             .filter(|i| o.acked.as_deref().is_none_or(|map| !marked(map, *i)))
             .collect();
+        // The exit said it has every fragment, yet no COMPLETE came (lost,
+        // or its completion failed): one fragment again makes it answer
+        // (a finished message is re-acknowledged, an unfinished one is
+        // completed).
+        if missing.is_empty() {
+            missing.push(0);
+        }
         let built = if usable.contains(&exit) {
             let this = Sender {
                 ctx: self.ctx.clone(),

@@ -817,3 +817,22 @@ pub(super) fn drop_fragments(conn: &mut Connection, mix_id: &MixId) -> Result<()
     )?;
     Ok(())
 }
+
+/// Forgets what no sender can still need: fragments of messages nobody
+/// will complete any more and done ids nobody will send again (both older
+/// than the end-to-end horizon plus the custody horizon, passed in as
+/// `before`). Returns (fragments, done ids) deleted.
+pub(super) fn prune(conn: &mut Connection, before: UnixMillis) -> Result<(u64, u64), SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let fragments = tx.execute(
+        "DELETE FROM mix_fragments WHERE mix_id IN (
+             SELECT mix_id FROM mix_fragments GROUP BY mix_id HAVING MAX(received_at) < ?1)",
+        params![before as i64],
+    )?;
+    let done = tx.execute(
+        "DELETE FROM mix_done WHERE done_at < ?1",
+        params![before as i64],
+    )?;
+    tx.commit()?;
+    Ok((fragments as u64, done as u64))
+}

@@ -438,6 +438,14 @@ impl Spool {
             .await
     }
 
+    /// Deletes exit fragments and done ids older than `age` (see
+    /// `mixnet::prune`).
+    pub async fn prune_mixnet(&self, age: Duration) -> Result<(u64, u64), SpoolError> {
+        let age_ms = age.as_millis() as u64;
+        self.call(move |conn, now| mixnet::prune(conn, now.saturating_sub(age_ms)))
+            .await
+    }
+
     pub async fn mixnet_counts(&self) -> Result<MixnetCounts, SpoolError> {
         self.call(|conn, _| mixnet::counts(conn)).await
     }

@@ -551,6 +551,36 @@ mod mixnet_storage {
     }
 
     #[tokio::test]
+    async fn old_fragments_and_done_ids_are_forgotten_young_ones_kept() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        let store = |tag: u8, index: u16, mix: u8| Custody::Fragment {
+            tag: [tag; 32],
+            epoch: 0,
+            fragment: StoredFragment {
+                mix_id: [mix; 16],
+                ..fragment(index, 3)
+            },
+        };
+        t.spool.custody(store(1, 0, 7)).await;
+        t.spool
+            .complete_at_exit(ExitCompletion {
+                mix_id: [8; 16],
+                message: message("b", 1),
+                release_at: 1_000,
+                ack: None,
+            })
+            .await
+            .unwrap();
+        t.set_now(50_000);
+        t.spool.custody(store(2, 0, 9)).await;
+        let (fragments, done) = t.spool.prune_mixnet(Duration::from_secs(10)).await.unwrap();
+        assert_eq!((fragments, done), (1, 1));
+        assert!(t.spool.fragments([7; 16]).await.unwrap().is_empty());
+        assert_eq!(t.spool.fragments([9; 16]).await.unwrap().len(), 1);
+        t.close().await;
+    }
+
+    #[tokio::test]
     async fn stalled_messages_yield_each_reply_block_once() {
         let t = TestSpool::open(Duration::ZERO, 1_000);
         t.spool
