@@ -578,11 +578,11 @@ mod tests {
         }
         // The third attempt is the last: once it is cut off, the recipient
         // is dropped.
-        // (Paused time: the sleeps cost nothing and bound the wait.)
-        for _ in 0..3_600 {
-            if Stats::get(&stats.failed) == 1 {
-                break;
-            }
+        // Virtual time must run (the cut-off is a timer), and it may run
+        // ahead while the spool's thread settles: bound the wait in real
+        // time, not in a count of virtual seconds.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while Stats::get(&stats.failed) != 1 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         assert_eq!(
@@ -661,13 +661,23 @@ mod tests {
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(dispatcher.run(stop.clone()));
-        // Well before the first retry (at least 30 min away).
-        for _ in 0..600 {
-            if attempts.load(Ordering::SeqCst) == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        // Wait for both settles without a timer of our own: while the
+        // spool's thread works, a pending test timer would let paused time
+        // jump ahead of it. Yielding keeps the runtime busy, so virtual time
+        // stands still until the outcome is recorded (bounded in real time).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !(Stats::get(&stats.cover_dropped) == 1 && Stats::get(&stats.deferred) == 1) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "attempts {}, cover dropped {}, deferred {}",
+                attempts.load(Ordering::SeqCst),
+                Stats::get(&stats.cover_dropped),
+                Stats::get(&stats.deferred)
+            );
+            tokio::task::yield_now().await;
         }
+        // A minute later (the first retry is at least 30 min away): nothing
+        // more was attempted.
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(attempts.load(Ordering::SeqCst), 2);
         assert_eq!(Stats::get(&stats.cover_dropped), 1, "cover dropped");
