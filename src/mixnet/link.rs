@@ -683,4 +683,71 @@ mod tests {
         assert!(established, "HELLO was exchanged");
         assert!(matches!(result, Err(LinkError::Idle(_))), "{result:?}");
     }
+
+    /// A handler that answers only when the test opens its gate, like a
+    /// hop whose custody commit has not returned yet.
+    struct Gated(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
+
+    impl PacketHandler for Gated {
+        fn receive(&self, _: u32, _: WirePacket) -> BoxFuture<'_, AckStatus> {
+            Box::pin(async move {
+                if let Some(gate) = self.0.lock().await.take() {
+                    let _ = gate.await;
+                }
+                AckStatus::Stored
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_packet_is_acknowledged_only_after_its_handler_answered() {
+        let cfg = test_config(Duration::from_secs(5));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (open, gate) = tokio::sync::oneshot::channel();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let server = tokio::spawn(serve(
+            listener,
+            cfg.clone(),
+            Arc::new(Gated(tokio::sync::Mutex::new(Some(gate)))),
+            stop.clone(),
+            tracker.clone(),
+        ));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        write_frame(&mut client, &hello(&cfg)).await.unwrap();
+        let mut reader = FrameReader::new();
+        let idle = Duration::from_secs(5);
+        assert!(matches!(
+            reader.next(&mut client, idle).await.unwrap(),
+            Frame::Hello { .. }
+        ));
+        let packet = WirePacket::from_slice(&[0; crate::mixnet::packet::PACKET_SIZE]).unwrap();
+        let frame = Frame::Packet {
+            seq: 41,
+            epoch: 0,
+            packet,
+        };
+        write_frame(&mut client, &frame).await.unwrap();
+        // The link answers a PING while the packet's handler is still busy,
+        // and no ACK has come before the PONG.
+        write_frame(&mut client, &Frame::Ping(9)).await.unwrap();
+        assert_eq!(
+            reader.next(&mut client, idle).await.unwrap(),
+            Frame::Pong(9)
+        );
+        open.send(()).unwrap();
+        assert_eq!(
+            reader.next(&mut client, idle).await.unwrap(),
+            Frame::Ack {
+                seq: 41,
+                status: AckStatus::Stored
+            }
+        );
+        stop.cancel();
+        drop(client);
+        server.await.unwrap();
+        tracker.close();
+        tracker.wait().await;
+    }
 }
