@@ -203,25 +203,8 @@ async fn a_sphinx_node_connects_only_to_its_socks_port_and_opens_no_udp_socket()
     entry
         .until_queue("acknowledged by its exit", |q| q["messages"] == 0)
         .await;
-    let socks = format!("sin_port=htons({})", net.nodes[0].tap.addr.port());
     let text = net.daemon_mut(0).stop_traced();
-    let mut inet_connects = 0;
-    for line in text.lines() {
-        let inet = line.contains("AF_INET");
-        if line.contains("connect(") && inet {
-            inet_connects += 1;
-            assert!(
-                line.contains(&socks) && line.contains("127.0.0.1"),
-                "connection outside the SOCKS proxy: {line}"
-            );
-        }
-        if line.contains("socket(AF_INET") {
-            assert!(!line.contains("SOCK_DGRAM"), "UDP socket: {line}");
-        }
-        if (line.contains("sendto(") || line.contains("sendmsg(")) && inet {
-            panic!("datagram with an address: {line}");
-        }
-    }
+    let inet_connects = common::assert_only_socks(&text, net.nodes[0].tap.addr.port());
     // One link to each of the four other nodes at least.
     assert!(inet_connects >= 4, "too few connections traced:\n{text}");
     assert_only_links(&net, 0);

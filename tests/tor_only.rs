@@ -46,24 +46,7 @@ async fn every_outgoing_connection_goes_to_the_socks_port() {
     d.until_queue("empty", |q| q["messages"] == 0).await;
 
     let text = d.stop_traced();
-    let proxy_port = format!("sin_port=htons({})", proxy.addr.port());
-    let mut inet_connects = 0;
-    for line in text.lines() {
-        let inet = line.contains("AF_INET");
-        if line.contains("connect(") && inet {
-            inet_connects += 1;
-            assert!(
-                line.contains(&proxy_port) && line.contains("127.0.0.1"),
-                "connection outside the SOCKS proxy: {line}"
-            );
-        }
-        if line.contains("socket(AF_INET") {
-            assert!(!line.contains("SOCK_DGRAM"), "UDP socket: {line}");
-        }
-        if (line.contains("sendto(") || line.contains("sendmsg(")) && inet {
-            panic!("datagram with an address: {line}");
-        }
-    }
+    let inet_connects = common::assert_only_socks(&text, proxy.addr.port());
     // Onion SMTP, the DNS query, and clearnet SMTP at least.
     assert!(inet_connects >= 3, "too few connections traced:\n{text}");
 }

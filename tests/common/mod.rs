@@ -439,3 +439,28 @@ impl Client {
         self.reply().await.0
     }
 }
+
+/// Checks an strace of the daemon (`-e trace=network`): every AF_INET
+/// connect goes to 127.0.0.1 on `socks_port`, no UDP socket is opened and
+/// no datagram is sent to an address. Returns how many connects it saw.
+pub fn assert_only_socks(trace: &str, socks_port: u16) -> usize {
+    let socks = format!("sin_port=htons({socks_port})");
+    let mut inet_connects = 0;
+    for line in trace.lines() {
+        let inet = line.contains("AF_INET");
+        if line.contains("connect(") && inet {
+            inet_connects += 1;
+            assert!(
+                line.contains(&socks) && line.contains("127.0.0.1"),
+                "connection outside the SOCKS proxy: {line}"
+            );
+        }
+        if line.contains("socket(AF_INET") {
+            assert!(!line.contains("SOCK_DGRAM"), "UDP socket: {line}");
+        }
+        if (line.contains("sendto(") || line.contains("sendmsg(")) && inet {
+            panic!("datagram with an address: {line}");
+        }
+    }
+    inet_connects
+}
