@@ -91,11 +91,7 @@ impl Sender {
                             }
                         }
                     }
-                    if stuck {
-                        wait = wait.min(NO_ROUTE_RETRY);
-                    } else if let Some(at) = next {
-                        wait = wait.min(self.until(at));
-                    }
+                    wait = self.wait_after(wait, stuck, next);
                 }
                 Err(e) => warn!("[MIXNET] cannot read the spool: {e}"),
             }
@@ -112,11 +108,7 @@ impl Sender {
                             stuck = true;
                         }
                     }
-                    if stuck {
-                        wait = wait.min(NO_ROUTE_RETRY);
-                    } else if let Some(at) = next {
-                        wait = wait.min(self.until(at));
-                    }
+                    wait = self.wait_after(wait, stuck, next);
                 }
                 Err(e) => warn!("[MIXNET] cannot read the spool: {e}"),
             }
@@ -134,6 +126,17 @@ impl Sender {
                 _ = health_changed => {}
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// How long to sleep after a round: until the next due time, unless
+    /// something failed this round (then it is still due, and honouring
+    /// its time would spin), in which case a short pause.
+    fn wait_after(&self, wait: Duration, stuck: bool, next: Option<u64>) -> Duration {
+        match (stuck, next) {
+            (true, _) => wait.min(NO_ROUTE_RETRY),
+            (false, Some(at)) => wait.min(self.until(at)),
+            (false, None) => wait,
         }
     }
 
