@@ -9,6 +9,7 @@ command -v swaks >/dev/null || need+=(swaks)
 [ -x /usr/sbin/smtp-source ] || need+=(postfix)
 command -v strace >/dev/null || need+=(strace)
 command -v nc >/dev/null || need+=(netcat-openbsd)
+command -v ss >/dev/null || need+=(iproute2)
 command -v microsocks >/dev/null || need+=(microsocks)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
