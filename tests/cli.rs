@@ -473,21 +473,11 @@ fn a_privileged_port_without_the_right_to_bind_it_is_explained() {
     };
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{port}");
-    let dead = common::DeadEnd::start().addr.to_string();
-    let name = onion(1);
-    let data = dir.path().join("data");
-    let args = [
-        "-name",
-        &name,
-        "-addr",
-        &addr,
-        "-data-dir",
-        data.to_str().unwrap(),
-        "-tor-socks",
-        &dead,
-        "-dns-server",
-        &dead,
-    ];
+    // The daemon must stop at bind; the dead end only makes sure that, if
+    // it did not, nothing it dialled would leave the test.
+    let dead_end = common::DeadEnd::start();
+    let owned = BindArgs::new(&dir, &addr, &dead_end);
+    let args = owned.args();
     let line = refused_with(
         &wrapper,
         &args,
@@ -502,21 +492,11 @@ fn an_address_in_use_is_told_apart_from_a_missing_privilege() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let dead = common::DeadEnd::start().addr.to_string();
-    let name = onion(1);
-    let data = dir.path().join("data");
-    let args = [
-        "-name",
-        &name,
-        "-addr",
-        &addr,
-        "-data-dir",
-        data.to_str().unwrap(),
-        "-tor-socks",
-        &dead,
-        "-dns-server",
-        &dead,
-    ];
+    // The daemon must stop at bind; the dead end only makes sure that, if
+    // it did not, nothing it dialled would leave the test.
+    let dead_end = common::DeadEnd::start();
+    let owned = BindArgs::new(&dir, &addr, &dead_end);
+    let args = owned.args();
     let line = refused(
         &args,
         69,
@@ -527,4 +507,39 @@ fn an_address_in_use_is_told_apart_from_a_missing_privilege() {
         ],
     );
     assert!(!line.contains("CAP_NET_BIND_SERVICE"), "{line}");
+}
+
+/// Flags for a daemon that should stop at bind: its name, `-addr`, a data
+/// dir in `dir`, and Tor and DNS pointed at a dead end the test owns.
+struct BindArgs {
+    name: String,
+    addr: String,
+    data: String,
+    dead: String,
+}
+
+impl BindArgs {
+    fn new(dir: &tempfile::TempDir, addr: &str, dead_end: &common::DeadEnd) -> BindArgs {
+        BindArgs {
+            name: onion(1),
+            addr: addr.to_string(),
+            data: dir.path().join("data").to_str().unwrap().to_string(),
+            dead: dead_end.addr.to_string(),
+        }
+    }
+
+    fn args(&self) -> [&str; 10] {
+        [
+            "-name",
+            &self.name,
+            "-addr",
+            &self.addr,
+            "-data-dir",
+            &self.data,
+            "-tor-socks",
+            &self.dead,
+            "-dns-server",
+            &self.dead,
+        ]
+    }
 }

@@ -75,6 +75,8 @@ async fn smuggled_end_of_data_is_not_honoured() {
     let (code, text) = c.reply().await;
     assert_eq!(code, 521, "{text}");
     assert!(text.contains("5.5.2") && text.contains("bare"), "{text}");
+    // The refusal tells a netcat user what to do.
+    assert!(text.contains("nc -C"), "{text}");
     // Nothing after the bare LF was treated as a command.
     assert!(c.closed().await);
     assert_eq!(d.queue_json()["messages"], 0);
