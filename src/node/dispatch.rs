@@ -400,6 +400,33 @@ mod tests {
         }
     }
 
+    /// A dispatcher over `spool` with the tests' defaults (immediate mix,
+    /// two workers, a 10-minute lease, 3 attempts a minute apart); each test
+    /// overrides what it is about.
+    fn test_dispatcher(
+        spool: &Spool,
+        clock: &Clock,
+        transport: Arc<dyn Deliver>,
+        stats: &Arc<Stats>,
+    ) -> Dispatcher {
+        Dispatcher {
+            spool: spool.clone(),
+            transport,
+            retry: RetryPolicy {
+                base: Duration::from_secs(60),
+                max_attempts: 3,
+            },
+            mix: MixPolicy::Immediate,
+            workers: 2,
+            stats: stats.clone(),
+            lease: Duration::from_secs(600),
+            clock: clock.clone(),
+            scope: LeaseScope::All,
+            cover_key: CoverKey::from_bytes([4; 32]),
+            health: Arc::default(),
+        }
+    }
+
     fn mail(i: usize) -> Message {
         Message {
             envelope: Envelope {
@@ -446,20 +473,9 @@ mod tests {
             seen: Mutex::new(0),
         });
         let dispatcher = Dispatcher {
-            spool: spool.clone(),
-            transport: transport.clone(),
-            retry: RetryPolicy {
-                base: Duration::from_secs(60),
-                max_attempts: 3,
-            },
             mix,
             workers: N,
-            stats: stats.clone(),
-            lease: Duration::from_secs(600),
-            clock: clock.clone(),
-            scope: LeaseScope::All,
-            cover_key: CoverKey::from_bytes([4; 32]),
-            health: Arc::default(),
+            ..test_dispatcher(&spool, &clock, transport.clone(), &stats)
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(dispatcher.run(stop.clone()));
@@ -551,25 +567,19 @@ mod tests {
         assert_eq!(intake.ingest(mail(0)).await, EnqueueOutcome::Queued);
         let (tx, mut rx) = mpsc::channel(8);
         let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let transport = Arc::new(Hanging {
+            running: Arc::default(),
+            most: most.clone(),
+            started: tx,
+        });
         let dispatcher = Dispatcher {
-            spool: spool.clone(),
-            transport: Arc::new(Hanging {
-                running: Arc::default(),
-                most: most.clone(),
-                started: tx,
-            }),
             retry: RetryPolicy {
                 base: Duration::from_secs(1),
                 max_attempts: 3,
             },
-            mix: MixPolicy::Immediate,
             workers: 4,
-            stats: stats.clone(),
             lease: Duration::from_secs(100),
-            clock: clock.clone(),
-            scope: LeaseScope::All,
-            cover_key: CoverKey::from_bytes([4; 32]),
-            health: Arc::default(),
+            ..test_dispatcher(&spool, &clock, transport, &stats)
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(dispatcher.run(stop.clone()));
@@ -641,23 +651,17 @@ mod tests {
         let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let stats = Arc::new(Stats::default());
         let health = Arc::new(DeliveryHealth::default());
+        let transport = Arc::new(TorDown {
+            attempts: attempts.clone(),
+        });
         let dispatcher = Dispatcher {
-            spool: spool.clone(),
-            transport: Arc::new(TorDown {
-                attempts: attempts.clone(),
-            }),
             retry: RetryPolicy {
                 base: Duration::from_secs(3600),
                 max_attempts: 9,
             },
-            mix: MixPolicy::Immediate,
-            workers: 2,
-            stats: stats.clone(),
-            lease: Duration::from_secs(600),
-            clock: clock.clone(),
-            scope: LeaseScope::All,
             cover_key: key,
             health: health.clone(),
+            ..test_dispatcher(&spool, &clock, transport, &stats)
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(dispatcher.run(stop.clone()));
