@@ -144,16 +144,6 @@ async fn one(
     }
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("mixnet_bytes: measured only under `cargo bench --bench mixnet_bytes`");
@@ -210,20 +200,20 @@ fn main() {
                 );
                 samples.push(s);
             }
-            let ratio = median(samples.iter().map(|s| s.ratio).collect());
+            let ratio = common::median(samples.iter().map(|s| s.ratio).collect());
             println!(
                 "{size} B median: {:.3} link bytes per mail byte ({:.3} per hop); accepted {:.0} ms; delivered {:.0} ms ({:.0} ms after the 250); acknowledged {:.0} ms (fragment data {} B each)",
                 ratio,
                 ratio / HOPS as f64,
-                median(samples.iter().map(|s| s.accepted.as_secs_f64() * 1e3).collect()),
-                median(samples.iter().map(|s| s.delivered.as_secs_f64() * 1e3).collect()),
-                median(
+                common::median(samples.iter().map(|s| s.accepted.as_secs_f64() * 1e3).collect()),
+                common::median(samples.iter().map(|s| s.delivered.as_secs_f64() * 1e3).collect()),
+                common::median(
                     samples
                         .iter()
                         .map(|s| (s.delivered - s.accepted).as_secs_f64() * 1e3)
                         .collect()
                 ),
-                median(
+                common::median(
                     samples
                         .iter()
                         .map(|s| s.acknowledged.as_secs_f64() * 1e3)

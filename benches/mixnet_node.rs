@@ -493,16 +493,6 @@ async fn custody_rate(packets: usize, tasks: usize) -> f64 {
     rate
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
-}
-
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let s = if bench {
@@ -567,7 +557,11 @@ fn main() {
         unwrap.push(u);
         custody.push(c);
     }
-    let (n, u, c) = (median(node), median(unwrap), median(custody));
+    let (n, u, c) = (
+        common::median(node),
+        common::median(unwrap),
+        common::median(custody),
+    );
     println!(
         "medians: node {n:.0} packets/s; unwrap alone (one core) {u:.0}/s; custody alone {c:.0}/s; node / unwrap {:.2}, node / custody {:.2}",
         n / u,

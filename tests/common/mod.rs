@@ -464,3 +464,15 @@ pub fn assert_only_socks(trace: &str, socks_port: u16) -> usize {
     }
     inet_connects
 }
+
+/// The median of measurements (the benches report medians: the machines
+/// are noisy).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
