@@ -66,12 +66,12 @@ pub enum DaemonError {
     Locked(#[from] lock::LockError),
     #[error("-data-dir {path}: cannot open the spool: {source}")]
     Spool { path: String, source: SpoolError },
-    #[error("-addr {addr}: {}", bind_advice(*.addr, .source))]
+    #[error("-addr {addr}: {}", bind_advice("-addr", *.addr, .source))]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("-node {addr}: {}", bind_advice(*.addr, .source).replace("-addr", "-node"))]
+    #[error("-node {addr}: {}", bind_advice("-node", *.addr, .source))]
     NodeBind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -131,21 +131,21 @@ pub fn spool_exit_status(e: &SpoolError) -> u8 {
 /// What a failed bind means and what to do about it. The kernel says
 /// "permission denied" both for a privileged port and for a security
 /// module's refusal; only the first has a known remedy.
-fn bind_advice(addr: SocketAddr, e: &std::io::Error) -> String {
+fn bind_advice(flag: &str, addr: SocketAddr, e: &std::io::Error) -> String {
     match e.kind() {
         ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
             "port {} is privileged and this process may not bind it ({e}); grant it CAP_NET_BIND_SERVICE \
              (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE) or listen on a port ≥ 1024 and let Tor's \
-             HiddenServicePort map port 25 to it",
+             HiddenServicePort map the onion service's port to it",
             addr.port()
         ),
         ErrorKind::AddrInUse => format!(
-            "another process is already listening there ({e}); stop it or choose another -addr"
+            "another process is already listening there ({e}); stop it or choose another {flag}"
         ),
         ErrorKind::AddrNotAvailable => format!(
             "no network interface of this host has that IP ({e}); choose a local address such as 127.0.0.1"
         ),
-        _ => format!("cannot listen: {e}; choose another -addr"),
+        _ => format!("cannot listen: {e}; choose another {flag}"),
     }
 }
 

@@ -167,11 +167,16 @@ fn network(data: &Path, params: Value) -> Value {
 /// Starts the daemon in -sphinx mode against `pki` and returns its exit
 /// status and stderr (it is expected to stop at once).
 fn refused_start(data: &Path, pki: &Path) -> (Option<i32>, String) {
-    let dead = DeadEnd::start();
-    let dead = dead.addr.to_string();
+    refused_start_on(data, pki, "127.0.0.1:0")
+}
+
+/// [`refused_start`] with the link listener on `node`.
+fn refused_start_on(data: &Path, pki: &Path, node: &str) -> (Option<i32>, String) {
+    let dead_end = DeadEnd::start();
+    let dead = dead_end.addr.to_string();
     let mut child = Command::new(BIN)
         .args(["-name", &onion(1), "-short-name", "alice", "-sphinx"])
-        .args(["-addr", "127.0.0.1:0", "-node", "127.0.0.1:0"])
+        .args(["-addr", "127.0.0.1:0", "-node", node])
         .args(["-tor-socks", &dead, "-dns-server", &dead, "-data-dir"])
         .arg(data)
         .arg("-pki-file")
@@ -433,4 +438,20 @@ async fn sphinx_mode_accepts_mail_and_never_delivers_directly() {
     d.until_log("closed cleanly", |l| l.contains("[SPOOL] closed cleanly"))
         .await;
     only_links(&proxy);
+}
+
+#[test]
+fn a_link_port_in_use_is_named_as_the_node_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let node = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pki = dir.path().join("nodes.json");
+    std::fs::write(&pki, network(&data, json!({})).to_string()).unwrap();
+    let (code, err) = refused_start_on(&data, &pki, &node);
+    assert_eq!(code, Some(69), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with(&format!("pluto2: -node {node}: ")), "{err}");
+    assert!(err.contains("choose another -node"), "{err}");
+    assert!(!err.contains("-addr"), "{err}");
 }
