@@ -39,7 +39,9 @@ impl Silent {
 /// stderr. If it starts serving instead (it logs `listening on`), it is
 /// killed and the test fails.
 fn second_daemon(data_dir: &Path) -> (i32, String) {
-    let dead = DeadEnd::start().addr.to_string();
+    // Kept until the end: a port the test owns, not one it gave back.
+    let dead_end = DeadEnd::start();
+    let dead = dead_end.addr.to_string();
     let mut child = Command::new(BIN)
         .args(["-name", &onion(2), "-addr", "127.0.0.1:0"])
         .args(["-tor-socks", &dead, "-dns-server", &dead])

@@ -306,8 +306,8 @@ fn listening_on(child: &mut std::process::Child) -> (std::net::SocketAddr, Vec<S
 #[tokio::test]
 async fn smtp_is_another_name_for_addr() {
     let dir = tempfile::tempdir().unwrap();
-    let dead = DeadEnd::start();
-    let dead = dead.addr.to_string();
+    let dead_end = DeadEnd::start();
+    let dead = dead_end.addr.to_string();
     for form in [&["-smtp", "127.0.0.1:0"][..], &["-smtp=127.0.0.1:0"]] {
         let mut child = Command::new(BIN)
             .args(["-name", &onion(1), "-cover-interval", "0"])
