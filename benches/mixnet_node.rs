@@ -258,7 +258,7 @@ async fn one_link(
                         return Err(format!("ACK {status:?}"));
                     }
                 }
-                Frame::Ping(_) | Frame::Pong(_) => {}
+                Frame::Ping { .. } | Frame::Pong { .. } | Frame::Keys { .. } => {}
                 other => return Err(format!("unexpected {other:?}")),
             }
         }
@@ -299,16 +299,6 @@ async fn node_run(s: &Settings) -> NodeRun {
             .clone()
     };
     let (a, b, c) = (node("b0"), node("b1"), node("b2"));
-    let route: Vec<RouteHop> = [&a, &b]
-        .iter()
-        .map(|n| RouteHop {
-            id: n.id,
-            mix_key: n.mix_key,
-            delay: Duration::ZERO,
-        })
-        .collect();
-    let packets = build_packets(s.packets, &route);
-
     let pki_arg = pki.to_str().unwrap().to_string();
     let name_a = names[0].to_string();
     let daemon = Daemon::start_in(
@@ -328,6 +318,32 @@ async fn node_run(s: &Settings) -> NodeRun {
         ],
     );
     let port = link_port(&daemon);
+    // A's key for this epoch (default epoch length: a day), from its key
+    // file as its bundle would carry it; B never runs, so any key does for
+    // B's layer, which A does not open.
+    let epoch = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400) as u32;
+    let secret: [u8; 32] = std::fs::read(dir.path().join("b0").join(format!("mixkey-{epoch}")))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let keys = [
+        PublicKey::from(&StaticSecret::from(secret)),
+        PublicKey::from(&StaticSecret::from([7u8; 32])),
+    ];
+    let route: Vec<RouteHop> = [&a, &b]
+        .iter()
+        .zip(keys)
+        .map(|(n, mix_key)| RouteHop {
+            id: n.id,
+            mix_key,
+            delay: Duration::ZERO,
+        })
+        .collect();
+    let packets = build_packets(s.packets, &route);
 
     let mut hello = Vec::new();
     Frame::Hello {
@@ -346,7 +362,7 @@ async fn node_run(s: &Settings) -> NodeRun {
         let mut f = Vec::with_capacity(frame::MAX_FRAME);
         Frame::Packet {
             seq: i as u64,
-            epoch: pluto2::mixnet::keys::STATIC_EPOCH,
+            epoch,
             packet: p,
         }
         .encode(&mut f);

@@ -156,9 +156,9 @@ pub fn export_node_info(
     info: &crate::config::NodeInfo,
 ) -> Result<crate::mixnet::pki::NodeEntry, DaemonError> {
     data_dir::prepare(&config.spool.data_dir)?;
-    let (identity, mix_key) =
-        mixnet::load_keys(&config.spool.data_dir).map_err(|e| DaemonError::Mixnet(e.into()))?;
-    Ok(mixnet::node_entry(&config.name, info, &identity, &mix_key))
+    let identity =
+        mixnet::load_identity(&config.spool.data_dir).map_err(|e| DaemonError::Mixnet(e.into()))?;
+    Ok(mixnet::node_entry(&config.name, info, &identity))
 }
 
 /// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), then stops

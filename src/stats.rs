@@ -64,6 +64,17 @@ pub struct Stats {
     /// Usable other nodes now, and all other nodes in nodes.json.
     pub mix_healthy: AtomicU64,
     pub mix_nodes: AtomicU64,
+    /// The mix-key epoch now.
+    pub mix_epoch: AtomicU64,
+    /// Loop cover sent, back in time, and given up as lost.
+    pub mix_loops_sent: AtomicU64,
+    pub mix_loops_back: AtomicU64,
+    pub mix_loops_lost: AtomicU64,
+    /// Drop cover sent from here, and dropped here as its last hop.
+    pub mix_drops_sent: AtomicU64,
+    pub mix_drops_received: AtomicU64,
+    /// Bundles that showed a node signing two keys for one epoch.
+    pub mix_two_faces: AtomicU64,
 }
 
 impl Stats {
@@ -109,7 +120,7 @@ impl Stats {
         }
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            " sphinx={} direct={} acked={} e2e_failed={} no_route={} fragments={} retransmitted={} packets_in={} packets_out={} packets_queued={} mix_replays={} rejected={} rejected_by_peer={} unknown_epoch={} expired={} bad_payloads={} exit_completed={} exit_duplicates={} healthy={}/{}",
+            " sphinx={} direct={} acked={} e2e_failed={} no_route={} fragments={} retransmitted={} packets_in={} packets_out={} packets_queued={} mix_replays={} rejected={} rejected_by_peer={} unknown_epoch={} expired={} bad_payloads={} exit_completed={} exit_duplicates={} healthy={}/{} epoch={} loops_sent={} loops_back={} loops_lost={} drops_sent={} drops_received={} two_faces={}",
             get(&self.mix_messages_in),
             get(&self.direct),
             get(&self.mix_messages_acked),
@@ -130,6 +141,13 @@ impl Stats {
             get(&self.mix_exit_duplicates),
             get(&self.mix_healthy),
             get(&self.mix_nodes),
+            get(&self.mix_epoch),
+            get(&self.mix_loops_sent),
+            get(&self.mix_loops_back),
+            get(&self.mix_loops_lost),
+            get(&self.mix_drops_sent),
+            get(&self.mix_drops_received),
+            get(&self.mix_two_faces),
         )
     }
 

@@ -153,8 +153,20 @@ async fn serve(
                     };
                     Frame::Ack { seq, status }
                 }
-                Frame::Ping(n) => Frame::Pong(n),
-                Frame::Ack { .. } | Frame::Pong(_) => continue,
+                Frame::Ping {
+                    nonce,
+                    subject,
+                    epoch,
+                } => Frame::Pong {
+                    nonce,
+                    subject,
+                    epoch,
+                    key: [0; 32],
+                },
+                Frame::Ack { .. }
+                | Frame::Pong { .. }
+                | Frame::GetKeys { .. }
+                | Frame::Keys { .. } => continue,
             };
             if s.write_all(&encode(&answer)).await.is_err() {
                 return;
@@ -232,8 +244,21 @@ async fn it_records_every_frame_both_ways_with_its_exact_size() {
         c.send(&packet(seq)).await;
         assert_eq!(c.next().await, ack(seq, AckStatus::Stored));
     }
-    c.send(&Frame::Ping(5)).await;
-    assert_eq!(c.next().await, Some(Frame::Pong(5)));
+    c.send(&Frame::Ping {
+        nonce: 5,
+        subject: [1; 32],
+        epoch: 2,
+    })
+    .await;
+    assert_eq!(
+        c.next().await,
+        Some(Frame::Pong {
+            nonce: 5,
+            subject: [1; 32],
+            epoch: 2,
+            key: [0; 32]
+        })
+    );
 
     let frames = tap
         .wait_until(|f| f.iter().any(|f| f.kind == FrameKind::Pong), PATIENCE)
@@ -256,12 +281,15 @@ async fn it_records_every_frame_both_ways_with_its_exact_size() {
             (From, FrameKind::Ack, 10, Some(2), stored),
             (To, FrameKind::Packet, MAX_FRAME, Some(3), None),
             (From, FrameKind::Ack, 10, Some(3), stored),
-            (To, FrameKind::Ping, 9, None, None),
-            (From, FrameKind::Pong, 9, None, None),
+            (To, FrameKind::Ping, 45, None, None),
+            (From, FrameKind::Pong, 77, None, None),
         ]
     );
     assert_eq!(tap.packet_frame_sizes(), vec![MAX_FRAME; 3]);
-    assert_eq!(tap.bytes_on_links(), 2 * 75 + 3 * (MAX_FRAME + 10) + 2 * 9);
+    assert_eq!(
+        tap.bytes_on_links(),
+        2 * 75 + 3 * (MAX_FRAME + 10) + 45 + 77
+    );
     assert!(frames.iter().all(|f| f.host == host && f.port == PORT));
     assert!(frames.windows(2).all(|w| w[0].at <= w[1].at));
     assert_eq!(frames[0].identity, Some(CLIENT_ID));

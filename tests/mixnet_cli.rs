@@ -75,33 +75,27 @@ fn export_node_info_prints_one_stable_entry_and_makes_private_keys() {
     sorted.sort_unstable();
     assert_eq!(
         sorted,
-        [
-            "exit", "family", "identity", "mix_key", "name", "onion", "port"
-        ]
+        ["exit", "family", "identity", "name", "onion", "port"]
     );
     assert_eq!(entry["name"], "alice");
     assert_eq!(entry["onion"], name.as_str());
     assert_eq!(entry["port"], 9999);
     assert_eq!(entry["exit"], true);
     assert_eq!(entry["family"], "ops-1");
-    for key in ["identity", "mix_key"] {
-        let b64 = entry[key].as_str().unwrap();
-        let bytes = data_encoding::BASE64.decode(b64.as_bytes()).unwrap();
-        assert_eq!(bytes.len(), 32, "{key}");
-    }
-    assert_ne!(entry["identity"], entry["mix_key"]);
+    let b64 = entry["identity"].as_str().unwrap();
+    let bytes = data_encoding::BASE64.decode(b64.as_bytes()).unwrap();
+    assert_eq!(bytes.len(), 32);
 
     assert_eq!(mode(&data), 0o700);
-    for file in ["identity.key", "mixkey"] {
-        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
-    }
-    // No spool was opened: nothing but the keys.
+    assert_eq!(mode(&data.join("identity.key")), 0o600);
+    // No spool was opened and no mix key made (they rotate, and are made
+    // when the node runs): nothing but the identity.
     let mut files: Vec<String> = std::fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files, ["identity.key", "mixkey"]);
+    assert_eq!(files, ["identity.key"]);
 
     // A second run prints the same keys; other flags change their fields.
     let again = exported(
@@ -111,7 +105,6 @@ fn export_node_info_prints_one_stable_entry_and_makes_private_keys() {
         &["-exit=false", "-node-port", "7000"],
     );
     assert_eq!(again["identity"], entry["identity"]);
-    assert_eq!(again["mix_key"], entry["mix_key"]);
     assert_eq!(again["exit"], false);
     assert_eq!(again["port"], 7000);
     assert!(again.get("family").is_none(), "{again}");
@@ -229,8 +222,8 @@ fn a_bad_nodes_json_stops_startup_with_one_line_naming_the_file() {
     let mut few = good.clone();
     few["params"] = json!({"hops": 5});
     let mut stale = good.clone();
-    stale["nodes"][0]["mix_key"] = good["nodes"][1]["mix_key"].clone();
-    stale["nodes"][1]["mix_key"] = good["nodes"][0]["mix_key"].clone();
+    stale["nodes"][0]["identity"] = good["nodes"][1]["identity"].clone();
+    stale["nodes"][1]["identity"] = good["nodes"][0]["identity"].clone();
     let mut bad_onion = good.clone();
     let o = good["nodes"][3]["onion"].as_str().unwrap();
     let flipped = if o.starts_with('a') { "b" } else { "a" };
@@ -255,7 +248,7 @@ fn a_bad_nodes_json_stops_startup_with_one_line_naming_the_file() {
             Some(few.to_string()),
             "a route needs 5 mix nodes",
         ),
-        ("stale", Some(stale.to_string()), "another \"mix_key\""),
+        ("stale", Some(stale.to_string()), "another \"identity\""),
         (
             "bad onion",
             Some(bad_onion.to_string()),
@@ -276,14 +269,14 @@ fn a_bad_nodes_json_stops_startup_with_one_line_naming_the_file() {
         assert!(err.starts_with(&prefix), "{case}: {err}");
         assert!(err.contains(said), "{case}: {err}");
     }
-    // None of these starts got as far as the spool: only the keys (and the
-    // data dir's lock, taken first) exist.
+    // None of these starts got as far as the spool or the mix keys: only
+    // the identity (and the data dir's lock, taken first) exist.
     let mut files: Vec<String> = std::fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files, ["identity.key", "lock", "mixkey"]);
+    assert_eq!(files, ["identity.key", "lock"]);
 }
 
 /// Reads the daemon's stderr until it says where it listens.

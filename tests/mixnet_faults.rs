@@ -35,11 +35,13 @@ const IN_HEADER: usize = 1 + 8 + 4 + 8;
 /// recovers here is custody (links, spool, restart), never the entry's
 /// end-to-end retransmission.
 const NO_E2E_PARAMS: &str = r#"{"hops": 3, "hop_delay_mean": "20ms", "hop_delay_max": "240ms",
-    "max_message_size": 262144, "ack_timeout": "120s", "custody_horizon": "10m", "e2e_horizon": "1h"}"#;
+    "max_message_size": 262144, "ack_timeout": "120s", "custody_horizon": "10m", "e2e_horizon": "1h",
+    "loop_cover_mean": "0s", "drop_cover_mean": "0s"}"#;
 
 /// Hop delays long enough that packets sit in custody for seconds.
 const SLOW_PARAMS: &str = r#"{"hops": 3, "hop_delay_mean": "1s", "hop_delay_max": "4s",
-    "max_message_size": 262144, "ack_timeout": "120s", "custody_horizon": "10m", "e2e_horizon": "1h"}"#;
+    "max_message_size": 262144, "ack_timeout": "120s", "custody_horizon": "10m", "e2e_horizon": "1h",
+    "loop_cover_mean": "0s", "drop_cover_mean": "0s"}"#;
 
 /// The one exit of the networks started with middles 1, 2 and 3. Being
 /// the exit it is never a middle hop (routes and reply routes leave it

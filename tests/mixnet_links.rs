@@ -19,7 +19,6 @@ use common::mixnet::{LINK_PORT, MixNet, TEST_PARAMS};
 use pluto2::address::OnionName;
 use pluto2::mixnet::fragment::{Fragment, Kind};
 use pluto2::mixnet::frame::{self, AckStatus, Frame, MAX_FRAME, PROTOCOL_VERSION};
-use pluto2::mixnet::keys::STATIC_EPOCH;
 use pluto2::mixnet::packet::{RouteHop, build};
 use pluto2::mixnet::pki::Directory;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -232,11 +231,12 @@ fn fresh_packet_frame(net: &MixNet, hop: usize, next: usize, seq: u64) -> Vec<u8
             .unwrap()
             .clone()
     };
+    let epoch = net.epoch_now();
     let route: Vec<RouteHop> = [hop, next]
         .iter()
         .map(|&i| RouteHop {
             id: node(i).id,
-            mix_key: node(i).mix_key,
+            mix_key: net.mix_key(i, epoch),
             delay: Duration::from_millis(5),
         })
         .collect();
@@ -252,12 +252,7 @@ fn fresh_packet_frame(net: &MixNet, hop: usize, next: usize, seq: u64) -> Vec<u8
     };
     let packet = build(&drop.encode(), &route).unwrap();
     let mut out = Vec::new();
-    Frame::Packet {
-        seq,
-        epoch: STATIC_EPOCH,
-        packet,
-    }
-    .encode(&mut out);
+    Frame::Packet { seq, epoch, packet }.encode(&mut out);
     out
 }
 
@@ -345,7 +340,10 @@ async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_lin
         FrameKind::Packet => Some(MAX_FRAME),
         FrameKind::Ack => Some(1 + 8 + 1),
         FrameKind::Hello => Some(1 + 2 + 32 + 32 + 8),
-        FrameKind::Ping | FrameKind::Pong => Some(1 + 8),
+        FrameKind::Ping => Some(1 + 8 + 32 + 4),
+        FrameKind::Pong => Some(1 + 8 + 32 + 4 + 32),
+        FrameKind::GetKeys => Some(1 + 32),
+        FrameKind::Keys => Some(1 + 32 + 1 + pluto2::mixnet::bundle::BUNDLE_SIZE),
         FrameKind::Malformed | FrameKind::Partial => None,
     };
     for f in &frames {
@@ -397,7 +395,12 @@ async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_lin
     // A stray byte before a valid PING: the node neither skips it nor
     // guesses a length for it (either would answer or wait for more).
     let mut stray = vec![9];
-    Frame::Ping(0x0404_0404_0404_0404).encode(&mut stray);
+    Frame::Ping {
+        nonce: 0x0404_0404_0404_0404,
+        subject: [4; 32],
+        epoch: 4,
+    }
+    .encode(&mut stray);
     let a = raw_link(to, &good, &stray, false).await;
     assert!(a.hello_back() && a.closed, "{a:?}");
     assert_eq!(a.frames.len(), 1, "answered after a stray byte: {a:?}");

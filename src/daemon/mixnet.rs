@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::address::OnionName;
 use crate::config::{MixnetConfig, NodeInfo};
-use crate::mixnet::keys::{IdentityKey, KeyError, MixKey};
+use crate::mixnet::keys::{IdentityKey, KeyError, KeyRing, Rotation};
 use crate::mixnet::pki::{self, Directory, NodeEntry};
 
 /// What the mixnet tasks start from: the settings, the checked directory
@@ -22,7 +22,11 @@ pub struct MixnetNode {
     pub config: MixnetConfig,
     pub directory: Directory,
     pub identity: IdentityKey,
-    pub mix_key: MixKey,
+    pub keys: KeyRing,
+    /// What opening the key ring did (logged once the daemon logs).
+    pub rotation: Rotation,
+    /// Where peers' bundles are cached (`peer-keys/`).
+    pub data_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +39,7 @@ pub enum MixnetStartError {
 
 /// This node's `nodes.json` entry, exactly as `-export-node-info` prints
 /// it and as the other operators must list it.
-pub fn node_entry(
-    name: &OnionName,
-    info: &NodeInfo,
-    identity: &IdentityKey,
-    mix_key: &MixKey,
-) -> NodeEntry {
+pub fn node_entry(name: &OnionName, info: &NodeInfo, identity: &IdentityKey) -> NodeEntry {
     NodeEntry {
         name: info.short_name.clone(),
         onion: name.to_string(),
@@ -48,16 +47,13 @@ pub fn node_entry(
         identity: pki::encode_key(identity.public().as_bytes()),
         exit: info.exit,
         family: info.family.clone(),
-        mix_key: pki::encode_key(mix_key.public().as_bytes()),
     }
 }
 
-/// Loads (or creates) the keys in `data_dir`, which must be prepared.
-pub fn load_keys(data_dir: &Path) -> Result<(IdentityKey, MixKey), KeyError> {
-    Ok((
-        IdentityKey::load_or_create(data_dir)?,
-        MixKey::load_or_create(data_dir)?,
-    ))
+/// Loads (or creates) the identity key in `data_dir`, which must be
+/// prepared. Mix keys are made when the node runs, for the epochs then.
+pub fn load_identity(data_dir: &Path) -> Result<IdentityKey, KeyError> {
+    IdentityKey::load_or_create(data_dir)
 }
 
 /// Reads and checks `nodes.json`, then this node's entry in it.
@@ -66,7 +62,7 @@ pub fn start(
     name: &OnionName,
     config: MixnetConfig,
 ) -> Result<MixnetNode, MixnetStartError> {
-    let (identity, mix_key) = load_keys(data_dir)?;
+    let identity = load_identity(data_dir)?;
     let path = config.pki_file.display().to_string();
     let pki_error = |reason: String| MixnetStartError::Pki {
         path: path.clone(),
@@ -79,7 +75,7 @@ pub fn start(
     })?;
     let directory = Directory::parse(&bytes, name).map_err(|e| pki_error(e.to_string()))?;
     let listed = directory.own();
-    let mine = node_entry(name, &config.info, &identity, &mix_key);
+    let mine = node_entry(name, &config.info, &identity);
     let differs = [
         ("name", listed.short_name != mine.name),
         ("port", listed.port != mine.port),
@@ -89,10 +85,6 @@ pub fn start(
             "identity",
             pki::encode_key(listed.identity.as_bytes()) != mine.identity,
         ),
-        (
-            "mix_key",
-            pki::encode_key(listed.mix_key.as_bytes()) != mine.mix_key,
-        ),
     ];
     if let Some((field, _)) = differs.iter().find(|(_, d)| *d) {
         return Err(pki_error(format!(
@@ -100,11 +92,15 @@ pub fn start(
             listed.short_name
         )));
     }
+    let now = crate::time::system_clock()();
+    let (keys, rotation) = KeyRing::open(data_dir, directory.params().epoch_at(now))?;
     Ok(MixnetNode {
         config,
         directory,
         identity,
-        mix_key,
+        keys,
+        rotation,
+        data_dir: data_dir.to_path_buf(),
     })
 }
 
@@ -135,6 +131,58 @@ impl MixnetTasks {
     }
 }
 
+/// Logs a rotation and purges what belonged to the destroyed keys.
+async fn rotated(ctx: &crate::mixnet::node::MixContext, rotation: &Rotation) {
+    ctx.stats.mix_epoch.store(
+        ctx.keys.current() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let (tags, packets) = ctx
+        .spool
+        .purge_epochs(rotation.purge_below)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!("[MIXNET] cannot purge replay tags of old epochs: {e}");
+            (0, 0)
+        });
+    if packets > 0 {
+        crate::stats::Stats::add(&ctx.stats.mix_expired, packets);
+    }
+    if rotation.created.is_empty() && rotation.deleted.is_empty() && tags + packets == 0 {
+        return;
+    }
+    tracing::info!(
+        "[MIXNET] epoch {}: mix keys made for epochs {:?}, destroyed for {:?}; {tags} replay tag(s) and {packets} unsendable packet(s) of older epochs purged",
+        ctx.keys.current(),
+        rotation.created,
+        rotation.deleted
+    );
+}
+
+/// Rotates the mix keys at every epoch boundary until shutdown.
+async fn rotate_keys(
+    ctx: std::sync::Arc<crate::mixnet::node::MixContext>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let params = ctx.directory.params().clone();
+    loop {
+        let now = ctx.now();
+        let next = params.epoch_start(params.epoch_at(now).saturating_add(1));
+        let wait = std::time::Duration::from_millis(next.saturating_sub(now) + 1);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let epoch = ctx.epoch();
+        match ctx.keys.rotate(epoch) {
+            Ok(rotation) => rotated(&ctx, &rotation).await,
+            Err(e) => tracing::warn!("[MIXNET] cannot rotate mix keys: {e}"),
+        }
+        // New epoch: routes need the peers' keys for it.
+        ctx.health.poke();
+    }
+}
+
 /// How often the exit looks for messages to complete or acknowledge as
 /// PARTIAL, and every node for packets past their custody horizon.
 const MAINTENANCE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -155,10 +203,13 @@ pub async fn spawn(
     use std::sync::Arc;
     use std::time::Duration;
 
+    use crate::mixnet::cover::MixCover;
     use crate::mixnet::hop::{self, Hop};
     use crate::mixnet::link::{self, LinkConfig};
     use crate::mixnet::node::{Forwarder, Health, MixContext, hop_delay};
+    use crate::mixnet::peers::PeerKeys;
     use crate::mixnet::sender::Sender;
+    use rand::SeedableRng;
 
     let listener = tokio::net::TcpListener::bind(node.config.node).await?;
     let local = listener.local_addr()?;
@@ -166,10 +217,15 @@ pub async fn spawn(
     stats
         .mixnet
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    let peers = PeerKeys::load(&node.data_dir, &node.directory)?;
+    let keys = Arc::new(node.keys);
+    let rotation = node.rotation;
     let ctx = Arc::new(MixContext {
         spool: spool.clone(),
+        peers: Arc::new(peers),
         directory: Arc::new(node.directory),
-        key: Arc::new(node.mix_key),
+        keys,
+        identity: Arc::new(node.identity),
         exit: node.config.info.exit,
         mix,
         stats: stats.clone(),
@@ -190,12 +246,16 @@ pub async fn spawn(
             );
         }
     }
+    rotated(&ctx, &rotation).await;
     let cfg = Arc::new(LinkConfig {
-        identity: node.identity.public().to_bytes(),
+        identity: ctx.identity.public().to_bytes(),
         params_hash: params.hash(),
         window: 64,
         idle_timeout: Duration::from_secs(120),
-        ping_interval: Duration::from_secs(30),
+        // Pings also compare peers' keys (two faces) and pace bundle
+        // fetches: a tenth of an epoch, at most half a minute.
+        ping_interval: (params.epoch / 10)
+            .clamp(Duration::from_millis(200), Duration::from_secs(30)),
         connect_timeout: Duration::from_secs(60),
         max_age: Duration::from_secs(3 * 3600),
         max_inbound: 256,
@@ -224,6 +284,10 @@ pub async fn spawn(
     tasks.push(tokio::spawn(
         Sender { ctx: ctx.clone() }.run(shutdown.clone()),
     ));
+    tasks.push(tokio::spawn(
+        MixCover { ctx: ctx.clone() }.run(rand::rngs::StdRng::from_os_rng(), shutdown.clone()),
+    ));
+    tasks.push(tokio::spawn(rotate_keys(ctx.clone(), shutdown.clone())));
     let stall = (params.ack_timeout / 2).max(Duration::from_secs(1));
     let maintenance = ctx.clone();
     let stop = shutdown.clone();

@@ -9,22 +9,33 @@
 //! | 1 | HELLO | protocol version u16, network parameter hash [32], sender identity [32], clock (unix s) u64 |
 //! | 2 | PACKET | sequence u64, epoch u32, packet [`PACKET_SIZE`] |
 //! | 3 | ACK | sequence u64, status u8 |
-//! | 4 | PING | nonce u64 |
-//! | 5 | PONG | nonce u64 |
+//! | 4 | PING | nonce u64, subject node [32], epoch u32 |
+//! | 5 | PONG | nonce u64, subject node [32], epoch u32, subject's key for it [32] (zero: none) |
+//! | 6 | GETKEYS | subject node [32] |
+//! | 7 | KEYS | subject node [32], present u8, bundle [`BUNDLE_SIZE`] (zero when absent) |
+//!
+//! PING and PONG also compare notes: each PING asks the peer which mix key
+//! it holds for some node (the subject) in some epoch, so that a node
+//! showing different keys to different peers is caught (`mixnet::node`).
+//! GETKEYS asks for the subject's signed bundle as the peer holds it; the
+//! peer itself as subject is how bundles are fetched.
 //!
 //! Sans-I/O: [`decode`] takes the bytes read so far and says how many it
 //! used, or that it needs more.
 
+use super::bundle::{BUNDLE_SIZE, Bundle};
 use super::packet::{PACKET_SIZE, PacketError, WirePacket};
 
 /// The link protocol version in HELLO.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 const HELLO: u8 = 1;
 const PACKET: u8 = 2;
 const ACK: u8 = 3;
 const PING: u8 = 4;
 const PONG: u8 = 5;
+const GETKEYS: u8 = 6;
+const KEYS: u8 = 7;
 
 /// The longest frame (a PACKET); a reader never needs a larger buffer.
 pub const MAX_FRAME: usize = 1 + 8 + 4 + PACKET_SIZE;
@@ -85,8 +96,24 @@ pub enum Frame {
         seq: u64,
         status: AckStatus,
     },
-    Ping(u64),
-    Pong(u64),
+    Ping {
+        nonce: u64,
+        subject: [u8; 32],
+        epoch: u32,
+    },
+    Pong {
+        nonce: u64,
+        subject: [u8; 32],
+        epoch: u32,
+        key: [u8; 32],
+    },
+    GetKeys {
+        subject: [u8; 32],
+    },
+    Keys {
+        subject: [u8; 32],
+        bundle: Option<Bundle>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +124,8 @@ pub enum FrameError {
     Status(u8),
     #[error("{0}")]
     Packet(#[from] PacketError),
+    #[error("malformed KEYS frame")]
+    Keys,
 }
 
 fn body_len(kind: u8) -> Result<usize, FrameError> {
@@ -104,7 +133,10 @@ fn body_len(kind: u8) -> Result<usize, FrameError> {
         HELLO => 2 + 32 + 32 + 8,
         PACKET => 8 + 4 + PACKET_SIZE,
         ACK => 8 + 1,
-        PING | PONG => 8,
+        PING => 8 + 32 + 4,
+        PONG => 8 + 32 + 4 + 32,
+        GETKEYS => 32,
+        KEYS => 32 + 1 + BUNDLE_SIZE,
         other => return Err(FrameError::Type(other)),
     })
 }
@@ -135,13 +167,45 @@ impl Frame {
                 out.extend_from_slice(&seq.to_be_bytes());
                 out.push(status.byte());
             }
-            Frame::Ping(nonce) => {
+            Frame::Ping {
+                nonce,
+                subject,
+                epoch,
+            } => {
                 out.push(PING);
                 out.extend_from_slice(&nonce.to_be_bytes());
+                out.extend_from_slice(subject);
+                out.extend_from_slice(&epoch.to_be_bytes());
             }
-            Frame::Pong(nonce) => {
+            Frame::Pong {
+                nonce,
+                subject,
+                epoch,
+                key,
+            } => {
                 out.push(PONG);
                 out.extend_from_slice(&nonce.to_be_bytes());
+                out.extend_from_slice(subject);
+                out.extend_from_slice(&epoch.to_be_bytes());
+                out.extend_from_slice(key);
+            }
+            Frame::GetKeys { subject } => {
+                out.push(GETKEYS);
+                out.extend_from_slice(subject);
+            }
+            Frame::Keys { subject, bundle } => {
+                out.push(KEYS);
+                out.extend_from_slice(subject);
+                match bundle {
+                    Some(b) => {
+                        out.push(1);
+                        out.extend_from_slice(&b.encode());
+                    }
+                    None => {
+                        out.push(0);
+                        out.extend_from_slice(&[0; BUNDLE_SIZE]);
+                    }
+                }
             }
         }
     }
@@ -175,8 +239,35 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             seq: u64_at(0),
             status: AckStatus::from_byte(body[8]).ok_or(FrameError::Status(body[8]))?,
         },
-        PING => Frame::Ping(u64_at(0)),
-        _ => Frame::Pong(u64_at(0)),
+        PING => Frame::Ping {
+            nonce: u64_at(0),
+            subject: body[8..40].try_into().unwrap(),
+            epoch: u32::from_be_bytes(body[40..44].try_into().unwrap()),
+        },
+        PONG => Frame::Pong {
+            nonce: u64_at(0),
+            subject: body[8..40].try_into().unwrap(),
+            epoch: u32::from_be_bytes(body[40..44].try_into().unwrap()),
+            key: body[44..76].try_into().unwrap(),
+        },
+        GETKEYS => Frame::GetKeys {
+            subject: body[..32].try_into().unwrap(),
+        },
+        _ => {
+            let subject: [u8; 32] = body[..32].try_into().unwrap();
+            let bundle = match body[32] {
+                0 => None,
+                1 => {
+                    let b = Bundle::decode(&body[33..]).map_err(|_| FrameError::Keys)?;
+                    if b.node.0 != subject {
+                        return Err(FrameError::Keys);
+                    }
+                    Some(b)
+                }
+                _ => return Err(FrameError::Keys),
+            };
+            Frame::Keys { subject, bundle }
+        }
     };
     Ok(Some((frame, 1 + len)))
 }
@@ -202,8 +293,32 @@ mod tests {
                 seq: 7,
                 status: AckStatus::Duplicate,
             },
-            Frame::Ping(42),
-            Frame::Pong(42),
+            Frame::Ping {
+                nonce: 42,
+                subject: [3; 32],
+                epoch: 19_000,
+            },
+            Frame::Pong {
+                nonce: 42,
+                subject: [3; 32],
+                epoch: 19_000,
+                key: [4; 32],
+            },
+            Frame::GetKeys { subject: [3; 32] },
+            Frame::Keys {
+                subject: [3; 32],
+                bundle: None,
+            },
+            Frame::Keys {
+                subject: [3; 32],
+                bundle: Some(Bundle::sign(
+                    &ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+                    &[2; 32],
+                    super::super::packet::NodeId([3; 32]),
+                    19_000,
+                    [[5; 32]; super::super::bundle::SLOTS],
+                )),
+            },
         ]
     }
 
@@ -256,5 +371,18 @@ mod tests {
         *ack.last_mut().unwrap() = 0;
         assert_eq!(decode(&ack).unwrap_err(), FrameError::Status(0));
         assert_eq!(decode(&ack[..5]).unwrap(), None);
+    }
+
+    #[test]
+    fn a_keys_frame_must_name_the_bundle_it_carries() {
+        let frames = all_frames();
+        let mut bytes = Vec::new();
+        frames[frames.len() - 1].encode(&mut bytes);
+        let mut other = bytes.clone();
+        other[1] ^= 1; // the subject no longer matches the bundle's node
+        assert_eq!(decode(&other).unwrap_err(), FrameError::Keys);
+        let mut flag = bytes.clone();
+        flag[33] = 2;
+        assert_eq!(decode(&flag).unwrap_err(), FrameError::Keys);
     }
 }

@@ -16,11 +16,12 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
+use super::bundle::Bundle;
 use super::fragment::{self, AckBody, Fragment, Kind};
 use super::frame::AckStatus;
 use super::link::PacketHandler;
 use super::node::MixContext;
-use super::packet::{self, Processed, ReplayTag, ReplyBlock, ReplyRecovery, WirePacket};
+use super::packet::{self, NodeId, Processed, ReplayTag, ReplyBlock, ReplyRecovery, WirePacket};
 use crate::BoxFuture;
 use crate::spool::mixnet::{
     Custody, CustodyOutcome, EntryAck, ExitCompletion, MixId, OutPacket, PacketKind, StoredFragment,
@@ -35,6 +36,23 @@ pub struct Hop {
 impl PacketHandler for Hop {
     fn receive(&self, epoch: u32, packet: WirePacket) -> BoxFuture<'_, AckStatus> {
         Box::pin(self.handle(epoch, packet))
+    }
+
+    fn bundle(&self, subject: NodeId) -> Option<Bundle> {
+        if subject == self.ctx.own() {
+            Some(self.ctx.own_bundle())
+        } else {
+            self.ctx.peers.bundle(&subject)
+        }
+    }
+
+    fn key_of(&self, subject: NodeId, epoch: u32) -> [u8; 32] {
+        let key = if subject == self.ctx.own() {
+            self.ctx.keys.get(epoch).map(|k| k.public().to_bytes())
+        } else {
+            self.ctx.peers.seen_key(&subject, epoch)
+        };
+        key.unwrap_or([0; 32])
     }
 }
 
@@ -54,11 +72,13 @@ impl Hop {
     async fn handle(&self, epoch: u32, packet: WirePacket) -> AckStatus {
         let ctx = &self.ctx;
         Stats::add(&ctx.stats.mix_packets_in, 1);
-        if epoch != ctx.key.epoch {
+        // Only the previous, current and ahead epochs have a key; a packet
+        // for any other epoch cannot be opened here (and an old one's tag
+        // may be purged already, so it must not be looked at at all).
+        let Some(key) = ctx.keys.get(epoch) else {
             Stats::add(&ctx.stats.mix_unknown_epoch, 1);
             return AckStatus::UnknownEpoch;
-        }
-        let key = ctx.key.clone();
+        };
         let Ok((tag, processed)) =
             tokio::task::spawn_blocking(move || packet::process(&packet, key.secret())).await
         else {
@@ -123,9 +143,19 @@ impl Hop {
                         AckStatus::Rejected
                     }
                     Kind::Loop | Kind::Drop | Kind::Ack => {
-                        // Cover arrives in the next version; an Ack without
-                        // a reply id is malformed. Either way: keep the tag.
+                        // Cover ends here; an Ack without a reply id is
+                        // malformed. Either way the tag is kept first, so a
+                        // replayed loop cannot count twice.
                         let outcome = self.remember(tag, epoch).await;
+                        if outcome == CustodyOutcome::Stored {
+                            match fragment.kind {
+                                Kind::Loop if ctx.health.loop_returned(&fragment.message_id) => {
+                                    Stats::add(&ctx.stats.mix_loops_back, 1);
+                                }
+                                Kind::Drop => Stats::add(&ctx.stats.mix_drops_received, 1),
+                                _ => {}
+                            }
+                        }
                         status_of(outcome, &ctx.stats)
                     }
                 }
@@ -255,7 +285,7 @@ pub fn ack_packet(
     ctx.directory.node(&first)?;
     Some(OutPacket {
         next_hop: first.0,
-        epoch: ctx.key.epoch,
+        epoch: block.epoch(),
         bytes: packet.as_bytes().to_vec(),
         kind: PacketKind::Ack,
         release_at: ctx.now(),

@@ -4,11 +4,15 @@
 //!   operators pin in `nodes.json`. It will sign this node's key bundles,
 //!   so it is made once and never changed by pluto2: losing or replacing
 //!   it makes the node a stranger to the network.
-//! * The **mix key** (`mixkey`): the X25519 secret that Sphinx headers are
-//!   built for. In this version there is one, made once, at epoch
-//!   [`STATIC_EPOCH`]; rotation per epoch comes with signed bundles, and
-//!   the epoch number is already part of [`MixKey`] so that callers carry
-//!   it from the start.
+//! * The **mix keys** (`mixkey-<epoch>`): one X25519 secret per epoch,
+//!   which Sphinx headers are built for. [`KeyRing`] keeps the current
+//!   epoch's key and [`AHEAD`] more, made in advance so that peers can
+//!   fetch them (as a bundle signed by the identity key) before they are
+//!   needed, and the previous epoch's key for one epoch of grace (packets
+//!   built just before a boundary are still on their way). Older keys are
+//!   overwritten with zeros, synced and deleted: once a key is gone, no
+//!   packet ever built for it can be opened here, which is the point of
+//!   rotating (forward secrecy), and its replay tags can go too.
 //!
 //! Both files hold a 32-byte secret, mode 0600. A missing file is created
 //! without ever overwriting one (written to a temporary file, flushed to
@@ -24,15 +28,18 @@ use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rand::Rng;
 
 /// File name of the identity key in the data directory.
 pub const IDENTITY_FILE: &str = "identity.key";
-/// File name of the mix key in the data directory.
-pub const MIX_KEY_FILE: &str = "mixkey";
-/// The epoch of the one static mix key of this version.
-pub const STATIC_EPOCH: u32 = 0;
+/// Prefix of the per-epoch mix key files (`mixkey-19000`).
+pub const MIX_KEY_PREFIX: &str = "mixkey-";
+/// The one static mix key of earlier versions: deleted at start.
+pub const LEGACY_MIX_KEY_FILE: &str = "mixkey";
+/// Epochs after the current one whose keys exist already.
+pub const AHEAD: u32 = 2;
 
 const KEY_LEN: usize = 32;
 
@@ -54,7 +61,7 @@ pub enum KeyError {
 }
 
 const IDENTITY_FIX: &str = "restore this node's identity.key from a backup (only for a node not yet in any nodes.json: delete it, and pluto2 makes a new identity)";
-const MIX_KEY_FIX: &str = "restore it from a backup, or delete it so that pluto2 makes a new one and give the other operators this node's new -export-node-info entry";
+const MIX_KEY_FIX: &str = "restore it from a backup; if it is lost, delete it and pluto2 makes a new one, but peers that fetched the old one see two keys for one epoch and exclude this node until they restart";
 
 /// The node's long-term ed25519 signing key.
 pub struct IdentityKey(ed25519_dalek::SigningKey);
@@ -77,16 +84,20 @@ impl IdentityKey {
         self.0.verifying_key()
     }
 
-    /// Signs `message` (key bundles, in the next version).
+    /// Signs `message` (key bundles).
     pub fn sign(&self, message: &[u8]) -> ed25519_dalek::Signature {
         use ed25519_dalek::Signer;
         self.0.sign(message)
+    }
+
+    /// The signing key itself, for codecs that sign (bundles).
+    pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
+        &self.0
     }
 }
 
 /// An X25519 mix key with the epoch it serves.
 pub struct MixKey {
-    /// [`STATIC_EPOCH`] for the one static key of this version.
     pub epoch: u32,
     secret: x25519_dalek::StaticSecret,
 }
@@ -103,15 +114,6 @@ impl fmt::Debug for MixKey {
 }
 
 impl MixKey {
-    /// Reads `mixkey` from `data_dir`, creating it if missing.
-    pub fn load_or_create(data_dir: &Path) -> Result<MixKey, KeyError> {
-        let secret = load_or_create(&data_dir.join(MIX_KEY_FILE), MIX_KEY_FIX)?;
-        Ok(MixKey {
-            epoch: STATIC_EPOCH,
-            secret: x25519_dalek::StaticSecret::from(secret),
-        })
-    }
-
     pub fn public(&self) -> x25519_dalek::PublicKey {
         x25519_dalek::PublicKey::from(&self.secret)
     }
@@ -120,6 +122,166 @@ impl MixKey {
     pub fn secret(&self) -> &x25519_dalek::StaticSecret {
         &self.secret
     }
+
+    fn from_secret(epoch: u32, secret: [u8; KEY_LEN]) -> MixKey {
+        MixKey {
+            epoch,
+            secret: x25519_dalek::StaticSecret::from(secret),
+        }
+    }
+}
+
+/// What one rotation did, for the log line and the replay-tag purge.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    pub created: Vec<u32>,
+    pub deleted: Vec<u32>,
+    /// Tags of epochs below this can go: no key for them is left.
+    pub purge_below: u32,
+}
+
+/// This node's mix keys by epoch, mirrored in `mixkey-<epoch>` files.
+///
+/// The files are the truth across restarts: a node that was down over a
+/// boundary finds its keys for the epochs it announced and makes the
+/// missing ones; a key file is never replaced, only deleted once past its
+/// grace.
+pub struct KeyRing {
+    dir: PathBuf,
+    keys: std::sync::RwLock<std::collections::BTreeMap<u32, Arc<MixKey>>>,
+    current: std::sync::atomic::AtomicU32,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyRing(epochs {:?})", self.epochs())
+    }
+}
+
+impl KeyRing {
+    /// Loads the key files in `data_dir` and rotates to `current`.
+    pub fn open(data_dir: &Path, current: u32) -> Result<(KeyRing, Rotation), KeyError> {
+        let legacy = data_dir.join(LEGACY_MIX_KEY_FILE);
+        if legacy.exists() {
+            destroy(&legacy).map_err(|e| io(&legacy, e))?;
+        }
+        let mut keys = std::collections::BTreeMap::new();
+        let listing = std::fs::read_dir(data_dir).map_err(|e| io(data_dir, e))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| io(data_dir, e))?;
+            let name = entry.file_name();
+            let Some(epoch) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(MIX_KEY_PREFIX))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(secret) = read(&entry.path(), MIX_KEY_FIX)? {
+                keys.insert(epoch, Arc::new(MixKey::from_secret(epoch, secret)));
+            }
+        }
+        let ring = KeyRing {
+            dir: data_dir.to_path_buf(),
+            keys: std::sync::RwLock::new(keys),
+            current: std::sync::atomic::AtomicU32::new(current),
+        };
+        let rotation = ring.rotate(current)?;
+        Ok((ring, rotation))
+    }
+
+    fn path(&self, epoch: u32) -> PathBuf {
+        self.dir.join(format!("{MIX_KEY_PREFIX}{epoch}"))
+    }
+
+    /// Makes the keys of `current` and the [`AHEAD`] epochs after it,
+    /// deletes every key older than the previous epoch. Idempotent.
+    pub fn rotate(&self, current: u32) -> Result<Rotation, KeyError> {
+        self.current
+            .store(current, std::sync::atomic::Ordering::Relaxed);
+        let mut rotation = Rotation {
+            purge_below: current.saturating_sub(1),
+            ..Rotation::default()
+        };
+        for epoch in current..=current.saturating_add(AHEAD) {
+            if self.keys.read().unwrap().contains_key(&epoch) {
+                continue;
+            }
+            let secret = load_or_create(&self.path(epoch), MIX_KEY_FIX)?;
+            self.keys
+                .write()
+                .unwrap()
+                .insert(epoch, Arc::new(MixKey::from_secret(epoch, secret)));
+            rotation.created.push(epoch);
+        }
+        let stale: Vec<u32> = self
+            .keys
+            .read()
+            .unwrap()
+            .keys()
+            .copied()
+            .filter(|e| *e < rotation.purge_below)
+            .collect();
+        for epoch in stale {
+            let path = self.path(epoch);
+            destroy(&path).map_err(|e| io(&path, e))?;
+            self.keys.write().unwrap().remove(&epoch);
+            rotation.deleted.push(epoch);
+        }
+        Ok(rotation)
+    }
+
+    /// The key a packet built for `epoch` is opened with, if that epoch is
+    /// the current one, the previous one (grace) or one made ahead.
+    pub fn get(&self, epoch: u32) -> Option<Arc<MixKey>> {
+        let current = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        if epoch.saturating_add(1) < current || epoch > current.saturating_add(AHEAD) {
+            return None;
+        }
+        self.keys.read().unwrap().get(&epoch).cloned()
+    }
+
+    /// Public keys of `first` and the next [`crate::mixnet::bundle::SLOTS`]
+    /// − 1 epochs, zero where there is none (for a bundle).
+    pub fn publics_from(&self, first: u32, n: usize) -> Vec<[u8; 32]> {
+        let keys = self.keys.read().unwrap();
+        (0..n as u32)
+            .map(|i| {
+                keys.get(&first.saturating_add(i))
+                    .map(|k| k.public().to_bytes())
+                    .unwrap_or([0; 32])
+            })
+            .collect()
+    }
+
+    pub fn current(&self) -> u32 {
+        self.current.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Epochs with a key on disk, oldest first.
+    pub fn epochs(&self) -> Vec<u32> {
+        self.keys.read().unwrap().keys().copied().collect()
+    }
+}
+
+/// Overwrites a key file with zeros, syncs it, then unlinks it and syncs
+/// the directory: the secret is gone from the file system, not only its
+/// name (as far as the file system lets a program make sure).
+fn destroy(path: &Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(mut file) => {
+            let len = file.metadata()?.len() as usize;
+            file.write_all(&vec![0u8; len])?;
+            file.sync_all()?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    std::fs::remove_file(path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Reads a 32-byte secret, or creates it if the file does not exist.
@@ -210,25 +372,91 @@ mod tests {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
     #[test]
     fn it_creates_the_keys_once_with_mode_0600_and_keeps_them() {
         let dir = tempfile::tempdir().unwrap();
         let identity = IdentityKey::load_or_create(dir.path()).unwrap();
-        let mix = MixKey::load_or_create(dir.path()).unwrap();
-        assert_eq!(mix.epoch, STATIC_EPOCH);
-        for file in [IDENTITY_FILE, MIX_KEY_FILE] {
+        let (ring, rotation) = KeyRing::open(dir.path(), 100).unwrap();
+        assert_eq!(rotation.created, vec![100, 101, 102]);
+        assert!(rotation.deleted.is_empty());
+        for file in [IDENTITY_FILE, "mixkey-100", "mixkey-101", "mixkey-102"] {
             let path = dir.path().join(file);
             assert_eq!(mode(&path), 0o600, "{file}");
             assert_eq!(std::fs::metadata(&path).unwrap().len(), 32, "{file}");
         }
         // Nothing else is left behind (no temporary files).
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        assert_eq!(
+            files(dir.path()),
+            ["identity.key", "mixkey-100", "mixkey-101", "mixkey-102"]
+        );
         let again = IdentityKey::load_or_create(dir.path()).unwrap();
         assert_eq!(again.public(), identity.public());
-        let mix_again = MixKey::load_or_create(dir.path()).unwrap();
-        assert_eq!(mix_again.public(), mix.public());
-        // Identity and mix key are independent secrets.
+        let (ring_again, rotation) = KeyRing::open(dir.path(), 100).unwrap();
+        assert_eq!(rotation.created, Vec::<u32>::new());
+        for e in 100..=102 {
+            assert_eq!(
+                ring_again.get(e).unwrap().public(),
+                ring.get(e).unwrap().public()
+            );
+        }
+        // Identity and mix keys are independent secrets; epochs differ.
+        let mix = ring.get(100).unwrap();
         assert_ne!(identity.public().as_bytes(), mix.public().as_bytes());
+        assert_ne!(mix.public(), ring.get(101).unwrap().public());
+    }
+
+    #[test]
+    fn rotation_keeps_one_epoch_of_grace_then_destroys_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, _) = KeyRing::open(dir.path(), 10).unwrap();
+        let old = ring.get(10).unwrap().public();
+        let rotation = ring.rotate(11).unwrap();
+        assert_eq!(rotation.created, vec![13]);
+        assert!(rotation.deleted.is_empty());
+        assert_eq!(ring.get(10).unwrap().public(), old, "grace");
+        assert!(ring.get(14).is_none(), "not made yet");
+        let rotation = ring.rotate(12).unwrap();
+        assert_eq!(rotation.deleted, vec![10]);
+        assert_eq!(rotation.purge_below, 11);
+        assert!(ring.get(10).is_none());
+        assert_eq!(
+            files(dir.path()),
+            ["mixkey-11", "mixkey-12", "mixkey-13", "mixkey-14"]
+        );
+        // Across a restart that skipped several epochs: only what is
+        // current, ahead, or in grace survives.
+        drop(ring);
+        let (ring, rotation) = KeyRing::open(dir.path(), 20).unwrap();
+        assert_eq!(rotation.deleted, vec![11, 12, 13, 14]);
+        assert_eq!(ring.epochs(), vec![20, 21, 22]);
+        assert_eq!(files(dir.path()), ["mixkey-20", "mixkey-21", "mixkey-22"]);
+    }
+
+    #[test]
+    fn a_key_is_only_served_for_its_window_even_before_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, _) = KeyRing::open(dir.path(), 10).unwrap();
+        // The clock moved on but the rotation has not run yet.
+        ring.current.store(12, std::sync::atomic::Ordering::Relaxed);
+        assert!(ring.get(10).is_none());
+        assert!(ring.get(11).is_some());
+    }
+
+    #[test]
+    fn it_destroys_the_static_key_of_earlier_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        create(&dir.path().join(LEGACY_MIX_KEY_FILE)).unwrap();
+        KeyRing::open(dir.path(), 1).unwrap();
+        assert!(!dir.path().join(LEGACY_MIX_KEY_FILE).exists());
     }
 
     #[test]
@@ -254,18 +482,18 @@ mod tests {
     #[test]
     fn it_refuses_a_key_file_of_the_wrong_size_and_leaves_it_alone() {
         let dir = tempfile::tempdir().unwrap();
-        for (file, len) in [(IDENTITY_FILE, 0usize), (MIX_KEY_FILE, 64)] {
+        for (file, len) in [(IDENTITY_FILE, 0usize), ("mixkey-5", 64)] {
             let path = dir.path().join(file);
             std::fs::write(&path, vec![1u8; len]).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
             let e = if file == IDENTITY_FILE {
                 IdentityKey::load_or_create(dir.path()).unwrap_err()
             } else {
-                MixKey::load_or_create(dir.path()).unwrap_err()
+                KeyRing::open(dir.path(), 5).unwrap_err()
             }
             .to_string();
             assert!(e.contains(&format!("holds {len} bytes")), "{e}");
-            assert!(e.contains("restore"), "{e}");
+            assert!(e.contains("restore") || e.contains("delete it"), "{e}");
             assert!(!e.contains('\n'));
             assert_eq!(std::fs::read(&path).unwrap(), vec![1u8; len]);
         }
@@ -286,7 +514,7 @@ mod tests {
     #[test]
     fn it_never_replaces_a_key_that_appears_while_creating() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(MIX_KEY_FILE);
+        let path = dir.path().join("mixkey-1");
         let first = create(&path).unwrap();
         let second = create(&path).unwrap_err();
         assert_eq!(second.kind(), std::io::ErrorKind::AlreadyExists);

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::bundle::Bundle;
 use super::frame::{self, AckStatus, Frame, FrameError, MAX_FRAME, PROTOCOL_VERSION};
 use super::packet::{NodeId, WirePacket};
 use crate::BoxFuture;
@@ -58,6 +59,16 @@ pub struct LinkConfig {
 /// as ACK, so it must come only once the packet's fate is durable.
 pub trait PacketHandler: Send + Sync {
     fn receive(&self, epoch: u32, packet: WirePacket) -> BoxFuture<'_, AckStatus>;
+    /// The bundle this node holds for `subject` (its own, when it is this
+    /// node), for a peer's GETKEYS.
+    fn bundle(&self, _subject: NodeId) -> Option<Bundle> {
+        None
+    }
+    /// The mix key this node holds for `subject` in `epoch`, zero if
+    /// none, for a peer's PING.
+    fn key_of(&self, _subject: NodeId, _epoch: u32) -> [u8; 32] {
+        [0; 32]
+    }
 }
 
 /// A packet an outbound link may send now.
@@ -84,6 +95,20 @@ pub trait PacketSource: Send + Sync {
     /// receiver across checks, so a change between a `take` that found
     /// nothing and the wait is never missed.
     fn events(&self) -> watch::Receiver<u64>;
+    /// The peer's HELLO said its clock reads `clock_secs`.
+    fn hello(&self, _peer: NodeId, _clock_secs: u64) {}
+    /// Subjects whose bundles to ask `peer` for now (GETKEYS).
+    fn keys_wanted(&self, _peer: NodeId) -> Vec<NodeId> {
+        Vec::new()
+    }
+    /// The peer answered GETKEYS about `subject`.
+    fn keys(&self, _peer: NodeId, _subject: NodeId, _bundle: Option<Bundle>) {}
+    /// What the next PING asks about: a subject node and an epoch.
+    fn probe(&self, _peer: NodeId) -> Option<(NodeId, u32)> {
+        None
+    }
+    /// The peer's PONG: the key it holds for `subject` in `epoch`.
+    fn pong(&self, _peer: NodeId, _subject: NodeId, _epoch: u32, _key: [u8; 32]) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,14 +221,14 @@ fn hello(cfg: &LinkConfig) -> Frame {
     }
 }
 
-/// Checks the peer's HELLO; returns its identity.
-fn check_hello(cfg: &LinkConfig, frame: Frame) -> Result<[u8; 32], LinkError> {
+/// Checks the peer's HELLO; returns its identity and clock.
+fn check_hello(cfg: &LinkConfig, frame: Frame) -> Result<([u8; 32], u64), LinkError> {
     match frame {
         Frame::Hello {
             version,
             params_hash,
             identity,
-            ..
+            clock_secs,
         } => {
             if version != PROTOCOL_VERSION {
                 return Err(LinkError::Version(version));
@@ -211,7 +236,7 @@ fn check_hello(cfg: &LinkConfig, frame: Frame) -> Result<[u8; 32], LinkError> {
             if params_hash != cfg.params_hash {
                 return Err(LinkError::Params);
             }
-            Ok(identity)
+            Ok((identity, clock_secs))
         }
         _ => Err(LinkError::NoHello),
     }
@@ -286,7 +311,7 @@ async fn inbound(
         .skip_proxy_header(&mut rd, cfg.connect_timeout)
         .await?;
     let first = reader.next(&mut rd, cfg.connect_timeout).await?;
-    let peer = check_hello(cfg, first)?;
+    let (peer, _) = check_hello(cfg, first)?;
     write_frame(&mut wr, &hello(cfg)).await?;
     debug!("[MIXNET] inbound link from {}", Sensitive(hex(&peer)));
     // Replies go through one writer task so handlers never share the socket.
@@ -332,11 +357,26 @@ async fn inbound(
                     drop(permit);
                 });
             }
-            Ok(Frame::Ping(nonce)) => {
+            Ok(Frame::Ping {
+                nonce,
+                subject,
+                epoch,
+            }) => {
                 // A peer that pings without reading gets no queue of PONGs.
-                let _ = out_tx.try_send(Frame::Pong(nonce));
+                let key = handler.key_of(NodeId(subject), epoch);
+                let _ = out_tx.try_send(Frame::Pong {
+                    nonce,
+                    subject,
+                    epoch,
+                    key,
+                });
             }
-            Ok(Frame::Pong(_)) => {}
+            Ok(Frame::GetKeys { subject }) => {
+                // Nor a queue of bundles: one answer per free slot.
+                let bundle = handler.bundle(NodeId(subject));
+                let _ = out_tx.try_send(Frame::Keys { subject, bundle });
+            }
+            Ok(Frame::Pong { .. }) | Ok(Frame::Keys { .. }) => {}
             Ok(Frame::Hello { .. }) | Ok(Frame::Ack { .. }) => break Err(LinkError::NoHello),
             Err(e) => break Err(e),
         }
@@ -432,8 +472,9 @@ async fn outbound(
     let answer = reader.next(&mut rd, cfg.connect_timeout).await?;
     // The peer's identity in HELLO is informative: the onion name we
     // dialled already authenticates it (Tor checks the key).
-    check_hello(cfg, answer)?;
+    let (_, clock_secs) = check_hello(cfg, answer)?;
     *established = true;
+    source.hello(peer, clock_secs);
     source.link_state(peer, true);
     let opened = tokio::time::Instant::now();
     let mut sent: HashSet<i64> = HashSet::new();
@@ -449,6 +490,17 @@ async fn outbound(
         let rotating = opened.elapsed() >= cfg.max_age;
         if rotating && sent.is_empty() {
             break Ok(());
+        }
+        // Ask for the keys needed soon (bounded by the source: each subject
+        // at most every few seconds).
+        let mut asks = Vec::new();
+        for subject in source.keys_wanted(peer) {
+            Frame::GetKeys { subject: subject.0 }.encode(&mut asks);
+        }
+        if !asks.is_empty()
+            && let Err(e) = write_within(&mut wr, &asks, cfg.idle_timeout).await
+        {
+            break Err(e);
         }
         // Fill the window.
         let mut wait_hint = None;
@@ -496,11 +548,18 @@ async fn outbound(
                     }
                     source.acked(peer, id, status).await;
                 }
-                Ok(Frame::Pong(_)) => last_heard = tokio::time::Instant::now(),
-                Ok(Frame::Ping(n)) => {
+                Ok(Frame::Pong { subject, epoch, key, .. }) => {
+                    last_heard = tokio::time::Instant::now();
+                    source.pong(peer, NodeId(subject), epoch, key);
+                }
+                Ok(Frame::Keys { subject, bundle }) => {
+                    last_heard = tokio::time::Instant::now();
+                    source.keys(peer, NodeId(subject), bundle);
+                }
+                Ok(Frame::Ping { nonce, subject, epoch }) => {
                     last_heard = tokio::time::Instant::now();
                     let mut pong = Vec::new();
-                    Frame::Pong(n).encode(&mut pong);
+                    Frame::Pong { nonce, subject, epoch, key: [0; 32] }.encode(&mut pong);
                     if let Err(e) = write_within(&mut wr, &pong, cfg.idle_timeout).await {
                         break Err(e);
                     }
@@ -513,8 +572,12 @@ async fn outbound(
                 if tokio::time::Instant::now() >= next_ping {
                     next_ping = tokio::time::Instant::now() + cfg.ping_interval;
                     let nonce: u64 = rand::rng().random();
+                    let (subject, epoch) = source
+                        .probe(peer)
+                        .map(|(s, e)| (s.0, e))
+                        .unwrap_or(([0; 32], 0));
                     let mut ping = Vec::new();
-                    Frame::Ping(nonce).encode(&mut ping);
+                    Frame::Ping { nonce, subject, epoch }.encode(&mut ping);
                     if let Err(e) = write_within(&mut wr, &ping, cfg.idle_timeout).await {
                         break Err(e);
                     }
@@ -553,11 +616,19 @@ mod tests {
 
     use super::*;
 
+    fn ping(nonce: u64) -> Frame {
+        Frame::Ping {
+            nonce,
+            subject: [0; 32],
+            epoch: 0,
+        }
+    }
+
     /// What a fresh inbound reader makes of `prefix` followed by a PING.
     async fn first_frame_after(prefix: &[u8]) -> Result<Frame, LinkError> {
         let idle = Duration::from_secs(1);
         let mut bytes = prefix.to_vec();
-        Frame::Ping(7).encode(&mut bytes);
+        ping(7).encode(&mut bytes);
         let mut stream = &bytes[..];
         let mut reader = FrameReader::new();
         reader.skip_proxy_header(&mut stream, idle).await?;
@@ -567,9 +638,9 @@ mod tests {
     #[tokio::test]
     async fn it_skips_the_proxy_line_tor_sends_before_the_first_frame() {
         let proxy = b"PROXY TCP6 fc00:dead:beef:4dad::0:7e57 ::1 6543 9999\r\n";
-        assert_eq!(first_frame_after(proxy).await.unwrap(), Frame::Ping(7));
+        assert_eq!(first_frame_after(proxy).await.unwrap(), ping(7));
         // Without a PROXY line the first frame is untouched.
-        assert_eq!(first_frame_after(b"").await.unwrap(), Frame::Ping(7));
+        assert_eq!(first_frame_after(b"").await.unwrap(), ping(7));
         // A broken PROXY line ends the link.
         assert!(first_frame_after(b"PROXY nonsense\r\n").await.is_err());
     }
@@ -731,10 +802,15 @@ mod tests {
         write_frame(&mut client, &frame).await.unwrap();
         // The link answers a PING while the packet's handler is still busy,
         // and no ACK has come before the PONG.
-        write_frame(&mut client, &Frame::Ping(9)).await.unwrap();
+        write_frame(&mut client, &ping(9)).await.unwrap();
         assert_eq!(
             reader.next(&mut client, idle).await.unwrap(),
-            Frame::Pong(9)
+            Frame::Pong {
+                nonce: 9,
+                subject: [0; 32],
+                epoch: 0,
+                key: [0; 32]
+            }
         );
         open.send(()).unwrap();
         assert_eq!(

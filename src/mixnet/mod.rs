@@ -9,6 +9,8 @@
 //! None of these touch sockets, SQL or clocks; the transport (`link`) and the
 //! node policy (sender, hop, exit) come on top of them.
 
+pub mod bundle;
+pub mod cover;
 pub mod fragment;
 pub mod frame;
 pub mod hop;
@@ -16,5 +18,6 @@ pub mod keys;
 pub mod link;
 pub mod node;
 pub mod packet;
+pub mod peers;
 pub mod pki;
 pub mod sender;

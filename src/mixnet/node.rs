@@ -5,7 +5,7 @@
 //! which peers count as usable. Storage is the spool; links are
 //! `mixnet::link`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,10 +13,12 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::bundle::{Bundle, SLOTS};
 use super::frame::AckStatus;
-use super::keys::MixKey;
+use super::keys::{IdentityKey, KeyRing};
 use super::link::{Outgoing, PacketSource};
 use super::packet::{NodeId, WirePacket};
+use super::peers::{Offer, PeerKeys};
 use super::pki::Directory;
 use crate::BoxFuture;
 use crate::mix::MixPolicy;
@@ -29,7 +31,12 @@ use crate::time::{Clock, UnixMillis};
 pub struct MixContext {
     pub spool: Spool,
     pub directory: Arc<Directory>,
-    pub key: Arc<MixKey>,
+    /// This node's mix keys by epoch.
+    pub keys: Arc<KeyRing>,
+    /// Signs this node's bundles.
+    pub identity: Arc<IdentityKey>,
+    /// Peers' bundles, and nodes caught with two faces.
+    pub peers: Arc<PeerKeys>,
     /// This node delivers mail out of the mixnet (`-exit`).
     pub exit: bool,
     /// Release times of mail that leaves the mixnet here.
@@ -52,30 +59,129 @@ impl MixContext {
     pub fn custody_deadline(&self) -> UnixMillis {
         self.now() + self.directory.params().custody_horizon.as_millis() as u64
     }
+
+    /// The epoch by this node's clock.
+    pub fn epoch(&self) -> u32 {
+        self.directory.params().epoch_at(self.now())
+    }
+
+    /// This node's bundle as served now: the previous epoch (grace), the
+    /// current one and those made ahead, signed afresh.
+    pub fn own_bundle(&self) -> Bundle {
+        let first = self.keys.current().saturating_sub(1);
+        let mut keys = [[0u8; 32]; SLOTS];
+        for (slot, key) in keys.iter_mut().zip(self.keys.publics_from(first, SLOTS)) {
+            *slot = key;
+        }
+        Bundle::sign(
+            self.identity.signing_key(),
+            &self.directory.params().hash(),
+            self.own(),
+            first,
+            keys,
+        )
+    }
+
+    /// The mix key of `node` for `epoch`: this node's own, or a peer's
+    /// from its verified bundle (never an excluded node's).
+    pub fn mix_key(&self, node: &NodeId, epoch: u32) -> Option<x25519_dalek::PublicKey> {
+        if *node == self.own() {
+            self.keys.get(epoch).map(|k| k.public())
+        } else {
+            self.peers.key(node, epoch)
+        }
+    }
 }
 
-/// Which peers have a working link now. Path selection reads it; links
-/// write it. (The next issue adds loop statistics.)
+/// Loop outcomes kept per node's view of the network (the newest count).
+pub const LOOP_WINDOW: usize = 64;
+/// Fewer loop samples than this through a node: its link state decides.
+pub const LOOP_MIN_SAMPLES: usize = 4;
+/// A node whose loops come back less often than this is not used.
+pub const LOOP_THRESHOLD: f64 = 0.5;
+
+/// Which peers may carry traffic now: their link is up and their loops
+/// come back. Path selection reads it; links and loop cover write it.
+///
+/// A lost loop says only that some node on its route failed. The nodes
+/// to blame are found greedily: the node whose loops fail most (with
+/// enough samples) is set aside if below [`LOOP_THRESHOLD`], then every
+/// other node is judged only by loops that avoided the nodes set aside,
+/// and so on. An honest node that shared routes with a black hole is thus
+/// cleared, and the black hole is not.
 #[derive(Default)]
 pub struct Health {
     up: Mutex<HashMap<NodeId, bool>>,
+    loops: Mutex<Loops>,
     changed: Option<watch::Sender<u64>>,
+}
+
+#[derive(Default)]
+struct Loops {
+    outcomes: VecDeque<(Vec<NodeId>, bool)>,
+    /// Loops on their way: id → (route, when they count as lost).
+    pending: HashMap<[u8; 16], (Vec<NodeId>, UnixMillis)>,
+    failing: HashSet<NodeId>,
+}
+
+impl Loops {
+    fn judge(&mut self) -> bool {
+        let mut out: HashSet<NodeId> = HashSet::new();
+        loop {
+            let mut tally: HashMap<NodeId, (usize, usize)> = HashMap::new();
+            for (route, ok) in &self.outcomes {
+                if route.iter().any(|n| out.contains(n)) {
+                    continue;
+                }
+                for n in route {
+                    let t = tally.entry(*n).or_default();
+                    t.0 += 1;
+                    t.1 += *ok as usize;
+                }
+            }
+            let worst = tally
+                .into_iter()
+                .filter(|(_, (n, _))| *n >= LOOP_MIN_SAMPLES)
+                .map(|(id, (n, ok))| (id, ok as f64 / n as f64))
+                .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            match worst {
+                Some((id, rate)) if rate < LOOP_THRESHOLD => {
+                    out.insert(id);
+                }
+                _ => break,
+            }
+        }
+        let changed = out != self.failing;
+        self.failing = out;
+        changed
+    }
 }
 
 impl Health {
     pub fn new() -> Health {
         Health {
             up: Mutex::default(),
+            loops: Mutex::default(),
             changed: Some(watch::channel(0).0),
+        }
+    }
+
+    /// Wakes whoever waits on [`Health::events`] (new keys arrived, so
+    /// routes may be possible now).
+    pub fn poke(&self) {
+        self.notify();
+    }
+
+    fn notify(&self) {
+        if let Some(tx) = &self.changed {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
     pub fn set(&self, peer: NodeId, up: bool) {
         let before = self.up.lock().unwrap().insert(peer, up);
-        if before != Some(up)
-            && let Some(tx) = &self.changed
-        {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+        if before != Some(up) {
+            self.notify();
         }
     }
 
@@ -83,8 +189,9 @@ impl Health {
         self.up.lock().unwrap().get(peer).copied().unwrap_or(false)
     }
 
-    /// Peers whose link is up now.
-    pub fn usable(&self) -> Vec<NodeId> {
+    /// Peers whose link is up now, loop statistics aside (loops probe
+    /// them all, so a node set aside is measured again and can return).
+    pub fn linked(&self) -> Vec<NodeId> {
         let mut v: Vec<NodeId> = self
             .up
             .lock()
@@ -96,7 +203,80 @@ impl Health {
         v
     }
 
-    /// Changes whenever a link comes up or goes down.
+    /// Peers a route may use: link up and not failing their loops.
+    pub fn usable(&self) -> Vec<NodeId> {
+        let failing = self.loops.lock().unwrap().failing.clone();
+        let mut v = self.linked();
+        v.retain(|id| !failing.contains(id));
+        v
+    }
+
+    /// Peers set aside by their loop statistics.
+    pub fn failing(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.loops.lock().unwrap().failing.iter().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// A loop left on `route` (the mix nodes, not this one); it counts
+    /// as lost unless it is back by `lost_at`.
+    pub fn loop_sent(&self, id: [u8; 16], route: Vec<NodeId>, lost_at: UnixMillis) {
+        self.loops
+            .lock()
+            .unwrap()
+            .pending
+            .insert(id, (route, lost_at));
+    }
+
+    /// A loop came back; false if it was not ours or already counted.
+    pub fn loop_returned(&self, id: &[u8; 16]) -> bool {
+        let changed = {
+            let mut loops = self.loops.lock().unwrap();
+            let Some((route, _)) = loops.pending.remove(id) else {
+                return false;
+            };
+            Self::record(&mut loops, route, true)
+        };
+        if changed {
+            self.notify();
+        }
+        true
+    }
+
+    /// Counts the loops overdue at `now` as lost; returns how many.
+    pub fn expire_loops(&self, now: UnixMillis) -> usize {
+        let (lost, changed) = {
+            let mut loops = self.loops.lock().unwrap();
+            let overdue: Vec<[u8; 16]> = loops
+                .pending
+                .iter()
+                .filter(|(_, (_, at))| *at <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            let mut changed = false;
+            for id in &overdue {
+                if let Some((route, _)) = loops.pending.remove(id) {
+                    changed |= Self::record(&mut loops, route, false);
+                }
+            }
+            (overdue.len(), changed)
+        };
+        if changed {
+            self.notify();
+        }
+        lost
+    }
+
+    fn record(loops: &mut Loops, route: Vec<NodeId>, ok: bool) -> bool {
+        loops.outcomes.push_back((route, ok));
+        while loops.outcomes.len() > LOOP_WINDOW {
+            loops.outcomes.pop_front();
+        }
+        loops.judge()
+    }
+
+    /// Changes whenever a link comes up or goes down, or a node is set
+    /// aside or taken back by its loops.
     pub fn events(&self) -> Option<watch::Receiver<u64>> {
         self.changed.as_ref().map(|tx| tx.subscribe())
     }
@@ -118,7 +298,14 @@ pub struct Forwarder {
     pub lease: Duration,
     /// Attempts per packet id (for the retry pause), in memory only.
     attempts: Mutex<HashMap<i64, u32>>,
+    /// Per peer: a node whose key that peer reported differently from
+    /// ours, to fetch from it and check.
+    suspects: Mutex<HashMap<NodeId, NodeId>>,
 }
+
+/// A peer clock further off than this is logged at HELLO: keys rotate by
+/// the clock, so a large skew makes packets near a boundary unopenable.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
 
 impl Forwarder {
     pub fn new(ctx: Arc<MixContext>, lease: Duration) -> Forwarder {
@@ -126,6 +313,7 @@ impl Forwarder {
             ctx,
             lease,
             attempts: Mutex::default(),
+            suspects: Mutex::default(),
         }
     }
 
@@ -219,12 +407,7 @@ impl PacketSource for Forwarder {
 
     fn link_state(&self, peer: NodeId, up: bool) {
         if up != self.ctx.health.is_up(&peer) {
-            let name = self
-                .ctx
-                .directory
-                .node(&peer)
-                .map(|n| n.short_name.clone())
-                .unwrap_or_default();
+            let name = self.name(&peer);
             info!("[MIXNET] link to {name} {}", if up { "up" } else { "down" });
         }
         self.ctx.health.set(peer, up);
@@ -233,6 +416,96 @@ impl PacketSource for Forwarder {
     fn events(&self) -> watch::Receiver<u64> {
         self.ctx.spool.packet_events()
     }
+
+    fn hello(&self, peer: NodeId, clock_secs: u64) {
+        let own = self.ctx.now() / 1000;
+        if let Some(skew) = super::peers::clock_skew(own, clock_secs, MAX_CLOCK_SKEW) {
+            let name = self.name(&peer);
+            super::peers::log_skew(&name, skew);
+        }
+    }
+
+    fn keys_wanted(&self, peer: NodeId) -> Vec<NodeId> {
+        let suspect = self.suspects.lock().unwrap().remove(&peer);
+        self.ctx.peers.wanted(peer, self.ctx.epoch(), suspect)
+    }
+
+    fn keys(&self, peer: NodeId, subject: NodeId, bundle: Option<Bundle>) {
+        let Some(bundle) = bundle.filter(|b| b.node == subject) else {
+            return;
+        };
+        match self.ctx.peers.offer(&self.ctx.directory, peer, bundle) {
+            Offer::Accepted => {
+                // Routes through `subject` may be possible now.
+                self.ctx.health.poke();
+            }
+            Offer::TwoFaces { .. } => {
+                Stats::add(&self.ctx.stats.mix_two_faces, 1);
+                self.ctx.health.poke();
+            }
+            Offer::Known | Offer::Invalid => {}
+        }
+    }
+
+    fn probe(&self, peer: NodeId) -> Option<(NodeId, u32)> {
+        self.ctx
+            .peers
+            .next_probe(&self.ctx.directory, peer)
+            .map(|subject| (subject, self.ctx.epoch()))
+    }
+
+    fn pong(&self, peer: NodeId, subject: NodeId, epoch: u32, key: [u8; 32]) {
+        if self.ctx.peers.compare(&subject, epoch, key) {
+            self.suspects.lock().unwrap().insert(peer, subject);
+        }
+    }
+}
+
+impl Forwarder {
+    fn name(&self, id: &NodeId) -> String {
+        self.ctx
+            .directory
+            .node(id)
+            .map(|n| n.short_name.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Up to `n` distinct nodes from `pool`, in random order, never two of
+/// one operator family and none of the families of `beside` (nodes
+/// already on the route). Uniform: every node of the pool is as likely as
+/// any other; nothing is weighted.
+pub fn pick_nodes<R: Rng + ?Sized>(
+    directory: &Directory,
+    pool: &[NodeId],
+    n: usize,
+    beside: &[NodeId],
+    rng: &mut R,
+) -> Option<Vec<NodeId>> {
+    use rand::seq::SliceRandom;
+    let family = |id: &NodeId| directory.node(id).and_then(|node| node.family.clone());
+    let mut families: HashSet<String> = beside.iter().filter_map(family).collect();
+    let mut candidates: Vec<NodeId> = pool
+        .iter()
+        .copied()
+        .filter(|id| !beside.contains(id))
+        .collect();
+    candidates.sort();
+    candidates.dedup();
+    candidates.shuffle(rng);
+    let mut out = Vec::with_capacity(n);
+    for id in candidates {
+        if out.len() == n {
+            break;
+        }
+        if let Some(f) = family(&id)
+            && !families.insert(f)
+        {
+            continue;
+        }
+        out.push(id);
+    }
+    (out.len() == n).then_some(out)
 }
 
 /// A per-hop delay as the sender draws it: exponential with mean `mean`,
@@ -255,6 +528,7 @@ pub fn hop_delay<R: Rng + ?Sized>(mean: Duration, max: Duration, rng: &mut R) ->
 mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
+    use rand::seq::SliceRandom;
 
     use super::*;
 
@@ -283,6 +557,55 @@ mod tests {
         events.borrow_and_update();
         h.set(NodeId([1; 32]), true);
         assert!(!events.has_changed().unwrap(), "no change, no event");
+        assert_eq!(h.usable(), vec![NodeId([1; 32])]);
+    }
+
+    /// Five nodes 1..=5, loops of three; node 3 drops everything.
+    #[test]
+    fn loop_statistics_blame_the_black_hole_and_clear_its_neighbours() {
+        let h = Health::new();
+        let ids: Vec<NodeId> = (1..=5u8).map(|i| NodeId([i; 32])).collect();
+        for id in &ids {
+            h.set(*id, true);
+        }
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut events = h.events().unwrap();
+        events.borrow_and_update();
+        for n in 0..LOOP_WINDOW as u64 {
+            let mut route = ids.clone();
+            route.shuffle(&mut rng);
+            route.truncate(3);
+            let ok = !route.contains(&ids[2]);
+            let id = [n as u8; 16];
+            h.loop_sent(id, route, 100);
+            if ok {
+                assert!(h.loop_returned(&id));
+            }
+        }
+        assert_eq!(h.expire_loops(99), 0, "not yet overdue");
+        assert!(h.expire_loops(100) > 0);
+        assert_eq!(h.failing(), vec![ids[2]]);
+        assert!(!h.usable().contains(&ids[2]));
+        assert_eq!(h.usable().len(), 4);
+        assert!(events.has_changed().unwrap());
+        // Back to health: its loops return again and push the losses out.
+        for n in 0..LOOP_WINDOW as u64 {
+            let id = [n as u8; 16];
+            h.loop_sent(id, vec![ids[2], ids[0], ids[1]], 200);
+            assert!(h.loop_returned(&id));
+        }
+        assert!(h.failing().is_empty());
+        assert!(!h.loop_returned(&[0; 16]), "counted once");
+    }
+
+    #[test]
+    fn too_few_loops_leave_the_decision_to_the_link() {
+        let h = Health::new();
+        h.set(NodeId([1; 32]), true);
+        for n in 0..(LOOP_MIN_SAMPLES as u8 - 1) {
+            h.loop_sent([n; 16], vec![NodeId([1; 32])], 10);
+        }
+        h.expire_loops(10);
         assert_eq!(h.usable(), vec![NodeId([1; 32])]);
     }
 }

@@ -35,9 +35,9 @@ pub const PACKET_SIZE: usize = HEADER_SIZE + PAYLOAD_SIZE;
 const _: () = assert!(PACKET_SIZE == 8540);
 /// The most plaintext one packet carries.
 pub const MAX_PLAINTEXT: usize = PAYLOAD_SIZE - PAYLOAD_OVERHEAD_SIZE;
-/// Bytes of a serialized single-use reply block (header, first hop, one
-/// payload key seed).
-pub const REPLY_BLOCK_SIZE: usize = HEADER_SIZE + NODE_ADDRESS_LENGTH + PAYLOAD_KEY_SEED_SIZE;
+/// Bytes of a serialized single-use reply block: the epoch its keys are
+/// for, then the Sphinx block (header, first hop, one payload key seed).
+pub const REPLY_BLOCK_SIZE: usize = 4 + HEADER_SIZE + NODE_ADDRESS_LENGTH + PAYLOAD_KEY_SEED_SIZE;
 /// The most hops a route (or a reply route) may have.
 pub const MAX_HOPS: usize = sphinx_packet::constants::MAX_PATH_LENGTH;
 
@@ -227,6 +227,9 @@ pub fn process(
 
 /// A single-use reply block, carried inside a fragment to the exit, which
 /// uses it to send one acknowledgement back without knowing the route.
+/// It is built with the hops' keys of one epoch and says which, so that
+/// the reply travels with that epoch in its link frames even when it is
+/// sent after a rotation (within the keys' grace).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ReplyBlock(Box<[u8]>);
 
@@ -254,19 +257,26 @@ impl ReplyBlock {
     }
 
     /// Makes a reply block whose route ends at this node (`route`'s last
-    /// hop), filed under `id` (non-zero).
+    /// hop, keys of `epoch`), filed under `id` (non-zero).
     pub fn create(
         route: &[RouteHop],
         id: ReplyId,
+        epoch: u32,
     ) -> Result<(ReplyBlock, ReplyRecovery), PacketError> {
         let (nodes, delays) = sphinx_route(route)?;
         let last = route[route.len() - 1].id;
         let destination = Destination::new(DestinationAddressBytes::from_bytes(last.0), id);
         let material = SURBMaterial::new(nodes, delays, destination, CURRENT_VERSION);
         let (surb, recovery) = material.construct_recoverable_SURB().map_err(invalid)?;
-        let bytes = surb.to_bytes();
+        let mut bytes = epoch.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&surb.to_bytes());
         debug_assert_eq!(bytes.len(), REPLY_BLOCK_SIZE);
         Ok((ReplyBlock(bytes.into()), ReplyRecovery(recovery.to_bytes())))
+    }
+
+    /// The epoch whose keys the block was built with.
+    pub fn epoch(&self) -> u32 {
+        u32::from_be_bytes(self.0[..4].try_into().expect("checked size"))
     }
 
     /// Wraps `plaintext` with the block; returns the packet and the first
@@ -275,7 +285,7 @@ impl ReplyBlock {
         if plaintext.len() > MAX_PLAINTEXT {
             return Err(PacketError::TooLong(plaintext.len()));
         }
-        let surb = SURB::from_bytes(&self.0).map_err(invalid)?;
+        let surb = SURB::from_bytes(&self.0[4..]).map_err(invalid)?;
         let (packet, first) = surb.use_surb(plaintext, PAYLOAD_SIZE).map_err(invalid)?;
         Ok((WirePacket::from_sphinx(&packet), NodeId(first.to_bytes())))
     }
@@ -406,17 +416,18 @@ mod tests {
     #[test]
     fn a_reply_block_carries_an_answer_back_to_its_creator_only() {
         let path = nodes(4, 5); // three hops, then the entry itself
-        let (block, recovery) = ReplyBlock::create(&route(&path, 10), [9; 16]).unwrap();
+        let (block, recovery) = ReplyBlock::create(&route(&path, 10), [9; 16], 77).unwrap();
         assert_eq!(block.as_bytes().len(), REPLY_BLOCK_SIZE);
         let block = ReplyBlock::from_slice(block.as_bytes()).unwrap();
+        assert_eq!(block.epoch(), 77);
         let (packet, first) = block.send(b"COMPLETE").unwrap();
         assert_eq!(first, path[0].id);
         let (id, payload) = walk(packet, &path, 10);
         assert_eq!(id, [9; 16]);
         assert_eq!(payload.open(&recovery).unwrap(), b"COMPLETE");
 
-        let (other_block, _) = ReplyBlock::create(&route(&path, 10), [8; 16]).unwrap();
-        let (_, wrong) = ReplyBlock::create(&route(&path, 10), [9; 16]).unwrap();
+        let (other_block, _) = ReplyBlock::create(&route(&path, 10), [8; 16], 77).unwrap();
+        let (_, wrong) = ReplyBlock::create(&route(&path, 10), [9; 16], 77).unwrap();
         let (packet, _) = other_block.send(b"COMPLETE").unwrap();
         let (_, payload) = walk(packet, &path, 10);
         assert!(payload.open(&wrong).is_err(), "another block's material");

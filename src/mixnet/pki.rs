@@ -5,8 +5,9 @@
 //! * `nodes`: one object per node, exactly as `pluto2 -export-node-info`
 //!   prints it ([`NodeEntry`]): short name, onion name, the onion's virtual
 //!   port for links, the base64 ed25519 identity key, whether it is an
-//!   exit, an optional operator family, and (in this version) its base64
-//!   X25519 mix key.
+//!   exit and an optional operator family. Mix keys are not here: they
+//!   change every epoch and travel as bundles signed by the identity key
+//!   (`mixnet::bundle`), fetched over the links.
 //! * `params`: the network parameters ([`Params`]), each optional with its
 //!   production default. They are network-wide: every node must use the
 //!   same ones, and [`Params::hash`] goes into the link HELLO so that two
@@ -75,8 +76,6 @@ pub struct NodeEntry {
     /// The operator family: a route never holds two nodes of one family.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
-    /// The X25519 mix public key (moves into signed bundles later).
-    pub mix_key: String,
 }
 
 /// The file as written; `params` may be left out entirely.
@@ -99,6 +98,9 @@ struct RawParams {
     ack_timeout: Option<String>,
     custody_horizon: Option<String>,
     e2e_horizon: Option<String>,
+    epoch: Option<String>,
+    loop_cover_mean: Option<String>,
+    drop_cover_mean: Option<String>,
 }
 
 /// The network parameters, validated.
@@ -117,6 +119,13 @@ pub struct Params {
     pub custody_horizon: Duration,
     /// How long an entry retries a message end to end.
     pub e2e_horizon: Duration,
+    /// Length of a mix-key epoch; epoch number = unix time ÷ this.
+    pub epoch: Duration,
+    /// Mean gap between two loop cover packets from one node (Poisson);
+    /// zero turns loop cover off.
+    pub loop_cover_mean: Duration,
+    /// The same for drop cover.
+    pub drop_cover_mean: Duration,
 }
 
 const MINUTE: u64 = 60;
@@ -136,9 +145,19 @@ impl Default for Params {
             ack_timeout: Duration::from_secs(HOUR),
             custody_horizon: Duration::from_secs(2 * DAY),
             e2e_horizon: Duration::from_secs(5 * DAY),
+            epoch: Duration::from_secs(DAY),
+            loop_cover_mean: Duration::from_secs(MINUTE),
+            drop_cover_mean: Duration::from_secs(MINUTE),
         }
     }
 }
+
+/// The shortest epoch a network may choose (test networks rotate in
+/// seconds; production in a day).
+pub const MIN_EPOCH: Duration = Duration::from_secs(5);
+/// The shortest mean gap between cover packets: 100 per second per node
+/// is far beyond what any network needs and bounds the CPU it costs.
+pub const MIN_COVER_MEAN: Duration = Duration::from_millis(10);
 
 impl Params {
     /// SHA-256 over a canonical encoding: a label naming the format, then
@@ -156,7 +175,21 @@ impl Params {
         for d in [self.ack_timeout, self.custody_horizon, self.e2e_horizon] {
             h.update(d.as_nanos().to_be_bytes());
         }
+        h.update(b"v2\0");
+        for d in [self.epoch, self.loop_cover_mean, self.drop_cover_mean] {
+            h.update(d.as_nanos().to_be_bytes());
+        }
         h.finalize().into()
+    }
+
+    /// The epoch `now` falls in.
+    pub fn epoch_at(&self, now_ms: u64) -> u32 {
+        (now_ms / self.epoch.as_millis().max(1) as u64) as u32
+    }
+
+    /// When `epoch` begins, in unix milliseconds.
+    pub fn epoch_start(&self, epoch: u32) -> u64 {
+        epoch as u64 * self.epoch.as_millis() as u64
     }
 }
 
@@ -171,7 +204,6 @@ pub struct Node {
     pub identity: ed25519_dalek::VerifyingKey,
     pub exit: bool,
     pub family: Option<String>,
-    pub mix_key: x25519_dalek::PublicKey,
 }
 
 /// The validated `nodes.json` as seen by one node.
@@ -298,14 +330,6 @@ impl NodeEntry {
                     .map_err(|_| "\"identity\" is not an ed25519 public key".to_string())
             })
             .map_err(|what| wrong(what, "copy it from the node's -export-node-info output"))?;
-        let mix_key = key_bytes(&self.mix_key)
-            .map(x25519_dalek::PublicKey::from)
-            .map_err(|e| {
-                wrong(
-                    format!("\"mix_key\" is {e}"),
-                    "copy it from the node's -export-node-info output",
-                )
-            })?;
         if let Some(family) = &self.family {
             check_label(family).map_err(|e| {
                 wrong(
@@ -322,7 +346,6 @@ impl NodeEntry {
             identity,
             exit: self.exit,
             family: self.family.clone(),
-            mix_key,
         })
     }
 }
@@ -428,6 +451,53 @@ impl RawParams {
                 ),
             ));
         }
+        let epoch = duration("epoch", self.epoch.as_ref(), d.epoch)?;
+        if epoch < MIN_EPOCH {
+            return Err(param_error(
+                "epoch",
+                show(epoch),
+                format!("must be at least {}", show(MIN_EPOCH)),
+            ));
+        }
+        if epoch.subsec_millis() != 0 || epoch.as_secs() > u32::MAX as u64 {
+            return Err(param_error(
+                "epoch",
+                show(epoch),
+                "must be whole seconds, such as \"24h\" or \"10s\"".into(),
+            ));
+        }
+        if max * (hops as u32) >= epoch {
+            return Err(param_error(
+                "epoch",
+                show(epoch),
+                format!(
+                    "must be longer than a route's longest delay (hops × hop_delay_max = {}): a packet must cross the network within its key's grace",
+                    show(max * hops as u32)
+                ),
+            ));
+        }
+        let loop_cover_mean = duration(
+            "loop_cover_mean",
+            self.loop_cover_mean.as_ref(),
+            d.loop_cover_mean,
+        )?;
+        let drop_cover_mean = duration(
+            "drop_cover_mean",
+            self.drop_cover_mean.as_ref(),
+            d.drop_cover_mean,
+        )?;
+        for (name, value) in [
+            ("loop_cover_mean", loop_cover_mean),
+            ("drop_cover_mean", drop_cover_mean),
+        ] {
+            if !value.is_zero() && value < MIN_COVER_MEAN {
+                return Err(param_error(
+                    name,
+                    show(value),
+                    format!("must be 0 (off) or at least {}", show(MIN_COVER_MEAN)),
+                ));
+            }
+        }
         Ok(Params {
             hops,
             hop_delay_mean: mean,
@@ -436,6 +506,9 @@ impl RawParams {
             ack_timeout,
             custody_horizon,
             e2e_horizon,
+            epoch,
+            loop_cover_mean,
+            drop_cover_mean,
         })
     }
 }
@@ -463,8 +536,6 @@ impl Directory {
                     "identity"
                 } else if seen.short_name == node.short_name {
                     "name"
-                } else if seen.mix_key == node.mix_key {
-                    "mix_key"
                 } else {
                     continue;
                 };
@@ -537,19 +608,17 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use serde_json::{Value, json};
 
-    /// A node's entry built from a seed: onion key, identity and mix key
-    /// all derived from it, so entries differ in every field.
+    /// A node's entry built from a seed: onion key and identity both
+    /// derived from it, so entries differ in every field.
     fn entry(seed: u8, name: &str, exit: bool) -> Value {
         let onion = OnionName::from_seed(seed);
         let identity = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
-        let mix = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([seed; 32]));
         json!({
             "name": name,
             "onion": onion.to_string(),
             "port": 9999,
             "identity": encode_key(identity.as_bytes()),
             "exit": exit,
-            "mix_key": encode_key(mix.as_bytes()),
         })
     }
 
@@ -578,6 +647,28 @@ mod tests {
         let e = parse(doc).unwrap_err().to_string();
         assert!(!e.contains('\n'), "{e}");
         e
+    }
+
+    #[test]
+    fn it_numbers_epochs_from_the_unix_epoch() {
+        let p = Params {
+            epoch: Duration::from_secs(10),
+            ..Default::default()
+        };
+        assert_eq!(p.epoch_at(0), 0);
+        assert_eq!(p.epoch_at(9_999), 0);
+        assert_eq!(p.epoch_at(10_000), 1);
+        assert_eq!(p.epoch_start(7), 70_000);
+        assert_eq!(p.epoch_at(p.epoch_start(123_456)), 123_456);
+    }
+
+    #[test]
+    fn loop_and_drop_cover_may_be_switched_off() {
+        let mut doc = network();
+        doc["params"] = json!({"loop_cover_mean": "0s", "drop_cover_mean": "0s"});
+        let dir = parse(&doc).unwrap();
+        assert!(dir.params().loop_cover_mean.is_zero());
+        assert!(dir.params().drop_cover_mean.is_zero());
     }
 
     #[test]
@@ -665,8 +756,12 @@ mod tests {
     #[test]
     fn it_refuses_an_entry_missing_a_key() {
         let mut doc = network();
-        doc["nodes"][1].as_object_mut().unwrap().remove("mix_key");
-        assert!(error(&doc).contains("missing field `mix_key`"));
+        doc["nodes"][1].as_object_mut().unwrap().remove("identity");
+        assert!(error(&doc).contains("missing field `identity`"));
+        // A mix key is no longer part of an entry (it rotates, in bundles).
+        let mut doc = network();
+        doc["nodes"][1]["mix_key"] = json!(BASE64.encode(&[1u8; 32]));
+        assert!(error(&doc).contains("unknown field `mix_key`"));
     }
 
     #[test]
@@ -687,8 +782,7 @@ mod tests {
         let cases = [
             ("identity", json!("not base64!"), "not base64"),
             ("identity", json!(BASE64.encode(&[1u8; 31])), "31 bytes"),
-            ("mix_key", json!(BASE64.encode(&[1u8; 33])), "33 bytes"),
-            ("mix_key", json!("AAAA"), "3 bytes"),
+            ("identity", json!("AAAA"), "3 bytes"),
         ];
         for (field, value, said) in cases {
             let mut doc = network();
@@ -746,7 +840,7 @@ mod tests {
             e,
             "nodes[4] \"erin\" has the same onion as nodes[2] \"carol\": a node may be listed once; remove one of them"
         );
-        for (field, from) in [("identity", 3usize), ("name", 1), ("mix_key", 2)] {
+        for (field, from) in [("identity", 3usize), ("name", 1)] {
             let mut doc = network();
             let mut copy = entry(5, "erin", true);
             copy[field] = doc["nodes"][from][field].clone();
@@ -796,6 +890,20 @@ mod tests {
                 "params.max_message_size",
             ),
             (json!({"hops": "3"}), "invalid type"),
+            (
+                json!({"epoch": "1s"}),
+                "params.epoch \"1s\": must be at least 5s",
+            ),
+            (json!({"epoch": "5500ms"}), "must be whole seconds"),
+            (
+                json!({"hop_delay_mean": "10m", "epoch": "5h"}),
+                "longer than a route's longest delay",
+            ),
+            (json!({"loop_cover_mean": "1ms"}), "params.loop_cover_mean"),
+            (
+                json!({"drop_cover_mean": "often"}),
+                "params.drop_cover_mean",
+            ),
         ];
         for (params, said) in cases {
             let mut doc = network();
@@ -886,7 +994,10 @@ mod tests {
         let mut spelled = network();
         spelled["params"] = json!({"hop_delay_mean": "300s", "e2e_horizon": "120h"});
         assert_eq!(parse(&spelled).unwrap().params().hash(), base.hash());
-        let changes: [fn(&mut Params); 7] = [
+        let changes: [fn(&mut Params); 10] = [
+            |p| p.epoch += Duration::from_secs(1),
+            |p| p.loop_cover_mean += Duration::from_millis(1),
+            |p| p.drop_cover_mean += Duration::from_millis(1),
             |p| p.hops += 1,
             |p| p.hop_delay_mean += Duration::from_nanos(1),
             |p| p.hop_delay_max += Duration::from_millis(1),
@@ -948,6 +1059,8 @@ mod tests {
             "ack_timeout",
             "custody_horizon",
             "e2e_horizon",
+            "epoch",
+            "loop_cover_mean",
             "x",
         ];
         let strings = [

@@ -18,13 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::fragment::{self, Fragment};
 use super::hop::{marked, random_id};
-use super::node::{MixContext, hop_delay};
+use super::node::{MixContext, hop_delay, pick_nodes};
 use super::packet::{self, NodeId, ReplyBlock, RouteHop};
 use crate::envelope::Message;
 use crate::spool::mixnet::{Launch, MixId, OutPacket, PacketKind};
@@ -40,6 +39,19 @@ const BATCH: usize = 16;
 /// Reply routes are at most this many hops before the entry (Sphinx allows
 /// five in all, and the entry itself is the last).
 const MAX_REPLY_HOPS: usize = 4;
+
+/// Peers a route may use in `epoch`: listed, not this node, link up,
+/// loops coming back, not caught with two faces, and their key for that
+/// epoch here.
+pub fn usable_peers(ctx: &MixContext, epoch: u32) -> Vec<NodeId> {
+    let own = ctx.own();
+    ctx.health
+        .usable()
+        .into_iter()
+        .filter(|id| *id != own && ctx.directory.node(id).is_some())
+        .filter(|id| ctx.mix_key(id, epoch).is_some())
+        .collect()
+}
 
 #[derive(Debug, thiserror::Error)]
 enum SendError {
@@ -150,15 +162,10 @@ impl Sender {
         self.ctx.stats.set_healthy(usable, others);
     }
 
-    /// Peers a route may use now: listed, not this node, link up.
+    /// Peers a route may use now: listed, not this node, link up, loops
+    /// coming back, and their key for the current epoch here.
     fn usable_peers(&self) -> Vec<NodeId> {
-        let own = self.ctx.own();
-        self.ctx
-            .health
-            .usable()
-            .into_iter()
-            .filter(|id| *id != own && self.ctx.directory.node(id).is_some())
-            .collect()
+        usable_peers(&self.ctx, self.ctx.epoch())
     }
 
     fn pick_exit(&self, usable: &[NodeId]) -> Option<NodeId> {
@@ -171,13 +178,12 @@ impl Sender {
         exits.get(i).copied()
     }
 
-    fn hop(&self, id: NodeId, delay: Duration) -> RouteHop {
-        let node = self.ctx.directory.node(&id).expect("listed");
-        RouteHop {
+    fn hop(&self, id: NodeId, epoch: u32, delay: Duration) -> Result<RouteHop, SendError> {
+        Ok(RouteHop {
             id,
-            mix_key: node.mix_key,
+            mix_key: self.ctx.mix_key(&id, epoch).ok_or(SendError::NoRoute)?,
             delay,
-        }
+        })
     }
 
     fn delay(&self) -> Duration {
@@ -185,39 +191,51 @@ impl Sender {
         hop_delay(p.hop_delay_mean, p.hop_delay_max, &mut rand::rng())
     }
 
-    /// `hops` distinct usable nodes ending at `exit`, each with its delay.
-    fn forward_route(&self, usable: &[NodeId], exit: NodeId) -> Result<Vec<RouteHop>, SendError> {
+    /// `hops` distinct usable nodes ending at `exit`, each with its delay;
+    /// never two of one operator family.
+    fn forward_route(
+        &self,
+        usable: &[NodeId],
+        exit: NodeId,
+        epoch: u32,
+    ) -> Result<Vec<RouteHop>, SendError> {
         let hops = self.ctx.directory.params().hops;
-        let mut middle: Vec<NodeId> = usable.iter().copied().filter(|id| *id != exit).collect();
-        if middle.len() + 1 < hops {
-            return Err(SendError::NoRoute);
+        let middle = pick_nodes(
+            &self.ctx.directory,
+            usable,
+            hops - 1,
+            &[exit],
+            &mut rand::rng(),
+        )
+        .ok_or(SendError::NoRoute)?;
+        let mut route = Vec::with_capacity(hops);
+        for id in middle {
+            route.push(self.hop(id, epoch, self.delay())?);
         }
-        middle.shuffle(&mut rand::rng());
-        let mut route: Vec<RouteHop> = middle[..hops - 1]
-            .iter()
-            .map(|id| self.hop(*id, self.delay()))
-            .collect();
-        route.push(self.hop(exit, Duration::ZERO));
+        route.push(self.hop(exit, epoch, Duration::ZERO)?);
         Ok(route)
     }
 
-    /// A reply route: distinct usable nodes other than the exit, then this
-    /// node (which must be its last hop to read the reply).
-    fn reply_route(&self, usable: &[NodeId], exit: NodeId) -> Result<Vec<RouteHop>, SendError> {
+    /// A reply route: distinct usable nodes other than the exit (as many
+    /// as families allow, at least one), then this node (which must be
+    /// its last hop to read the reply).
+    fn reply_route(
+        &self,
+        usable: &[NodeId],
+        exit: NodeId,
+        epoch: u32,
+    ) -> Result<Vec<RouteHop>, SendError> {
         let want = self.ctx.directory.params().hops.min(MAX_REPLY_HOPS);
-        let mut pool: Vec<NodeId> = usable.iter().copied().filter(|id| *id != exit).collect();
-        if pool.is_empty() {
-            return Err(SendError::NoRoute);
+        let pool: Vec<NodeId> = usable.iter().copied().filter(|id| *id != exit).collect();
+        let picked = (1..=want)
+            .rev()
+            .find_map(|n| pick_nodes(&self.ctx.directory, &pool, n, &[], &mut rand::rng()))
+            .ok_or(SendError::NoRoute)?;
+        let mut route = Vec::with_capacity(picked.len() + 1);
+        for id in picked {
+            route.push(self.hop(id, epoch, self.delay())?);
         }
-        pool.shuffle(&mut rand::rng());
-        pool.truncate(want);
-        let own = self.ctx.directory.own();
-        let mut route: Vec<RouteHop> = pool.iter().map(|id| self.hop(*id, self.delay())).collect();
-        route.push(RouteHop {
-            id: own.id,
-            mix_key: self.ctx.key.public(),
-            delay: Duration::ZERO,
-        });
+        route.push(self.hop(self.ctx.own(), epoch, Duration::ZERO)?);
         Ok(route)
     }
 
@@ -236,21 +254,25 @@ impl Sender {
         }
         let fragments: Vec<Fragment> = fragment::split(&blob, mix_id)?;
         let count = fragments.len() as u16;
+        // One epoch for every packet and reply block of this round: the
+        // hops' keys of the epoch now, by this node's clock.
+        let epoch = self.ctx.epoch();
         let mut replies = Vec::new();
         let mut packets = Vec::new();
         for mut f in fragments {
             if indices.is_some_and(|want| !want.contains(&f.index)) {
                 continue;
             }
-            let route = self.forward_route(usable, exit)?;
+            let route = self.forward_route(usable, exit, epoch)?;
             let reply_id = random_id();
-            let (block, recovery) = ReplyBlock::create(&self.reply_route(usable, exit)?, reply_id)?;
+            let (block, recovery) =
+                ReplyBlock::create(&self.reply_route(usable, exit, epoch)?, reply_id, epoch)?;
             f.reply_block = Some(block);
             let wire = packet::build(&f.encode(), &route)?;
             replies.push((reply_id, recovery.0));
             packets.push(OutPacket {
                 next_hop: route[0].id.0,
-                epoch: self.ctx.key.epoch,
+                epoch,
                 bytes: wire.as_bytes().to_vec(),
                 kind: PacketKind::Fragment,
                 release_at: self.ctx.now(),

@@ -836,3 +836,21 @@ pub(super) fn prune(conn: &mut Connection, before: UnixMillis) -> Result<(u64, u
     tx.commit()?;
     Ok((fragments as u64, done as u64))
 }
+
+/// Forgets what belongs to epochs below `below`, whose mix keys are gone:
+/// their replay tags (no packet for those epochs can be opened any more,
+/// so none can be replayed) and packets still waiting for a next hop that
+/// can no longer open them. Returns (tags, packets).
+pub(super) fn purge_epochs(conn: &mut Connection, below: u32) -> Result<(u64, u64), SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let tags = tx.execute(
+        "DELETE FROM mix_tags WHERE epoch < ?1",
+        params![below as i64],
+    )?;
+    let packets = tx.execute(
+        "DELETE FROM mix_packets WHERE epoch < ?1",
+        params![below as i64],
+    )?;
+    tx.commit()?;
+    Ok((tags as u64, packets as u64))
+}

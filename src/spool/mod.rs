@@ -446,6 +446,13 @@ impl Spool {
             .await
     }
 
+    /// Drops replay tags and stranded packets of epochs below `below`
+    /// (see `mixnet::purge_epochs`); returns (tags, packets).
+    pub async fn purge_epochs(&self, below: u32) -> Result<(u64, u64), SpoolError> {
+        self.call(move |conn, _| mixnet::purge_epochs(conn, below))
+            .await
+    }
+
     pub async fn mixnet_counts(&self) -> Result<MixnetCounts, SpoolError> {
         self.call(|conn, _| mixnet::counts(conn)).await
     }

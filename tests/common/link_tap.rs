@@ -51,6 +51,8 @@ pub enum FrameKind {
     Ack,
     Ping,
     Pong,
+    GetKeys,
+    Keys,
     /// Bytes `frame::decode` refused (bad type or status). The stream
     /// is forwarded raw from here on, so the receiver sees exactly what
     /// was sent and the test can watch it close the link.
@@ -226,6 +228,9 @@ struct State {
     captured: Vec<Captured>,
     /// The last HELLO the connecting side sent on each link, for inject.
     hellos: HashMap<(String, u16), Frame>,
+    /// KEYS frames coming back on links to this host are replaced by
+    /// these bytes (a node showing this tap's node another face).
+    keys_for: HashMap<String, Vec<u8>>,
 }
 
 impl State {
@@ -407,6 +412,15 @@ impl LinkTap {
     }
 
     /// Adds a rule after those already set (the first match decides).
+    /// From now on, every KEYS frame that comes back on a link to `host`
+    /// is replaced by `frame` (an encoded KEYS frame): `host` showing this
+    /// tap's node another bundle than it shows everyone else.
+    pub fn substitute_keys(&self, host: &str, frame: Vec<u8>) {
+        self.shared.record(|s| {
+            s.keys_for.insert(host.to_string(), frame);
+        });
+    }
+
     pub fn add_rule(&self, rule: Rule) -> RuleId {
         let mut s = self.state();
         s.rules.push(RuleState {
@@ -821,11 +835,20 @@ impl Conn {
                 rec.seq = Some(*seq);
                 rec.status = Some(*status);
             }
-            Frame::Ping(_) => rec.kind = FrameKind::Ping,
-            Frame::Pong(_) => rec.kind = FrameKind::Pong,
+            Frame::Ping { .. } => rec.kind = FrameKind::Ping,
+            Frame::Pong { .. } => rec.kind = FrameKind::Pong,
+            Frame::GetKeys { .. } => rec.kind = FrameKind::GetKeys,
+            Frame::Keys { .. } => rec.kind = FrameKind::Keys,
         }
         let mut action = None;
+        let mut bytes = bytes.to_vec();
         self.shared.record(|s| {
+            if rec.kind == FrameKind::Keys
+                && dir == Direction::FromTarget
+                && let Some(other) = s.keys_for.get(&self.host)
+            {
+                bytes = other.clone();
+            }
             action = s.apply_rules(&self.host, dir, rec.kind);
             rec.action = action;
             if matches!(f, Frame::Hello { .. }) && dir == Direction::ToTarget {

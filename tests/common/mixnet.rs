@@ -21,7 +21,8 @@ pub const LINK_PORT: u16 = 9999;
 /// Network parameters for tests: milliseconds per hop, seconds before a
 /// retransmission.
 pub const TEST_PARAMS: &str = r#"{"hops": 3, "hop_delay_mean": "20ms", "hop_delay_max": "240ms",
-    "max_message_size": 262144, "ack_timeout": "4s", "custody_horizon": "10m", "e2e_horizon": "1h"}"#;
+    "max_message_size": 262144, "ack_timeout": "4s", "custody_horizon": "10m", "e2e_horizon": "1h",
+    "loop_cover_mean": "0s", "drop_cover_mean": "0s"}"#;
 
 pub struct MixNode {
     pub onion: String,
@@ -39,6 +40,8 @@ pub struct MixNet {
     /// Where mail for the sink goes: `someone@<sink_onion>`.
     pub sink_onion: String,
     pub pki: PathBuf,
+    /// The network's epoch length (see [`MixNet::epoch_now`]).
+    pub epoch_secs: u64,
     _dir: tempfile::TempDir,
 }
 
@@ -106,6 +109,50 @@ impl MixNet {
                 .tap
                 .route_link(&onion, LINK_PORT, ([127, 0, 0, 1], port).into());
         }
+    }
+
+    /// The mix-key epoch now, for networks on the default epoch length
+    /// (a day) or `epoch_secs` set with [`MixNet::set_epoch_secs`].
+    pub fn epoch_now(&self) -> u32 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        (now / self.epoch_secs) as u32
+    }
+
+    /// Tells the harness the network's epoch length (it does not parse
+    /// the params).
+    pub fn set_epoch_secs(&mut self, secs: u64) {
+        self.epoch_secs = secs;
+    }
+
+    /// Node `i`'s mix public key for `epoch`, read from its key file (as
+    /// a peer would get it from its signed bundle).
+    pub fn mix_key(&self, i: usize, epoch: u32) -> x25519_dalek::PublicKey {
+        let path = self.nodes[i].data.join(format!("mixkey-{epoch}"));
+        let secret: [u8; 32] = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .try_into()
+            .unwrap();
+        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret))
+    }
+
+    /// The epochs node `i` holds a key file for, oldest first.
+    pub fn key_files(&self, i: usize) -> Vec<u32> {
+        let mut v: Vec<u32> = std::fs::read_dir(&self.nodes[i].data)
+            .unwrap()
+            .filter_map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("mixkey-")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     pub fn daemon(&self, i: usize) -> &Daemon {
@@ -202,11 +249,17 @@ impl MixNet {
             serde_json::to_string(&entries).unwrap()
         );
         std::fs::write(&pki, doc).unwrap();
+        let params_doc: serde_json::Value = serde_json::from_str(params).unwrap();
+        let epoch_secs = params_doc["epoch"]
+            .as_str()
+            .map(|e| humantime::parse_duration(e).unwrap().as_secs())
+            .unwrap_or(24 * 3600);
         let mut net = MixNet {
             nodes,
             sink,
             sink_onion,
             pki,
+            epoch_secs,
             _dir: dir,
         };
         for i in 0..n {

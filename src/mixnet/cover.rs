@@ -1,0 +1,245 @@
+//! Cover inside the mixnet: loop packets that come back to this node and
+//! drop packets that their last hop discards, each a Poisson process at
+//! the network's rates (`loop_cover_mean`, `drop_cover_mean`).
+//!
+//! Both are built like data: 8,540-byte Sphinx packets with per-hop
+//! delays, queued in custody like everything else, so on a link they look
+//! like any other packet; only their final hop learns their kind. Loops
+//! are also the health probe: each records its route, and one that is not
+//! back in time counts against the nodes on it (`node::Health`). Loops
+//! choose among every node whose link is up, including nodes their
+//! statistics set aside, so a node that recovers is seen to recover; data
+//! and drops choose only among usable nodes.
+//!
+//! While no route can be built (too few usable nodes) nothing is
+//! generated and nothing accumulates; the processes start afresh when
+//! routes return, so an outage is never followed by a burst.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rand::rngs::StdRng;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::fragment::{Fragment, Kind};
+use super::hop::random_id;
+use super::node::{MixContext, hop_delay, pick_nodes};
+use super::packet::{self, NodeId, RouteHop};
+use super::sender::usable_peers;
+use crate::spool::mixnet::{OutPacket, PacketKind};
+use crate::stats::Stats;
+
+/// How often overdue loops are looked for when nothing else happens.
+const EXPIRE_TICK: Duration = Duration::from_millis(500);
+
+/// An exponential gap with mean `mean` (a Poisson process's next event).
+pub fn gap<R: Rng + ?Sized>(mean: Duration, rng: &mut R) -> Duration {
+    let u: f64 = 1.0 - rng.random::<f64>();
+    mean.mul_f64(-u.ln())
+}
+
+/// How long a loop may take before it counts as lost: four mean delays
+/// per hop (a loop is late by that only about once in two thousand), at
+/// most the longest possible delays, plus time for the links themselves.
+pub fn loop_patience(params: &super::pki::Params) -> Duration {
+    let hops = params.hops as u32 + 1;
+    let delays = (params.hop_delay_mean * 4 * hops).min(params.hop_delay_max * hops);
+    delays + params.ack_timeout.min(Duration::from_secs(120))
+}
+
+pub struct MixCover {
+    pub ctx: Arc<MixContext>,
+}
+
+impl MixCover {
+    /// Runs until shutdown. `rng` draws the gaps and routes (seeded in
+    /// tests of the process, from the OS in the daemon).
+    pub async fn run(self, mut rng: StdRng, shutdown: CancellationToken) {
+        let params = self.ctx.directory.params().clone();
+        let means = [params.loop_cover_mean, params.drop_cover_mean];
+        let Some(mut health) = self.ctx.health.events() else {
+            return;
+        };
+        let schedule = |mean: Duration, rng: &mut StdRng| {
+            (!mean.is_zero()).then(|| Instant::now() + gap(mean, rng))
+        };
+        let mut next = [schedule(means[0], &mut rng), schedule(means[1], &mut rng)];
+        let mut paused = false;
+        let mut failing: Vec<NodeId> = Vec::new();
+        loop {
+            let lost = self.ctx.health.expire_loops(self.ctx.now());
+            Stats::add(&self.ctx.stats.mix_loops_lost, lost as u64);
+            self.log_failing(&mut failing);
+            let tick = Instant::now() + EXPIRE_TICK;
+            let wake = next.iter().flatten().copied().fold(tick, Instant::min);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = health.changed() => {}
+            }
+            let epoch = self.ctx.epoch();
+            if !self.routes_possible(epoch) {
+                if !paused && next.iter().any(Option::is_some) {
+                    info!("[MIXNET] cover paused: too few usable nodes for a route");
+                }
+                paused = true;
+                continue;
+            }
+            if paused {
+                // Afresh from now: what would have been sent meanwhile is
+                // not made up for.
+                paused = false;
+                next = [schedule(means[0], &mut rng), schedule(means[1], &mut rng)];
+                if next.iter().any(Option::is_some) {
+                    info!("[MIXNET] cover resumed");
+                }
+                continue;
+            }
+            let now = Instant::now();
+            for (i, kind) in [Kind::Loop, Kind::Drop].into_iter().enumerate() {
+                if next[i].is_some_and(|at| at <= now) {
+                    if let Err(e) = self.send(kind, epoch, &mut rng).await {
+                        warn!("[MIXNET] cannot queue cover: {e}");
+                    }
+                    next[i] = schedule(means[i], &mut rng);
+                }
+            }
+        }
+    }
+
+    /// Logs nodes set aside by their loops, and nodes taken back.
+    fn log_failing(&self, before: &mut Vec<NodeId>) {
+        let now = self.ctx.health.failing();
+        if now == *before {
+            return;
+        }
+        let name = |id: &NodeId| {
+            self.ctx
+                .directory
+                .node(id)
+                .map(|n| n.short_name.clone())
+                .unwrap_or_default()
+        };
+        for id in now.iter().filter(|id| !before.contains(id)) {
+            info!(
+                "[MIXNET] {} set aside: too few of the loops through it come back",
+                name(id)
+            );
+        }
+        for id in before.iter().filter(|id| !now.contains(id)) {
+            info!("[MIXNET] {} usable again: its loops come back", name(id));
+        }
+        *before = now;
+    }
+
+    fn routes_possible(&self, epoch: u32) -> bool {
+        usable_peers(&self.ctx, epoch).len() >= self.ctx.directory.params().hops
+    }
+
+    /// Builds and queues one cover packet of `kind`.
+    async fn send(&self, kind: Kind, epoch: u32, rng: &mut StdRng) -> Result<(), String> {
+        let ctx = &self.ctx;
+        let params = ctx.directory.params();
+        let hops = params.hops;
+        let own = ctx.own();
+        let pool: Vec<NodeId> = match kind {
+            Kind::Loop => ctx
+                .health
+                .linked()
+                .into_iter()
+                .filter(|id| *id != own && ctx.directory.node(id).is_some())
+                .filter(|id| ctx.mix_key(id, epoch).is_some())
+                .collect(),
+            _ => usable_peers(ctx, epoch),
+        };
+        let Some(nodes) = pick_nodes(&ctx.directory, &pool, hops, &[], rng) else {
+            return Ok(());
+        };
+        let mut route: Vec<RouteHop> = Vec::with_capacity(hops + 1);
+        for id in &nodes {
+            let mix_key = ctx.mix_key(id, epoch).ok_or("a key went away")?;
+            let delay = hop_delay(params.hop_delay_mean, params.hop_delay_max, rng);
+            route.push(RouteHop {
+                id: *id,
+                mix_key,
+                delay,
+            });
+        }
+        if kind == Kind::Loop {
+            let mix_key = ctx.mix_key(&own, epoch).ok_or("no own key")?;
+            route.push(RouteHop {
+                id: own,
+                mix_key,
+                delay: Duration::ZERO,
+            });
+        } else if let Some(last) = route.last_mut() {
+            last.delay = Duration::ZERO;
+        }
+        let id = random_id();
+        let fragment = Fragment {
+            kind,
+            message_id: id,
+            index: 0,
+            count: 1,
+            blob_len: 0,
+            blob_hash: Sha256::digest([]).into(),
+            reply_block: None,
+            data: Vec::new(),
+        };
+        let wire = packet::build(&fragment.encode(), &route).map_err(|e| e.to_string())?;
+        if kind == Kind::Loop {
+            let lost_at = ctx.now() + loop_patience(params).as_millis() as u64;
+            ctx.health.loop_sent(id, nodes.clone(), lost_at);
+        }
+        ctx.spool
+            .queue_packets(vec![OutPacket {
+                next_hop: nodes[0].0,
+                epoch,
+                bytes: wire.as_bytes().to_vec(),
+                kind: PacketKind::Fragment,
+                release_at: ctx.now(),
+                deadline: ctx.custody_deadline(),
+            }])
+            .await
+            .map_err(|e| e.to_string())?;
+        let counter = match kind {
+            Kind::Loop => &ctx.stats.mix_loops_sent,
+            _ => &ctx.stats.mix_drops_sent,
+        };
+        Stats::add(counter, 1);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn gaps_are_exponential_with_the_configured_mean() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mean = Duration::from_millis(50);
+        let xs: Vec<f64> = (0..5_000)
+            .map(|_| gap(mean, &mut rng).as_secs_f64())
+            .collect();
+        let d = crate::testkit::ks_statistic(xs.clone(), |x| 1.0 - (-x / 0.05).exp());
+        assert!(d < crate::testkit::ks_critical(xs.len()), "KS D = {d}");
+    }
+
+    #[test]
+    fn a_loop_is_given_up_only_well_after_its_delays() {
+        let p = super::super::pki::Params {
+            hop_delay_mean: Duration::from_millis(20),
+            hop_delay_max: Duration::from_millis(240),
+            ack_timeout: Duration::from_secs(4),
+            ..Default::default()
+        };
+        assert_eq!(loop_patience(&p), Duration::from_millis(320 + 4000));
+    }
+}
