@@ -145,8 +145,9 @@ pub struct ListedMessage {
     pub recipients: u64,
     /// Most delivery attempts made for any of its recipients.
     pub attempts: u64,
-    /// Seconds until its next attempt (0: due); `null` while in delivery,
-    /// in the mixnet or held.
+    /// Seconds until its next attempt (0: due); for held mail, when it
+    /// would be due once released; `null` while in delivery or in the
+    /// mixnet.
     pub next_attempt_in_seconds: Option<u64>,
 }
 
@@ -262,7 +263,7 @@ fn list(conn: &mut Connection, now: u64) -> Result<Listing, SpoolError> {
                     COALESCE(SUM(r.state = 'leased'), 0),
                     COALESCE(SUM(r.mark = 'held'), 0),
                     COALESCE(SUM(r.state = 'deferred'), 0),
-                    MIN(CASE WHEN r.state != 'leased' AND r.mark IS NULL THEN r.next_attempt END),
+                    MIN(CASE WHEN r.state != 'leased' THEN r.next_attempt END),
                     EXISTS (SELECT 1 FROM mix_outbound o WHERE o.message = m.id)
              FROM messages m
              JOIN queue_ids q ON q.message_id = m.id
@@ -301,7 +302,7 @@ fn list(conn: &mut Connection, now: u64) -> Result<Listing, SpoolError> {
                 MessageState::Queued
             };
             let next_attempt_in_seconds = match state {
-                MessageState::Queued | MessageState::Deferred => {
+                MessageState::Queued | MessageState::Deferred | MessageState::Held => {
                     next.map(|t| unsigned(t).saturating_sub(now).div_ceil(1000))
                 }
                 _ => None,
