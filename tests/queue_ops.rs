@@ -150,8 +150,14 @@ async fn flush_sends_mail_refused_with_4xx_at_once() {
     assert!(messages[0]["next_attempt_in_seconds"].as_u64().unwrap() >= 1500);
     let flushed = queue(&d.data_dir, &["flush", "-json"]).json();
     assert_eq!(flushed["operation"], "flush");
-    assert_eq!((flushed["messages"].as_u64(), flushed["recipients"].as_u64()), (Some(1), Some(1)));
-    assert_eq!(flushed["queue_ids"][0].as_str().unwrap(), only_id(&messages));
+    assert_eq!(
+        (flushed["messages"].as_u64(), flushed["recipients"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        flushed["queue_ids"][0].as_str().unwrap(),
+        only_id(&messages)
+    );
     arrives_at_once(&sink, 1, "flushed mail").await;
     d.until_queue("empty", |q| q["messages"] == 0).await;
 }
@@ -175,7 +181,8 @@ async fn flush_sends_mail_deferred_by_a_proxy_outage_at_once() {
     let text = queue(&d.data_dir, &["flush"]);
     assert_eq!(text.status, 0, "{}", text.stderr);
     assert!(
-        text.stdout.starts_with("flush: 1 message(s), 1 recipient(s) due now"),
+        text.stdout
+            .starts_with("flush: 1 message(s), 1 recipient(s) due now"),
         "{}",
         text.stdout
     );
@@ -210,7 +217,10 @@ async fn held_mail_stays_even_when_due_and_leaves_when_released() {
     .await;
     assert_eq!(messages[0]["attempts"], 1);
     let report = queue(&d.data_dir, &["-json"]).json();
-    assert_eq!((report["held"].as_u64(), report["deferred"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (report["held"].as_u64(), report["deferred"].as_u64()),
+        (Some(1), Some(0))
+    );
     let text = queue(&d.data_dir, &[]).stdout;
     assert!(text.contains("1 held"), "{text}");
 
@@ -277,7 +287,10 @@ async fn deleted_mail_is_gone_logged_and_counted_never_delivered() {
     let q = d
         .until_queue("the in-flight attempt settled", |q| q["leased"] == 0)
         .await;
-    assert_eq!((q["messages"].as_u64(), q["recipients"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (q["messages"].as_u64(), q["recipients"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert_eq!(q["deleted_by_operator"], 2);
     d.until_log("of the operator's deletions", |l| {
         l.contains("[QUEUE] 2 message(s) deleted by the operator [class=operator]")
@@ -285,7 +298,10 @@ async fn deleted_mail_is_gone_logged_and_counted_never_delivered() {
     .await;
     // Nothing deleted leaves later: a flush finds nothing, and mail sent
     // afterwards is the only mail delivered.
-    assert_eq!(queue(&d.data_dir, &["flush", "-json"]).json()["messages"], 0);
+    assert_eq!(
+        queue(&d.data_dir, &["flush", "-json"]).json()["messages"],
+        0
+    );
     send(&d, &recipient(&dest, "dave"), "after").await;
     sink.wait_for(1).await;
     d.until_queue("empty", |q| q["messages"] == 0).await;
@@ -367,7 +383,8 @@ async fn unknown_ids_and_unconfirmed_delete_all_are_refused() {
         assert_eq!(run.status, 65, "{op}: {}", run.stderr);
         assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
         assert!(
-            run.stderr.contains("no message with queue id 00000000deadbeef")
+            run.stderr
+                .contains("no message with queue id 00000000deadbeef")
                 && run.stderr.contains("nothing was changed"),
             "{}",
             run.stderr
@@ -382,7 +399,10 @@ async fn unknown_ids_and_unconfirmed_delete_all_are_refused() {
     let run = queue(&d.data_dir, &["hold"]);
     assert_eq!(run.status, 64, "{}", run.stderr);
     let q = d.queue_json();
-    assert_eq!((q["messages"].as_u64(), q["held"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (q["messages"].as_u64(), q["held"].as_u64()),
+        (Some(1), Some(0))
+    );
     assert_eq!(q["deleted_by_operator"], 0);
     assert_eq!(listed(&d.data_dir)[0]["state"], "queued");
 }

@@ -333,17 +333,15 @@ impl OutsideWatch {
             return false;
         };
         let moved = self.version.replace(version).is_some_and(|v| v != version);
-        if moved || self.deleted.is_none() {
-            if let Ok(deleted) = spool.deleted_by_operator().await {
-                if let Some(before) = self.deleted.replace(deleted)
-                    && deleted > before
-                {
-                    info!(
-                        "[QUEUE] {} message(s) deleted by the operator [class=operator]",
-                        deleted - before
-                    );
-                }
-            }
+        if (moved || self.deleted.is_none())
+            && let Ok(deleted) = spool.deleted_by_operator().await
+            && let Some(before) = self.deleted.replace(deleted)
+            && deleted > before
+        {
+            info!(
+                "[QUEUE] {} message(s) deleted by the operator [class=operator]",
+                deleted - before
+            );
         }
         moved
     }

@@ -43,8 +43,10 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SpoolError> {
 /// spool from version `v` to `v + 1`. Each step is one transaction that
 /// also sets `user_version`, so a crash between steps leaves a spool of a
 /// known version that the next start carries on from.
-const MIGRATIONS: [fn(&Connection) -> Result<(), rusqlite::Error>; 2] =
-    [migrate_v1_to_v2, migrate_v2_to_v3];
+const MIGRATIONS: [Migration; 2] = [migrate_v1_to_v2, migrate_v2_to_v3];
+
+/// One migration step (one transaction).
+type Migration = fn(&Connection) -> Result<(), rusqlite::Error>;
 
 fn migrate_from(conn: &Connection, version: i64) -> Result<(), rusqlite::Error> {
     let first = usize::try_from(version.max(1) - 1).unwrap_or(0);
