@@ -76,25 +76,80 @@ fn export_node_info(config: &config::Config, info: &config::NodeInfo) -> ExitCod
     }
 }
 
+/// `pluto2 queue` and its operations: one report on stdout (text, or one
+/// JSON document with `-json`), refusals as one line on stderr. A deletion
+/// is also logged on stderr, one line per queue id, as a drop of class
+/// `operator` (the daemon logs the count when it notices).
 fn queue(args: config::QueueArgs) -> ExitCode {
-    match spool::queue_report(&args.data_dir, &pluto2::time::system_clock()) {
-        Ok(report) if args.json => match serde_json::to_string(&report) {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
+    use config::QueueOp;
+    use spool::{QueueOpError, QueueOps, Selection};
+
+    let dir = args.data_dir.display().to_string();
+    let refuse = |e: QueueOpError| {
+        let status = match &e {
+            QueueOpError::Spool(e) => daemon::spool_exit_status(e),
+            QueueOpError::UnknownIds(_) => sysexits::DATAERR,
+            QueueOpError::OldSpool { .. } => sysexits::CONFIG,
+        };
+        match e {
+            QueueOpError::UnknownIds(_) => fail(status, &e.to_string()),
+            e => fail(
+                status,
+                &format!("-data-dir {dir}: cannot read the spool: {e}"),
+            ),
+        }
+    };
+    let select = |t: &config::QueueTargets| {
+        if t.all {
+            Selection::All
+        } else {
+            Selection::Ids(t.ids.clone())
+        }
+    };
+    if let Some(QueueOp::Delete(d)) = &args.op
+        && d.targets.all
+        && !d.yes
+    {
+        return fail(
+            sysexits::USAGE,
+            "queue delete -all deletes every message in the spool; add -yes to confirm",
+        );
+    }
+    let mut ops = match QueueOps::open(&args.data_dir) {
+        Ok(ops) => ops,
+        Err(e) => return refuse(e),
+    };
+    let now = pluto2::time::system_clock()();
+    let printed = match &args.op {
+        None => ops.report(now).map(|r| show(&r, args.json)),
+        Some(QueueOp::List) => ops.list(now).map(|l| show(&l, args.json)),
+        Some(QueueOp::Flush) => ops.flush(now).map(|r| show(&r, args.json)),
+        Some(QueueOp::Hold(t)) => ops.hold(&select(t)).map(|r| show(&r, args.json)),
+        Some(QueueOp::Release(t)) => ops.release(&select(t)).map(|r| show(&r, args.json)),
+        Some(QueueOp::Delete(d)) => ops.delete(&select(&d.targets)).map(|r| {
+            for id in &r.queue_ids {
+                eprintln!("pluto2: [QUEUE] deleted {id} [class=operator]");
             }
-            Err(e) => fail(sysexits::SOFTWARE, &e.to_string()),
-        },
-        Ok(report) => {
-            print!("{report}");
+            show(&r, args.json)
+        }),
+    };
+    match printed {
+        Ok(code) => code,
+        Err(e) => refuse(e),
+    }
+}
+
+/// Prints `value` as text or as one JSON document on stdout.
+fn show<T: serde::Serialize + std::fmt::Display>(value: &T, json: bool) -> ExitCode {
+    if !json {
+        print!("{value}");
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::to_string(value) {
+        Ok(text) => {
+            println!("{text}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(
-            daemon::spool_exit_status(&e),
-            &format!(
-                "-data-dir {}: cannot read the spool: {e}",
-                args.data_dir.display()
-            ),
-        ),
+        Err(e) => fail(sysexits::SOFTWARE, &e.to_string()),
     }
 }

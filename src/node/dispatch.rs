@@ -6,7 +6,10 @@
 //! again; the transport behind [`Deliver`] only attempts one delivery.
 //!
 //! The dispatcher sleeps until new mail is committed, the earliest retry
-//! falls due, or a worker frees up; it never polls in a tight loop. Each
+//! falls due, a worker frees up, or another process changed the spool
+//! (`pluto2 queue flush`, `release`, …: seen through SQLite's
+//! `data_version`, asked every [`OUTSIDE_CHANGE_INTERVAL`]); it never polls
+//! in a tight loop. Each
 //! SMTP dialogue is bounded by `-delivery-timeout` inside the client, and
 //! a whole delivery (MX lookup and every host) by four fifths of the lease
 //! here, so a stalled server cannot stall the pool and an expired lease
@@ -38,6 +41,14 @@ use crate::time::Clock;
 /// Longest the dispatcher sleeps without checking the spool, covering
 /// leases that expire and clocks that jump.
 const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// How often an idle dispatcher asks the spool whether another process
+/// committed (`PRAGMA data_version` on the writer's connection, which reads
+/// no table): short enough that `pluto2 queue flush` or `release` is acted
+/// on within a second, as an operator expects, not at the next retry time.
+/// The `queue` commands reach the daemon only through the spool (no socket,
+/// no signal), so this is how it learns of them.
+pub const OUTSIDE_CHANGE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How long a delivery that already sent its message may still run after
 /// shutdown began, to read the next hop's answer and settle it. Cancelled
@@ -139,6 +150,8 @@ impl Dispatcher {
         // be earlier than what the dispatcher is sleeping towards.
         let settled = Arc::new(Notify::new());
         let tracker = TaskTracker::new();
+        let mut outside = OutsideWatch::default();
+        outside.look(&this.spool).await;
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -167,6 +180,7 @@ impl Dispatcher {
                     _ = shutdown.cancelled() => break,
                     _ = this.spool.new_mail() => {}
                     _ = settled.notified() => {}
+                    _ = outside.changed(&this.spool) => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
                 continue;
@@ -286,6 +300,50 @@ impl Dispatcher {
             // a duplicate is possible, a loss is not.
             error!("[RELAY] cannot record delivery results: {e}");
         }
+    }
+}
+
+/// What the dispatcher last saw of commits made by other processes.
+#[derive(Debug, Default)]
+struct OutsideWatch {
+    version: Option<i64>,
+    deleted: Option<u64>,
+}
+
+impl OutsideWatch {
+    /// Resolves once another connection has committed since the last look
+    /// (the first look only sets the baseline). Cancel-safe: what it saw
+    /// is kept, so a change made while the dispatcher was busy is noticed
+    /// at the next idle wait.
+    async fn changed(&mut self, spool: &Spool) {
+        loop {
+            tokio::time::sleep(OUTSIDE_CHANGE_INTERVAL).await;
+            if self.look(spool).await {
+                return;
+            }
+        }
+    }
+
+    /// True if the spool's `data_version` moved since the last look; then
+    /// logs deletions by the operator (their count: the `queue delete`
+    /// command itself logged their ids), so that the daemon's log, not only
+    /// the operator's terminal, records every drop.
+    async fn look(&mut self, spool: &Spool) -> bool {
+        let Ok(version) = spool.data_version().await else {
+            return false;
+        };
+        let moved = self.version.replace(version).is_some_and(|v| v != version);
+        if (moved || self.deleted.is_none())
+            && let Ok(deleted) = spool.deleted_by_operator().await
+            && let Some(before) = self.deleted.replace(deleted)
+            && deleted > before
+        {
+            info!(
+                "[QUEUE] {} message(s) deleted by the operator [class=operator]",
+                deleted - before
+            );
+        }
+        moved
     }
 }
 

@@ -3,7 +3,14 @@
 //! A recipient is `queued` (never tried), `deferred` (waiting for a retry
 //! time) or `leased` (a worker has it). A lease has an expiry, and the
 //! daemon resets every lease at start, so a crash mid-delivery leads to a
-//! redelivery, never to a loss. Rows leave the spool only in `settle`.
+//! redelivery, never to a loss. Rows leave the spool only in `settle`,
+//! or by the operator's `pluto2 queue delete` (see `spool::ops`).
+//!
+//! The operator's marks (`recipients.mark`) are honoured here: a `held`
+//! recipient is never leased, and a leased one that gets held finishes its
+//! attempt and is then kept (deferred, still held) instead of retried; a
+//! `deleted` one (deleted while leased) is removed by its settle whatever
+//! the outcome, or at the next start, or once its lease ran out.
 
 use std::collections::BTreeMap;
 
@@ -97,13 +104,27 @@ pub fn lease(
 ) -> Result<LeaseBatch, SpoolError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let now_i = now as i64;
+    // A deletion whose delivery never settled (its lease ran out) is
+    // completed here.
+    tx.execute(
+        "DELETE FROM messages WHERE id IN (SELECT message_id FROM recipients
+             WHERE mark = 'deleted' AND lease_until <= ?1)",
+        params![now_i],
+    )?;
+    // A held recipient whose delivery never settled waits as it would
+    // after a failed attempt, not as "in delivery".
+    tx.execute(
+        "UPDATE recipients SET state = 'deferred', lease_until = NULL
+         WHERE state = 'leased' AND mark = 'held' AND lease_until <= ?1",
+        params![now_i],
+    )?;
     let mut groups: BTreeMap<(i64, String), Vec<LeasedRecipient>> = BTreeMap::new();
     let mut order: Vec<(i64, String)> = Vec::new();
     {
         let mut due = tx.prepare_cached(&format!(
             "SELECT id, message_id, address, attempts FROM recipients
              WHERE ((state IN ('queued', 'deferred') AND next_attempt <= ?1)
-                OR (state = 'leased' AND lease_until <= ?1)) AND {}
+                OR (state = 'leased' AND lease_until <= ?1)) AND mark IS NULL AND {}
              ORDER BY next_attempt, random() LIMIT ?2",
             scope.condition()
         ))?;
@@ -174,7 +195,7 @@ pub fn lease(
         &format!(
             "SELECT MIN(t) FROM (
                  SELECT MIN(next_attempt) AS t FROM recipients
-                 WHERE state IN ('queued', 'deferred') AND {c}
+                 WHERE state IN ('queued', 'deferred') AND mark IS NULL AND {c}
                  UNION ALL
                  SELECT MIN(lease_until) FROM recipients WHERE state = 'leased' AND {c})",
             c = scope.condition()
@@ -193,8 +214,8 @@ pub fn lease(
 pub fn settle(conn: &mut Connection, outcomes: &[(i64, Disposition)]) -> Result<(), SpoolError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
-        let mut message_of =
-            tx.prepare_cached("SELECT message_id FROM recipients WHERE id = ?1")?;
+        let mut message_of = tx
+            .prepare_cached("SELECT message_id, mark IS 'deleted' FROM recipients WHERE id = ?1")?;
         let mut remove = tx.prepare_cached("DELETE FROM recipients WHERE id = ?1")?;
         let mut defer = tx.prepare_cached(
             "UPDATE recipients SET state = 'deferred', attempts = attempts + 1,
@@ -206,11 +227,18 @@ pub fn settle(conn: &mut Connection, outcomes: &[(i64, Disposition)]) -> Result<
         )?;
         let mut touched = Vec::new();
         for (id, disposition) in outcomes {
-            let Ok(message_id) = message_of.query_row(params![id], |r| r.get::<_, i64>(0)) else {
+            // Gone: deleted by the operator while not leased (cannot
+            // happen to a leased row, but a settle must never recreate it).
+            let Ok((message_id, deleted)) = message_of.query_row(params![id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?))
+            }) else {
                 continue;
             };
             touched.push(message_id);
             match disposition {
+                _ if deleted => {
+                    remove.execute(params![id])?;
+                }
                 Disposition::Delivered | Disposition::Dropped => {
                     remove.execute(params![id])?;
                 }
@@ -229,8 +257,14 @@ pub fn settle(conn: &mut Connection, outcomes: &[(i64, Disposition)]) -> Result<
     Ok(())
 }
 
-/// After a restart no worker holds anything: make leased rows due again.
+/// After a restart no worker holds anything: make leased rows due again,
+/// and finish deletions that waited for a delivery that will never settle.
 pub fn release_all_leases(conn: &Connection) -> Result<usize, SpoolError> {
+    conn.execute(
+        "DELETE FROM messages WHERE id IN
+             (SELECT message_id FROM recipients WHERE mark = 'deleted')",
+        [],
+    )?;
     Ok(conn.execute(
         "UPDATE recipients SET state = 'queued', lease_until = NULL WHERE state = 'leased'",
         [],

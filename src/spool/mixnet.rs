@@ -507,7 +507,7 @@ pub(super) fn due_for_mixnet(
     let mut stmt = conn.prepare_cached(
         "SELECT m.id, m.sender, m.smtputf8, m.eight_bit, m.body, MIN(r.next_attempt) AS due
          FROM messages m JOIN recipients r ON r.message_id = m.id
-         WHERE m.origin = 'smtp'
+         WHERE m.origin = 'smtp' AND r.mark IS NULL
            AND NOT EXISTS (SELECT 1 FROM mix_outbound o WHERE o.message = m.id)
          GROUP BY m.id HAVING due <= ?1 ORDER BY due, random() LIMIT ?2",
     )?;
@@ -540,7 +540,7 @@ pub(super) fn due_for_mixnet(
     let next: Option<i64> = conn.query_row(
         "SELECT MIN(due) FROM (SELECT MIN(r.next_attempt) AS due FROM messages m
              JOIN recipients r ON r.message_id = m.id
-             WHERE m.origin = 'smtp'
+             WHERE m.origin = 'smtp' AND r.mark IS NULL
                AND NOT EXISTS (SELECT 1 FROM mix_outbound o WHERE o.message = m.id)
              GROUP BY m.id)",
         [],

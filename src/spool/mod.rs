@@ -8,6 +8,7 @@
 mod committer;
 mod delivery;
 pub mod mixnet;
+pub mod ops;
 pub mod report;
 mod schema;
 
@@ -20,6 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 pub use delivery::{Disposition, Lease, LeaseBatch, LeaseScope, LeasedRecipient};
+pub use ops::{QueueOpError, QueueOps, Selection};
 pub use report::QueueReport;
 pub use schema::SPOOL_FILE;
 
@@ -223,6 +225,20 @@ impl Spool {
     /// delivery dispatcher waits on this instead of polling).
     pub async fn new_mail(&self) {
         self.new_mail.notified().await
+    }
+
+    /// SQLite's `data_version` of the writer's connection: it changes when
+    /// another connection (`pluto2 queue flush|hold|release|delete`)
+    /// committed, and never for the daemon's own commits. Cheap: no
+    /// table is read.
+    pub async fn data_version(&self) -> Result<i64, SpoolError> {
+        self.call(|conn, _| Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?))
+            .await
+    }
+
+    /// Messages the operator has deleted since the spool was made.
+    pub async fn deleted_by_operator(&self) -> Result<u64, SpoolError> {
+        self.call(|conn, _| ops::deleted_by_operator(conn)).await
     }
 
     /// Hands out up to `max` groups of due recipients for `lease`.

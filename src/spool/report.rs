@@ -10,9 +10,16 @@ use super::mixnet::MixnetCounts;
 pub struct QueueReport {
     pub messages: u64,
     pub recipients: u64,
+    /// Recipients by state; they add up to `recipients`. `queued` and
+    /// `deferred` leave out held mail, which `held` counts (held mail a
+    /// delivery still has is `leased` until that attempt ends).
     pub queued: u64,
     pub deferred: u64,
+    pub held: u64,
     pub leased: u64,
+    /// Messages deleted with `pluto2 queue delete` since the spool was
+    /// made (a durable count: the operator's drops, class `operator`).
+    pub deleted_by_operator: u64,
     /// Age of the oldest message in seconds, `null` when empty.
     pub oldest_age_seconds: Option<u64>,
     /// Seconds until the earliest deferred retry, `null` if none is deferred.
@@ -32,9 +39,13 @@ pub fn read(conn: &mut Connection, now: u64) -> Result<QueueReport, SpoolError> 
     let messages = messages.max(0) as u64;
     let oldest: Option<i64> =
         tx.query_row("SELECT MIN(received_at) FROM messages", [], |r| r.get(0))?;
-    let (mut queued, mut deferred, mut leased) = (0, 0, 0);
+    let (mut queued, mut deferred, mut held, mut leased) = (0, 0, 0, 0);
     {
-        let mut stmt = tx.prepare("SELECT state, COUNT(*) FROM recipients GROUP BY state")?;
+        let mut stmt = tx.prepare(
+            "SELECT CASE WHEN state != 'leased' AND mark = 'held' THEN 'held' ELSE state END,
+                    COUNT(*)
+             FROM recipients GROUP BY 1",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
         })?;
@@ -43,26 +54,30 @@ pub fn read(conn: &mut Connection, now: u64) -> Result<QueueReport, SpoolError> 
             match state.as_str() {
                 "queued" => queued = n,
                 "deferred" => deferred = n,
+                "held" => held = n,
                 "leased" => leased = n,
                 _ => {}
             }
         }
     }
     let next: Option<i64> = tx.query_row(
-        "SELECT MIN(next_attempt) FROM recipients WHERE state = 'deferred'",
+        "SELECT MIN(next_attempt) FROM recipients WHERE state = 'deferred' AND mark IS NULL",
         [],
         |r| r.get(0),
     )?;
     let mixnet = super::mixnet::counts(&tx)?;
+    let deleted_by_operator = super::ops::deleted_by_operator(&tx)?;
     tx.finish()?;
     // Stored times are unix ms; the report speaks seconds.
     let since = |t: i64| now.saturating_sub(t.max(0) as u64) / 1000;
     Ok(QueueReport {
         messages,
-        recipients: queued + deferred + leased,
+        recipients: queued + deferred + held + leased,
         queued,
         deferred,
+        held,
         leased,
+        deleted_by_operator,
         oldest_age_seconds: oldest.map(since),
         next_retry_in_seconds: next.map(|t| (t.max(0) as u64).saturating_sub(now).div_ceil(1000)),
         mixnet,
@@ -74,8 +89,8 @@ impl std::fmt::Display for QueueReport {
         writeln!(f, "messages:   {}", self.messages)?;
         writeln!(
             f,
-            "recipients: {} ({} queued, {} deferred, {} in delivery)",
-            self.recipients, self.queued, self.deferred, self.leased
+            "recipients: {} ({} queued, {} deferred, {} held, {} in delivery)",
+            self.recipients, self.queued, self.deferred, self.held, self.leased
         )?;
         match self.oldest_age_seconds {
             Some(s) => writeln!(
@@ -90,6 +105,13 @@ impl std::fmt::Display for QueueReport {
                 f,
                 "next retry: in {}",
                 humantime::format_duration(std::time::Duration::from_secs(s))
+            )?;
+        }
+        if self.deleted_by_operator > 0 {
+            writeln!(
+                f,
+                "deleted:    {} by the operator",
+                self.deleted_by_operator
             )?;
         }
         let m = &self.mixnet;

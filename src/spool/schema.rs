@@ -12,7 +12,7 @@ pub const SPOOL_FILE: &str = "spool.sqlite";
 
 /// Bumped whenever the layout below changes; older spools are migrated
 /// forward in [`migrate`], newer ones are refused.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Readers (`pluto2 queue`) and the writer share the file; a short busy
 /// wait covers the moment of a checkpoint instead of failing.
@@ -30,14 +30,40 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SpoolError> {
         .map_err(opening)?;
     match identify(&conn)? {
         Found::Ours => {}
-        Found::Old(1) => migrate_v1_to_v2(&conn).map_err(opening)?,
-        Found::Old(_) | Found::Empty => {
+        Found::Old(version) => migrate_from(&conn, version).map_err(opening)?,
+        Found::Empty => {
             create_v1(&conn).map_err(opening)?;
-            migrate_v1_to_v2(&conn).map_err(opening)?;
+            migrate_from(&conn, 1).map_err(opening)?;
         }
     }
     Ok(conn)
 }
+
+/// One step per schema version, in order: `MIGRATIONS[v - 1]` takes a
+/// spool from version `v` to `v + 1`. Each step is one transaction that
+/// also sets `user_version`, so a crash between steps leaves a spool of a
+/// known version that the next start carries on from.
+const MIGRATIONS: [Migration; 2] = [migrate_v1_to_v2, migrate_v2_to_v3];
+
+/// One migration step (one transaction).
+type Migration = fn(&Connection) -> Result<(), rusqlite::Error>;
+
+fn migrate_from(conn: &Connection, version: i64) -> Result<(), rusqlite::Error> {
+    let first = usize::try_from(version.max(1) - 1).unwrap_or(0);
+    for step in MIGRATIONS.iter().skip(first) {
+        step(conn)?;
+    }
+    Ok(())
+}
+
+/// The `user_version` of an open spool.
+pub(super) fn version(conn: &Connection) -> Result<i64, SpoolError> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+}
+
+/// The layout version this pluto2 writes (the `queue` operations refuse a
+/// spool an older daemon still uses instead of migrating it under it).
+pub(super) const CURRENT_VERSION: i64 = SCHEMA_VERSION;
 
 /// Opens an existing spool without creating one (for `pluto2 queue`),
 /// after the same checks as the daemon's, so it refuses a foreign, newer
@@ -126,7 +152,7 @@ fn identify(conn: &Connection) -> Result<Found, SpoolError> {
     let ours = TABLES.iter().all(|t| names.iter().any(|n| n == t));
     match version {
         SCHEMA_VERSION if ours => Ok(Found::Ours),
-        1 if ours => Ok(Found::Old(1)),
+        1..SCHEMA_VERSION if ours => Ok(Found::Old(version)),
         0 if names.is_empty() => Ok(Found::Empty),
         _ => Err(SpoolError::Foreign {
             what: describe_tables(version, &names),
@@ -253,6 +279,47 @@ fn migrate_v1_to_v2(conn: &Connection) -> Result<(), rusqlite::Error> {
     )
 }
 
+/// What the `pluto2 queue` operations need (see `spool::ops`):
+///
+/// - `recipients.mark`: `held` keeps a recipient from being leased (for
+///   delivery or into the mixnet) until released; `deleted` is the
+///   tombstone of a recipient the operator deleted while a delivery had it
+///   leased: that delivery's settle removes it whatever its outcome, so a
+///   late completion cannot bring the message back (and its row id cannot
+///   be reused under the delivery, as an immediate delete would allow).
+/// - `queue_ids`: an opaque random id per message (16 hex digits) for the
+///   operator to name it by; row ids would tell how many messages passed
+///   between two queued ones. A trigger gives every new message one, so
+///   code that inserts messages (SMTP intake, the mixnet exit) needs no
+///   change.
+/// - `counters`: messages deleted by the operator, kept across restarts
+///   (the project counts every drop; `pluto2 queue` shows it).
+fn migrate_v2_to_v3(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch(
+        "BEGIN;
+         ALTER TABLE recipients ADD COLUMN mark TEXT
+             CHECK (mark IN ('held', 'deleted'));
+         CREATE TABLE queue_ids (
+             queue_id   TEXT    PRIMARY KEY,
+             message_id INTEGER NOT NULL UNIQUE REFERENCES messages(id) ON DELETE CASCADE
+         ) WITHOUT ROWID;
+         INSERT INTO queue_ids (queue_id, message_id)
+             SELECT lower(hex(randomblob(8))), id FROM messages;
+         CREATE TRIGGER messages_queue_id AFTER INSERT ON messages
+         BEGIN
+             INSERT INTO queue_ids (queue_id, message_id)
+                 VALUES (lower(hex(randomblob(8))), NEW.id);
+         END;
+         CREATE TABLE counters (
+             name  TEXT    PRIMARY KEY,
+             value INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         INSERT INTO counters (name, value) VALUES ('deleted_by_operator', 0);
+         PRAGMA user_version = 3;
+         COMMIT;",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,5 +370,64 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM mix_packets", [], |r| r.get(0))
             .unwrap();
         assert_eq!(packets, 0);
+        let queue_id: String = conn
+            .query_row("SELECT queue_id FROM queue_ids", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(queue_id.len(), 16);
+    }
+
+    /// A v2 spool (what the release before the queue operations wrote)
+    /// keeps its mail, and every message gets a queue id, unmarked
+    /// recipients and a zero deletion count; new mail gets an id too.
+    #[test]
+    fn a_version_2_spool_keeps_its_mail_and_gains_queue_ids_and_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(SPOOL_FILE)).unwrap();
+            create_v1(&conn).unwrap();
+            migrate_v1_to_v2(&conn).unwrap();
+            conn.execute_batch(
+                "INSERT INTO messages (received_at, sender, smtputf8, eight_bit, body)
+                     VALUES (1, 'a@b.example', 0, 0, x'00');
+                 INSERT INTO recipients (message_id, address, next_attempt)
+                     VALUES (1, 'c@d.example', 5);",
+            )
+            .unwrap();
+        }
+        let conn = open_writer(dir.path()).unwrap();
+        assert_eq!(version(&conn).unwrap(), 3);
+        let (mark, next): (Option<String>, i64) = conn
+            .query_row("SELECT mark, next_attempt FROM recipients", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((mark, next), (None, 5));
+        conn.execute(
+            "INSERT INTO messages (received_at, sender, smtputf8, eight_bit, body)
+             VALUES (2, '', 0, 0, x'01')",
+            [],
+        )
+        .unwrap();
+        let ids: Vec<String> = conn
+            .prepare("SELECT queue_id FROM queue_ids ORDER BY message_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids.len(), 2);
+        assert_ne!(ids[0], ids[1]);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
+        let deleted: i64 = conn
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'deleted_by_operator'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(deleted, 0);
     }
 }

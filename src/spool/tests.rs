@@ -604,3 +604,255 @@ mod mixnet_storage {
         t.close().await;
     }
 }
+
+/// The operator's operations (`spool::ops`) on a spool the daemon's
+/// committer holds open, as `pluto2 queue` runs beside the daemon.
+mod queue_ops {
+    use super::*;
+
+    const MINUTE: u64 = 60_000;
+
+    impl TestSpool {
+        fn ops(&self) -> QueueOps {
+            QueueOps::open(self.dir.path()).unwrap()
+        }
+
+        fn ids(&self) -> Vec<String> {
+            let now = (self.clock)();
+            let listing = self.ops().list(now).unwrap();
+            listing.messages.into_iter().map(|m| m.queue_id).collect()
+        }
+    }
+
+    fn one(id: &str) -> Selection {
+        Selection::Ids(vec![id.to_string()])
+    }
+
+    #[tokio::test]
+    async fn it_never_leases_held_mail_even_when_due_until_released() {
+        let t = TestSpool::open(Duration::ZERO, 1000);
+        t.enqueue("held", 1).await;
+        t.enqueue("free", 1).await;
+        let ids = t.ids();
+        let held = t.ops().hold(&one(&ids[0])).unwrap();
+        assert_eq!((held.messages, held.recipients), (1, 1));
+        let batch = t.spool.lease(10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(batch.leases.len(), 1);
+        assert_eq!(batch.leases[0].body, b"free");
+        assert_eq!(
+            batch.next_due,
+            Some(1000 + MINUTE),
+            "only the lease's end is due; held mail never is"
+        );
+        let r = t.report();
+        assert_eq!((r.held, r.leased, r.queued), (1, 1, 0));
+        let free = batch.leases[0].recipients[0].id;
+        t.spool
+            .settle(vec![(free, Disposition::Delivered)])
+            .await
+            .unwrap();
+        t.set_now(1000 + 60 * MINUTE);
+        assert_eq!(t.lease_count(Duration::from_secs(60)).await, 0);
+        t.ops().release(&one(&ids[0])).unwrap();
+        let batch = t.spool.lease(10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(batch.leases.len(), 1);
+        assert_eq!(batch.leases[0].body, b"held");
+        t.close().await;
+    }
+
+    /// Hold does not wait for the delivery in flight: the mark is set at
+    /// once; a failed attempt leaves the message deferred and held, and the
+    /// lease running out does not hand it out again.
+    #[tokio::test]
+    async fn a_hold_during_delivery_keeps_the_mail_after_a_failed_attempt() {
+        let t = TestSpool::open(Duration::ZERO, 1000);
+        t.enqueue("m", 1).await;
+        let batch = t.spool.lease(10, Duration::from_secs(60)).await.unwrap();
+        let id = t.ids().remove(0);
+        t.ops().hold(&one(&id)).unwrap();
+        let listed = t.ops().list(1000).unwrap().messages.remove(0);
+        assert_eq!(
+            (listed.state, listed.held),
+            (ops::MessageState::InDelivery, true)
+        );
+        let rcpt = batch.leases[0].recipients[0].id;
+        t.spool
+            .settle(vec![(rcpt, Disposition::Retry { at: 2000 })])
+            .await
+            .unwrap();
+        t.set_now(1000 + 60 * MINUTE);
+        assert_eq!(t.lease_count(Duration::from_secs(60)).await, 0);
+        let listed = t.ops().list(1000).unwrap().messages.remove(0);
+        assert_eq!(listed.state, ops::MessageState::Held);
+        assert_eq!(listed.attempts, 1);
+        t.close().await;
+    }
+
+    /// Deleting mail a delivery holds: the message is gone for the
+    /// operator at once, and the delivery's settle, even a retry, removes
+    /// it instead of bringing it back; a message stored meanwhile (which
+    /// may get the freed row ids) is untouched by that settle.
+    #[tokio::test]
+    async fn a_delete_during_delivery_is_not_undone_by_its_settle() {
+        let t = TestSpool::open(Duration::ZERO, 1000);
+        t.enqueue("doomed", 2).await;
+        let batch = t.spool.lease(10, Duration::from_secs(60)).await.unwrap();
+        let id = t.ids().remove(0);
+        let deleted = t.ops().delete(&one(&id)).unwrap();
+        assert_eq!((deleted.messages, deleted.recipients), (1, 2));
+        assert!(t.ids().is_empty(), "listed after its deletion");
+        assert!(matches!(
+            t.ops().hold(&one(&id)),
+            Err(QueueOpError::UnknownIds(_))
+        ));
+        t.enqueue("newcomer", 2).await;
+        let settles = batch.leases[0]
+            .recipients
+            .iter()
+            .map(|r| (r.id, Disposition::Retry { at: 2000 }))
+            .collect();
+        t.spool.settle(settles).await.unwrap();
+        let r = t.report();
+        assert_eq!((r.messages, r.recipients, r.queued), (1, 2, 2));
+        assert_eq!(r.deleted_by_operator, 1);
+        let batch = t.spool.lease(10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(batch.leases.len(), 1);
+        assert_eq!(batch.leases[0].body, b"newcomer");
+        t.close().await;
+    }
+
+    /// A deletion whose delivery never settles (the daemon died) is
+    /// completed at the next start, not turned back into queued mail.
+    #[tokio::test]
+    async fn a_delete_during_a_delivery_that_never_settles_ends_at_restart() {
+        let t = TestSpool::open(Duration::ZERO, 1000);
+        t.enqueue("doomed", 1).await;
+        assert_eq!(t.lease_count(Duration::from_secs(60)).await, 1);
+        let id = t.ids().remove(0);
+        t.ops().delete(&one(&id)).unwrap();
+        let t = t.reopen().await;
+        let r = t.report();
+        assert_eq!((r.messages, r.recipients), (0, 0));
+        t.close().await;
+    }
+
+    #[tokio::test]
+    async fn flush_makes_deferred_mail_due_now_and_leaves_the_rest() {
+        let t = TestSpool::open(Duration::ZERO, 1000);
+        t.enqueue("deferred", 1).await;
+        t.enqueue("deferred and held", 1).await;
+        let batch = t.spool.lease(10, Duration::from_secs(60)).await.unwrap();
+        let later = 1000 + 600 * MINUTE;
+        let settles = batch
+            .leases
+            .iter()
+            .map(|l| (l.recipients[0].id, Disposition::Retry { at: later }))
+            .collect();
+        t.spool.settle(settles).await.unwrap();
+        // Mail not tried yet waits for the mix's release time.
+        t.spool.enqueue(message("young", 1), later).await;
+        let ids = t.ids();
+        let held = ids
+            .iter()
+            .find(|id| {
+                let listing = t.ops().list(1000).unwrap();
+                let m = listing
+                    .messages
+                    .iter()
+                    .find(|m| &m.queue_id == *id)
+                    .unwrap();
+                m.size_bytes == "deferred and held".len() as u64
+            })
+            .unwrap()
+            .clone();
+        t.ops().hold(&one(&held)).unwrap();
+        assert_eq!(t.lease_count(Duration::from_secs(60)).await, 0);
+        let flushed = t.ops().flush(2000).unwrap();
+        assert_eq!((flushed.messages, flushed.recipients), (1, 1));
+        assert!(!flushed.queue_ids.contains(&held));
+        t.set_now(2000);
+        let batch = t.spool.lease(10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(batch.leases.len(), 1);
+        assert_eq!(batch.leases[0].body, b"deferred");
+        let listing = t.ops().list(2000).unwrap();
+        let young = listing
+            .messages
+            .iter()
+            .find(|m| m.size_bytes == "young".len() as u64)
+            .unwrap();
+        assert_eq!(
+            young.next_attempt_in_seconds,
+            Some((later - 2000) / 1000),
+            "never-tried mail keeps its mix release time"
+        );
+        t.close().await;
+    }
+
+    /// Release keeps the stored next attempt (the mix's release time, or
+    /// the retry time): held mail does not leave earlier than it would have.
+    #[tokio::test]
+    async fn release_keeps_the_stored_release_time() {
+        let t = TestSpool::open(Duration::ZERO, 1000);
+        let at = 1000 + 30 * MINUTE;
+        t.spool.enqueue(message("m", 1), at).await;
+        t.ops().hold(&Selection::All).unwrap();
+        t.ops().release(&Selection::All).unwrap();
+        let listed = t.ops().list(1000).unwrap().messages.remove(0);
+        assert_eq!(listed.state, ops::MessageState::Queued);
+        assert_eq!(listed.next_attempt_in_seconds, Some(30 * 60));
+        t.close().await;
+    }
+
+    /// One unknown id among known ones: an error naming it, and nothing
+    /// changed (all or nothing).
+    #[tokio::test]
+    async fn an_unknown_id_changes_nothing() {
+        let t = TestSpool::open(Duration::ZERO, 1000);
+        t.enqueue("m", 1).await;
+        let id = t.ids().remove(0);
+        for bogus in ["0123456789abcdef", "not-an-id"] {
+            let err = t
+                .ops()
+                .delete(&Selection::Ids(vec![id.clone(), bogus.into()]))
+                .unwrap_err();
+            match err {
+                QueueOpError::UnknownIds(ids) => assert_eq!(ids, [bogus]),
+                other => panic!("{other}"),
+            }
+        }
+        let r = t.report();
+        assert_eq!((r.messages, r.deleted_by_operator), (1, 0));
+        t.close().await;
+    }
+
+    /// Queue ids are random: they say nothing of how many messages came
+    /// between two (row ids would).
+    #[tokio::test]
+    async fn queue_ids_are_opaque() {
+        let t = TestSpool::open(Duration::ZERO, 1000);
+        for i in 0..20 {
+            t.enqueue(&format!("m{i}"), 1).await;
+        }
+        let ids = t.ids();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 20);
+        assert_ne!(sorted, ids, "ids sort in arrival order");
+        t.close().await;
+    }
+
+    /// The listing and its JSON carry no address, subject or body.
+    #[tokio::test]
+    async fn the_listing_names_no_one() {
+        let t = TestSpool::open(Duration::ZERO, 1000);
+        t.enqueue("Subject: secret-subject\r\n\r\nsecret-body", 2)
+            .await;
+        let listing = t.ops().list(1000).unwrap();
+        let text = format!("{listing}{}", serde_json::to_string(&listing).unwrap());
+        for needle in ["example", "secret", "@"] {
+            assert!(!text.contains(needle), "{needle} in {text}");
+        }
+        t.close().await;
+    }
+}
