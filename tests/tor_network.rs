@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::dns_server::{DnsServer, Zone};
 use common::mixnet::{export, last_stat, until_stat, write_nodes_json};
 use common::smtp_sink::{Behaviour, Sink};
-use common::tor_net::{Plan, Service, TorNet, free_port, socks_connect};
+use common::tor_net::{Plan, Service, SocksFailure, TorNet, free_port, socks_connect};
 use common::{Client, Daemon};
 use pluto2::address::OnionName;
 
@@ -104,6 +104,19 @@ async fn pluto2_works_through_a_private_tor_network() {
     eprintln!("[tor] network bootstrapped in {:?}", net.bootstrap);
     let pluto_onion = net.onion("pluto");
     let sink_onion = net.onion("sink");
+
+    // Why the SocksPort needs ExtendedErrors: with it, a key Tor rejects
+    // is told apart (0xF6); without it, it is a general failure (0x01),
+    // which pluto2 can only retry.
+    let reply = |r: Result<_, SocksFailure>| match r {
+        Err(SocksFailure::Reply(code)) => code,
+        Ok(_) => panic!("Tor connected to an invalid onion"),
+        Err(e) => panic!("{e}"),
+    };
+    let extended = socks_connect(net.socks, "x", "x", &bad_key, smtp).await;
+    assert_eq!(reply(extended), 0xF6, "the SocksPort pluto2 uses");
+    let plain = socks_connect(net.plain_socks, "x", "x", &bad_key, smtp).await;
+    assert_eq!(reply(plain), 0x01, "a SocksPort without ExtendedErrors");
 
     // --- pluto2 behind its onion, with loop cover and a small rate limit.
     let socks = net.socks.to_string();
@@ -444,4 +457,36 @@ async fn mixnet_through_tor(
         n.signal("TERM");
         assert!(n.wait().success());
     }
+}
+
+/// The private network's bootstrap time alone, for
+/// `scripts/bench-tor-bootstrap.sh` (not part of the suite: the test above
+/// reports it on every run too). Starts the same network with one onion
+/// service and prints the time to a bootstrapped client and service tor,
+/// then to the service answering through Tor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: scripts/bench-tor-bootstrap.sh runs it"]
+async fn bench_bootstrap() {
+    let t0 = Instant::now();
+    let sink = Sink::start(Behaviour::default()).await;
+    let dns = DnsServer::start_with_udp(&[]).await;
+    let mut net = TorNet::start(Plan {
+        services: vec![Service {
+            name: "sink".into(),
+            ports: vec![(25, sink.addr)],
+            proxy_header: false,
+        }],
+        exit_ports: vec![25],
+        resolver: dns.addr,
+    })
+    .await;
+    let onion = net.onion("sink");
+    net.until_onion_answers(&onion, 25, false).await;
+    let reachable = t0.elapsed();
+    net.shutdown();
+    println!(
+        "BOOTSTRAP bootstrap_s={:.1} onion_reachable_s={:.1}",
+        net.bootstrap.as_secs_f64(),
+        reachable.as_secs_f64()
+    );
 }

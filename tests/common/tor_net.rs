@@ -96,6 +96,9 @@ pub struct TorNet {
     pub tors: Vec<Tor>,
     /// The client tor's SocksPort (`IsolateSOCKSAuth ExtendedErrors`).
     pub socks: SocketAddr,
+    /// Another SocksPort of the client tor, without `ExtendedErrors`
+    /// (never given to pluto2).
+    pub plain_socks: SocketAddr,
     /// Time from the first tor started to the client and the service tor
     /// both at bootstrap 100 %.
     pub bootstrap: Duration,
@@ -269,6 +272,7 @@ impl TorNet {
         let resolv = dir.path().join("resolv.conf");
         std::fs::write(&resolv, format!("nameserver {}\n", plan.resolver)).unwrap();
         let mut socks = None;
+        let mut plain_socks = None;
         for (tor, or_port) in tors.iter().zip(&or_ports) {
             let mut rc = common_lines(tor, &dir_lines);
             match tor.role {
@@ -328,6 +332,11 @@ impl TorNet {
                     )
                     .unwrap();
                     socks = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+                    // The same without ExtendedErrors, to show what a
+                    // torrc without it makes of an onion.
+                    let port = free_port();
+                    writeln!(rc, "SocksPort 127.0.0.1:{port} IsolateSOCKSAuth").unwrap();
+                    plain_socks = Some(SocketAddr::from(([127, 0, 0, 1], port)));
                 }
                 Role::Services => {
                     rc.push_str("SocksPort 0\n");
@@ -350,6 +359,7 @@ impl TorNet {
             dir,
             tors,
             socks: socks.unwrap(),
+            plain_socks: plain_socks.unwrap(),
             bootstrap: Duration::ZERO,
             stopped: false,
         };
