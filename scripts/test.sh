@@ -11,6 +11,8 @@ command -v strace >/dev/null || need+=(strace)
 command -v nc >/dev/null || need+=(netcat-openbsd)
 command -v ss >/dev/null || need+=(iproute2)
 command -v microsocks >/dev/null || need+=(microsocks)
+# tests/tor_network.rs runs a private Tor network on 127.0.0.1.
+{ command -v tor >/dev/null && command -v tor-gencert >/dev/null; } || need+=(tor)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -19,6 +21,11 @@ if [ ${#need[@]} -gt 0 ]; then
   # Postfix asks how to configure itself; the tests only need its tools.
   echo 'postfix postfix/main_mailer_type select No configuration' | $SUDO debconf-set-selections
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  # The package starts a system tor on 9050 that reaches the real Tor
+  # network; the tests start their own tors and never use it.
+  if [[ " ${need[*]} " == *" tor "* ]] && command -v systemctl >/dev/null; then
+    $SUDO systemctl disable --now tor >/dev/null 2>&1 || true
+  fi
 fi
 
 cargo fmt --all -- --check

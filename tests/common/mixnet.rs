@@ -45,7 +45,9 @@ pub struct MixNet {
     _dir: tempfile::TempDir,
 }
 
-fn export(onion: &str, short: &str, data: &Path, extra: &[&str]) -> serde_json::Value {
+/// This node's `nodes.json` entry, from `pluto2 -export-node-info` as an
+/// operator runs it (creates the data dir and keys if missing).
+pub fn export(onion: &str, short: &str, data: &Path, extra: &[&str]) -> serde_json::Value {
     let out = Command::new(BIN)
         .args(["-name", onion, "-short-name", short, "-data-dir"])
         .arg(data)
@@ -187,6 +189,16 @@ impl MixNet {
     }
 }
 
+/// Writes the network's `nodes.json` at `path` from the nodes' exported
+/// entries and the network parameters (JSON), as the operators assemble it.
+pub fn write_nodes_json(path: &Path, entries: &[serde_json::Value], params: &str) {
+    let doc = format!(
+        r#"{{"nodes": {}, "params": {params}}}"#,
+        serde_json::to_string(entries).unwrap()
+    );
+    std::fs::write(path, doc).unwrap();
+}
+
 /// The link port a node logged at start.
 fn link_port(d: &Daemon) -> u16 {
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -244,11 +256,7 @@ impl MixNet {
             });
         }
         let pki = dir.path().join("nodes.json");
-        let doc = format!(
-            r#"{{"nodes": {}, "params": {params}}}"#,
-            serde_json::to_string(&entries).unwrap()
-        );
-        std::fs::write(&pki, doc).unwrap();
+        write_nodes_json(&pki, &entries, params);
         let params_doc: serde_json::Value = serde_json::from_str(params).unwrap();
         let epoch_secs = params_doc["epoch"]
             .as_str()

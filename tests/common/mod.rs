@@ -20,6 +20,7 @@ pub mod link_tap;
 pub mod mixnet;
 pub mod smtp_sink;
 pub mod socks_proxy;
+pub mod tor_net;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pluto2");
 
@@ -157,9 +158,14 @@ impl Daemon {
                 defaults.extend([flag, value]);
             }
         }
+        // A test whose listener must be on a port known in advance (a
+        // torrc's HiddenServicePort names it) passes its own -addr.
+        if !has_flag(extra, "-addr") {
+            defaults.extend(["-addr", "127.0.0.1:0"]);
+        }
         let mut child = command
             .args(&name_args)
-            .args(["-addr", "127.0.0.1:0", "-data-dir"])
+            .arg("-data-dir")
             .arg(data_dir)
             .args(&defaults)
             .args(extra)
@@ -358,6 +364,16 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = stream.into_split();
+        Client {
+            reader: TokioBufReader::new(r),
+            writer: w,
+        }
+    }
+
+    /// A client on a stream that is already connected (e.g. through a
+    /// SOCKS proxy).
+    pub fn from_stream(stream: TcpStream) -> Client {
         let (r, w) = stream.into_split();
         Client {
             reader: TokioBufReader::new(r),
