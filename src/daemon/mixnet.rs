@@ -285,7 +285,11 @@ pub async fn spawn(
         Sender { ctx: ctx.clone() }.run(shutdown.clone()),
     ));
     tasks.push(tokio::spawn(
-        MixCover { ctx: ctx.clone() }.run(rand::rngs::StdRng::from_os_rng(), shutdown.clone()),
+        MixCover {
+            ctx: ctx.clone(),
+            queue: Arc::new(spool.clone()),
+        }
+        .run(rand::rngs::StdRng::from_os_rng(), shutdown.clone()),
     ));
     tasks.push(tokio::spawn(rotate_keys(ctx.clone(), shutdown.clone())));
     let stall = (params.ack_timeout / 2).max(Duration::from_secs(1));

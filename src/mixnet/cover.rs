@@ -51,8 +51,25 @@ pub fn loop_patience(params: &super::pki::Params) -> Duration {
     delays + params.ack_timeout.min(Duration::from_secs(120))
 }
 
+/// Where cover packets go: the spool's custody queue, like every packet
+/// this node sends (tests put a recorder here).
+pub trait CoverQueue: Send + Sync {
+    fn queue(&self, packet: OutPacket) -> crate::BoxFuture<'_, Result<(), String>>;
+}
+
+impl CoverQueue for crate::spool::Spool {
+    fn queue(&self, packet: OutPacket) -> crate::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.queue_packets(vec![packet])
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 pub struct MixCover {
     pub ctx: Arc<MixContext>,
+    pub queue: Arc<dyn CoverQueue>,
 }
 
 impl MixCover {
@@ -86,7 +103,10 @@ impl MixCover {
                 if !paused && next.iter().any(Option::is_some) {
                     info!("[MIXNET] cover paused: too few usable nodes for a route");
                 }
+                // Nothing is due while paused (a due time left in the past
+                // would wake this loop at once, again and again).
                 paused = true;
+                next = [None, None];
                 continue;
             }
             if paused {
@@ -195,17 +215,16 @@ impl MixCover {
             let lost_at = ctx.now() + loop_patience(params).as_millis() as u64;
             ctx.health.loop_sent(id, nodes.clone(), lost_at);
         }
-        ctx.spool
-            .queue_packets(vec![OutPacket {
+        self.queue
+            .queue(OutPacket {
                 next_hop: nodes[0].0,
                 epoch,
                 bytes: wire.as_bytes().to_vec(),
                 kind: PacketKind::Fragment,
                 release_at: ctx.now(),
                 deadline: ctx.custody_deadline(),
-            }])
-            .await
-            .map_err(|e| e.to_string())?;
+            })
+            .await?;
         let counter = match kind {
             Kind::Loop => &ctx.stats.mix_loops_sent,
             _ => &ctx.stats.mix_drops_sent,
@@ -218,8 +237,202 @@ impl MixCover {
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
+    use serde_json::json;
 
     use super::*;
+    use crate::address::OnionName;
+    use crate::mixnet::bundle::{Bundle, SLOTS};
+    use crate::mixnet::keys::{IdentityKey, KeyRing};
+    use crate::mixnet::node::Health;
+    use crate::mixnet::peers::PeerKeys;
+    use crate::mixnet::pki::{Directory, encode_key};
+    use crate::spool::Spool;
+
+    /// 2026-11-25 at midnight, in unix ms.
+    const BASE: u64 = 1_795_564_800_000;
+
+    /// A node (`seed` 1 of 1..=5) with every peer linked and its keys
+    /// known, cover at `loop_mean` / `drop_mean`, the spool's clock on
+    /// tokio's paused time.
+    fn node(dir: &std::path::Path, loop_mean: &str, drop_mean: &str) -> (Arc<MixContext>, Spool) {
+        let entries: Vec<_> = (1..=5u8)
+            .map(|i| {
+                let identity = ed25519_dalek::SigningKey::from_bytes(&[i; 32]);
+                json!({
+                    "name": format!("n{i}"),
+                    "onion": OnionName::from_seed(i).to_string(),
+                    "port": 9999,
+                    "identity": encode_key(identity.verifying_key().as_bytes()),
+                    "exit": true,
+                })
+            })
+            .collect();
+        let doc = json!({"nodes": entries, "params": {
+            "hop_delay_mean": "20ms", "loop_cover_mean": loop_mean, "drop_cover_mean": drop_mean}});
+        let directory =
+            Directory::parse(doc.to_string().as_bytes(), &OnionName::from_seed(1)).unwrap();
+        let clock = crate::testkit::tokio_clock(BASE);
+        let epoch = directory.params().epoch_at(BASE);
+        let (keys, _) = KeyRing::open(dir, epoch).unwrap();
+        let peers = PeerKeys::load(dir, &directory).unwrap();
+        let health = Health::new();
+        for n in directory.others() {
+            let seed = n.short_name[1..].parse::<u8>().unwrap();
+            let identity = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+            let mix = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([seed; 32]));
+            let bundle = Bundle::sign(
+                &identity,
+                &directory.params().hash(),
+                n.id,
+                epoch - 1,
+                [mix.to_bytes(); SLOTS],
+            );
+            peers.offer(&directory, n.id, bundle);
+            health.set(n.id, true);
+        }
+        let (spool, _closer) = Spool::open(dir, Duration::ZERO, clock.clone()).unwrap();
+        let ctx = Arc::new(MixContext {
+            spool: spool.clone(),
+            directory: Arc::new(directory),
+            keys: Arc::new(keys),
+            identity: Arc::new(IdentityKey::load_or_create(dir).unwrap()),
+            peers: Arc::new(peers),
+            exit: true,
+            mix: crate::mix::MixPolicy::Immediate,
+            stats: Arc::new(Stats::default()),
+            clock,
+            health: Arc::new(health),
+        });
+        (ctx, spool)
+    }
+
+    /// Records when each cover packet was queued, and stands in for the
+    /// network: every loop comes back at once. No real thread is awaited,
+    /// so paused time moves only when every task waits for a timer.
+    struct Recorder {
+        ctx: Arc<MixContext>,
+        made: std::sync::Mutex<Vec<u64>>,
+    }
+
+    impl CoverQueue for Recorder {
+        fn queue(&self, packet: OutPacket) -> crate::BoxFuture<'_, Result<(), String>> {
+            assert_eq!(packet.bytes.len(), packet::PACKET_SIZE);
+            self.made.lock().unwrap().push(packet.release_at);
+            for id in self.ctx.health.pending_loops() {
+                self.ctx.health.loop_returned(&id);
+            }
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn start(
+        ctx: &Arc<MixContext>,
+        seed: u64,
+    ) -> (
+        Arc<Recorder>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let recorder = Arc::new(Recorder {
+            ctx: ctx.clone(),
+            made: Default::default(),
+        });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(
+            MixCover {
+                ctx: ctx.clone(),
+                queue: recorder.clone(),
+            }
+            .run(StdRng::seed_from_u64(seed), stop.clone()),
+        );
+        (recorder, stop, task)
+    }
+
+    fn gaps(times: &[u64]) -> Vec<f64> {
+        times
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as f64 / 1000.0)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn loop_and_drop_cover_are_poisson_at_the_network_rates() {
+        for (loop_mean, drop_mean, mean, seed) in [
+            ("1s", "0s", 1.0, 1u64),
+            ("0s", "2s", 2.0, 2),
+            ("2s", "2s", 1.0, 3),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (ctx, _spool) = node(dir.path(), loop_mean, drop_mean);
+            let (recorder, stop, task) = start(&ctx, seed);
+            tokio::time::sleep(Duration::from_secs_f64(mean * 600.0)).await;
+            stop.cancel();
+            task.await.unwrap();
+            let times = recorder.made.lock().unwrap().clone();
+            assert!(times.len() >= 450, "{} packets", times.len());
+            let xs = gaps(&times);
+            let d = crate::testkit::ks_statistic(xs.clone(), |x| 1.0 - (-x / mean).exp());
+            assert!(
+                d < crate::testkit::ks_critical(xs.len()),
+                "{loop_mean}/{drop_mean}: KS D = {d} over {} gaps",
+                xs.len()
+            );
+            let sample_mean = xs.iter().sum::<f64>() / xs.len() as f64;
+            assert!(
+                (sample_mean / mean - 1.0).abs() < 0.1,
+                "mean gap {sample_mean}"
+            );
+            // Loops are tracked as health probes; drops are not.
+            let loops = ctx
+                .stats
+                .mix_loops_sent
+                .load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(loops > 0, loop_mean != "0s");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cover_stops_without_a_route_and_resumes_without_a_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, _spool) = node(dir.path(), "1s", "1s");
+        let (recorder, stop, task) = start(&ctx, 9);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        // Every link goes down for ten minutes: no route.
+        let peers: Vec<NodeId> = ctx.directory.others().map(|n| n.id).collect();
+        for p in &peers {
+            ctx.health.set(*p, false);
+        }
+        let down_at = ctx.now();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        for p in &peers {
+            ctx.health.set(*p, true);
+        }
+        let up_at = ctx.now();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        stop.cancel();
+        task.await.unwrap();
+        let times = recorder.made.lock().unwrap().clone();
+        let during = times
+            .iter()
+            .filter(|&&t| t > down_at + 50 && t < up_at)
+            .count();
+        assert_eq!(during, 0, "cover made without a route");
+        // Two processes at 1/s: about two a second before and after; a
+        // catch-up after ten minutes down would be some 1,200 at once.
+        let first_second = times
+            .iter()
+            .filter(|&&t| t >= up_at && t < up_at + 1000)
+            .count();
+        assert!(
+            first_second <= 8,
+            "{first_second} packets in the first second back"
+        );
+        let after = times.iter().filter(|&&t| t >= up_at).count();
+        assert!(
+            (60..=180).contains(&after),
+            "{after} packets in the minute after"
+        );
+    }
 
     #[test]
     fn gaps_are_exponential_with_the_configured_mean() {

@@ -243,6 +243,12 @@ impl Health {
         true
     }
 
+    /// Loops on their way (tests stand in for the network with it).
+    #[cfg(test)]
+    pub fn pending_loops(&self) -> Vec<[u8; 16]> {
+        self.loops.lock().unwrap().pending.keys().copied().collect()
+    }
+
     /// Counts the loops overdue at `now` as lost; returns how many.
     pub fn expire_loops(&self, now: UnixMillis) -> usize {
         let (lost, changed) = {
