@@ -5,10 +5,12 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 
-use common::{BIN, Daemon, onion};
+use common::{BIN, Daemon, PATIENCE, onion};
 
 /// The one reply every listed recipient gets, whatever pattern matched.
 const REFUSED: &str = "550 5.7.1 recipient refused by this relay's policy\r\n";
@@ -140,18 +142,47 @@ async fn a_post_to_a_listed_newsgroup_is_refused_after_data_and_not_queued() {
 fn a_bad_line_stops_the_start_naming_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let list = write_list(dir.path(), "example.org\n# fine\nnot a pattern\n");
-    let out = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["-name", &onion(1), "-addr", "127.0.0.1:0", "-data-dir"])
         .arg(dir.path().join("data"))
         .args(["-dest-block", &list])
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.lines().count(), 1, "{err}");
+    // Read until stderr closes (the process ended) or the daemon says it
+    // listens (it started instead of refusing: kill it and fail).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut err = Vec::new();
+    loop {
+        match rx.recv_timeout(PATIENCE) {
+            Ok(line) if line.contains("listening on") => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("pluto2 started despite the bad list: {err:?}");
+            }
+            Ok(line) => err.push(line),
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("pluto2 neither refused nor started: {err:?}");
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(64), "{err:?}");
+    assert_eq!(err.len(), 1, "{err:?}");
     assert!(
-        err.starts_with(&format!("pluto2: -dest-block {list}: line 3: ")),
-        "{err}"
+        err[0].starts_with(&format!("pluto2: -dest-block {list}: line 3: ")),
+        "{err:?}"
     );
     // Nothing was started: no spool.
     assert!(!dir.path().join("data").join("spool.sqlite").exists());
