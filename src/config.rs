@@ -202,6 +202,20 @@ pub struct DaemonArgs {
     pub ops: OpsArgs,
     #[command(flatten)]
     pub mixnet: MixnetArgs,
+    /// Where these flags came from, for a reload (set by [`parse`]).
+    #[arg(skip)]
+    pub origin: Origin,
+}
+
+/// The command line the daemon was started with, and every flag's value as
+/// clap saw it (defaults included) after the `-flags-file` was merged in.
+/// A reload parses `argv` again (rereading the flags file) and compares the
+/// values, to name the flags that changed.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub argv: Vec<String>,
+    /// Long flag name → its values as written.
+    pub values: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Who this node is. A group of its own rather than part of the listener:
@@ -332,6 +346,9 @@ pub struct RelayArgs {
     /// Port of the next hop's SMTP server (25 everywhere; change only for tests).
     #[arg(long, default_value_t = 25, value_name = "PORT")]
     pub smtp_port: u16,
+    /// Destinations that asked not to receive anonymous mail: addresses, domains, newsgroups (reloaded on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    pub dest_block: Option<PathBuf>,
 }
 
 /// When mail leaves, and what hides its timing and size.
@@ -427,9 +444,24 @@ pub struct OpsArgs {
     /// How often the [STATS] line is logged.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub stats_interval: Duration,
-    /// Verbose logs, including addresses (never message content).
+    /// Verbose logs, including addresses (never message content); implies -log-level debug.
     #[arg(long)]
     pub debug: bool,
+    /// Detail of pluto2's own log lines: error, warn, info or debug (addresses only with -debug).
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: LogLevel,
+    /// More flags, one a line as on the command line; read at start and on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub flags_file: Option<PathBuf>,
+}
+
+/// How much pluto2 itself logs (dependencies log warnings only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
 }
 
 /// The Sphinx mixnet (`-sphinx`) and what this node publishes about itself
@@ -485,6 +517,8 @@ pub struct Config {
     pub mixnet: Option<MixnetConfig>,
     /// `Some` with -export-node-info: print this entry and exit.
     pub export_node_info: Option<NodeInfo>,
+    /// How to read these settings again (SIGHUP).
+    pub origin: Origin,
 }
 
 /// Settings of the SMTP listener.
@@ -529,6 +563,8 @@ pub struct RelayConfig {
     pub envelope_from: Option<String>,
     pub tls_verify: bool,
     pub smtp_port: u16,
+    /// The `-dest-block` file, read (and reread on SIGHUP) by the daemon.
+    pub dest_block: Option<PathBuf>,
 }
 
 /// Settings of release timing, cover traffic and padding.
@@ -573,7 +609,10 @@ pub struct MixnetConfig {
 #[derive(Debug, Clone)]
 pub struct OpsConfig {
     pub stats_interval: Duration,
+    /// Reveal identifying values in logs (and log at debug level).
     pub debug: bool,
+    /// pluto2's own log level; `Debug` whenever `debug` is on.
+    pub log_level: LogLevel,
 }
 
 /// Rewrites Go-style `-flag` and `-flag=value` into `--flag`, leaving `-h`,
@@ -603,10 +642,115 @@ pub fn normalize_args<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
     out
 }
 
-/// Parses the command line. Help and version requests come back as
-/// `Err(clap::Error)` for the caller to print; everything else is one line.
+/// Largest `-flags-file`; a flags file is a few dozen lines.
+const MAX_FLAGS_FILE: u64 = 64 * 1024;
+
+/// Parses the command line and, with `-flags-file`, the flags in that file
+/// after it. Help and version requests come back as `Err(clap::Error)` for
+/// the caller to print; everything else is one line.
+///
+/// A flag may be given in one place only: on the command line or in the
+/// file, never both (clap refuses a flag given twice), so no precedence
+/// rule has to be remembered.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::Error> {
-    Cli::try_parse_from(normalize_args(args))
+    use clap::{CommandFactory, FromArgMatches};
+    let argv: Vec<String> = args.into_iter().collect();
+    let mut all = normalize_args(argv.clone());
+    let mut matches = Cli::command().try_get_matches_from(&all)?;
+    let first = Cli::from_arg_matches(&matches)?;
+    if first.command.is_none()
+        && let Some(path) = &first.daemon.ops.flags_file
+    {
+        let in_file = |reason: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("-flags-file {}: {reason}\n", path.display()),
+            )
+        };
+        let lines = read_flags_file(path).map_err(|reason| in_file(&reason))?;
+        let words = normalize_args(std::iter::once(String::new()).chain(lines));
+        all.extend(words.into_iter().skip(1));
+        matches = Cli::command()
+            .try_get_matches_from(&all)
+            .map_err(|e| in_file(&first_line(&e)))?;
+    }
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    cli.daemon.origin = Origin {
+        argv,
+        values: flag_values(&matches),
+    };
+    Ok(cli)
+}
+
+/// Reads a flags file into command-line words: one flag a line, its value
+/// after the first run of spaces (`-rate-limit 20`) or an `=`; blank lines
+/// and lines starting with `#` are skipped.
+fn read_flags_file(path: &std::path::Path) -> Result<Vec<String>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    let mut text = String::new();
+    file.take(MAX_FLAGS_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_FLAGS_FILE {
+        return Err(format!("is larger than {MAX_FLAGS_FILE} bytes"));
+    }
+    let mut words = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if !line.starts_with('-') {
+            return Err(format!(
+                "line {}: a flag must start with - (e.g. -rate-limit 20)",
+                i + 1
+            ));
+        }
+        match line.split_once(char::is_whitespace) {
+            Some((flag, value)) => words.extend([flag.to_string(), value.trim().to_string()]),
+            None => words.push(line.to_string()),
+        }
+    }
+    Ok(words)
+}
+
+/// Every daemon flag's values as written (defaults included), by long name.
+fn flag_values(matches: &clap::ArgMatches) -> std::collections::BTreeMap<String, Vec<String>> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    command
+        .get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            let values = matches
+                .try_get_raw(arg.get_id().as_str())
+                .ok()
+                .flatten()?
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            Some((long.to_string(), values))
+        })
+        .collect()
+}
+
+/// The first line of clap's report, without its `error: `.
+fn first_line(err: &clap::Error) -> String {
+    let rendered = err.to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid flag")
+        .trim()
+        .to_string();
+    first
+        .strip_prefix("error: ")
+        .map(str::to_string)
+        .unwrap_or(first)
 }
 
 /// Reduces clap's multi-line report to its first line, which names the flag.
@@ -644,6 +788,7 @@ impl DaemonArgs {
             ops,
             mixnet,
             export_node_info,
+            origin: self.origin,
         })
     }
 }
@@ -828,6 +973,7 @@ impl RelayArgs {
             envelope_from,
             tls_verify: self.tls_verify,
             smtp_port: self.smtp_port,
+            dest_block: self.dest_block,
         })
     }
 }
@@ -972,6 +1118,11 @@ impl OpsArgs {
         Ok(OpsConfig {
             stats_interval: self.stats_interval,
             debug: self.debug,
+            log_level: if self.debug {
+                LogLevel::Debug
+            } else {
+                self.log_level
+            },
         })
     }
 }
@@ -1068,6 +1219,8 @@ mod tests {
                         "pki-file" => "/etc/pluto2/nodes.json".into(),
                         "short-name" => "alice".into(),
                         "family" => "ops-1".into(),
+                        "dest-block" => "/etc/pluto2/dest.blk".into(),
+                        "flags-file" => "/etc/pluto2/flags".into(),
                         other => panic!("no sample value for -{other}; add one here"),
                     },
                 };

@@ -19,6 +19,7 @@ use crate::node::cover::{CoverGenerator, CoverKey};
 use crate::node::dispatch::{DeliveryHealth, Dispatcher};
 use crate::node::egress::Egress;
 use crate::node::intake::Intake;
+use crate::node::policy::DestBlock;
 use crate::node::retry::RetryPolicy;
 use crate::relay::client::{ClientConfig, TlsPolicy, tls_config};
 use crate::relay::mx_lookup::MxResolver;
@@ -28,7 +29,7 @@ use crate::sanitize::SanitizeConfig;
 use crate::smtp::connections::ConnectionTable;
 use crate::smtp::memory_budget::MemoryBudget;
 use crate::smtp::rate_limit::SessionRateLimiter;
-use crate::smtp::server::{self, DomainCheck, LogThrottle, ServerContext};
+use crate::smtp::server::{self, DomainCheck, LogThrottle, RecipientCheck, ServerContext};
 use crate::smtp::session::SessionConfig;
 use crate::spool::{LeaseScope, Spool, SpoolError};
 use crate::stats::Stats;
@@ -37,6 +38,7 @@ mod data_dir;
 mod fd_limit;
 pub mod lock;
 pub mod mixnet;
+pub mod reload;
 
 /// Bound on one MX lookup through Tor during delivery.
 const MX_TIMEOUT: Duration = Duration::from_secs(20);
@@ -85,6 +87,9 @@ pub enum DaemonError {
     Mixnet(#[from] mixnet::MixnetStartError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The `-dest-block` file cannot be read or holds a bad line.
+    #[error("{0}")]
+    DestBlock(String),
 }
 
 impl DaemonError {
@@ -94,7 +99,9 @@ impl DaemonError {
         match self {
             // A data dir pluto2 cannot create or write is a setting to fix,
             // like any other bad flag.
-            DaemonError::DataDir(_) | DaemonError::Mixnet(_) => sysexits::USAGE,
+            DaemonError::DataDir(_) | DaemonError::Mixnet(_) | DaemonError::DestBlock(_) => {
+                sysexits::USAGE
+            }
             DaemonError::Locked(lock::LockError::Held { .. }) => sysexits::TEMPFAIL,
             DaemonError::Locked(lock::LockError::Io { .. }) => sysexits::CANTCREAT,
             DaemonError::Spool { source, .. } => spool_exit_status(source),
@@ -165,6 +172,12 @@ pub fn export_node_info(
 /// accepting, lets sessions finish their in-flight step or answer 421,
 /// waits for pending commits and closes the database.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    // -log-level (main's logging::init knows only -debug).
+    reload::apply_log_settings(&config.ops);
+    let dest_block = match &config.relay.dest_block {
+        Some(path) => reload::read_dest_block(path).map_err(DaemonError::DestBlock)?,
+        None => Default::default(),
+    };
     data_dir::prepare(&config.spool.data_dir)?;
     // Before the spool is opened: opening releases every lease, which is
     // only right when no other daemon is delivering from it.
@@ -196,6 +209,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         source,
     })?;
     spawn_signal_handler(shutdown.clone())?;
+    // Installed now so that a SIGHUP from here on is kept for the reload
+    // task instead of ending the process (its default action).
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(DaemonError::Signals)?;
 
     let cover_key =
         CoverKey::load_or_create(&config.spool.data_dir).map_err(|e| DaemonError::CoverKey {
@@ -203,6 +220,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             source: e,
         })?;
     let stats = Arc::new(Stats::default());
+    // Direct mode refuses listed recipients at RCPT and posts at the end of
+    // DATA; at a mixnet exit the exit drops them (DestBlock::blocks).
+    let dest_block = Arc::new(DestBlock::new(dest_block, stats.clone()));
     let relay = &config.relay;
     let dialer = SocksDialer::new(relay.tor_socks, relay.delivery_timeout);
     let mx = Arc::new(MxResolver::new(
@@ -322,11 +342,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             max_recipients: config.listener.max_recipients,
             max_errors: MAX_ERRORS,
             check_domains: true,
+            check_recipients: mixnet_tasks.is_none(),
         }),
-        rate_limiter: SessionRateLimiter::new(
+        rate_limiter: std::sync::RwLock::new(Arc::new(SessionRateLimiter::new(
             config.listener.rate_limit,
             config.listener.rate_window,
-        ),
+        ))),
         idle_timeout: config.listener.idle_timeout,
         session_timeout: config.listener.session_timeout,
         min_data_rate: config.listener.min_data_rate,
@@ -338,14 +359,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         domain_check: mixnet_tasks
             .is_none()
             .then(|| Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
+        recipient_check: mixnet_tasks
+            .is_none()
+            .then(|| dest_block.clone() as Arc<dyn RecipientCheck>),
         sink: Arc::new(Intake {
             spool,
             mix: config.mix.policy.clone(),
             cover_key,
             stats,
             clock,
+            dest_block: mixnet_tasks.is_none().then(|| dest_block.clone()),
         }),
     });
+    let mut reloader = reload::Reloader::new(&config);
+    reloader.add(Box::new(reload::RateLimits(ctx.clone())));
+    reloader.add(Box::new(reload::LogSettings));
+    reloader.add(Box::new(reload::DestBlockFile(dest_block.clone())));
+    // Issue 11: the mixnet's nodes.json part is added here.
+    let reload_task = spawn_reload_task(hangup, reloader, shutdown.clone());
     info!("[CONN] listening on {local}");
     if !config.listener.proxy_protocol && local.ip().is_loopback() {
         warn!(
@@ -381,6 +412,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         tasks.stopped().await;
     }
     let _ = stats_task.await;
+    let _ = reload_task.await;
     // Every Spool handle is gone now (server context, dispatcher, cover
     // generator); the committer drains what is left and closes the database.
     closer.closed().await;
@@ -438,6 +470,30 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> Result<(), DaemonError> 
         shutdown.cancel();
     });
     Ok(())
+}
+
+/// Reloads on every SIGHUP until shutdown; one reload at a time, off the
+/// executor (it reads files).
+fn spawn_reload_task(
+    mut hangup: tokio::signal::unix::Signal,
+    reloader: reload::Reloader,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let reloader = Arc::new(reloader);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hangup.recv() => {}
+            }
+            let r = reloader.clone();
+            match tokio::task::spawn_blocking(move || r.reload()).await {
+                Ok(Ok(line)) => info!("[RELOAD] SIGHUP: {line}"),
+                Ok(Err(line)) => warn!("[RELOAD] SIGHUP: {line}"),
+                Err(e) => warn!("[RELOAD] SIGHUP: reload failed: {e}"),
+            }
+        }
+    })
 }
 
 /// RCPT-time check backed by the MX resolver (through Tor).

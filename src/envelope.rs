@@ -58,6 +58,9 @@ pub enum EnqueueOutcome {
     Loop,
     /// The header records too many relay hops: the message is looping.
     TooManyHops,
+    /// A destination of the message (a newsgroup in its header) is on the
+    /// `-dest-block` list. Nothing was stored.
+    Blocked,
     /// Storage failed; the client should retry later.
     Failed,
     /// The disk is full or free space is under the reserve

@@ -25,6 +25,9 @@ pub struct Stats {
     pub cover_dropped: AtomicU64,
     /// Cover not generated because deliveries were failing (Tor down).
     pub cover_paused: AtomicU64,
+    /// Recipients and posts refused (direct mode) or dropped (mixnet exit)
+    /// because their destination is on the `-dest-block` list.
+    pub dest_blocked: AtomicU64,
     /// Recipients delivered by SMTP from here for mail that did not leave
     /// the mixnet here (fog's `direct`). In mixnet mode it must stay 0; it
     /// is counted, not printed as a constant, so a leak would show.
@@ -98,7 +101,7 @@ impl Stats {
         let uptime = humantime::format_duration(Duration::from_secs(uptime.as_secs()));
         let queued = queued.map_or_else(|| "?".to_string(), |q| q.to_string());
         format!(
-            "[STATS] uptime={uptime} received={} sent={} failed={} deferred={} queued={queued} cover_sent={} cover_received={} batches={} replays={} cover_dropped={} cover_paused={}",
+            "[STATS] uptime={uptime} received={} sent={} failed={} deferred={} queued={queued} cover_sent={} cover_received={} batches={} replays={} cover_dropped={} cover_paused={} dest_blocked={}",
             get(&self.received),
             get(&self.sent),
             get(&self.failed),
@@ -109,6 +112,7 @@ impl Stats {
             get(&self.replays),
             get(&self.cover_dropped),
             get(&self.cover_paused),
+            get(&self.dest_blocked),
         ) + &self.mixnet_fields()
     }
 
@@ -199,7 +203,7 @@ mod tests {
         let line = s.line(Duration::from_secs(3725), Some(7));
         assert_eq!(
             line,
-            "[STATS] uptime=1h 2m 5s received=3 sent=0 failed=0 deferred=0 queued=7 cover_sent=2 cover_received=0 batches=0 replays=4 cover_dropped=0 cover_paused=0"
+            "[STATS] uptime=1h 2m 5s received=3 sent=0 failed=0 deferred=0 queued=7 cover_sent=2 cover_received=0 batches=0 replays=4 cover_dropped=0 cover_paused=0 dest_blocked=0"
         );
     }
 }

@@ -519,6 +519,7 @@ mod tests {
             cover_key: CoverKey::from_bytes([4; 32]),
             stats: stats.clone(),
             clock: clock.clone(),
+            dest_block: None,
         };
         const N: usize = 5;
         for i in 0..N {
@@ -621,6 +622,7 @@ mod tests {
             cover_key: CoverKey::from_bytes([4; 32]),
             stats: stats.clone(),
             clock: clock.clone(),
+            dest_block: None,
         };
         assert_eq!(intake.ingest(mail(0)).await, EnqueueOutcome::Queued);
         let (tx, mut rx) = mpsc::channel(8);

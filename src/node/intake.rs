@@ -7,11 +7,14 @@
 //! 1. strip the padding a sending pluto2 added (it is not the author's);
 //! 2. drop our own loop cover coming back (counted, never spooled), and
 //!    refuse anything else addressed to this node's own name (a loop);
-//! 3. refuse a message whose header records [`HOP_LIMIT`] hops or more
+//! 3. refuse a post to a newsgroup on the `-dest-block` list (its
+//!    recipients were checked at RCPT; the `Newsgroups:` header shows only
+//!    now);
+//! 4. refuse a message whose header records [`HOP_LIMIT`] hops or more
 //!    (a mail loop between relays; see [`sanitize::hops`]);
-//! 4. draw the message's release time from the mix policy;
-//! 5. enqueue durably in the spool;
-//! 6. count it (a replay within the window is counted as such).
+//! 5. draw the message's release time from the mix policy;
+//! 6. enqueue durably in the spool;
+//! 7. count it (a replay within the window is counted as such).
 //!
 //! Transports hand messages in through traits they define themselves
 //! (`smtp::server::MessageSink`), so they never import
@@ -25,6 +28,7 @@ use crate::BoxFuture;
 use crate::envelope::{EnqueueOutcome, Message};
 use crate::mix::{MixPolicy, padding};
 use crate::node::cover::CoverKey;
+use crate::node::policy::DestBlock;
 use crate::sanitize;
 use crate::smtp::server::MessageSink;
 use crate::spool::Spool;
@@ -48,6 +52,9 @@ pub struct Intake {
     pub stats: Arc<Stats>,
     /// Where "now" comes from for release times (injected for tests).
     pub clock: Clock,
+    /// The `-dest-block` list, for newsgroup posts; `None` where this node
+    /// does not decide (a mixnet entry: the exit does).
+    pub dest_block: Option<Arc<DestBlock>>,
 }
 
 impl Intake {
@@ -66,6 +73,13 @@ impl Intake {
             // Not our cover, yet addressed to us: relaying it would loop.
             info!("[SMTP] refused a message to this node's own name that is not its cover");
             return EnqueueOutcome::Loop;
+        }
+        if self
+            .dest_block
+            .as_ref()
+            .is_some_and(|block| block.blocks_post(&message.body))
+        {
+            return EnqueueOutcome::Blocked;
         }
         let hops = sanitize::hops(&message.body);
         if hops >= HOP_LIMIT {

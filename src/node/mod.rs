@@ -10,9 +10,12 @@
 //! * [`dispatch`]: lease due work, run deliveries, settle; retries re-enter
 //!   the mix ([`retry`] holds the backoff).
 //! * [`cover`]: loop cover traffic (marker key, generation, recognition).
+//! * [`policy`]: exit policy, the `-dest-block` list of destinations that
+//!   asked not to receive anonymous mail.
 
 pub mod cover;
 pub mod dispatch;
 pub mod egress;
 pub mod intake;
+pub mod policy;
 pub mod retry;

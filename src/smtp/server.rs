@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -56,7 +56,9 @@ const LOG_PERIOD: Duration = Duration::from_secs(60);
 /// Everything a connection task needs, shared read-only.
 pub struct ServerContext {
     pub session: Arc<SessionConfig>,
-    pub rate_limiter: SessionRateLimiter,
+    /// Swapped whole on SIGHUP ([`ServerContext::set_rate_limiter`]); a
+    /// connection takes the current one when it is admitted.
+    pub rate_limiter: RwLock<Arc<SessionRateLimiter>>,
     pub idle_timeout: Duration,
     /// Whole-session deadline, counted from the accept.
     pub session_timeout: Duration,
@@ -70,6 +72,9 @@ pub struct ServerContext {
     pub memory_refusals: LogThrottle,
     /// Answers RCPT-time "does this domain have a mail server?" questions.
     pub domain_check: Option<Arc<dyn DomainCheck>>,
+    /// Answers RCPT-time "does node policy refuse this recipient?"
+    /// (`-dest-block`); `None` refuses nothing.
+    pub recipient_check: Option<Arc<dyn RecipientCheck>>,
     /// Takes every finished message; the listener knows nothing of what
     /// happens to it (padding, cover, mixing, counting are node policy).
     pub sink: Arc<dyn MessageSink>,
@@ -88,6 +93,30 @@ pub trait MessageSink: Send + Sync {
 pub trait DomainCheck: Send + Sync {
     /// True only if the domain provably cannot receive mail.
     fn undeliverable<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, bool>;
+}
+
+/// RCPT-time recipient policy, implemented by node policy (the
+/// `-dest-block` list). A trait so the server does not depend on it; the
+/// implementation counts and logs what it refuses.
+pub trait RecipientCheck: Send + Sync {
+    /// True if mail to `recipient` (`local@domain`) must be refused.
+    fn refuses(&self, recipient: &str) -> bool;
+}
+
+impl ServerContext {
+    /// The rate limiter in force now.
+    pub fn rate_limiter(&self) -> Arc<SessionRateLimiter> {
+        self.rate_limiter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts a new rate limiter in force (reload). Sessions already open
+    /// are not affected; the new one starts with full quotas for everyone.
+    pub fn set_rate_limiter(&self, limiter: SessionRateLimiter) {
+        *self.rate_limiter.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limiter);
+    }
 }
 
 /// Accepts until `shutdown` fires; connection tasks are spawned on `tracker`
@@ -159,7 +188,7 @@ impl LogThrottle {
 
 /// Applies the per-identity rate limit; tells a refused client why.
 fn admit(ctx: &ServerContext, identity: IpAddr, stream: &TcpStream) -> bool {
-    if ctx.rate_limiter.admit(identity) {
+    if ctx.rate_limiter().admit(identity) {
         return true;
     }
     info!("[CONN] rate limit exceeded by {}", Sensitive(identity));
@@ -374,7 +403,7 @@ async fn run_session(
                 if outcome == EnqueueOutcome::OwnTraffic {
                     // The sink recognised this node's own traffic: the
                     // session it came in does not count.
-                    ctx.rate_limiter.refund(identity);
+                    ctx.rate_limiter().refund(identity);
                 }
                 debug!("[SMTP] message with {recipients} recipient(s): {outcome:?}");
                 follow_up = Some(session.enqueued(outcome));
@@ -385,6 +414,13 @@ async fn run_session(
                     None => false,
                 };
                 follow_up = Some(session.domain_checked(undeliverable));
+            }
+            Step::CheckRecipient(recipient) => {
+                let refused = ctx
+                    .recipient_check
+                    .as_ref()
+                    .is_some_and(|check| check.refuses(&recipient));
+                follow_up = Some(session.recipient_checked(refused));
             }
             Step::NeedInput => {
                 // Replies to a pipelined group go out together, once the

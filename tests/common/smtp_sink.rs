@@ -44,6 +44,9 @@ pub struct Behaviour {
     pub size_limit: Option<usize>,
     /// Wait this long after the final dot before answering it.
     pub dot_delay: Option<std::time::Duration>,
+    /// Answer each final dot only once a permit is added here: holds a
+    /// delivery open for exactly as long as a test needs.
+    pub dot_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A message the sink accepted with 250.
@@ -72,6 +75,7 @@ struct State {
     ascii_only: bool,
     size_limit: usize,
     dot_delay: Option<std::time::Duration>,
+    dot_gate: Option<Arc<tokio::sync::Semaphore>>,
     /// Final dots read, answered or not.
     dots: AtomicUsize,
     received: Mutex<Vec<Received>>,
@@ -103,6 +107,7 @@ impl Sink {
             ascii_only: b.ascii_only,
             size_limit: b.size_limit.unwrap_or(100_000_000),
             dot_delay: b.dot_delay,
+            dot_gate: b.dot_gate,
             ..State::default()
         });
         let acceptor = tls_acceptor();
@@ -306,6 +311,9 @@ async fn session(
                 state.arrived.notify_waiters();
                 if let Some(delay) = state.dot_delay {
                     tokio::time::sleep(delay).await;
+                }
+                if let Some(gate) = &state.dot_gate {
+                    gate.acquire().await.unwrap().forget();
                 }
                 let code = if data.len() > state.size_limit {
                     552

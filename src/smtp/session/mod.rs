@@ -39,6 +39,9 @@ pub struct SessionConfig {
     /// Ask the caller (with `Step::CheckDomain`) whether a clearnet
     /// recipient domain can receive mail before accepting it.
     pub check_domains: bool,
+    /// Ask the caller (with `Step::CheckRecipient`) whether node policy
+    /// refuses a recipient (`-dest-block`) before accepting it.
+    pub check_recipients: bool,
 }
 
 /// What the caller must do next.
@@ -55,6 +58,9 @@ pub enum Step {
     /// Look up whether this clearnet domain provably has no mail server,
     /// then answer with [`Session::domain_checked`].
     CheckDomain(String),
+    /// Ask node policy whether this recipient (`local@domain`) is refused,
+    /// then answer with [`Session::recipient_checked`].
+    CheckRecipient(String),
 }
 
 /// A mail transaction in progress (between MAIL and the end of DATA).
@@ -87,6 +93,10 @@ enum Phase {
     /// `Step::CheckDomain` was returned; waiting for `domain_checked`.
     AwaitingDomainCheck {
         recipient: String,
+    },
+    /// `Step::CheckRecipient` was returned; waiting for `recipient_checked`.
+    AwaitingRecipientCheck {
+        mailbox: crate::address::Mailbox,
     },
     Closed,
 }
@@ -142,9 +152,10 @@ impl Session {
     /// offered again, followed by more input.
     pub fn advance(&mut self, input: &[u8]) -> (usize, Step) {
         match &mut self.phase {
-            Phase::Closed | Phase::AwaitingSpool | Phase::AwaitingDomainCheck { .. } => {
-                (0, Step::NeedInput)
-            }
+            Phase::Closed
+            | Phase::AwaitingSpool
+            | Phase::AwaitingDomainCheck { .. }
+            | Phase::AwaitingRecipientCheck { .. } => (0, Step::NeedInput),
             Phase::DiscardingLine => match memchr::memchr(b'\n', input) {
                 None => (input.len(), Step::NeedInput),
                 Some(k) => {
@@ -213,6 +224,14 @@ impl Session {
                 550,
                 "5.7.1",
                 "message refused: this node's own name is not a destination (it would loop); nothing was queued",
+            )),
+            // The same words whatever the reason (a recipient or a
+            // newsgroup on the -dest-block list), so the reply does not
+            // tell which destination the list holds.
+            EnqueueOutcome::Blocked => Step::Reply(Reply::new(
+                550,
+                "5.7.1",
+                "message refused by this relay's policy; nothing was queued",
             )),
             // RFC 3463 X.4.6: routing loop detected.
             EnqueueOutcome::TooManyHops => Step::Reply(Reply::new(

@@ -61,6 +61,37 @@ impl Session {
         if self.is_own_name(&mailbox) {
             return self.own_name_recipient(&mailbox);
         }
+        if self.config.check_recipients {
+            let recipient = mailbox.to_string();
+            self.phase = Phase::AwaitingRecipientCheck { mailbox };
+            return Step::CheckRecipient(recipient);
+        }
+        self.allowed_recipient(mailbox)
+    }
+
+    /// The caller's answer to `Step::CheckRecipient`: `refused` when node
+    /// policy (`-dest-block`) does not let mail go there. The reply is the
+    /// same for every pattern, so a client cannot learn what is listed.
+    pub fn recipient_checked(&mut self, refused: bool) -> Step {
+        let Phase::AwaitingRecipientCheck { mailbox } =
+            std::mem::replace(&mut self.phase, Phase::Command)
+        else {
+            debug_assert!(false, "recipient_checked without CheckRecipient");
+            return Step::NeedInput;
+        };
+        if refused {
+            return self.error(Reply::new(
+                550,
+                "5.7.1",
+                "recipient refused by this relay's policy",
+            ));
+        }
+        self.allowed_recipient(mailbox)
+    }
+
+    /// A recipient policy lets through: the domain check if one is asked
+    /// for, else accepted.
+    fn allowed_recipient(&mut self, mailbox: Mailbox) -> Step {
         if self.config.check_domains
             && let Domain::Clearnet(domain) = &mailbox.domain
         {

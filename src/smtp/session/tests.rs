@@ -16,6 +16,7 @@ fn config() -> Arc<SessionConfig> {
         max_recipients: 3,
         max_errors: 10,
         check_domains: false,
+        check_recipients: true,
     })
 }
 
@@ -40,9 +41,10 @@ impl Client {
         }
     }
 
-    /// Sends raw bytes and returns the replies they produced. Enqueue and
-    /// CheckDomain requests are answered (with `outcome`, and "nx." domains
-    /// as undeliverable) and their reply handled like any other step.
+    /// Sends raw bytes and returns the replies they produced. Enqueue,
+    /// CheckDomain and CheckRecipient requests are answered (with
+    /// `outcome`, "nx." domains as undeliverable, "blocked" local parts as
+    /// refused by policy) and their reply handled like any other step.
     fn send(&mut self, input: &[u8]) -> Vec<String> {
         let start = self.replies.len();
         let mut offset = 0;
@@ -70,6 +72,10 @@ impl Client {
                 }
                 Step::CheckDomain(domain) => {
                     follow_up = Some(self.session.domain_checked(domain.starts_with("nx.")));
+                }
+                Step::CheckRecipient(recipient) => {
+                    let refused = recipient.starts_with("blocked");
+                    follow_up = Some(self.session.recipient_checked(refused));
                 }
             }
         }
@@ -433,6 +439,28 @@ fn it_refuses_its_own_name_as_a_destination_except_for_cover() {
 }
 
 #[test]
+fn it_refuses_a_recipient_policy_refuses_with_one_neutral_reply() {
+    let mut c = Client::greeted();
+    c.send(b"MAIL FROM:<a@example.org>\r\n");
+    let r = c.send(b"RCPT TO:<blocked@example.org>\r\nRCPT TO:<blocked2@example.net>\r\n");
+    assert_eq!(
+        r[0],
+        "550 5.7.1 recipient refused by this relay's policy\r\n"
+    );
+    assert_eq!(r[0], r[1], "the same words whatever matched");
+    assert_eq!(c.codes(b"RCPT TO:<ok@example.org>\r\n"), [250]);
+    c.send(b"DATA\r\nx\r\n.\r\n");
+    assert_eq!(c.queued[0].envelope.recipients, ["ok@example.org"]);
+    // Without the check, nothing is asked and nothing refused.
+    let mut cfg = (*config()).clone();
+    cfg.check_recipients = false;
+    let mut c = Client::new();
+    c.session = Session::new(Arc::new(cfg));
+    c.send(b"EHLO x.example\r\nMAIL FROM:<a@example.org>\r\n");
+    assert_eq!(c.codes(b"RCPT TO:<blocked@example.org>\r\n"), [250]);
+}
+
+#[test]
 fn it_closes_after_too_many_errors() {
     let mut c = Client::greeted();
     let r = c.send(&b"X\r\n".repeat(12));
@@ -466,6 +494,10 @@ fn it_reports_replays_and_storage_failures() {
         (EnqueueOutcome::Replay, "250 2.0.0 Ok: queued\r\n"),
         (EnqueueOutcome::Loop, "550 5.7.1"),
         (EnqueueOutcome::TooManyHops, "554 5.4.6"),
+        (
+            EnqueueOutcome::Blocked,
+            "550 5.7.1 message refused by this relay's policy",
+        ),
         (EnqueueOutcome::Failed, "451 4.3.0"),
         (EnqueueOutcome::NoSpace, "452 4.3.1"),
         (EnqueueOutcome::ShuttingDown, "421 4.3.0"),
