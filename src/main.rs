@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Queue(args)) => queue(args),
+        Some(Command::Pki(command)) => pki(&command),
         None => {
             let config = match cli.daemon.validate() {
                 Ok(c) => c,
@@ -96,5 +97,20 @@ fn queue(args: config::QueueArgs) -> ExitCode {
                 args.data_dir.display()
             ),
         ),
+    }
+}
+
+/// `pluto2 pki …`: one line on stdout (a public key, or `ok`), notes and
+/// refusals on stderr.
+fn pki(command: &config::PkiCommand) -> ExitCode {
+    match pluto2::pki_cli::run(command) {
+        Ok(done) => {
+            for note in &done.notes {
+                eprintln!("pluto2: {note}");
+            }
+            println!("{}", done.stdout);
+            ExitCode::SUCCESS
+        }
+        Err(f) => fail(f.status, &f.message),
     }
 }

@@ -7,7 +7,6 @@
 //! comparing this node's entry with its own keys and flags: a stale entry
 //! would have peers build packets this node cannot open.
 
-use std::io::Read;
 use std::path::Path;
 
 use crate::address::OnionName;
@@ -31,6 +30,9 @@ pub enum MixnetStartError {
     Keys(#[from] KeyError),
     #[error("-pki-file {path}: {reason}")]
     Pki { path: String, reason: String },
+    /// The saved nodes.json serial cannot be read or kept.
+    #[error("{0}")]
+    Serial(String),
 }
 
 /// This node's `nodes.json` entry, exactly as `-export-node-info` prints
@@ -72,12 +74,19 @@ pub fn start(
         path: path.clone(),
         reason,
     };
-    let bytes = read_capped(&config.pki_file).map_err(|e| {
-        pki_error(format!(
-            "cannot read it: {e}; assemble nodes.json from every node's -export-node-info output (README, \"Run a mixnet node\")"
-        ))
+    // Signatures, serial and expiry as well as the contents: the same
+    // decision a reload makes.
+    let directory = super::directory::load(
+        data_dir,
+        name,
+        &config.pki_file,
+        config.trust.as_ref(),
+        crate::time::now_ms(),
+    )
+    .map_err(|e| match e {
+        super::directory::LoadError::Refused(reason) => pki_error(reason),
+        state => MixnetStartError::Serial(state.to_string()),
     })?;
-    let directory = Directory::parse(&bytes, name).map_err(|e| pki_error(e.to_string()))?;
     let listed = directory.own();
     let mine = node_entry(name, &config.info, &identity, &mix_key);
     let differs = [
@@ -106,16 +115,6 @@ pub fn start(
         identity,
         mix_key,
     })
-}
-
-/// Reads at most one byte more than `nodes.json` may hold, so a wrong
-/// path is refused by size instead of read whole.
-fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(pki::MAX_FILE_SIZE as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 /// The running mixnet tasks; the daemon awaits them at shutdown, before the

@@ -17,4 +17,5 @@ pub mod link;
 pub mod node;
 pub mod packet;
 pub mod pki;
+pub mod pki_sig;
 pub mod sender;
