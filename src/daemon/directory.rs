@@ -132,16 +132,38 @@ pub fn save_serial(data_dir: &Path, serial: u64) -> std::io::Result<()> {
     std::fs::File::open(data_dir)?.sync_all()
 }
 
+/// What the log must say about an accepted file: the unsigned-mode
+/// warnings, or which signed file was taken. Kept apart from [`load`] so
+/// that a start logs it only once the node runs: a start refused later
+/// (a taken port) still prints its one line and nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notes {
+    pub warnings: Vec<&'static str>,
+    /// `serial 5, signed by 2 of 3 trusted keys (2 needed), expires …`.
+    pub accepted: Option<String>,
+}
+
+impl Notes {
+    pub fn log(&self) {
+        for warning in &self.warnings {
+            tracing::warn!("[MIXNET] {warning}");
+        }
+        if let Some(accepted) = &self.accepted {
+            tracing::info!("[MIXNET] nodes.json accepted: {accepted}");
+        }
+    }
+}
+
 /// Reads `pki_file` with its signatures, decides with the saved serial and
-/// `now`, saves a higher serial, and logs what the operator must know
-/// (warnings in unsigned mode, and which file was taken).
+/// `now`, and saves a higher serial. Returns the directory and what to log
+/// about it ([`Notes::log`]).
 pub fn load(
     data_dir: &Path,
     own: &OnionName,
     pki_file: &Path,
     trust: Option<&Trust>,
     now: UnixMillis,
-) -> Result<Directory, LoadError> {
+) -> Result<(Directory, Notes), LoadError> {
     let files = read_files(pki_file).map_err(LoadError::Refused)?;
     let saved = read_serial(data_dir)?;
     let accepted = pki_sig::accept(&Candidate {
@@ -161,16 +183,13 @@ pub fn load(
             )
         })?;
     }
-    for warning in &accepted.warnings {
-        tracing::warn!("[MIXNET] {warning}");
-    }
-    if let Some(tally) = accepted.signed {
-        tracing::info!(
-            "[MIXNET] nodes.json accepted: {}",
-            describe(&accepted.directory, &tally)
-        );
-    }
-    Ok(accepted.directory)
+    let notes = Notes {
+        warnings: accepted.warnings,
+        accepted: accepted
+            .signed
+            .map(|tally| describe(&accepted.directory, &tally)),
+    };
+    Ok((accepted.directory, notes))
 }
 
 /// `serial 5, signed by 2 of 3 trusted keys (2 needed), expires …`.

@@ -3,9 +3,10 @@
 //! Everything here runs before the daemon opens the spool or binds a
 //! socket, so a bad file or key stops startup with one line (exit 64) and
 //! nothing else has happened. The checks that need the file itself (JSON,
-//! entries, params) are `mixnet::pki`'s; this adds reading the file and
-//! comparing this node's entry with its own keys and flags: a stale entry
-//! would have peers build packets this node cannot open.
+//! entries, params) are `mixnet::pki`'s, and reading it with its signatures
+//! and serial is `daemon::directory`'s; this adds comparing this node's
+//! entry with its own keys and flags: a stale entry would have peers build
+//! packets this node cannot open.
 
 use std::path::Path;
 
@@ -22,6 +23,8 @@ pub struct MixnetNode {
     pub directory: Directory,
     pub identity: IdentityKey,
     pub mix_key: MixKey,
+    /// What to log about `nodes.json` once the node runs.
+    pub pki_notes: super::directory::Notes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +79,7 @@ pub fn start(
     };
     // Signatures, serial and expiry as well as the contents: the same
     // decision a reload makes.
-    let directory = super::directory::load(
+    let (directory, pki_notes) = super::directory::load(
         data_dir,
         name,
         &config.pki_file,
@@ -114,6 +117,7 @@ pub fn start(
         directory,
         identity,
         mix_key,
+        pki_notes,
     })
 }
 
@@ -161,6 +165,7 @@ pub async fn spawn(
 
     let listener = tokio::net::TcpListener::bind(node.config.node).await?;
     let local = listener.local_addr()?;
+    node.pki_notes.log();
     let params = node.directory.params().clone();
     stats
         .mixnet

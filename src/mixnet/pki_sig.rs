@@ -658,6 +658,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn it_never_panics_on_random_or_mangled_signature_files() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(0x7369_672e_6669_6c65);
+        let valid = sign(&[1, 2, 3], FILE).into_bytes();
+        let t = trust(&[1, 2], 2);
+        // Few rounds: every one verifies signatures, slow in debug builds.
+        for _ in 0..400 {
+            let mut bytes = if rng.random() {
+                valid.clone()
+            } else {
+                (0..rng.random_range(0..300))
+                    .map(|_| rng.random())
+                    .collect()
+            };
+            for _ in 0..rng.random_range(0..4) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = rng.random_range(0..bytes.len());
+                match rng.random_range(0..3) {
+                    0 => bytes[at] = rng.random(),
+                    1 => bytes.truncate(at),
+                    _ => bytes.insert(at, rng.random()),
+                }
+            }
+            if let Ok(lines) = parse_signatures(&bytes) {
+                let tally = count_signatures(FILE, &lines, &t);
+                assert!(tally.valid <= 2);
+            }
+            let _ = add_signature(&bytes, &key(1), FILE);
+        }
+    }
+
     // The whole decision, on a real directory.
 
     fn entry(seed: u8, name: &str) -> Value {
