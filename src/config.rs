@@ -29,6 +29,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::address::OnionName;
 use crate::mix::{DelayStrategy, MixPolicy};
+use crate::mixnet::pki_sig::{Trust, TrustError};
 
 /// Exit status for a bad command line or unusable setting (sysexits EX_USAGE),
 /// so systemd and scripts can tell "fix your config" from a runtime failure.
@@ -128,6 +129,60 @@ pub struct Cli {
 pub enum Command {
     /// Show what is waiting in the spool (counts only, never addresses).
     Queue(QueueArgs),
+    /// Sign nodes.json as an operator, or check a signed one as a node would.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+/// `pluto2 pki …`: the operators' side of the signed directory.
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Sign nodes.json with KEYFILE (created, mode 0600, if missing): adds
+    /// or replaces this key's line in nodes.json.sig and prints the public key.
+    Sign(PkiSignArgs),
+    /// Print the public key of KEYFILE (base64), for -pki-trust.
+    Pubkey(PkiKeyArgs),
+    /// Check nodes.json and its signatures as a node with these flags would.
+    Verify(PkiVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PkiKeyArgs {
+    /// The operator's signing key: 32 secret bytes, mode 0600.
+    #[arg(long, value_name = "KEYFILE")]
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PkiSignArgs {
+    #[command(flatten)]
+    pub key: PkiKeyArgs,
+    /// The nodes.json to sign (its signatures go to the same path + .sig).
+    #[arg(value_name = "NODES_JSON")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PkiVerifyArgs {
+    /// Operator public keys, as a node's -pki-trust.
+    #[arg(long, value_name = "KEY,KEY,...")]
+    pub pki_trust: String,
+    /// Signatures needed, as a node's -pki-threshold.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub pki_threshold: Option<i64>,
+    /// A node's data directory: also compare the serial with the one it saved.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The nodes.json to check (its signatures: the same path + .sig).
+    #[arg(value_name = "NODES_JSON")]
+    pub file: PathBuf,
+}
+
+impl PkiVerifyArgs {
+    /// The trust a node with the same flags would have.
+    pub fn trust(&self) -> Result<Trust, ConfigError> {
+        trust(Some(&self.pki_trust), self.pki_threshold).map(|t| t.expect("keys given"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -495,6 +550,12 @@ pub struct MixnetArgs {
     /// Print this node's nodes.json entry (creating its keys if missing) and exit.
     #[arg(long)]
     pub export_node_info: bool,
+    /// Operator public keys (base64, comma-separated): nodes.json must be signed by them.
+    #[arg(long, value_name = "KEY,KEY,...")]
+    pub pki_trust: Option<String>,
+    /// How many distinct -pki-trust keys must sign nodes.json (default 1).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub pki_threshold: Option<i64>,
 }
 
 /// Parses `30s`, `1m`, `24h`, `1h30m` and a bare `0`.
@@ -603,6 +664,9 @@ pub struct MixnetConfig {
     /// `nodes.json`, read and checked by the daemon at start.
     pub pki_file: PathBuf,
     pub info: NodeInfo,
+    /// `-pki-trust` and `-pki-threshold`; `None`: signatures are not
+    /// checked (private test networks).
+    pub trust: Option<Trust>,
 }
 
 /// Settings of logging.
@@ -1035,6 +1099,8 @@ impl MixnetArgs {
     /// -export-node-info. Exporting needs no -pki-file: operators export
     /// their entries before anyone can assemble the file.
     fn validate(self) -> Result<(Option<MixnetConfig>, Option<NodeInfo>), ConfigError> {
+        // Checked whatever the mode, so a bad key never waits for -sphinx.
+        let trust = trust(self.pki_trust.as_deref(), self.pki_threshold)?;
         let needs_name = if self.export_node_info {
             Some("-export-node-info")
         } else if self.sphinx {
@@ -1106,10 +1172,33 @@ impl MixnetArgs {
                 node: self.node,
                 pki_file,
                 info,
+                trust,
             }),
             None,
         ))
     }
+}
+
+/// `-pki-trust` and `-pki-threshold`, for the daemon and `pluto2 pki verify`.
+fn trust(keys: Option<&str>, threshold: Option<i64>) -> Result<Option<Trust>, ConfigError> {
+    let Some(keys) = keys else {
+        return match threshold {
+            None => Ok(None),
+            Some(n) => Err(bad(
+                "-pki-threshold",
+                &n.to_string(),
+                "counts signatures by -pki-trust keys; give the operators' keys with -pki-trust",
+            )),
+        };
+    };
+    Trust::new(keys, threshold).map(Some).map_err(|e| match e {
+        TrustError::Threshold { .. } => bad(
+            "-pki-threshold",
+            &threshold.map_or("1".into(), |n| n.to_string()),
+            &e.to_string(),
+        ),
+        _ => bad("-pki-trust", keys, &e.to_string()),
+    })
 }
 
 impl OpsArgs {
@@ -1221,6 +1310,8 @@ mod tests {
                         "family" => "ops-1".into(),
                         "dest-block" => "/etc/pluto2/dest.blk".into(),
                         "flags-file" => "/etc/pluto2/flags".into(),
+                        "pki-trust" => "kwgmzEUqp0VTg5XOYHIcseEL1uIbbL9fJ+cJxfO1AdU=".into(),
+                        "pki-threshold" => "1".into(),
                         other => panic!("no sample value for -{other}; add one here"),
                     },
                 };
@@ -1495,6 +1586,109 @@ mod tests {
         let e = validated(&["-export-node-info"]).unwrap_err().to_string();
         assert!(e.starts_with("-short-name"), "{e}");
         assert!(e.contains("-export-node-info"), "{e}");
+    }
+
+    fn operator_key(seed: u8) -> String {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
+        data_encoding::BASE64.encode(key.as_bytes())
+    }
+
+    #[test]
+    fn it_takes_the_trusted_operator_keys_and_their_threshold() {
+        let keys = format!("{},{}", operator_key(1), operator_key(2));
+        let base = ["-sphinx", "-pki-file", "n.json", "-short-name", "alice"];
+        let trust = |extra: &[&str]| {
+            let all: Vec<&str> = base.iter().chain(extra).copied().collect();
+            validated(&all).unwrap().mixnet.unwrap().trust
+        };
+        assert_eq!(trust(&[]), None);
+        let t = trust(&["-pki-trust", &keys]).unwrap();
+        assert_eq!((t.keys().len(), t.threshold()), (2, 1));
+        let t = trust(&["-pki-trust", &keys, "-pki-threshold=2"]).unwrap();
+        assert_eq!(t.threshold(), 2);
+    }
+
+    #[test]
+    fn it_refuses_bad_trust_flags_naming_the_flag() {
+        let two = format!("{},{}", operator_key(1), operator_key(2));
+        let bad_key = format!("{},not-a-key", operator_key(1));
+        let cases: [(&[&str], &str, &str); 6] = [
+            (&["-pki-trust", &bad_key], "-pki-trust", "key 2"),
+            (&["-pki-trust", "AAAA"], "-pki-trust", "3 bytes"),
+            (
+                &["-pki-trust", &two, "-pki-threshold", "3"],
+                "-pki-threshold 3",
+                "1 to 2",
+            ),
+            (
+                &["-pki-trust", &two, "-pki-threshold", "0"],
+                "-pki-threshold 0",
+                "1 to 2",
+            ),
+            (
+                &["-pki-trust", &two, "-pki-threshold", "-1"],
+                "-pki-threshold -1",
+                "1 to 2",
+            ),
+            (&["-pki-threshold", "1"], "-pki-threshold 1", "-pki-trust"),
+        ];
+        for (flags, starts, said) in cases {
+            // With and without -sphinx: a bad key never waits for the mode.
+            for sphinx in [true, false] {
+                let mut all = if sphinx {
+                    vec!["-sphinx", "-pki-file", "n.json", "-short-name", "a"]
+                } else {
+                    vec![]
+                };
+                all.extend(flags);
+                let e = validated(&all).unwrap_err();
+                assert_eq!(e.exit_status(), sysexits::USAGE);
+                let e = e.to_string();
+                assert!(e.starts_with(starts), "{flags:?}: {e}");
+                assert!(e.contains(said), "{flags:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn it_parses_the_pki_subcommands() {
+        let cli = parse(args(&["pki", "sign", "-key", "/k", "nodes.json"])).unwrap();
+        match cli.command {
+            Some(Command::Pki(PkiCommand::Sign(a))) => {
+                assert_eq!(a.key.key, PathBuf::from("/k"));
+                assert_eq!(a.file, PathBuf::from("nodes.json"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(args(&["pki", "pubkey", "-key=/k"])).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Pki(PkiCommand::Pubkey(_)))
+        ));
+        let key = operator_key(1);
+        let cli = parse(args(&[
+            "pki",
+            "verify",
+            "-pki-trust",
+            &key,
+            "-pki-threshold",
+            "1",
+            "-data-dir",
+            "/d",
+            "n.json",
+        ]))
+        .unwrap();
+        match cli.command {
+            Some(Command::Pki(PkiCommand::Verify(v))) => {
+                assert_eq!(v.trust().unwrap().threshold(), 1);
+                assert_eq!(v.data_dir, Some(PathBuf::from("/d")));
+                assert_eq!(v.file, PathBuf::from("n.json"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // verify needs the keys; sign needs a file.
+        assert!(parse(args(&["pki", "verify", "n.json"])).is_err());
+        assert!(parse(args(&["pki", "sign", "-key", "/k"])).is_err());
     }
 
     #[test]

@@ -35,6 +35,7 @@ use crate::spool::{LeaseScope, Spool, SpoolError};
 use crate::stats::Stats;
 
 mod data_dir;
+pub mod directory;
 mod fd_limit;
 pub mod lock;
 pub mod mixnet;

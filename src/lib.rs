@@ -12,7 +12,7 @@
 //! * transport: `smtp::server` (the listener), [`relay`] (SOCKS5, MX through
 //!   Tor, the SMTP client).
 //! * node policy: `node` (intake, egress, dispatch, cover), `stats`.
-//! * edges: [`config`], [`daemon`], [`logging`].
+//! * edges: [`config`], [`daemon`], [`logging`], [`pki_cli`] (`pluto2 pki`).
 //!
 //! See ARCHITECTURE.md for the data flow and the invariants.
 
@@ -28,6 +28,7 @@ pub(crate) mod message;
 pub(crate) mod mix;
 pub mod mixnet;
 pub(crate) mod node;
+pub mod pki_cli;
 pub(crate) mod redact;
 pub mod relay;
 pub(crate) mod sanitize;

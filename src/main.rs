@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Queue(args)) => queue(args),
+        Some(Command::Pki(command)) => pki(&command),
         None => {
             let config = match cli.daemon.validate() {
                 Ok(c) => c,
@@ -151,5 +152,20 @@ fn show<T: serde::Serialize + std::fmt::Display>(value: &T, json: bool) -> ExitC
             ExitCode::SUCCESS
         }
         Err(e) => fail(sysexits::SOFTWARE, &e.to_string()),
+    }
+}
+
+/// `pluto2 pki …`: one line on stdout (a public key, or `ok`), notes and
+/// refusals on stderr.
+fn pki(command: &config::PkiCommand) -> ExitCode {
+    match pluto2::pki_cli::run(command) {
+        Ok(done) => {
+            for note in &done.notes {
+                eprintln!("pluto2: {note}");
+            }
+            println!("{}", done.stdout);
+            ExitCode::SUCCESS
+        }
+        Err(f) => fail(f.status, &f.message),
     }
 }

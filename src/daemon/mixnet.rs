@@ -3,11 +3,11 @@
 //! Everything here runs before the daemon opens the spool or binds a
 //! socket, so a bad file or key stops startup with one line (exit 64) and
 //! nothing else has happened. The checks that need the file itself (JSON,
-//! entries, params) are `mixnet::pki`'s; this adds reading the file and
-//! comparing this node's entry with its own keys and flags: a stale entry
-//! would have peers build packets this node cannot open.
+//! entries, params) are `mixnet::pki`'s, and reading it with its signatures
+//! and serial is `daemon::directory`'s; this adds comparing this node's
+//! entry with its own keys and flags: a stale entry would have peers build
+//! packets this node cannot open.
 
-use std::io::Read;
 use std::path::Path;
 
 use crate::address::OnionName;
@@ -27,6 +27,8 @@ pub struct MixnetNode {
     pub rotation: Rotation,
     /// Where peers' bundles are cached (`peer-keys/`).
     pub data_dir: std::path::PathBuf,
+    /// What to log about `nodes.json` once the node runs.
+    pub pki_notes: super::directory::Notes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,9 @@ pub enum MixnetStartError {
     Keys(#[from] KeyError),
     #[error("-pki-file {path}: {reason}")]
     Pki { path: String, reason: String },
+    /// The saved nodes.json serial cannot be read or kept.
+    #[error("{0}")]
+    Serial(String),
 }
 
 /// This node's `nodes.json` entry, exactly as `-export-node-info` prints
@@ -68,12 +73,19 @@ pub fn start(
         path: path.clone(),
         reason,
     };
-    let bytes = read_capped(&config.pki_file).map_err(|e| {
-        pki_error(format!(
-            "cannot read it: {e}; assemble nodes.json from every node's -export-node-info output (README, \"Run a mixnet node\")"
-        ))
+    // Signatures, serial and expiry as well as the contents: the same
+    // decision a reload makes.
+    let (directory, pki_notes) = super::directory::load(
+        data_dir,
+        name,
+        &config.pki_file,
+        config.trust.as_ref(),
+        crate::time::now_ms(),
+    )
+    .map_err(|e| match e {
+        super::directory::LoadError::Refused(reason) => pki_error(reason),
+        state => MixnetStartError::Serial(state.to_string()),
     })?;
-    let directory = Directory::parse(&bytes, name).map_err(|e| pki_error(e.to_string()))?;
     let listed = directory.own();
     let mine = node_entry(name, &config.info, &identity);
     let differs = [
@@ -101,17 +113,8 @@ pub fn start(
         keys,
         rotation,
         data_dir: data_dir.to_path_buf(),
+        pki_notes,
     })
-}
-
-/// Reads at most one byte more than `nodes.json` may hold, so a wrong
-/// path is refused by size instead of read whole.
-fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(pki::MAX_FILE_SIZE as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 /// The running mixnet tasks; the daemon awaits them at shutdown, before the
@@ -213,6 +216,7 @@ pub async fn spawn(
 
     let listener = tokio::net::TcpListener::bind(node.config.node).await?;
     let local = listener.local_addr()?;
+    node.pki_notes.log();
     let params = node.directory.params().clone();
     stats
         .mixnet

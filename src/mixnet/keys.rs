@@ -285,7 +285,8 @@ fn destroy(path: &Path) -> std::io::Result<()> {
 }
 
 /// Reads a 32-byte secret, or creates it if the file does not exist.
-fn load_or_create(path: &Path, fix: &'static str) -> Result<[u8; KEY_LEN], KeyError> {
+/// Public for `pluto2 pki sign`, whose operator key follows the same rules.
+pub fn load_or_create(path: &Path, fix: &'static str) -> Result<[u8; KEY_LEN], KeyError> {
     // Twice at most: a file that appears between the read and the link
     // (another process won the race) is read on the second pass.
     for _ in 0..2 {
@@ -308,8 +309,8 @@ fn io(path: &Path, source: std::io::Error) -> KeyError {
     }
 }
 
-/// `Ok(None)` if the file does not exist.
-fn read(path: &Path, fix: &'static str) -> Result<Option<[u8; KEY_LEN]>, KeyError> {
+/// `Ok(None)` if the file does not exist. Public for `pluto2 pki pubkey`.
+pub fn read(path: &Path, fix: &'static str) -> Result<Option<[u8; KEY_LEN]>, KeyError> {
     let shown = || path.display().to_string();
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,

@@ -20,4 +20,5 @@ pub mod node;
 pub mod packet;
 pub mod peers;
 pub mod pki;
+pub mod pki_sig;
 pub mod sender;

@@ -12,6 +12,11 @@
 //!   production default. They are network-wide: every node must use the
 //!   same ones, and [`Params::hash`] goes into the link HELLO so that two
 //!   nodes with different parameters refuse each other.
+//! * `serial`, `issued`, `expires` ([`Validity`]): where the file stands in
+//!   the sequence of directories the operators publish, and when it stops
+//!   being valid (RFC 3339 in UTC, `"2026-11-25T00:00:00Z"`). Optional
+//!   here; a node that trusts operator keys requires them
+//!   (`mixnet::pki_sig`, which also checks the signatures over the bytes).
 //!
 //! Unknown keys are refused everywhere: a misspelt parameter must not
 //! silently fall back to its default. Every other mistake is reported as
@@ -78,13 +83,33 @@ pub struct NodeEntry {
     pub family: Option<String>,
 }
 
-/// The file as written; `params` may be left out entirely.
+/// The file as written; `params` may be left out entirely, and so may the
+/// validity fields (see [`Validity`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDirectory {
     nodes: Vec<NodeEntry>,
     #[serde(default)]
     params: RawParams,
+    #[serde(default)]
+    serial: Option<u64>,
+    #[serde(default)]
+    issued: Option<String>,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+/// What the file says about its own validity. The serial orders the
+/// directories a network publishes, so a node can refuse an older one
+/// replayed to it; `expires` bounds how long a captured file can be
+/// replayed at all. Each is optional in the file: a node that checks
+/// signatures requires all three (`mixnet::pki_sig`), an unsigned test
+/// network may leave them out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Validity {
+    pub serial: Option<u64>,
+    pub issued: Option<time::OffsetDateTime>,
+    pub expires: Option<time::OffsetDateTime>,
 }
 
 /// Parameters as written: numbers, and durations as strings ("5m").
@@ -213,6 +238,7 @@ pub struct Directory {
     nodes: Vec<Node>,
     by_id: HashMap<NodeId, usize>,
     own: usize,
+    validity: Validity,
 }
 
 /// What is wrong with a `nodes.json`, in words an operator can act on.
@@ -257,6 +283,12 @@ pub enum PkiError {
         "no exit node besides this one: a route ends at another node with \"exit\": true; add one"
     )]
     NoExit,
+    #[error("{name} {value:?}: {reason}")]
+    Validity {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
 }
 
 /// `nodes[2] "carol"`: the position finds the line, the name the node.
@@ -513,6 +545,63 @@ impl RawParams {
     }
 }
 
+impl RawDirectory {
+    /// The validity fields, checked: times are RFC 3339 in UTC, and a file
+    /// is not issued after it expires.
+    fn validity(&self) -> Result<Validity, PkiError> {
+        let issued = self
+            .issued
+            .as_deref()
+            .map(|t| timestamp("issued", t))
+            .transpose()?;
+        let expires = self
+            .expires
+            .as_deref()
+            .map(|t| timestamp("expires", t))
+            .transpose()?;
+        if let (Some(issued), Some(expires)) = (issued, expires)
+            && issued > expires
+        {
+            return Err(PkiError::Validity {
+                name: "expires",
+                value: self.expires.clone().unwrap_or_default(),
+                reason: format!(
+                    "is before \"issued\" ({}); a file cannot expire before it is issued",
+                    self.issued.as_deref().unwrap_or_default()
+                ),
+            });
+        }
+        Ok(Validity {
+            serial: self.serial,
+            issued,
+            expires,
+        })
+    }
+}
+
+/// An RFC 3339 time in UTC (`Z` or `+00:00`). Other offsets are refused
+/// rather than converted: operators compare these strings by eye, and one
+/// zone keeps that honest.
+fn timestamp(name: &'static str, text: &str) -> Result<time::OffsetDateTime, PkiError> {
+    let wrong = |reason: String| PkiError::Validity {
+        name,
+        value: text.to_string(),
+        reason,
+    };
+    let when = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            wrong(format!(
+                "{e}; write an RFC 3339 time in UTC such as \"2026-11-25T00:00:00Z\""
+            ))
+        })?;
+    if !when.offset().is_utc() {
+        return Err(wrong(
+            "is not in UTC; write it with a Z, such as \"2026-11-25T00:00:00Z\"".into(),
+        ));
+    }
+    Ok(when)
+}
+
 impl Directory {
     /// Parses and checks `nodes.json` for the node named `own`.
     pub fn parse(bytes: &[u8], own: &OnionName) -> Result<Directory, PkiError> {
@@ -525,6 +614,7 @@ impl Directory {
             return Err(PkiError::TooManyNodes(raw.nodes.len()));
         }
         let params = raw.params.validate()?;
+        let validity = raw.validity()?;
         let mut nodes = Vec::with_capacity(raw.nodes.len());
         for (index, entry) in raw.nodes.iter().enumerate() {
             let node = entry.validate(index)?;
@@ -567,11 +657,72 @@ impl Directory {
             nodes,
             by_id,
             own,
+            validity,
         })
+    }
+
+    /// Parses and checks `nodes.json` as every node it lists would, for a
+    /// tool that is none of them (`pluto2 pki verify`). The returned
+    /// directory is the one a listed middle node (or, without one, the
+    /// first node) reads; every check that depends on the reader is made
+    /// for all of them: the number of other nodes is the same for each,
+    /// and only an exit can lack another exit.
+    pub fn parse_for_every_node(bytes: &[u8]) -> Result<Directory, PkiError> {
+        /// Just enough of an entry to pick a reader; everything else is
+        /// checked by [`Directory::parse`].
+        #[derive(Deserialize)]
+        struct Listed {
+            onion: String,
+            exit: bool,
+        }
+        #[derive(Deserialize)]
+        struct Listing {
+            nodes: Vec<Listed>,
+        }
+        if bytes.len() > MAX_FILE_SIZE {
+            return Err(PkiError::TooLarge(bytes.len()));
+        }
+        let listed: Vec<(OnionName, bool)> = serde_json::from_slice::<Listing>(bytes)
+            .map(|l| l.nodes)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| Some((OnionName::parse(n.onion.trim()).ok()?, n.exit)))
+            .collect();
+        let reader = listed
+            .iter()
+            .find(|(_, exit)| !exit)
+            .or(listed.first())
+            .map(|(onion, _)| onion.clone());
+        // Without a readable entry, the file holds an error that parsing
+        // names, whoever reads it; an empty list is the one exception.
+        let any = OnionName::from_public_key(&[0; 32]);
+        let directory = match Directory::parse(bytes, reader.as_ref().unwrap_or(&any)) {
+            Err(PkiError::OwnAbsent(_)) => {
+                return Err(PkiError::Json("\"nodes\" lists no node".into()));
+            }
+            other => other?,
+        };
+        let exits: Vec<usize> = (0..directory.nodes.len())
+            .filter(|&i| directory.nodes[i].exit)
+            .collect();
+        if let [only] = exits[..] {
+            let node = &directory.nodes[only];
+            return Err(PkiError::Entry {
+                entry: entry_label(only, &node.short_name),
+                what: "is the only exit node, and a route from it must end at another one".into(),
+                fix: "add a second node with \"exit\": true",
+            });
+        }
+        Ok(directory)
     }
 
     pub fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// The file's serial, issue and expiry times, as far as it has them.
+    pub fn validity(&self) -> &Validity {
+        &self.validity
     }
 
     /// This node's own entry.
@@ -749,8 +900,93 @@ mod tests {
         assert!(error(&doc).contains("unknown field `exitt`"));
 
         let mut doc = network();
-        doc["serial"] = json!(1);
-        assert!(error(&doc).contains("unknown field `serial`"));
+        doc["version"] = json!(1);
+        assert!(error(&doc).contains("unknown field `version`"));
+    }
+
+    #[test]
+    fn it_reads_serial_issued_and_expires_and_leaves_them_optional() {
+        assert_eq!(*parse(&network()).unwrap().validity(), Validity::default());
+        let mut doc = network();
+        doc["serial"] = json!(7);
+        doc["issued"] = json!("2026-11-18T00:00:00Z");
+        doc["expires"] = json!("2026-11-25T12:30:00+00:00");
+        let v = *parse(&doc).unwrap().validity();
+        assert_eq!(v.serial, Some(7));
+        assert_eq!(v.issued.unwrap().unix_timestamp(), 1_794_960_000);
+        assert_eq!(
+            v.expires.unwrap().unix_timestamp(),
+            1_794_960_000 + 7 * 86400 + 12 * 3600 + 1800
+        );
+        // Issued and expiring at the same moment is a (useless) valid file.
+        doc["expires"] = doc["issued"].clone();
+        parse(&doc).unwrap();
+    }
+
+    #[test]
+    fn it_refuses_bad_validity_fields_naming_them() {
+        let cases = [
+            ("serial", json!(-1), "invalid value"),
+            ("serial", json!("7"), "invalid type"),
+            ("serial", json!(1.5), "invalid type"),
+            ("issued", json!("2026-11-18"), "RFC 3339"),
+            ("expires", json!("tomorrow"), "RFC 3339"),
+            ("expires", json!("2026-11-25T00:00:00+01:00"), "not in UTC"),
+            ("issued", json!(1795046400), "invalid type"),
+        ];
+        for (field, value, said) in cases {
+            let mut doc = network();
+            doc[field] = value.clone();
+            let e = error(&doc);
+            assert!(e.contains(said), "{field} {value}: {e}");
+            if said != "invalid type" && said != "invalid value" {
+                assert!(e.starts_with(&format!("{field} ")), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn it_refuses_a_file_that_expires_before_it_is_issued() {
+        let mut doc = network();
+        doc["issued"] = json!("2026-11-25T00:00:01Z");
+        doc["expires"] = json!("2026-11-25T00:00:00Z");
+        let e = error(&doc);
+        assert!(e.starts_with("expires \"2026-11-25T00:00:00Z\""), "{e}");
+        assert!(e.contains("before \"issued\""), "{e}");
+    }
+
+    #[test]
+    fn it_checks_a_file_as_every_listed_node_would() {
+        // Any valid network reads alike for a tool that is none of its nodes.
+        let dir = Directory::parse_for_every_node(network().to_string().as_bytes()).unwrap();
+        assert_eq!(dir.nodes().len(), 4);
+        // Alice, the only exit, has no route: every other node would start,
+        // she would not, and the check says so naming her.
+        let lone = json!({"nodes": [
+            entry(1, "alice", true),
+            entry(2, "bob", false),
+            entry(3, "carol", false),
+            entry(4, "dave", false),
+        ]});
+        let e = Directory::parse_for_every_node(lone.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("nodes[0] \"alice\": is the only exit"), "{e}");
+        // Entry errors come out as for a node.
+        let mut bad = network();
+        bad["nodes"][2]["port"] = json!(0);
+        let e = Directory::parse_for_every_node(bad.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("nodes[2] \"carol\": \"port\" is 0"), "{e}");
+        let e = Directory::parse_for_every_node(br#"{"nodes": []}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lists no node"), "{e}");
+        for bytes in [&b"{nodes"[..], b"[]", b"{}"] {
+            let e = Directory::parse_for_every_node(bytes).unwrap_err();
+            assert!(matches!(e, PkiError::Json(_)), "{e}");
+        }
     }
 
     #[test]
