@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::BoxFuture;
+use crate::admin;
 use crate::config::{Config, sysexits};
 use crate::mix::MixPolicy;
 use crate::node::cover::{CoverGenerator, CoverKey};
@@ -85,6 +86,8 @@ pub enum DaemonError {
     Mixnet(#[from] mixnet::MixnetStartError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] admin::MetricsError),
 }
 
 impl DaemonError {
@@ -106,6 +109,7 @@ impl DaemonError {
             }
             DaemonError::CoverKey { .. } => sysexits::CANTCREAT,
             DaemonError::Signals(_) => sysexits::SOFTWARE,
+            DaemonError::Metrics(e) => e.exit_status(),
         }
     }
 }
@@ -169,6 +173,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     // Before the spool is opened: opening releases every lease, which is
     // only right when no other daemon is delivering from it.
     let lock = lock::acquire(&config.spool.data_dir)?;
+    // Bound early, so a bad -metrics stops the start before anything opens.
+    let metrics = config.ops.metrics.as_ref().map(admin::start).transpose()?;
     // -sphinx: keys and nodes.json are checked before anything opens or
     // binds. The mixnet tasks (links, hops, exit, sender) start from this.
     let mixnet = match config.mixnet.clone() {
@@ -202,7 +208,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             path: config.spool.data_dir.display().to_string(),
             source: e,
         })?;
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new(Some(spool.commit_times())));
+    let endpoint = Arc::new(admin::Endpoint::new(
+        stats.clone(),
+        config.spool.data_dir.clone(),
+        shutdown.clone(),
+    ));
+    // Its own stop, after everything else: /live answers until the end.
+    let metrics_stop = CancellationToken::new();
+    let metrics_task =
+        metrics.map(|l| tokio::spawn(admin::serve(l, endpoint.clone(), metrics_stop.clone())));
     let relay = &config.relay;
     let dialer = SocksDialer::new(relay.tor_socks, relay.delivery_timeout);
     let mx = Arc::new(MxResolver::new(
@@ -233,6 +248,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 }),
             pad_block: config.mix.pad_block,
             cover_key: cover_key.clone(),
+            stats: stats.clone(),
         }),
     });
     let health = Arc::new(DeliveryHealth::default());
@@ -338,6 +354,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         domain_check: mixnet_tasks
             .is_none()
             .then(|| Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
+        events: stats.clone(),
         sink: Arc::new(Intake {
             spool,
             mix: config.mix.policy.clone(),
@@ -364,6 +381,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     }
 
     let tracker = TaskTracker::new();
+    endpoint.set_ready();
     server::serve(listener, ctx, shutdown.clone(), tracker.clone()).await;
     info!(
         "[CONN] stopped accepting; waiting for {} session(s)",
@@ -385,6 +403,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     // generator); the committer drains what is left and closes the database.
     closer.closed().await;
     info!("[SPOOL] closed cleanly");
+    metrics_stop.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     // Only now may another daemon take the spool.
     drop(lock);
     Ok(())
