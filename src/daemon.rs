@@ -363,6 +363,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             clock,
         }),
     });
+    // The spool is open and every listener is bound (connections wait in
+    // the backlog until the accept loop below runs).
+    endpoint.set_ready();
     info!("[CONN] listening on {local}");
     if !config.listener.proxy_protocol && local.ip().is_loopback() {
         warn!(
@@ -381,7 +384,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     }
 
     let tracker = TaskTracker::new();
-    endpoint.set_ready();
     server::serve(listener, ctx, shutdown.clone(), tracker.clone()).await;
     info!(
         "[CONN] stopped accepting; waiting for {} session(s)",

@@ -57,6 +57,11 @@ const QUEUE_READ_DEADLINE: Duration = Duration::from_secs(2);
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
+/// How long, and how many bytes, a refused client's remaining input is
+/// read and dropped before the close (see `refuse`).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
 /// Why the metrics endpoint could not be set up; each names `-metrics` and
 /// the fix, in one line.
 #[derive(Debug, thiserror::Error)]
@@ -338,7 +343,7 @@ where
                     debug!("[METRICS] refused a request: {e}");
                     let body = format!("{e}\n");
                     let out = http::response(e.status(), TEXT, body.as_bytes(), false, false);
-                    let _ = write(&mut stream, &out).await;
+                    refuse(&mut stream, &out).await;
                     return;
                 }
             }
@@ -353,7 +358,7 @@ where
                             false,
                             false,
                         );
-                        let _ = write(&mut stream, &out).await;
+                        refuse(&mut stream, &out).await;
                     }
                     return;
                 }
@@ -367,6 +372,29 @@ where
             return;
         }
     }
+}
+
+/// Sends a refusal and closes gracefully: the client may still be
+/// sending, and closing with unread bytes would make the kernel reset the
+/// connection and lose the response. So the write side is shut first and
+/// what arrives is read and dropped, bounded by [`LINGER`] and
+/// [`LINGER_BYTES`].
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) {
+    if write(stream, out).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut chunk = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 async fn write<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> std::io::Result<()> {
