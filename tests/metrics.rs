@@ -220,7 +220,10 @@ async fn ready_is_200_once_listening_and_503_as_soon_as_a_stop_begins() {
     // The daemon now waits for the next hop's answer: not ready, still live.
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let (status, body) = get(addr, "/ready").await;
+        let Ok(stream) = TcpStream::connect(addr).await else {
+            panic!("the daemon stopped without /ready ever saying 503");
+        };
+        let (status, body) = exchange(stream, "/ready").await;
         if status == 503 {
             assert_eq!(body, "stopping\n");
             break;
@@ -395,4 +398,45 @@ async fn the_reader_refuses_an_oversized_head_and_cuts_off_a_slow_one() {
     // The endpoint still serves.
     assert_eq!(get(addr, "/live").await.0, 200);
     assert_eq!(get(addr, "/nothing").await.0, 404);
+}
+
+#[tokio::test]
+async fn deferred_is_the_number_waiting_and_retries_count_the_deferrals() {
+    let proxy = SocksProxy::start().await;
+    let dest = onion(4);
+    proxy.refuse(&dest, 25, 0xF2); // introduction failed: temporary
+    let socks = proxy.addr.to_string();
+    let d = Daemon::start(&flags(
+        &socks,
+        &["-metrics", "127.0.0.1:0", "-stats-interval", "1s"],
+    ));
+    let addr = metrics_addr(&d).await;
+    send(&d, &format!("dave@{dest}"), 1).await;
+    // -retry-base 1s: the one recipient is deferred again and again.
+    let text = scrape_until(addr, "two deferrals", |t| {
+        value(t, "pluto2_delivery_retries_total") >= Some(2.0)
+    })
+    .await;
+    assert_eq!(
+        must(&text, "pluto2_queue_recipients{state=\"deferred\"}")
+            + must(&text, "pluto2_queue_recipients{state=\"leased\"}"),
+        1.0,
+        "one recipient waits, however often it was deferred"
+    );
+    assert!(
+        must(
+            &text,
+            "pluto2_delivery_failures_total{disposition=\"retry\",class=\"socks_reply\"}"
+        ) >= 2.0
+    );
+    let line = d
+        .until_log("[STATS] after two deferrals", |l| {
+            l.contains("[STATS]") && !l.contains(" retries=0 ") && !l.contains(" retries=1 ")
+        })
+        .await;
+    assert!(
+        line.contains(" deferred=1 ") || line.contains(" deferred=0 queued=1 "),
+        "{line}"
+    );
+    assert!(line.contains(" failed=0 "), "{line}");
 }
