@@ -502,6 +502,10 @@ pub struct OpsArgs {
     /// Verbose logs, including addresses (never message content); implies -log-level debug.
     #[arg(long)]
     pub debug: bool,
+    /// Serve /metrics, /live and /ready over HTTP on a loopback address
+    /// (127.0.0.1:9900) or a unix socket (an absolute path). Off when absent.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Detail of pluto2's own log lines: error, warn, info or debug (addresses only with -debug).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: LogLevel,
@@ -669,7 +673,7 @@ pub struct MixnetConfig {
     pub trust: Option<Trust>,
 }
 
-/// Settings of logging.
+/// Settings of logging and metrics.
 #[derive(Debug, Clone)]
 pub struct OpsConfig {
     pub stats_interval: Duration,
@@ -677,6 +681,49 @@ pub struct OpsConfig {
     pub debug: bool,
     /// pluto2's own log level; `Debug` whenever `debug` is on.
     pub log_level: LogLevel,
+    /// Where `/metrics`, `/live` and `/ready` are served (`-metrics`).
+    pub metrics: Option<MetricsAddr>,
+}
+
+/// Where the metrics endpoint listens: never on an address other hosts
+/// can reach, since counts of mail and cover are traffic information.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// An address in 127.0.0.0/8 or `[::1]`.
+    Tcp(SocketAddr),
+    /// A unix socket at this absolute path.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricsAddr::Tcp(a) => write!(f, "{a}"),
+            MetricsAddr::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Reads `-metrics`: a loopback `IP:port` or an absolute unix socket path.
+fn metrics_addr(value: &str) -> Result<MetricsAddr, ConfigError> {
+    if value.starts_with('/') {
+        return Ok(MetricsAddr::Unix(PathBuf::from(value)));
+    }
+    let addr: SocketAddr = value.parse().map_err(|_| {
+        bad(
+            "-metrics",
+            value,
+            "is neither IP:port nor an absolute unix socket path; use e.g. 127.0.0.1:9900 or /run/pluto2/metrics.sock",
+        )
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(bad(
+            "-metrics",
+            value,
+            "metrics are served on loopback only (127.0.0.0/8 or [::1]) or on a unix socket, never to the network; use e.g. 127.0.0.1:9900 and scrape it from this host",
+        ));
+    }
+    Ok(MetricsAddr::Tcp(addr))
 }
 
 /// Rewrites Go-style `-flag` and `-flag=value` into `--flag`, leaving `-h`,
@@ -1212,6 +1259,7 @@ impl OpsArgs {
             } else {
                 self.log_level
             },
+            metrics: self.metrics.as_deref().map(metrics_addr).transpose()?,
         })
     }
 }
@@ -1312,6 +1360,7 @@ mod tests {
                         "flags-file" => "/etc/pluto2/flags".into(),
                         "pki-trust" => "kwgmzEUqp0VTg5XOYHIcseEL1uIbbL9fJ+cJxfO1AdU=".into(),
                         "pki-threshold" => "1".into(),
+                        "metrics" => "127.0.0.1:9900".into(),
                         other => panic!("no sample value for -{other}; add one here"),
                     },
                 };
@@ -1510,6 +1559,50 @@ mod tests {
             .copied()
             .collect();
         parse(args(&all)).unwrap().daemon.validate()
+    }
+
+    #[test]
+    fn it_takes_metrics_on_loopback_or_a_unix_socket_only() {
+        assert_eq!(validated(&[]).unwrap().ops.metrics, None);
+        for (value, want) in [
+            (
+                "127.0.0.1:9900",
+                MetricsAddr::Tcp("127.0.0.1:9900".parse().unwrap()),
+            ),
+            (
+                "127.3.2.1:0",
+                MetricsAddr::Tcp("127.3.2.1:0".parse().unwrap()),
+            ),
+            (
+                "[::1]:9900",
+                MetricsAddr::Tcp("[::1]:9900".parse().unwrap()),
+            ),
+            (
+                "/run/pluto2/m.sock",
+                MetricsAddr::Unix("/run/pluto2/m.sock".into()),
+            ),
+        ] {
+            let cfg = validated(&["-metrics", value]).unwrap();
+            assert_eq!(cfg.ops.metrics, Some(want), "{value}");
+        }
+        for value in [
+            "0.0.0.0:9900",
+            "[::]:9900",
+            "192.168.1.5:9900",
+            "[::ffff:127.0.0.1]:9900",
+            "localhost:9900",
+            "metrics.sock",
+            "9900",
+        ] {
+            let e = validated(&["-metrics", value]).unwrap_err();
+            let text = e.to_string();
+            assert!(text.starts_with("-metrics "), "{value}: {text}");
+            assert!(
+                text.contains("127.0.0.1:9900"),
+                "{value} names no fix: {text}"
+            );
+            assert_eq!(e.exit_status(), sysexits::USAGE);
+        }
     }
 
     #[test]

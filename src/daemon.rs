@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::BoxFuture;
+use crate::admin;
 use crate::config::{Config, sysexits};
 use crate::mix::MixPolicy;
 use crate::node::cover::{CoverGenerator, CoverKey};
@@ -91,6 +92,8 @@ pub enum DaemonError {
     /// The `-dest-block` file cannot be read or holds a bad line.
     #[error("{0}")]
     DestBlock(String),
+    #[error(transparent)]
+    Metrics(#[from] admin::MetricsError),
 }
 
 impl DaemonError {
@@ -114,6 +117,7 @@ impl DaemonError {
             }
             DaemonError::CoverKey { .. } => sysexits::CANTCREAT,
             DaemonError::Signals(_) => sysexits::SOFTWARE,
+            DaemonError::Metrics(e) => e.exit_status(),
         }
     }
 }
@@ -183,6 +187,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     // Before the spool is opened: opening releases every lease, which is
     // only right when no other daemon is delivering from it.
     let lock = lock::acquire(&config.spool.data_dir)?;
+    // Bound early, so a bad -metrics stops the start before anything opens.
+    let metrics = config.ops.metrics.as_ref().map(admin::start).transpose()?;
     // -sphinx: keys and nodes.json are checked before anything opens or
     // binds. The mixnet tasks (links, hops, exit, sender) start from this.
     let mixnet = match config.mixnet.clone() {
@@ -220,10 +226,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             path: config.spool.data_dir.display().to_string(),
             source: e,
         })?;
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new(Some(spool.commit_times())));
     // Direct mode refuses listed recipients at RCPT and posts at the end of
     // DATA; at a mixnet exit the exit drops them (DestBlock::blocks).
     let dest_block = Arc::new(DestBlock::new(dest_block, stats.clone()));
+    let endpoint = Arc::new(admin::Endpoint::new(
+        stats.clone(),
+        config.spool.data_dir.clone(),
+        shutdown.clone(),
+    ));
+    // Its own stop, after everything else: /live answers until the end.
+    let metrics_stop = CancellationToken::new();
+    let metrics_task =
+        metrics.map(|l| tokio::spawn(admin::serve(l, endpoint.clone(), metrics_stop.clone())));
     let relay = &config.relay;
     let dialer = SocksDialer::new(relay.tor_socks, relay.delivery_timeout);
     let mx = Arc::new(MxResolver::new(
@@ -254,6 +269,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 }),
             pad_block: config.mix.pad_block,
             cover_key: cover_key.clone(),
+            stats: stats.clone(),
         }),
     });
     let health = Arc::new(DeliveryHealth::default());
@@ -363,6 +379,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         recipient_check: mixnet_tasks
             .is_none()
             .then(|| dest_block.clone() as Arc<dyn RecipientCheck>),
+        events: stats.clone(),
         sink: Arc::new(Intake {
             spool,
             mix: config.mix.policy.clone(),
@@ -372,6 +389,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             dest_block: mixnet_tasks.is_none().then(|| dest_block.clone()),
         }),
     });
+    // The spool is open and every listener is bound (connections wait in
+    // the backlog until the accept loop below runs).
+    endpoint.set_ready();
     let mut reloader = reload::Reloader::new(&config);
     reloader.add(Box::new(reload::RateLimits(ctx.clone())));
     reloader.add(Box::new(reload::LogSettings));
@@ -418,6 +438,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     // generator); the committer drains what is left and closes the database.
     closer.closed().await;
     info!("[SPOOL] closed cleanly");
+    metrics_stop.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     // Only now may another daemon take the spool.
     drop(lock);
     Ok(())

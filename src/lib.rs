@@ -12,7 +12,9 @@
 //! * transport: `smtp::server` (the listener), [`relay`] (SOCKS5, MX through
 //!   Tor, the SMTP client).
 //! * node policy: `node` (intake, egress, dispatch, cover), `stats`.
-//! * edges: [`config`], [`daemon`], [`logging`], [`pki_cli`] (`pluto2 pki`).
+//! * edges: [`config`], [`daemon`], [`logging`], [`pki_cli`] (`pluto2 pki`),
+//!   `admin` (the metrics and health endpoint; its request reader
+//!   `admin::http` is a pure codec).
 //!
 //! See ARCHITECTURE.md for the data flow and the invariants.
 
@@ -20,6 +22,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod address;
+pub(crate) mod admin;
 pub mod config;
 pub mod daemon;
 pub mod envelope;

@@ -136,10 +136,7 @@ impl MixnetTasks {
 
 /// Logs a rotation and purges what belonged to the destroyed keys.
 async fn rotated(ctx: &crate::mixnet::node::MixContext, rotation: &Rotation) {
-    ctx.stats.mix_epoch.store(
-        ctx.keys.current() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    ctx.stats.mix_epoch.set(ctx.keys.current() as i64);
     let (tags, packets) = ctx
         .spool
         .purge_epochs(rotation.purge_below)

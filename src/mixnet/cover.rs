@@ -383,10 +383,7 @@ mod tests {
                 "mean gap {sample_mean}"
             );
             // Loops are tracked as health probes; drops are not.
-            let loops = ctx
-                .stats
-                .mix_loops_sent
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let loops = ctx.stats.mix_loops_sent.get();
             assert_eq!(loops > 0, loop_mean != "0s");
         }
     }

@@ -35,7 +35,7 @@ use crate::relay::client::RecipientResult;
 use crate::relay::failure::{Failure, FailureKind};
 use crate::relay::route::Router;
 use crate::spool::{Disposition, Lease, LeaseScope, Spool};
-use crate::stats::Stats;
+use crate::stats::{Stats, Undelivered};
 use crate::time::Clock;
 
 /// Longest the dispatcher sleeps without checking the spool, covering
@@ -256,12 +256,14 @@ impl Dispatcher {
                     }
                     RecipientResult::Failed(f) if f.is_permanent() => {
                         notes.add(Note::Dropped, f);
+                        self.stats.undelivered(Undelivered::Dropped, f.class());
                         Disposition::Dropped
                     }
                     RecipientResult::Failed(f) => match self.retry.next_delay(r.attempts, &mut rng)
                     {
                         Some(delay) => {
                             notes.add(Note::Retry, f);
+                            self.stats.undelivered(Undelivered::Retry, f.class());
                             Disposition::Retry {
                                 at: self
                                     .mix
@@ -270,6 +272,7 @@ impl Dispatcher {
                         }
                         None => {
                             notes.add(Note::GaveUp, f);
+                            self.stats.undelivered(Undelivered::GaveUp, f.class());
                             Disposition::Dropped
                         }
                     },
@@ -282,15 +285,16 @@ impl Dispatcher {
                 (r.id, d)
             })
             .collect();
-        Stats::add(&self.stats.sent, delivered);
-        if lease.mix_id.is_none() && !cover {
-            Stats::add(&self.stats.direct, delivered);
+        // Cover is not mail: it has its own counters, so `sent` and
+        // `failed` count real recipients only (failures were counted above).
+        if cover {
+            Stats::add(&self.stats.cover_delivered, delivered);
+        } else {
+            Stats::add(&self.stats.sent, delivered);
+            if lease.mix_id.is_none() {
+                Stats::add(&self.stats.direct, delivered);
+            }
         }
-        // Cover is not mail: its drops have their own counter.
-        if !cover {
-            Stats::add(&self.stats.failed, dropped);
-        }
-        Stats::add(&self.stats.deferred, deferred);
         notes.log(destination_kind(&lease.domain), self.retry.max_attempts);
         // Per-delivery outcomes with their timestamps would be per-message
         // timing: only with -debug. The [STATS] line carries the totals.
@@ -665,7 +669,7 @@ mod tests {
             1,
             "two deliveries of one lease at once"
         );
-        assert_eq!(Stats::get(&stats.deferred), 2);
+        assert_eq!(Stats::get(&stats.retries), 2);
         stop.cancel();
         task.await.unwrap();
         drop((intake, spool));
@@ -730,13 +734,13 @@ mod tests {
         // jump ahead of it. Yielding keeps the runtime busy, so virtual time
         // stands still until the outcome is recorded (bounded in real time).
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !(Stats::get(&stats.cover_dropped) == 1 && Stats::get(&stats.deferred) == 1) {
+        while !(Stats::get(&stats.cover_dropped) == 1 && Stats::get(&stats.retries) == 1) {
             assert!(
                 std::time::Instant::now() < deadline,
-                "attempts {}, cover dropped {}, deferred {}",
+                "attempts {}, cover dropped {}, retries {}",
                 attempts.load(Ordering::SeqCst),
                 Stats::get(&stats.cover_dropped),
-                Stats::get(&stats.deferred)
+                Stats::get(&stats.retries)
             );
             tokio::task::yield_now().await;
         }
@@ -745,7 +749,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(attempts.load(Ordering::SeqCst), 2);
         assert_eq!(Stats::get(&stats.cover_dropped), 1, "cover dropped");
-        assert_eq!(Stats::get(&stats.deferred), 1, "real mail kept");
+        assert_eq!(Stats::get(&stats.retries), 1, "real mail kept");
         assert_eq!(Stats::get(&stats.failed), 0);
         assert!(health.in_outage());
         stop.cancel();

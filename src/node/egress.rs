@@ -14,6 +14,7 @@ use crate::mix::padding;
 use crate::node::cover::CoverKey;
 use crate::relay::route::OutgoingBody;
 use crate::sanitize::{self, SanitizeConfig};
+use crate::stats::Stats;
 
 pub struct Egress {
     /// Exit header rewriting (`-sanitize`); `None` passes headers on.
@@ -22,6 +23,8 @@ pub struct Egress {
     pub pad_block: usize,
     /// Recognises our own cover, which keeps its headers.
     pub cover_key: CoverKey,
+    /// Counts the padding bytes added.
+    pub stats: std::sync::Arc<Stats>,
 }
 
 impl Egress {
@@ -54,17 +57,22 @@ impl Egress {
             };
             sanitize::with_hop_count(&sanitized, hop)
         };
+        let body_len = body.len();
         let padded = padding::pad(&body, self.pad_block, &mut rng);
-        let Some(limit) = limit else {
-            return Some(padded);
+        let out = match limit {
+            Some(limit) if padded.len() > limit => {
+                // SIZE counts the message as declared in MAIL FROM's SIZE=,
+                // which is its length before dot-stuffing.
+                let room = limit.checked_sub(body.len())?;
+                padding::pad_by(&body, room, &mut rng).unwrap_or(body)
+            }
+            _ => padded,
         };
-        if padded.len() <= limit {
-            return Some(padded);
-        }
-        // SIZE counts the message as declared in MAIL FROM's SIZE=, which
-        // is its length before dot-stuffing.
-        let room = limit.checked_sub(body.len())?;
-        padding::pad_by(&body, room, &mut rng).or(Some(body))
+        Stats::add(
+            &self.stats.padding_bytes,
+            out.len().saturating_sub(body_len) as u64,
+        );
+        Some(out)
     }
 }
 
@@ -96,7 +104,20 @@ mod tests {
             }),
             pad_block: 4096,
             cover_key: CoverKey::from_bytes([5; 32]),
+            stats: std::sync::Arc::new(Stats::default()),
         }
+    }
+
+    #[test]
+    fn it_counts_the_padding_it_adds() {
+        let e = egress(false);
+        let out = e.prepare(MAIL, None, None).unwrap();
+        let unpadded = padding::strip(&out).len();
+        assert!(out.len() > unpadded);
+        assert_eq!(
+            Stats::get(&e.stats.padding_bytes),
+            (out.len() - unpadded) as u64
+        );
     }
 
     const MAIL: &[u8] =

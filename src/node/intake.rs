@@ -14,7 +14,8 @@
 //!    (a mail loop between relays; see [`sanitize::hops`]);
 //! 5. draw the message's release time from the mix policy;
 //! 6. enqueue durably in the spool;
-//! 7. count it (a replay within the window is counted as such).
+//! 7. count what became of it, whatever the step that decided
+//!    (`pluto2_messages_total` by outcome).
 //!
 //! Transports hand messages in through traits they define themselves
 //! (`smtp::server::MessageSink`), so they never import
@@ -60,13 +61,18 @@ pub struct Intake {
 impl Intake {
     /// Runs the intake steps for one message; the outcome is what the
     /// transport reports to its client.
-    pub async fn ingest(&self, mut message: Message) -> EnqueueOutcome {
+    pub async fn ingest(&self, message: Message) -> EnqueueOutcome {
+        let outcome = self.steps(message).await;
+        self.stats.message(outcome);
+        outcome
+    }
+
+    async fn steps(&self, mut message: Message) -> EnqueueOutcome {
         let stripped = padding::strip(&message.body);
         if stripped.len() != message.body.len() {
             message.body = stripped.to_vec();
         }
         if self.cover_key.is_cover(&message.body) {
-            Stats::add(&self.stats.cover_received, 1);
             return EnqueueOutcome::OwnTraffic;
         }
         if message.envelope.to_own_name {
@@ -87,15 +93,10 @@ impl Intake {
             return EnqueueOutcome::TooManyHops;
         }
         let outcome = self.spool.enqueue(message, self.release_time()).await;
-        match outcome {
-            EnqueueOutcome::Queued => Stats::add(&self.stats.received, 1),
-            EnqueueOutcome::Replay => {
-                Stats::add(&self.stats.replays, 1);
-                info!(
-                    "[SPOOL] a message identical to one accepted within the replay window: answered as accepted, not queued again"
-                );
-            }
-            _ => {}
+        if outcome == EnqueueOutcome::Replay {
+            info!(
+                "[SPOOL] a message identical to one accepted within the replay window: answered as accepted, not queued again"
+            );
         }
         outcome
     }

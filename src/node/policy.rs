@@ -33,7 +33,6 @@
 //! `mail.<name>.onion`.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use tracing::info;
@@ -310,7 +309,7 @@ impl DestBlock {
     /// Counts a refusal and logs it; the recipient only with `-debug`,
     /// and never which pattern matched.
     fn count(&self, recipient: Option<&str>) {
-        self.stats.dest_blocked.fetch_add(1, Ordering::Relaxed);
+        self.stats.dest_blocked.inc();
         match recipient {
             Some(to) => info!(
                 "[POLICY] refused a recipient on the -dest-block list: {}",

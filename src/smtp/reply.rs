@@ -32,6 +32,15 @@ impl Reply {
         Self { code, lines }
     }
 
+    pub fn code(&self) -> u16 {
+        self.code
+    }
+
+    /// The first line's text (with its enhanced status code, if any).
+    pub fn first_line(&self) -> &str {
+        self.lines.first().map_or("", String::as_str)
+    }
+
     /// Appends the wire form (`250-...` continuation lines, CRLF endings).
     pub fn encode(&self, out: &mut Vec<u8>) {
         let last = self.lines.len().saturating_sub(1);

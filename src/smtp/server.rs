@@ -78,6 +78,172 @@ pub struct ServerContext {
     /// Takes every finished message; the listener knows nothing of what
     /// happens to it (padding, cover, mixing, counting are node policy).
     pub sink: Arc<dyn MessageSink>,
+    /// Told how sessions end and which refusals they get, for counting.
+    pub events: Arc<dyn SessionEvents>,
+}
+
+/// What the listener reports for counting. A trait so the listener does
+/// not depend on node policy; every value is from a small fixed set, so
+/// nothing reported can identify a client.
+pub trait SessionEvents: Send + Sync {
+    fn session_ended(&self, end: SessionEnd);
+    /// A 4xx or 5xx reply went to a client.
+    fn refused(&self, refusal: Refusal);
+}
+
+/// How an SMTP connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The dialogue ended: QUIT, or a closing reply after too many errors.
+    Closed,
+    /// The client closed the connection.
+    ClientClosed,
+    /// An idle, session or DATA-rate time limit ran out (421 4.4.2).
+    Timeout,
+    /// Shed to admit a newcomer (-max-connections).
+    Shed,
+    /// The daemon stopped (421 4.3.0).
+    Shutdown,
+    /// A socket error.
+    Error,
+    /// Over -rate-limit: told 421 4.7.0 before any dialogue.
+    RateLimited,
+    /// With -proxy-protocol: no usable PROXY header.
+    ProxyHeader,
+}
+
+impl SessionEnd {
+    pub const ALL: [SessionEnd; 8] = [
+        SessionEnd::Closed,
+        SessionEnd::ClientClosed,
+        SessionEnd::Timeout,
+        SessionEnd::Shed,
+        SessionEnd::Shutdown,
+        SessionEnd::Error,
+        SessionEnd::RateLimited,
+        SessionEnd::ProxyHeader,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SessionEnd::Closed => "closed",
+            SessionEnd::ClientClosed => "client_closed",
+            SessionEnd::Timeout => "timeout",
+            SessionEnd::Shed => "shed",
+            SessionEnd::Shutdown => "shutdown",
+            SessionEnd::Error => "error",
+            SessionEnd::RateLimited => "rate_limited",
+            SessionEnd::ProxyHeader => "proxy_header",
+        }
+    }
+}
+
+/// A 4xx or 5xx reply, reduced to what may be counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub class: ReplyClass,
+    pub reason: RefusalReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyClass {
+    /// 4xx: try again later.
+    Temporary,
+    /// 5xx: do not try again.
+    Permanent,
+}
+
+impl ReplyClass {
+    pub fn label(self) -> &'static str {
+        match self {
+            ReplyClass::Temporary => "temporary",
+            ReplyClass::Permanent => "permanent",
+        }
+    }
+}
+
+/// Why a client was refused: the subject of the reply's enhanced status
+/// code (RFC 3463 §3: `class.subject.detail`). A fixed set, so it can
+/// label a counter; a reason that needs its own label (say, a blocked
+/// destination) is a new variant, with its label, reported where the
+/// refusal is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// X.1.X: a bad or unacceptable address (no such domain, our own name).
+    Addressing,
+    /// X.2.X: the mailbox (message too large for it).
+    Mailbox,
+    /// X.3.X: the mail system (storage full, memory budget, shutting down).
+    MailSystem,
+    /// X.4.X: network and routing (time limits, loops, too many connections).
+    Network,
+    /// X.5.X: the protocol (syntax, sequence, too many recipients).
+    Protocol,
+    /// X.6.X: the content (bare LF, bad encoding).
+    Content,
+    /// X.7.X: security or policy (rate limit).
+    Policy,
+    /// No enhanced status code, or a subject RFC 3463 does not define.
+    Other,
+}
+
+impl RefusalReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalReason::Addressing => "addressing",
+            RefusalReason::Mailbox => "mailbox",
+            RefusalReason::MailSystem => "mail_system",
+            RefusalReason::Network => "network",
+            RefusalReason::Protocol => "protocol",
+            RefusalReason::Content => "content",
+            RefusalReason::Policy => "policy",
+            RefusalReason::Other => "other",
+        }
+    }
+}
+
+impl Refusal {
+    /// The refusal a reply is, or `None` for a 2xx or 3xx reply.
+    pub fn of(reply: &Reply) -> Option<Refusal> {
+        let class = match reply.code() / 100 {
+            4 => ReplyClass::Temporary,
+            5 => ReplyClass::Permanent,
+            _ => return None,
+        };
+        // `4.7.0 text`: the subject is the number between the dots.
+        let status = reply.first_line().split(' ').next().unwrap_or("");
+        let mut parts = status.split('.');
+        let subject = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(c), Some(s), Some(d), None)
+                if c.len() == 1
+                    && [c, s, d]
+                        .iter()
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                s
+            }
+            _ => "",
+        };
+        let reason = match subject {
+            "1" => RefusalReason::Addressing,
+            "2" => RefusalReason::Mailbox,
+            "3" => RefusalReason::MailSystem,
+            "4" => RefusalReason::Network,
+            "5" => RefusalReason::Protocol,
+            "6" => RefusalReason::Content,
+            "7" => RefusalReason::Policy,
+            _ => RefusalReason::Other,
+        };
+        Some(Refusal { class, reason })
+    }
+}
+
+/// Queues `reply` for the client, counting it if it refuses something.
+fn answer(ctx: &ServerContext, reply: &Reply, out: &mut Vec<u8>) {
+    if let Some(refusal) = Refusal::of(reply) {
+        ctx.events.refused(refusal);
+    }
+    reply.encode(out);
 }
 
 /// Where the listener hands a message whose DATA ended well. The answer
@@ -193,16 +359,20 @@ fn admit(ctx: &ServerContext, identity: IpAddr, stream: &TcpStream) -> bool {
     }
     info!("[CONN] rate limit exceeded by {}", Sensitive(identity));
     refuse(
+        ctx,
         stream,
         &Reply::new(421, "4.7.0", "too many sessions from you, try again later"),
     );
+    ctx.events.session_ended(SessionEnd::RateLimited);
     false
 }
 
 /// Best-effort one-shot reply on a fresh socket. Its send buffer is empty,
 /// so a non-blocking write of one short line succeeds without a task.
-fn refuse(stream: &TcpStream, reply: &Reply) {
-    let _ = stream.try_write(reply.to_string().as_bytes());
+fn refuse(ctx: &ServerContext, stream: &TcpStream, reply: &Reply) {
+    let mut out = Vec::new();
+    answer(ctx, reply, &mut out);
+    let _ = stream.try_write(&out);
 }
 
 /// Why a connection ended early, for the debug log.
@@ -254,6 +424,7 @@ async fn connection(
             }
             Err(reason) => {
                 info!("[CONN] closed a connection: {reason}");
+                ctx.events.session_ended(SessionEnd::ProxyHeader);
                 return;
             }
         }
@@ -268,6 +439,14 @@ async fn connection(
         &mut watch,
     )
     .await;
+    ctx.events.session_ended(match &ended {
+        Ended::Done => SessionEnd::Closed,
+        Ended::PeerClosed => SessionEnd::ClientClosed,
+        Ended::Timeout(_) => SessionEnd::Timeout,
+        Ended::Shed => SessionEnd::Shed,
+        Ended::Shutdown => SessionEnd::Shutdown,
+        Ended::Io(_) => SessionEnd::Error,
+    });
     match ended {
         Ended::Done | Ended::PeerClosed => {}
         Ended::Timeout(limit) => debug!("[CONN] closed: {limit:?} time limit"),
@@ -361,7 +540,7 @@ async fn run_session(
     watch: &mut Watch,
 ) -> Ended {
     let mut out = Vec::with_capacity(512);
-    session.greeting().encode(&mut out);
+    answer(ctx, &session.greeting(), &mut out);
     let mut memory = Reservation::new(ctx.memory.clone());
     // A step that answers an Enqueue or CheckDomain request; it is handled
     // like any other before more input is read.
@@ -390,9 +569,9 @@ async fn run_session(
             None => {}
         }
         match step {
-            Step::Reply(reply) => reply.encode(&mut out),
+            Step::Reply(reply) => answer(ctx, &reply, &mut out),
             Step::Close(reply) => {
-                reply.encode(&mut out);
+                answer(ctx, &reply, &mut out);
                 let _ = write(stream, &mut out, watch).await;
                 return Ended::Done;
             }
@@ -427,7 +606,7 @@ async fn run_session(
                 // session has consumed everything it was given (RFC 2920).
                 if let Err(e) = write(stream, &mut out, watch).await {
                     return match e {
-                        WriteError::Shed => shed(stream),
+                        WriteError::Shed => shed(ctx, stream),
                         WriteError::Io(e) => Ended::Io(e),
                     };
                 }
@@ -436,13 +615,13 @@ async fn run_session(
                     Fill::Data(n) => watch.received(n, ctx.min_data_rate),
                     Fill::Eof => return Ended::PeerClosed,
                     Fill::Timeout(limit) => {
-                        session.timed_out().encode(&mut out);
+                        answer(ctx, &session.timed_out(), &mut out);
                         let _ = write(stream, &mut out, watch).await;
                         return Ended::Timeout(limit);
                     }
-                    Fill::Shed => return shed(stream),
+                    Fill::Shed => return shed(ctx, stream),
                     Fill::Shutdown => {
-                        session.shutting_down().encode(&mut out);
+                        answer(ctx, &session.shutting_down(), &mut out);
                         let _ = write(stream, &mut out, watch).await;
                         return Ended::Shutdown;
                     }
@@ -455,8 +634,9 @@ async fn run_session(
 
 /// Tells a shed session why, without waiting: its slot already belongs to
 /// the newcomer, so a client that does not read must not keep the task.
-fn shed(stream: &TcpStream) -> Ended {
+fn shed(ctx: &ServerContext, stream: &TcpStream) -> Ended {
     refuse(
+        ctx,
         stream,
         &Reply::new(
             421,
@@ -542,6 +722,59 @@ impl Input {
                 Ok(Ok(n)) => Fill::Data(n),
                 Ok(Err(e)) => Fill::Io(e),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_classifies_refusals_by_reply_class_and_enhanced_code_subject() {
+        let cases = [
+            (
+                Reply::new(550, "5.1.2", "no"),
+                Some((ReplyClass::Permanent, RefusalReason::Addressing)),
+            ),
+            (
+                Reply::new(452, "4.5.3", "x"),
+                Some((ReplyClass::Temporary, RefusalReason::Protocol)),
+            ),
+            (
+                Reply::new(421, "4.7.0", "x"),
+                Some((ReplyClass::Temporary, RefusalReason::Policy)),
+            ),
+            (
+                Reply::new(554, "5.4.6", "x"),
+                Some((ReplyClass::Permanent, RefusalReason::Network)),
+            ),
+            (
+                Reply::new(452, "4.3.1", "x"),
+                Some((ReplyClass::Temporary, RefusalReason::MailSystem)),
+            ),
+            (
+                Reply::new(552, "5.3.4", "x"),
+                Some((ReplyClass::Permanent, RefusalReason::MailSystem)),
+            ),
+            (
+                Reply::plain(500, "5.x.1 odd"),
+                Some((ReplyClass::Permanent, RefusalReason::Other)),
+            ),
+            (
+                Reply::plain(554, "no code"),
+                Some((ReplyClass::Permanent, RefusalReason::Other)),
+            ),
+            (
+                Reply::plain(554, "5.12.1.1 too many parts"),
+                Some((ReplyClass::Permanent, RefusalReason::Other)),
+            ),
+            (Reply::new(250, "2.1.0", "ok"), None),
+            (Reply::plain(354, "go on"), None),
+        ];
+        for (reply, want) in cases {
+            let got = Refusal::of(&reply).map(|r| (r.class, r.reason));
+            assert_eq!(got, want, "{reply}");
         }
     }
 }

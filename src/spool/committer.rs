@@ -7,14 +7,14 @@
 //! and no reply is sent before the transaction holding it is durable.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error};
 
 use super::delivery::{self, Disposition, LeaseBatch, LeaseScope};
-use super::{SpoolError, mixnet};
+use super::{CommitTimes, SpoolError, mixnet};
 use crate::envelope::{EnqueueOutcome, Message, ReplayId};
 use crate::time::{Clock, UnixMillis};
 
@@ -69,6 +69,7 @@ pub struct Committer {
     replay_window: Duration,
     last_prune: u64,
     new_mail: Arc<Notify>,
+    times: CommitTimes,
 }
 
 impl Committer {
@@ -77,6 +78,7 @@ impl Committer {
         clock: Clock,
         replay_window: Duration,
         new_mail: Arc<Notify>,
+        times: CommitTimes,
     ) -> Self {
         Self {
             conn,
@@ -84,6 +86,7 @@ impl Committer {
             replay_window,
             last_prune: 0,
             new_mail,
+            times,
         }
     }
 
@@ -149,6 +152,7 @@ impl Committer {
     /// hears its outcome only after the COMMIT (or learns it failed).
     fn commit_custody(&mut self, group: &mut Vec<CustodyRequest>) {
         let now = (self.clock)();
+        let times = &self.times.custody;
         let result = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -156,7 +160,9 @@ impl Committer {
             .and_then(|tx| {
                 let items: Vec<&mixnet::Custody> = group.iter().map(|r| &r.custody).collect();
                 let outcomes = mixnet::custody_refs(&tx, now, &items)?;
+                let started = Instant::now();
                 tx.commit()?;
+                times.observe(started.elapsed().as_secs_f64());
                 Ok(outcomes)
             });
         let outcomes = match result {
@@ -258,7 +264,11 @@ impl Committer {
                 outcomes.push(EnqueueOutcome::Queued);
             }
         }
+        // The COMMIT is where the fsync happens: its time is what every
+        // client of the group waits for beyond the inserts.
+        let started = Instant::now();
         tx.commit()?;
+        self.times.enqueue.observe(started.elapsed().as_secs_f64());
         Ok(outcomes)
     }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -126,6 +127,32 @@ impl FreeSpaceReserve {
     }
 }
 
+/// Upper bounds (seconds) of the commit latency buckets: an fsync on an
+/// SSD takes a fraction of a millisecond, on a busy disk or a VPS tens of
+/// milliseconds; past a second clients notice.
+const COMMIT_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// How long the committer's fsync'd COMMITs take, as bucket counts (no
+/// samples). The committer observes them; `stats` registers them.
+#[derive(Debug, Clone)]
+pub struct CommitTimes {
+    /// Groups of enqueued messages.
+    pub enqueue: Histogram,
+    /// Groups of mixnet custody decisions.
+    pub custody: Histogram,
+}
+
+impl Default for CommitTimes {
+    fn default() -> Self {
+        CommitTimes {
+            enqueue: Histogram::new(COMMIT_BUCKETS),
+            custody: Histogram::new(COMMIT_BUCKETS),
+        }
+    }
+}
+
 /// Handle to the spool; clones share one committer.
 #[derive(Clone)]
 pub struct Spool {
@@ -139,6 +166,7 @@ pub struct Spool {
     /// Bumped whenever a message was queued (the mixnet sender waits on
     /// it; a watch, unlike `new_mail`, wakes every waiter and loses nothing).
     mail: Arc<watch::Sender<u64>>,
+    times: CommitTimes,
 }
 
 /// Joins the committer thread once every [`Spool`] handle is dropped.
@@ -163,7 +191,8 @@ impl Spool {
         delivery::release_all_leases(&conn).map_err(schema::still_opening)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let new_mail = Arc::new(Notify::new());
-        let committer = Committer::new(conn, clock, replay_window, new_mail.clone());
+        let times = CommitTimes::default();
+        let committer = Committer::new(conn, clock, replay_window, new_mail.clone(), times.clone());
         let thread = std::thread::Builder::new()
             .name("spool-committer".into())
             .spawn(move || committer.run(rx))?;
@@ -176,9 +205,15 @@ impl Spool {
                 packets,
                 mail,
                 reserve: None,
+                times,
             },
             SpoolCloser { thread },
         ))
+    }
+
+    /// The commit latency histograms the committer fills.
+    pub fn commit_times(&self) -> CommitTimes {
+        self.times.clone()
     }
 
     /// Refuses new mail ([`EnqueueOutcome::NoSpace`]) while the file system
