@@ -12,7 +12,7 @@
 //! * transport: `smtp::server` (the listener), [`relay`] (SOCKS5, MX through
 //!   Tor, the SMTP client).
 //! * node policy: `node` (intake, egress, dispatch, cover), `stats`.
-//! * edges: [`config`], [`daemon`], [`logging`].
+//! * edges: [`config`], [`daemon`], [`logging`], [`check`] (`pluto2 check`).
 //!
 //! See ARCHITECTURE.md for the data flow and the invariants.
 
@@ -20,6 +20,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod address;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod envelope;
