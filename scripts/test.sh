@@ -11,6 +11,9 @@ command -v strace >/dev/null || need+=(strace)
 command -v nc >/dev/null || need+=(netcat-openbsd)
 command -v ss >/dev/null || need+=(iproute2)
 command -v microsocks >/dev/null || need+=(microsocks)
+# systemd-analyze verify/security on contrib/pluto2.service (tests/systemd.rs);
+# the package installs in a container too, systemd need not be PID 1.
+[ -x /usr/bin/systemd-analyze ] || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -161,7 +161,14 @@ fn refused(socket: &NotifySocket, flags: &[&str]) -> (Option<i32>, Vec<String>, 
     let child = Command::new(BIN)
         .env("NOTIFY_SOCKET", &socket.path)
         .env("WATCHDOG_USEC", WATCHDOG_USEC)
-        .args(["-cover-interval", "0", "-tor-socks", &dead, "-dns-server", &dead])
+        .args([
+            "-cover-interval",
+            "0",
+            "-tor-socks",
+            &dead,
+            "-dns-server",
+            &dead,
+        ])
         .args(flags)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -372,7 +379,10 @@ fn unit_copy(dir: &Path) -> PathBuf {
     ))
     .unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/pluto2 "));
-    let unit = unit.replace("ExecStart=/usr/local/bin/pluto2 ", &format!("ExecStart={BIN} "));
+    let unit = unit.replace(
+        "ExecStart=/usr/local/bin/pluto2 ",
+        &format!("ExecStart={BIN} "),
+    );
     let path = dir.join("pluto2.service");
     std::fs::write(&path, unit).unwrap();
     path
@@ -402,7 +412,10 @@ fn the_unit_file_verifies_without_a_single_warning() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.trim().is_empty(), "systemd-analyze verify warned: {err}");
+    assert!(
+        err.trim().is_empty(),
+        "systemd-analyze verify warned: {err}"
+    );
     let text = std::fs::read_to_string(&unit).unwrap();
     for line in [
         "Type=notify",
