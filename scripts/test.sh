@@ -13,6 +13,9 @@ command -v ss >/dev/null || need+=(iproute2)
 command -v microsocks >/dev/null || need+=(microsocks)
 # tests/tor_network.rs runs a private Tor network on 127.0.0.1.
 { command -v tor >/dev/null && command -v tor-gencert >/dev/null; } || need+=(tor)
+# systemd-analyze verify/security on contrib/pluto2.service (tests/systemd.rs);
+# the package installs in a container too, systemd need not be PID 1.
+[ -x /usr/bin/systemd-analyze ] || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -129,6 +129,8 @@ pub struct Cli {
 pub enum Command {
     /// Show what is waiting in the spool (counts only, never addresses).
     Queue(QueueArgs),
+    /// Check the daemon's flags and setup (spool, data dir, Tor, nodes.json) without changing anything.
+    Check(Box<DaemonArgs>),
     /// Sign nodes.json as an operator, or check a signed one as a node would.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -939,16 +941,22 @@ impl NodeArgs {
         let Some(path) = &self.hs_hostname_file else {
             return Err(ConfigError::NoName);
         };
-        let shown = path.display().to_string();
-        let text = read_hostname_file(path).map_err(|reason| ConfigError::HostnameFile {
-            path: shown.clone(),
-            reason,
-        })?;
-        OnionName::parse(text.trim()).map_err(|source| ConfigError::HostnameContent {
-            path: shown,
-            source,
-        })
+        name_from_hostname_file(path)
     }
+}
+
+/// The onion name in Tor's hostname file, read and checked as the daemon
+/// does when -name is absent (`pluto2 check` compares it with -name).
+pub fn name_from_hostname_file(path: &std::path::Path) -> Result<OnionName, ConfigError> {
+    let shown = path.display().to_string();
+    let text = read_hostname_file(path).map_err(|reason| ConfigError::HostnameFile {
+        path: shown.clone(),
+        reason,
+    })?;
+    OnionName::parse(text.trim()).map_err(|source| ConfigError::HostnameContent {
+        path: shown,
+        source,
+    })
 }
 
 /// Reads Tor's hostname file, refusing anything that is not a small regular

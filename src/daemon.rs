@@ -40,6 +40,7 @@ pub mod directory;
 mod fd_limit;
 pub mod lock;
 pub mod mixnet;
+mod notify;
 pub mod reload;
 
 /// Bound on one MX lookup through Tor during delivery.
@@ -273,6 +274,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         }),
     });
     let health = Arc::new(DeliveryHealth::default());
+    // The systemd watchdog's questions to the dispatcher loop.
+    let (ping_tx, ping_rx) = tokio::sync::mpsc::channel(1);
     let dispatcher = Dispatcher {
         spool: spool.clone(),
         transport: router,
@@ -290,6 +293,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         scope: LeaseScope::All,
         cover_key: cover_key.clone(),
         health: health.clone(),
+        pings: Some(ping_rx),
     };
     // In -sphinx mode no mail accepted here leaves directly: the dispatcher
     // delivers only mail that left the mixnet at this node (and does not run
@@ -350,6 +354,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         config.ops.stats_interval,
         shutdown.clone(),
     ));
+
+    // systemd (only with NOTIFY_SOCKET): the spool is open and every
+    // listener bound, so READY now; then STATUS, WATCHDOG and STOPPING.
+    let notify_task = notify::Notifier::from_env().map(|notifier| {
+        notifier.ready();
+        notifier.start(
+            notify::Liveness {
+                spool: spool.clone(),
+                dispatcher: relay_task.as_ref().map(|_| ping_tx),
+            },
+            notify::StatusSource {
+                data_dir: config.spool.data_dir.clone(),
+                stats: stats.clone(),
+                every: config.ops.stats_interval,
+            },
+            shutdown.clone(),
+        )
+    });
 
     let ctx = Arc::new(ServerContext {
         session: Arc::new(SessionConfig {
@@ -434,6 +456,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     }
     let _ = stats_task.await;
     let _ = reload_task.await;
+    if let Some(task) = notify_task {
+        let _ = task.await;
+    }
     // Every Spool handle is gone now (server context, dispatcher, cover
     // generator); the committer drains what is left and closes the database.
     closer.closed().await;

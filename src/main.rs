@@ -19,11 +19,17 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        // `pluto2 check` reports a flag clap refused as its own problem line.
+        Err(e) if std::env::args().nth(1).as_deref() == Some("check") => {
+            println!("problem flags: {}", config::one_line(&e));
+            return ExitCode::FAILURE;
+        }
         Err(e) => return fail(sysexits::USAGE, &config::one_line(&e)),
     };
     match cli.command {
         Some(Command::Queue(args)) => queue(args),
         Some(Command::Pki(command)) => pki(&command),
+        Some(Command::Check(args)) => check(*args),
         None => {
             let config = match cli.daemon.validate() {
                 Ok(c) => c,
@@ -74,6 +80,32 @@ fn export_node_info(config: &config::Config, info: &config::NodeInfo) -> ExitCod
             }
         },
         Err(e) => fail(e.exit_status(), &e.to_string()),
+    }
+}
+
+/// `pluto2 check`: one line per check on stdout; exit 0 when every line
+/// is `ok`, 1 otherwise.
+fn check(args: config::DaemonArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return fail(
+                sysexits::SOFTWARE,
+                &format!("cannot start the runtime: {e}"),
+            );
+        }
+    };
+    let findings = runtime.block_on(pluto2::check::run(args));
+    for finding in &findings {
+        println!("{finding}");
+    }
+    if findings.iter().all(|f| f.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -34,7 +34,8 @@ use crate::time::{Clock, UnixMillis};
 
 /// Header that carries the marker.
 pub const MARKER: &str = "X-Pluto2-Cover";
-const KEY_FILE: &str = "cover.key";
+/// The key's file in the data dir (`pluto2 check` inspects it too).
+pub const KEY_FILE: &str = "cover.key";
 /// Longest marker value worth decoding: a 16-byte nonce and a 32-byte tag
 /// take 97 hex characters and a dot; the rest leaves room for folding.
 /// Longer values are refused before any decoding work.

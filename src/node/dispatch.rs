@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -136,6 +136,25 @@ pub struct Dispatcher {
     pub cover_key: CoverKey,
     /// Set and cleared from delivery outcomes; read by the cover generator.
     pub health: Arc<DeliveryHealth>,
+    /// Questions from the systemd watchdog (`daemon::notify`): the loop
+    /// answers each where it waits, so an answer proves it still turns.
+    /// `None` when nobody asks.
+    pub pings: Option<mpsc::Receiver<Ping>>,
+}
+
+/// One watchdog question: the dispatcher loop answers by sending `()`.
+pub type Ping = oneshot::Sender<()>;
+
+/// The next watchdog question, or never when nobody asks (or the asker is
+/// gone).
+async fn next_ping(pings: &mut Option<mpsc::Receiver<Ping>>) -> Ping {
+    match pings {
+        Some(rx) => match rx.recv().await {
+            Some(ping) => ping,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 impl Dispatcher {
@@ -143,7 +162,8 @@ impl Dispatcher {
     /// message yet are abandoned at shutdown and their leases released at
     /// the next start (at-least-once); those that have get
     /// [`SHUTDOWN_GRACE`] to finish and settle.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut pings = self.pings.take();
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.workers));
         // Signalled when a worker has settled its lease: a retry time may now
@@ -152,10 +172,14 @@ impl Dispatcher {
         let tracker = TaskTracker::new();
         let mut outside = OutsideWatch::default();
         outside.look(&this.spool).await;
-        loop {
+        'dispatch: loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                ping = next_ping(&mut pings) => {
+                    let _ = ping.send(());
+                    continue;
+                }
             };
             let want = 1 + permits.available_permits();
             let batch = match this.spool.lease_scoped(want, this.lease, this.scope).await {
@@ -176,12 +200,19 @@ impl Dispatcher {
                     .map(|due| Duration::from_millis(due.saturating_sub((this.clock)())))
                     .unwrap_or(MAX_IDLE)
                     .min(MAX_IDLE);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = this.spool.new_mail() => {}
-                    _ = settled.notified() => {}
-                    _ = outside.changed(&this.spool) => {}
-                    _ = tokio::time::sleep(wait) => {}
+                let sleep = tokio::time::sleep(wait);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'dispatch,
+                        _ = this.spool.new_mail() => break,
+                        _ = settled.notified() => break,
+                        _ = outside.changed(&this.spool) => break,
+                        _ = &mut sleep => break,
+                        ping = next_ping(&mut pings) => {
+                            let _ = ping.send(());
+                        }
+                    }
                 }
                 continue;
             }
@@ -486,6 +517,7 @@ mod tests {
             scope: LeaseScope::All,
             cover_key: CoverKey::from_bytes([4; 32]),
             health: Arc::default(),
+            pings: None,
         }
     }
 
@@ -752,6 +784,51 @@ mod tests {
         assert_eq!(Stats::get(&stats.retries), 1, "real mail kept");
         assert_eq!(Stats::get(&stats.failed), 0);
         assert!(health.in_outage());
+        stop.cancel();
+        task.await.unwrap();
+        drop(spool);
+        closer.closed().await;
+    }
+
+    /// Asks the loop once and waits for its answer (real time: the spool's
+    /// thread does real work, which paused time would skip past).
+    async fn answered(pings: &mpsc::Sender<Ping>) -> bool {
+        let (reply, answer) = oneshot::channel();
+        pings.send(reply).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .is_ok_and(|a| a.is_ok())
+    }
+
+    /// The systemd watchdog's question reaches the loop wherever it waits:
+    /// idle (no mail) and with every worker busy on a delivery that hangs.
+    #[tokio::test]
+    async fn it_answers_watchdog_pings_while_idle_and_while_every_worker_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::time::system_clock();
+        let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
+        let (started_tx, mut started) = mpsc::channel(4);
+        let transport = Arc::new(Hanging {
+            running: Arc::default(),
+            most: Arc::default(),
+            started: started_tx,
+        });
+        let stats = Arc::new(Stats::default());
+        let (pings, rx) = mpsc::channel(1);
+        let dispatcher = Dispatcher {
+            workers: 1,
+            pings: Some(rx),
+            ..test_dispatcher(&spool, &clock, transport, &stats)
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(dispatcher.run(stop.clone()));
+        assert!(answered(&pings).await, "idle loop did not answer");
+        assert_eq!(
+            spool.enqueue(mail(1), clock()).await,
+            crate::envelope::EnqueueOutcome::Queued
+        );
+        started.recv().await.unwrap();
+        assert!(answered(&pings).await, "busy loop did not answer");
         stop.cancel();
         task.await.unwrap();
         drop(spool);

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 pub use delivery::{Disposition, Lease, LeaseBatch, LeaseScope, LeasedRecipient};
 pub use ops::{QueueOpError, QueueOps, Selection};
 pub use report::QueueReport;
-pub use schema::SPOOL_FILE;
+pub use schema::{SPOOL_FILE, SpoolInspection, inspect_read_only};
 
 use crate::envelope::EnqueueOutcome;
 use crate::envelope::Message;
@@ -300,6 +300,13 @@ impl Spool {
             .await
             .map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// A round trip through the committer thread that does nothing: it
+    /// returns once the writer took it from its queue, which proves the
+    /// writer still works its queue off (the systemd watchdog asks this).
+    pub async fn ping(&self) -> Result<(), SpoolError> {
+        self.call(|_, _| Ok(())).await
     }
 
     /// Records delivery outcomes; durable when this returns Ok.

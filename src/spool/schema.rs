@@ -82,6 +82,78 @@ pub fn open_reader(data_dir: &Path) -> Result<Connection, SpoolError> {
     }
 }
 
+/// What `pluto2 check` learns from an existing spool without changing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolInspection {
+    /// The schema version found (`user_version`).
+    pub version: i64,
+    /// The version this pluto2 writes; an older spool is migrated at start.
+    pub current: i64,
+    /// `PRAGMA quick_check`'s findings; empty when it said `ok`.
+    pub damage: Vec<String>,
+}
+
+/// Opens the spool strictly read-only, identifies it like the daemon does
+/// and runs `PRAGMA quick_check`; `Ok(None)` when there is no spool yet.
+///
+/// A read-only open of a WAL database still creates the `-wal` and `-shm`
+/// files next to it, which `pluto2 check` promises not to do. When neither
+/// exists no writer has anything un-checkpointed (a clean close removes
+/// them), so the file is opened `immutable`, which touches nothing but the
+/// file itself. When they exist (a daemon runs, or one crashed) they are
+/// used as they are and no file is created.
+pub fn inspect_read_only(data_dir: &Path) -> Result<Option<SpoolInspection>, SpoolError> {
+    let path = data_dir.join(SPOOL_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let sidecar = |suffix: &str| {
+        let mut name = path.clone().into_os_string();
+        name.push(suffix);
+        std::path::PathBuf::from(name).exists()
+    };
+    let idle = !sidecar("-wal") && !sidecar("-shm");
+    let escaped: String = path
+        .to_string_lossy()
+        .chars()
+        .map(|c| match c {
+            '%' => "%25".to_string(),
+            '?' => "%3f".to_string(),
+            '#' => "%23".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let uri = format!(
+        "file:{escaped}?mode=ro{}",
+        if idle { "&immutable=1" } else { "" }
+    );
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(&uri, flags).map_err(opening)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(opening)?;
+    let version = match identify(&conn)? {
+        Found::Ours => SCHEMA_VERSION,
+        Found::Old(v) => v,
+        Found::Empty => 0,
+    };
+    let damage = conn
+        .prepare("PRAGMA quick_check")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(opening)?
+        .into_iter()
+        .filter(|line| line != "ok")
+        .collect();
+    Ok(Some(SpoolInspection {
+        version,
+        current: SCHEMA_VERSION,
+        damage,
+    }))
+}
+
 /// Turns an SQLite error met while opening into the error that says what
 /// to do: a file SQLite cannot read as a database is damaged (or not a
 /// database at all); anything else is a plain failure to open.
@@ -342,6 +414,41 @@ mod tests {
         assert_eq!(journal, "wal");
         assert_eq!(synchronous, 2, "synchronous=FULL");
         assert_eq!(secure_delete, 1);
+    }
+
+    /// `pluto2 check` promises to create and change nothing: after the
+    /// daemon's clean close only the database file is left, and inspecting
+    /// it leaves exactly that.
+    #[test]
+    fn inspecting_a_closed_spool_creates_and_changes_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = open_writer(dir.path()).unwrap();
+            conn.close().unwrap();
+        }
+        let listing = |dir: &Path| {
+            let mut files: Vec<(String, std::time::SystemTime, u64)> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let meta = e.metadata().unwrap();
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        meta.modified().unwrap(),
+                        meta.len(),
+                    )
+                })
+                .collect();
+            files.sort();
+            files
+        };
+        let before = listing(dir.path());
+        assert_eq!(before.len(), 1, "{before:?}");
+        let found = inspect_read_only(dir.path()).unwrap().unwrap();
+        assert_eq!(found.version, SCHEMA_VERSION);
+        assert!(found.damage.is_empty(), "{:?}", found.damage);
+        assert_eq!(listing(dir.path()), before);
+        assert_eq!(inspect_read_only(&dir.path().join("none")).unwrap(), None);
     }
 
     #[test]

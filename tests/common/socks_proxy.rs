@@ -1,6 +1,8 @@
 //! An in-test SOCKS5 proxy standing in for Tor: it maps requested
 //! `host:port` targets to local listeners, records every request, and can
-//! be told to refuse with a given reply code or to be "down".
+//! be told to refuse with a given reply code (one target, or every target
+//! it has no route for: Tor's 0xF0–0xF7 with ExtendedErrors, or a generic
+//! failure without) or to be "down".
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +26,8 @@ pub struct SocksRequest {
 struct State {
     routes: HashMap<(String, u16), SocketAddr>,
     refusals: HashMap<(String, u16), u8>,
+    /// The reply for a target without route or refusal (None: 0x04).
+    unknown: Option<u8>,
     requests: Vec<SocksRequest>,
 }
 
@@ -75,6 +79,12 @@ impl SocksProxy {
             .unwrap()
             .refusals
             .insert((host.to_string(), port), code);
+    }
+
+    /// Answers CONNECT to every target without a route or refusal of its
+    /// own with this code (0x04 "host unreachable" until set).
+    pub fn unknown_reply(&self, code: u8) {
+        self.state.lock().unwrap().unknown = Some(code);
     }
 
     pub fn requests(&self) -> Vec<SocksRequest> {
@@ -153,17 +163,21 @@ pub fn reply(code: u8) -> [u8; 10] {
 async fn handle(mut c: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
     let request = read_request(&mut c).await?;
     let key = (request.host.clone(), request.port);
-    let (route, refusal) = {
+    let (route, refusal, unknown) = {
         let mut s = state.lock().unwrap();
         s.requests.push(request);
-        (s.routes.get(&key).copied(), s.refusals.get(&key).copied())
+        (
+            s.routes.get(&key).copied(),
+            s.refusals.get(&key).copied(),
+            s.unknown,
+        )
     };
     if let Some(code) = refusal {
         c.write_all(&reply(code)).await?;
         return Ok(());
     }
     let Some(target) = route else {
-        c.write_all(&reply(4)).await?; // host unreachable
+        c.write_all(&reply(unknown.unwrap_or(4))).await?; // host unreachable
         return Ok(());
     };
     let Ok(mut upstream) = TcpStream::connect(target).await else {
