@@ -317,7 +317,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         )),
         None => Some(tokio::spawn(dispatcher.run(shutdown.clone()))),
     };
-    let mixnet_tasks = match mixnet {
+    let mut mixnet_tasks = match mixnet {
         Some(node) => {
             let addr = node.config.node;
             let tasks = mixnet::spawn(
@@ -327,6 +327,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 clock.clone(),
                 config.mix.policy.clone(),
                 SocksDialer::new(relay.tor_socks, relay.delivery_timeout),
+                dest_block.clone(),
                 shutdown.clone(),
             )
             .await
@@ -418,7 +419,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     reloader.add(Box::new(reload::RateLimits(ctx.clone())));
     reloader.add(Box::new(reload::LogSettings));
     reloader.add(Box::new(reload::DestBlockFile(dest_block.clone())));
-    // Issue 11: the mixnet's nodes.json part is added here.
+    if let Some(part) = mixnet_tasks.as_mut().and_then(|t| t.reload.take()) {
+        reloader.add(Box::new(part));
+    }
     let reload_task = spawn_reload_task(hangup, reloader, shutdown.clone());
     info!("[CONN] listening on {local}");
     if !config.listener.proxy_protocol && local.ip().is_loopback() {

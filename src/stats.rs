@@ -826,7 +826,8 @@ mod tests {
         assert!(text.contains("pluto2_mixnet_peers_usable 3"), "{text}");
         let line = s.line(Duration::ZERO);
         assert!(line.contains(" mix_replays=2 "), "{line}");
-        assert!(line.ends_with(" healthy=3/4"), "{line}");
+        assert!(line.contains(" healthy=3/4 "), "{line}");
+        assert!(line.ends_with(" two_faces=0"), "{line}");
     }
 
     #[test]

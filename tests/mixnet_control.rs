@@ -397,3 +397,231 @@ async fn a_node_showing_one_peer_another_face_is_detected_and_excluded() {
     }
     delivered_once(&net, &tags).await;
 }
+
+/// SIGHUP rereads `nodes.json`: a file that does not parse, or that would
+/// change the network parameters, is refused and the directory in force
+/// stays; a file without node 4 takes node 4 out of this node's routes;
+/// the full file brings it back. Mail sent across the reloads arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_nodes_json_and_keeps_the_old_one_when_refused() {
+    let _one = SERIAL.lock().await;
+    let net = MixNet::start(5, EPOCH_PARAMS).await;
+    net.until_healthy(0, 4).await;
+    let good = std::fs::read_to_string(&net.pki).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let d0 = net.daemon(0);
+    let reloads =
+        |want: &'static str| move |l: &str| l.contains("[RELOAD] SIGHUP:") && l.contains(want);
+    let count = |want: &str| {
+        d0.log_text()
+            .lines()
+            .filter(|l| l.contains("[RELOAD] SIGHUP:") && l.contains(want))
+            .count()
+    };
+
+    std::fs::write(&net.pki, "{\"nodes\": [").unwrap();
+    d0.signal("HUP");
+    let line = d0
+        .until_log("a refused reload", reloads("kept the old settings"))
+        .await;
+    assert!(line.contains("-pki-file"), "{line}");
+    assert!(line.contains("not a valid nodes.json"), "{line}");
+
+    let mut other_params = doc.clone();
+    other_params["params"]["hop_delay_mean"] = serde_json::json!("30ms");
+    std::fs::write(&net.pki, other_params.to_string()).unwrap();
+    d0.signal("HUP");
+    let deadline = Instant::now() + PATIENCE;
+    while count("kept the old settings") < 2 {
+        assert!(Instant::now() < deadline, "second refusal never logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(d0.log_text().contains("params differ"), "{}", d0.log_text());
+
+    let mut without_four = doc.clone();
+    let four = net.nodes[4].onion.clone();
+    without_four["nodes"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["onion"] != four.as_str());
+    std::fs::write(&net.pki, without_four.to_string()).unwrap();
+    let mark = log_lines(&net, 0);
+    d0.signal("HUP");
+    let line = d0
+        .until_log("the reload without node 4", reloads("reloaded"))
+        .await;
+    assert!(
+        line.contains("-pki-file") && line.contains("4 nodes"),
+        "{line}"
+    );
+    until_healthy_exactly(&net, 0, mark, 3).await;
+    let since = tokio::time::Instant::now();
+    let tags: Vec<String> = (0..3).map(|i| format!("reload-{i}")).collect();
+    for t in &tags {
+        send_from(&net, 0, t).await;
+    }
+    delivered_once(&net, &tags).await;
+    let to_four = net.nodes[0]
+        .tap
+        .frames_on(&four, Direction::ToTarget)
+        .into_iter()
+        .filter(|f| f.kind == FrameKind::Packet && f.at >= since)
+        .count();
+    assert_eq!(to_four, 0, "node 0 still routes through node 4");
+
+    std::fs::write(&net.pki, &good).unwrap();
+    let mark = log_lines(&net, 0);
+    d0.signal("HUP");
+    let deadline = Instant::now() + PATIENCE;
+    while count("reloaded") < 2 {
+        assert!(Instant::now() < deadline, "second reload never logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until_healthy_exactly(&net, 0, mark, 4).await;
+    let more: Vec<String> = (3..5).map(|i| format!("reload-{i}")).collect();
+    for t in &more {
+        send_from(&net, 0, t).await;
+    }
+    let all: Vec<String> = tags.iter().chain(&more).cloned().collect();
+    delivered_once(&net, &all).await;
+}
+
+/// At an exit, a recipient on `-dest-block` is dropped and counted; the
+/// others of the message are delivered; a message left with no recipient
+/// is acknowledged all the same (the entry stops sending it) and never
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_drops_blocked_destinations_and_still_acknowledges() {
+    let _one = SERIAL.lock().await;
+    // Nodes 1–3 are middles: every message from node 0 leaves at node 4.
+    let mut net = MixNet::start_with_middles(5, EPOCH_PARAMS, &[1, 2, 3]).await;
+    let list = net.nodes[4].data.with_file_name("dest.blk");
+    std::fs::write(
+        &list,
+        format!(
+            "# asked not to get anonymous mail\nblocked@{}\n",
+            net.sink_onion
+        ),
+    )
+    .unwrap();
+    let d4 = net.nodes[4].daemon.as_mut().unwrap();
+    d4.signal("TERM");
+    d4.wait();
+    net.start_node(4, &["-dest-block", list.to_str().unwrap()]);
+    net.until_healthy(0, 4).await;
+    let ok = format!("ok@{}", net.sink_onion);
+    let blocked = format!("blocked@{}", net.sink_onion);
+    let mut c = net.daemon(0).ehlo_client().await;
+    let body = "Subject: two\r\n\r\nbody of two\r\n";
+    assert_eq!(
+        c.send_mail("a@b.example", &[&ok, &blocked], body).await,
+        250
+    );
+    let body = "Subject: none\r\n\r\nbody of none\r\n";
+    assert_eq!(c.send_mail("a@b.example", &[&blocked], body).await, 250);
+    // Both acknowledged by the exit: nothing waits at the entry.
+    net.daemon(0)
+        .until_queue("both messages acknowledged", |q| q["messages"] == 0)
+        .await;
+    until_stat(net.daemon(4), "dest_blocked", |n| n >= 2).await;
+    let got = net.sink.wait_for(1).await;
+    assert_eq!(got[0].rcpt_to, vec![ok.clone()]);
+    // Nothing was left in the exit's queue for the blocked-only message,
+    // and nothing more arrived.
+    net.daemon(4)
+        .until_queue("the exit's queue empty", |q| q["messages"] == 0)
+        .await;
+    assert_eq!(
+        net.sink.received().len(),
+        1,
+        "a blocked-only message was delivered"
+    );
+    assert!(
+        !net.daemon(4).log_text().contains(&blocked),
+        "address logged"
+    );
+}
+
+/// CPU time (utime + stime, in clock ticks) and resident memory (KiB) of a
+/// process, from /proc.
+fn cpu_and_rss(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (ticks, rss)
+}
+
+/// Figures for BENCHMARKS.md (run by scripts/bench-mixnet-cover.sh, not by
+/// the test command): a 5-node network idle with the default cover (one
+/// loop and one drop a minute per node) for `IDLE_SECS`, CPU and RSS per
+/// node; then a network with cover `FAST` times faster, whose bytes on the
+/// links per node are scaled back to the default rates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_cover_cost() {
+    let _one = SERIAL.lock().await;
+    let secs: u64 = std::env::var("IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let default_cover = r#"{"hops": 3, "hop_delay_mean": "20ms", "hop_delay_max": "240ms",
+        "max_message_size": 262144, "ack_timeout": "4s", "custody_horizon": "10m", "e2e_horizon": "1h"}"#;
+    let net = MixNet::start(5, default_cover).await;
+    net.until_healthy(0, 4).await;
+    let before: Vec<(u64, u64)> = (0..5).map(|i| cpu_and_rss(net.daemon(i).pid())).collect();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let after: Vec<(u64, u64)> = (0..5).map(|i| cpu_and_rss(net.daemon(i).pid())).collect();
+    let tick = 100.0; // USER_HZ on Linux
+    let mut cpu: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (a.0 - b.0) as f64 / tick / secs as f64 * 100.0)
+        .collect();
+    let mut rss: Vec<f64> = after.iter().map(|a| a.1 as f64 / 1024.0).collect();
+    cpu.sort_by(f64::total_cmp);
+    rss.sort_by(f64::total_cmp);
+    println!(
+        "idle, default cover, {secs} s: CPU per node median {:.3} % (min {:.3}, max {:.3}); RSS median {:.1} MiB (min {:.1}, max {:.1})",
+        cpu[2], cpu[0], cpu[4], rss[2], rss[0], rss[4]
+    );
+    let loops: u64 = (0..5)
+        .map(|i| last_stat(net.daemon(i), "loops_sent").unwrap_or(0))
+        .sum();
+    println!("loops sent by the five nodes meanwhile: {loops}");
+    drop(net);
+
+    // Bandwidth: cover 60x faster (one loop and one drop a second per node).
+    let fast = r#"{"hops": 3, "hop_delay_mean": "20ms", "hop_delay_max": "240ms",
+        "max_message_size": 262144, "ack_timeout": "4s", "custody_horizon": "10m", "e2e_horizon": "1h",
+        "loop_cover_mean": "1s", "drop_cover_mean": "1s"}"#;
+    let net = MixNet::start(5, fast).await;
+    net.until_healthy(0, 4).await;
+    let start: usize = net.nodes.iter().map(|n| n.tap.bytes_on_links()).sum();
+    let began = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs.min(60))).await;
+    let bytes: usize = net
+        .nodes
+        .iter()
+        .map(|n| n.tap.bytes_on_links())
+        .sum::<usize>()
+        - start;
+    let elapsed = began.elapsed().as_secs_f64();
+    // Every link byte is counted once, by the tap of the node that dialled
+    // (both directions), and each is sent by one node and received by
+    // another: per node, the total over five is what it sends (and about
+    // as much it receives).
+    let per_node_per_s = bytes as f64 / 5.0 / elapsed;
+    let per_day_default = per_node_per_s / 60.0 * 86_400.0;
+    println!(
+        "cover at 1/s loop + 1/s drop: {per_node_per_s:.0} bytes/s sent per node (as much received); at the default 1/min each: {:.1} MB sent per node per day",
+        per_day_default / 1e6
+    );
+}

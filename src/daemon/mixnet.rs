@@ -122,6 +122,97 @@ pub fn start(
 pub struct MixnetTasks {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     links: tokio_util::task::TaskTracker,
+    /// The `nodes.json` part of a SIGHUP reload.
+    pub reload: Option<DirectoryReload>,
+}
+
+/// One outbound link per listed peer: those of the first `nodes.json`,
+/// and those a reload adds. A node a reload removes keeps its link until
+/// shutdown, so packets already in custody for it still leave; no new
+/// route uses it and no hop forwards to it.
+pub struct PeerLinks {
+    dialer: crate::relay::socks::SocksDialer,
+    cfg: std::sync::Arc<crate::mixnet::link::LinkConfig>,
+    forwarder: std::sync::Arc<crate::mixnet::node::Forwarder>,
+    shutdown: tokio_util::sync::CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+    running: std::sync::Mutex<std::collections::HashSet<crate::mixnet::packet::NodeId>>,
+}
+
+impl PeerLinks {
+    /// Starts a link to every node in `nodes` that has none yet.
+    fn ensure(&self, nodes: &[crate::mixnet::pki::Node]) {
+        let mut running = self.running.lock().unwrap();
+        for peer in nodes {
+            if !running.insert(peer.id) {
+                continue;
+            }
+            self.tracker.spawn(crate::mixnet::link::run_peer(
+                peer.id,
+                peer.onion.to_string(),
+                peer.port,
+                self.dialer.clone(),
+                self.cfg.clone(),
+                self.forwarder.clone(),
+                self.shutdown.clone(),
+            ));
+        }
+    }
+}
+
+/// Rereads `nodes.json` on SIGHUP: the same checks as at start (contents,
+/// signatures, serial, expiry), plus what a running node cannot take: other
+/// network parameters or another entry for itself. A refused file keeps the
+/// directory in force and the reload line says why.
+pub struct DirectoryReload {
+    ctx: std::sync::Arc<crate::mixnet::node::MixContext>,
+    links: std::sync::Arc<PeerLinks>,
+    data_dir: std::path::PathBuf,
+    name: OnionName,
+}
+
+impl super::reload::Reloadable for DirectoryReload {
+    fn flags(&self) -> &'static [&'static str] {
+        &["pki-file", "pki-trust", "pki-threshold"]
+    }
+
+    fn prepare(
+        &self,
+        _old: &crate::config::Config,
+        new: &crate::config::Config,
+    ) -> Result<Option<super::reload::Staged>, String> {
+        let Some(m) = new.mixnet.as_ref() else {
+            return Ok(None);
+        };
+        let path = m.pki_file.display().to_string();
+        let (directory, notes) = super::directory::load(
+            &self.data_dir,
+            &self.name,
+            &m.pki_file,
+            m.trust.as_ref(),
+            crate::time::now_ms(),
+        )
+        .map_err(|e| format!("-pki-file {path}: {e}"))?;
+        if let Some(why) = self.ctx.directory.refuses(&directory) {
+            return Err(format!("-pki-file {path}: {why}"));
+        }
+        if directory.nodes() == self.ctx.directory.get().nodes() {
+            return Ok(None);
+        }
+        let what = format!("-pki-file {path} ({} nodes)", directory.nodes().len());
+        let (ctx, links) = (self.ctx.clone(), self.links.clone());
+        Ok(Some(super::reload::Staged {
+            what,
+            apply: Box::new(move || {
+                let others: Vec<_> = directory.others().cloned().collect();
+                ctx.directory.replace(directory);
+                links.ensure(&others);
+                notes.log();
+                // Routes may change: new nodes, or fewer.
+                ctx.health.poke();
+            }),
+        }))
+    }
 }
 
 impl MixnetTasks {
@@ -191,6 +282,7 @@ const MAINTENANCE: std::time::Duration = std::time::Duration::from_secs(10);
 /// acknowledgements), one link per other node, the entry's sender and the
 /// maintenance task. Packets whose release time passed while the node was
 /// down get a fresh delay first, so a restart is not a burst.
+#[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     node: MixnetNode,
     spool: crate::spool::Spool,
@@ -198,6 +290,7 @@ pub async fn spawn(
     clock: crate::time::Clock,
     mix: crate::mix::MixPolicy,
     dialer: crate::relay::socks::SocksDialer,
+    dest_block: std::sync::Arc<crate::node::policy::DestBlock>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<MixnetTasks, std::io::Error> {
     use std::sync::Arc;
@@ -219,15 +312,17 @@ pub async fn spawn(
         .mixnet
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let peers = PeerKeys::load(&node.data_dir, &node.directory)?;
+    let data_dir = node.data_dir.clone();
     let keys = Arc::new(node.keys);
     let rotation = node.rotation;
     let ctx = Arc::new(MixContext {
         spool: spool.clone(),
         peers: Arc::new(peers),
-        directory: Arc::new(node.directory),
+        directory: crate::mixnet::node::DirectoryCell::new(node.directory),
         keys,
         identity: Arc::new(node.identity),
         exit: node.config.info.exit,
+        dest_block: Some(dest_block),
         mix,
         stats: stats.clone(),
         clock: clock.clone(),
@@ -271,17 +366,15 @@ pub async fn spawn(
         links.clone(),
     )));
     let forwarder = Arc::new(Forwarder::new(ctx.clone(), Duration::from_secs(120)));
-    for peer in ctx.directory.others() {
-        tasks.push(tokio::spawn(link::run_peer(
-            peer.id,
-            peer.onion.to_string(),
-            peer.port,
-            dialer.clone(),
-            cfg.clone(),
-            forwarder.clone(),
-            shutdown.clone(),
-        )));
-    }
+    let peer_links = Arc::new(PeerLinks {
+        dialer,
+        cfg: cfg.clone(),
+        forwarder,
+        shutdown: shutdown.clone(),
+        tracker: links.clone(),
+        running: Default::default(),
+    });
+    peer_links.ensure(&ctx.directory.others());
     tasks.push(tokio::spawn(
         Sender { ctx: ctx.clone() }.run(shutdown.clone()),
     ));
@@ -350,5 +443,15 @@ pub async fn spawn(
             ", middleman (no exit)"
         }
     );
-    Ok(MixnetTasks { tasks, links })
+    let reload = DirectoryReload {
+        name: ctx.directory.own().onion.clone(),
+        ctx,
+        links: peer_links,
+        data_dir,
+    };
+    Ok(MixnetTasks {
+        tasks,
+        links,
+        reload: Some(reload),
+    })
 }

@@ -176,7 +176,7 @@ impl MixCover {
                 .collect(),
             _ => usable_peers(ctx, epoch),
         };
-        let Some(nodes) = pick_nodes(&ctx.directory, &pool, hops, &[], rng) else {
+        let Some(nodes) = pick_nodes(&ctx.directory.get(), &pool, hops, &[], rng) else {
             return Ok(());
         };
         let mut route: Vec<RouteHop> = Vec::with_capacity(hops + 1);
@@ -293,11 +293,12 @@ mod tests {
         let (spool, _closer) = Spool::open(dir, Duration::ZERO, clock.clone()).unwrap();
         let ctx = Arc::new(MixContext {
             spool: spool.clone(),
-            directory: Arc::new(directory),
+            directory: crate::mixnet::node::DirectoryCell::new(directory),
             keys: Arc::new(keys),
             identity: Arc::new(IdentityKey::load_or_create(dir).unwrap()),
             peers: Arc::new(peers),
             exit: true,
+            dest_block: None,
             mix: crate::mix::MixPolicy::Immediate,
             stats: Arc::new(Stats::default()),
             clock,
@@ -395,7 +396,7 @@ mod tests {
         let (recorder, stop, task) = start(&ctx, 9);
         tokio::time::sleep(Duration::from_secs(60)).await;
         // Every link goes down for ten minutes: no route.
-        let peers: Vec<NodeId> = ctx.directory.others().map(|n| n.id).collect();
+        let peers: Vec<NodeId> = ctx.directory.others().iter().map(|n| n.id).collect();
         for p in &peers {
             ctx.health.set(*p, false);
         }

@@ -329,7 +329,7 @@ pub async fn complete(ctx: &MixContext, mix_id: MixId, reply_block: Option<Reply
         })
         .collect();
     let message = fragment::join(&fragments).and_then(|blob| fragment::decode_blob(&blob));
-    let message = match message {
+    let mut message = match message {
         Ok(m) => m,
         Err(e) => {
             info!(
@@ -340,6 +340,16 @@ pub async fn complete(ctx: &MixContext, mix_id: MixId, reply_block: Option<Reply
             return;
         }
     };
+    // A destination on -dest-block is dropped here (each one counted and
+    // logged by the list); a message left with no recipient is still
+    // recorded as done and acknowledged, so the entry stops sending it.
+    if let Some(list) = &ctx.dest_block {
+        if list.blocks_post(&message.body) {
+            message.envelope.recipients.clear();
+        } else {
+            message.envelope.recipients.retain(|r| !list.blocks(r));
+        }
+    }
     let ack = block.and_then(|b| ack_packet(ctx, &b, mix_id, &AckBody::Complete));
     let release_at = ctx.mix.release_at(ctx.now(), &mut rand::rng());
     let completion = ExitCompletion {

@@ -27,10 +27,75 @@ use crate::spool::mixnet::PacketSettle;
 use crate::stats::Stats;
 use crate::time::{Clock, UnixMillis};
 
+/// `nodes.json` as in force now: replaced whole by a reload (SIGHUP),
+/// never edited. The network parameters and this node's own entry cannot
+/// change without a restart (a reload that would change them is refused),
+/// so they are kept apart and read without a lock.
+pub struct DirectoryCell {
+    params: super::pki::Params,
+    own: super::pki::Node,
+    current: std::sync::RwLock<Arc<Directory>>,
+}
+
+impl DirectoryCell {
+    pub fn new(directory: Directory) -> DirectoryCell {
+        DirectoryCell {
+            params: directory.params().clone(),
+            own: directory.own().clone(),
+            current: std::sync::RwLock::new(Arc::new(directory)),
+        }
+    }
+
+    /// The whole directory in force now.
+    pub fn get(&self) -> Arc<Directory> {
+        self.current.read().unwrap().clone()
+    }
+
+    pub fn params(&self) -> &super::pki::Params {
+        &self.params
+    }
+
+    pub fn own(&self) -> &super::pki::Node {
+        &self.own
+    }
+
+    pub fn node(&self, id: &NodeId) -> Option<super::pki::Node> {
+        self.current.read().unwrap().node(id).cloned()
+    }
+
+    /// Every node but this one, as listed now.
+    pub fn others(&self) -> Vec<super::pki::Node> {
+        self.current.read().unwrap().others().cloned().collect()
+    }
+
+    pub fn nodes(&self) -> Vec<super::pki::Node> {
+        self.current.read().unwrap().nodes().to_vec()
+    }
+
+    /// Why `next` cannot replace the directory in force, if it cannot.
+    pub fn refuses(&self, next: &Directory) -> Option<String> {
+        if next.params() != &self.params {
+            return Some(
+                "its params differ from those in force; network parameters change only with a restart (of every node, together)".into(),
+            );
+        }
+        if next.own() != &self.own {
+            return Some(
+                "this node's own entry changed; that needs a restart with matching flags".into(),
+            );
+        }
+        None
+    }
+
+    pub fn replace(&self, next: Directory) {
+        *self.current.write().unwrap() = Arc::new(next);
+    }
+}
+
 /// Everything the mixnet policy modules need, shared read-only.
 pub struct MixContext {
     pub spool: Spool,
-    pub directory: Arc<Directory>,
+    pub directory: DirectoryCell,
     /// This node's mix keys by epoch.
     pub keys: Arc<KeyRing>,
     /// Signs this node's bundles.
@@ -39,6 +104,9 @@ pub struct MixContext {
     pub peers: Arc<PeerKeys>,
     /// This node delivers mail out of the mixnet (`-exit`).
     pub exit: bool,
+    /// Destinations that asked not to receive anonymous mail: dropped at
+    /// this exit (counted and logged by it), never delivered.
+    pub dest_block: Option<Arc<crate::node::policy::DestBlock>>,
     /// Release times of mail that leaves the mixnet here.
     pub mix: MixPolicy,
     pub stats: Arc<Stats>,
@@ -440,7 +508,11 @@ impl PacketSource for Forwarder {
         let Some(bundle) = bundle.filter(|b| b.node == subject) else {
             return;
         };
-        match self.ctx.peers.offer(&self.ctx.directory, peer, bundle) {
+        match self
+            .ctx
+            .peers
+            .offer(&self.ctx.directory.get(), peer, bundle)
+        {
             Offer::Accepted => {
                 // Routes through `subject` may be possible now.
                 self.ctx.health.poke();
@@ -456,7 +528,7 @@ impl PacketSource for Forwarder {
     fn probe(&self, peer: NodeId) -> Option<(NodeId, u32)> {
         self.ctx
             .peers
-            .next_probe(&self.ctx.directory, peer)
+            .next_probe(&self.ctx.directory.get(), peer)
             .map(|subject| (subject, self.ctx.epoch()))
     }
 

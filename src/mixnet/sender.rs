@@ -157,7 +157,7 @@ impl Sender {
     }
 
     fn update_health_stats(&self) {
-        let others = self.ctx.directory.others().count() as u64;
+        let others = self.ctx.directory.others().len() as u64;
         let usable = self.usable_peers().len() as u64;
         self.ctx.stats.set_healthy(usable, others);
     }
@@ -201,7 +201,7 @@ impl Sender {
     ) -> Result<Vec<RouteHop>, SendError> {
         let hops = self.ctx.directory.params().hops;
         let middle = pick_nodes(
-            &self.ctx.directory,
+            &self.ctx.directory.get(),
             usable,
             hops - 1,
             &[exit],
@@ -229,7 +229,7 @@ impl Sender {
         let pool: Vec<NodeId> = usable.iter().copied().filter(|id| *id != exit).collect();
         let picked = (1..=want)
             .rev()
-            .find_map(|n| pick_nodes(&self.ctx.directory, &pool, n, &[], &mut rand::rng()))
+            .find_map(|n| pick_nodes(&self.ctx.directory.get(), &pool, n, &[], &mut rand::rng()))
             .ok_or(SendError::NoRoute)?;
         let mut route = Vec::with_capacity(picked.len() + 1);
         for id in picked {

@@ -389,7 +389,9 @@ pub(super) fn complete_at_exit(
         "INSERT INTO mix_done (mix_id, done_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         params![&c.mix_id[..], now as i64],
     )? == 1;
-    if fresh {
+    // A message whose every recipient the exit dropped (-dest-block) is
+    // done all the same: recorded, acknowledged, never delivered.
+    if fresh && !c.message.envelope.recipients.is_empty() {
         let env = &c.message.envelope;
         tx.execute(
             "INSERT INTO messages (received_at, sender, smtputf8, eight_bit, body, origin, mix_id)

@@ -224,6 +224,11 @@ impl Daemon {
         c
     }
 
+    /// The daemon's process id (for /proc readings in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([format!("-{sig}"), self.child.id().to_string()])
