@@ -16,14 +16,13 @@
 //! dead onion name (drop) from an unreachable one (retry).
 
 use std::fmt;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::address::{OnionError, OnionName};
 use crate::config::{Config, DaemonArgs};
-use crate::mixnet::pki::{self, Directory};
+use crate::mixnet::pki::Directory;
 use crate::relay::socks::{SocksDialer, SocksError};
 
 /// Bound on the SOCKS handshake with Tor for the ExtendedErrors probe:
@@ -308,7 +307,7 @@ async fn tor_socks(config: &Config) -> Finding {
 /// node asked for through `-tor-socks`, all at once.
 async fn mixnet_nodes(config: &Config, pki_file: &Path, tor_works: bool) -> Vec<Finding> {
     let what = format!("-pki-file {}", pki_file.display());
-    let directory = match load_directory(pki_file, &config.name) {
+    let directory = match load_directory(config, pki_file) {
         Ok(d) => d,
         Err(reason) => return vec![Finding::problem(what, reason)],
     };
@@ -358,12 +357,23 @@ async fn mixnet_nodes(config: &Config, pki_file: &Path, tor_works: bool) -> Vec<
 
 /// `nodes.json` read (at most one byte past its size limit) and checked
 /// for this node, exactly as at daemon start.
-fn load_directory(path: &Path, own: &OnionName) -> Result<Directory, String> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(pki::MAX_FILE_SIZE as u64 + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("cannot read it ({e}); assemble nodes.json from every node's -export-node-info output"))?;
-    Directory::parse(&bytes, own).map_err(|e| e.to_string())
+/// The daemon's own decision (contents, signatures against `-pki-trust`,
+/// the serial this data dir saved, expiry), without saving anything.
+fn load_directory(config: &Config, path: &Path) -> Result<Directory, String> {
+    use crate::daemon::directory;
+    let files = directory::read_files(path)?;
+    let saved = directory::read_serial(&config.spool.data_dir).map_err(|e| e.to_string())?;
+    let trust = config.mixnet.as_ref().and_then(|m| m.trust.as_ref());
+    crate::mixnet::pki_sig::accept(&crate::mixnet::pki_sig::Candidate {
+        file: &files.file,
+        signatures: files.signatures.as_deref(),
+        trust,
+        saved_serial: saved,
+        now: crate::time::now_ms(),
+        own: Some(&config.name),
+    })
+    .map(|accepted| accepted.directory)
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

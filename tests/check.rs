@@ -358,4 +358,16 @@ async fn in_mixnet_mode_it_checks_nodes_json_and_names_the_unreachable_nodes() {
             .line("problem -pki-file")
             .contains("not a valid nodes.json")
     );
+
+    // With -pki-trust, an unsigned file is refused as the daemon would
+    // refuse it (and nothing is saved).
+    std::fs::write(&pki, json!({ "nodes": nodes, "params": {} }).to_string()).unwrap();
+    let trusted = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    let trust = data_encoding::BASE64.encode(trusted.as_bytes());
+    let mut signed_flags = flags.to_vec();
+    signed_flags.extend(["-pki-trust", trust.as_str()]);
+    let report = check(&signed_flags).await;
+    assert_eq!(report.code, Some(1), "{:#?}", report.lines);
+    report.line("problem -pki-file");
+    assert_eq!(snapshot(&data), before, "check changed the data dir");
 }
