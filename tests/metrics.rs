@@ -9,12 +9,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::smtp_sink::{Behaviour, Sink};
 use common::socks_proxy::SocksProxy;
-use common::{BIN, Daemon, DeadEnd, PATIENCE, onion};
+use common::{BIN, Daemon, DeadEnd, PATIENCE, onion, refused};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -268,38 +268,20 @@ fn refused_start(value: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let dead_end = DeadEnd::start();
     let dead = dead_end.addr.to_string();
-    let mut child = Command::new(BIN)
-        .args([
-            "-name",
-            &onion(1),
-            "-addr",
-            "127.0.0.1:0",
-            "-cover-interval",
-            "0",
-        ])
-        .args(["-tor-socks", &dead, "-dns-server", &dead, "-data-dir"])
-        .arg(dir.path().join("data"))
-        .args(["-metrics", value])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > PATIENCE {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("-metrics {value}: the daemon started instead of refusing");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status.code(), stderr)
+    refused(
+        Command::new(BIN)
+            .args([
+                "-name",
+                &onion(1),
+                "-addr",
+                "127.0.0.1:0",
+                "-cover-interval",
+                "0",
+            ])
+            .args(["-tor-socks", &dead, "-dns-server", &dead, "-data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["-metrics", value]),
+    )
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::socks_proxy::SocksProxy;
-use common::{BIN, Client, Daemon, DeadEnd, PATIENCE, onion};
+use common::{BIN, Client, Daemon, DeadEnd, PATIENCE, onion, refused};
 use serde_json::{Value, json};
 
 /// Runs `pluto2 -export-node-info` for `name` in `data_dir`.
@@ -167,42 +167,15 @@ fn refused_start(data: &Path, pki: &Path) -> (Option<i32>, String) {
 fn refused_start_on(data: &Path, pki: &Path, node: &str) -> (Option<i32>, String) {
     let dead_end = DeadEnd::start();
     let dead = dead_end.addr.to_string();
-    let mut child = Command::new(BIN)
-        .args(["-name", &onion(1), "-short-name", "alice", "-sphinx"])
-        .args(["-addr", "127.0.0.1:0", "-node", node])
-        .args(["-tor-socks", &dead, "-dns-server", &dead, "-data-dir"])
-        .arg(data)
-        .arg("-pki-file")
-        .arg(pki)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A daemon that starts instead of refusing would run forever: give up
-    // after PATIENCE, kill it and fail with what it said.
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-        text
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > PATIENCE {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!(
-                "pluto2 started instead of refusing: {}",
-                reader.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.code(), reader.join().unwrap())
+    refused(
+        Command::new(BIN)
+            .args(["-name", &onion(1), "-short-name", "alice", "-sphinx"])
+            .args(["-addr", "127.0.0.1:0", "-node", node])
+            .args(["-tor-socks", &dead, "-dns-server", &dead, "-data-dir"])
+            .arg(data)
+            .arg("-pki-file")
+            .arg(pki),
+    )
 }
 
 #[test]

@@ -412,11 +412,20 @@ async fn sighup_rereads_nodes_json_and_keeps_the_old_one_when_refused() {
     let d0 = net.daemon(0);
     let reloads =
         |want: &'static str| move |l: &str| l.contains("[RELOAD] SIGHUP:") && l.contains(want);
-    let count = |want: &str| {
-        d0.log_text()
-            .lines()
-            .filter(|l| l.contains("[RELOAD] SIGHUP:") && l.contains(want))
-            .count()
+    // Waits (bounded) for the `n`th reload line that says `want`.
+    let nth = |want: &'static str, n: usize| async move {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let seen = d0.log_text().lines().filter(|l| reloads(want)(l)).count();
+            if seen >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reload line {n} \"{want}\" never logged"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     };
 
     std::fs::write(&net.pki, "{\"nodes\": [").unwrap();
@@ -431,11 +440,7 @@ async fn sighup_rereads_nodes_json_and_keeps_the_old_one_when_refused() {
     other_params["params"]["hop_delay_mean"] = serde_json::json!("30ms");
     std::fs::write(&net.pki, other_params.to_string()).unwrap();
     d0.signal("HUP");
-    let deadline = Instant::now() + PATIENCE;
-    while count("kept the old settings") < 2 {
-        assert!(Instant::now() < deadline, "second refusal never logged");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    nth("kept the old settings", 2).await;
     assert!(d0.log_text().contains("params differ"), "{}", d0.log_text());
 
     let mut without_four = doc.clone();
@@ -472,11 +477,7 @@ async fn sighup_rereads_nodes_json_and_keeps_the_old_one_when_refused() {
     std::fs::write(&net.pki, &good).unwrap();
     let mark = log_lines(&net, 0);
     d0.signal("HUP");
-    let deadline = Instant::now() + PATIENCE;
-    while count("reloaded") < 2 {
-        assert!(Instant::now() < deadline, "second reload never logged");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    nth("reloaded", 2).await;
     until_healthy_exactly(&net, 0, mark, 4).await;
     let more: Vec<String> = (3..5).map(|i| format!("reload-{i}")).collect();
     for t in &more {

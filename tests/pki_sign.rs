@@ -9,9 +9,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{BIN, Daemon, DeadEnd, PATIENCE, onion};
+use common::{BIN, Daemon, DeadEnd, onion, refused};
 use serde_json::{Value, json};
 
 /// Far enough ahead that no run of this suite sees it pass.
@@ -127,38 +126,13 @@ fn refused_start(data: &Path, pki: &Path, extra: &[&str]) -> (Option<i32>, Strin
     let dead_end = DeadEnd::start();
     let dead = dead_end.addr.to_string();
     let pki_arg = pki.to_str().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["-name", &onion(1), "-addr", "127.0.0.1:0"])
-        .args(["-tor-socks", &dead, "-dns-server", &dead, "-data-dir"])
-        .arg(data)
-        .args(node_flags(pki_arg, extra))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut said = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
-        said
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > PATIENCE {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!(
-                "pluto2 started instead of refusing: {}",
-                reader.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.code(), reader.join().unwrap())
+    refused(
+        Command::new(BIN)
+            .args(["-name", &onion(1), "-addr", "127.0.0.1:0"])
+            .args(["-tor-socks", &dead, "-dns-server", &dead, "-data-dir"])
+            .arg(data)
+            .args(node_flags(pki_arg, extra)),
+    )
 }
 
 /// Asserts one refusal line naming `pki` that contains `said`, exit 64.
