@@ -508,3 +508,69 @@ fn pki_pubkey_never_creates_a_key_and_sign_never_replaces_one() {
     assert_eq!(std::fs::read(&key).unwrap(), [7u8; 31]);
     assert!(!sig_path(&pki).exists());
 }
+
+/// On SIGHUP a node rereads nodes.json with the same checks as at start: a
+/// tampered file, a missing signature file, a lower serial and an expired
+/// file each keep the directory in force and say why; a properly signed
+/// higher serial is taken and saved.
+#[tokio::test]
+async fn a_reload_refuses_what_a_start_refuses_and_takes_a_newer_signed_file() {
+    let c = Ceremony::new();
+    let d = started(&c.data, &c.pki, &c.trust_flags("1")).await;
+    let signed_by_a = |doc: &Value| {
+        write_json(&c.pki, doc);
+        let bytes = std::fs::read(&c.pki).unwrap();
+        std::fs::write(sig_path(&c.pki), signature_line(&c.key_a, &bytes) + "\n").unwrap();
+    };
+    let mut refusals = 0;
+    let mut refused_with = |d: &Daemon, said: &str| {
+        refusals += 1;
+        d.signal("HUP");
+        let deadline = std::time::Instant::now() + common::PATIENCE;
+        loop {
+            let lines: Vec<String> = d
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("[RELOAD] SIGHUP: kept the old settings"))
+                .map(String::from)
+                .collect();
+            if lines.len() >= refusals {
+                let line = &lines[refusals - 1];
+                assert!(line.contains("-pki-file") && line.contains(said), "{line}");
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "no refusal: {said}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+
+    let signed = std::fs::read(&c.pki).unwrap();
+    let at = signed.windows(4).position(|w| w == b"9999").unwrap() + 3;
+    let mut tampered = signed.clone();
+    tampered[at] = b'8';
+    std::fs::write(&c.pki, &tampered).unwrap();
+    refused_with(&d, "0 valid signatures from trusted keys");
+
+    std::fs::write(&c.pki, &signed).unwrap();
+    let sigs = std::fs::read(sig_path(&c.pki)).unwrap();
+    std::fs::remove_file(sig_path(&c.pki)).unwrap();
+    refused_with(&d, "no signature file beside it");
+    std::fs::write(sig_path(&c.pki), &sigs).unwrap();
+
+    signed_by_a(&document(&c.nodes, 4, FUTURE));
+    refused_with(&d, "rollback");
+
+    signed_by_a(&document(&c.nodes, 7, "2025-06-01T00:00:00Z"));
+    refused_with(&d, "expired at 2025-06-01T00:00:00Z");
+    assert_eq!(saved_serial(&c.data).as_deref(), Some("5"));
+
+    // A newer file, properly signed: taken, and its serial saved.
+    signed_by_a(&document(&c.nodes, 6, FUTURE));
+    d.signal("HUP");
+    d.until_log("the newer file taken", |l| {
+        l.contains("[RELOAD] SIGHUP:") && !l.contains("kept the old")
+    })
+    .await;
+    assert_eq!(saved_serial(&c.data).as_deref(), Some("6"));
+    stop(d);
+}

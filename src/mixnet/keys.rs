@@ -344,7 +344,11 @@ pub fn read(path: &Path, fix: &'static str) -> Result<Option<[u8; KEY_LEN]>, Key
 /// place; the link fails with `AlreadyExists` rather than replace a key.
 fn create(path: &Path) -> std::io::Result<[u8; KEY_LEN]> {
     let key: [u8; KEY_LEN] = rand::rng().random();
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name ("op.key") has an empty parent: the current dir.
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let suffix: u64 = rand::rng().random();
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let temp: PathBuf = dir.join(format!(".{name}.{suffix:016x}.tmp"));

@@ -676,6 +676,66 @@ mod tests {
         assert!(!h.loop_returned(&[0; 16]), "counted once");
     }
 
+    /// Six nodes: 1 (this one), 2 and 3 of family "a", 4 and 5 of "b", 6
+    /// of none.
+    fn families() -> Directory {
+        use crate::address::OnionName;
+        let family = |i: u8| match i {
+            2 | 3 => Some("a"),
+            4 | 5 => Some("b"),
+            _ => None,
+        };
+        let nodes: Vec<_> = (1..=6u8)
+            .map(|i| {
+                let identity = ed25519_dalek::SigningKey::from_bytes(&[i; 32]);
+                let mut n = serde_json::json!({
+                    "name": format!("n{i}"),
+                    "onion": OnionName::from_seed(i).to_string(),
+                    "port": 9999,
+                    "identity": super::super::pki::encode_key(identity.verifying_key().as_bytes()),
+                    "exit": true,
+                });
+                if let Some(f) = family(i) {
+                    n["family"] = serde_json::json!(f);
+                }
+                n
+            })
+            .collect();
+        let doc = serde_json::json!({ "nodes": nodes });
+        Directory::parse(doc.to_string().as_bytes(), &OnionName::from_seed(1)).unwrap()
+    }
+
+    #[test]
+    fn routes_never_hold_two_nodes_of_one_family_and_pick_uniformly() {
+        let dir = families();
+        let pool: Vec<NodeId> = dir.others().map(|n| n.id).collect();
+        let fam = |id: &NodeId| dir.node(id).unwrap().family.clone();
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut seen: HashMap<NodeId, usize> = HashMap::new();
+        for _ in 0..3_000 {
+            let route = pick_nodes(&dir, &pool, 3, &[], &mut rng).unwrap();
+            let named: Vec<String> = route.iter().filter_map(fam).collect();
+            let distinct: HashSet<&String> = named.iter().collect();
+            assert_eq!(distinct.len(), named.len(), "two of one family");
+            for id in route {
+                *seen.entry(id).or_default() += 1;
+            }
+        }
+        // Three of a family-free node, "a" and "b": every route holds n6,
+        // and one of each family, each member half the time.
+        let n6 = pool[4];
+        assert_eq!(seen[&n6], 3_000);
+        for id in &pool[..4] {
+            let share = seen[id] as f64 / 3_000.0;
+            assert!((share - 0.5).abs() < 0.05, "{share}");
+        }
+        // Four nodes of distinct families cannot be found here.
+        assert_eq!(pick_nodes(&dir, &pool, 4, &[], &mut rng), None);
+        // Nor a node of the family of one already on the route.
+        let beside = pick_nodes(&dir, &pool, 2, &[pool[0]], &mut rng).unwrap();
+        assert!(beside.iter().all(|id| fam(id) != fam(&pool[0])));
+    }
+
     #[test]
     fn too_few_loops_leave_the_decision_to_the_link() {
         let h = Health::new();
