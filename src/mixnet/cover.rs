@@ -171,7 +171,7 @@ impl MixCover {
                 .health
                 .linked()
                 .into_iter()
-                .filter(|id| *id != own && ctx.directory.node(id).is_some())
+                .filter(|id| *id != own && ctx.directory.lists(id))
                 .filter(|id| ctx.mix_key(id, epoch).is_some())
                 .collect(),
             _ => usable_peers(ctx, epoch),

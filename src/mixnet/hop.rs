@@ -99,7 +99,7 @@ impl Hop {
                 packet,
             } => {
                 let params = ctx.directory.params();
-                if next == ctx.own() || ctx.directory.node(&next).is_none() {
+                if next == ctx.own() || !ctx.directory.lists(&next) {
                     Stats::add(&ctx.stats.mix_rejected, 1);
                     return AckStatus::Rejected;
                 }

@@ -59,6 +59,11 @@ impl DirectoryCell {
         &self.own
     }
 
+    /// Whether `id` is listed now (on the hot path: no copy).
+    pub fn lists(&self, id: &NodeId) -> bool {
+        self.current.read().unwrap().node(id).is_some()
+    }
+
     pub fn node(&self, id: &NodeId) -> Option<super::pki::Node> {
         self.current.read().unwrap().node(id).cloned()
     }

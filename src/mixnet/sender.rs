@@ -48,7 +48,7 @@ pub fn usable_peers(ctx: &MixContext, epoch: u32) -> Vec<NodeId> {
     ctx.health
         .usable()
         .into_iter()
-        .filter(|id| *id != own && ctx.directory.node(id).is_some())
+        .filter(|id| *id != own && ctx.directory.lists(id))
         .filter(|id| ctx.mix_key(id, epoch).is_some())
         .collect()
 }
