@@ -74,6 +74,23 @@ async fn delivered_once(net: &MixNet, tags: &[String]) {
     }
 }
 
+/// Sends messages `prefix-first` … `prefix-(last-1)` from node `entry`;
+/// returns their tags.
+async fn send_tags(
+    net: &MixNet,
+    entry: usize,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<String> {
+    let mut tags = Vec::new();
+    for i in range {
+        let tag = format!("{prefix}-{i}");
+        send_from(net, entry, &tag).await;
+        tags.push(tag);
+    }
+    tags
+}
+
 /// Waits (bounded) until the wall clock is in epoch `epoch` or later.
 async fn until_epoch(net: &MixNet, epoch: u32) {
     let deadline = Instant::now() + Duration::from_secs(net.epoch_secs * 4) + PATIENCE;
@@ -318,10 +335,7 @@ async fn a_black_hole_is_set_aside_by_its_loops_and_mail_flows_around_it() {
     }
     until_stat(net.daemon(0), "loops_lost", |n| n >= 4).await;
     until_healthy_exactly(&net, 0, mark, 3).await;
-    let tags: Vec<String> = (0..5).map(|i| format!("around-{i}")).collect();
-    for t in &tags {
-        send_from(&net, 0, t).await;
-    }
+    let tags = send_tags(&net, 0, "around", 0..5).await;
     delivered_once(&net, &tags).await;
     // Cover and data alike: one size on every link.
     let sizes = net.packet_frame_sizes();
@@ -391,10 +405,7 @@ async fn a_node_showing_one_peer_another_face_is_detected_and_excluded() {
     let mark = log_lines(&net, 0);
     until_stat(net.daemon(0), "two_faces", |n| n >= 1).await;
     until_healthy_exactly(&net, 0, mark, 3).await;
-    let tags: Vec<String> = (0..3).map(|i| format!("faces-{i}")).collect();
-    for t in &tags {
-        send_from(&net, 0, t).await;
-    }
+    let tags = send_tags(&net, 0, "faces", 0..3).await;
     delivered_once(&net, &tags).await;
 }
 
@@ -461,10 +472,7 @@ async fn sighup_rereads_nodes_json_and_keeps_the_old_one_when_refused() {
     );
     until_healthy_exactly(&net, 0, mark, 3).await;
     let since = tokio::time::Instant::now();
-    let tags: Vec<String> = (0..3).map(|i| format!("reload-{i}")).collect();
-    for t in &tags {
-        send_from(&net, 0, t).await;
-    }
+    let tags = send_tags(&net, 0, "reload", 0..3).await;
     delivered_once(&net, &tags).await;
     let to_four = net.nodes[0]
         .tap
@@ -479,10 +487,7 @@ async fn sighup_rereads_nodes_json_and_keeps_the_old_one_when_refused() {
     d0.signal("HUP");
     nth("reloaded", 2).await;
     until_healthy_exactly(&net, 0, mark, 4).await;
-    let more: Vec<String> = (3..5).map(|i| format!("reload-{i}")).collect();
-    for t in &more {
-        send_from(&net, 0, t).await;
-    }
+    let more = send_tags(&net, 0, "reload", 3..5).await;
     let all: Vec<String> = tags.iter().chain(&more).cloned().collect();
     delivered_once(&net, &all).await;
 }
