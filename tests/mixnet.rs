@@ -96,6 +96,18 @@ async fn mail_crosses_three_hops_once_in_fixed_size_packets_and_the_entry_never_
     let frames = net.packet_frame_sizes();
     assert!(frames.len() >= 4 * 3, "{} packet frames", frames.len());
     assert!(frames.iter().all(|&n| n == MAX_FRAME), "{frames:?}");
+    // Sequence numbers are random, not the sender's spool rows (whose
+    // order would tell the next hop how the sender stored its packets):
+    // a row id stays far below 2^32, a random u64 does not (a false alarm
+    // here has odds of one in four billion per packet).
+    let seqs: Vec<u64> = net
+        .nodes
+        .iter()
+        .flat_map(|n| n.tap.frames())
+        .filter(|f| f.kind == FrameKind::Packet)
+        .filter_map(|f| f.seq)
+        .collect();
+    assert!(seqs.iter().all(|&s| s > u32::MAX as u64), "{seqs:?}");
     // Acknowledgements travelled as packets too (COMPLETE through reply
     // blocks), so some packets went back to the entry's link.
     let onion0 = &net.nodes[0].onion;

@@ -153,14 +153,26 @@ fn spool(data: &Path) -> rusqlite::Connection {
 
 /// (id, release_at) of every packet in the node's custody.
 fn packets_in_custody(data: &Path) -> Vec<(i64, i64)> {
+    custody_with_heads(data)
+        .into_iter()
+        .map(|(id, release, _)| (id, release))
+        .collect()
+}
+
+/// (row, release time, the packet's first 32 bytes) of every packet held:
+/// the head finds the packet on the wire (sequence numbers are random).
+fn custody_with_heads(data: &Path) -> Vec<(i64, i64, [u8; 32])> {
     let conn = spool(data);
     let mut stmt = conn
-        .prepare("SELECT id, release_at FROM mix_packets ORDER BY id")
+        .prepare("SELECT id, release_at, substr(bytes, 1, 32) FROM mix_packets ORDER BY id")
         .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    stmt.query_map([], |r| {
+        let head: Vec<u8> = r.get(2)?;
+        Ok((r.get(0)?, r.get(1)?, head.try_into().unwrap()))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
 }
 
 /// (fragments stored, fragments the message has) at an exit holding one
@@ -299,7 +311,9 @@ async fn a_middle_node_killed_with_packets_in_custody_loses_nothing_and_releases
     }
     let (restart_ms, restart_at) = (unix_ms(), Instant::now());
     net.start_node(m, &[]);
-    let after: HashMap<i64, i64> = packets_in_custody(&net.nodes[m].data).into_iter().collect();
+    let custody = custody_with_heads(&net.nodes[m].data);
+    let heads: HashMap<i64, [u8; 32]> = custody.iter().map(|(id, _, h)| (*id, *h)).collect();
+    let after: HashMap<i64, i64> = custody.iter().map(|(id, r, _)| (*id, *r)).collect();
     let mut overdue = 0;
     for (id, before) in &held {
         let Some(&now) = after.get(id) else {
@@ -354,7 +368,7 @@ async fn a_middle_node_killed_with_packets_in_custody_loses_nothing_and_releases
                 f.kind == FrameKind::Packet
                     && f.dir == Direction::ToTarget
                     && f.at > restart_at
-                    && f.seq == Some(*id as u64)
+                    && f.head == Some(heads[id])
             })
             .unwrap_or_else(|| panic!("packet {id} never left node {m} after the restart"));
         let sent_ms = restart_ms + (first.at - restart_at).as_millis() as i64;

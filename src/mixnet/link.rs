@@ -10,10 +10,11 @@
 //! parameters, identity, clock); a peer with another version or other
 //! parameters is refused, because a node that mixes with other delays or
 //! sizes would stand out. After that the sender keeps at most `window`
-//! packets unacknowledged; each PACKET's sequence number is the sender's
-//! spool row, so an ACK names exactly what may be deleted.
+//! packets unacknowledged; each PACKET carries a random sequence number
+//! the sender maps to its spool row, so an ACK names exactly what may be
+//! deleted without telling the peer in which order rows were stored.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +75,7 @@ pub trait PacketHandler: Send + Sync {
 /// A packet an outbound link may send now.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    /// The spool row: it is the frame's sequence number.
+    /// The spool row (the link sends it under a random sequence number).
     pub id: i64,
     pub epoch: u32,
     pub packet: WirePacket,
@@ -477,7 +478,11 @@ async fn outbound(
     source.hello(peer, clock_secs);
     source.link_state(peer, true);
     let opened = tokio::time::Instant::now();
-    let mut sent: HashSet<i64> = HashSet::new();
+    // In flight: the frame's sequence number → the spool row. Sequence
+    // numbers are random, not the row ids: a row id tells the order in
+    // which this node stored its packets, which the next hop must not
+    // learn.
+    let mut sent = InFlight::default();
     let mut next_ping = tokio::time::Instant::now() + cfg.ping_interval;
     // Any frame from the peer (ACK, PONG) proves it is alive; a peer silent
     // for `idle_timeout` despite our pings is given up, so its packets go
@@ -512,16 +517,15 @@ async fn outbound(
             for o in batch {
                 // A lease that ran out while the ACK was on its way hands
                 // the same packet back: it is in flight already.
-                if sent.contains(&o.id) {
+                if sent.contains(o.id) {
                     continue;
                 }
                 Frame::Packet {
-                    seq: o.id as u64,
+                    seq: sent.insert(o.id),
                     epoch: o.epoch,
                     packet: o.packet,
                 }
                 .encode(&mut out);
-                sent.insert(o.id);
             }
             if !out.is_empty()
                 && let Err(e) = write_within(&mut wr, &out, cfg.idle_timeout).await
@@ -542,10 +546,9 @@ async fn outbound(
             frame = reader.next(&mut rd, cfg.idle_timeout) => match frame {
                 Ok(Frame::Ack { seq, status }) => {
                     last_heard = tokio::time::Instant::now();
-                    let id = seq as i64;
-                    if !sent.remove(&id) {
+                    let Some(id) = sent.remove(seq) else {
                         break Err(LinkError::StrayAck);
-                    }
+                    };
                     source.acked(peer, id, status).await;
                 }
                 Ok(Frame::Pong { subject, epoch, key, .. }) => {
@@ -586,10 +589,54 @@ async fn outbound(
         }
     };
     if !sent.is_empty() {
-        source.unacked(peer, sent.into_iter().collect()).await;
+        source.unacked(peer, sent.ids()).await;
     }
     let _ = wr.shutdown().await;
     result
+}
+
+/// The packets sent on one outbound link and not yet acknowledged.
+#[derive(Default)]
+struct InFlight {
+    by_seq: HashMap<u64, i64>,
+    rows: HashSet<i64>,
+}
+
+impl InFlight {
+    /// Records spool row `id` as sent; returns its fresh random sequence
+    /// number.
+    fn insert(&mut self, id: i64) -> u64 {
+        loop {
+            let seq: u64 = rand::rng().random();
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.by_seq.entry(seq) {
+                slot.insert(id);
+                self.rows.insert(id);
+                return seq;
+            }
+        }
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.rows.contains(&id)
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<i64> {
+        let id = self.by_seq.remove(&seq)?;
+        self.rows.remove(&id);
+        Some(id)
+    }
+
+    fn len(&self) -> usize {
+        self.by_seq.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
+    }
+
+    fn ids(self) -> Vec<i64> {
+        self.by_seq.into_values().collect()
+    }
 }
 
 /// Writes `bytes`, giving up after `deadline`: a peer that stops reading

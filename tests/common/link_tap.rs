@@ -102,6 +102,10 @@ pub struct TapFrame {
     pub seq: Option<u64>,
     /// PACKET epoch.
     pub epoch: Option<u32>,
+    /// PACKET: the first 32 bytes of the Sphinx packet (its header's group
+    /// element), which name one packet on one link as the sender stored
+    /// it; sequence numbers are random.
+    pub head: Option<[u8; 32]>,
     /// ACK status.
     pub status: Option<AckStatus>,
     /// HELLO sender identity.
@@ -817,6 +821,7 @@ impl Conn {
             len: bytes.len(),
             seq: None,
             epoch: None,
+            head: None,
             status: None,
             identity: None,
             error: None,
@@ -825,10 +830,11 @@ impl Conn {
         };
         match &f {
             Frame::Hello { identity, .. } => rec.identity = Some(*identity),
-            Frame::Packet { seq, epoch, .. } => {
+            Frame::Packet { seq, epoch, packet } => {
                 rec.kind = FrameKind::Packet;
                 rec.seq = Some(*seq);
                 rec.epoch = Some(*epoch);
+                rec.head = packet.as_bytes()[..32].try_into().ok();
             }
             Frame::Ack { seq, status } => {
                 rec.kind = FrameKind::Ack;
@@ -898,6 +904,7 @@ impl Conn {
             len,
             seq: None,
             epoch: None,
+            head: None,
             status: None,
             identity: None,
             error,
