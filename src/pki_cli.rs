@@ -75,15 +75,6 @@ fn key_failure(path: &Path, e: KeyError) -> Failure {
     }
 }
 
-/// `op.key` as `./op.key`: creating a key fsyncs its parent directory,
-/// and a bare file name has an empty one.
-fn in_a_directory(path: &Path) -> std::path::PathBuf {
-    match path.parent() {
-        Some(p) if p.as_os_str().is_empty() => Path::new(".").join(path),
-        _ => path.to_path_buf(),
-    }
-}
-
 fn public_key(seed: &[u8; 32]) -> String {
     BASE64.encode(SigningKey::from_bytes(seed).verifying_key().as_bytes())
 }
@@ -132,8 +123,8 @@ fn sign(args: &PkiSignArgs) -> Result<Done, Failure> {
             return Err(refuse(pki_sig::Refusal::MissingField(name).to_string()));
         }
     }
-    let seed = keys::load_or_create(&in_a_directory(&args.key.key), KEY_FIX)
-        .map_err(|e| key_failure(&args.key.key, e))?;
+    let seed =
+        keys::load_or_create(&args.key.key, KEY_FIX).map_err(|e| key_failure(&args.key.key, e))?;
     let key = SigningKey::from_bytes(&seed);
     let sig = directory::sig_path(&args.file);
     let existing = match std::fs::read(&sig) {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use common::mixnet::export;
 use common::socks_proxy::SocksProxy;
 use common::{BIN, Daemon, DeadEnd, onion};
 use serde_json::json;
@@ -289,25 +290,13 @@ async fn a_hostname_file_naming_another_onion_is_a_problem() {
     assert_eq!(report.problems().len(), 1, "{:#?}", report.lines);
 }
 
-/// `pluto2 -export-node-info` for a node in `data`.
-fn export(name: &str, short: &str, data: &Path) -> serde_json::Value {
-    let out = std::process::Command::new(BIN)
-        .args(["-name", name, "-short-name", short, "-data-dir"])
-        .arg(data)
-        .arg("-export-node-info")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn in_mixnet_mode_it_checks_nodes_json_and_names_the_unreachable_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut nodes = vec![export(&onion(1), "alice", &data)];
+    let mut nodes = vec![export(&onion(1), "alice", &data, &[])];
     for (seed, short) in [(2u8, "bob"), (3, "carol"), (4, "dave"), (5, "erin")] {
-        nodes.push(export(&onion(seed), short, &dir.path().join(short)));
+        nodes.push(export(&onion(seed), short, &dir.path().join(short), &[]));
     }
     let pki = dir.path().join("nodes.json");
     std::fs::write(&pki, json!({ "nodes": nodes, "params": {} }).to_string()).unwrap();

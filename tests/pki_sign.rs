@@ -574,3 +574,26 @@ async fn a_reload_refuses_what_a_start_refuses_and_takes_a_newer_signed_file() {
     assert_eq!(saved_serial(&c.data).as_deref(), Some("6"));
     stop(d);
 }
+
+/// An operator signing in the directory that holds the key and the file,
+/// with bare names: the key is created there (its directory synced), and
+/// the same public key comes back from `pki pubkey`.
+#[test]
+fn signing_with_bare_file_names_in_the_current_directory_works() {
+    let c = Ceremony::new();
+    let dir = c.pki.parent().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .current_dir(dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let signed = run(&["pki", "sign", "-key", "bare.key", "nodes.json"]);
+    assert!(signed.status.success(), "{}", text(&signed.stderr));
+    let public = text(&signed.stdout);
+    assert_eq!(std::fs::metadata(dir.join("bare.key")).unwrap().len(), 32);
+    let again = run(&["pki", "pubkey", "-key", "bare.key"]);
+    assert_eq!(text(&again.stdout), public);
+}

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::mixnet::export;
 use common::{BIN, Daemon, DeadEnd, PATIENCE, onion};
 use serde_json::json;
 
@@ -229,23 +230,11 @@ fn no_ready_when_the_smtp_listener_cannot_bind() {
     assert!(sent.is_empty(), "{sent:?}");
 }
 
-/// `pluto2 -export-node-info` for a node in `data`.
-fn export(name: &str, short: &str, data: &Path) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(["-name", name, "-short-name", short, "-data-dir"])
-        .arg(data)
-        .arg("-export-node-info")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// A nodes.json of this node (`onion(1)`, keys in `data`) and four others.
 fn network(dir: &Path, data: &Path) -> PathBuf {
-    let mut nodes = vec![export(&onion(1), "alice", data)];
+    let mut nodes = vec![export(&onion(1), "alice", data, &[])];
     for (seed, short) in [(2u8, "bob"), (3, "carol"), (4, "dave"), (5, "erin")] {
-        nodes.push(export(&onion(seed), short, &dir.join(short)));
+        nodes.push(export(&onion(seed), short, &dir.join(short), &[]));
     }
     let pki = dir.join("nodes.json");
     std::fs::write(&pki, json!({ "nodes": nodes, "params": {} }).to_string()).unwrap();
