@@ -318,6 +318,7 @@ pub async fn spawn(
     let ctx = Arc::new(MixContext {
         spool: spool.clone(),
         peers: Arc::new(peers),
+        own_bundle: Default::default(),
         directory: crate::mixnet::node::DirectoryCell::new(node.directory),
         keys,
         identity: Arc::new(node.identity),

@@ -297,6 +297,7 @@ mod tests {
             keys: Arc::new(keys),
             identity: Arc::new(IdentityKey::load_or_create(dir).unwrap()),
             peers: Arc::new(peers),
+            own_bundle: Default::default(),
             exit: true,
             dest_block: None,
             mix: crate::mix::MixPolicy::Immediate,
@@ -387,6 +388,28 @@ mod tests {
             let loops = ctx.stats.mix_loops_sent.get();
             assert_eq!(loops > 0, loop_mean != "0s");
         }
+    }
+
+    /// The bundle this node serves is signed once per rotation, and a
+    /// rotation makes the next one cover the new epochs.
+    #[tokio::test(start_paused = true)]
+    async fn the_served_bundle_follows_the_key_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, _spool) = node(dir.path(), "0s", "0s");
+        let epoch = ctx.keys.current();
+        let first = ctx.own_bundle();
+        assert_eq!(first.first, epoch - 1);
+        assert_eq!(ctx.own_bundle(), first);
+        let hash = ctx.directory.params().hash();
+        first.verify(&ctx.identity.public(), &hash).unwrap();
+        ctx.keys.rotate(epoch + 1).unwrap();
+        let next = ctx.own_bundle();
+        assert_eq!(next.first, epoch);
+        assert_eq!(
+            next.key(epoch + 3),
+            Some(ctx.keys.get(epoch + 3).unwrap().public().to_bytes())
+        );
+        next.verify(&ctx.identity.public(), &hash).unwrap();
     }
 
     #[tokio::test(start_paused = true)]

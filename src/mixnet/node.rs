@@ -107,6 +107,9 @@ pub struct MixContext {
     pub identity: Arc<IdentityKey>,
     /// Peers' bundles, and nodes caught with two faces.
     pub peers: Arc<PeerKeys>,
+    /// This node's bundle as last signed: any peer that says HELLO may ask
+    /// for it, so it is signed once per rotation, not once per GETKEYS.
+    pub own_bundle: Mutex<Option<Bundle>>,
     /// This node delivers mail out of the mixnet (`-exit`).
     pub exit: bool,
     /// Destinations that asked not to receive anonymous mail: dropped at
@@ -139,20 +142,27 @@ impl MixContext {
     }
 
     /// This node's bundle as served now: the previous epoch (grace), the
-    /// current one and those made ahead, signed afresh.
+    /// current one and those made ahead; signed again only when the key
+    /// ring has rotated since.
     pub fn own_bundle(&self) -> Bundle {
         let first = self.keys.current().saturating_sub(1);
+        let mut cached = self.own_bundle.lock().unwrap();
+        if let Some(b) = cached.as_ref().filter(|b| b.first == first) {
+            return b.clone();
+        }
         let mut keys = [[0u8; 32]; SLOTS];
         for (slot, key) in keys.iter_mut().zip(self.keys.publics_from(first, SLOTS)) {
             *slot = key;
         }
-        Bundle::sign(
+        let bundle = Bundle::sign(
             self.identity.signing_key(),
             &self.directory.params().hash(),
             self.own(),
             first,
             keys,
-        )
+        );
+        *cached = Some(bundle.clone());
+        bundle
     }
 
     /// The mix key of `node` for `epoch`: this node's own, or a peer's
