@@ -218,9 +218,11 @@ impl Launches {
     }
 }
 
-/// Follows each delivery back through the latest arrival at every node
-/// until it meets an input at the entry.
-fn zero_delay_follower(v: &View) -> Vec<Option<usize>> {
+/// Follows each delivery back, node by node, through the arrival whose
+/// hold fits `hold` best (the latest arrival for a hold of zero), to an
+/// input launched at the entry. The exit delivers at once, so its latest
+/// arrival is the packet.
+fn follow(v: &View, hold: f64) -> Vec<Option<usize>> {
     let mut into: Vec<Vec<(f64, usize)>> = vec![Vec::new(); NODES];
     for &(t, from, to) in &v.frames {
         into[to].push((t, from));
@@ -228,43 +230,6 @@ fn zero_delay_follower(v: &View) -> Vec<Option<usize>> {
     v.outputs
         .iter()
         .map(|&(d, exit)| {
-            let (mut node, mut t) = (exit, d);
-            for _ in 0..16 {
-                let arrivals = &into[node];
-                let k = arrivals.partition_point(|&(a, _)| a < t);
-                let frame = k.checked_sub(1).map(|k| arrivals[k]);
-                if node == 0 {
-                    let k = v.inputs.partition_point(|&a| a < t);
-                    if let Some(i) = k.checked_sub(1)
-                        && frame.is_none_or(|(ft, _)| v.inputs[i] >= ft)
-                    {
-                        return Some(i);
-                    }
-                }
-                let (ft, from) = frame?;
-                node = from;
-                t = ft;
-            }
-            None
-        })
-        .collect()
-}
-
-/// Follows each delivery back through the arrival, at every node, held
-/// closest to the mean hop delay μ, to the input launched at the entry.
-/// Against exponential delays a hold of μ is no likelier than any other;
-/// a hop that holds every packet for the same time (and so keeps their
-/// order) gives itself away.
-fn mean_hold_follower(v: &View) -> Vec<Option<usize>> {
-    let mut into: Vec<Vec<(f64, usize)>> = vec![Vec::new(); NODES];
-    for &(t, from, to) in &v.frames {
-        into[to].push((t, from));
-    }
-    let hold = MU;
-    v.outputs
-        .iter()
-        .map(|&(d, exit)| {
-            // The exit delivers at once: the latest arrival is the packet.
             let arrivals = &into[exit];
             let k = arrivals.partition_point(|&(a, _)| a < d);
             let (mut t, mut node) = arrivals[..k].last().copied()?;
@@ -288,6 +253,18 @@ fn mean_hold_follower(v: &View) -> Vec<Option<usize>> {
             None
         })
         .collect()
+}
+
+/// Wins when hops do not delay.
+fn zero_delay_follower(v: &View) -> Vec<Option<usize>> {
+    follow(v, 0.0)
+}
+
+/// Against exponential delays a hold of μ is no likelier than any other;
+/// a hop that holds every packet for the same time (and so keeps their
+/// order) gives itself away.
+fn mean_hold_follower(v: &View) -> Vec<Option<usize>> {
+    follow(v, MU)
 }
 
 /// A packet the pool tracker believes a node may hold, as masses over what
