@@ -31,7 +31,7 @@
 //! the run's input times, the network's parameters and cover rates, and
 //! processing latencies estimated from the run (`latencies`; the entry's
 //! is underestimated, which makes the simulated design easier to trace,
-//! not harder), many times with a seed. The real network
+//! so the check errs towards leniency), many times with a seed. The real network
 //! must not let any of them do better than they do against the design,
 //! beyond the spread the simulations show (mean + 4 sd). Played:
 //!
