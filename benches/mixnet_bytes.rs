@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use common::link_tap::FrameKind;
 use common::mixnet::MixNet;
 use common::{Client, PATIENCE};
-use pluto2::mixnet::fragment::MAX_DATA;
+use pluto2::wire::fragment::MAX_DATA;
 
 /// Links every mail byte crosses: entry → hop → hop → exit (`hops` in
 /// [`PARAMS`]).

@@ -19,7 +19,7 @@
 //!   frames over the time from the first PACKET to the last ACK; every
 //!   other status fails the run. CPU time of A's threads (from
 //!   `/proc/PID/task`) and of the generator is read before and after.
-//! * **unwrap alone**: `mixnet::packet::process` (what a hop calls) over
+//! * **unwrap alone**: `wire::packet::process` (what a hop calls) over
 //!   2,000 packets on one thread (the generator's, between node runs).
 //! * **custody alone**: `Spool::custody` of `PACKETS` forward packets from
 //!   64 × `LINKS` concurrent tasks into a fresh spool (group commit, as
@@ -41,11 +41,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pluto2::address::OnionName;
-use pluto2::mixnet::frame::{self, AckStatus, Frame, PROTOCOL_VERSION};
-use pluto2::mixnet::packet::{self, RouteHop, WirePacket};
-use pluto2::mixnet::pki::Directory;
 use pluto2::spool::Spool;
-use pluto2::spool::mixnet::{Custody, CustodyOutcome, OutPacket, PacketKind};
+use pluto2::spool::custody::{Custody, CustodyOutcome, OutPacket, PacketKind};
+use pluto2::wire::frame::{self, AckStatus, Frame, PROTOCOL_VERSION};
+use pluto2::wire::packet::{self, RouteHop, WirePacket};
+use pluto2::wire::pki::Directory;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;

@@ -1,7 +1,7 @@
 //! The cost of one hop's Sphinx work, side by side with the crate's own
 //! processing and with the primitives underneath, in one run:
 //!
-//! * `hop/pluto2`: `mixnet::packet::process` as a hop calls it: exact size
+//! * `hop/pluto2`: `wire::packet::process` as a hop calls it: exact size
 //!   check, parse, shared secret and replay tag, unwrap, re-serialise.
 //! * `hop/crate`: `sphinx_packet::SphinxPacket::process` on a parsed packet,
 //!   the crate's own path (no replay tag, no serialisation).
@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use pluto2::mixnet::packet::{self, NodeId, PACKET_SIZE, RouteHop, WirePacket};
+use pluto2::wire::packet::{self, NodeId, PACKET_SIZE, RouteHop, WirePacket};
 use sphinx_packet::SphinxPacket;
 use sphinx_packet::payload::Payload;
 use x25519_dalek::{PublicKey, StaticSecret};

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use crate::address::{OnionError, OnionName};
 use crate::config::{Config, DaemonArgs};
-use crate::mixnet::pki::Directory;
 use crate::relay::socks::{SocksDialer, SocksError};
+use crate::wire::pki::Directory;
 
 /// Bound on the SOCKS handshake with Tor for the ExtendedErrors probe:
 /// Tor refuses a bad onion name locally, at once.
@@ -190,7 +190,7 @@ fn writable(dir: &Path) -> bool {
 /// The cover key: 32 bytes, readable by the daemon's user only. Anyone
 /// holding it can mark mail as this node's cover and have it dropped.
 fn cover_key(dir: &Path) -> Finding {
-    let path = dir.join(crate::node::cover::KEY_FILE);
+    let path = dir.join(crate::node::mail_cover::KEY_FILE);
     let what = format!("cover key {}", path.display());
     let meta = match std::fs::metadata(&path) {
         Ok(meta) => meta,
@@ -364,7 +364,7 @@ fn load_directory(config: &Config, path: &Path) -> Result<Directory, String> {
     let files = directory::read_files(path)?;
     let saved = directory::read_serial(&config.spool.data_dir).map_err(|e| e.to_string())?;
     let trust = config.mixnet.as_ref().and_then(|m| m.trust.as_ref());
-    crate::mixnet::pki_sig::accept(&crate::mixnet::pki_sig::Candidate {
+    crate::wire::pki_sig::accept(&crate::wire::pki_sig::Candidate {
         file: &files.file,
         signatures: files.signatures.as_deref(),
         trust,

@@ -28,8 +28,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::address::OnionName;
-use crate::mix::{DelayStrategy, MixPolicy};
-use crate::mixnet::pki_sig::{Trust, TrustError};
+use crate::release::{DelayStrategy, MixPolicy};
+use crate::wire::pki_sig::{Trust, TrustError};
 
 /// Exit status for a bad command line or unusable setting (sysexits EX_USAGE),
 /// so systemd and scripts can tell "fix your config" from a runtime failure.
@@ -1165,7 +1165,7 @@ impl MixnetArgs {
         };
         let short_name = match (&self.short_name, needs_name) {
             (Some(n), _) => {
-                crate::mixnet::pki::check_label(n).map_err(|e| {
+                crate::wire::pki::check_label(n).map_err(|e| {
                     bad(
                         "-short-name",
                         n,
@@ -1188,7 +1188,7 @@ impl MixnetArgs {
             (None, None) => String::new(),
         };
         if let Some(family) = &self.family {
-            crate::mixnet::pki::check_label(family).map_err(|e| {
+            crate::wire::pki::check_label(family).map_err(|e| {
                 bad(
                     "-family",
                     family,

@@ -15,17 +15,17 @@ use tracing::{info, warn};
 use crate::BoxFuture;
 use crate::admin;
 use crate::config::{Config, sysexits};
-use crate::mix::MixPolicy;
-use crate::node::cover::{CoverGenerator, CoverKey};
 use crate::node::dispatch::{DeliveryHealth, Dispatcher};
 use crate::node::egress::Egress;
 use crate::node::intake::Intake;
+use crate::node::mail_cover::{CoverGenerator, CoverKey};
 use crate::node::policy::DestBlock;
 use crate::node::retry::RetryPolicy;
 use crate::relay::client::{ClientConfig, TlsPolicy, tls_config};
 use crate::relay::mx_lookup::MxResolver;
 use crate::relay::route::Router;
 use crate::relay::socks::SocksDialer;
+use crate::release::MixPolicy;
 use crate::sanitize::SanitizeConfig;
 use crate::smtp::connections::ConnectionTable;
 use crate::smtp::memory_budget::MemoryBudget;
@@ -167,7 +167,7 @@ fn bind_advice(flag: &str, addr: SocketAddr, e: &std::io::Error) -> String {
 pub fn export_node_info(
     config: &Config,
     info: &crate::config::NodeInfo,
-) -> Result<crate::mixnet::pki::NodeEntry, DaemonError> {
+) -> Result<crate::wire::pki::NodeEntry, DaemonError> {
     data_dir::prepare(&config.spool.data_dir)?;
     let identity =
         mixnet::load_identity(&config.spool.data_dir).map_err(|e| DaemonError::Mixnet(e.into()))?;

@@ -6,15 +6,18 @@
 //! * values: [`address`] (mailbox, domain, v3 onion checks), [`envelope`]
 //!   (the accepted message and its enqueue outcome), [`time`] (unix ms and
 //!   the injectable clock), `redact` (identifying values hidden in logs).
-//! * codecs, pure: `message` (header tokenizer, dot-stuffing), `mix`
-//!   (release times, padding), `sanitize`, `smtp::session` and its parts.
-//! * storage: [`spool`], the durable SQLite queue with group commit.
+//! * codecs, pure: `message` (header tokenizer, dot-stuffing, padding),
+//!   `release` (release times), `sanitize`, `smtp::session` and its parts;
+//!   [`wire`], the mixnet's formats (packets, fragments, link frames, key
+//!   bundles, `nodes.json` and its signatures).
+//! * storage: [`spool`], the durable SQLite queue with group commit, and
+//!   its mixnet tables (`spool::custody`).
 //! * transport: `smtp::server` (the listener), [`relay`] (SOCKS5, MX through
-//!   Tor, the SMTP client).
-//! * node policy: `node` (intake, egress, dispatch, cover), `stats`.
+//!   Tor, the SMTP client), [`link`] (links between mixnet nodes).
+//! * node policy: `node` (intake, egress, dispatch, mail cover), `stats`,
+//!   and [`mixnet`] (forwarder, hop, sender, packet cover, keys, health).
 //! * edges: [`config`], [`daemon`], [`logging`], [`pki_cli`] (`pluto2 pki`),
-//!   [`check`] (`pluto2 check`), `admin` (the metrics and health endpoint;
-//!   its request reader `admin::http` is a pure codec).
+//!   [`check`] (`pluto2 check`), `admin` (the metrics and health endpoint).
 //!
 //! See ARCHITECTURE.md for the data flow and the invariants.
 
@@ -27,19 +30,21 @@ pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod envelope;
+pub mod link;
 pub mod logging;
 pub(crate) mod message;
-pub(crate) mod mix;
 pub mod mixnet;
 pub(crate) mod node;
 pub mod pki_cli;
 pub(crate) mod redact;
 pub mod relay;
+pub(crate) mod release;
 pub(crate) mod sanitize;
 pub(crate) mod smtp;
 pub mod spool;
 pub(crate) mod stats;
 pub mod time;
+pub mod wire;
 
 #[cfg(test)]
 mod testkit;

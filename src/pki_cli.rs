@@ -9,7 +9,7 @@
 //!   prints the public key for the other operators' `-pki-trust`.
 //! * `pubkey -key KEYFILE`: prints that public key again; never creates.
 //! * `verify -pki-trust … [-pki-threshold N] [-data-dir DIR] nodes.json`:
-//!   the decision a node makes at start (`mixnet::pki_sig::accept`), for
+//!   the decision a node makes at start (`wire::pki_sig::accept`), for
 //!   every node the file lists, with DIR's saved serial when given. Reads
 //!   only.
 //!
@@ -25,7 +25,7 @@ use ed25519_dalek::SigningKey;
 use crate::config::{PkiCommand, PkiKeyArgs, PkiSignArgs, PkiVerifyArgs, sysexits};
 use crate::daemon::directory;
 use crate::mixnet::keys::{self, KeyError};
-use crate::mixnet::pki_sig::{self, Candidate};
+use crate::wire::pki_sig::{self, Candidate};
 
 /// What a command prints when it succeeds.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct Done {
 
 /// A command that did not do its job: one line and the exit status.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Failure {
+pub struct PkiFailure {
     pub status: u8,
     pub message: String,
 }
@@ -47,11 +47,11 @@ pub struct Failure {
 /// from a check, unlike the sysexits of a command that could not run.
 pub const REFUSED: u8 = 1;
 
-fn failure(status: u8, message: String) -> Failure {
-    Failure { status, message }
+fn failure(status: u8, message: String) -> PkiFailure {
+    PkiFailure { status, message }
 }
 
-pub fn run(command: &PkiCommand) -> Result<Done, Failure> {
+pub fn run(command: &PkiCommand) -> Result<Done, PkiFailure> {
     match command {
         PkiCommand::Sign(args) => sign(args),
         PkiCommand::Pubkey(args) => pubkey(args),
@@ -63,7 +63,7 @@ const KEY_FIX: &str =
     "restore the operator key from its backup; a new key needs every node's -pki-trust changed";
 
 /// `-key PATH: …`, with the status that fits the key's trouble.
-fn key_failure(path: &Path, e: KeyError) -> Failure {
+fn key_failure(path: &Path, e: KeyError) -> PkiFailure {
     let shown = path.display();
     match e {
         KeyError::Io { source, .. } => {
@@ -79,7 +79,7 @@ fn public_key(seed: &[u8; 32]) -> String {
     BASE64.encode(SigningKey::from_bytes(seed).verifying_key().as_bytes())
 }
 
-fn pubkey(args: &PkiKeyArgs) -> Result<Done, Failure> {
+fn pubkey(args: &PkiKeyArgs) -> Result<Done, PkiFailure> {
     match keys::read(&args.key, KEY_FIX) {
         Ok(Some(seed)) => Ok(Done {
             stdout: public_key(&seed),
@@ -97,7 +97,7 @@ fn pubkey(args: &PkiKeyArgs) -> Result<Done, Failure> {
     }
 }
 
-fn sign(args: &PkiSignArgs) -> Result<Done, Failure> {
+fn sign(args: &PkiSignArgs) -> Result<Done, PkiFailure> {
     let shown = args.file.display().to_string();
     let files = directory::read_files(&args.file)
         .map_err(|e| failure(sysexits::NOINPUT, format!("{shown}: {e}")))?;
@@ -120,7 +120,9 @@ fn sign(args: &PkiSignArgs) -> Result<Done, Failure> {
         ("expires", v.expires.is_some()),
     ] {
         if !present {
-            return Err(refuse(pki_sig::Refusal::MissingField(name).to_string()));
+            return Err(refuse(
+                pki_sig::DirectoryRefusal::MissingField(name).to_string(),
+            ));
         }
     }
     let seed =
@@ -191,7 +193,7 @@ fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn verify(args: &PkiVerifyArgs) -> Result<Done, Failure> {
+fn verify(args: &PkiVerifyArgs) -> Result<Done, PkiFailure> {
     let trust = args
         .trust()
         .map_err(|e| failure(sysexits::USAGE, e.to_string()))?;

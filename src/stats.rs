@@ -734,7 +734,7 @@ impl SessionEvents for Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::mixnet::MixnetCounts;
+    use crate::spool::custody::MixnetCounts;
 
     fn report(queued: u64, deferred: u64, leased: u64) -> QueueReport {
         QueueReport {

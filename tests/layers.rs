@@ -242,12 +242,12 @@ fn the_checker_sees_a_forbidden_import() {
     let rows = table(include_str!("../ARCHITECTURE.md"));
     let refs = references(
         "smtp::server",
-        "use crate::node::cover::CoverKey;\nuse super::session::Step;\n",
+        "use crate::node::mail_cover::CoverKey;\nuse super::session::Step;\n",
     );
     assert_eq!(
         refs,
         vec![
-            (1, "node::cover".to_string()),
+            (1, "node::mail_cover".to_string()),
             (2, "smtp::session".to_string())
         ]
     );
@@ -255,19 +255,88 @@ fn the_checker_sees_a_forbidden_import() {
     assert!(
         !server
             .may_use
-            .contains(&owner(&rows, "node::cover").unwrap().module)
+            .contains(&owner(&rows, "node::mail_cover").unwrap().module)
     );
     assert!(server.may_use.contains("smtp::session"));
     // `super` inside an inline test module is the file's own module.
     let refs = references(
         "node::egress",
-        "fn f() {}\nmod tests {\n    use super::*;\n    use super::super::cover;\n}\n",
+        "fn f() {}\nmod tests {\n    use super::*;\n    use super::super::mail_cover;\n}\n",
     );
     assert_eq!(
         refs,
         vec![
             (3, "node::egress".to_string()),
-            (4, "node::cover".to_string())
+            (4, "node::mail_cover".to_string())
         ]
+    );
+}
+
+/// What no codec may name: an async runtime, SQL, a socket, the file
+/// system, or a clock read. A codec gets bytes and (where it needs one) a
+/// time value from its caller; that is what lets it be tested and fuzzed
+/// alone and keeps it from blocking a task.
+const CODEC_FORBIDDEN: [&str; 11] = [
+    "tokio",
+    "rusqlite",
+    "TcpStream",
+    "TcpListener",
+    "UdpSocket",
+    "UnixStream",
+    "UnixListener",
+    "std::fs",
+    "SystemTime::now",
+    "Instant::now",
+    "system_clock",
+];
+
+fn codec_violations(module: &str, text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split("//").next().unwrap();
+        for word in CODEC_FORBIDDEN {
+            if line.contains(word) {
+                out.push(format!("{module}:{}: a codec names `{word}`", n + 1));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn codecs_import_no_runtime_sql_socket_file_or_clock() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rows = table(&std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap());
+    let codecs = layer_index("codecs").unwrap();
+    let src = root.join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let mut broken = Vec::new();
+    let mut seen = 0;
+    for file in &files {
+        let module = module_of(&src, file);
+        if owner(&rows, &module).is_none_or(|r| r.layer != codecs) {
+            continue;
+        }
+        seen += 1;
+        broken.extend(codec_violations(
+            &module,
+            &std::fs::read_to_string(file).unwrap(),
+        ));
+    }
+    assert!(
+        seen >= 15,
+        "only {seen} codec files found; is the table right?"
+    );
+    assert!(
+        broken.is_empty(),
+        "codecs doing I/O:\n{}",
+        broken.join("\n")
+    );
+    // The check itself sees what it must.
+    assert_eq!(
+        codec_violations("wire::frame", "use tokio::net::TcpStream; // tokio\n").len(),
+        2
     );
 }

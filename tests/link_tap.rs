@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::PATIENCE;
 use common::link_tap::{Action, Direction, FrameKind, LinkTap, Rule};
-use pluto2::mixnet::frame::{self, AckStatus, Frame, MAX_FRAME, PROTOCOL_VERSION};
-use pluto2::mixnet::packet::{PACKET_SIZE, WirePacket};
 use pluto2::relay::socks::{SocksDialer, SocksError};
+use pluto2::wire::frame::{self, AckStatus, Frame, MAX_FRAME, PROTOCOL_VERSION};
+use pluto2::wire::packet::{PACKET_SIZE, WirePacket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -5,7 +5,7 @@ mod common;
 
 use common::link_tap::FrameKind;
 use common::mixnet::{MixNet, TEST_PARAMS};
-use pluto2::mixnet::frame::MAX_FRAME;
+use pluto2::wire::frame::MAX_FRAME;
 
 /// The body of a message as it left the exit (after its header block).
 fn body_of(data: &[u8]) -> &[u8] {

@@ -16,10 +16,10 @@ use common::PATIENCE;
 use common::link_tap::{Action, Direction, FrameKind, Rule};
 use common::mixnet::{LINK_PORT, MixNet, last_stat, until_stat};
 use pluto2::address::OnionName;
-use pluto2::mixnet::bundle::{Bundle, SLOTS};
-use pluto2::mixnet::frame::{AckStatus, Frame, MAX_FRAME};
-use pluto2::mixnet::packet::NodeId;
-use pluto2::mixnet::pki::Directory;
+use pluto2::wire::bundle::{Bundle, SLOTS};
+use pluto2::wire::frame::{AckStatus, Frame, MAX_FRAME};
+use pluto2::wire::packet::NodeId;
+use pluto2::wire::pki::Directory;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -191,7 +191,7 @@ async fn keys_rotate_under_traffic_and_an_old_packet_is_refused_after_its_grace(
     // refused without being opened (its replay tag is purged already).
     let captured = net.nodes[0].tap.captured();
     let first = captured.first().expect("a packet was captured");
-    let Ok(Some((Frame::Packet { epoch, .. }, _))) = pluto2::mixnet::frame::decode(&first.bytes)
+    let Ok(Some((Frame::Packet { epoch, .. }, _))) = pluto2::wire::frame::decode(&first.bytes)
     else {
         panic!("not a packet frame");
     };

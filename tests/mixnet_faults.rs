@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::PATIENCE;
 use common::link_tap::{Action, Direction, FrameKind, Rule, TapFrame};
 use common::mixnet::{LINK_PORT, MixNet, TEST_PARAMS, last_stat, until_stat};
-use pluto2::mixnet::frame::AckStatus;
+use pluto2::wire::frame::AckStatus;
 use tokio::time::Instant;
 
 /// One test at a time: each starts five daemons.

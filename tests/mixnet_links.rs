@@ -17,10 +17,10 @@ use common::link_tap::{
 };
 use common::mixnet::{LINK_PORT, MixNet, TEST_PARAMS};
 use pluto2::address::OnionName;
-use pluto2::mixnet::fragment::{Fragment, Kind};
-use pluto2::mixnet::frame::{self, AckStatus, Frame, MAX_FRAME, PROTOCOL_VERSION};
-use pluto2::mixnet::packet::{RouteHop, build};
-use pluto2::mixnet::pki::Directory;
+use pluto2::wire::fragment::{Fragment, Kind};
+use pluto2::wire::frame::{self, AckStatus, Frame, MAX_FRAME, PROTOCOL_VERSION};
+use pluto2::wire::packet::{RouteHop, build};
+use pluto2::wire::pki::Directory;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -343,7 +343,7 @@ async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_lin
         FrameKind::Ping => Some(1 + 8 + 32 + 4),
         FrameKind::Pong => Some(1 + 8 + 32 + 4 + 32),
         FrameKind::GetKeys => Some(1 + 32),
-        FrameKind::Keys => Some(1 + 32 + 1 + pluto2::mixnet::bundle::BUNDLE_SIZE),
+        FrameKind::Keys => Some(1 + 32 + 1 + pluto2::wire::bundle::BUNDLE_SIZE),
         FrameKind::Malformed | FrameKind::Partial => None,
     };
     for f in &frames {

@@ -50,7 +50,7 @@ fn sign(key: &Path, file: &Path) -> String {
 fn signature_line(key: &Path, file: &[u8]) -> String {
     let seed: [u8; 32] = std::fs::read(key).unwrap().try_into().unwrap();
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    pluto2::mixnet::pki_sig::signature_line(&key, file)
+    pluto2::wire::pki_sig::signature_line(&key, file)
 }
 
 fn sig_path(file: &Path) -> PathBuf {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::PATIENCE;
 use common::smtp_sink::{Behaviour, Sink};
 use pluto2::relay::client::{
-    AsIs, ClientConfig, Outgoing, RecipientResult, TlsPolicy, deliver, tls_config,
+    AsIs, ClientConfig, OutgoingMail, RecipientResult, TlsPolicy, deliver, tls_config,
 };
 use pluto2::relay::failure::{
     BadReply, EnhancedCode, Failure, FailureKind, Severity, Stage, TlsProblem,
@@ -62,8 +62,8 @@ fn rcpts(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-fn message<'a>(recipients: &'a [String], body: &'a [u8]) -> Outgoing<'a> {
-    Outgoing {
+fn message<'a>(recipients: &'a [String], body: &'a [u8]) -> OutgoingMail<'a> {
+    OutgoingMail {
         message_key: None,
         server_name: "localhost",
         sender: SENDER,
@@ -78,7 +78,7 @@ fn message<'a>(recipients: &'a [String], body: &'a [u8]) -> Outgoing<'a> {
 async fn send(
     addr: std::net::SocketAddr,
     config: &ClientConfig,
-    msg: &Outgoing<'_>,
+    msg: &OutgoingMail<'_>,
 ) -> Result<Vec<RecipientResult>, Failure> {
     let stream = TcpStream::connect(addr).await.unwrap();
     deliver(stream, config, msg).await
@@ -241,7 +241,7 @@ async fn several_recipients_share_one_transaction() {
 async fn the_null_sender_goes_out_as_empty_brackets() {
     let sink = Sink::start(Behaviour::default()).await;
     let to = rcpts(&["bob@dest.test"]);
-    let msg = Outgoing {
+    let msg = OutgoingMail {
         sender: "",
         ..message(&to, b"bounce\r\n")
     };
@@ -485,7 +485,7 @@ async fn smtputf8_mail_to_a_server_without_it_fails_permanently() {
     })
     .await;
     let to = rcpts(&["bob@dest.test"]);
-    let msg = Outgoing {
+    let msg = OutgoingMail {
         smtputf8: true,
         ..message(&to, "Subject: grüße\r\n\r\n".as_bytes())
     };
@@ -500,7 +500,7 @@ async fn smtputf8_mail_to_a_server_with_it_is_delivered() {
     let sink = Sink::start(Behaviour::default()).await;
     let to = rcpts(&["bob@dest.test"]);
     let body = "Subject: grüße\r\n\r\n".as_bytes();
-    let msg = Outgoing {
+    let msg = OutgoingMail {
         smtputf8: true,
         eight_bit: true,
         ..message(&to, body)
@@ -534,7 +534,7 @@ async fn without_pipelining_commands_go_one_at_a_time_with_the_offered_parameter
     .await;
     let to = rcpts(&["bob@dest.test", "carol@dest.test"]);
     let body = b"8bit \xc3\xa9\r\n.dot\r\n";
-    let msg = Outgoing {
+    let msg = OutgoingMail {
         eight_bit: true,
         ..message(&to, body)
     };
@@ -576,7 +576,7 @@ async fn with_pipelining_the_envelope_goes_out_before_any_reply() {
     ])
     .await;
     let to = rcpts(&["bob@dest.test", "carol@dest.test"]);
-    let msg = Outgoing {
+    let msg = OutgoingMail {
         eight_bit: true,
         smtputf8: true,
         ..message(&to, b"x\r\n")
@@ -617,7 +617,7 @@ async fn helo_fallback_uses_the_configured_name() {
     .await;
     let to = rcpts(&["bob@dest.test"]);
     // A HELO server offers no extensions: no SIZE, no BODY, lock-step.
-    let msg = Outgoing {
+    let msg = OutgoingMail {
         eight_bit: true,
         ..message(&to, b"x\r\n")
     };

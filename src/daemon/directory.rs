@@ -1,7 +1,7 @@
 //! `nodes.json` on disk: the file and its signatures (`nodes.json.sig`,
 //! beside it), the highest serial this node accepted (`pki-serial` in the
 //! data directory), and the decision between them, which is
-//! `mixnet::pki_sig::accept`'s.
+//! `wire::pki_sig::accept`'s.
 //!
 //! [`load`] is what a node does with the file at start, and what a reload
 //! does again: a refusal leaves the caller with what it had (at start,
@@ -17,9 +17,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::address::OnionName;
-use crate::mixnet::pki::{self, Directory};
-use crate::mixnet::pki_sig::{self, Candidate, Trust};
 use crate::time::UnixMillis;
+use crate::wire::pki::{self, Directory};
+use crate::wire::pki_sig::{self, Candidate, Trust};
 
 /// File name of the highest accepted serial in the data directory.
 pub const SERIAL_FILE: &str = "pki-serial";

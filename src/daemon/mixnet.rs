@@ -3,7 +3,7 @@
 //! Everything here runs before the daemon opens the spool or binds a
 //! socket, so a bad file or key stops startup with one line (exit 64) and
 //! nothing else has happened. The checks that need the file itself (JSON,
-//! entries, params) are `mixnet::pki`'s, and reading it with its signatures
+//! entries, params) are `wire::pki`'s, and reading it with its signatures
 //! and serial is `daemon::directory`'s; this adds comparing this node's
 //! entry with its own keys and flags: a stale entry would have peers build
 //! packets this node cannot open.
@@ -13,7 +13,7 @@ use std::path::Path;
 use crate::address::OnionName;
 use crate::config::{MixnetConfig, NodeInfo};
 use crate::mixnet::keys::{IdentityKey, KeyError, KeyRing, Rotation};
-use crate::mixnet::pki::{self, Directory, NodeEntry};
+use crate::wire::pki::{self, Directory, NodeEntry};
 
 /// What the mixnet tasks start from: the settings, the checked directory
 /// and this node's keys.
@@ -132,22 +132,22 @@ pub struct MixnetTasks {
 /// route uses it and no hop forwards to it.
 pub struct PeerLinks {
     dialer: crate::relay::socks::SocksDialer,
-    cfg: std::sync::Arc<crate::mixnet::link::LinkConfig>,
-    forwarder: std::sync::Arc<crate::mixnet::node::Forwarder>,
+    cfg: std::sync::Arc<crate::link::LinkConfig>,
+    forwarder: std::sync::Arc<crate::mixnet::forwarder::Forwarder>,
     shutdown: tokio_util::sync::CancellationToken,
     tracker: tokio_util::task::TaskTracker,
-    running: std::sync::Mutex<std::collections::HashSet<crate::mixnet::packet::NodeId>>,
+    running: std::sync::Mutex<std::collections::HashSet<crate::wire::packet::NodeId>>,
 }
 
 impl PeerLinks {
     /// Starts a link to every node in `nodes` that has none yet.
-    fn ensure(&self, nodes: &[crate::mixnet::pki::Node]) {
+    fn ensure(&self, nodes: &[crate::wire::pki::Node]) {
         let mut running = self.running.lock().unwrap();
         for peer in nodes {
             if !running.insert(peer.id) {
                 continue;
             }
-            self.tracker.spawn(crate::mixnet::link::run_peer(
+            self.tracker.spawn(crate::link::run_peer(
                 peer.id,
                 peer.onion.to_string(),
                 peer.port,
@@ -165,7 +165,7 @@ impl PeerLinks {
 /// network parameters or another entry for itself. A refused file keeps the
 /// directory in force and the reload line says why.
 pub struct DirectoryReload {
-    ctx: std::sync::Arc<crate::mixnet::node::MixContext>,
+    ctx: std::sync::Arc<crate::mixnet::context::MixContext>,
     links: std::sync::Arc<PeerLinks>,
     data_dir: std::path::PathBuf,
     name: OnionName,
@@ -226,7 +226,7 @@ impl MixnetTasks {
 }
 
 /// Logs a rotation and purges what belonged to the destroyed keys.
-async fn rotated(ctx: &crate::mixnet::node::MixContext, rotation: &Rotation) {
+async fn rotated(ctx: &crate::mixnet::context::MixContext, rotation: &Rotation) {
     ctx.stats.mix_epoch.set(ctx.keys.current() as i64);
     let (tags, packets) = ctx
         .spool
@@ -252,7 +252,7 @@ async fn rotated(ctx: &crate::mixnet::node::MixContext, rotation: &Rotation) {
 
 /// Rotates the mix keys at every epoch boundary until shutdown.
 async fn rotate_keys(
-    ctx: std::sync::Arc<crate::mixnet::node::MixContext>,
+    ctx: std::sync::Arc<crate::mixnet::context::MixContext>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let params = ctx.directory.params().clone();
@@ -288,7 +288,7 @@ pub async fn spawn(
     spool: crate::spool::Spool,
     stats: std::sync::Arc<crate::stats::Stats>,
     clock: crate::time::Clock,
-    mix: crate::mix::MixPolicy,
+    mix: crate::release::MixPolicy,
     dialer: crate::relay::socks::SocksDialer,
     dest_block: std::sync::Arc<crate::node::policy::DestBlock>,
     shutdown: tokio_util::sync::CancellationToken,
@@ -296,10 +296,13 @@ pub async fn spawn(
     use std::sync::Arc;
     use std::time::Duration;
 
-    use crate::mixnet::cover::MixCover;
+    use crate::link::{self, LinkConfig};
+    use crate::mixnet::context::MixContext;
+    use crate::mixnet::forwarder::Forwarder;
+    use crate::mixnet::health::Health;
     use crate::mixnet::hop::{self, Hop};
-    use crate::mixnet::link::{self, LinkConfig};
-    use crate::mixnet::node::{Forwarder, Health, MixContext, hop_delay};
+    use crate::mixnet::packet_cover::MixCover;
+    use crate::mixnet::path::hop_delay;
     use crate::mixnet::peers::PeerKeys;
     use crate::mixnet::sender::Sender;
     use rand::SeedableRng;
@@ -319,7 +322,7 @@ pub async fn spawn(
         spool: spool.clone(),
         peers: Arc::new(peers),
         own_bundle: Default::default(),
-        directory: crate::mixnet::node::DirectoryCell::new(node.directory),
+        directory: crate::mixnet::context::DirectoryCell::new(node.directory),
         keys,
         identity: Arc::new(node.identity),
         exit: node.config.info.exit,
@@ -402,11 +405,11 @@ pub async fn spawn(
                 if let Ok(stalled) = ctx.spool.take_stalled(stall, 16).await {
                     let mut acks = Vec::new();
                     for s in stalled {
-                        let Ok(block) = crate::mixnet::packet::ReplyBlock::from_slice(&s.reply_block)
+                        let Ok(block) = crate::wire::packet::ReplyBlock::from_slice(&s.reply_block)
                         else {
                             continue;
                         };
-                        let body = crate::mixnet::fragment::AckBody::Partial(hop::bitmap(s.count, &s.have));
+                        let body = crate::wire::fragment::AckBody::Partial(hop::bitmap(s.count, &s.have));
                         acks.extend(hop::ack_packet(&ctx, &block, s.mix_id, &body));
                     }
                     if !acks.is_empty() {

@@ -12,6 +12,7 @@
 
 pub mod dot;
 pub mod header;
+pub mod padding;
 
 /// Adversarial inputs for the codecs' tests: `count` byte strings shorter
 /// than `max_len`, drawn from `alphabet` (repeat a byte to make it more

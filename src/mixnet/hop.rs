@@ -16,17 +16,19 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::bundle::Bundle;
-use super::fragment::{self, AckBody, Fragment, Kind};
-use super::frame::AckStatus;
-use super::link::PacketHandler;
-use super::node::MixContext;
-use super::packet::{self, NodeId, Processed, ReplayTag, ReplyBlock, ReplyRecovery, WirePacket};
+use super::context::MixContext;
 use crate::BoxFuture;
-use crate::spool::mixnet::{
+use crate::link::PacketHandler;
+use crate::spool::custody::{
     Custody, CustodyOutcome, EntryAck, ExitCompletion, MixId, OutPacket, PacketKind, StoredFragment,
 };
 use crate::stats::Stats;
+use crate::wire::bundle::Bundle;
+use crate::wire::fragment::{self, AckBody, Fragment, Kind};
+use crate::wire::frame::AckStatus;
+use crate::wire::packet::{
+    self, NodeId, Processed, ReplayTag, ReplyBlock, ReplyRecovery, WirePacket,
+};
 
 /// The inbound side of every link.
 pub struct Hop {

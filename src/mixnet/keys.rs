@@ -1,7 +1,7 @@
 //! This node's mixnet keys, kept in the data directory.
 //!
 //! * The **identity key** (`identity.key`): an ed25519 key that other
-//!   operators pin in `nodes.json`. It will sign this node's key bundles,
+//!   operators pin in `nodes.json`. It signs this node's key bundles,
 //!   so it is made once and never changed by pluto2: losing or replacing
 //!   it makes the node a stranger to the network.
 //! * The **mix keys** (`mixkey-<epoch>`): one X25519 secret per epoch,
@@ -22,7 +22,7 @@
 //! never repairs a key file on its own.
 //!
 //! The node's address in packet headers is neither of these: it is the key
-//! inside its onion name (`mixnet::packet::NodeId`), which Tor holds.
+//! inside its onion name (`wire::packet::NodeId`), which Tor holds.
 
 use std::fmt;
 use std::io::Write;
@@ -241,7 +241,7 @@ impl KeyRing {
         self.keys.read().unwrap().get(&epoch).cloned()
     }
 
-    /// Public keys of `first` and the next [`crate::mixnet::bundle::SLOTS`]
+    /// Public keys of `first` and the next [`crate::wire::bundle::SLOTS`]
     /// − 1 epochs, zero where there is none (for a bundle).
     pub fn publics_from(&self, first: u32, n: usize) -> Vec<[u8; 32]> {
         let keys = self.keys.read().unwrap();

@@ -1,24 +1,27 @@
-//! The Sphinx mixnet (`-sphinx`): pure codecs for now.
+//! Mixnet node policy (`-sphinx`): what a node does with packets between
+//! its links and its spool. The wire formats are `wire`, the links are
+//! `link`, the tables are `spool::custody`; this folder decides.
 //!
-//! * [`packet`]: fixed-size Sphinx packets (8,540 bytes on every link), hop
-//!   processing with its replay tag, single-use reply blocks.
-//! * [`fragment`]: the plaintext inside a packet (one fragment of a message,
-//!   or an acknowledgement) and the message blob it is cut from.
-//! * [`frame`]: link frames between two nodes (hello, packet, ack, ping).
+//! * [`context`]: the directory in force and what every part shares.
+//! * [`keys`]: this node's identity and its mix keys per epoch.
+//! * [`peers`]: peers' signed key bundles, and nodes caught with two faces.
+//! * [`health`]: which peers are usable (links up, loops back).
+//! * [`path`]: routes (uniform, one node per family) and per-hop delays.
+//! * [`forwarder`]: the outbound custody side of links.
+//! * [`hop`]: the inbound side: replay tag, unwrap, custody, and at the
+//!   exit the fragments and the completed message.
+//! * [`sender`]: the entry: messages cut into packets and launched.
+//! * [`packet_cover`]: loop and drop packets at the network's rates.
 //!
-//! None of these touch sockets, SQL or clocks; the transport (`link`) and the
-//! node policy (sender, hop, exit) come on top of them.
+//! None of these open sockets or speak SQL: they call the link through
+//! its traits and the spool through its methods.
 
-pub mod bundle;
-pub mod cover;
-pub mod fragment;
-pub mod frame;
+pub mod context;
+pub mod forwarder;
+pub mod health;
 pub mod hop;
 pub mod keys;
-pub mod link;
-pub mod node;
-pub mod packet;
+pub mod packet_cover;
+pub mod path;
 pub mod peers;
-pub mod pki;
-pub mod pki_sig;
 pub mod sender;

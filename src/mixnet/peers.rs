@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::bundle::Bundle;
-use super::packet::NodeId;
-use super::pki::Directory;
+use crate::wire::bundle::Bundle;
+use crate::wire::packet::NodeId;
+use crate::wire::pki::Directory;
 
 /// Sub-directory of the data directory holding peers' bundles.
 pub const PEER_KEYS_DIR: &str = "peer-keys";

@@ -21,13 +21,14 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::fragment::{self, Fragment};
+use super::context::MixContext;
 use super::hop::{marked, random_id};
-use super::node::{MixContext, hop_delay, pick_nodes};
-use super::packet::{self, NodeId, ReplyBlock, RouteHop};
+use super::path::{hop_delay, pick_nodes};
 use crate::envelope::Message;
-use crate::spool::mixnet::{Launch, MixId, OutPacket, PacketKind};
+use crate::spool::custody::{Launch, MixId, OutPacket, PacketKind};
 use crate::stats::Stats;
+use crate::wire::fragment::{self, Fragment};
+use crate::wire::packet::{self, NodeId, ReplyBlock, RouteHop};
 
 /// Longest the sender sleeps without looking at the spool.
 const MAX_IDLE: Duration = Duration::from_secs(30);
@@ -325,7 +326,7 @@ impl Sender {
         Ok(())
     }
 
-    async fn retransmit(&self, o: crate::spool::mixnet::Overdue) -> Result<(), SendError> {
+    async fn retransmit(&self, o: crate::spool::custody::Overdue) -> Result<(), SendError> {
         if self.ctx.now() >= o.give_up_at {
             if self.ctx.spool.give_up(o.mix_id).await? {
                 Stats::add(&self.ctx.stats.mix_messages_failed, 1);

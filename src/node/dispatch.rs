@@ -27,13 +27,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use super::cover::CoverKey;
+use super::mail_cover::CoverKey;
 use super::retry::RetryPolicy;
 use crate::BoxFuture;
-use crate::mix::MixPolicy;
 use crate::relay::client::RecipientResult;
 use crate::relay::failure::{Failure, FailureKind};
 use crate::relay::route::Router;
+use crate::release::MixPolicy;
 use crate::spool::{Disposition, Lease, LeaseScope, Spool};
 use crate::stats::{Stats, Undelivered};
 use crate::time::Clock;
@@ -449,8 +449,8 @@ mod tests {
 
     use super::*;
     use crate::envelope::{EnqueueOutcome, Envelope, Message};
-    use crate::node::cover::CoverKey;
     use crate::node::intake::Intake;
+    use crate::node::mail_cover::CoverKey;
     use crate::relay::failure::Stage;
     use crate::time::UnixMillis;
 
@@ -741,7 +741,7 @@ mod tests {
         let key = CoverKey::from_bytes([4; 32]);
         let own = crate::address::OnionName::from_seed(1);
         let mut rng = StdRng::seed_from_u64(1);
-        let cover = crate::node::cover::make_message(&key, &own, &mut rng);
+        let cover = crate::node::mail_cover::make_message(&key, &own, &mut rng);
         assert_eq!(spool.enqueue(cover, BASE).await, EnqueueOutcome::Queued);
         assert_eq!(spool.enqueue(mail(1), BASE).await, EnqueueOutcome::Queued);
         let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));

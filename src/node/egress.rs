@@ -5,13 +5,14 @@
 //! identifying), count this hop in `X-Hop-Count` (so that mail cycling
 //! between relays stops at a receiving node's intake; see
 //! [`sanitize::HOP_COUNT`]), then pad to whole `-pad-block`s. One place owns this order,
-//! so SMTP delivery today and the mixnet exit later leave alike. The relay
+//! so mail accepted by SMTP in direct mode and mail that left the mixnet
+//! at this exit leave alike (both are delivered from the spool). The relay
 //! transport calls it through its own `relay::route::OutgoingBody` trait.
 
 use std::time::SystemTime;
 
-use crate::mix::padding;
-use crate::node::cover::CoverKey;
+use crate::message::padding;
+use crate::node::mail_cover::CoverKey;
 use crate::relay::route::OutgoingBody;
 use crate::sanitize::{self, SanitizeConfig};
 use crate::stats::Stats;
@@ -94,7 +95,7 @@ mod tests {
 
     use super::*;
     use crate::address::OnionName;
-    use crate::node::cover;
+    use crate::node::mail_cover;
 
     fn egress(sanitize: bool) -> Egress {
         Egress {
@@ -126,7 +127,7 @@ mod tests {
     #[test]
     fn it_sanitizes_then_pads_real_mail() {
         let out = egress(true).prepare(MAIL, None, None).unwrap();
-        assert_eq!(crate::mix::padding::wire_len(&out) % 4096, 0);
+        assert_eq!(crate::message::padding::wire_len(&out) % 4096, 0);
         let text = String::from_utf8_lossy(padding::strip(&out)).into_owned();
         assert!(!text.contains("alice@host.example"), "{text}");
         assert!(!text.contains("Tattler"), "{text}");
@@ -167,7 +168,7 @@ mod tests {
     fn it_keeps_the_marker_of_its_own_cover() {
         let e = egress(true);
         let own = OnionName::from_seed(1);
-        let m = cover::make_message(&e.cover_key, &own, &mut StdRng::seed_from_u64(3));
+        let m = mail_cover::make_message(&e.cover_key, &own, &mut StdRng::seed_from_u64(3));
         let out = e.prepare(&m.body, None, None).unwrap();
         assert!(e.cover_key.is_cover(padding::strip(&out)));
         assert_eq!(padding::strip(&out), &m.body[..]);

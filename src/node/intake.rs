@@ -27,9 +27,10 @@ use tracing::info;
 
 use crate::BoxFuture;
 use crate::envelope::{EnqueueOutcome, Message};
-use crate::mix::{MixPolicy, padding};
-use crate::node::cover::CoverKey;
+use crate::message::padding;
+use crate::node::mail_cover::CoverKey;
 use crate::node::policy::DestBlock;
+use crate::release::MixPolicy;
 use crate::sanitize;
 use crate::smtp::server::MessageSink;
 use crate::spool::Spool;

@@ -13,9 +13,9 @@
 //! * [`policy`]: exit policy, the `-dest-block` list of destinations that
 //!   asked not to receive anonymous mail.
 
-pub mod cover;
 pub mod dispatch;
 pub mod egress;
 pub mod intake;
+pub mod mail_cover;
 pub mod policy;
 pub mod retry;

@@ -67,7 +67,7 @@ pub struct ClientConfig {
 }
 
 /// One message for one destination.
-pub struct Outgoing<'a> {
+pub struct OutgoingMail<'a> {
     /// Host we are connected to (SNI and certificate name).
     pub server_name: &'a str,
     pub sender: &'a str,
@@ -334,7 +334,7 @@ impl Connection<'_, '_> {
 
 /// Delivers `msg` over `stream`. `Err` means the failure applies to every
 /// recipient (nothing was accepted).
-pub async fn deliver<S>(stream: S, config: &ClientConfig, msg: &Outgoing<'_>) -> Outcome
+pub async fn deliver<S>(stream: S, config: &ClientConfig, msg: &OutgoingMail<'_>) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -347,7 +347,7 @@ where
 pub async fn deliver_watched<S>(
     stream: S,
     config: &ClientConfig,
-    msg: &Outgoing<'_>,
+    msg: &OutgoingMail<'_>,
     sent_message: &AtomicBool,
 ) -> Outcome
 where
@@ -380,7 +380,7 @@ async fn finish(conn: &mut Connection<'_, '_>, outcome: Outcome) -> Outcome {
 async fn transaction(
     stream: Box<dyn Io>,
     config: &ClientConfig,
-    msg: &Outgoing<'_>,
+    msg: &OutgoingMail<'_>,
     progress: &mut Progress<'_>,
 ) -> Outcome {
     let mut conn = Connection {

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use tracing::{debug, info};
 
-use super::client::{self, ClientConfig, Outgoing, RecipientResult, TlsPolicy};
+use super::client::{self, ClientConfig, OutgoingMail, RecipientResult, TlsPolicy};
 use super::failure::{DnsProblem, Failure, FailureKind};
 use super::mx_lookup::{MxAnswer, MxResolver};
 use super::socks::SocksDialer;
@@ -87,7 +87,7 @@ impl Router {
                     continue;
                 }
             };
-            let outgoing = Outgoing {
+            let outgoing = OutgoingMail {
                 server_name: host,
                 sender,
                 recipients: &recipients,

@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error};
 
 use super::delivery::{self, Disposition, LeaseBatch, LeaseScope};
-use super::{CommitTimes, SpoolError, mixnet};
+use super::{CommitTimes, SpoolError, custody};
 use crate::envelope::{EnqueueOutcome, Message, ReplayId};
 use crate::time::{Clock, UnixMillis};
 
@@ -59,8 +59,8 @@ pub enum Job {
 pub type WriterCall = Box<dyn FnOnce(&mut Connection, UnixMillis) + Send>;
 
 pub struct CustodyRequest {
-    pub custody: mixnet::Custody,
-    pub reply: oneshot::Sender<mixnet::CustodyOutcome>,
+    pub custody: custody::Custody,
+    pub reply: oneshot::Sender<custody::CustodyOutcome>,
 }
 
 pub struct Committer {
@@ -158,8 +158,8 @@ impl Committer {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(SpoolError::from)
             .and_then(|tx| {
-                let items: Vec<&mixnet::Custody> = group.iter().map(|r| &r.custody).collect();
-                let outcomes = mixnet::custody_refs(&tx, now, &items)?;
+                let items: Vec<&custody::Custody> = group.iter().map(|r| &r.custody).collect();
+                let outcomes = custody::custody_refs(&tx, now, &items)?;
                 let started = Instant::now();
                 tx.commit()?;
                 times.observe(started.elapsed().as_secs_f64());
@@ -172,7 +172,7 @@ impl Committer {
                     "[SPOOL] custody commit of {} packet(s) failed: {e}",
                     group.len()
                 );
-                vec![mixnet::CustodyOutcome::Failed; group.len()]
+                vec![custody::CustodyOutcome::Failed; group.len()]
             }
         };
         for (req, outcome) in group.drain(..).zip(outcomes) {

@@ -6,8 +6,8 @@
 //! answering `250` after DATA.
 
 mod committer;
+pub mod custody;
 mod delivery;
-pub mod mixnet;
 pub mod ops;
 pub mod report;
 mod schema;
@@ -31,7 +31,7 @@ use crate::envelope::Message;
 use crate::time::Clock;
 use crate::time::UnixMillis;
 use committer::{Committer, CustodyRequest, EnqueueRequest, Job};
-use mixnet::{
+use custody::{
     Custody, CustodyOutcome, EntryAck, ExitCompletion, Launch, MixId, MixnetCounts, MixnetLease,
     NodeBytes, OutPacket, Overdue, PacketBatch, PacketSettle, Stalled, StoredFragment,
 };
@@ -372,7 +372,7 @@ impl Spool {
 
     /// Queues packets outside a custody decision.
     pub async fn queue_packets(&self, packets: Vec<OutPacket>) -> Result<(), SpoolError> {
-        self.call(move |conn, _| mixnet::queue_packets(conn, &packets))
+        self.call(move |conn, _| custody::queue_packets(conn, &packets))
             .await?;
         self.packets_queued();
         Ok(())
@@ -386,7 +386,7 @@ impl Spool {
         lease: Duration,
     ) -> Result<PacketBatch, SpoolError> {
         let lease_ms = lease.as_millis() as u64;
-        self.call(move |conn, now| mixnet::lease_packets(conn, now, &next_hop, max, lease_ms))
+        self.call(move |conn, now| custody::lease_packets(conn, now, &next_hop, max, lease_ms))
             .await
     }
 
@@ -394,18 +394,18 @@ impl Spool {
         &self,
         outcomes: Vec<(i64, PacketSettle)>,
     ) -> Result<(), SpoolError> {
-        self.call(move |conn, _| mixnet::settle_packets(conn, &outcomes))
+        self.call(move |conn, _| custody::settle_packets(conn, &outcomes))
             .await
     }
 
     /// Next hops with packets waiting.
     pub async fn waiting_hops(&self) -> Result<Vec<NodeBytes>, SpoolError> {
-        self.call(|conn, _| mixnet::waiting_hops(conn)).await
+        self.call(|conn, _| custody::waiting_hops(conn)).await
     }
 
     /// Deletes packets past their custody deadline; counts by kind.
-    pub async fn expire_packets(&self) -> Result<Vec<(mixnet::PacketKind, u64)>, SpoolError> {
-        self.call(mixnet::expire_packets).await
+    pub async fn expire_packets(&self) -> Result<Vec<(custody::PacketKind, u64)>, SpoolError> {
+        self.call(custody::expire_packets).await
     }
 
     /// At start: voids packet leases and gives overdue packets a fresh
@@ -414,19 +414,19 @@ impl Spool {
         &self,
         fresh: impl FnMut() -> UnixMillis + Send + 'static,
     ) -> Result<usize, SpoolError> {
-        self.call(move |conn, now| mixnet::restart_packets(conn, now, fresh))
+        self.call(move |conn, now| custody::restart_packets(conn, now, fresh))
             .await
     }
 
     pub async fn fragments(&self, mix_id: MixId) -> Result<Vec<StoredFragment>, SpoolError> {
-        self.call(move |conn, _| mixnet::fragments(conn, &mix_id))
+        self.call(move |conn, _| custody::fragments(conn, &mix_id))
             .await
     }
 
     /// Moves a completed message into the spool; false if it was done before.
     pub async fn complete_at_exit(&self, completion: ExitCompletion) -> Result<bool, SpoolError> {
         let fresh = self
-            .call(move |conn, now| mixnet::complete_at_exit(conn, now, &completion))
+            .call(move |conn, now| custody::complete_at_exit(conn, now, &completion))
             .await?;
         self.new_mail.notify_one();
         self.packets_queued();
@@ -440,7 +440,7 @@ impl Spool {
         max: usize,
     ) -> Result<Vec<Stalled>, SpoolError> {
         let stall_ms = stall.as_millis() as u64;
-        self.call(move |conn, now| mixnet::take_stalled(conn, now, stall_ms, max))
+        self.call(move |conn, now| custody::take_stalled(conn, now, stall_ms, max))
             .await
     }
 
@@ -449,12 +449,12 @@ impl Spool {
         &self,
         max: usize,
     ) -> Result<(Vec<MixnetLease>, Option<UnixMillis>), SpoolError> {
-        self.call(move |conn, now| mixnet::due_for_mixnet(conn, now, max))
+        self.call(move |conn, now| custody::due_for_mixnet(conn, now, max))
             .await
     }
 
     pub async fn launch(&self, launch: Launch) -> Result<(), SpoolError> {
-        self.call(move |conn, _| mixnet::launch(conn, &launch))
+        self.call(move |conn, _| custody::launch(conn, &launch))
             .await?;
         self.packets_queued();
         Ok(())
@@ -464,12 +464,12 @@ impl Spool {
         &self,
         reply_id: [u8; 16],
     ) -> Result<Option<(MixId, u16, Vec<u8>)>, SpoolError> {
-        self.call(move |conn, _| mixnet::reply_recovery(conn, &reply_id))
+        self.call(move |conn, _| custody::reply_recovery(conn, &reply_id))
             .await
     }
 
     pub async fn acknowledge(&self, mix_id: MixId, ack: EntryAck) -> Result<bool, SpoolError> {
-        self.call(move |conn, _| mixnet::acknowledge(conn, &mix_id, &ack))
+        self.call(move |conn, _| custody::acknowledge(conn, &mix_id, &ack))
             .await
     }
 
@@ -477,42 +477,42 @@ impl Spool {
         &self,
         max: usize,
     ) -> Result<(Vec<Overdue>, Option<UnixMillis>), SpoolError> {
-        self.call(move |conn, now| mixnet::overdue(conn, now, max))
+        self.call(move |conn, now| custody::overdue(conn, now, max))
             .await
     }
 
     pub async fn give_up(&self, mix_id: MixId) -> Result<bool, SpoolError> {
-        self.call(move |conn, _| mixnet::give_up(conn, &mix_id))
+        self.call(move |conn, _| custody::give_up(conn, &mix_id))
             .await
     }
 
     pub async fn complete_candidates(&self, max: usize) -> Result<Vec<MixId>, SpoolError> {
-        self.call(move |conn, _| mixnet::complete_candidates(conn, max))
+        self.call(move |conn, _| custody::complete_candidates(conn, max))
             .await
     }
 
     pub async fn drop_fragments(&self, mix_id: MixId) -> Result<(), SpoolError> {
-        self.call(move |conn, _| mixnet::drop_fragments(conn, &mix_id))
+        self.call(move |conn, _| custody::drop_fragments(conn, &mix_id))
             .await
     }
 
     /// Deletes exit fragments and done ids older than `age` (see
-    /// `mixnet::prune`).
+    /// `custody::prune`).
     pub async fn prune_mixnet(&self, age: Duration) -> Result<(u64, u64), SpoolError> {
         let age_ms = age.as_millis() as u64;
-        self.call(move |conn, now| mixnet::prune(conn, now.saturating_sub(age_ms)))
+        self.call(move |conn, now| custody::prune(conn, now.saturating_sub(age_ms)))
             .await
     }
 
     /// Drops replay tags and stranded packets of epochs below `below`
-    /// (see `mixnet::purge_epochs`); returns (tags, packets).
+    /// (see `custody::purge_epochs`); returns (tags, packets).
     pub async fn purge_epochs(&self, below: u32) -> Result<(u64, u64), SpoolError> {
-        self.call(move |conn, _| mixnet::purge_epochs(conn, below))
+        self.call(move |conn, _| custody::purge_epochs(conn, below))
             .await
     }
 
     pub async fn mixnet_counts(&self) -> Result<MixnetCounts, SpoolError> {
-        self.call(|conn, _| mixnet::counts(conn)).await
+        self.call(|conn, _| custody::counts(conn)).await
     }
 }
 

@@ -4,7 +4,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use super::SpoolError;
-use super::mixnet::MixnetCounts;
+use super::custody::MixnetCounts;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QueueReport {
@@ -65,7 +65,7 @@ pub fn read(conn: &mut Connection, now: u64) -> Result<QueueReport, SpoolError> 
         [],
         |r| r.get(0),
     )?;
-    let mixnet = super::mixnet::counts(&tx)?;
+    let mixnet = super::custody::counts(&tx)?;
     let deleted_by_operator = super::ops::deleted_by_operator(&tx)?;
     tx.finish()?;
     // Stored times are unix ms; the report speaks seconds.

@@ -289,7 +289,7 @@ fn create_v1(conn: &Connection) -> Result<(), rusqlite::Error> {
     )
 }
 
-/// The mixnet's custody tables (see `spool::mixnet`), and two columns on
+/// The mixnet's custody tables (see `spool::custody`), and two columns on
 /// messages: where a message came from (`smtp` at an entry, `exit` when it
 /// left the mixnet here) and, for the latter, its mixnet message id.
 fn migrate_v1_to_v2(conn: &Connection) -> Result<(), rusqlite::Error> {

@@ -329,7 +329,7 @@ async fn it_releases_leases_of_a_crashed_run_on_open() {
 
 mod mixnet_storage {
     use super::*;
-    use crate::spool::mixnet::{
+    use crate::spool::custody::{
         Custody, CustodyOutcome, EntryAck, ExitCompletion, Launch, OutPacket, PacketKind,
         PacketSettle, StoredFragment,
     };

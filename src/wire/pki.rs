@@ -7,7 +7,7 @@
 //!   port for links, the base64 ed25519 identity key, whether it is an
 //!   exit and an optional operator family. Mix keys are not here: they
 //!   change every epoch and travel as bundles signed by the identity key
-//!   (`mixnet::bundle`), fetched over the links.
+//!   (`wire::bundle`), fetched over the links.
 //! * `params`: the network parameters ([`Params`]), each optional with its
 //!   production default. They are network-wide: every node must use the
 //!   same ones, and [`Params::hash`] goes into the link HELLO so that two
@@ -16,7 +16,7 @@
 //!   the sequence of directories the operators publish, and when it stops
 //!   being valid (RFC 3339 in UTC, `"2026-11-25T00:00:00Z"`). Optional
 //!   here; a node that trusts operator keys requires them
-//!   (`mixnet::pki_sig`, which also checks the signatures over the bytes).
+//!   (`wire::pki_sig`, which also checks the signatures over the bytes).
 //!
 //! Unknown keys are refused everywhere: a misspelt parameter must not
 //! silently fall back to its default. Every other mistake is reported as
@@ -103,7 +103,7 @@ struct RawDirectory {
 /// directories a network publishes, so a node can refuse an older one
 /// replayed to it; `expires` bounds how long a captured file can be
 /// replayed at all. Each is optional in the file: a node that checks
-/// signatures requires all three (`mixnet::pki_sig`), an unsigned test
+/// signatures requires all three (`wire::pki_sig`), an unsigned test
 /// network may leave them out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Validity {

@@ -26,12 +26,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::bundle::Bundle;
-use super::frame::{self, AckStatus, Frame, FrameError, MAX_FRAME, PROTOCOL_VERSION};
-use super::packet::{NodeId, WirePacket};
 use crate::BoxFuture;
 use crate::redact::Sensitive;
 use crate::relay::socks::SocksDialer;
+use crate::wire::bundle::Bundle;
+use crate::wire::frame::{self, AckStatus, Frame, FrameError, MAX_FRAME, PROTOCOL_VERSION};
+use crate::wire::packet::{NodeId, WirePacket};
 
 /// Settings shared by both directions.
 #[derive(Debug, Clone)]
@@ -74,7 +74,7 @@ pub trait PacketHandler: Send + Sync {
 
 /// A packet an outbound link may send now.
 #[derive(Debug, Clone)]
-pub struct Outgoing {
+pub struct OutboundPacket {
     /// The spool row (the link sends it under a random sequence number).
     pub id: i64,
     pub epoch: u32,
@@ -85,7 +85,11 @@ pub struct Outgoing {
 pub trait PacketSource: Send + Sync {
     /// Up to `max` packets due for `peer` now; `None` in the second slot
     /// when nothing else is waiting, otherwise when to ask again.
-    fn take(&self, peer: NodeId, max: usize) -> BoxFuture<'_, (Vec<Outgoing>, Option<Duration>)>;
+    fn take(
+        &self,
+        peer: NodeId,
+        max: usize,
+    ) -> BoxFuture<'_, (Vec<OutboundPacket>, Option<Duration>)>;
     /// The peer answered for packet `id`.
     fn acked(&self, peer: NodeId, id: i64, status: AckStatus) -> BoxFuture<'_, ()>;
     /// These packets were sent but not acknowledged before the link broke.
@@ -129,7 +133,7 @@ enum LinkError {
     #[error("peer has other network parameters (nodes.json params differ)")]
     Params,
     #[error("SOCKS: {0}")]
-    Socks(String),
+    Socks(#[from] crate::relay::socks::SocksError),
     #[error("acknowledgement for a packet that was not sent")]
     StrayAck,
     #[error("timed out connecting")]
@@ -464,8 +468,7 @@ async fn outbound(
 ) -> Result<(), LinkError> {
     let stream = tokio::time::timeout(cfg.connect_timeout, dialer.connect(host, port))
         .await
-        .map_err(|_| LinkError::ConnectTimeout)?
-        .map_err(|e| LinkError::Socks(e.to_string()))?;
+        .map_err(|_| LinkError::ConnectTimeout)??;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     write_frame(&mut wr, &hello(cfg)).await?;
@@ -733,7 +736,11 @@ mod tests {
     struct Idle(watch::Sender<u64>);
 
     impl PacketSource for Idle {
-        fn take(&self, _: NodeId, _: usize) -> BoxFuture<'_, (Vec<Outgoing>, Option<Duration>)> {
+        fn take(
+            &self,
+            _: NodeId,
+            _: usize,
+        ) -> BoxFuture<'_, (Vec<OutboundPacket>, Option<Duration>)> {
             Box::pin(async { (Vec::new(), None) })
         }
         fn acked(&self, _: NodeId, _: i64, _: AckStatus) -> BoxFuture<'_, ()> {
@@ -840,7 +847,7 @@ mod tests {
             reader.next(&mut client, idle).await.unwrap(),
             Frame::Hello { .. }
         ));
-        let packet = WirePacket::from_slice(&[0; crate::mixnet::packet::PACKET_SIZE]).unwrap();
+        let packet = WirePacket::from_slice(&[0; crate::wire::packet::PACKET_SIZE]).unwrap();
         let frame = Frame::Packet {
             seq: 41,
             epoch: 0,

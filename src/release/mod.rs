@@ -15,7 +15,6 @@
 //!   [`DelayStrategy`] between `-min-delay` and `-max-delay`.
 //! * Neither (`-batch-window 0`, no `-delay`): immediate release.
 
-pub mod padding;
 pub mod strategy;
 
 use std::time::Duration;

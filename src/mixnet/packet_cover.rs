@@ -25,13 +25,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::fragment::{Fragment, Kind};
+use super::context::MixContext;
 use super::hop::random_id;
-use super::node::{MixContext, hop_delay, pick_nodes};
-use super::packet::{self, NodeId, RouteHop};
+use super::path::{hop_delay, pick_nodes};
 use super::sender::usable_peers;
-use crate::spool::mixnet::{OutPacket, PacketKind};
+use crate::spool::SpoolError;
+use crate::spool::custody::{OutPacket, PacketKind};
 use crate::stats::Stats;
+use crate::wire::fragment::{Fragment, Kind};
+use crate::wire::packet::{self, NodeId, PacketError, RouteHop};
 
 /// How often overdue loops are looked for when nothing else happens.
 const EXPIRE_TICK: Duration = Duration::from_millis(500);
@@ -45,7 +47,7 @@ pub fn gap<R: Rng + ?Sized>(mean: Duration, rng: &mut R) -> Duration {
 /// How long a loop may take before it counts as lost: four mean delays
 /// per hop (a loop is late by that only about once in two thousand), at
 /// most the longest possible delays, plus time for the links themselves.
-pub fn loop_patience(params: &super::pki::Params) -> Duration {
+pub fn loop_patience(params: &crate::wire::pki::Params) -> Duration {
     let hops = params.hops as u32 + 1;
     let delays = (params.hop_delay_mean * 4 * hops).min(params.hop_delay_max * hops);
     delays + params.ack_timeout.min(Duration::from_secs(120))
@@ -53,23 +55,34 @@ pub fn loop_patience(params: &super::pki::Params) -> Duration {
 
 /// Where cover packets go: the spool's custody queue, like every packet
 /// this node sends (tests put a recorder here).
-pub trait CoverQueue: Send + Sync {
-    fn queue(&self, packet: OutPacket) -> crate::BoxFuture<'_, Result<(), String>>;
+pub trait PacketCoverSink: Send + Sync {
+    fn queue(&self, packet: OutPacket) -> crate::BoxFuture<'_, Result<(), SpoolError>>;
 }
 
-impl CoverQueue for crate::spool::Spool {
-    fn queue(&self, packet: OutPacket) -> crate::BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            self.queue_packets(vec![packet])
-                .await
-                .map_err(|e| e.to_string())
-        })
+impl PacketCoverSink for crate::spool::Spool {
+    fn queue(&self, packet: OutPacket) -> crate::BoxFuture<'_, Result<(), SpoolError>> {
+        Box::pin(async move { self.queue_packets(vec![packet]).await })
     }
+}
+
+/// Why one cover packet was not queued. Logged by the generator, which
+/// goes on: a missed cover packet is a gap in the Poisson process, never
+/// a loss of mail.
+#[derive(Debug, thiserror::Error)]
+pub enum CoverError {
+    /// The mix key of a node picked a moment ago went away (a rotation or
+    /// a reload in between).
+    #[error("no mix key for a node on the route in epoch {0}")]
+    NoKey(u32),
+    #[error("cannot build the packet: {0}")]
+    Build(#[from] PacketError),
+    #[error("cannot queue the packet: {0}")]
+    Queue(#[from] SpoolError),
 }
 
 pub struct MixCover {
     pub ctx: Arc<MixContext>,
-    pub queue: Arc<dyn CoverQueue>,
+    pub queue: Arc<dyn PacketCoverSink>,
 }
 
 impl MixCover {
@@ -161,7 +174,7 @@ impl MixCover {
     }
 
     /// Builds and queues one cover packet of `kind`.
-    async fn send(&self, kind: Kind, epoch: u32, rng: &mut StdRng) -> Result<(), String> {
+    async fn send(&self, kind: Kind, epoch: u32, rng: &mut StdRng) -> Result<(), CoverError> {
         let ctx = &self.ctx;
         let params = ctx.directory.params();
         let hops = params.hops;
@@ -181,7 +194,7 @@ impl MixCover {
         };
         let mut route: Vec<RouteHop> = Vec::with_capacity(hops + 1);
         for id in &nodes {
-            let mix_key = ctx.mix_key(id, epoch).ok_or("a key went away")?;
+            let mix_key = ctx.mix_key(id, epoch).ok_or(CoverError::NoKey(epoch))?;
             let delay = hop_delay(params.hop_delay_mean, params.hop_delay_max, rng);
             route.push(RouteHop {
                 id: *id,
@@ -190,7 +203,7 @@ impl MixCover {
             });
         }
         if kind == Kind::Loop {
-            let mix_key = ctx.mix_key(&own, epoch).ok_or("no own key")?;
+            let mix_key = ctx.mix_key(&own, epoch).ok_or(CoverError::NoKey(epoch))?;
             route.push(RouteHop {
                 id: own,
                 mix_key,
@@ -210,7 +223,7 @@ impl MixCover {
             reply_block: None,
             data: Vec::new(),
         };
-        let wire = packet::build(&fragment.encode(), &route).map_err(|e| e.to_string())?;
+        let wire = packet::build(&fragment.encode(), &route)?;
         if kind == Kind::Loop {
             let lost_at = ctx.now() + loop_patience(params).as_millis() as u64;
             ctx.health.loop_sent(id, nodes.clone(), lost_at);
@@ -241,12 +254,12 @@ mod tests {
 
     use super::*;
     use crate::address::OnionName;
-    use crate::mixnet::bundle::{Bundle, SLOTS};
+    use crate::mixnet::health::Health;
     use crate::mixnet::keys::{IdentityKey, KeyRing};
-    use crate::mixnet::node::Health;
     use crate::mixnet::peers::PeerKeys;
-    use crate::mixnet::pki::{Directory, encode_key};
     use crate::spool::Spool;
+    use crate::wire::bundle::{Bundle, SLOTS};
+    use crate::wire::pki::{Directory, encode_key};
 
     /// 2026-11-25 at midnight, in unix ms.
     const BASE: u64 = 1_795_564_800_000;
@@ -293,14 +306,14 @@ mod tests {
         let (spool, _closer) = Spool::open(dir, Duration::ZERO, clock.clone()).unwrap();
         let ctx = Arc::new(MixContext {
             spool: spool.clone(),
-            directory: crate::mixnet::node::DirectoryCell::new(directory),
+            directory: crate::mixnet::context::DirectoryCell::new(directory),
             keys: Arc::new(keys),
             identity: Arc::new(IdentityKey::load_or_create(dir).unwrap()),
             peers: Arc::new(peers),
             own_bundle: Default::default(),
             exit: true,
             dest_block: None,
-            mix: crate::mix::MixPolicy::Immediate,
+            mix: crate::release::MixPolicy::Immediate,
             stats: Arc::new(Stats::default()),
             clock,
             health: Arc::new(health),
@@ -316,8 +329,8 @@ mod tests {
         made: std::sync::Mutex<Vec<u64>>,
     }
 
-    impl CoverQueue for Recorder {
-        fn queue(&self, packet: OutPacket) -> crate::BoxFuture<'_, Result<(), String>> {
+    impl PacketCoverSink for Recorder {
+        fn queue(&self, packet: OutPacket) -> crate::BoxFuture<'_, Result<(), SpoolError>> {
             assert_eq!(packet.bytes.len(), packet::PACKET_SIZE);
             self.made.lock().unwrap().push(packet.release_at);
             for id in self.ctx.health.pending_loops() {
@@ -468,7 +481,7 @@ mod tests {
 
     #[test]
     fn a_loop_is_given_up_only_well_after_its_delays() {
-        let p = super::super::pki::Params {
+        let p = crate::wire::pki::Params {
             hop_delay_mean: Duration::from_millis(20),
             hop_delay_max: Duration::from_millis(240),
             ack_timeout: Duration::from_secs(4),

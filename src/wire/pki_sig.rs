@@ -348,7 +348,7 @@ impl Accepted {
 
 /// Why a node refuses a file; each is one line that says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub enum DirectoryRefusal {
     #[error(
         "no signature file beside it (the same name + .sig), and -pki-trust asks for {0} signature(s); each operator signs with `pluto2 pki sign -key KEYFILE nodes.json`"
     )]
@@ -391,16 +391,16 @@ fn show(when: time::OffsetDateTime) -> String {
 /// `-pki-trust`, nothing of an unsigned file is believed), then the
 /// contents, then the validity fields against the saved serial and the
 /// time.
-pub fn accept(c: &Candidate<'_>) -> Result<Accepted, Refusal> {
+pub fn accept(c: &Candidate<'_>) -> Result<Accepted, DirectoryRefusal> {
     let mut warnings = Vec::new();
     let signed = match c.trust {
         Some(trust) => {
             let Some(sig) = c.signatures else {
-                return Err(Refusal::Unsigned(trust.threshold));
+                return Err(DirectoryRefusal::Unsigned(trust.threshold));
             };
             let tally = count_signatures(c.file, &parse_signatures(sig)?, trust);
             if tally.valid < tally.needed {
-                return Err(Refusal::Insufficient(tally));
+                return Err(DirectoryRefusal::Insufficient(tally));
             }
             Some(tally)
         }
@@ -424,7 +424,7 @@ pub fn accept(c: &Candidate<'_>) -> Result<Accepted, Refusal> {
             ("expires", validity.expires.is_some()),
         ] {
             if !present {
-                return Err(Refusal::MissingField(name));
+                return Err(DirectoryRefusal::MissingField(name));
             }
         }
     }
@@ -434,7 +434,7 @@ pub fn accept(c: &Candidate<'_>) -> Result<Accepted, Refusal> {
             let now = time::OffsetDateTime::from_unix_timestamp_nanos(now_nanos)
                 .map(show)
                 .unwrap_or_else(|_| c.now.to_string());
-            return Err(Refusal::Expired {
+            return Err(DirectoryRefusal::Expired {
                 expires: show(expires),
                 now,
             });
@@ -443,7 +443,7 @@ pub fn accept(c: &Candidate<'_>) -> Result<Accepted, Refusal> {
     if let (Some(serial), Some(saved)) = (validity.serial, c.saved_serial)
         && serial < saved
     {
-        return Err(Refusal::Rollback { serial, saved });
+        return Err(DirectoryRefusal::Rollback { serial, saved });
     }
     Ok(Accepted {
         directory,
@@ -819,7 +819,7 @@ mod tests {
                 Ok(_) => assert!(ok, "{serial} after {saved}"),
                 Err(e) => {
                     assert!(!ok, "{serial} after {saved}: {e}");
-                    assert_eq!(e, Refusal::Rollback { serial, saved });
+                    assert_eq!(e, DirectoryRefusal::Rollback { serial, saved });
                     assert!(e.to_string().contains("rollback"));
                 }
             }

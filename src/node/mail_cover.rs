@@ -26,8 +26,8 @@ use crate::address::OnionName;
 use crate::envelope::EnqueueOutcome;
 use crate::envelope::{COVER_LOCAL_PART, Envelope, Message};
 use crate::message::header;
-use crate::mix::MixPolicy;
 use crate::node::dispatch::DeliveryHealth;
+use crate::release::MixPolicy;
 use crate::spool::Spool;
 use crate::stats::Stats;
 use crate::time::{Clock, UnixMillis};
@@ -170,11 +170,11 @@ pub fn make_message<R: Rng + ?Sized>(key: &CoverKey, own: &OnionName, rng: &mut 
 /// Where generated cover goes: the spool in the daemon. A trait so the
 /// generator's timing can be tested on paused time without a database
 /// thread (whose I/O would let paused time jump ahead).
-pub trait CoverQueue: Send + Sync {
+pub trait MailCoverSink: Send + Sync {
     fn enqueue(&self, message: Message, release_at: UnixMillis) -> BoxFuture<'_, EnqueueOutcome>;
 }
 
-impl CoverQueue for Spool {
+impl MailCoverSink for Spool {
     fn enqueue(&self, message: Message, release_at: UnixMillis) -> BoxFuture<'_, EnqueueOutcome> {
         Box::pin(Spool::enqueue(self, message, release_at))
     }
@@ -185,7 +185,7 @@ pub struct CoverGenerator {
     pub key: CoverKey,
     /// This node's onion name: cover is addressed to ourselves.
     pub own: OnionName,
-    pub queue: Arc<dyn CoverQueue>,
+    pub queue: Arc<dyn MailCoverSink>,
     /// Cover gets release times like real mail, so it is mixed with it.
     pub mix: MixPolicy,
     /// Mean gap between cover messages.
@@ -325,8 +325,8 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         let key = CoverKey::from_bytes([9; 32]);
         let m = make_message(&key, &own(), &mut rng);
-        let padded = crate::mix::padding::pad(&m.body, 8192, &mut rng);
-        assert!(key.is_cover(crate::mix::padding::strip(&padded)));
+        let padded = crate::message::padding::pad(&m.body, 8192, &mut rng);
+        assert!(key.is_cover(crate::message::padding::strip(&padded)));
     }
 
     #[test]
@@ -346,7 +346,7 @@ mod tests {
         queued: std::sync::Mutex<Vec<(UnixMillis, UnixMillis)>>,
     }
 
-    impl CoverQueue for Recorder {
+    impl MailCoverSink for Recorder {
         fn enqueue(&self, _: Message, release_at: UnixMillis) -> BoxFuture<'_, EnqueueOutcome> {
             self.queued
                 .lock()

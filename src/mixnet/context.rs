@@ -1,0 +1,167 @@
+//! What every mixnet policy module shares: the directory in force and
+//! the node's context (spool, keys, peers' keys, health, clock).
+//!
+//! Node policy: read-only state handed to the forwarder, the hop, the
+//! sender and packet cover. Storage is the spool; links are `link`.
+
+use std::sync::{Arc, Mutex};
+
+use super::health::Health;
+use super::keys::{IdentityKey, KeyRing};
+use super::peers::PeerKeys;
+use crate::release::MixPolicy;
+use crate::spool::Spool;
+use crate::stats::Stats;
+use crate::time::{Clock, UnixMillis};
+use crate::wire::bundle::{Bundle, SLOTS};
+use crate::wire::packet::NodeId;
+use crate::wire::pki::Directory;
+
+/// `nodes.json` as in force now: replaced whole by a reload (SIGHUP),
+/// never edited. The network parameters and this node's own entry cannot
+/// change without a restart (a reload that would change them is refused),
+/// so they are kept apart and read without a lock.
+pub struct DirectoryCell {
+    params: crate::wire::pki::Params,
+    own: crate::wire::pki::Node,
+    current: std::sync::RwLock<Arc<Directory>>,
+}
+
+impl DirectoryCell {
+    pub fn new(directory: Directory) -> DirectoryCell {
+        DirectoryCell {
+            params: directory.params().clone(),
+            own: directory.own().clone(),
+            current: std::sync::RwLock::new(Arc::new(directory)),
+        }
+    }
+
+    /// The whole directory in force now.
+    pub fn get(&self) -> Arc<Directory> {
+        self.current.read().unwrap().clone()
+    }
+
+    pub fn params(&self) -> &crate::wire::pki::Params {
+        &self.params
+    }
+
+    pub fn own(&self) -> &crate::wire::pki::Node {
+        &self.own
+    }
+
+    /// Whether `id` is listed now (on the hot path: no copy).
+    pub fn lists(&self, id: &NodeId) -> bool {
+        self.current.read().unwrap().node(id).is_some()
+    }
+
+    pub fn node(&self, id: &NodeId) -> Option<crate::wire::pki::Node> {
+        self.current.read().unwrap().node(id).cloned()
+    }
+
+    /// Every node but this one, as listed now.
+    pub fn others(&self) -> Vec<crate::wire::pki::Node> {
+        self.current.read().unwrap().others().cloned().collect()
+    }
+
+    pub fn nodes(&self) -> Vec<crate::wire::pki::Node> {
+        self.current.read().unwrap().nodes().to_vec()
+    }
+
+    /// Why `next` cannot replace the directory in force, if it cannot.
+    pub fn refuses(&self, next: &Directory) -> Option<String> {
+        if next.params() != &self.params {
+            return Some(
+                "its params differ from those in force; network parameters change only with a restart (of every node, together)".into(),
+            );
+        }
+        if next.own() != &self.own {
+            return Some(
+                "this node's own entry changed; that needs a restart with matching flags".into(),
+            );
+        }
+        None
+    }
+
+    pub fn replace(&self, next: Directory) {
+        *self.current.write().unwrap() = Arc::new(next);
+    }
+}
+
+/// Everything the mixnet policy modules need, shared read-only.
+pub struct MixContext {
+    pub spool: Spool,
+    pub directory: DirectoryCell,
+    /// This node's mix keys by epoch.
+    pub keys: Arc<KeyRing>,
+    /// Signs this node's bundles.
+    pub identity: Arc<IdentityKey>,
+    /// Peers' bundles, and nodes caught with two faces.
+    pub peers: Arc<PeerKeys>,
+    /// This node's bundle as last signed: any peer that says HELLO may ask
+    /// for it, so it is signed once per rotation, not once per GETKEYS.
+    pub own_bundle: Mutex<Option<Bundle>>,
+    /// This node delivers mail out of the mixnet (`-exit`).
+    pub exit: bool,
+    /// Destinations that asked not to receive anonymous mail: dropped at
+    /// this exit (counted and logged by it), never delivered.
+    pub dest_block: Option<Arc<crate::node::policy::DestBlock>>,
+    /// Release times of mail that leaves the mixnet here.
+    pub mix: MixPolicy,
+    pub stats: Arc<Stats>,
+    pub clock: Clock,
+    pub health: Arc<Health>,
+}
+
+impl MixContext {
+    pub fn now(&self) -> UnixMillis {
+        (self.clock)()
+    }
+
+    pub fn own(&self) -> NodeId {
+        self.directory.own().id
+    }
+
+    /// When custody of a packet queued now ends.
+    pub fn custody_deadline(&self) -> UnixMillis {
+        self.now() + self.directory.params().custody_horizon.as_millis() as u64
+    }
+
+    /// The epoch by this node's clock.
+    pub fn epoch(&self) -> u32 {
+        self.directory.params().epoch_at(self.now())
+    }
+
+    /// This node's bundle as served now: the previous epoch (grace), the
+    /// current one and those made ahead; signed again only when the key
+    /// ring has rotated since.
+    pub fn own_bundle(&self) -> Bundle {
+        let first = self.keys.current().saturating_sub(1);
+        let mut cached = self.own_bundle.lock().unwrap();
+        if let Some(b) = cached.as_ref().filter(|b| b.first == first) {
+            return b.clone();
+        }
+        let mut keys = [[0u8; 32]; SLOTS];
+        for (slot, key) in keys.iter_mut().zip(self.keys.publics_from(first, SLOTS)) {
+            *slot = key;
+        }
+        let bundle = Bundle::sign(
+            self.identity.signing_key(),
+            &self.directory.params().hash(),
+            self.own(),
+            first,
+            keys,
+        );
+        *cached = Some(bundle.clone());
+        bundle
+    }
+
+    /// The mix key of `node` for `epoch`: this node's own, or a peer's
+    /// from its verified bundle (never an excluded node's).
+    pub fn mix_key(&self, node: &NodeId, epoch: u32) -> Option<x25519_dalek::PublicKey> {
+        if *node == self.own() {
+            self.keys.get(epoch).map(|k| k.public())
+        } else {
+            self.peers.key(node, epoch)
+        }
+    }
+}
