@@ -317,6 +317,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         )),
         None => Some(tokio::spawn(dispatcher.run(shutdown.clone()))),
     };
+    // The one road into the spool, for SMTP mail and for mail completed
+    // at this exit alike.
+    let intake = Arc::new(Intake {
+        spool: spool.clone(),
+        mix: config.mix.policy.clone(),
+        cover_key: cover_key.clone(),
+        stats: stats.clone(),
+        clock: clock.clone(),
+        dest_block: dest_block.clone(),
+        smtp_destinations: mixnet.is_none(),
+        own_name: config.name.clone(),
+    });
     let mut mixnet_tasks = match mixnet {
         Some(node) => {
             let addr = node.config.node;
@@ -325,9 +337,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 spool.clone(),
                 stats.clone(),
                 clock.clone(),
-                config.mix.policy.clone(),
+                intake.clone(),
                 SocksDialer::new(relay.tor_socks, relay.delivery_timeout),
-                dest_block.clone(),
                 shutdown.clone(),
             )
             .await
@@ -403,14 +414,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             .is_none()
             .then(|| dest_block.clone() as Arc<dyn RecipientCheck>),
         events: stats.clone(),
-        sink: Arc::new(Intake {
-            spool,
-            mix: config.mix.policy.clone(),
-            cover_key,
-            stats,
-            clock,
-            dest_block: mixnet_tasks.is_none().then(|| dest_block.clone()),
-        }),
+        sink: intake,
     });
     // The spool is open and every listener is bound (connections wait in
     // the backlog until the accept loop below runs).

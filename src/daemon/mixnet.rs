@@ -288,9 +288,8 @@ pub async fn spawn(
     spool: crate::spool::Spool,
     stats: std::sync::Arc<crate::stats::Stats>,
     clock: crate::time::Clock,
-    mix: crate::release::MixPolicy,
+    intake: std::sync::Arc<crate::node::intake::Intake>,
     dialer: crate::relay::socks::SocksDialer,
-    dest_block: std::sync::Arc<crate::node::policy::DestBlock>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<MixnetTasks, std::io::Error> {
     use std::sync::Arc;
@@ -326,8 +325,7 @@ pub async fn spawn(
         keys,
         identity: Arc::new(node.identity),
         exit: node.config.info.exit,
-        dest_block: Some(dest_block),
-        mix,
+        intake,
         stats: stats.clone(),
         clock: clock.clone(),
         health: Arc::new(Health::new()),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::health::Health;
 use super::keys::{IdentityKey, KeyRing};
 use super::peers::PeerKeys;
-use crate::release::MixPolicy;
+use crate::node::intake::Intake;
 use crate::spool::Spool;
 use crate::stats::Stats;
 use crate::time::{Clock, UnixMillis};
@@ -102,11 +102,9 @@ pub struct MixContext {
     pub own_bundle: Mutex<Option<Bundle>>,
     /// This node delivers mail out of the mixnet (`-exit`).
     pub exit: bool,
-    /// Destinations that asked not to receive anonymous mail: dropped at
-    /// this exit (counted and logged by it), never delivered.
-    pub dest_block: Option<Arc<crate::node::policy::DestBlock>>,
-    /// Release times of mail that leaves the mixnet here.
-    pub mix: MixPolicy,
+    /// Where mail completed at this exit enters the spool: the same
+    /// intake as SMTP mail, so the same rules hold for both.
+    pub intake: Arc<Intake>,
     pub stats: Arc<Stats>,
     pub clock: Clock,
     pub health: Arc<Health>,

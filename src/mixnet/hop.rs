@@ -18,9 +18,10 @@ use tracing::{debug, info, warn};
 
 use super::context::MixContext;
 use crate::BoxFuture;
+use crate::envelope::EnqueueOutcome;
 use crate::link::PacketHandler;
 use crate::spool::custody::{
-    Custody, CustodyOutcome, EntryAck, ExitCompletion, MixId, OutPacket, PacketKind, StoredFragment,
+    Custody, CustodyOutcome, EntryAck, ExitRows, MixId, OutPacket, PacketKind, StoredFragment,
 };
 use crate::stats::Stats;
 use crate::wire::bundle::Bundle;
@@ -331,7 +332,7 @@ pub async fn complete(ctx: &MixContext, mix_id: MixId, reply_block: Option<Reply
         })
         .collect();
     let message = fragment::join(&fragments).and_then(|blob| fragment::decode_blob(&blob));
-    let mut message = match message {
+    let message = match message {
         Ok(m) => m,
         Err(e) => {
             info!(
@@ -342,28 +343,21 @@ pub async fn complete(ctx: &MixContext, mix_id: MixId, reply_block: Option<Reply
             return;
         }
     };
-    // A destination on -dest-block is dropped here (each one counted and
-    // logged by the list); a message left with no recipient is still
-    // recorded as done and acknowledged, so the entry stops sending it.
-    if let Some(list) = &ctx.dest_block {
-        if list.blocks_post(&message.body) {
-            message.envelope.recipients.clear();
-        } else {
-            message.envelope.recipients.retain(|r| !list.blocks(r));
-        }
-    }
     let ack = block.and_then(|b| ack_packet(ctx, &b, mix_id, &AckBody::Complete));
-    let release_at = ctx.mix.release_at(ctx.now(), &mut rand::rng());
-    let completion = ExitCompletion {
-        mix_id,
-        message,
-        release_at,
-        ack,
-    };
-    match ctx.spool.complete_at_exit(completion).await {
-        Ok(true) => Stats::add(&ctx.stats.mix_exit_completions, 1),
-        Ok(false) => Stats::add(&ctx.stats.mix_exit_duplicates, 1),
-        Err(e) => warn!("[MIXNET] cannot complete a message: {e}"),
+    // The same intake as SMTP mail: a refused message (own name, a blocked
+    // destination, too many hops) is recorded as done with no recipients
+    // and acknowledged all the same, so the entry stops sending it.
+    match ctx
+        .intake
+        .ingest_exit(message, ExitRows { mix_id, ack })
+        .await
+    {
+        EnqueueOutcome::Replay => Stats::add(&ctx.stats.mix_exit_duplicates, 1),
+        EnqueueOutcome::Failed | EnqueueOutcome::NoSpace | EnqueueOutcome::ShuttingDown => {
+            // The fragments stay; maintenance completes the message later.
+            warn!("[MIXNET] cannot complete a message now; its fragments are kept");
+        }
+        _ => Stats::add(&ctx.stats.mix_exit_completions, 1),
     }
 }
 

@@ -304,6 +304,13 @@ mod tests {
             health.set(n.id, true);
         }
         let (spool, _closer) = Spool::open(dir, Duration::ZERO, clock.clone()).unwrap();
+        let stats = Arc::new(Stats::default());
+        let intake = crate::node::intake::Intake::for_tests(
+            spool.clone(),
+            crate::release::MixPolicy::Immediate,
+            clock.clone(),
+            stats.clone(),
+        );
         let ctx = Arc::new(MixContext {
             spool: spool.clone(),
             directory: crate::mixnet::context::DirectoryCell::new(directory),
@@ -312,9 +319,8 @@ mod tests {
             peers: Arc::new(peers),
             own_bundle: Default::default(),
             exit: true,
-            dest_block: None,
-            mix: crate::release::MixPolicy::Immediate,
-            stats: Arc::new(Stats::default()),
+            intake: Arc::new(intake),
+            stats,
             clock,
             health: Arc::new(health),
         });

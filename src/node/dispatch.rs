@@ -549,14 +549,7 @@ mod tests {
             jitter_max: Duration::from_secs(2),
         };
         let stats = Arc::new(Stats::default());
-        let intake = Intake {
-            spool: spool.clone(),
-            mix: mix.clone(),
-            cover_key: CoverKey::from_bytes([4; 32]),
-            stats: stats.clone(),
-            clock: clock.clone(),
-            dest_block: None,
-        };
+        let intake = Intake::for_tests(spool.clone(), mix.clone(), clock.clone(), stats.clone());
         const N: usize = 5;
         for i in 0..N {
             assert_eq!(intake.ingest(mail(i)).await, EnqueueOutcome::Queued);
@@ -652,14 +645,12 @@ mod tests {
         let clock = crate::testkit::tokio_clock(BASE);
         let (spool, closer) = Spool::open(dir.path(), Duration::ZERO, clock.clone()).unwrap();
         let stats = Arc::new(Stats::default());
-        let intake = Intake {
-            spool: spool.clone(),
-            mix: MixPolicy::Immediate,
-            cover_key: CoverKey::from_bytes([4; 32]),
-            stats: stats.clone(),
-            clock: clock.clone(),
-            dest_block: None,
-        };
+        let intake = Intake::for_tests(
+            spool.clone(),
+            MixPolicy::Immediate,
+            clock.clone(),
+            stats.clone(),
+        );
         assert_eq!(intake.ingest(mail(0)).await, EnqueueOutcome::Queued);
         let (tx, mut rx) = mpsc::channel(8);
         let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));

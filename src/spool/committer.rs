@@ -27,10 +27,28 @@ const REPLAY_PRUNE_INTERVAL: u64 = 60_000;
 
 pub struct EnqueueRequest {
     pub message: Message,
-    pub replay_id: ReplayId,
+    pub origin: Origin,
     /// When the mix policy lets the message go (unix ms).
     pub release_at: u64,
     pub reply: oneshot::Sender<EnqueueOutcome>,
+}
+
+/// Where a message comes from, and so what else its transaction holds.
+///
+/// Both kinds go through the same group commit and the same INSERTs; a
+/// message that left the mixnet at this exit adds its exit rows (done id,
+/// fragments gone, COMPLETE queued) to the same transaction.
+pub enum Origin {
+    /// Accepted by SMTP here. Its replay id is checked against the replay
+    /// window: an identical message within it is answered as accepted and
+    /// not stored again.
+    Smtp(ReplayId),
+    /// Completed at this exit. Duplicates are known by the mixnet message
+    /// id (the entry retransmits until COMPLETE), not by content: two
+    /// senders may send the same text through the mixnet. A message whose
+    /// recipients are all gone (refused by intake) is recorded as done and
+    /// acknowledged, and never stored.
+    Exit(custody::ExitRows),
 }
 
 /// Work for the single writer. Enqueues are grouped into one transaction;
@@ -234,28 +252,48 @@ impl Committer {
             let mut remember =
                 tx.prepare_cached("INSERT OR REPLACE INTO replay (id, seen_at) VALUES (?1, ?2)")?;
             let mut message = tx.prepare_cached(
-                "INSERT INTO messages (received_at, sender, smtputf8, eight_bit, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO messages (received_at, sender, smtputf8, eight_bit, body, origin, mix_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut recipient = tx.prepare_cached(
                 "INSERT INTO recipients (message_id, address, next_attempt) VALUES (?1, ?2, ?3)",
             )?;
             for req in group {
-                if window > 0 {
-                    let cutoff = now.saturating_sub(window) as i64;
-                    if seen.exists(params![&req.replay_id[..], cutoff])? {
-                        outcomes.push(EnqueueOutcome::Replay);
-                        continue;
+                let (origin, mix_id) = match &req.origin {
+                    Origin::Smtp(replay_id) => {
+                        if window > 0 {
+                            let cutoff = now.saturating_sub(window) as i64;
+                            if seen.exists(params![&replay_id[..], cutoff])? {
+                                outcomes.push(EnqueueOutcome::Replay);
+                                continue;
+                            }
+                            remember.execute(params![&replay_id[..], now as i64])?;
+                        }
+                        ("smtp", None)
                     }
-                    remember.execute(params![&req.replay_id[..], now as i64])?;
-                }
+                    Origin::Exit(rows) => {
+                        if !custody::exit_rows(&tx, now, rows)? {
+                            outcomes.push(EnqueueOutcome::Replay);
+                            continue;
+                        }
+                        ("exit", Some(&rows.mix_id[..]))
+                    }
+                };
                 let env = &req.message.envelope;
+                if env.recipients.is_empty() {
+                    // Only an exit's refused message gets here: done and
+                    // acknowledged above, nothing to deliver.
+                    outcomes.push(EnqueueOutcome::Queued);
+                    continue;
+                }
                 message.execute(params![
                     now as i64,
                     env.sender,
                     env.smtputf8,
                     env.eight_bit,
-                    req.message.body
+                    req.message.body,
+                    origin,
+                    mix_id
                 ])?;
                 let id = tx.last_insert_rowid();
                 for address in &env.recipients {

@@ -367,60 +367,37 @@ pub(super) fn fragments(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The exit finished a message: it enters the spool for delivery (origin
-/// `exit`), its id is recorded as done, its fragments go, and the
-/// acknowledgement is queued — all in one transaction, so a crash leaves
-/// either the fragments or the message, never both or neither.
-#[derive(Debug)]
-pub struct ExitCompletion {
+/// What the exit adds to the insert of a message that left the mixnet
+/// here: its id is recorded as done, its fragments go and the
+/// acknowledgement is queued, in the transaction that stores the message
+/// (`committer`), so a crash leaves either the fragments or the message,
+/// never both or neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitRows {
     pub mix_id: MixId,
-    pub message: Message,
-    pub release_at: UnixMillis,
     pub ack: Option<OutPacket>,
 }
 
-pub(super) fn complete_at_exit(
-    conn: &mut Connection,
+/// The exit's rows for one message, inside the caller's transaction.
+/// Returns whether the message was new here (a message already done is
+/// acknowledged again and not stored twice); the caller inserts the
+/// message itself only when it was new.
+pub(super) fn exit_rows(
+    tx: &rusqlite::Transaction<'_>,
     now: UnixMillis,
-    c: &ExitCompletion,
+    rows: &ExitRows,
 ) -> Result<bool, SpoolError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let fresh = tx.execute(
         "INSERT INTO mix_done (mix_id, done_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-        params![&c.mix_id[..], now as i64],
+        params![&rows.mix_id[..], now as i64],
     )? == 1;
-    // A message whose every recipient the exit dropped (-dest-block) is
-    // done all the same: recorded, acknowledged, never delivered.
-    if fresh && !c.message.envelope.recipients.is_empty() {
-        let env = &c.message.envelope;
-        tx.execute(
-            "INSERT INTO messages (received_at, sender, smtputf8, eight_bit, body, origin, mix_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'exit', ?6)",
-            params![
-                now as i64,
-                env.sender,
-                env.smtputf8,
-                env.eight_bit,
-                c.message.body,
-                &c.mix_id[..]
-            ],
-        )?;
-        let id = tx.last_insert_rowid();
-        let mut recipient = tx.prepare_cached(
-            "INSERT INTO recipients (message_id, address, next_attempt) VALUES (?1, ?2, ?3)",
-        )?;
-        for address in &env.recipients {
-            recipient.execute(params![id, address, c.release_at as i64])?;
-        }
-    }
     tx.execute(
         "DELETE FROM mix_fragments WHERE mix_id = ?1",
-        params![&c.mix_id[..]],
+        params![&rows.mix_id[..]],
     )?;
-    if let Some(ack) = &c.ack {
-        insert_packet(&tx, ack)?;
+    if let Some(ack) = &rows.ack {
+        insert_packet(tx, ack)?;
     }
-    tx.commit()?;
     Ok(fresh)
 }
 

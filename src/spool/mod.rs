@@ -30,10 +30,11 @@ use crate::envelope::EnqueueOutcome;
 use crate::envelope::Message;
 use crate::time::Clock;
 use crate::time::UnixMillis;
+pub use committer::Origin;
 use committer::{Committer, CustodyRequest, EnqueueRequest, Job};
 use custody::{
-    Custody, CustodyOutcome, EntryAck, ExitCompletion, Launch, MixId, MixnetCounts, MixnetLease,
-    NodeBytes, OutPacket, Overdue, PacketBatch, PacketSettle, Stalled, StoredFragment,
+    Custody, CustodyOutcome, EntryAck, Launch, MixId, MixnetCounts, MixnetLease, NodeBytes,
+    OutPacket, Overdue, PacketBatch, PacketSettle, Stalled, StoredFragment,
 };
 
 /// Requests waiting for the committer. Bounded so that a storage stall
@@ -230,19 +231,34 @@ impl Spool {
         self
     }
 
-    /// Stores the message durably, first due for delivery at `release_at`
-    /// (unix ms, chosen by the mix policy). The replay id is hashed here, in
-    /// the caller's task, so hashing runs in parallel across sessions and the
-    /// single committer thread only does I/O.
+    /// Stores a message accepted by SMTP durably, first due for delivery
+    /// at `release_at` (unix ms, chosen by the mix policy). The replay id
+    /// is hashed here, in the caller's task, so hashing runs in parallel
+    /// across sessions and the single committer thread only does I/O.
     pub async fn enqueue(&self, message: Message, release_at: u64) -> EnqueueOutcome {
+        let replay_id = message.replay_id();
+        self.enqueue_from(message, Origin::Smtp(replay_id), release_at)
+            .await
+    }
+
+    /// The one insert of a message into the spool, whatever its origin:
+    /// the same free-space reserve, the same group commit, the same rows;
+    /// an exit's rows join the transaction (see [`Origin`]). `Queued` only
+    /// after the COMMIT; `Replay` for a duplicate.
+    pub async fn enqueue_from(
+        &self,
+        message: Message,
+        origin: Origin,
+        release_at: u64,
+    ) -> EnqueueOutcome {
         if self.reserve.as_ref().is_some_and(|r| r.is_short()) {
             return EnqueueOutcome::NoSpace;
         }
-        let replay_id = message.replay_id();
+        let queues_packet = matches!(&origin, Origin::Exit(rows) if rows.ack.is_some());
         let (reply, answer) = oneshot::channel();
         let request = EnqueueRequest {
             message,
-            replay_id,
+            origin,
             release_at,
             reply,
         };
@@ -252,6 +268,9 @@ impl Spool {
         let outcome = answer.await.unwrap_or(EnqueueOutcome::Failed);
         if outcome == EnqueueOutcome::Queued {
             self.mail.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if queues_packet && matches!(outcome, EnqueueOutcome::Queued | EnqueueOutcome::Replay) {
+            self.packets_queued();
         }
         outcome
     }
@@ -421,16 +440,6 @@ impl Spool {
     pub async fn fragments(&self, mix_id: MixId) -> Result<Vec<StoredFragment>, SpoolError> {
         self.call(move |conn, _| custody::fragments(conn, &mix_id))
             .await
-    }
-
-    /// Moves a completed message into the spool; false if it was done before.
-    pub async fn complete_at_exit(&self, completion: ExitCompletion) -> Result<bool, SpoolError> {
-        let fresh = self
-            .call(move |conn, now| custody::complete_at_exit(conn, now, &completion))
-            .await?;
-        self.new_mail.notify_one();
-        self.packets_queued();
-        Ok(fresh)
     }
 
     /// Incomplete messages idle for `stall`, each with a reply block taken.

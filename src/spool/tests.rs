@@ -181,7 +181,7 @@ async fn submit(spool: &Spool, body: &str) -> oneshot::Receiver<EnqueueOutcome> 
     let message = message(body, 1);
     let (reply, answer) = oneshot::channel();
     let request = EnqueueRequest {
-        replay_id: message.replay_id(),
+        origin: super::Origin::Smtp(message.replay_id()),
         message,
         release_at: 0,
         reply,
@@ -330,8 +330,8 @@ async fn it_releases_leases_of_a_crashed_run_on_open() {
 mod mixnet_storage {
     use super::*;
     use crate::spool::custody::{
-        Custody, CustodyOutcome, EntryAck, ExitCompletion, Launch, OutPacket, PacketKind,
-        PacketSettle, StoredFragment,
+        Custody, CustodyOutcome, EntryAck, ExitRows, Launch, OutPacket, PacketKind, PacketSettle,
+        StoredFragment,
     };
 
     fn packet(next: u8, release_at: u64) -> OutPacket {
@@ -455,20 +455,21 @@ mod mixnet_storage {
         }
         assert_eq!(t.spool.complete_candidates(8).await.unwrap(), vec![[7; 16]]);
         assert_eq!(t.spool.fragments([7; 16]).await.unwrap().len(), 2);
-        let completion = || ExitCompletion {
-            mix_id: [7; 16],
-            message: message("body", 2),
-            release_at: 1_000,
-            ack: Some(OutPacket {
-                kind: PacketKind::Ack,
-                ..packet(4, 1_000)
-            }),
+        let complete = || {
+            t.spool.enqueue_from(
+                message("body", 2),
+                super::Origin::Exit(ExitRows {
+                    mix_id: [7; 16],
+                    ack: Some(OutPacket {
+                        kind: PacketKind::Ack,
+                        ..packet(4, 1_000)
+                    }),
+                }),
+                1_000,
+            )
         };
-        assert!(t.spool.complete_at_exit(completion()).await.unwrap());
-        assert!(
-            !t.spool.complete_at_exit(completion()).await.unwrap(),
-            "once"
-        );
+        assert_eq!(complete().await, EnqueueOutcome::Queued);
+        assert_eq!(complete().await, EnqueueOutcome::Replay, "once");
         assert_eq!(t.report().messages, 1);
         let counts = t.spool.mixnet_counts().await.unwrap();
         assert_eq!((counts.exit_partial, counts.packets_ack), (0, 2));
@@ -562,15 +563,18 @@ mod mixnet_storage {
             },
         };
         t.spool.custody(store(1, 0, 7)).await;
-        t.spool
-            .complete_at_exit(ExitCompletion {
-                mix_id: [8; 16],
-                message: message("b", 1),
-                release_at: 1_000,
-                ack: None,
-            })
-            .await
-            .unwrap();
+        let outcome = t
+            .spool
+            .enqueue_from(
+                message("b", 1),
+                super::Origin::Exit(ExitRows {
+                    mix_id: [8; 16],
+                    ack: None,
+                }),
+                1_000,
+            )
+            .await;
+        assert_eq!(outcome, EnqueueOutcome::Queued);
         t.set_now(50_000);
         t.spool.custody(store(2, 0, 9)).await;
         let (fragments, done) = t.spool.prune_mixnet(Duration::from_secs(10)).await.unwrap();
