@@ -92,7 +92,7 @@ pub enum DaemonError {
     Signals(std::io::Error),
     /// The `-dest-block` file cannot be read or holds a bad line.
     #[error("{0}")]
-    DestBlock(String),
+    DestBlock(reload::DestBlockError),
     #[error(transparent)]
     Metrics(#[from] admin::MetricsError),
 }

@@ -180,11 +180,16 @@ impl super::reload::Reloadable for DirectoryReload {
         &self,
         _old: &crate::config::Config,
         new: &crate::config::Config,
-    ) -> Result<Option<super::reload::Staged>, String> {
+    ) -> Result<Option<super::reload::Staged>, super::reload::ReloadError> {
         let Some(m) = new.mixnet.as_ref() else {
             return Ok(None);
         };
-        let path = m.pki_file.display().to_string();
+        let refused =
+            |source: Box<dyn std::error::Error + Send + Sync>| super::reload::ReloadError::File {
+                flag: "-pki-file",
+                path: m.pki_file.clone(),
+                source,
+            };
         let (directory, notes) = super::directory::load(
             &self.data_dir,
             &self.name,
@@ -192,14 +197,18 @@ impl super::reload::Reloadable for DirectoryReload {
             m.trust.as_ref(),
             crate::time::now_ms(),
         )
-        .map_err(|e| format!("-pki-file {path}: {e}"))?;
+        .map_err(|e| refused(e.into()))?;
         if let Some(why) = self.ctx.directory.refuses(&directory) {
-            return Err(format!("-pki-file {path}: {why}"));
+            return Err(refused(why.into()));
         }
         if directory.nodes() == self.ctx.directory.get().nodes() {
             return Ok(None);
         }
-        let what = format!("-pki-file {path} ({} nodes)", directory.nodes().len());
+        let what = format!(
+            "-pki-file {} ({} nodes)",
+            m.pki_file.display(),
+            directory.nodes().len()
+        );
         let (ctx, links) = (self.ctx.clone(), self.links.clone());
         Ok(Some(super::reload::Staged {
             what,

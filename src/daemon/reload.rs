@@ -22,17 +22,62 @@
 //! recipients and their rate-limit admission, deliveries are not looked at.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tracing::level_filters::LevelFilter;
 
 use crate::config::{self, Config, LogLevel};
-use crate::node::policy::{BlockList, DestBlock};
+use crate::node::policy::{BlockList, BlockListError, DestBlock};
 use crate::smtp::rate_limit::SessionRateLimiter;
 use crate::smtp::server::ServerContext;
 
 /// Largest `-dest-block` file: a few hundred thousand patterns.
 const MAX_DEST_BLOCK: u64 = 16 * 1024 * 1024;
+
+/// Why a reload keeps the old settings: a file that a reloadable flag names
+/// cannot be put in force. Each variant names the flag and the file, so the
+/// `[RELOAD]` log line says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The `-dest-block` file cannot be read or holds a bad line.
+    #[error(transparent)]
+    DestBlock(#[from] DestBlockError),
+    /// A part added with [`Reloader::add`] refuses the file its flag names
+    /// (the mixnet's `nodes.json`). That part's own error is the source:
+    /// this module sits below the parts in ARCHITECTURE.md's table, so it
+    /// cannot name their types.
+    #[error("{flag} {}: {source}", path.display())]
+    File {
+        flag: &'static str,
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A `-dest-block` file that cannot be used, at start (the daemon refuses
+/// to start) or on reload (the old list stays in force).
+#[derive(Debug, thiserror::Error)]
+#[error("-dest-block {}: {fault}", path.display())]
+pub struct DestBlockError {
+    pub path: PathBuf,
+    pub fault: DestBlockFault,
+}
+
+/// What is wrong with a `-dest-block` file.
+#[derive(Debug, thiserror::Error)]
+pub enum DestBlockFault {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A FIFO or a device would block or never end.
+    #[error("is not a regular file")]
+    NotRegular,
+    #[error("is larger than {} bytes", MAX_DEST_BLOCK)]
+    TooLarge,
+    /// A line is no pattern; the error holds its number.
+    #[error("{0}")]
+    Pattern(#[from] BlockListError),
+}
 
 /// One change, checked and ready to apply.
 pub struct Staged {
@@ -50,9 +95,9 @@ pub trait Reloadable: Send + Sync {
     fn flags(&self) -> &'static [&'static str];
 
     /// Reads and checks what `new` asks for, applying nothing. `Ok(None)`
-    /// when nothing changes; `Err` says why the new settings cannot be
-    /// used (naming the flag or file), and then nothing is applied.
-    fn prepare(&self, old: &Config, new: &Config) -> Result<Option<Staged>, String>;
+    /// when nothing changes; `Err` names the flag and the file that cannot
+    /// be used and why, and then no part's change is applied.
+    fn prepare(&self, old: &Config, new: &Config) -> Result<Option<Staged>, ReloadError>;
 }
 
 /// Rereads the settings on SIGHUP; see the module doc.
@@ -147,7 +192,7 @@ impl Reloadable for RateLimits {
         &["rate-limit", "rate-window"]
     }
 
-    fn prepare(&self, old: &Config, new: &Config) -> Result<Option<Staged>, String> {
+    fn prepare(&self, old: &Config, new: &Config) -> Result<Option<Staged>, ReloadError> {
         let (limit, window) = (new.listener.rate_limit, new.listener.rate_window);
         if (limit, window) == (old.listener.rate_limit, old.listener.rate_window) {
             return Ok(None);
@@ -171,7 +216,7 @@ impl Reloadable for LogSettings {
         &["log-level", "debug"]
     }
 
-    fn prepare(&self, old: &Config, new: &Config) -> Result<Option<Staged>, String> {
+    fn prepare(&self, old: &Config, new: &Config) -> Result<Option<Staged>, ReloadError> {
         let (level, debug) = (new.ops.log_level, new.ops.debug);
         if (level, debug) == (old.ops.log_level, old.ops.debug) {
             return Ok(None);
@@ -209,7 +254,7 @@ impl Reloadable for DestBlockFile {
         &["dest-block"]
     }
 
-    fn prepare(&self, _old: &Config, new: &Config) -> Result<Option<Staged>, String> {
+    fn prepare(&self, _old: &Config, new: &Config) -> Result<Option<Staged>, ReloadError> {
         let (list, what) = match &new.relay.dest_block {
             Some(path) => {
                 let list = read_dest_block(path)?;
@@ -231,22 +276,25 @@ impl Reloadable for DestBlockFile {
 
 /// Reads and parses a `-dest-block` file; the error names the flag, the
 /// file and (for a bad pattern) the line.
-pub fn read_dest_block(path: &std::path::Path) -> Result<BlockList, String> {
+pub fn read_dest_block(path: &Path) -> Result<BlockList, DestBlockError> {
+    read_block_list(path).map_err(|fault| DestBlockError {
+        path: path.to_path_buf(),
+        fault,
+    })
+}
+
+fn read_block_list(path: &Path) -> Result<BlockList, DestBlockFault> {
     use std::io::Read;
-    let fail = |reason: String| format!("-dest-block {}: {reason}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(fail("is not a regular file".into()));
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(DestBlockFault::NotRegular);
     }
     let mut text = String::new();
-    file.take(MAX_DEST_BLOCK + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| fail(e.to_string()))?;
+    file.take(MAX_DEST_BLOCK + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_DEST_BLOCK {
-        return Err(fail(format!("is larger than {MAX_DEST_BLOCK} bytes")));
+        return Err(DestBlockFault::TooLarge);
     }
-    BlockList::parse(&text).map_err(|e| fail(e.to_string()))
+    Ok(BlockList::parse(&text)?)
 }
 
 fn level_filter(level: LogLevel) -> LevelFilter {
@@ -264,5 +312,118 @@ fn level_name(level: LogLevel) -> &'static str {
         LogLevel::Warn => "warn",
         LogLevel::Info => "info",
         LogLevel::Debug => "debug",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::address::OnionName;
+
+    #[test]
+    fn it_says_which_fault_keeps_a_dest_block_file_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let fault = |path: &Path| read_dest_block(path).unwrap_err();
+
+        let missing = dir.path().join("missing");
+        let e = fault(&missing);
+        assert!(
+            matches!(&e.fault, DestBlockFault::Io(io) if io.kind() == std::io::ErrorKind::NotFound),
+            "{e:?}"
+        );
+        assert!(matches!(
+            fault(dir.path()).fault,
+            DestBlockFault::NotRegular
+        ));
+
+        let huge = dir.path().join("huge");
+        let file = std::fs::File::create(&huge).unwrap();
+        file.set_len(MAX_DEST_BLOCK + 1).unwrap();
+        assert!(matches!(fault(&huge).fault, DestBlockFault::TooLarge));
+
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "a.example\n# fine\nno good\n").unwrap();
+        let e = fault(&bad);
+        assert!(
+            matches!(&e.fault, DestBlockFault::Pattern(p) if p.line == 3),
+            "{e:?}"
+        );
+        // The log line: flag, file, then the line at fault.
+        let line = ReloadError::from(e).to_string();
+        assert!(
+            line.starts_with(&format!("-dest-block {}: line 3: ", bad.display())),
+            "{line}"
+        );
+    }
+
+    /// Stages a change of -rate-limit whose apply is seen in `applied`.
+    struct RateLimitProbe(Arc<AtomicBool>);
+
+    impl Reloadable for RateLimitProbe {
+        fn flags(&self) -> &'static [&'static str] {
+            &["rate-limit"]
+        }
+
+        fn prepare(&self, old: &Config, new: &Config) -> Result<Option<Staged>, ReloadError> {
+            if old.listener.rate_limit == new.listener.rate_limit {
+                return Ok(None);
+            }
+            let applied = self.0.clone();
+            Ok(Some(Staged {
+                what: "-rate-limit".into(),
+                apply: Box::new(move || applied.store(true, Ordering::SeqCst)),
+            }))
+        }
+    }
+
+    /// Refuses every reload as the mixnet part refuses a bad `nodes.json`.
+    struct RefusingPart;
+
+    impl Reloadable for RefusingPart {
+        fn flags(&self) -> &'static [&'static str] {
+            &["pki-file"]
+        }
+
+        fn prepare(&self, _old: &Config, _new: &Config) -> Result<Option<Staged>, ReloadError> {
+            Err(ReloadError::File {
+                flag: "-pki-file",
+                path: PathBuf::from("/etc/pluto2/nodes.json"),
+                source: "serial 3 is older than the 5 saved".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_refusal_from_one_part_leaves_every_change_unapplied() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = dir.path().join("flags");
+        std::fs::write(&flags, "-rate-limit 10\n").unwrap();
+        let name = OnionName::from_seed(1).to_string();
+        let argv = [
+            "pluto2",
+            "-name",
+            &name,
+            "-flags-file",
+            flags.to_str().unwrap(),
+        ];
+        let config = config::parse(argv.map(String::from))
+            .unwrap()
+            .daemon
+            .validate()
+            .unwrap();
+        let applied = Arc::new(AtomicBool::new(false));
+        let mut reloader = Reloader::new(&config);
+        reloader.add(Box::new(RateLimitProbe(applied.clone())));
+        reloader.add(Box::new(RefusingPart));
+
+        std::fs::write(&flags, "-rate-limit 20\n").unwrap();
+        let line = reloader.reload().unwrap_err();
+        assert_eq!(
+            line,
+            "kept the old settings: -pki-file /etc/pluto2/nodes.json: serial 3 is older than the 5 saved"
+        );
+        assert!(!applied.load(Ordering::SeqCst), "a change was applied");
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! PING and PONG also compare notes: each PING asks the peer which mix key
 //! it holds for some node (the subject) in some epoch, so that a node
-//! showing different keys to different peers is caught (`mixnet::node`).
+//! showing different keys to different peers is caught (`mixnet::forwarder`).
 //! GETKEYS asks for the subject's signed bundle as the peer holds it; the
 //! peer itself as subject is how bundles are fetched.
 //!
