@@ -13,8 +13,8 @@
 //!   Tor, the SMTP client).
 //! * node policy: `node` (intake, egress, dispatch, cover), `stats`.
 //! * edges: [`config`], [`daemon`], [`logging`], [`pki_cli`] (`pluto2 pki`),
-//!   [`check`] (`pluto2 check`), `admin` (the metrics and health endpoint;
-//!   its request reader `admin::http` is a pure codec).
+//!   [`check`] (`pluto2 check`), `admin` (the metrics and health endpoint,
+//!   HTTP through hyper).
 //!
 //! See ARCHITECTURE.md for the data flow and the invariants.
 
