@@ -17,7 +17,8 @@
 //! * node policy: `node` (intake, egress, dispatch, mail cover), `stats`,
 //!   and [`mixnet`] (forwarder, hop, sender, packet cover, keys, health).
 //! * edges: [`config`], [`daemon`], [`logging`], [`pki_cli`] (`pluto2 pki`),
-//!   [`check`] (`pluto2 check`), `admin` (the metrics and health endpoint).
+//!   [`check`] (`pluto2 check`), `admin` (the metrics and health endpoint,
+//!   HTTP through hyper).
 //!
 //! See ARCHITECTURE.md for the data flow and the invariants.
 

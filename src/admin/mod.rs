@@ -5,34 +5,54 @@
 //! It is an edge of the process, not a transport of mail, and every way in
 //! is bounded: at most [`MAX_CONNECTIONS`] connections at once (more are
 //! told 503 and closed), a request head within [`HEAD_DEADLINE`] and
-//! [`http::MAX_HEAD`] bytes (a slow or oversized client is told 408 or
-//! 431 and closed), a response written within [`WRITE_DEADLINE`], and at
-//! most [`MAX_REQUESTS`] requests per connection. The readiness it reports
+//! [`MAX_HEAD`] bytes of at most [`MAX_HEADERS`] fields (a slow or
+//! oversized client is told 408 or 431 and closed), no request body, a
+//! response written within [`WRITE_DEADLINE`], and at most
+//! [`MAX_REQUESTS`] requests per connection. The readiness it reports
 //! comes from the daemon: ready once the spool is open and the listeners
 //! are bound, not ready again as soon as shutdown begins, while `/live`
 //! answers 200 for as long as the server runs (until the very end of a
 //! stop).
+//!
+//! HTTP/1 itself is hyper's (`server::conn::http1`, as in linkerd2-proxy's
+//! admin server): its parser and writer are used by far more servers than
+//! ours would ever be, and its builder holds most of the bounds (buffer
+//! size, field count, head deadline). What hyper does not do is here, in
+//! the stream and the service around it: the connection limit, the count
+//! of requests per connection, the 408 for a head that did not arrive in
+//! time (hyper closes without a word), the deadline for a client that does
+//! not read, and the lingering close after a refusal.
 
-pub mod http;
-
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::prometheus_text;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{MetricsAddr, sysexits};
+use crate::smtp::accept_backoff::AcceptBackoff;
 use crate::stats::Stats;
-use http::{Method, Request, Status};
 
 /// Connections served at once. A scraper uses one; a few more leave room
 /// for a health checker and a human with curl, and nothing more can make
@@ -44,6 +64,16 @@ pub const MAX_CONNECTIONS: usize = 8;
 /// on this host sends its head at once; a client that trickles bytes is
 /// cut off here, however slowly it keeps sending.
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Longest request head (request line and header fields) read: hyper's
+/// read buffer is capped here, so a head that has not ended when the
+/// buffer is full is refused (431). A scrape's head is a few hundred
+/// bytes; 8 KiB is what common servers allow, and the smallest buffer
+/// hyper takes.
+pub const MAX_HEAD: usize = 8 * 1024;
+
+/// Most header fields accepted in one request (431 beyond).
+pub const MAX_HEADERS: usize = 32;
 
 /// Time for writing one response to a client that does not read.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
@@ -58,7 +88,7 @@ const QUEUE_READ_DEADLINE: Duration = Duration::from_secs(2);
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// How long, and how many bytes, a refused client's remaining input is
-/// read and dropped before the close (see `refuse`).
+/// read and dropped before the close (see `linger`).
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 
@@ -179,6 +209,9 @@ pub struct Endpoint {
     shutdown: CancellationToken,
 }
 
+/// A response whose body is in memory: every body here is small and whole.
+type Reply = Response<Full<Bytes>>;
+
 impl Endpoint {
     pub fn new(stats: Arc<Stats>, data_dir: PathBuf, shutdown: CancellationToken) -> Endpoint {
         Endpoint {
@@ -198,24 +231,41 @@ impl Endpoint {
         self.ready.load(Ordering::SeqCst) && !self.shutdown.is_cancelled()
     }
 
-    /// The response to one request.
-    async fn respond(&self, request: &Request, keep_alive: bool) -> Vec<u8> {
-        let head_only = request.method == Method::Head;
-        let reply = |status, content_type, body: &[u8]| {
-            http::response(status, content_type, body, head_only, keep_alive)
-        };
-        let known = matches!(request.path.as_str(), "/metrics" | "/live" | "/ready");
-        if !known {
-            return reply(
-                Status::NotFound,
+    /// The response to one request, and whether it refuses the request
+    /// (the connection then closes). A scraper sends a bodiless `GET` in
+    /// origin form; a body or another form of target is refused, as before
+    /// hyper, since nothing here would read it. HEAD gets GET's headers:
+    /// hyper leaves the body out and keeps its length.
+    async fn respond(&self, request: &Request<Incoming>) -> (Reply, bool) {
+        if !request.body().is_end_stream() {
+            let refusal = reply(
+                StatusCode::BAD_REQUEST,
                 TEXT,
-                b"not found: try /metrics, /live or /ready\n",
+                "requests with a body are not accepted\n",
             );
+            return (refusal, true);
         }
-        if request.method == Method::Other {
-            return reply(Status::MethodNotAllowed, TEXT, b"only GET and HEAD\n");
+        let uri = request.uri();
+        if uri.scheme().is_some() || uri.authority().is_some() || !uri.path().starts_with('/') {
+            let refusal = reply(StatusCode::BAD_REQUEST, TEXT, "malformed request: target\n");
+            return (refusal, true);
         }
-        match request.path.as_str() {
+        let path = uri.path();
+        if !matches!(path, "/metrics" | "/live" | "/ready") {
+            let r = reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "not found: try /metrics, /live or /ready\n",
+            );
+            return (r, false);
+        }
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET and HEAD\n");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return (r, false);
+        }
+        let r = match path {
             "/metrics" => {
                 let read = self.stats.read_queue(&self.data_dir);
                 if tokio::time::timeout(QUEUE_READ_DEADLINE, read)
@@ -224,15 +274,94 @@ impl Endpoint {
                 {
                     debug!("[METRICS] the spool's counts took too long: the last ones are served");
                 }
-                let body = self.stats.encode();
-                reply(Status::Ok, prometheus_text::CONTENT_TYPE, body.as_bytes())
+                reply(
+                    StatusCode::OK,
+                    prometheus_text::CONTENT_TYPE,
+                    self.stats.encode(),
+                )
             }
-            "/live" => reply(Status::Ok, TEXT, b"live\n"),
-            _ if self.is_ready() => reply(Status::Ok, TEXT, b"ready\n"),
+            "/live" => reply(StatusCode::OK, TEXT, "live\n"),
+            _ if self.is_ready() => reply(StatusCode::OK, TEXT, "ready\n"),
             _ if self.shutdown.is_cancelled() => {
-                reply(Status::ServiceUnavailable, TEXT, b"stopping\n")
+                reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "stopping\n")
             }
-            _ => reply(Status::ServiceUnavailable, TEXT, b"starting\n"),
+            _ => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "starting\n"),
+        };
+        (r, false)
+    }
+}
+
+/// A response with its type; never cached (every answer is of the moment).
+/// hyper adds the length.
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let headers = r.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A whole response written by hand, for the two moments hyper is not
+/// reading a request: a client over [`MAX_CONNECTIONS`] is answered at
+/// once, unread, and a head that missed [`HEAD_DEADLINE`] is answered
+/// after hyper has given the connection up.
+fn canned(status: StatusCode, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {TEXT}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+    )
+}
+
+/// A source of connections, so one accept loop serves every kind of
+/// listener (and tests can hand it in-memory streams).
+pub trait Accept {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&mut self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    async fn accept(&mut self) -> io::Result<TcpStream> {
+        TcpListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = UnixStream;
+    async fn accept(&mut self) -> io::Result<UnixStream> {
+        UnixListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+/// Accepts until `stop`, handing each connection to `admit`. A failed
+/// `accept` (out of descriptors) pauses by the daemon's one policy for
+/// that, [`AcceptBackoff`] (logged once per episode, pauses doubling),
+/// instead of spinning; a stop cuts the pause short.
+pub async fn accept_until<L: Accept>(
+    listener: &mut L,
+    stop: &CancellationToken,
+    mut admit: impl FnMut(L::Stream),
+) {
+    let mut backoff = AcceptBackoff::default();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok(stream) => {
+                backoff.succeeded();
+                admit(stream);
+            }
+            Err(e) => {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = backoff.failed(&e) => {}
+                }
+            }
         }
     }
 }
@@ -240,53 +369,39 @@ impl Endpoint {
 /// Serves until `stop`; then waits for the connections it has (each is
 /// cut off at `stop`) and removes its unix socket.
 pub async fn serve(listener: MetricsListener, endpoint: Arc<Endpoint>, stop: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let tracker = TaskTracker::new();
-    match &listener {
-        MetricsListener::Tcp(l) => loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => break,
-                a = l.accept() => a,
-            };
-            match accepted {
-                Ok((stream, _)) => admit(stream, &permits, &tracker, &endpoint, &stop),
-                Err(e) => accept_failed(e, &stop).await,
+    match listener {
+        MetricsListener::Tcp(mut l) => run(&mut l, &endpoint, &stop).await,
+        MetricsListener::Unix {
+            listener: mut l,
+            path,
+            id,
+        } => {
+            run(&mut l, &endpoint, &stop).await;
+            // Only the socket bound here: another daemon may have replaced it.
+            let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == id);
+            if ours && let Err(e) = std::fs::remove_file(&path) {
+                warn!("[METRICS] cannot remove {}: {e}", path.display());
             }
-        },
-        MetricsListener::Unix { listener: l, .. } => loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => break,
-                a = l.accept() => a,
-            };
-            match accepted {
-                Ok((stream, _)) => admit(stream, &permits, &tracker, &endpoint, &stop),
-                Err(e) => accept_failed(e, &stop).await,
-            }
-        },
-    }
-    tracker.close();
-    tracker.wait().await;
-    if let MetricsListener::Unix { path, id, .. } = &listener {
-        // Only the socket bound here: another daemon may have replaced it.
-        let ours = std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *id);
-        if ours && let Err(e) = std::fs::remove_file(path) {
-            warn!("[METRICS] cannot remove {}: {e}", path.display());
         }
     }
     debug!("[METRICS] stopped");
 }
 
-/// An `accept` error (out of descriptors): pause instead of spinning.
-async fn accept_failed(e: std::io::Error, stop: &CancellationToken) {
-    debug!("[METRICS] accept failed: {e}");
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-    }
+/// The accept loop and the connections it starts, until `stop` and the
+/// last connection has ended.
+async fn run<L: Accept>(listener: &mut L, endpoint: &Arc<Endpoint>, stop: &CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let tracker = TaskTracker::new();
+    accept_until(listener, stop, |stream| {
+        admit(stream, &permits, &tracker, endpoint, stop)
+    })
+    .await;
+    tracker.close();
+    tracker.wait().await;
 }
 
 /// Starts a connection task if a permit is free; otherwise says 503 and
-/// closes without a task.
+/// closes without reading.
 fn admit<S>(
     stream: S,
     permits: &Arc<Semaphore>,
@@ -297,18 +412,19 @@ fn admit<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Ok(permit) = permits.clone().try_acquire_owned() else {
-        let busy = http::response(
-            Status::ServiceUnavailable,
-            TEXT,
-            b"too many metrics connections\n",
-            false,
-            false,
-        );
         // A fresh socket's send buffer takes a short reply at once; if it
         // does not, the client only loses the explanation.
         tracker.spawn(async move {
+            let busy = canned(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many metrics connections\n",
+            );
             let mut stream = stream;
-            let _ = tokio::time::timeout(Duration::from_millis(100), stream.write_all(&busy)).await;
+            let _ = tokio::time::timeout(
+                Duration::from_millis(100),
+                stream.write_all(busy.as_bytes()),
+            )
+            .await;
         });
         return;
     };
@@ -323,66 +439,113 @@ fn admit<S>(
     });
 }
 
+/// hyper's HTTP/1 server with this endpoint's bounds.
+fn http1() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_DEADLINE)
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true)
+        // A client may shut its side once it has asked: it is answered.
+        .half_close(true)
+        .title_case_headers(true)
+        .auto_date_header(false);
+    b
+}
+
+/// One connection's bookkeeping, shared by the service and the stream.
+#[derive(Default)]
+struct Session {
+    /// Requests handed to the service so far.
+    served: AtomicUsize,
+    /// Bytes arrived since the last request was handed over: a head was
+    /// begun, so a missed deadline is a slow client (408), not an idle
+    /// keep-alive connection (closed without a word).
+    head_begun: AtomicBool,
+    /// A request was refused: the connection closes lingering.
+    refused: AtomicBool,
+}
+
+/// The service hyper calls with each request: counts it, and makes the
+/// response to the last one allowed (or to a refused one) close the
+/// connection.
+async fn handle(
+    endpoint: &Endpoint,
+    session: &Session,
+    request: Request<Incoming>,
+) -> Result<Reply, Infallible> {
+    session.head_begun.store(false, Ordering::Relaxed);
+    let served = session.served.fetch_add(1, Ordering::Relaxed) + 1;
+    let (mut response, refused) = endpoint.respond(&request).await;
+    if refused {
+        debug!("[METRICS] refused a request ({})", response.status());
+        session.refused.store(true, Ordering::Relaxed);
+    }
+    if refused || served >= MAX_REQUESTS {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
+}
+
 /// Serves requests on one connection until the client closes, asks to
 /// close, breaks a limit, or [`MAX_REQUESTS`] were served.
-async fn connection<S>(mut stream: S, endpoint: &Endpoint)
+async fn connection<S>(stream: S, endpoint: &Endpoint)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    for served in 1..=MAX_REQUESTS {
-        let deadline = Instant::now() + HEAD_DEADLINE;
-        let request = loop {
-            match http::parse(&buf) {
-                Ok(Some((request, used))) => {
-                    buf.drain(..used);
-                    break request;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    debug!("[METRICS] refused a request: {e}");
-                    let body = format!("{e}\n");
-                    let out = http::response(e.status(), TEXT, body.as_bytes(), false, false);
-                    refuse(&mut stream, &out).await;
-                    return;
-                }
+    let session = Session::default();
+    let session = &session;
+    let mut io = Guarded {
+        stream,
+        session,
+        stalled: None,
+    };
+    let served = http1()
+        .serve_connection(
+            TokioIo::new(&mut io),
+            service_fn(move |request| handle(endpoint, session, request)),
+        )
+        .await;
+    let refused = match served {
+        Ok(()) => session.refused.load(Ordering::Relaxed),
+        Err(e) if e.is_timeout() => {
+            if !session.head_begun.load(Ordering::Relaxed) {
+                return;
             }
-            let mut chunk = [0u8; 1024];
-            match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-                Err(_) => {
-                    if !buf.is_empty() {
-                        let out = http::response(
-                            Status::RequestTimeout,
-                            TEXT,
-                            b"request head not complete in time\n",
-                            false,
-                            false,
-                        );
-                        refuse(&mut stream, &out).await;
-                    }
-                    return;
-                }
-                Ok(Ok(0)) | Ok(Err(_)) => return,
-                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            debug!("[METRICS] refused a request: head not complete in time");
+            let late = canned(
+                StatusCode::REQUEST_TIMEOUT,
+                "request head not complete in time\n",
+            );
+            if write(&mut io.stream, late.as_bytes()).await.is_err() {
+                return;
             }
-        };
-        let keep_alive = request.keep_alive && served < MAX_REQUESTS;
-        let out = endpoint.respond(&request, keep_alive).await;
-        if write(&mut stream, &out).await.is_err() || !keep_alive {
-            return;
+            true
         }
+        // hyper has answered 400 or 431 and shut its side.
+        Err(e) if e.is_parse() => {
+            debug!("[METRICS] refused a request: {e}");
+            true
+        }
+        Err(e) => {
+            debug!("[METRICS] connection ended: {e}");
+            false
+        }
+    };
+    if refused {
+        linger(&mut io.stream).await;
     }
 }
 
-/// Sends a refusal and closes gracefully: the client may still be
-/// sending, and closing with unread bytes would make the kernel reset the
+/// Closes gracefully after a refusal: the client may still be sending,
+/// and closing with unread bytes would make the kernel reset the
 /// connection and lose the response. So the write side is shut first and
 /// what arrives is read and dropped, bounded by [`LINGER`] and
 /// [`LINGER_BYTES`].
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) {
-    if write(stream, out).await.is_err() {
-        return;
-    }
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let _ = stream.shutdown().await;
     let drain = async {
         let mut chunk = [0u8; 4096];
@@ -397,7 +560,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-async fn write<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> std::io::Result<()> {
+async fn write<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> io::Result<()> {
     match tokio::time::timeout(WRITE_DEADLINE, async {
         stream.write_all(out).await?;
         stream.flush().await
@@ -405,7 +568,95 @@ async fn write<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> std::io::Re
     .await
     {
         Ok(result) => result,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// The connection's stream as hyper sees it. It notes when a request head
+/// begins to arrive (see [`Session::head_begun`]), and it fails a write
+/// that the client has kept waiting for [`WRITE_DEADLINE`]: the clock
+/// starts when the socket first takes no more and stops when everything
+/// hyper wrote has been flushed, so a response must be out within the
+/// deadline however slowly the client reads.
+struct Guarded<'a, S> {
+    stream: S,
+    session: &'a Session,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Guarded<'_, S> {
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            return poll;
+        }
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_DEADLINE)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.session.head_begun.store(true, Ordering::Relaxed);
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.deadline(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.deadline(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = poll {
+            this.stalled = None;
+        }
+        this.deadline(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_shutdown(cx);
+        this.deadline(cx, poll)
     }
 }
 
@@ -423,6 +674,9 @@ pub fn start(addr: &MetricsAddr) -> Result<MetricsListener, MetricsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::DuplexStream;
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
 
     fn endpoint() -> (Arc<Endpoint>, CancellationToken) {
         let shutdown = CancellationToken::new();
@@ -485,30 +739,221 @@ mod tests {
     async fn it_serves_the_registry_as_prometheus_text() {
         let (e, _) = endpoint();
         Stats::add(&e.stats.sent, 2);
-        let out = exchange(&e, b"GET /metrics HTTP/1.0\r\n\r\n").await;
+        let out = exchange(&e, b"GET /metrics HTTP/1.1\r\n\r\n").await;
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
         assert!(
             out.contains("Content-Type: text/plain; version=0.0.4"),
             "{out}"
         );
+        assert!(out.contains("Cache-Control: no-store\r\n"), "{out}");
         assert!(
             out.contains("\npluto2_recipients_delivered_total 2\n"),
             "{out}"
         );
-        assert!(
-            out.contains("Connection: close"),
-            "HTTP/1.0 keeps nothing open"
-        );
+    }
+
+    /// An HTTP/1.0 client is answered in its version (hyper's rule) and
+    /// the connection closes at once, without waiting for the client.
+    #[tokio::test(start_paused = true)]
+    async fn http_1_0_gets_one_answer_and_the_close() {
+        let (e, _) = endpoint();
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(b"GET /live HTTP/1.0\r\n\r\nGET /live HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        connection(server, &e).await;
+        assert!(started.elapsed() < HEAD_DEADLINE, "{:?}", started.elapsed());
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
+        assert_eq!(out.matches("HTTP/1.").count(), 1, "{out}");
     }
 
     #[tokio::test]
     async fn it_closes_with_a_status_on_a_bad_head() {
         let (e, _) = endpoint();
-        let out = exchange(&e, b"GET /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc").await;
-        assert_eq!(statuses(&out), ["400"]);
+        for bad in [
+            &b"GET /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
+            b"GET /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET http://localhost/metrics HTTP/1.1\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHost : x\r\n\r\n",
+            b"G(T /x HTTP/1.1\r\n\r\n",
+        ] {
+            // The request after it is not served.
+            let out = exchange(&e, &[bad, b"GET /live HTTP/1.1\r\n\r\n"].concat()).await;
+            assert_eq!(statuses(&out), ["400"], "{}", String::from_utf8_lossy(bad));
+        }
+        let out = exchange(&e, b"POST /live HTTP/1.1\r\nContent-Length: 1\r\n\r\nx").await;
+        assert!(
+            out.ends_with("\r\n\r\nrequests with a body are not accepted\n"),
+            "{out}"
+        );
         let mut big = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
-        big.resize(http::MAX_HEAD + 10, b'a');
+        big.resize(MAX_HEAD + 10, b'a');
         assert_eq!(statuses(&exchange(&e, &big).await), ["431"]);
+        // Just under the cap, the head is read.
+        let mut fits = b"GET /live HTTP/1.1\r\nX: ".to_vec();
+        fits.resize(MAX_HEAD - 100, b'a');
+        fits.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(statuses(&exchange(&e, &fits).await), ["200"]);
+    }
+
+    #[tokio::test]
+    async fn it_refuses_more_header_fields_than_allowed() {
+        let (e, _) = endpoint();
+        let head = |fields: usize| {
+            let mut raw = b"GET /live HTTP/1.1\r\n".to_vec();
+            for i in 0..fields {
+                raw.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+            }
+            raw.extend_from_slice(b"\r\n");
+            raw
+        };
+        assert_eq!(statuses(&exchange(&e, &head(MAX_HEADERS)).await), ["200"]);
+        assert_eq!(
+            statuses(&exchange(&e, &head(MAX_HEADERS + 1)).await),
+            ["431"]
+        );
+    }
+
+    #[tokio::test]
+    async fn it_closes_a_connection_after_its_last_allowed_request() {
+        let (e, _) = endpoint();
+        let input = b"GET /live HTTP/1.1\r\n\r\n".repeat(MAX_REQUESTS + 5);
+        let out = exchange(&e, &input).await;
+        assert_eq!(statuses(&out).len(), MAX_REQUESTS);
+        // Only the last response says so.
+        assert_eq!(out.matches("Connection: close\r\n").count(), 1);
+        let last = out.rsplit("HTTP/1.1 ").next().unwrap();
+        assert!(last.contains("Connection: close\r\n"), "{last}");
+    }
+
+    /// Reads one response to `GET /live` (it ends with its body).
+    async fn read_live(client: &mut DuplexStream) -> String {
+        let mut out = Vec::new();
+        while !out.ends_with(b"\r\n\r\nlive\n") {
+            let mut chunk = [0u8; 512];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_without_a_word_at_the_head_deadline() {
+        let (e, _) = endpoint();
+        let (mut client, server) = tokio::io::duplex(4096);
+        let server = tokio::spawn(async move { connection(server, &e).await });
+        client
+            .write_all(b"GET /live HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_live(&mut client).await.starts_with("HTTP/1.1 200 "));
+        let idle = Instant::now();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&rest), "");
+        let at = idle.elapsed();
+        assert!(at >= HEAD_DEADLINE, "{at:?}");
+        assert!(at < HEAD_DEADLINE + Duration::from_millis(100), "{at:?}");
+        server.await.unwrap();
+    }
+
+    /// A client that asks and asks but never reads: once the responses
+    /// fill every buffer, the connection is given up at the write
+    /// deadline.
+    #[tokio::test(start_paused = true)]
+    async fn it_gives_up_on_a_client_that_does_not_read() {
+        let (e, _) = endpoint();
+        let (client, server) = tokio::io::duplex(1024);
+        let (_unread, mut to_server) = tokio::io::split(client);
+        // 404s are the longest answers that need no spool.
+        let asks = b"GET /x HTTP/1.1\r\n\r\n".repeat(MAX_REQUESTS - 1);
+        let writer = tokio::spawn(async move {
+            let _ = to_server.write_all(&asks).await;
+            to_server
+        });
+        let started = Instant::now();
+        tokio::time::timeout(3 * WRITE_DEADLINE, connection(server, &e))
+            .await
+            .expect("the connection was never given up");
+        let at = started.elapsed();
+        assert!(at >= WRITE_DEADLINE, "{at:?}");
+        assert!(at < WRITE_DEADLINE + Duration::from_millis(100), "{at:?}");
+        drop(writer.await.unwrap());
+    }
+
+    /// Hands in-memory connections to the accept loop.
+    struct Pipe(mpsc::UnboundedReceiver<DuplexStream>);
+
+    impl Accept for Pipe {
+        type Stream = DuplexStream;
+        async fn accept(&mut self) -> io::Result<DuplexStream> {
+            match self.0.recv().await {
+                Some(stream) => Ok(stream),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn it_serves_at_most_max_connections_at_once() {
+        let (e, _) = endpoint();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn({
+            let stop = stop.clone();
+            async move { run(&mut Pipe(rx), &e, &stop).await }
+        });
+        let connect = || {
+            let (client, server) = tokio::io::duplex(4096);
+            tx.send(server).unwrap();
+            client
+        };
+        let ask = b"GET /live HTTP/1.1\r\n\r\n";
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut c = connect();
+            c.write_all(ask).await.unwrap();
+            assert!(read_live(&mut c).await.starts_with("HTTP/1.1 200 "));
+            held.push(c);
+        }
+        // One more is told so at once, without being read.
+        let mut extra = connect();
+        let mut out = String::new();
+        extra.read_to_string(&mut out).await.unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Content-Length: 29\r\n")
+                && out.ends_with("\r\n\r\ntoo many metrics connections\n"),
+            "{out}"
+        );
+        // One leaves: a newcomer is served (once its task has ended).
+        drop(held.pop());
+        let mut tries = 0;
+        loop {
+            let mut c = connect();
+            c.write_all(b"GET /live HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = String::new();
+            let _ = c.read_to_string(&mut out).await;
+            if out.starts_with("HTTP/1.1 200 ") {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 100, "{out}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(tries < 10, "{tries} tries");
+        stop.cancel();
+        server.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
