@@ -416,6 +416,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         events: stats.clone(),
         sink: intake,
     });
+    // Every task holds its own handle now; this one would keep the
+    // committer open at shutdown.
+    drop(spool);
     // The spool is open and every listener is bound (connections wait in
     // the backlog until the accept loop below runs).
     endpoint.set_ready();
