@@ -8,14 +8,6 @@ use std::time::Duration;
 
 use common::{Client, Daemon, PATIENCE};
 
-/// The next reply is 421 with `enhanced`, and the server then hangs up.
-async fn told_421_and_closed(c: &mut Client, enhanced: &str) {
-    let (code, text) = c.reply().await;
-    assert_eq!(code, 421, "{text}");
-    assert!(text.contains(enhanced), "{text}");
-    assert!(c.closed().await);
-}
-
 #[tokio::test]
 async fn a_full_table_sheds_its_slowest_session_for_a_newcomer() {
     let d = Daemon::start(&["-max-connections", "3"]);
@@ -24,7 +16,7 @@ async fn a_full_table_sheds_its_slowest_session_for_a_newcomer() {
     let mut silent = d.client().await;
     let mut talking = d.ehlo_client().await;
     let mut newcomer = d.client().await; // greeted: it got a slot
-    told_421_and_closed(&mut oldest_silent, "4.4.2").await;
+    oldest_silent.told_421_and_closed("4.4.2").await;
     assert_eq!(talking.code("NOOP").await, 250);
     assert_eq!(newcomer.code("EHLO late.example").await, 250);
     assert_eq!(silent.code("NOOP").await, 250);

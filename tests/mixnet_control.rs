@@ -34,14 +34,8 @@ const COVER_PARAMS: &str = r#"{"hops": 3, "hop_delay_mean": "20ms", "hop_delay_m
     "loop_cover_mean": "100ms", "drop_cover_mean": "250ms"}"#;
 
 async fn send_from(net: &MixNet, entry: usize, tag: &str) {
-    let rcpt = format!("someone@{}", net.sink_onion);
-    let mut c = net.daemon(entry).ehlo_client().await;
     let body = format!("Subject: {tag}\r\n\r\nbody of {tag}\r\n");
-    assert_eq!(c.send_mail("a@b.example", &[&rcpt], &body).await, 250);
-    // Closed properly, so sessions never pile up against the per-client
-    // limit while a test sends one message after another.
-    assert_eq!(c.cmd("QUIT").await.0, 221);
-    assert!(c.closed().await);
+    net.send(entry, &body).await.quit().await;
 }
 
 /// Waits (bounded) until every tag arrived at the sink, and checks each
