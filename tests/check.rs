@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::mixnet::export;
+use common::mixnet::{alice_and_four, alice_flags};
 use common::socks_proxy::SocksProxy;
 use common::{BIN, Daemon, DeadEnd, onion};
-use serde_json::json;
 
 /// Tor's reply to an onion name it refuses, with ExtendedErrors.
 const BAD_ADDRESS: u8 = 0xF6;
@@ -294,12 +293,8 @@ async fn a_hostname_file_naming_another_onion_is_a_problem() {
 async fn in_mixnet_mode_it_checks_nodes_json_and_names_the_unreachable_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut nodes = vec![export(&onion(1), "alice", &data, &[])];
-    for (seed, short) in [(2u8, "bob"), (3, "carol"), (4, "dave"), (5, "erin")] {
-        nodes.push(export(&onion(seed), short, &dir.path().join(short), &[]));
-    }
-    let pki = dir.path().join("nodes.json");
-    std::fs::write(&pki, json!({ "nodes": nodes, "params": {} }).to_string()).unwrap();
+    let pki = alice_and_four(dir.path(), &data);
+    let good = std::fs::read(&pki).unwrap();
     // bob and carol answer on their link port; dave's onion service is
     // not published (0xF2), erin's proxy gets nothing from Tor (0xF6 by
     // default for unknown names).
@@ -311,19 +306,10 @@ async fn in_mixnet_mode_it_checks_nodes_json_and_names_the_unreachable_nodes() {
     }
     proxy.refuse(&onion(4), 9999, 0xF2);
     let before = snapshot(&data);
-    let flags = [
-        "-name",
-        &onion(1),
-        "-sphinx",
-        "-short-name",
-        "alice",
-        "-pki-file",
-        pki.to_str().unwrap(),
-        "-data-dir",
-        data.to_str().unwrap(),
-        "-tor-socks",
-        &proxy.addr.to_string(),
-    ];
+    let mut flags = alice_flags(&pki);
+    flags.extend(["-data-dir", data.to_str().unwrap(), "-tor-socks"].map(String::from));
+    flags.push(proxy.addr.to_string());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let report = check(&flags).await;
     assert_eq!(report.code, Some(1), "{:#?}", report.lines);
     assert!(report.line("ok -pki-file").contains("5 nodes"));
@@ -350,7 +336,7 @@ async fn in_mixnet_mode_it_checks_nodes_json_and_names_the_unreachable_nodes() {
 
     // With -pki-trust, an unsigned file is refused as the daemon would
     // refuse it (and nothing is saved).
-    std::fs::write(&pki, json!({ "nodes": nodes, "params": {} }).to_string()).unwrap();
+    std::fs::write(&pki, &good).unwrap();
     let trusted = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
     let trust = data_encoding::BASE64.encode(trusted.as_bytes());
     let mut signed_flags = flags.to_vec();

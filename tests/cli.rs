@@ -2,11 +2,10 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{BIN, Daemon, PATIENCE, onion};
+use common::{BIN, Daemon, onion};
 
 /// Runs pluto2 to its end and returns its exit status and stderr. A run
 /// that outlives PATIENCE (a start that hangs, or one that should have been
@@ -17,40 +16,8 @@ fn run(args: &[&str]) -> (i32, String) {
 
 /// Like [`run`], under a wrapper command such as `setpriv …`.
 fn run_with(wrapper: &[&str], args: &[&str]) -> (i32, String) {
-    let mut command = match wrapper.split_first() {
-        Some((program, rest)) => {
-            let mut c = Command::new(program);
-            c.args(rest).arg(BIN);
-            c
-        }
-        None => Command::new(BIN),
-    };
-    let mut child = command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        let _ = tx.send(text);
-    });
-    // stderr reaches its end when the process exits (or, for a daemon that
-    // started after all, never: that is the timeout).
-    let text = match rx.recv_timeout(PATIENCE) {
-        Ok(text) => text,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?}: still running after {PATIENCE:?}");
-        }
-    };
-    let status = child.wait().unwrap();
-    (status.code().unwrap_or(-1), text)
+    let (code, text) = common::refused(common::pluto2_under(wrapper).args(args));
+    (code.unwrap_or(-1), text)
 }
 
 /// Longest refusal line accepted: room for a path, the reason and the

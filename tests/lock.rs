@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use common::{BIN, Daemon, DeadEnd, PATIENCE, onion};
+use common::{BIN, Daemon, DeadEnd, onion};
 
 /// A SOCKS proxy that accepts connections and never answers: a delivery
 /// through it stays leased (until its timeout), which is the state a second
@@ -36,47 +35,20 @@ impl Silent {
 }
 
 /// Starts a second daemon on `data_dir` and returns its exit status and
-/// stderr. If it starts serving instead (it logs `listening on`), it is
-/// killed and the test fails.
+/// stderr. If it starts serving instead, it is killed after PATIENCE and
+/// the test fails.
 fn second_daemon(data_dir: &Path) -> (i32, String) {
     // Kept until the end: a port the test owns, not one it gave back.
     let dead_end = DeadEnd::start();
     let dead = dead_end.addr.to_string();
-    let mut child = Command::new(BIN)
-        .args(["-name", &onion(2), "-addr", "127.0.0.1:0"])
-        .args(["-tor-socks", &dead, "-dns-server", &dead])
-        .args(["-cover-interval", "0", "-data-dir"])
-        .arg(data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("listening on") {
-                let _ = tx.send(Err(line));
-                return;
-            }
-            text.push_str(&line);
-            text.push('\n');
-        }
-        let _ = tx.send(Ok(text));
-    });
-    let outcome = rx.recv_timeout(PATIENCE);
-    let text = match outcome {
-        Ok(Ok(text)) => text,
-        other => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the second daemon started on a data dir in use: {other:?}");
-        }
-    };
-    let status = child.wait().unwrap();
-    (status.code().unwrap_or(-1), text)
+    let (code, text) = common::refused(
+        Command::new(BIN)
+            .args(["-name", &onion(2), "-addr", "127.0.0.1:0"])
+            .args(["-tor-socks", &dead, "-dns-server", &dead])
+            .args(["-cover-interval", "0", "-data-dir"])
+            .arg(data_dir),
+    );
+    (code.unwrap_or(-1), text)
 }
 
 #[tokio::test]

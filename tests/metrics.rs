@@ -346,8 +346,9 @@ async fn the_reader_refuses_an_oversized_head_and_cuts_off_a_slow_one() {
     assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
 
     // A slow loris: a byte every 200 ms, never the end of the head.
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    // Timed from before the connection: the head deadline runs from accept.
     let started = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
     let mut sent = 0;
     let slow = b"GET /metrics HTTP/1.1\r\nX-Slow: ";
     let closed = loop {

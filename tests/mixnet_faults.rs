@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::PATIENCE;
 use common::link_tap::{Action, Direction, FrameKind, Rule, TapFrame};
-use common::mixnet::{LINK_PORT, MixNet, TEST_PARAMS, last_stat, until_stat};
+use common::mixnet::{LINK_PORT, MixNet, TEST_PARAMS, last_stat, mail, until_stat};
 use pluto2::wire::frame::AckStatus;
 use tokio::time::Instant;
 
@@ -48,27 +48,9 @@ const SLOW_PARAMS: &str = r#"{"hops": 3, "hop_delay_mean": "1s", "hop_delay_max"
 /// out), so every PACKET it sends is a COMPLETE or PARTIAL acknowledgement.
 const EXIT: usize = 4;
 
-/// A message tagged `tag` in its subject, of about `size` bytes.
-fn mail(size: usize, tag: &str) -> String {
-    let mut body = format!("Subject: {tag}\r\n\r\nhello {tag}\r\n");
-    let mut i = 0u64;
-    while body.len() < size {
-        i += 1;
-        body.push_str(&format!(
-            "{:076}\r\n",
-            i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ));
-    }
-    body
-}
-
+/// Sends a message of about `size` bytes tagged `tag` from node 0.
 async fn send(net: &MixNet, size: usize, tag: &str) {
-    let rcpt = format!("someone@{}", net.sink_onion);
-    let mut c = net.daemon(0).ehlo_client().await;
-    assert_eq!(
-        c.send_mail("a@b.example", &[&rcpt], &mail(size, tag)).await,
-        250
-    );
+    net.send(0, &mail(size, tag)).await;
 }
 
 /// How many copies of each tagged message the sink holds, once the net is

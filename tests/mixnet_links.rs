@@ -65,9 +65,7 @@ fn rcpt(net: &MixNet) -> String {
 
 /// Sends one message to the entry (node 0) and checks it was accepted.
 async fn send(net: &MixNet, text: &str) {
-    let mut c = net.daemon(0).ehlo_client().await;
-    let to = rcpt(net);
-    assert_eq!(c.send_mail(SENDER, &[&to], text).await, 250);
+    net.send_as(0, SENDER, &rcpt(net), text).await;
 }
 
 /// Waits until the entry holds no message (each one acknowledged by its

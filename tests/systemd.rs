@@ -14,12 +14,11 @@ mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::mixnet::export;
+use common::mixnet::{alice_and_four, alice_flags};
 use common::{BIN, Daemon, DeadEnd, PATIENCE, onion};
-use serde_json::json;
 
 /// Half a second between pings (systemd's WatchdogSec=1s).
 const WATCHDOG_USEC: &str = "1000000";
@@ -159,29 +158,21 @@ async fn ready_comes_once_listening_then_status_and_pings_and_stopping_at_sigter
 fn refused(socket: &NotifySocket, flags: &[&str]) -> (Option<i32>, Vec<String>, String) {
     let dead = DeadEnd::start();
     let dead = dead.addr.to_string();
-    let child = Command::new(BIN)
-        .env("NOTIFY_SOCKET", &socket.path)
-        .env("WATCHDOG_USEC", WATCHDOG_USEC)
-        .args([
-            "-cover-interval",
-            "0",
-            "-tor-socks",
-            &dead,
-            "-dns-server",
-            &dead,
-        ])
-        .args(flags)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        socket.drain(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, stderr) = common::refused(
+        Command::new(BIN)
+            .env("NOTIFY_SOCKET", &socket.path)
+            .env("WATCHDOG_USEC", WATCHDOG_USEC)
+            .args([
+                "-cover-interval",
+                "0",
+                "-tor-socks",
+                &dead,
+                "-dns-server",
+                &dead,
+            ])
+            .args(flags),
+    );
+    (code, socket.drain(), stderr)
 }
 
 #[test]
@@ -230,39 +221,15 @@ fn no_ready_when_the_smtp_listener_cannot_bind() {
     assert!(sent.is_empty(), "{sent:?}");
 }
 
-/// A nodes.json of this node (`onion(1)`, keys in `data`) and four others.
-fn network(dir: &Path, data: &Path) -> PathBuf {
-    let mut nodes = vec![export(&onion(1), "alice", data, &[])];
-    for (seed, short) in [(2u8, "bob"), (3, "carol"), (4, "dave"), (5, "erin")] {
-        nodes.push(export(&onion(seed), short, &dir.join(short), &[]));
-    }
-    let pki = dir.join("nodes.json");
-    std::fs::write(&pki, json!({ "nodes": nodes, "params": {} }).to_string()).unwrap();
-    pki
-}
-
 #[tokio::test]
 async fn in_mixnet_mode_ready_waits_for_the_link_listener_and_status_shows_health() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let pki = network(dir.path(), &data);
+    let pki = alice_and_four(dir.path(), &data);
     let sphinx = |node: &str| -> Vec<String> {
-        [
-            "-name",
-            &onion(1),
-            "-sphinx",
-            "-short-name",
-            "alice",
-            "-pki-file",
-            pki.to_str().unwrap(),
-            "-node",
-            node,
-            "-stats-interval",
-            "1s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut flags = alice_flags(&pki);
+        flags.extend(["-node", node, "-stats-interval", "1s"].map(String::from));
+        flags
     };
 
     let socket = NotifySocket::bind();

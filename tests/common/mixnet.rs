@@ -13,7 +13,7 @@ use pluto2::address::OnionName;
 
 use super::link_tap::LinkTap;
 use super::smtp_sink::{Behaviour, Sink};
-use super::{BIN, Daemon, PATIENCE};
+use super::{BIN, Client, Daemon, PATIENCE, onion};
 
 /// The virtual port every node publishes for links.
 pub const LINK_PORT: u16 = 9999;
@@ -43,6 +43,73 @@ pub struct MixNet {
     /// The network's epoch length (see [`MixNet::epoch_now`]).
     pub epoch_secs: u64,
     _dir: tempfile::TempDir,
+}
+
+/// A message tagged `tag` in its subject and first line, padded to at
+/// least `size` bytes with numbered lines (no two alike, so nothing on the
+/// way can shrink it).
+pub fn mail(size: usize, tag: &str) -> String {
+    padded(format!("Subject: {tag}\r\n\r\nhello {tag}\r\n"), size)
+}
+
+/// Like [`mail`], as a MIME message whose padding is a base64-looking
+/// attachment (what a mail client sends with a file).
+pub fn mime_mail(size: usize, tag: &str) -> String {
+    let head = format!(
+        "Subject: {tag}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nhello {tag}\r\n--b\r\n\
+         Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    );
+    let mut body = padded(head, size);
+    body.push_str("--b--\r\n");
+    body
+}
+
+/// `text` followed by 76-digit lines until it holds `size` bytes or more.
+fn padded(mut text: String, size: usize) -> String {
+    let mut i = 0u64;
+    while text.len() < size {
+        i += 1;
+        text.push_str(&format!(
+            "{:076}\r\n",
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ));
+    }
+    text
+}
+
+/// A `nodes.json` in `dir` for a node alone among peers that do not run:
+/// `onion(1)` ("alice", keys in `data`) and four others ("bob" … "erin",
+/// keys beside it in `dir`), default parameters.
+pub fn alice_and_four(dir: &Path, data: &Path) -> PathBuf {
+    let mut nodes = vec![export(&onion(1), "alice", data, &[])];
+    for (seed, short) in [(2u8, "bob"), (3, "carol"), (4, "dave"), (5, "erin")] {
+        nodes.push(export(&onion(seed), short, &dir.join(short), &[]));
+    }
+    let pki = dir.join("nodes.json");
+    std::fs::write(
+        &pki,
+        serde_json::json!({ "nodes": nodes, "params": {} }).to_string(),
+    )
+    .unwrap();
+    pki
+}
+
+/// The flags that run `onion(1)` as "alice" in `-sphinx` mode on the
+/// network of [`alice_and_four`] at `pki`.
+pub fn alice_flags(pki: &Path) -> Vec<String> {
+    let pki = pki.to_str().unwrap();
+    [
+        "-name",
+        &onion(1),
+        "-sphinx",
+        "-short-name",
+        "alice",
+        "-pki-file",
+        pki,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// This node's `nodes.json` entry, from `pluto2 -export-node-info` as an
@@ -155,6 +222,25 @@ impl MixNet {
             .collect();
         v.sort();
         v
+    }
+
+    /// Where test mail for the sink goes: `someone@<sink_onion>`.
+    pub fn rcpt(&self) -> String {
+        format!("someone@{}", self.sink_onion)
+    }
+
+    /// Hands `body` from `a@b.example` for [`MixNet::rcpt`] to node
+    /// `entry` over SMTP, as a mail client would; the entry must accept it.
+    /// Returns the session (still open).
+    pub async fn send(&self, entry: usize, body: &str) -> Client {
+        self.send_as(entry, "a@b.example", &self.rcpt(), body).await
+    }
+
+    /// Like [`MixNet::send`], from `from` to `to`.
+    pub async fn send_as(&self, entry: usize, from: &str, to: &str, body: &str) -> Client {
+        let mut c = self.daemon(entry).ehlo_client().await;
+        assert_eq!(c.send_mail(from, &[to], body).await, 250);
+        c
     }
 
     pub fn daemon(&self, i: usize) -> &Daemon {

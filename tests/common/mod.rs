@@ -18,6 +18,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 pub mod dns_server;
 pub mod link_tap;
 pub mod mixnet;
+pub mod scripted;
 pub mod smtp_sink;
 pub mod socks_proxy;
 pub mod tor_net;
@@ -133,14 +134,7 @@ impl Daemon {
         } else {
             vec!["-name", &name]
         };
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
+        let mut command = pluto2_under(wrapper);
         // Cover traffic would add messages at random moments; tests that
         // want it ask for it. Tor and the resolver default to a port this
         // test owns and that answers nothing, so a machine running Tor on
@@ -360,6 +354,19 @@ pub fn queue_json(data_dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The binary as a command, run under `wrapper` (such as `strace -f -o F`
+/// or `prlimit --nofile=40:40 --`) when one is given.
+pub fn pluto2_under(wrapper: &[&str]) -> Command {
+    match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    }
+}
+
 /// A line-oriented SMTP client for tests.
 pub struct Client {
     reader: TokioBufReader<OwnedReadHalf>,
@@ -437,6 +444,22 @@ impl Client {
             tokio::time::timeout(PATIENCE, self.reader.read(&mut buf)).await,
             Ok(Ok(0)) | Ok(Err(_))
         )
+    }
+
+    /// The next reply is 421 with `enhanced`, and the server then hangs up.
+    pub async fn told_421_and_closed(&mut self, enhanced: &str) {
+        let (code, text) = self.reply().await;
+        assert_eq!(code, 421, "{text}");
+        assert!(text.contains(enhanced), "{text}");
+        assert!(self.closed().await);
+    }
+
+    /// QUIT is answered with 221 and the server hangs up: the session
+    /// ended properly, so sessions never pile up against a per-client
+    /// limit while a test sends one message after another.
+    pub async fn quit(&mut self) {
+        assert_eq!(self.cmd("QUIT").await.0, 221);
+        assert!(self.closed().await);
     }
 
     /// MAIL, RCPT for each of `to`, DATA; each must be accepted. The
