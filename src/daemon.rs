@@ -32,8 +32,9 @@ use crate::smtp::memory_budget::MemoryBudget;
 use crate::smtp::rate_limit::SessionRateLimiter;
 use crate::smtp::server::{self, DomainCheck, LogThrottle, RecipientCheck, ServerContext};
 use crate::smtp::session::SessionConfig;
-use crate::spool::{LeaseScope, Spool, SpoolError};
+use crate::spool::{LeaseScope, Spool, SpoolCloser, SpoolError};
 use crate::stats::Stats;
+use supervisor::{Deadlines, Phase, Supervisor};
 
 mod data_dir;
 pub mod directory;
@@ -42,6 +43,7 @@ pub mod lock;
 pub mod mixnet;
 mod notify;
 pub mod reload;
+pub mod supervisor;
 
 /// Bound on one MX lookup through Tor during delivery.
 const MX_TIMEOUT: Duration = Duration::from_secs(20);
@@ -95,6 +97,13 @@ pub enum DaemonError {
     DestBlock(reload::DestBlockError),
     #[error(transparent)]
     Metrics(#[from] admin::MetricsError),
+    /// The mixnet could not take up its stored state (custody, peers'
+    /// keys) at start.
+    #[error("cannot start the mixnet: {0}")]
+    MixnetSpawn(std::io::Error),
+    /// A task died; the daemon stopped so that it restarts whole.
+    #[error(transparent)]
+    TaskFailed(supervisor::TaskFailure),
 }
 
 impl DaemonError {
@@ -119,6 +128,8 @@ impl DaemonError {
             DaemonError::CoverKey { .. } => sysexits::CANTCREAT,
             DaemonError::Signals(_) => sysexits::SOFTWARE,
             DaemonError::Metrics(e) => e.exit_status(),
+            DaemonError::MixnetSpawn(_) => sysexits::IOERR,
+            DaemonError::TaskFailed(_) => sysexits::SOFTWARE,
         }
     }
 }
@@ -178,6 +189,60 @@ pub fn export_node_info(
 /// accepting, lets sessions finish their in-flight step or answer 421,
 /// waits for pending commits and closes the database.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let built = build(&config).await?;
+    let sup = Supervisor::new(shutdown);
+    let Running { closer, lock } = spawn(&config, built, &sup).await?;
+    sup.stopped().await;
+    let deadlines = Deadlines::default();
+    sup.stop_through(Phase::Reporting, &deadlines).await;
+    // Every task that held a spool handle has ended (or was named above);
+    // the committer drains what is left and closes the database.
+    match tokio::time::timeout(deadlines.spool, closer.closed()).await {
+        Ok(()) => info!("[SPOOL] closed cleanly"),
+        Err(_) => warn!(
+            "[STOP] phase \"spool\" did not finish within {:?}: the spool is left to SQLite's recovery at the next start (nothing acknowledged is lost)",
+            deadlines.spool
+        ),
+    }
+    sup.stop_through(Phase::Admin, &deadlines).await;
+    // Only now may another daemon take the spool.
+    drop(lock);
+    match sup.failure() {
+        Some(failure) => Err(DaemonError::TaskFailed(failure)),
+        None => Ok(()),
+    }
+}
+
+/// Everything the daemon opens, binds and checks before any task runs:
+/// a failure here stops the start with one line, and nothing runs that
+/// would have to be stopped.
+struct Built {
+    lock: lock::DataDirLock,
+    metrics: Option<admin::MetricsListener>,
+    mixnet: Option<(mixnet::MixnetNode, TcpListener)>,
+    spool: Spool,
+    closer: SpoolCloser,
+    listener: TcpListener,
+    signals: Signals,
+    cover_key: CoverKey,
+    dest_block: crate::node::policy::BlockList,
+}
+
+/// Installed at build time, so that a signal from then on is kept for the
+/// tasks instead of ending the process (SIGHUP's default action).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+/// What the stop needs once the tasks run.
+struct Running {
+    closer: SpoolCloser,
+    lock: lock::DataDirLock,
+}
+
+async fn build(config: &Config) -> Result<Built, DaemonError> {
     // -log-level (main's logging::init knows only -debug).
     reload::apply_log_settings(&config.ops);
     let dest_block = match &config.relay.dest_block {
@@ -190,56 +255,98 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let lock = lock::acquire(&config.spool.data_dir)?;
     // Bound early, so a bad -metrics stops the start before anything opens.
     let metrics = config.ops.metrics.as_ref().map(admin::start).transpose()?;
-    // -sphinx: keys and nodes.json are checked before anything opens or
-    // binds. The mixnet tasks (links, hops, exit, sender) start from this.
+    // -sphinx: keys and nodes.json are checked before anything opens, and
+    // -node is bound with the other listeners.
     let mixnet = match config.mixnet.clone() {
-        Some(m) => Some(mixnet::start(&config.spool.data_dir, &config.name, m)?),
+        Some(m) => {
+            let node = mixnet::start(&config.spool.data_dir, &config.name, m)?;
+            let addr = node.config.node;
+            let listener = mixnet::bind(&node)
+                .await
+                .map_err(|source| DaemonError::NodeBind { addr, source })?;
+            Some((node, listener))
+        }
         None => None,
     };
     let clock = crate::time::system_clock();
-    let (spool, closer) = Spool::open(
-        &config.spool.data_dir,
-        config.spool.replay_window,
-        clock.clone(),
-    )
-    .map_err(|source| DaemonError::Spool {
-        path: config.spool.data_dir.display().to_string(),
-        source,
-    })?;
-    check_descriptors(&config);
+    let (spool, closer) = Spool::open(&config.spool.data_dir, config.spool.replay_window, clock)
+        .map_err(|source| DaemonError::Spool {
+            path: config.spool.data_dir.display().to_string(),
+            source,
+        })?;
+    check_descriptors(config);
     let spool = spool.with_free_space_reserve(&config.spool.data_dir, config.spool.min_free_space);
     let listener = bind(config.listener.addr).map_err(|source| DaemonError::Bind {
         addr: config.listener.addr,
         source,
     })?;
-    let local = listener.local_addr().map_err(|source| DaemonError::Bind {
-        addr: config.listener.addr,
-        source,
-    })?;
-    spawn_signal_handler(shutdown.clone())?;
-    // Installed now so that a SIGHUP from here on is kept for the reload
-    // task instead of ending the process (its default action).
-    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(DaemonError::Signals)?;
-
+    use tokio::signal::unix::{SignalKind, signal};
+    let signals = Signals {
+        term: signal(SignalKind::terminate()).map_err(DaemonError::Signals)?,
+        int: signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?,
+        hangup: signal(SignalKind::hangup()).map_err(DaemonError::Signals)?,
+    };
     let cover_key =
         CoverKey::load_or_create(&config.spool.data_dir).map_err(|e| DaemonError::CoverKey {
             path: config.spool.data_dir.display().to_string(),
             source: e,
         })?;
+    Ok(Built {
+        lock,
+        metrics,
+        mixnet,
+        spool,
+        closer,
+        listener,
+        signals,
+        cover_key,
+        dest_block,
+    })
+}
+
+/// Wires what [`build`] opened into the node's parts and spawns every task
+/// under the supervisor, each in the phase of the stop that ends it.
+async fn spawn(config: &Config, built: Built, sup: &Supervisor) -> Result<Running, DaemonError> {
+    let Built {
+        lock,
+        metrics,
+        mixnet,
+        spool,
+        closer,
+        listener,
+        signals,
+        cover_key,
+        dest_block,
+    } = built;
+    let local = listener.local_addr().map_err(|source| DaemonError::Bind {
+        addr: config.listener.addr,
+        source,
+    })?;
+    let clock = crate::time::system_clock();
     let stats = Arc::new(Stats::new(Some(spool.commit_times())));
     // Direct mode refuses listed recipients at RCPT and posts at the end of
-    // DATA; at a mixnet exit the exit drops them (DestBlock::blocks).
+    // DATA; at a mixnet exit intake drops them (DestBlock::blocks).
     let dest_block = Arc::new(DestBlock::new(dest_block, stats.clone()));
     let endpoint = Arc::new(admin::Endpoint::new(
         stats.clone(),
         config.spool.data_dir.clone(),
-        shutdown.clone(),
+        sup.stop(),
     ));
-    // Its own stop, after everything else: /live answers until the end.
-    let metrics_stop = CancellationToken::new();
-    let metrics_task =
-        metrics.map(|l| tokio::spawn(admin::serve(l, endpoint.clone(), metrics_stop.clone())));
+    if let Some(listener) = metrics {
+        let endpoint = endpoint.clone();
+        let stop = sup.token(Phase::Admin);
+        sup.spawn(
+            Phase::Admin,
+            "metrics",
+            admin::serve(listener, endpoint, stop),
+        );
+    }
+    sup.spawn(
+        Phase::Reporting,
+        "signals",
+        signals_task(signals.term, signals.int, sup.stop()),
+    );
+
     let relay = &config.relay;
     let dialer = SocksDialer::new(relay.tor_socks, relay.delivery_timeout);
     let mx = Arc::new(MxResolver::new(
@@ -247,9 +354,214 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         relay.dns_server,
         MX_TIMEOUT,
     ));
-    let router = Arc::new(Router {
+    let health = Arc::new(DeliveryHealth::default());
+    // The systemd watchdog's questions to the dispatcher loop.
+    let (ping_tx, ping_rx) = tokio::sync::mpsc::channel(1);
+    // In -sphinx mode no mail accepted here leaves directly: the dispatcher
+    // delivers only mail that left the mixnet at this node (and does not run
+    // at all on a middleman), and the mixnet tasks carry the rest. SMTP loop
+    // cover is off (mixnet cover replaces it).
+    let scope = match &mixnet {
+        Some((node, _)) if !node.config.info.exit => None,
+        Some(_) => Some(LeaseScope::ExitOnly),
+        None => Some(LeaseScope::All),
+    };
+    let dispatching = scope.is_some();
+    if let Some(scope) = scope {
+        let dispatcher = Dispatcher {
+            spool: spool.clone(),
+            transport: router(config, dialer, mx.clone(), &cover_key, &stats),
+            retry: RetryPolicy {
+                base: relay.retry_base,
+                max_attempts: relay.retries,
+            },
+            mix: config.mix.policy.clone(),
+            workers: relay.workers,
+            stats: stats.clone(),
+            // Longer than any delivery can take (MX lookup, a few hosts, the
+            // SMTP dialogue), so an expired lease always means a dead worker.
+            lease: MX_TIMEOUT + relay.delivery_timeout * 4 + Duration::from_secs(60),
+            clock: clock.clone(),
+            scope,
+            cover_key: cover_key.clone(),
+            health: health.clone(),
+            pings: Some(ping_rx),
+        };
+        sup.spawn(
+            Phase::Work,
+            "dispatcher",
+            dispatcher.run(sup.token(Phase::Work)),
+        );
+    }
+    let network_size = mixnet
+        .as_ref()
+        .map(|(m, _)| m.directory.params().max_message_size);
+    let sphinx = mixnet.is_some();
+    // The one road into the spool, for SMTP mail and for mail completed
+    // at this exit alike.
+    let intake = Arc::new(Intake {
+        spool: spool.clone(),
+        mix: config.mix.policy.clone(),
+        cover_key: cover_key.clone(),
+        stats: stats.clone(),
+        clock: clock.clone(),
+        dest_block: dest_block.clone(),
+        smtp_destinations: !sphinx,
+        own_name: config.name.clone(),
+    });
+    let directory_reload = match mixnet {
+        Some((node, node_listener)) => {
+            let shared = mixnet::Shared {
+                spool: spool.clone(),
+                stats: stats.clone(),
+                clock: clock.clone(),
+                intake: intake.clone(),
+                dialer: SocksDialer::new(relay.tor_socks, relay.delivery_timeout),
+            };
+            Some(
+                mixnet::spawn(node, node_listener, shared, sup)
+                    .await
+                    .map_err(DaemonError::MixnetSpawn)?,
+            )
+        }
+        None => None,
+    };
+    if let Some(interval) = config.mix.cover_interval.filter(|_| !sphinx) {
+        let generator = CoverGenerator {
+            key: cover_key.clone(),
+            own: config.name.clone(),
+            queue: Arc::new(spool.clone()),
+            mix: config.mix.policy.clone(),
+            interval,
+            stats: stats.clone(),
+            clock: clock.clone(),
+            health: health.clone(),
+        };
+        sup.spawn(
+            Phase::Work,
+            "mail cover",
+            generator.run(StdRng::from_os_rng(), sup.token(Phase::Work)),
+        );
+    }
+    sup.spawn(
+        Phase::Reporting,
+        "stats",
+        stats.clone().report(
+            config.spool.data_dir.clone(),
+            config.ops.stats_interval,
+            sup.token(Phase::Reporting),
+        ),
+    );
+
+    let ctx = Arc::new(ServerContext {
+        session: Arc::new(SessionConfig {
+            hostname: config.name.to_string(),
+            // -sphinx: the network's size, so every entry advertises the same.
+            max_message_size: network_size.unwrap_or(config.listener.max_message_size),
+            max_recipients: config.listener.max_recipients,
+            max_errors: MAX_ERRORS,
+            check_domains: true,
+            check_recipients: !sphinx,
+        }),
+        rate_limiter: std::sync::RwLock::new(Arc::new(SessionRateLimiter::new(
+            config.listener.rate_limit,
+            config.listener.rate_window,
+        ))),
+        idle_timeout: config.listener.idle_timeout,
+        session_timeout: config.listener.session_timeout,
+        min_data_rate: config.listener.min_data_rate,
+        proxy_protocol: config.listener.proxy_protocol,
+        connections: ConnectionTable::new(config.listener.max_connections),
+        memory: MemoryBudget::new(config.listener.data_memory),
+        memory_refusals: LogThrottle::default(),
+        // -sphinx: the exit resolves; the entry makes no lookups of its own.
+        domain_check: (!sphinx).then(|| Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
+        recipient_check: (!sphinx).then(|| dest_block.clone() as Arc<dyn RecipientCheck>),
+        events: stats.clone(),
+        sink: intake,
+    });
+    let mut reloader = reload::Reloader::new(config);
+    reloader.add(Box::new(reload::RateLimits(ctx.clone())));
+    reloader.add(Box::new(reload::LogSettings));
+    reloader.add(Box::new(reload::DestBlockFile(dest_block.clone())));
+    if let Some(part) = directory_reload {
+        reloader.add(Box::new(part));
+    }
+    sup.spawn(
+        Phase::Reporting,
+        "reload",
+        reload_task(signals.hangup, reloader, sup.token(Phase::Reporting)),
+    );
+    sup.spawn(
+        Phase::Intake,
+        "smtp listener",
+        // Its sessions are its own to wait for (it answers 421 until they
+        // ended), so the phase waits for this one task.
+        server::serve(listener, ctx, sup.token(Phase::Intake), TaskTracker::new()),
+    );
+    // The spool is open and every listener is bound (connections waited
+    // in the backlog until the accept loop started just now).
+    endpoint.set_ready();
+    // systemd (only with NOTIFY_SOCKET): READY now; then STATUS, WATCHDOG
+    // and, at the first sign of the stop, STOPPING.
+    if let Some(notifier) = notify::Notifier::from_env() {
+        notifier.ready();
+        sup.spawn(
+            Phase::Reporting,
+            "notify",
+            notifier.run(
+                notify::Liveness {
+                    spool: spool.clone(),
+                    dispatcher: dispatching.then_some(ping_tx),
+                },
+                notify::StatusSource {
+                    data_dir: config.spool.data_dir.clone(),
+                    stats: stats.clone(),
+                    every: config.ops.stats_interval,
+                },
+                sup.stop(),
+            ),
+        );
+    }
+    // Every task holds its own handle now; this one would keep the
+    // committer open at shutdown.
+    drop(spool);
+    info!("[CONN] listening on {local}");
+    startup_warnings(config, local);
+    Ok(Running { closer, lock })
+}
+
+/// What the operator should know about settings that weaken the mixing.
+fn startup_warnings(config: &Config, local: SocketAddr) {
+    if !config.listener.proxy_protocol && local.ip().is_loopback() {
+        warn!(
+            "[CONN] without -proxy-protocol every client through Tor has the same loopback address, so -rate-limit {} per {} is shared by the whole onion service; for a limit per circuit use -proxy-protocol with HiddenServiceExportCircuitID haproxy (contrib/torrc.example)",
+            config.listener.rate_limit,
+            humantime::format_duration(config.listener.rate_window)
+        );
+    }
+    if config.mix.policy == MixPolicy::Immediate {
+        warn!(
+            "[MIX] no batching and no delay pool: mail leaves in arrival order, linkable by timing"
+        );
+    }
+    if config.spool.replay_window.is_zero() {
+        warn!("[SPOOL] replay protection is off (-replay-window 0)");
+    }
+}
+
+/// The SMTP delivery side: hosts through Tor, the client, and egress.
+fn router(
+    config: &Config,
+    dialer: SocksDialer,
+    mx: Arc<MxResolver>,
+    cover_key: &CoverKey,
+    stats: &Arc<Stats>,
+) -> Arc<Router> {
+    let relay = &config.relay;
+    Arc::new(Router {
         dialer,
-        mx: mx.clone(),
+        mx,
         client: ClientConfig {
             helo_name: config.name.to_string(),
             // Built once here and shared by every delivery.
@@ -272,214 +584,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             cover_key: cover_key.clone(),
             stats: stats.clone(),
         }),
-    });
-    let health = Arc::new(DeliveryHealth::default());
-    // The systemd watchdog's questions to the dispatcher loop.
-    let (ping_tx, ping_rx) = tokio::sync::mpsc::channel(1);
-    let dispatcher = Dispatcher {
-        spool: spool.clone(),
-        transport: router,
-        retry: RetryPolicy {
-            base: relay.retry_base,
-            max_attempts: relay.retries,
-        },
-        mix: config.mix.policy.clone(),
-        workers: relay.workers,
-        stats: stats.clone(),
-        // Longer than any delivery can take (MX lookup, a few hosts, the
-        // SMTP dialogue), so an expired lease always means a dead worker.
-        lease: MX_TIMEOUT + relay.delivery_timeout * 4 + Duration::from_secs(60),
-        clock: clock.clone(),
-        scope: LeaseScope::All,
-        cover_key: cover_key.clone(),
-        health: health.clone(),
-        pings: Some(ping_rx),
-    };
-    // In -sphinx mode no mail accepted here leaves directly: the dispatcher
-    // delivers only mail that left the mixnet at this node (and does not run
-    // at all on a middleman), and the mixnet tasks carry the rest. SMTP loop
-    // cover is off (mixnet cover replaces it).
-    let network_size = mixnet
-        .as_ref()
-        .map(|m| m.directory.params().max_message_size);
-    let relay_task = match &mixnet {
-        Some(node) if !node.config.info.exit => {
-            // Its spool handle would keep the committer open at shutdown.
-            drop(dispatcher);
-            None
-        }
-        Some(_) => Some(tokio::spawn(
-            Dispatcher {
-                scope: LeaseScope::ExitOnly,
-                ..dispatcher
-            }
-            .run(shutdown.clone()),
-        )),
-        None => Some(tokio::spawn(dispatcher.run(shutdown.clone()))),
-    };
-    // The one road into the spool, for SMTP mail and for mail completed
-    // at this exit alike.
-    let intake = Arc::new(Intake {
-        spool: spool.clone(),
-        mix: config.mix.policy.clone(),
-        cover_key: cover_key.clone(),
-        stats: stats.clone(),
-        clock: clock.clone(),
-        dest_block: dest_block.clone(),
-        smtp_destinations: mixnet.is_none(),
-        own_name: config.name.clone(),
-    });
-    let mut mixnet_tasks = match mixnet {
-        Some(node) => {
-            let addr = node.config.node;
-            let tasks = mixnet::spawn(
-                node,
-                spool.clone(),
-                stats.clone(),
-                clock.clone(),
-                intake.clone(),
-                SocksDialer::new(relay.tor_socks, relay.delivery_timeout),
-                shutdown.clone(),
-            )
-            .await
-            .map_err(|source| DaemonError::NodeBind { addr, source })?;
-            Some(tasks)
-        }
-        None => None,
-    };
-    let cover_interval = config.mix.cover_interval.filter(|_| mixnet_tasks.is_none());
-    let cover_task = cover_interval.map(|interval| {
-        let generator = CoverGenerator {
-            key: cover_key.clone(),
-            own: config.name.clone(),
-            queue: Arc::new(spool.clone()),
-            mix: config.mix.policy.clone(),
-            interval,
-            stats: stats.clone(),
-            clock: clock.clone(),
-            health: health.clone(),
-        };
-        tokio::spawn(generator.run(StdRng::from_os_rng(), shutdown.clone()))
-    });
-    let stats_task = tokio::spawn(stats.clone().report(
-        config.spool.data_dir.clone(),
-        config.ops.stats_interval,
-        shutdown.clone(),
-    ));
-
-    // systemd (only with NOTIFY_SOCKET): the spool is open and every
-    // listener bound, so READY now; then STATUS, WATCHDOG and STOPPING.
-    let notify_task = notify::Notifier::from_env().map(|notifier| {
-        notifier.ready();
-        notifier.start(
-            notify::Liveness {
-                spool: spool.clone(),
-                dispatcher: relay_task.as_ref().map(|_| ping_tx),
-            },
-            notify::StatusSource {
-                data_dir: config.spool.data_dir.clone(),
-                stats: stats.clone(),
-                every: config.ops.stats_interval,
-            },
-            shutdown.clone(),
-        )
-    });
-
-    let ctx = Arc::new(ServerContext {
-        session: Arc::new(SessionConfig {
-            hostname: config.name.to_string(),
-            // -sphinx: the network's size, so every entry advertises the same.
-            max_message_size: network_size.unwrap_or(config.listener.max_message_size),
-            max_recipients: config.listener.max_recipients,
-            max_errors: MAX_ERRORS,
-            check_domains: true,
-            check_recipients: mixnet_tasks.is_none(),
-        }),
-        rate_limiter: std::sync::RwLock::new(Arc::new(SessionRateLimiter::new(
-            config.listener.rate_limit,
-            config.listener.rate_window,
-        ))),
-        idle_timeout: config.listener.idle_timeout,
-        session_timeout: config.listener.session_timeout,
-        min_data_rate: config.listener.min_data_rate,
-        proxy_protocol: config.listener.proxy_protocol,
-        connections: ConnectionTable::new(config.listener.max_connections),
-        memory: MemoryBudget::new(config.listener.data_memory),
-        memory_refusals: LogThrottle::default(),
-        // -sphinx: the exit resolves; the entry makes no lookups of its own.
-        domain_check: mixnet_tasks
-            .is_none()
-            .then(|| Arc::new(MxCheck(mx)) as Arc<dyn DomainCheck>),
-        recipient_check: mixnet_tasks
-            .is_none()
-            .then(|| dest_block.clone() as Arc<dyn RecipientCheck>),
-        events: stats.clone(),
-        sink: intake,
-    });
-    // Every task holds its own handle now; this one would keep the
-    // committer open at shutdown.
-    drop(spool);
-    // The spool is open and every listener is bound (connections wait in
-    // the backlog until the accept loop below runs).
-    endpoint.set_ready();
-    let mut reloader = reload::Reloader::new(&config);
-    reloader.add(Box::new(reload::RateLimits(ctx.clone())));
-    reloader.add(Box::new(reload::LogSettings));
-    reloader.add(Box::new(reload::DestBlockFile(dest_block.clone())));
-    if let Some(part) = mixnet_tasks.as_mut().and_then(|t| t.reload.take()) {
-        reloader.add(Box::new(part));
-    }
-    let reload_task = spawn_reload_task(hangup, reloader, shutdown.clone());
-    info!("[CONN] listening on {local}");
-    if !config.listener.proxy_protocol && local.ip().is_loopback() {
-        warn!(
-            "[CONN] without -proxy-protocol every client through Tor has the same loopback address, so -rate-limit {} per {} is shared by the whole onion service; for a limit per circuit use -proxy-protocol with HiddenServiceExportCircuitID haproxy (contrib/torrc.example)",
-            config.listener.rate_limit,
-            humantime::format_duration(config.listener.rate_window)
-        );
-    }
-    if config.mix.policy == MixPolicy::Immediate {
-        warn!(
-            "[MIX] no batching and no delay pool: mail leaves in arrival order, linkable by timing"
-        );
-    }
-    if config.spool.replay_window.is_zero() {
-        warn!("[SPOOL] replay protection is off (-replay-window 0)");
-    }
-
-    let tracker = TaskTracker::new();
-    server::serve(listener, ctx, shutdown.clone(), tracker.clone()).await;
-    info!(
-        "[CONN] stopped accepting; waiting for {} session(s)",
-        tracker.len()
-    );
-    tracker.close();
-    tracker.wait().await;
-    if let Some(task) = relay_task {
-        let _ = task.await;
-    }
-    if let Some(task) = cover_task {
-        let _ = task.await;
-    }
-    if let Some(tasks) = mixnet_tasks {
-        tasks.stopped().await;
-    }
-    let _ = stats_task.await;
-    let _ = reload_task.await;
-    if let Some(task) = notify_task {
-        let _ = task.await;
-    }
-    // Every Spool handle is gone now (server context, dispatcher, cover
-    // generator); the committer drains what is left and closes the database.
-    closer.closed().await;
-    info!("[SPOOL] closed cleanly");
-    metrics_stop.cancel();
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
-    // Only now may another daemon take the spool.
-    drop(lock);
-    Ok(())
+    })
 }
 
 /// Binds the SMTP listener with a backlog of [`LISTEN_BACKLOG`].
@@ -517,43 +622,40 @@ fn check_descriptors(config: &Config) {
     }
 }
 
-fn spawn_signal_handler(shutdown: CancellationToken) -> Result<(), DaemonError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => info!("received SIGTERM, shutting down"),
-            _ = int.recv() => info!("received SIGINT, shutting down"),
-            _ = shutdown.cancelled() => return,
-        }
-        shutdown.cancel();
-    });
-    Ok(())
+/// Turns SIGTERM or SIGINT into the one stop.
+async fn signals_task(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        _ = term.recv() => info!("received SIGTERM, shutting down"),
+        _ = int.recv() => info!("received SIGINT, shutting down"),
+        _ = stop.cancelled() => return,
+    }
+    stop.cancel();
 }
 
 /// Reloads on every SIGHUP until shutdown; one reload at a time, off the
 /// executor (it reads files).
-fn spawn_reload_task(
+async fn reload_task(
     mut hangup: tokio::signal::unix::Signal,
     reloader: reload::Reloader,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) {
     let reloader = Arc::new(reloader);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = hangup.recv() => {}
-            }
-            let r = reloader.clone();
-            match tokio::task::spawn_blocking(move || r.reload()).await {
-                Ok(Ok(line)) => info!("[RELOAD] SIGHUP: {line}"),
-                Ok(Err(line)) => warn!("[RELOAD] SIGHUP: {line}"),
-                Err(e) => warn!("[RELOAD] SIGHUP: reload failed: {e}"),
-            }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hangup.recv() => {}
         }
-    })
+        let r = reloader.clone();
+        match tokio::task::spawn_blocking(move || r.reload()).await {
+            Ok(Ok(line)) => info!("[RELOAD] SIGHUP: {line}"),
+            Ok(Err(line)) => warn!("[RELOAD] SIGHUP: {line}"),
+            Err(e) => warn!("[RELOAD] SIGHUP: reload failed: {e}"),
+        }
+    }
 }
 
 /// RCPT-time check backed by the MX resolver (through Tor).

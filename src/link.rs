@@ -56,6 +56,36 @@ pub struct LinkConfig {
     pub max_inbound: usize,
 }
 
+impl LinkConfig {
+    /// The settings every node uses, for this node's identity and the
+    /// network's parameters.
+    pub fn new(identity: [u8; 32], params_hash: [u8; 32], epoch: Duration) -> LinkConfig {
+        LinkConfig {
+            identity,
+            params_hash,
+            // 64 packets of 8,540 bytes (~550 KB) in flight per link: more
+            // than a Tor circuit's bandwidth-delay product at onion-service
+            // round trips of about a second, and a bounded loss if a
+            // link breaks (each is resent; the next hop knows its tag).
+            window: 64,
+            // Peers ping at most every 30 s; four missed pings is a dead
+            // circuit, not a slow one.
+            idle_timeout: Duration::from_secs(120),
+            // Pings also compare peers' keys (two faces) and pace bundle
+            // fetches: a tenth of an epoch, at most half a minute.
+            ping_interval: (epoch / 10).clamp(Duration::from_millis(200), Duration::from_secs(30)),
+            // Building a circuit to an onion service takes seconds, up to
+            // tens of seconds on a loaded Tor; a minute leaves room.
+            connect_timeout: Duration::from_secs(60),
+            // A new circuit every three hours, as Tor's own clients rotate
+            // theirs, so no single circuit carries a link for days.
+            max_age: Duration::from_secs(3 * 3600),
+            // Room for every node of a large network plus reconnects.
+            max_inbound: 256,
+        }
+    }
+}
+
 /// Receives packets from inbound links. The returned status is sent back
 /// as ACK, so it must come only once the packet's fate is durable.
 pub trait PacketHandler: Send + Sync {

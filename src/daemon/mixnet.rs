@@ -117,15 +117,6 @@ pub fn start(
     })
 }
 
-/// The running mixnet tasks; the daemon awaits them at shutdown, before the
-/// spool closes.
-pub struct MixnetTasks {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    links: tokio_util::task::TaskTracker,
-    /// The `nodes.json` part of a SIGHUP reload.
-    pub reload: Option<DirectoryReload>,
-}
-
 /// One outbound link per listed peer: those of the first `nodes.json`,
 /// and those a reload adds. A node a reload removes keeps its link until
 /// shutdown, so packets already in custody for it still leave; no new
@@ -224,16 +215,6 @@ impl super::reload::Reloadable for DirectoryReload {
     }
 }
 
-impl MixnetTasks {
-    pub async fn stopped(self) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        self.links.close();
-        self.links.wait().await;
-    }
-}
-
 /// Logs a rotation and purges what belonged to the destroyed keys.
 async fn rotated(ctx: &crate::mixnet::context::MixContext, rotation: &Rotation) {
     ctx.stats.mix_epoch.set(ctx.keys.current() as i64);
@@ -287,23 +268,37 @@ async fn rotate_keys(
 /// PARTIAL, and every node for packets past their custody horizon.
 const MAINTENANCE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Binds `-node`, then starts the link listener (hops, exit, entry
-/// acknowledgements), one link per other node, the entry's sender and the
-/// maintenance task. Packets whose release time passed while the node was
-/// down get a fresh delay first, so a restart is not a burst.
-#[allow(clippy::too_many_arguments)]
+/// What the mixnet's tasks share with the rest of the daemon.
+pub struct Shared {
+    pub spool: crate::spool::Spool,
+    pub stats: std::sync::Arc<crate::stats::Stats>,
+    pub clock: crate::time::Clock,
+    /// Where mail completed at this exit enters the spool.
+    pub intake: std::sync::Arc<crate::node::intake::Intake>,
+    pub dialer: crate::relay::socks::SocksDialer,
+}
+
+/// Binds `-node` (the build step: nothing runs yet).
+pub async fn bind(node: &MixnetNode) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(node.config.node).await
+}
+
+/// Starts the mixnet's tasks under the supervisor, all in the
+/// "dispatcher and mixnet" phase: the link listener (hops, exit, entry
+/// acknowledgements), one link per other node, the entry's sender, packet
+/// cover, key rotation and the maintenance task. Packets whose release
+/// time passed while the node was down get a fresh delay first, so a
+/// restart is not a burst. Returns the `nodes.json` part of SIGHUP.
 pub async fn spawn(
     node: MixnetNode,
-    spool: crate::spool::Spool,
-    stats: std::sync::Arc<crate::stats::Stats>,
-    clock: crate::time::Clock,
-    intake: std::sync::Arc<crate::node::intake::Intake>,
-    dialer: crate::relay::socks::SocksDialer,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Result<MixnetTasks, std::io::Error> {
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    sup: &super::supervisor::Supervisor,
+) -> Result<DirectoryReload, std::io::Error> {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use super::supervisor::Phase;
     use crate::link::{self, LinkConfig};
     use crate::mixnet::context::MixContext;
     use crate::mixnet::forwarder::Forwarder;
@@ -315,7 +310,15 @@ pub async fn spawn(
     use crate::mixnet::sender::Sender;
     use rand::SeedableRng;
 
-    let listener = tokio::net::TcpListener::bind(node.config.node).await?;
+    let Shared {
+        spool,
+        stats,
+        clock,
+        intake,
+        dialer,
+    } = shared;
+    let shutdown = sup.token(Phase::Work);
+    let links = sup.tracker(Phase::Work);
     let local = listener.local_addr()?;
     node.pki_notes.log();
     let params = node.directory.params().clone();
@@ -354,28 +357,25 @@ pub async fn spawn(
         }
     }
     rotated(&ctx, &rotation).await;
-    let cfg = Arc::new(LinkConfig {
-        identity: ctx.identity.public().to_bytes(),
-        params_hash: params.hash(),
-        window: 64,
-        idle_timeout: Duration::from_secs(120),
-        // Pings also compare peers' keys (two faces) and pace bundle
-        // fetches: a tenth of an epoch, at most half a minute.
-        ping_interval: (params.epoch / 10)
-            .clamp(Duration::from_millis(200), Duration::from_secs(30)),
-        connect_timeout: Duration::from_secs(60),
-        max_age: Duration::from_secs(3 * 3600),
-        max_inbound: 256,
-    });
-    let links = tokio_util::task::TaskTracker::new();
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(link::serve(
-        listener,
-        cfg.clone(),
-        Arc::new(Hop { ctx: ctx.clone() }),
-        shutdown.clone(),
-        links.clone(),
-    )));
+    let cfg = Arc::new(LinkConfig::new(
+        ctx.identity.public().to_bytes(),
+        params.hash(),
+        params.epoch,
+    ));
+    sup.spawn(
+        Phase::Work,
+        "link listener",
+        link::serve(
+            listener,
+            cfg.clone(),
+            Arc::new(Hop {
+                ctx: ctx.clone(),
+                completions: links.clone(),
+            }),
+            shutdown.clone(),
+            links.clone(),
+        ),
+    );
     let forwarder = Arc::new(Forwarder::new(ctx.clone(), Duration::from_secs(120)));
     let peer_links = Arc::new(PeerLinks {
         dialer,
@@ -386,21 +386,29 @@ pub async fn spawn(
         running: Default::default(),
     });
     peer_links.ensure(&ctx.directory.others());
-    tasks.push(tokio::spawn(
+    sup.spawn(
+        Phase::Work,
+        "mixnet sender",
         Sender { ctx: ctx.clone() }.run(shutdown.clone()),
-    ));
-    tasks.push(tokio::spawn(
+    );
+    sup.spawn(
+        Phase::Work,
+        "packet cover",
         MixCover {
             ctx: ctx.clone(),
             queue: Arc::new(spool.clone()),
         }
         .run(rand::rngs::StdRng::from_os_rng(), shutdown.clone()),
-    ));
-    tasks.push(tokio::spawn(rotate_keys(ctx.clone(), shutdown.clone())));
+    );
+    sup.spawn(
+        Phase::Work,
+        "key rotation",
+        rotate_keys(ctx.clone(), shutdown.clone()),
+    );
     let stall = (params.ack_timeout / 2).max(Duration::from_secs(1));
     let maintenance = ctx.clone();
     let stop = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
+    sup.spawn(Phase::Work, "mixnet maintenance", async move {
         let ctx = maintenance;
         loop {
             if ctx.exit {
@@ -442,7 +450,7 @@ pub async fn spawn(
                 _ = tokio::time::sleep(MAINTENANCE.min(stall)) => {}
             }
         }
-    }));
+    });
     tracing::info!(
         "[MIXNET] {} nodes, {} hops per route, links on {}{}",
         ctx.directory.nodes().len(),
@@ -454,15 +462,10 @@ pub async fn spawn(
             ", middleman (no exit)"
         }
     );
-    let reload = DirectoryReload {
+    Ok(DirectoryReload {
         name: ctx.directory.own().onion.clone(),
         ctx,
         links: peer_links,
         data_dir,
-    };
-    Ok(MixnetTasks {
-        tasks,
-        links,
-        reload: Some(reload),
     })
 }

@@ -132,31 +132,26 @@ impl Notifier {
     /// Starts the STATUS updates and the watchdog; the task sends
     /// STOPPING=1 when `shutdown` is cancelled and then ends, dropping its
     /// spool handle (the daemon awaits it before the spool closes).
-    pub fn start(
-        self,
-        liveness: Liveness,
-        status: StatusSource,
-        shutdown: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let watchdog = async {
-                match self.watchdog {
-                    Some(interval) => {
-                        watchdog(&liveness, self.sink.as_ref(), interval).await;
-                    }
-                    None => std::future::pending().await,
+    pub async fn run(self, liveness: Liveness, status: StatusSource, shutdown: CancellationToken) {
+        let watchdog = async {
+            match self.watchdog {
+                Some(interval) => {
+                    watchdog(&liveness, self.sink.as_ref(), interval).await;
                 }
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = watchdog => {}
-                _ = report_status(&status, self.sink.as_ref()) => {}
+                None => std::future::pending().await,
             }
-            self.sink.send(&[
-                NotifyState::Stopping,
-                NotifyState::Status("stopping: finishing sessions and commits"),
-            ]);
-        })
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = watchdog => {}
+            _ = report_status(&status, self.sink.as_ref()) => {}
+        }
+        self.sink.send(&[
+            NotifyState::Stopping,
+            NotifyState::Status("stopping: finishing sessions and commits"),
+        ]);
+        // The supervisor waits for this phase; the stop is under way.
+        shutdown.cancelled().await;
     }
 }
 

@@ -34,6 +34,10 @@ use crate::wire::packet::{
 /// The inbound side of every link.
 pub struct Hop {
     pub ctx: Arc<MixContext>,
+    /// Completions of messages whose last fragment just arrived run here,
+    /// apart from the link that brought it (its ACK must not wait for the
+    /// join), and the daemon's shutdown waits for them.
+    pub completions: tokio_util::task::TaskTracker,
 }
 
 impl PacketHandler for Hop {
@@ -204,7 +208,8 @@ impl Hop {
             CustodyOutcome::FragmentStored { have } if have == f.count => {
                 let ctx = ctx.clone();
                 let mix_id = f.message_id;
-                tokio::spawn(async move { complete(&ctx, mix_id, reply_block).await });
+                self.completions
+                    .spawn(async move { complete(&ctx, mix_id, reply_block).await });
             }
             CustodyOutcome::AlreadyDone => {
                 // The entry did not hear our COMPLETE (or sent again before

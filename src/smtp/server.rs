@@ -330,7 +330,31 @@ pub async fn serve(
             connection(stream, peer, ctx, shutdown, admission.slot).await;
         });
     }
+    drain(&listener, &ctx, &tracker).await;
     debug!("[CONN] listener stopped");
+}
+
+/// The stop has begun: no new session starts, and until the open ones
+/// ended a newcomer is told `421` at once (a client retries later, as
+/// RFC 5321 asks of a 4xx greeting) instead of waiting in the backlog of a
+/// listener that is about to close, or being reset by it.
+async fn drain(listener: &TcpListener, ctx: &ServerContext, tracker: &TaskTracker) {
+    tracker.close();
+    let reply = Reply::new(
+        421,
+        "4.3.0",
+        format!("{} shutting down, try again later", ctx.session.hostname),
+    );
+    loop {
+        tokio::select! {
+            _ = tracker.wait() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => refuse(ctx, &stream, &reply),
+                // Out of descriptors: the sessions' end frees them.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
+        }
+    }
 }
 
 /// Counts an event that can come in floods and says when to log it: the
@@ -776,5 +800,125 @@ mod tests {
             let got = Refusal::of(&reply).map(|r| (r.class, r.reason));
             assert_eq!(got, want, "{reply}");
         }
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use std::num::NonZeroU32;
+
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// Holds every message until the test lets it go: a session stuck in
+    /// its commit, as under load.
+    struct HeldSink {
+        arrived: Notify,
+        release: Notify,
+    }
+
+    impl MessageSink for HeldSink {
+        fn accept(&self, _message: Message) -> BoxFuture<'_, EnqueueOutcome> {
+            Box::pin(async {
+                self.arrived.notify_one();
+                self.release.notified().await;
+                EnqueueOutcome::Queued
+            })
+        }
+    }
+
+    struct NoEvents;
+
+    impl SessionEvents for NoEvents {
+        fn session_ended(&self, _end: SessionEnd) {}
+        fn refused(&self, _refusal: Refusal) {}
+    }
+
+    fn context(sink: Arc<HeldSink>) -> Arc<ServerContext> {
+        Arc::new(ServerContext {
+            session: Arc::new(SessionConfig {
+                hostname: "test.invalid".into(),
+                max_message_size: 1 << 20,
+                max_recipients: 10,
+                max_errors: 10,
+                check_domains: false,
+                check_recipients: false,
+            }),
+            rate_limiter: RwLock::new(Arc::new(SessionRateLimiter::new(
+                NonZeroU32::new(100).unwrap(),
+                Duration::from_secs(60),
+            ))),
+            idle_timeout: Duration::from_secs(60),
+            session_timeout: Duration::from_secs(60),
+            min_data_rate: 0,
+            proxy_protocol: false,
+            connections: ConnectionTable::new(16),
+            memory: MemoryBudget::new(1 << 20),
+            memory_refusals: LogThrottle::default(),
+            domain_check: None,
+            recipient_check: None,
+            sink,
+            events: Arc::new(NoEvents),
+        })
+    }
+
+    async fn line(reader: &mut BufReader<TcpStream>) -> String {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        line
+    }
+
+    /// While a session still finishes its message after the stop began,
+    /// the listener stays open and tells every newcomer `421` at once;
+    /// it closes only after the last session ended, whose message was
+    /// answered, not dropped.
+    #[tokio::test]
+    async fn a_stopping_listener_answers_421_until_its_last_session_ended() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sink = Arc::new(HeldSink {
+            arrived: Notify::new(),
+            release: Notify::new(),
+        });
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            context(sink.clone()),
+            stop.clone(),
+            TaskTracker::new(),
+        ));
+        let mut busy = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        assert!(line(&mut busy).await.starts_with("220"));
+        busy.get_mut()
+            .write_all(b"HELO a\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n")
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            line(&mut busy).await;
+        }
+        busy.get_mut()
+            .write_all(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+            .await
+            .unwrap();
+        sink.arrived.notified().await;
+
+        stop.cancel();
+        for _ in 0..3 {
+            let mut newcomer = BufReader::new(TcpStream::connect(addr).await.unwrap());
+            let greeting = line(&mut newcomer).await;
+            assert!(greeting.starts_with("421 4.3.0"), "{greeting:?}");
+        }
+        assert!(!server.is_finished(), "the listener waits for the session");
+
+        sink.release.notify_one();
+        let reply = line(&mut busy).await;
+        assert!(reply.starts_with("250"), "{reply:?}");
+        server.await.unwrap();
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "closed once the last session ended"
+        );
     }
 }
