@@ -68,16 +68,12 @@ impl DirectoryCell {
     }
 
     /// Why `next` cannot replace the directory in force, if it cannot.
-    pub fn refuses(&self, next: &Directory) -> Option<String> {
+    pub fn refuses(&self, next: &Directory) -> Option<ReplaceRefusal> {
         if next.params() != &self.params {
-            return Some(
-                "its params differ from those in force; network parameters change only with a restart (of every node, together)".into(),
-            );
+            return Some(ReplaceRefusal::Params);
         }
         if next.own() != &self.own {
-            return Some(
-                "this node's own entry changed; that needs a restart with matching flags".into(),
-            );
+            return Some(ReplaceRefusal::OwnEntry);
         }
         None
     }
@@ -85,6 +81,18 @@ impl DirectoryCell {
     pub fn replace(&self, next: Directory) {
         *self.current.write().unwrap() = Arc::new(next);
     }
+}
+
+/// Why a running node does not take a new `nodes.json` (SIGHUP): what
+/// only a restart may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReplaceRefusal {
+    #[error(
+        "its params differ from those in force; network parameters change only with a restart (of every node, together)"
+    )]
+    Params,
+    #[error("this node's own entry changed; that needs a restart with matching flags")]
+    OwnEntry,
 }
 
 /// Everything the mixnet policy modules need, shared read-only.
