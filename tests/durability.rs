@@ -98,24 +98,25 @@ async fn load(
     let _ = script.await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_no_acknowledged_message() {
-    let mut d = Daemon::start(&["-rate-limit", "1000"]);
+/// Sixteen [`load`] clients, returned once 300 of their messages got a
+/// 250 (the load still runs): the count of 250s and the client tasks.
+async fn under_load(d: &Daemon) -> (Arc<AtomicUsize>, Vec<tokio::task::JoinHandle<()>>) {
     let acked = Arc::new(AtomicUsize::new(0));
     let milestone = Arc::new(Notify::new());
-    let mut clients = Vec::new();
-    for id in 0..16 {
-        clients.push(tokio::spawn(load(
-            d.addr,
-            id,
-            acked.clone(),
-            milestone.clone(),
-        )));
-    }
-    // Kill once a good number of messages is in, while the load still runs.
+    let clients = (0..16)
+        .map(|id| tokio::spawn(load(d.addr, id, acked.clone(), milestone.clone())))
+        .collect();
     tokio::time::timeout(common::PATIENCE, milestone.notified())
         .await
         .expect("load did not reach 300 messages");
+    (acked, clients)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_message() {
+    let mut d = Daemon::start(&["-rate-limit", "1000"]);
+    // Kill once a good number of messages is in, while the load still runs.
+    let (acked, clients) = under_load(&d).await;
     d.kill9();
     for c in clients {
         let _ = tokio::time::timeout(common::PATIENCE, c).await;
@@ -146,20 +147,7 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_answers_421_to_new_sessions_and_loses_nothing() {
     let mut d = Daemon::start(&["-rate-limit", "1000"]);
-    let acked = Arc::new(AtomicUsize::new(0));
-    let milestone = Arc::new(Notify::new());
-    let mut clients = Vec::new();
-    for id in 0..16 {
-        clients.push(tokio::spawn(load(
-            d.addr,
-            id,
-            acked.clone(),
-            milestone.clone(),
-        )));
-    }
-    tokio::time::timeout(common::PATIENCE, milestone.notified())
-        .await
-        .expect("load did not reach 300 messages");
+    let (acked, clients) = under_load(&d).await;
     d.signal("TERM");
     d.until_log("the stop began", |l| l.contains("received SIGTERM"))
         .await;
