@@ -34,15 +34,15 @@ use crate::smtp::server::{self, DomainCheck, LogThrottle, RecipientCheck, Server
 use crate::smtp::session::SessionConfig;
 use crate::spool::{LeaseScope, Spool, SpoolCloser, SpoolError};
 use crate::stats::Stats;
-use supervisor::{Deadlines, Phase, Supervisor};
+use supervisor::{Deadlines, StopPhase, Supervisor};
 
 mod data_dir;
 pub mod directory;
 mod fd_limit;
 pub mod lock;
-pub mod mixnet;
 mod notify;
 pub mod reload;
+pub mod sphinx;
 pub mod supervisor;
 
 /// Bound on one MX lookup through Tor during delivery.
@@ -89,7 +89,7 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Mixnet(#[from] mixnet::MixnetStartError),
+    Mixnet(#[from] sphinx::MixnetStartError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     /// The `-dest-block` file cannot be read or holds a bad line.
@@ -181,8 +181,8 @@ pub fn export_node_info(
 ) -> Result<crate::wire::pki::NodeEntry, DaemonError> {
     data_dir::prepare(&config.spool.data_dir)?;
     let identity =
-        mixnet::load_identity(&config.spool.data_dir).map_err(|e| DaemonError::Mixnet(e.into()))?;
-    Ok(mixnet::node_entry(&config.name, info, &identity))
+        sphinx::load_identity(&config.spool.data_dir).map_err(|e| DaemonError::Mixnet(e.into()))?;
+    Ok(sphinx::node_entry(&config.name, info, &identity))
 }
 
 /// Runs until SIGTERM/SIGINT (or `shutdown` is cancelled), then stops
@@ -191,10 +191,10 @@ pub fn export_node_info(
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let built = build(&config).await?;
     let sup = Supervisor::new(shutdown);
-    let Running { closer, lock } = spawn(&config, built, &sup).await?;
+    let StopHandles { closer, lock } = spawn(&config, built, &sup).await?;
     sup.stopped().await;
     let deadlines = Deadlines::default();
-    sup.stop_through(Phase::Reporting, &deadlines).await;
+    sup.stop_through(StopPhase::Reporting, &deadlines).await;
     // Every task that held a spool handle has ended (or was named above);
     // the committer drains what is left and closes the database.
     match tokio::time::timeout(deadlines.spool, closer.closed()).await {
@@ -204,7 +204,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             deadlines.spool
         ),
     }
-    sup.stop_through(Phase::Admin, &deadlines).await;
+    sup.stop_through(StopPhase::Admin, &deadlines).await;
     // Only now may another daemon take the spool.
     drop(lock);
     match sup.failure() {
@@ -216,10 +216,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
 /// Everything the daemon opens, binds and checks before any task runs:
 /// a failure here stops the start with one line, and nothing runs that
 /// would have to be stopped.
-struct Built {
+struct Opened {
     lock: lock::DataDirLock,
     metrics: Option<admin::MetricsListener>,
-    mixnet: Option<(mixnet::MixnetNode, TcpListener)>,
+    mixnet: Option<(sphinx::MixnetNode, TcpListener)>,
     spool: Spool,
     closer: SpoolCloser,
     listener: TcpListener,
@@ -237,12 +237,12 @@ struct Signals {
 }
 
 /// What the stop needs once the tasks run.
-struct Running {
+struct StopHandles {
     closer: SpoolCloser,
     lock: lock::DataDirLock,
 }
 
-async fn build(config: &Config) -> Result<Built, DaemonError> {
+async fn build(config: &Config) -> Result<Opened, DaemonError> {
     // -log-level (main's logging::init knows only -debug).
     reload::apply_log_settings(&config.ops);
     let dest_block = match &config.relay.dest_block {
@@ -259,9 +259,9 @@ async fn build(config: &Config) -> Result<Built, DaemonError> {
     // -node is bound with the other listeners.
     let mixnet = match config.mixnet.clone() {
         Some(m) => {
-            let node = mixnet::start(&config.spool.data_dir, &config.name, m)?;
+            let node = sphinx::start(&config.spool.data_dir, &config.name, m)?;
             let addr = node.config.node;
-            let listener = mixnet::bind(&node)
+            let listener = sphinx::bind(&node)
                 .await
                 .map_err(|source| DaemonError::NodeBind { addr, source })?;
             Some((node, listener))
@@ -291,7 +291,7 @@ async fn build(config: &Config) -> Result<Built, DaemonError> {
             path: config.spool.data_dir.display().to_string(),
             source: e,
         })?;
-    Ok(Built {
+    Ok(Opened {
         lock,
         metrics,
         mixnet,
@@ -306,8 +306,12 @@ async fn build(config: &Config) -> Result<Built, DaemonError> {
 
 /// Wires what [`build`] opened into the node's parts and spawns every task
 /// under the supervisor, each in the phase of the stop that ends it.
-async fn spawn(config: &Config, built: Built, sup: &Supervisor) -> Result<Running, DaemonError> {
-    let Built {
+async fn spawn(
+    config: &Config,
+    built: Opened,
+    sup: &Supervisor,
+) -> Result<StopHandles, DaemonError> {
+    let Opened {
         lock,
         metrics,
         mixnet,
@@ -334,15 +338,15 @@ async fn spawn(config: &Config, built: Built, sup: &Supervisor) -> Result<Runnin
     ));
     if let Some(listener) = metrics {
         let endpoint = endpoint.clone();
-        let stop = sup.token(Phase::Admin);
+        let stop = sup.token(StopPhase::Admin);
         sup.spawn(
-            Phase::Admin,
+            StopPhase::Admin,
             "metrics",
             admin::serve(listener, endpoint, stop),
         );
     }
     sup.spawn(
-        Phase::Reporting,
+        StopPhase::Reporting,
         "signals",
         signals_task(signals.term, signals.int, sup.stop()),
     );
@@ -388,9 +392,9 @@ async fn spawn(config: &Config, built: Built, sup: &Supervisor) -> Result<Runnin
             pings: Some(ping_rx),
         };
         sup.spawn(
-            Phase::Work,
+            StopPhase::Work,
             "dispatcher",
-            dispatcher.run(sup.token(Phase::Work)),
+            dispatcher.run(sup.token(StopPhase::Work)),
         );
     }
     let network_size = mixnet
@@ -411,7 +415,7 @@ async fn spawn(config: &Config, built: Built, sup: &Supervisor) -> Result<Runnin
     });
     let directory_reload = match mixnet {
         Some((node, node_listener)) => {
-            let shared = mixnet::Shared {
+            let shared = sphinx::Shared {
                 spool: spool.clone(),
                 stats: stats.clone(),
                 clock: clock.clone(),
@@ -419,7 +423,7 @@ async fn spawn(config: &Config, built: Built, sup: &Supervisor) -> Result<Runnin
                 dialer: SocksDialer::new(relay.tor_socks, relay.delivery_timeout),
             };
             Some(
-                mixnet::spawn(node, node_listener, shared, sup)
+                sphinx::spawn(node, node_listener, shared, sup)
                     .await
                     .map_err(DaemonError::MixnetSpawn)?,
             )
@@ -438,18 +442,18 @@ async fn spawn(config: &Config, built: Built, sup: &Supervisor) -> Result<Runnin
             health: health.clone(),
         };
         sup.spawn(
-            Phase::Work,
+            StopPhase::Work,
             "mail cover",
-            generator.run(StdRng::from_os_rng(), sup.token(Phase::Work)),
+            generator.run(StdRng::from_os_rng(), sup.token(StopPhase::Work)),
         );
     }
     sup.spawn(
-        Phase::Reporting,
+        StopPhase::Reporting,
         "stats",
         stats.clone().report(
             config.spool.data_dir.clone(),
             config.ops.stats_interval,
-            sup.token(Phase::Reporting),
+            sup.token(StopPhase::Reporting),
         ),
     );
 
@@ -488,16 +492,21 @@ async fn spawn(config: &Config, built: Built, sup: &Supervisor) -> Result<Runnin
         reloader.add(Box::new(part));
     }
     sup.spawn(
-        Phase::Reporting,
+        StopPhase::Reporting,
         "reload",
-        reload_task(signals.hangup, reloader, sup.token(Phase::Reporting)),
+        reload_task(signals.hangup, reloader, sup.token(StopPhase::Reporting)),
     );
     sup.spawn(
-        Phase::Intake,
+        StopPhase::Intake,
         "smtp listener",
         // Its sessions are its own to wait for (it answers 421 until they
         // ended), so the phase waits for this one task.
-        server::serve(listener, ctx, sup.token(Phase::Intake), TaskTracker::new()),
+        server::serve(
+            listener,
+            ctx,
+            sup.token(StopPhase::Intake),
+            TaskTracker::new(),
+        ),
     );
     // The spool is open and every listener is bound (connections waited
     // in the backlog until the accept loop started just now).
@@ -507,7 +516,7 @@ async fn spawn(config: &Config, built: Built, sup: &Supervisor) -> Result<Runnin
     if let Some(notifier) = notify::Notifier::from_env() {
         notifier.ready();
         sup.spawn(
-            Phase::Reporting,
+            StopPhase::Reporting,
             "notify",
             notifier.run(
                 notify::Liveness {
@@ -528,7 +537,7 @@ async fn spawn(config: &Config, built: Built, sup: &Supervisor) -> Result<Runnin
     drop(spool);
     info!("[CONN] listening on {local}");
     startup_warnings(config, local);
-    Ok(Running { closer, lock })
+    Ok(StopHandles { closer, lock })
 }
 
 /// What the operator should know about settings that weaken the mixing.
@@ -564,7 +573,7 @@ fn router(
         mx,
         client: ClientConfig {
             helo_name: config.name.to_string(),
-            // Built once here and shared by every delivery.
+            // Opened once here and shared by every delivery.
             tls: TlsPolicy::Opportunistic(tls_config(relay.tls_verify)),
             timeout: relay.delivery_timeout,
         },

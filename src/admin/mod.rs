@@ -210,7 +210,7 @@ pub struct Endpoint {
 }
 
 /// A response whose body is in memory: every body here is small and whole.
-type Reply = Response<Full<Bytes>>;
+type HttpReply = Response<Full<Bytes>>;
 
 impl Endpoint {
     pub fn new(stats: Arc<Stats>, data_dir: PathBuf, shutdown: CancellationToken) -> Endpoint {
@@ -236,7 +236,7 @@ impl Endpoint {
     /// origin form; a body or another form of target is refused, as before
     /// hyper, since nothing here would read it. HEAD gets GET's headers:
     /// hyper leaves the body out and keeps its length.
-    async fn respond(&self, request: &Request<Incoming>) -> (Reply, bool) {
+    async fn respond(&self, request: &Request<Incoming>) -> (HttpReply, bool) {
         if !request.body().is_end_stream() {
             let refusal = reply(
                 StatusCode::BAD_REQUEST,
@@ -293,7 +293,7 @@ impl Endpoint {
 
 /// A response with its type; never cached (every answer is of the moment).
 /// hyper adds the length.
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> HttpReply {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     let headers = r.headers_mut();
@@ -456,7 +456,7 @@ fn http1() -> http1::Builder {
 
 /// One connection's bookkeeping, shared by the service and the stream.
 #[derive(Default)]
-struct Session {
+struct HttpSession {
     /// Requests handed to the service so far.
     served: AtomicUsize,
     /// Bytes arrived since the last request was handed over: a head was
@@ -472,9 +472,9 @@ struct Session {
 /// connection.
 async fn handle(
     endpoint: &Endpoint,
-    session: &Session,
+    session: &HttpSession,
     request: Request<Incoming>,
-) -> Result<Reply, Infallible> {
+) -> Result<HttpReply, Infallible> {
     session.head_begun.store(false, Ordering::Relaxed);
     let served = session.served.fetch_add(1, Ordering::Relaxed) + 1;
     let (mut response, refused) = endpoint.respond(&request).await;
@@ -496,7 +496,7 @@ async fn connection<S>(stream: S, endpoint: &Endpoint)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let session = Session::default();
+    let session = HttpSession::default();
     let session = &session;
     let mut io = Guarded {
         stream,
@@ -573,14 +573,14 @@ async fn write<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> io::Result<
 }
 
 /// The connection's stream as hyper sees it. It notes when a request head
-/// begins to arrive (see [`Session::head_begun`]), and it fails a write
+/// begins to arrive (see [`HttpSession::head_begun`]), and it fails a write
 /// that the client has kept waiting for [`WRITE_DEADLINE`]: the clock
 /// starts when the socket first takes no more and stops when everything
 /// hyper wrote has been flushed, so a response must be out within the
 /// deadline however slowly the client reads.
 struct Guarded<'a, S> {
     stream: S,
-    session: &'a Session,
+    session: &'a HttpSession,
     stalled: Option<Pin<Box<Sleep>>>,
 }
 

@@ -4,7 +4,7 @@
 //! for a reload, and cutting clap's reports down to one line.
 
 use super::flags_file::read_flags_file;
-use super::{Cli, Origin};
+use super::{Cli, CommandLine};
 
 /// Rewrites Go-style `-flag` and `-flag=value` into `--flag`, leaving `-h`,
 /// `--flag`, values and everything after `--` alone.
@@ -63,7 +63,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::Error
             .map_err(|e| in_file(&first_line(&e)))?;
     }
     let mut cli = Cli::from_arg_matches(&matches)?;
-    cli.daemon.origin = Origin {
+    cli.daemon.origin = CommandLine {
         argv,
         values: flag_values(&matches),
     };

@@ -27,16 +27,16 @@
 
 mod command_line;
 mod flags_file;
+mod identity;
 mod listener;
 mod metrics;
-mod mix;
-mod mixnet;
-mod node;
+mod mixing;
 mod ops;
 mod pki;
 mod queue;
 mod relay;
 mod sanitize;
+mod sphinx;
 mod spool;
 pub mod sysexits;
 
@@ -45,16 +45,16 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 pub use command_line::{normalize_args, one_line, parse};
+pub use identity::{NodeArgs, name_from_hostname_file};
 pub use listener::{ListenerArgs, ListenerConfig};
 pub use metrics::MetricsAddr;
-pub use mix::{MixArgs, MixConfig};
-pub use mixnet::{MixnetArgs, MixnetConfig, NodeInfo};
-pub use node::{NodeArgs, name_from_hostname_file};
+pub use mixing::{MixArgs, MixConfig};
 pub use ops::{LogLevel, OpsArgs, OpsConfig};
 pub use pki::{PkiCommand, PkiKeyArgs, PkiSignArgs, PkiVerifyArgs};
 pub use queue::{DeleteTargets, QueueArgs, QueueOp, QueueTargets};
 pub use relay::{RelayArgs, RelayConfig};
 pub use sanitize::{SanitizeArgs, SanitizePolicy};
+pub use sphinx::{MixnetArgs, MixnetConfig, NodeInfo};
 pub use spool::{SpoolArgs, SpoolConfig};
 
 use crate::address::OnionName;
@@ -158,7 +158,7 @@ pub struct DaemonArgs {
     pub mixnet: MixnetArgs,
     /// Where these flags came from, for a reload (set by [`parse`]).
     #[arg(skip)]
-    pub origin: Origin,
+    pub origin: CommandLine,
 }
 
 /// The command line the daemon was started with, and every flag's value as
@@ -166,7 +166,7 @@ pub struct DaemonArgs {
 /// A reload parses `argv` again (rereading the flags file) and compares the
 /// values, to name the flags that changed.
 #[derive(Debug, Clone, Default)]
-pub struct Origin {
+pub struct CommandLine {
     pub argv: Vec<String>,
     /// Long flag name → its values as written.
     pub values: std::collections::BTreeMap<String, Vec<String>>,
@@ -193,7 +193,7 @@ pub struct Config {
     /// `Some` with -export-node-info: print this entry and exit.
     pub export_node_info: Option<NodeInfo>,
     /// How to read these settings again (SIGHUP).
-    pub origin: Origin,
+    pub origin: CommandLine,
 }
 
 impl DaemonArgs {

@@ -57,7 +57,7 @@ pub struct PkiVerifyArgs {
 impl PkiVerifyArgs {
     /// The trust a node with the same flags would have.
     pub fn trust(&self) -> Result<Trust, ConfigError> {
-        super::mixnet::trust(Some(&self.pki_trust), self.pki_threshold)
+        super::sphinx::trust(Some(&self.pki_trust), self.pki_threshold)
             .map(|t| t.expect("keys given"))
     }
 }

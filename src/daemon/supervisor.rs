@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 
 /// The phases of a shutdown, in the order they are stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
+pub enum StopPhase {
     /// The SMTP listener and its sessions: stop taking mail first. Open
     /// sessions are told `421` at their next command, new connections get
     /// `421` at once until the last session ended.
@@ -41,8 +41,13 @@ pub enum Phase {
     Admin,
 }
 
-impl Phase {
-    const ALL: [Phase; 4] = [Phase::Intake, Phase::Work, Phase::Reporting, Phase::Admin];
+impl StopPhase {
+    const ALL: [StopPhase; 4] = [
+        StopPhase::Intake,
+        StopPhase::Work,
+        StopPhase::Reporting,
+        StopPhase::Admin,
+    ];
 
     fn index(self) -> usize {
         self as usize
@@ -50,10 +55,10 @@ impl Phase {
 
     pub fn name(self) -> &'static str {
         match self {
-            Phase::Intake => "listeners and sessions",
-            Phase::Work => "dispatcher and mixnet",
-            Phase::Reporting => "stats and notify",
-            Phase::Admin => "metrics",
+            StopPhase::Intake => "listeners and sessions",
+            StopPhase::Work => "dispatcher and mixnet",
+            StopPhase::Reporting => "stats and notify",
+            StopPhase::Admin => "metrics",
         }
     }
 }
@@ -87,12 +92,12 @@ impl Default for Deadlines {
 }
 
 impl Deadlines {
-    fn of(&self, phase: Phase) -> Duration {
+    fn of(&self, phase: StopPhase) -> Duration {
         match phase {
-            Phase::Intake => self.intake,
-            Phase::Work => self.work,
-            Phase::Reporting => self.reporting,
-            Phase::Admin => self.admin,
+            StopPhase::Intake => self.intake,
+            StopPhase::Work => self.work,
+            StopPhase::Reporting => self.reporting,
+            StopPhase::Admin => self.admin,
         }
     }
 }
@@ -124,7 +129,7 @@ impl Supervisor {
     pub fn new(stop: CancellationToken) -> Supervisor {
         Supervisor {
             stop,
-            phases: Phase::ALL
+            phases: StopPhase::ALL
                 .iter()
                 .map(|_| PhaseTasks {
                     token: CancellationToken::new(),
@@ -144,19 +149,19 @@ impl Supervisor {
 
     /// Cancelled when the shutdown reaches `phase`: the signal a task of
     /// that phase watches.
-    pub fn token(&self, phase: Phase) -> CancellationToken {
+    pub fn token(&self, phase: StopPhase) -> CancellationToken {
         self.phases[phase.index()].token.clone()
     }
 
     /// The tracker for tasks of `phase` that come and go (sessions, links):
     /// the phase waits for them, and their ending is not a failure.
-    pub fn tracker(&self, phase: Phase) -> TaskTracker {
+    pub fn tracker(&self, phase: StopPhase) -> TaskTracker {
         self.phases[phase.index()].tracker.clone()
     }
 
     /// Spawns a long-lived task under `name`. It must run until its phase
     /// is stopped: ending earlier, or panicking, stops the daemon.
-    pub fn spawn<F>(&self, phase: Phase, name: &'static str, task: F)
+    pub fn spawn<F>(&self, phase: StopPhase, name: &'static str, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -204,9 +209,9 @@ impl Supervisor {
 
     /// Stops every phase up to and including `last`, in order, each within
     /// its deadline.
-    pub async fn stop_through(&self, last: Phase, deadlines: &Deadlines) {
+    pub async fn stop_through(&self, last: StopPhase, deadlines: &Deadlines) {
         self.stop.cancel();
-        for phase in Phase::ALL.into_iter().filter(|p| *p <= last) {
+        for phase in StopPhase::ALL.into_iter().filter(|p| *p <= last) {
             let p = &self.phases[phase.index()];
             if p.token.is_cancelled() {
                 continue;
@@ -276,11 +281,16 @@ mod tests {
     async fn a_task_that_ends_on_its_own_stops_everything_and_is_named() {
         let stop = CancellationToken::new();
         let sup = Supervisor::new(stop.clone());
-        let work = sup.token(Phase::Work);
-        sup.spawn(Phase::Work, "waits", async move { work.cancelled().await });
-        sup.spawn(Phase::Intake, "quits", async {});
+        let work = sup.token(StopPhase::Work);
+        sup.spawn(
+            StopPhase::Work,
+            "waits",
+            async move { work.cancelled().await },
+        );
+        sup.spawn(StopPhase::Intake, "quits", async {});
         sup.stopped().await;
-        sup.stop_through(Phase::Admin, &Deadlines::default()).await;
+        sup.stop_through(StopPhase::Admin, &Deadlines::default())
+            .await;
         assert_eq!(
             sup.failure(),
             Some(TaskFailure {
@@ -293,7 +303,7 @@ mod tests {
     #[tokio::test]
     async fn a_panic_is_a_failure_with_the_task_name() {
         let sup = Supervisor::new(CancellationToken::new());
-        sup.spawn(Phase::Reporting, "boom", async { panic!("test") });
+        sup.spawn(StopPhase::Reporting, "boom", async { panic!("test") });
         sup.stopped().await;
         assert_eq!(sup.failure().unwrap().name, "boom");
         assert_eq!(sup.failure().unwrap().how, "panicked");
@@ -303,7 +313,12 @@ mod tests {
     async fn phases_stop_in_order_and_an_asked_stop_is_no_failure() {
         let sup = Supervisor::new(CancellationToken::new());
         let order = Arc::new(Mutex::new(Vec::new()));
-        for phase in [Phase::Admin, Phase::Work, Phase::Intake, Phase::Reporting] {
+        for phase in [
+            StopPhase::Admin,
+            StopPhase::Work,
+            StopPhase::Intake,
+            StopPhase::Reporting,
+        ] {
             let token = sup.token(phase);
             let order = order.clone();
             sup.spawn(phase, phase.name(), async move {
@@ -311,18 +326,27 @@ mod tests {
                 order.lock().unwrap().push(phase);
             });
         }
-        sup.stop_through(Phase::Admin, &Deadlines::default()).await;
-        assert_eq!(*order.lock().unwrap(), Phase::ALL.to_vec());
+        sup.stop_through(StopPhase::Admin, &Deadlines::default())
+            .await;
+        assert_eq!(*order.lock().unwrap(), StopPhase::ALL.to_vec());
         assert_eq!(sup.failure(), None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_phase_past_its_deadline_does_not_hold_the_stop() {
         let sup = Supervisor::new(CancellationToken::new());
-        sup.spawn(Phase::Intake, "stuck", std::future::pending());
-        let later = sup.token(Phase::Work);
-        sup.spawn(Phase::Work, "after", async move { later.cancelled().await });
-        sup.stop_through(Phase::Work, &Deadlines::default()).await;
-        assert!(sup.token(Phase::Work).is_cancelled(), "went on past Intake");
+        sup.spawn(StopPhase::Intake, "stuck", std::future::pending());
+        let later = sup.token(StopPhase::Work);
+        sup.spawn(
+            StopPhase::Work,
+            "after",
+            async move { later.cancelled().await },
+        );
+        sup.stop_through(StopPhase::Work, &Deadlines::default())
+            .await;
+        assert!(
+            sup.token(StopPhase::Work).is_cancelled(),
+            "went on past Intake"
+        );
     }
 }

@@ -70,7 +70,7 @@ enum SendError {
 
 /// What `build` makes for one round: the message's fragment count, the
 /// recovery material per reply block (by reply id), and the packets.
-type Built = (u16, Vec<([u8; 16], Vec<u8>)>, Vec<OutPacket>);
+type Wrapped = (u16, Vec<([u8; 16], Vec<u8>)>, Vec<OutPacket>);
 
 pub struct Sender {
     pub ctx: Arc<MixContext>,
@@ -248,7 +248,7 @@ impl Sender {
         exit: NodeId,
         usable: &[NodeId],
         indices: Option<&[u16]>,
-    ) -> Result<Built, SendError> {
+    ) -> Result<Wrapped, SendError> {
         let blob = fragment::encode_blob(message);
         if blob.len() > self.ctx.directory.params().max_message_size + 64 * 1024 {
             return Err(SendError::TooLarge);

@@ -157,14 +157,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// What we keep of a reply: its code and enhanced status, not its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Reply {
+struct ServerReply {
     code: u16,
     enhanced: Option<EnhancedCode>,
 }
 
-impl Reply {
+impl ServerReply {
     /// `None` for a code outside 200–599 (no SMTP reply we could act on).
-    fn from_parsed(parsed: smtp_proto::Response<String>) -> Option<Reply> {
+    fn from_parsed(parsed: smtp_proto::Response<String>) -> Option<ServerReply> {
         if !(200..600).contains(&parsed.code) {
             return None;
         }
@@ -176,7 +176,7 @@ impl Reply {
             subject,
             detail,
         });
-        Some(Reply {
+        Some(ServerReply {
             code: parsed.code,
             enhanced,
         })
@@ -277,13 +277,13 @@ impl Connection<'_, '_> {
         sent.map_err(|e| self.io_failure(e))
     }
 
-    async fn reply(&mut self) -> Result<Reply, Failure> {
+    async fn reply(&mut self) -> Result<ServerReply, Failure> {
         self.reply_and_bytes().await.map(|(reply, _)| reply)
     }
 
     /// Reads one reply and returns it with the bytes it took on the wire.
     /// Bytes after it stay in `unread` for the next call (pipelining).
-    async fn reply_and_bytes(&mut self) -> Result<(Reply, Vec<u8>), Failure> {
+    async fn reply_and_bytes(&mut self) -> Result<(ServerReply, Vec<u8>), Failure> {
         let stage = self.progress.stage;
         let bad = |problem| Failure::temporary(FailureKind::BadReply { stage, problem });
         let mut receiver = ResponseReceiver::default();
@@ -297,7 +297,7 @@ impl Connection<'_, '_> {
                 self.unread.drain(..used);
                 match parsed {
                     Ok(response) => {
-                        return match Reply::from_parsed(response) {
+                        return match ServerReply::from_parsed(response) {
                             Some(reply) => Ok((reply, raw)),
                             None => Err(bad(BadReply::Malformed)),
                         };
@@ -326,7 +326,7 @@ impl Connection<'_, '_> {
         }
     }
 
-    async fn command(&mut self, line: &str) -> Result<Reply, Failure> {
+    async fn command(&mut self, line: &str) -> Result<ServerReply, Failure> {
         self.send(format!("{line}\r\n").as_bytes()).await?;
         self.reply().await
     }
@@ -528,7 +528,7 @@ async fn transaction(
 }
 
 /// `None` = accepted so far (the DATA result decides).
-fn rcpt_result(reply: &Reply) -> Option<RecipientResult> {
+fn rcpt_result(reply: &ServerReply) -> Option<RecipientResult> {
     if reply.class() == 2 {
         None
     } else {
@@ -680,8 +680,8 @@ mod tests {
         check(&mut conn).await
     }
 
-    fn reply(code: u16, enhanced: Option<(u8, u8, u8)>) -> Reply {
-        Reply {
+    fn reply(code: u16, enhanced: Option<(u8, u8, u8)>) -> ServerReply {
+        ServerReply {
             code,
             enhanced: enhanced.map(|(class, subject, detail)| EnhancedCode {
                 class,

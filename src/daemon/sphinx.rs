@@ -298,7 +298,7 @@ pub async fn spawn(
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::supervisor::Phase;
+    use super::supervisor::StopPhase;
     use crate::link::{self, LinkConfig};
     use crate::mixnet::context::MixContext;
     use crate::mixnet::forwarder::Forwarder;
@@ -317,8 +317,8 @@ pub async fn spawn(
         intake,
         dialer,
     } = shared;
-    let shutdown = sup.token(Phase::Work);
-    let links = sup.tracker(Phase::Work);
+    let shutdown = sup.token(StopPhase::Work);
+    let links = sup.tracker(StopPhase::Work);
     let local = listener.local_addr()?;
     node.pki_notes.log();
     let params = node.directory.params().clone();
@@ -363,7 +363,7 @@ pub async fn spawn(
         params.epoch,
     ));
     sup.spawn(
-        Phase::Work,
+        StopPhase::Work,
         "link listener",
         link::serve(
             listener,
@@ -387,12 +387,12 @@ pub async fn spawn(
     });
     peer_links.ensure(&ctx.directory.others());
     sup.spawn(
-        Phase::Work,
+        StopPhase::Work,
         "mixnet sender",
         Sender { ctx: ctx.clone() }.run(shutdown.clone()),
     );
     sup.spawn(
-        Phase::Work,
+        StopPhase::Work,
         "packet cover",
         MixCover {
             ctx: ctx.clone(),
@@ -401,14 +401,14 @@ pub async fn spawn(
         .run(rand::rngs::StdRng::from_os_rng(), shutdown.clone()),
     );
     sup.spawn(
-        Phase::Work,
+        StopPhase::Work,
         "key rotation",
         rotate_keys(ctx.clone(), shutdown.clone()),
     );
     let stall = (params.ack_timeout / 2).max(Duration::from_secs(1));
     let maintenance = ctx.clone();
     let stop = shutdown.clone();
-    sup.spawn(Phase::Work, "mixnet maintenance", async move {
+    sup.spawn(StopPhase::Work, "mixnet maintenance", async move {
         let ctx = maintenance;
         loop {
             if ctx.exit {
