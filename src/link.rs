@@ -24,9 +24,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::BoxFuture;
+use crate::listen::accept_until;
 use crate::redact::Sensitive;
 use crate::relay::socks::SocksDialer;
 use crate::wire::bundle::Bundle;
@@ -257,32 +258,19 @@ async fn write_frame(
 }
 
 /// Accepts links until shutdown; each connection gets its own task on
-/// `tracker`, at most `max_inbound` at once.
+/// `tracker`, at most `max_inbound` at once (more are closed unread).
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: TcpListener,
     cfg: Arc<LinkConfig>,
     handler: Arc<dyn PacketHandler>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_inbound));
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!("[MIXNET] link accept failed: {e}");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                    }
-                }
-            },
-        };
+    accept_until(&mut listener, "link", &shutdown, |stream, _| {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             debug!("[MIXNET] link refused: too many inbound links");
-            continue;
+            return;
         };
         let (cfg, handler, stop) = (cfg.clone(), handler.clone(), shutdown.clone());
         tracker.spawn(async move {
@@ -298,7 +286,8 @@ pub async fn serve(
             }
             drop(permit);
         });
-    }
+    })
+    .await;
 }
 
 /// One inbound link: HELLO, then packets handled concurrently (at most
