@@ -13,7 +13,8 @@
 //! * storage: [`spool`], the durable SQLite queue with group commit, and
 //!   its mixnet tables (`spool::custody`).
 //! * transport: `smtp::server` (the listener), [`relay`] (SOCKS5, MX through
-//!   Tor, the SMTP client), [`link`] (links between mixnet nodes).
+//!   Tor, the SMTP client), [`link`] (links between mixnet nodes), `listen`
+//!   (the one accept loop and its backoff, for every listener).
 //! * node policy: `node` (intake, egress, dispatch, mail cover), `stats`,
 //!   and [`mixnet`] (forwarder, hop, sender, packet cover, keys, health).
 //! * edges: [`config`], [`daemon`], [`logging`], [`pki_cli`] (`pluto2 pki`),
@@ -32,6 +33,7 @@ pub mod config;
 pub mod daemon;
 pub mod envelope;
 pub mod link;
+pub(crate) mod listen;
 pub mod logging;
 pub(crate) mod message;
 pub mod mixnet;

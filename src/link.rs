@@ -3,8 +3,9 @@
 //!
 //! Transport only: frames in, frames out, deadlines and bounds. What a
 //! packet means, when it may leave and what to do with an acknowledgement
-//! is node policy, reached through [`PacketHandler`] (inbound) and
-//! [`PacketSource`] (outbound).
+//! is node policy, reached through [`PacketHandler`] (inbound) and, on an
+//! outbound link, one small trait per concern ([`PeerPolicy`]): custody
+//! ([`Outbox`]), key gossip ([`KeyGossip`]) and health ([`LinkHealth`]).
 //!
 //! Both sides start with HELLO (protocol version, hash of the network
 //! parameters, identity, clock); a peer with another version or other
@@ -20,13 +21,16 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::BoxFuture;
+use crate::listen::accept_until;
 use crate::redact::Sensitive;
 use crate::relay::socks::SocksDialer;
 use crate::wire::bundle::Bundle;
@@ -111,8 +115,9 @@ pub struct OutboundPacket {
     pub packet: WirePacket,
 }
 
-/// Supplies and settles the packets for one peer (node policy).
-pub trait PacketSource: Send + Sync {
+/// The packets waiting for one peer and their settlement: what an
+/// outbound link sends and what it reports back (custody, node policy).
+pub trait Outbox: Send + Sync {
     /// Up to `max` packets due for `peer` now; `None` in the second slot
     /// when nothing else is waiting, otherwise when to ask again.
     fn take(
@@ -124,14 +129,16 @@ pub trait PacketSource: Send + Sync {
     fn acked(&self, peer: NodeId, id: i64, status: AckStatus) -> BoxFuture<'_, ()>;
     /// These packets were sent but not acknowledged before the link broke.
     fn unacked(&self, peer: NodeId, ids: Vec<i64>) -> BoxFuture<'_, ()>;
-    /// The link to `peer` came up or went down.
-    fn link_state(&self, peer: NodeId, up: bool);
     /// Changes whenever new packets may be waiting. The link keeps its
     /// receiver across checks, so a change between a `take` that found
     /// nothing and the wait is never missed.
     fn events(&self) -> watch::Receiver<u64>;
-    /// The peer's HELLO said its clock reads `clock_secs`.
-    fn hello(&self, _peer: NodeId, _clock_secs: u64) {}
+}
+
+/// What a link asks its peer about other nodes' keys and what it hears
+/// back (key gossip, node policy). Every method has a do-nothing default:
+/// a link works without gossip, it only learns nothing.
+pub trait KeyGossip: Send + Sync {
     /// Subjects whose bundles to ask `peer` for now (GETKEYS).
     fn keys_wanted(&self, _peer: NodeId) -> Vec<NodeId> {
         Vec::new()
@@ -144,6 +151,36 @@ pub trait PacketSource: Send + Sync {
     }
     /// The peer's PONG: the key it holds for `subject` in `epoch`.
     fn pong(&self, _peer: NodeId, _subject: NodeId, _epoch: u32, _key: [u8; 32]) {}
+}
+
+/// Whether the link to a peer works, and what its handshake said (link
+/// health, node policy: path selection avoids peers without a link).
+pub trait LinkHealth: Send + Sync {
+    /// The link to `peer` came up or went down.
+    fn link_state(&self, peer: NodeId, up: bool);
+    /// The peer's HELLO said its clock reads `clock_secs`.
+    fn hello(&self, _peer: NodeId, _clock_secs: u64) {}
+}
+
+/// Node policy as one outbound link sees it, one handle per concern, so
+/// each step of the link names the one it uses (and a role that has no
+/// key gossip, say, can hand in a different one).
+#[derive(Clone)]
+pub struct PeerPolicy {
+    pub outbox: Arc<dyn Outbox>,
+    pub keys: Arc<dyn KeyGossip>,
+    pub health: Arc<dyn LinkHealth>,
+}
+
+impl PeerPolicy {
+    /// All three concerns served by one object (the mixnet's `Forwarder`).
+    pub fn of<P: Outbox + KeyGossip + LinkHealth + 'static>(policy: Arc<P>) -> PeerPolicy {
+        PeerPolicy {
+            outbox: policy.clone(),
+            keys: policy.clone(),
+            health: policy,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +280,53 @@ impl FrameReader {
     }
 }
 
+// The handshake: one step on each side, kept apart from what follows it,
+// so that a stronger hello (each side proving its identity) replaces these
+// functions and leaves the links around them as they are.
+
+/// What the peer's HELLO said.
+#[derive(Debug, Clone, Copy)]
+struct PeerHello {
+    identity: NodeId,
+    clock_secs: u64,
+}
+
+/// The listening side's handshake: the peer's HELLO, checked, then ours.
+/// Every read is bounded by `connect_timeout`.
+async fn answer_hello<R, W>(
+    cfg: &LinkConfig,
+    reader: &mut FrameReader,
+    rd: &mut R,
+    wr: &mut W,
+) -> Result<PeerHello, LinkError>
+where
+    R: AsyncReadExt + Unpin,
+    W: AsyncWriteExt + Unpin,
+{
+    let first = reader.next(rd, cfg.connect_timeout).await?;
+    let peer = check_hello(cfg, first)?;
+    write_frame(wr, &hello(cfg)).await?;
+    Ok(peer)
+}
+
+/// The dialling side's handshake: our HELLO, then the peer's, checked.
+/// The identity in it is informative: the onion name dialled already
+/// authenticates the peer (Tor checks the key).
+async fn offer_hello<R, W>(
+    cfg: &LinkConfig,
+    reader: &mut FrameReader,
+    rd: &mut R,
+    wr: &mut W,
+) -> Result<PeerHello, LinkError>
+where
+    R: AsyncReadExt + Unpin,
+    W: AsyncWriteExt + Unpin,
+{
+    write_frame(wr, &hello(cfg)).await?;
+    let answer = reader.next(rd, cfg.connect_timeout).await?;
+    check_hello(cfg, answer)
+}
+
 fn hello(cfg: &LinkConfig) -> Frame {
     let clock_secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -256,8 +340,8 @@ fn hello(cfg: &LinkConfig) -> Frame {
     }
 }
 
-/// Checks the peer's HELLO; returns its identity and clock.
-fn check_hello(cfg: &LinkConfig, frame: Frame) -> Result<([u8; 32], u64), LinkError> {
+/// Checks the peer's HELLO: our protocol version and network parameters.
+fn check_hello(cfg: &LinkConfig, frame: Frame) -> Result<PeerHello, LinkError> {
     match frame {
         Frame::Hello {
             version,
@@ -271,7 +355,10 @@ fn check_hello(cfg: &LinkConfig, frame: Frame) -> Result<([u8; 32], u64), LinkEr
             if params_hash != cfg.params_hash {
                 return Err(LinkError::Params);
             }
-            Ok((identity, clock_secs))
+            Ok(PeerHello {
+                identity: NodeId(identity),
+                clock_secs,
+            })
         }
         _ => Err(LinkError::NoHello),
     }
@@ -287,32 +374,19 @@ async fn write_frame(
 }
 
 /// Accepts links until shutdown; each connection gets its own task on
-/// `tracker`, at most `max_inbound` at once.
+/// `tracker`, at most `max_inbound` at once (more are closed unread).
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: TcpListener,
     cfg: Arc<LinkConfig>,
     handler: Arc<dyn PacketHandler>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_inbound));
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!("[MIXNET] link accept failed: {e}");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                    }
-                }
-            },
-        };
+    accept_until(&mut listener, "link", &shutdown, |stream, _| {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             debug!("[MIXNET] link refused: too many inbound links");
-            continue;
+            return;
         };
         let (cfg, handler, stop) = (cfg.clone(), handler.clone(), shutdown.clone());
         tracker.spawn(async move {
@@ -328,7 +402,8 @@ pub async fn serve(
             }
             drop(permit);
         });
-    }
+    })
+    .await;
 }
 
 /// One inbound link: HELLO, then packets handled concurrently (at most
@@ -345,10 +420,11 @@ async fn inbound(
     reader
         .skip_proxy_header(&mut rd, cfg.connect_timeout)
         .await?;
-    let first = reader.next(&mut rd, cfg.connect_timeout).await?;
-    let (peer, _) = check_hello(cfg, first)?;
-    write_frame(&mut wr, &hello(cfg)).await?;
-    debug!("[MIXNET] inbound link from {}", Sensitive(hex(&peer)));
+    let peer = answer_hello(cfg, &mut reader, &mut rd, &mut wr).await?;
+    debug!(
+        "[MIXNET] inbound link from {}",
+        Sensitive(hex(&peer.identity.0))
+    );
     // Replies go through one writer task so handlers never share the socket.
     // A peer that stops reading cannot hold it: every write has a deadline,
     // and when the writer gives up the channel closes, so handlers and the
@@ -426,14 +502,14 @@ async fn inbound(
 }
 
 /// Keeps a link to `peer` open while there is work or health to check, and
-/// sends what `source` gives it. Runs until shutdown.
+/// sends what `policy`'s outbox gives it. Runs until shutdown.
 pub async fn run_peer(
     peer: NodeId,
     host: String,
     port: u16,
     dialer: SocksDialer,
     cfg: Arc<LinkConfig>,
-    source: Arc<dyn PacketSource>,
+    policy: PeerPolicy,
     shutdown: CancellationToken,
 ) {
     let mut failures: u32 = 0;
@@ -441,9 +517,9 @@ pub async fn run_peer(
         let mut established = false;
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = outbound(peer, &host, port, &dialer, &cfg, source.as_ref(), &shutdown, &mut established) => r,
+            r = outbound(peer, &host, port, &dialer, &cfg, &policy, &shutdown, &mut established) => r,
         };
-        source.link_state(peer, false);
+        policy.health.link_state(peer, false);
         if let Err(e) = &result {
             info!("[MIXNET] link to a peer failed ({e}); retrying");
         }
@@ -484,7 +560,8 @@ fn failures_after(failures: u32, established: bool, ok: bool) -> u32 {
     }
 }
 
-/// One connection to `peer`; sets `established` once HELLO went through.
+/// One connection to `peer`: dial, handshake, then the link's loop until
+/// it ends; sets `established` once HELLO went through.
 #[allow(clippy::too_many_arguments)]
 async fn outbound(
     peer: NodeId,
@@ -492,7 +569,7 @@ async fn outbound(
     port: u16,
     dialer: &SocksDialer,
     cfg: &LinkConfig,
-    source: &dyn PacketSource,
+    policy: &PeerPolicy,
     shutdown: &CancellationToken,
     established: &mut bool,
 ) -> Result<(), LinkError> {
@@ -501,131 +578,249 @@ async fn outbound(
         .map_err(|_| LinkError::ConnectTimeout)??;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    write_frame(&mut wr, &hello(cfg)).await?;
     let mut reader = FrameReader::new();
-    let answer = reader.next(&mut rd, cfg.connect_timeout).await?;
-    // The peer's identity in HELLO is informative: the onion name we
-    // dialled already authenticates it (Tor checks the key).
-    let (_, clock_secs) = check_hello(cfg, answer)?;
+    let hello = offer_hello(cfg, &mut reader, &mut rd, &mut wr).await?;
     *established = true;
-    source.hello(peer, clock_secs);
-    source.link_state(peer, true);
-    let opened = tokio::time::Instant::now();
-    // In flight: the frame's sequence number → the spool row. Sequence
-    // numbers are random, not the row ids: a row id tells the order in
-    // which this node stored its packets, which the next hop must not
-    // learn.
-    let mut sent = InFlight::default();
-    let mut next_ping = tokio::time::Instant::now() + cfg.ping_interval;
-    // Any frame from the peer (ACK, PONG) proves it is alive; a peer silent
-    // for `idle_timeout` despite our pings is given up, so its packets go
-    // to other routes' links instead of into a dead socket.
-    let mut last_heard = tokio::time::Instant::now();
-    let mut events = source.events();
-    let result = loop {
-        // Past its age the link takes no new packets, drains what is in
-        // flight, and closes: a new connection, a new circuit.
-        let rotating = opened.elapsed() >= cfg.max_age;
-        if rotating && sent.is_empty() {
-            break Ok(());
+    policy.health.hello(peer, hello.clock_secs);
+    policy.health.link_state(peer, true);
+    let mut link = Outbound::new(peer, cfg, policy, reader, rd, wr);
+    let result = link.run(shutdown).await;
+    link.close().await;
+    result
+}
+
+/// One outbound link past its handshake: the socket, the packets in
+/// flight, and the times that decide when to ping, when to give up on the
+/// peer and when to rotate.
+struct Outbound<'a> {
+    peer: NodeId,
+    cfg: &'a LinkConfig,
+    policy: &'a PeerPolicy,
+    reader: FrameReader,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    /// In flight: the frame's sequence number → the spool row. Sequence
+    /// numbers are random, not the row ids: a row id tells the order in
+    /// which this node stored its packets, which the next hop must not
+    /// learn.
+    sent: InFlight,
+    opened: Instant,
+    next_ping: Instant,
+    /// Any frame from the peer (ACK, PONG) proves it is alive; a peer
+    /// silent for `idle_timeout` despite our pings is given up, so its
+    /// packets go to other routes' links instead of into a dead socket.
+    last_heard: Instant,
+    /// The outbox's "new packets may be waiting", kept across turns.
+    events: watch::Receiver<u64>,
+}
+
+impl<'a> Outbound<'a> {
+    fn new(
+        peer: NodeId,
+        cfg: &'a LinkConfig,
+        policy: &'a PeerPolicy,
+        reader: FrameReader,
+        rd: OwnedReadHalf,
+        wr: OwnedWriteHalf,
+    ) -> Self {
+        let now = Instant::now();
+        Outbound {
+            peer,
+            cfg,
+            policy,
+            reader,
+            rd,
+            wr,
+            sent: InFlight::default(),
+            opened: now,
+            next_ping: now + cfg.ping_interval,
+            last_heard: now,
+            events: policy.outbox.events(),
         }
-        // Ask for the keys needed soon (bounded by the source: each subject
-        // at most every few seconds).
+    }
+
+    /// Each turn: ask for keys, fill the window, then wait for whichever
+    /// comes first: a frame, new packets, the time to ask again or to
+    /// ping. Ends at shutdown (`Ok`), once rotation has drained the
+    /// window (`Ok`), or when the peer breaks, falls silent or misbehaves.
+    async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), LinkError> {
+        loop {
+            // Past its age the link takes no new packets, drains what is
+            // in flight, and closes: a new connection, a new circuit.
+            let rotating = self.opened.elapsed() >= self.cfg.max_age;
+            if rotating && self.sent.is_empty() {
+                return Ok(());
+            }
+            self.ask_for_keys().await?;
+            let hint = if rotating {
+                None
+            } else {
+                self.fill_window().await?
+            };
+            let wake = self.wake_at(hint);
+            let idle = self.cfg.idle_timeout;
+            let room = self.has_room();
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(self.last_heard + idle) => {
+                    return Err(LinkError::Idle(idle));
+                }
+                frame = self.reader.next(&mut self.rd, idle) => self.on_frame(frame?).await?,
+                _ = self.events.changed(), if room => {}
+                _ = tokio::time::sleep_until(wake) => self.ping_if_due().await?,
+            }
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.sent.len() < self.cfg.window
+    }
+
+    /// Asks for the bundles needed soon (the gossip policy paces them:
+    /// each subject at most every few seconds).
+    async fn ask_for_keys(&mut self) -> Result<(), LinkError> {
         let mut asks = Vec::new();
-        for subject in source.keys_wanted(peer) {
+        for subject in self.policy.keys.keys_wanted(self.peer) {
             Frame::GetKeys { subject: subject.0 }.encode(&mut asks);
         }
-        if !asks.is_empty()
-            && let Err(e) = write_within(&mut wr, &asks, cfg.idle_timeout).await
-        {
-            break Err(e);
-        }
-        // Fill the window.
-        let mut wait_hint = None;
-        if !rotating && sent.len() < cfg.window {
-            events.borrow_and_update();
-            let (batch, hint) = source.take(peer, cfg.window - sent.len()).await;
-            wait_hint = hint;
-            let mut out = Vec::with_capacity(batch.len() * MAX_FRAME);
-            for o in batch {
-                // A lease that ran out while the ACK was on its way hands
-                // the same packet back: it is in flight already.
-                if sent.contains(o.id) {
-                    continue;
-                }
-                Frame::Packet {
-                    seq: sent.insert(o.id),
-                    epoch: o.epoch,
-                    packet: o.packet,
-                }
-                .encode(&mut out);
-            }
-            if !out.is_empty()
-                && let Err(e) = write_within(&mut wr, &out, cfg.idle_timeout).await
-            {
-                break Err(e);
-            }
-        }
-        let idle_for = match wait_hint {
-            Some(d) if sent.len() < cfg.window => d,
-            _ => cfg.ping_interval,
-        };
-        let wake = (tokio::time::Instant::now() + idle_for).min(next_ping);
-        tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = tokio::time::sleep_until(last_heard + cfg.idle_timeout) => {
-                break Err(LinkError::Idle(cfg.idle_timeout));
-            }
-            frame = reader.next(&mut rd, cfg.idle_timeout) => match frame {
-                Ok(Frame::Ack { seq, status }) => {
-                    last_heard = tokio::time::Instant::now();
-                    let Some(id) = sent.remove(seq) else {
-                        break Err(LinkError::StrayAck);
-                    };
-                    source.acked(peer, id, status).await;
-                }
-                Ok(Frame::Pong { subject, epoch, key, .. }) => {
-                    last_heard = tokio::time::Instant::now();
-                    source.pong(peer, NodeId(subject), epoch, key);
-                }
-                Ok(Frame::Keys { subject, bundle }) => {
-                    last_heard = tokio::time::Instant::now();
-                    source.keys(peer, NodeId(subject), bundle);
-                }
-                Ok(Frame::Ping { nonce, subject, epoch }) => {
-                    last_heard = tokio::time::Instant::now();
-                    let mut pong = Vec::new();
-                    Frame::Pong { nonce, subject, epoch, key: [0; 32] }.encode(&mut pong);
-                    if let Err(e) = write_within(&mut wr, &pong, cfg.idle_timeout).await {
-                        break Err(e);
-                    }
-                }
-                Ok(_) => break Err(LinkError::NoHello),
-                Err(e) => break Err(e),
-            },
-            _ = events.changed(), if sent.len() < cfg.window => {}
-            _ = tokio::time::sleep_until(wake) => {
-                if tokio::time::Instant::now() >= next_ping {
-                    next_ping = tokio::time::Instant::now() + cfg.ping_interval;
-                    let nonce: u64 = rand::rng().random();
-                    let (subject, epoch) = source
-                        .probe(peer)
-                        .map(|(s, e)| (s.0, e))
-                        .unwrap_or(([0; 32], 0));
-                    let mut ping = Vec::new();
-                    Frame::Ping { nonce, subject, epoch }.encode(&mut ping);
-                    if let Err(e) = write_within(&mut wr, &ping, cfg.idle_timeout).await {
-                        break Err(e);
-                    }
-                }
-            }
-        }
-    };
-    if !sent.is_empty() {
-        source.unacked(peer, sent.ids()).await;
+        self.write(&asks).await
     }
-    let _ = wr.shutdown().await;
-    result
+
+    /// Sends what the outbox has for the free part of the window; returns
+    /// when the outbox wants to be asked again (`None`: not before it
+    /// signals, or no room).
+    async fn fill_window(&mut self) -> Result<Option<Duration>, LinkError> {
+        if !self.has_room() {
+            return Ok(None);
+        }
+        self.events.borrow_and_update();
+        let room = self.cfg.window - self.sent.len();
+        let (batch, hint) = self.policy.outbox.take(self.peer, room).await;
+        let mut out = Vec::with_capacity(batch.len() * MAX_FRAME);
+        for o in batch {
+            // A lease that ran out while the ACK was on its way hands the
+            // same packet back: it is in flight already.
+            if self.sent.contains(o.id) {
+                continue;
+            }
+            Frame::Packet {
+                seq: self.sent.insert(o.id),
+                epoch: o.epoch,
+                packet: o.packet,
+            }
+            .encode(&mut out);
+        }
+        self.write(&out).await?;
+        Ok(hint)
+    }
+
+    /// When to look again if nothing arrives: when the outbox asked to (if
+    /// the window has room), and no later than the next ping.
+    fn wake_at(&self, hint: Option<Duration>) -> Instant {
+        let idle_for = match hint {
+            Some(d) if self.has_room() => d,
+            _ => self.cfg.ping_interval,
+        };
+        (Instant::now() + idle_for).min(self.next_ping)
+    }
+
+    /// One frame from the peer; any frame a dialled peer may send proves
+    /// it alive.
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), LinkError> {
+        let heard = Instant::now();
+        match frame {
+            Frame::Ack { seq, status } => {
+                self.last_heard = heard;
+                let id = self.sent.remove(seq).ok_or(LinkError::StrayAck)?;
+                self.policy.outbox.acked(self.peer, id, status).await;
+            }
+            Frame::Pong {
+                subject,
+                epoch,
+                key,
+                ..
+            } => {
+                self.last_heard = heard;
+                let subject = NodeId(subject);
+                self.policy.keys.pong(self.peer, subject, epoch, key);
+            }
+            Frame::Keys { subject, bundle } => {
+                self.last_heard = heard;
+                self.policy.keys.keys(self.peer, NodeId(subject), bundle);
+            }
+            Frame::Ping {
+                nonce,
+                subject,
+                epoch,
+            } => {
+                self.last_heard = heard;
+                let mut pong = Vec::new();
+                let key = [0; 32];
+                Frame::Pong {
+                    nonce,
+                    subject,
+                    epoch,
+                    key,
+                }
+                .encode(&mut pong);
+                self.write(&pong).await?;
+            }
+            Frame::Hello { .. } | Frame::Packet { .. } | Frame::GetKeys { .. } => {
+                return Err(LinkError::NoHello);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pings if it is time: the PING asks the peer about a node's key
+    /// (what the gossip policy wants compared), and keeps the link alive.
+    async fn ping_if_due(&mut self) -> Result<(), LinkError> {
+        let now = Instant::now();
+        if now < self.next_ping {
+            return Ok(());
+        }
+        self.next_ping = now + self.cfg.ping_interval;
+        let nonce: u64 = rand::rng().random();
+        let (subject, epoch) = self
+            .policy
+            .keys
+            .probe(self.peer)
+            .map(|(s, e)| (s.0, e))
+            .unwrap_or(([0; 32], 0));
+        let mut ping = Vec::new();
+        Frame::Ping {
+            nonce,
+            subject,
+            epoch,
+        }
+        .encode(&mut ping);
+        self.write(&ping).await
+    }
+
+    /// Writes whole frames within `idle_timeout`; nothing to write is no
+    /// write.
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        write_within(&mut self.wr, bytes, self.cfg.idle_timeout).await
+    }
+
+    /// Hands back what was sent and not acknowledged (the outbox sends it
+    /// again, on this link's successor or another route) and closes.
+    async fn close(self) {
+        let Outbound {
+            peer,
+            policy,
+            sent,
+            mut wr,
+            ..
+        } = self;
+        if !sent.is_empty() {
+            policy.outbox.unacked(peer, sent.ids()).await;
+        }
+        let _ = wr.shutdown().await;
+    }
 }
 
 /// The packets sent on one outbound link and not yet acknowledged.
@@ -762,10 +957,10 @@ mod tests {
         })
     }
 
-    /// A packet source with nothing to send.
+    /// Node policy with nothing to send and no gossip.
     struct Idle(watch::Sender<u64>);
 
-    impl PacketSource for Idle {
+    impl Outbox for Idle {
         fn take(
             &self,
             _: NodeId,
@@ -779,16 +974,20 @@ mod tests {
         fn unacked(&self, _: NodeId, _: Vec<i64>) -> BoxFuture<'_, ()> {
             Box::pin(async {})
         }
-        fn link_state(&self, _: NodeId, _: bool) {}
         fn events(&self) -> watch::Receiver<u64> {
             self.0.subscribe()
         }
     }
 
-    /// Plays SOCKS5 (no authentication, CONNECT accepted) and then a peer
-    /// that answers HELLO and never says anything again, while reading
-    /// whatever it is sent.
-    async fn silent_peer(listener: TcpListener, cfg: Arc<LinkConfig>) {
+    impl KeyGossip for Idle {}
+
+    impl LinkHealth for Idle {
+        fn link_state(&self, _: NodeId, _: bool) {}
+    }
+
+    /// Plays SOCKS5 for the first connection to `listener` (no
+    /// authentication, CONNECT accepted) and hands over the stream.
+    async fn socks_accept(listener: &TcpListener) -> TcpStream {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut greeting = [0u8; 4];
         s.read_exact(&mut greeting).await.unwrap();
@@ -798,15 +997,27 @@ mod tests {
         let mut rest = vec![0u8; head[4] as usize + 2];
         s.read_exact(&mut rest).await.unwrap();
         s.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).await.unwrap();
-        let mut reader = FrameReader::new();
-        reader.next(&mut s, Duration::from_secs(5)).await.unwrap();
-        write_frame(&mut s, &hello(&cfg)).await.unwrap();
+        s
+    }
+
+    /// Reads and drops whatever comes until the other side closes.
+    async fn drain(s: &mut TcpStream) {
         let mut sink = [0u8; 1024];
         while let Ok(n) = s.read(&mut sink).await {
             if n == 0 {
                 return;
             }
         }
+    }
+
+    /// A peer that answers HELLO and never says anything again, while
+    /// reading whatever it is sent.
+    async fn silent_peer(listener: TcpListener, cfg: Arc<LinkConfig>) {
+        let mut s = socks_accept(&listener).await;
+        let mut reader = FrameReader::new();
+        reader.next(&mut s, Duration::from_secs(5)).await.unwrap();
+        write_frame(&mut s, &hello(&cfg)).await.unwrap();
+        drain(&mut s).await;
     }
 
     #[tokio::test]
@@ -816,7 +1027,7 @@ mod tests {
         let proxy = listener.local_addr().unwrap();
         tokio::spawn(silent_peer(listener, cfg.clone()));
         let dialer = SocksDialer::new(proxy, Duration::from_secs(5));
-        let source = Idle(watch::channel(0).0);
+        let policy = PeerPolicy::of(Arc::new(Idle(watch::channel(0).0)));
         let stop = CancellationToken::new();
         let peer = NodeId([3; 32]);
         let mut established = false;
@@ -828,7 +1039,7 @@ mod tests {
                 9999,
                 &dialer,
                 &cfg,
-                &source,
+                &policy,
                 &stop,
                 &mut established,
             ),
@@ -909,5 +1120,119 @@ mod tests {
         server.await.unwrap();
         tracker.close();
         tracker.wait().await;
+    }
+
+    /// An outbox of packets that records what the link reports back.
+    struct Recording {
+        waiting: std::sync::Mutex<Vec<OutboundPacket>>,
+        acked: std::sync::Mutex<Vec<(i64, AckStatus)>>,
+        unacked: std::sync::Mutex<Vec<i64>>,
+        states: std::sync::Mutex<Vec<bool>>,
+        events: watch::Sender<u64>,
+    }
+
+    impl Outbox for Recording {
+        fn take(
+            &self,
+            _: NodeId,
+            max: usize,
+        ) -> BoxFuture<'_, (Vec<OutboundPacket>, Option<Duration>)> {
+            let mut waiting = self.waiting.lock().unwrap();
+            let n = max.min(waiting.len());
+            let batch = waiting.drain(..n).collect();
+            Box::pin(async move { (batch, None) })
+        }
+        fn acked(&self, _: NodeId, id: i64, status: AckStatus) -> BoxFuture<'_, ()> {
+            self.acked.lock().unwrap().push((id, status));
+            Box::pin(async {})
+        }
+        fn unacked(&self, _: NodeId, ids: Vec<i64>) -> BoxFuture<'_, ()> {
+            self.unacked.lock().unwrap().extend(ids);
+            Box::pin(async {})
+        }
+        fn events(&self) -> watch::Receiver<u64> {
+            self.events.subscribe()
+        }
+    }
+
+    impl KeyGossip for Recording {}
+
+    impl LinkHealth for Recording {
+        fn link_state(&self, _: NodeId, up: bool) {
+            self.states.lock().unwrap().push(up);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_link_that_breaks_hands_back_exactly_what_was_not_acknowledged() {
+        let cfg = test_config(Duration::from_secs(5));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap();
+        // The peer takes three packets, acknowledges the second and closes.
+        let peer_cfg = cfg.clone();
+        let peer_side = tokio::spawn(async move {
+            let mut s = socks_accept(&listener).await;
+            let mut reader = FrameReader::new();
+            let idle = Duration::from_secs(5);
+            reader.next(&mut s, idle).await.unwrap();
+            write_frame(&mut s, &hello(&peer_cfg)).await.unwrap();
+            let mut seqs = Vec::new();
+            while seqs.len() < 3 {
+                if let Frame::Packet { seq, .. } = reader.next(&mut s, idle).await.unwrap() {
+                    seqs.push(seq);
+                }
+            }
+            let ack = Frame::Ack {
+                seq: seqs[1],
+                status: AckStatus::Stored,
+            };
+            write_frame(&mut s, &ack).await.unwrap();
+            s.shutdown().await.unwrap();
+            drain(&mut s).await;
+        });
+        let packet = WirePacket::from_slice(&[0; crate::wire::packet::PACKET_SIZE]).unwrap();
+        let outbox = Arc::new(Recording {
+            waiting: std::sync::Mutex::new(
+                (10..13)
+                    .map(|id| OutboundPacket {
+                        id,
+                        epoch: 0,
+                        packet: packet.clone(),
+                    })
+                    .collect(),
+            ),
+            acked: Default::default(),
+            unacked: Default::default(),
+            states: Default::default(),
+            events: watch::channel(0).0,
+        });
+        let policy = PeerPolicy::of(outbox.clone());
+        let dialer = SocksDialer::new(proxy, Duration::from_secs(5));
+        let stop = CancellationToken::new();
+        let mut established = false;
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            outbound(
+                NodeId([3; 32]),
+                "peer.onion",
+                9999,
+                &dialer,
+                &cfg,
+                &policy,
+                &stop,
+                &mut established,
+            ),
+        )
+        .await
+        .expect("a closed link ends");
+        assert!(matches!(result, Err(LinkError::Closed)), "{result:?}");
+        assert!(established);
+        assert_eq!(*outbox.states.lock().unwrap(), [true]);
+        // Packets go out in the order taken: the second frame was id 11.
+        assert_eq!(*outbox.acked.lock().unwrap(), [(11, AckStatus::Stored)]);
+        let mut unacked = outbox.unacked.lock().unwrap().clone();
+        unacked.sort();
+        assert_eq!(unacked, [10, 12]);
+        peer_side.await.unwrap();
     }
 }

@@ -24,7 +24,6 @@
 //! not read, and the lingering close after a refusal.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -43,7 +42,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::prometheus_text;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
@@ -51,7 +50,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{MetricsAddr, sysexits};
-use crate::smtp::accept_backoff::AcceptBackoff;
+use crate::listen::{Accept, accept_until};
 use crate::stats::Stats;
 
 /// Connections served at once. A scraper uses one; a few more leave room
@@ -315,57 +314,6 @@ fn canned(status: StatusCode, body: &str) -> String {
     )
 }
 
-/// A source of connections, so one accept loop serves every kind of
-/// listener (and tests can hand it in-memory streams).
-pub trait Accept {
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept(&mut self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
-}
-
-impl Accept for TcpListener {
-    type Stream = TcpStream;
-    async fn accept(&mut self) -> io::Result<TcpStream> {
-        TcpListener::accept(self).await.map(|(stream, _)| stream)
-    }
-}
-
-impl Accept for UnixListener {
-    type Stream = UnixStream;
-    async fn accept(&mut self) -> io::Result<UnixStream> {
-        UnixListener::accept(self).await.map(|(stream, _)| stream)
-    }
-}
-
-/// Accepts until `stop`, handing each connection to `admit`. A failed
-/// `accept` (out of descriptors) pauses by the daemon's one policy for
-/// that, [`AcceptBackoff`] (logged once per episode, pauses doubling),
-/// instead of spinning; a stop cuts the pause short.
-pub async fn accept_until<L: Accept>(
-    listener: &mut L,
-    stop: &CancellationToken,
-    mut admit: impl FnMut(L::Stream),
-) {
-    let mut backoff = AcceptBackoff::default();
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok(stream) => {
-                backoff.succeeded();
-                admit(stream);
-            }
-            Err(e) => {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = backoff.failed(&e) => {}
-                }
-            }
-        }
-    }
-}
-
 /// Serves until `stop`; then waits for the connections it has (each is
 /// cut off at `stop`) and removes its unix socket.
 pub async fn serve(listener: MetricsListener, endpoint: Arc<Endpoint>, stop: CancellationToken) {
@@ -392,7 +340,7 @@ pub async fn serve(listener: MetricsListener, endpoint: Arc<Endpoint>, stop: Can
 async fn run<L: Accept>(listener: &mut L, endpoint: &Arc<Endpoint>, stop: &CancellationToken) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
-    accept_until(listener, stop, |stream| {
+    accept_until(listener, "metrics", stop, |stream, _| {
         admit(stream, &permits, &tracker, endpoint, stop)
     })
     .await;
@@ -891,9 +839,10 @@ mod tests {
 
     impl Accept for Pipe {
         type Stream = DuplexStream;
-        async fn accept(&mut self) -> io::Result<DuplexStream> {
+        type Peer = ();
+        async fn accept(&mut self) -> io::Result<(DuplexStream, ())> {
             match self.0.recv().await {
-                Some(stream) => Ok(stream),
+                Some(stream) => Ok((stream, ())),
                 None => std::future::pending().await,
             }
         }

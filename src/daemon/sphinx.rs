@@ -144,7 +144,7 @@ impl PeerLinks {
                 peer.port,
                 self.dialer.clone(),
                 self.cfg.clone(),
-                self.forwarder.clone(),
+                crate::link::PeerPolicy::of(self.forwarder.clone()),
                 self.shutdown.clone(),
             ));
         }

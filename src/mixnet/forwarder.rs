@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::context::MixContext;
 use super::peers::Offer;
 use crate::BoxFuture;
-use crate::link::{OutboundPacket, PacketSource};
+use crate::link::{KeyGossip, LinkHealth, OutboundPacket, Outbox};
 use crate::spool::custody::PacketSettle;
 use crate::stats::Stats;
 use crate::wire::bundle::Bundle;
@@ -67,7 +67,8 @@ impl Forwarder {
     }
 }
 
-impl PacketSource for Forwarder {
+/// Custody: due packets leased from the spool, settled on ACK.
+impl Outbox for Forwarder {
     fn take(
         &self,
         peer: NodeId,
@@ -150,16 +151,20 @@ impl PacketSource for Forwarder {
         })
     }
 
+    fn events(&self) -> watch::Receiver<u64> {
+        self.ctx.spool.packet_events()
+    }
+}
+
+/// What links learn of peers' health: up or down (path selection reads
+/// it) and their clocks.
+impl LinkHealth for Forwarder {
     fn link_state(&self, peer: NodeId, up: bool) {
         if up != self.ctx.health.is_up(&peer) {
             let name = self.name(&peer);
             info!("[MIXNET] link to {name} {}", if up { "up" } else { "down" });
         }
         self.ctx.health.set(peer, up);
-    }
-
-    fn events(&self) -> watch::Receiver<u64> {
-        self.ctx.spool.packet_events()
     }
 
     fn hello(&self, peer: NodeId, clock_secs: u64) {
@@ -169,7 +174,11 @@ impl PacketSource for Forwarder {
             super::peers::log_skew(&name, skew);
         }
     }
+}
 
+/// Key gossip over links: which bundles to fetch from a peer, what to
+/// compare in a PING, and what comes back.
+impl KeyGossip for Forwarder {
     fn keys_wanted(&self, peer: NodeId) -> Vec<NodeId> {
         let suspect = self.suspects.lock().unwrap().remove(&peer);
         self.ctx.peers.wanted(peer, self.ctx.epoch(), suspect)

@@ -1,6 +1,5 @@
 //! Inbound SMTP: the pure protocol state machine and the socket server.
 
-pub mod accept_backoff;
 pub mod connections;
 pub mod data_decoder;
 pub mod memory_budget;

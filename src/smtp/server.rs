@@ -16,7 +16,7 @@
 //! * **Memory**: message bodies draw from one budget (`smtp::memory_budget`),
 //!   checked after every read; a session it cannot cover gets `452 4.3.1`.
 //! * **File descriptors**: a failing `accept` backs off and logs once per
-//!   episode (`smtp::accept_backoff`).
+//!   episode (`listen`, the accept loop every listener shares).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -31,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use super::accept_backoff::AcceptBackoff;
 use super::connections::{ConnectionTable, Slot};
 use super::memory_budget::{MemoryBudget, Reservation};
 use super::proxy_header::{self, ProxySource};
@@ -40,6 +39,7 @@ use super::reply::Reply;
 use super::session::{Session, SessionConfig, Step};
 use crate::BoxFuture;
 use crate::envelope::{EnqueueOutcome, Message};
+use crate::listen::accept_until;
 use crate::redact::Sensitive;
 
 /// Read size per syscall; DATA is decoded as it arrives, so this is also
@@ -288,33 +288,16 @@ impl ServerContext {
 /// Accepts until `shutdown` fires; connection tasks are spawned on `tracker`
 /// so the caller can wait for them to drain.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: TcpListener,
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut backoff = AcceptBackoff::default();
     let sheds = LogThrottle::default();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => {
-                backoff.succeeded();
-                pair
-            }
-            Err(e) => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = backoff.failed(&e) => continue,
-                }
-            }
-        };
+    accept_until(&mut listener, "SMTP", &shutdown, |stream, peer| {
         // The rate limit comes first, so a refused client cannot shed anyone.
         if !ctx.proxy_protocol && !admit(&ctx, peer.ip(), &stream) {
-            continue;
+            return;
         }
         let admission = ctx.connections.admit(Instant::now());
         if admission.shed_another
@@ -329,7 +312,8 @@ pub async fn serve(
         tracker.spawn(async move {
             connection(stream, peer, ctx, shutdown, admission.slot).await;
         });
-    }
+    })
+    .await;
     drain(&listener, &ctx, &tracker).await;
     debug!("[CONN] listener stopped");
 }
