@@ -227,15 +227,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             path: config.spool.data_dir.display().to_string(),
             source: e,
         })?;
-    let stats = Arc::new(Stats::new(Some(spool.commit_times())));
+    let stats = Arc::new(Stats::new(Some(&spool)));
     // Direct mode refuses listed recipients at RCPT and posts at the end of
     // DATA; at a mixnet exit the exit drops them (DestBlock::blocks).
     let dest_block = Arc::new(DestBlock::new(dest_block, stats.clone()));
-    let endpoint = Arc::new(admin::Endpoint::new(
-        stats.clone(),
-        config.spool.data_dir.clone(),
-        shutdown.clone(),
-    ));
+    let endpoint = Arc::new(admin::Endpoint::new(stats.clone(), shutdown.clone()));
     // Its own stop, after everything else: /live answers until the end.
     let metrics_stop = CancellationToken::new();
     let metrics_task =
@@ -361,11 +357,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         };
         tokio::spawn(generator.run(StdRng::from_os_rng(), shutdown.clone()))
     });
-    let stats_task = tokio::spawn(stats.clone().report(
-        config.spool.data_dir.clone(),
-        config.ops.stats_interval,
-        shutdown.clone(),
-    ));
+    let stats_task = tokio::spawn(
+        stats
+            .clone()
+            .report(config.ops.stats_interval, shutdown.clone()),
+    );
 
     // systemd (only with NOTIFY_SOCKET): the spool is open and every
     // listener bound, so READY now; then STATUS, WATCHDOG and STOPPING.
@@ -377,7 +373,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 dispatcher: relay_task.as_ref().map(|_| ping_tx),
             },
             notify::StatusSource {
-                data_dir: config.spool.data_dir.clone(),
                 stats: stats.clone(),
                 every: config.ops.stats_interval,
             },

@@ -12,7 +12,6 @@
 //! sent; there are no per-message timestamps, and the one histogram (spool
 //! commit latency) keeps bucket counts, not samples.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use tracing::info;
 
 use crate::envelope::EnqueueOutcome;
 use crate::smtp::server::{Refusal, SessionEnd, SessionEvents};
-use crate::spool::{CommitTimes, QueueReport};
+use crate::spool::{QueueReader, QueueReport, Spool};
 
 /// One label from a fixed set.
 type Label = [(&'static str, &'static str); 1];
@@ -187,6 +186,10 @@ pub struct Stats {
     /// Recipients and posts refused (direct mode) or dropped (mixnet exit)
     /// because their destination is on the `-dest-block` list.
     pub dest_blocked: Counter,
+    /// The spool's reader of the queue counts (none in unit tests without
+    /// a spool). A reader, not a `Spool`: a spool handle here would keep
+    /// the committer open at shutdown.
+    spool: Option<QueueReader>,
     /// Everything above but the mixnet metrics.
     registry: Registry,
     /// The mixnet metrics, encoded only in mixnet mode.
@@ -201,8 +204,9 @@ impl Default for Stats {
 
 impl Stats {
     /// Builds every metric and registers it; `spool` brings the spool's
-    /// commit latency histograms (absent in unit tests without a spool).
-    pub fn new(spool: Option<CommitTimes>) -> Stats {
+    /// commit latency histograms, which the spool declares and fills, and
+    /// its reader of the queue counts (absent in unit tests).
+    pub fn new(spool: Option<&Spool>) -> Stats {
         let mut r = Registry::default();
         let messages = Family::<Label, Counter>::default();
         for outcome in ENQUEUE_OUTCOMES {
@@ -314,7 +318,8 @@ impl Stats {
             "pluto2_queue_messages",
             "Messages in the spool, read from the spool",
         );
-        if let Some(times) = spool {
+        if let Some(spool) = spool {
+            let times = spool.commit_times();
             r.register(
                 "pluto2_spool_commit_seconds",
                 "Time of the fsync'd COMMIT of one group of enqueued messages",
@@ -509,6 +514,7 @@ impl Stats {
             mix_drops_received,
             mix_two_faces,
             dest_blocked,
+            spool: spool.map(Spool::reader),
             registry: r,
             mixnet_registry: m,
         }
@@ -572,19 +578,20 @@ impl Stats {
         self.queue_known.store(true, Ordering::Relaxed);
     }
 
-    /// Reads the spool's counts (off the executor) into the queue gauges;
-    /// when they cannot be read, the `[STATS]` line says `?` for them.
-    pub async fn read_queue(&self, data_dir: &Path) {
-        let dir = data_dir.to_path_buf();
-        let clock = crate::time::system_clock();
-        let report = tokio::task::spawn_blocking(move || crate::spool::queue_report(&dir, &clock))
-            .await
-            .ok()
-            .and_then(Result::ok);
-        match report {
-            Some(r) => self.set_queue(&r),
+    /// Reads the spool's counts through its reader (one connection the
+    /// spool opened at start, not a new one per call) into the queue
+    /// gauges, and returns them. When they cannot be read the gauges keep
+    /// their last values and the `[STATS]` line says `?` for them.
+    pub async fn read_queue(&self) -> Option<QueueReport> {
+        let report = match &self.spool {
+            Some(reader) => reader.report().await.ok(),
+            None => None,
+        };
+        match &report {
+            Some(r) => self.set_queue(r),
             None => self.queue_known.store(false, Ordering::Relaxed),
         }
+        report
     }
 
     /// The registry in the Prometheus text format (version 0.0.4); the
@@ -696,7 +703,6 @@ impl Stats {
     /// read from the spool first, so they are right across restarts.
     pub async fn report(
         self: std::sync::Arc<Self>,
-        data_dir: PathBuf,
         interval: Duration,
         shutdown: CancellationToken,
     ) {
@@ -706,7 +712,7 @@ impl Stats {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            self.read_queue(&data_dir).await;
+            self.read_queue().await;
             info!("{}", self.line(started.elapsed()));
         }
     }
