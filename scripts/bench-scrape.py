@@ -8,8 +8,8 @@ data dir, queues MESSAGES messages for an onion recipient (delivery is
 parked: Tor points at the discard port, so they stay in the spool and the
 queue gauges have rows to count), then times SCRAPES scrapes one after
 another, each on a fresh connection (connect, GET, read to the close): a
-scrape reads the spool's counts (a fresh read-only SQLite connection) and
-renders the registry. Prints the median and 90th percentile latency, the
+scrape reads the spool's counts (through the spool's one reader
+connection, since issue 17) and renders the registry. Prints the median and 90th percentile latency, the
 response size, and the daemon's CPU time spent per scrape (utime + stime
 from /proc before and after, divided by SCRAPES).
 """

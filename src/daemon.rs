@@ -327,15 +327,11 @@ async fn spawn(
         source,
     })?;
     let clock = crate::time::system_clock();
-    let stats = Arc::new(Stats::new(Some(spool.commit_times())));
+    let stats = Arc::new(Stats::new(Some(&spool)));
     // Direct mode refuses listed recipients at RCPT and posts at the end of
     // DATA; at a mixnet exit intake drops them (DestBlock::blocks).
     let dest_block = Arc::new(DestBlock::new(dest_block, stats.clone()));
-    let endpoint = Arc::new(admin::Endpoint::new(
-        stats.clone(),
-        config.spool.data_dir.clone(),
-        sup.stop(),
-    ));
+    let endpoint = Arc::new(admin::Endpoint::new(stats.clone(), sup.stop()));
     if let Some(listener) = metrics {
         let endpoint = endpoint.clone();
         let stop = sup.token(StopPhase::Admin);
@@ -450,11 +446,9 @@ async fn spawn(
     sup.spawn(
         StopPhase::Reporting,
         "stats",
-        stats.clone().report(
-            config.spool.data_dir.clone(),
-            config.ops.stats_interval,
-            sup.token(StopPhase::Reporting),
-        ),
+        stats
+            .clone()
+            .report(config.ops.stats_interval, sup.token(StopPhase::Reporting)),
     );
 
     let ctx = Arc::new(ServerContext {
@@ -524,7 +518,6 @@ async fn spawn(
                     dispatcher: dispatching.then_some(ping_tx),
                 },
                 notify::StatusSource {
-                    data_dir: config.spool.data_dir.clone(),
                     stats: stats.clone(),
                     every: config.ops.stats_interval,
                 },

@@ -6,13 +6,16 @@
 //! atomics (a labelled child of a family shares its counter with the field),
 //! so the log line and a scrape can never disagree.
 //!
+//! Each metric is declared once, in the `metrics!` table below: its
+//! field, how it is made, its name and help, and its `[STATS]` key. A new
+//! counter is one entry there.
+//!
 //! Counts only: nothing here identifies a message, a sender, a client or
 //! the time of a particular message. Labels come from small fixed sets
 //! (an outcome, a reply class, a failure class), never from what a client
 //! sent; there are no per-message timestamps, and the one histogram (spool
 //! commit latency) keeps bucket counts, not samples.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,7 +29,7 @@ use tracing::info;
 
 use crate::envelope::EnqueueOutcome;
 use crate::smtp::server::{Refusal, SessionEnd, SessionEvents};
-use crate::spool::{CommitTimes, QueueReport};
+use crate::spool::{QueueReader, QueueReport, Spool};
 
 /// One label from a fixed set.
 type Label = [(&'static str, &'static str); 1];
@@ -88,109 +91,349 @@ const ENQUEUE_OUTCOMES: [EnqueueOutcome; 9] = [
     EnqueueOutcome::ShuttingDown,
 ];
 
-#[derive(Debug)]
-pub struct Stats {
-    /// Messages handed to intake, by what became of them.
-    messages: Family<Label, Counter>,
-    /// Real messages queued (`outcome="queued"` of `messages`).
-    pub received: Counter,
-    /// Exact duplicates inside the replay window: answered 250, not queued
-    /// (`outcome="replay"`).
-    pub replays: Counter,
-    /// Our own loop cover come back (`outcome="own_cover"`).
-    pub cover_received: Counter,
-    /// SMTP sessions by how they ended.
-    sessions: Family<Label, Counter>,
-    /// 4xx/5xx replies to SMTP clients by class and reason.
-    refusals: Family<Labels, Counter>,
-    /// Recipients of real mail delivered (cover is counted apart).
-    pub sent: Counter,
-    /// Recipients of real mail dropped for good (permanent failure or the
-    /// last attempt).
-    pub failed: Counter,
-    /// Deferrals: temporary failures that scheduled another attempt.
-    pub retries: Counter,
-    /// Recipients not delivered, by disposition and failure class.
-    failures: Family<Labels, Counter>,
-    pub batches: Counter,
-    /// Padding bytes added to outgoing messages (every attempt).
-    pub padding_bytes: Counter,
-    /// Cover messages generated and queued here.
-    pub cover_sent: Counter,
-    /// Cover recipients delivered to the next hop.
-    pub cover_delivered: Counter,
-    /// Cover that failed to leave: dropped, never retried.
-    pub cover_dropped: Counter,
-    /// Cover not generated because deliveries were failing (Tor down).
-    pub cover_paused: Counter,
-    /// Recipients in the spool by state, as the spool last said.
-    queue: Family<Label, Gauge>,
-    /// Messages in the spool, as the spool last said.
-    queue_messages: Gauge,
-    /// Whether the last read of the spool's counts worked (else the
-    /// `[STATS]` line says `?`).
-    queue_known: AtomicBool,
-    /// Recipients delivered by SMTP from here for mail that did not leave
-    /// the mixnet here (fog's `direct`). In mixnet mode it must stay 0; it
-    /// is counted, not printed as a constant, so a leak would show.
-    pub direct: Counter,
-    /// Mixnet mode is on: the line and the scrape carry the mixnet metrics.
-    pub mixnet: AtomicBool,
-    /// Messages sent into the mixnet from here (fog's `sphinx`).
-    pub mix_messages_in: Counter,
-    /// Messages whose exit said COMPLETE.
-    pub mix_messages_acked: Counter,
-    /// Messages dropped after the end-to-end horizon.
-    pub mix_messages_failed: Counter,
-    /// Rounds in which mail waited because no route could be built.
-    pub mix_no_route: Counter,
-    pub mix_fragments_sent: Counter,
-    pub mix_fragments_retransmitted: Counter,
-    /// Packets received on links (fog's `mix received`).
-    pub mix_packets_in: Counter,
-    /// Packets handed to links (fog's `mix forwarded`; retries included).
-    pub mix_packets_out: Counter,
-    /// Packets whose replay tag was known (this and the three below are
-    /// the children of `pluto2_mixnet_packets_refused_total`).
-    pub mix_replays: Counter,
-    /// Packets refused here: bad MAC, version, delay, next hop.
-    pub mix_rejected: Counter,
-    pub mix_unknown_epoch: Counter,
-    pub mix_bad_payloads: Counter,
-    /// Packets the next hop refused.
-    pub mix_rejected_by_peer: Counter,
-    /// Packets dropped when their custody horizon passed.
-    pub mix_expired: Counter,
-    /// Messages completed at this exit and handed to delivery (this and
-    /// the next are the children of `pluto2_mixnet_exit_messages_total`).
-    pub mix_exit_completions: Counter,
-    /// Messages that arrived again after completion (re-acknowledged).
-    pub mix_exit_duplicates: Counter,
-    /// Packets in custody here by kind, as the spool last said.
-    mix_custody: Family<Label, Gauge>,
-    mix_awaiting_ack: Gauge,
-    mix_exit_partial: Gauge,
-    /// Usable other nodes now, and all other nodes in nodes.json.
-    pub mix_healthy: Gauge,
-    pub mix_nodes: Gauge,
-    /// The mix-key epoch now.
-    pub mix_epoch: Gauge,
-    /// Loop cover sent, back in time, and given up as lost.
-    pub mix_loops_sent: Counter,
-    pub mix_loops_back: Counter,
-    pub mix_loops_lost: Counter,
-    /// Drop cover sent from here, and dropped here as its last hop.
-    pub mix_drops_sent: Counter,
-    pub mix_drops_received: Counter,
-    /// Bundles that showed a node signing two keys for one epoch.
-    pub mix_two_faces: Counter,
-    /// Recipients and posts refused (direct mode) or dropped (mixnet exit)
-    /// because their destination is on the `-dest-block` list.
-    pub dest_blocked: Counter,
-    /// Everything above but the mixnet metrics.
-    registry: Registry,
-    /// The mixnet metrics, encoded only in mixnet mode.
-    mixnet_registry: Registry,
+/// A family whose series for `key` = each of `values` exist from the
+/// start, so a scrape shows them at 0 before the first event instead of
+/// leaving them out.
+fn family<M: Default + Clone>(
+    key: &'static str,
+    values: impl IntoIterator<Item = &'static str>,
+) -> Family<Label, M> {
+    let f = Family::default();
+    for value in values {
+        let _ = f.get_or_create(&[(key, value)]);
+    }
+    f
+}
+
+/// The series `key="value"` of `family`: the returned handle shares its
+/// atomic with the family, so a field and a labelled series are one number.
+fn child<M: Default + Clone>(
+    family: &Family<Label, M>,
+    key: &'static str,
+    value: &'static str,
+) -> M {
+    family.get_or_create_owned(&[(key, value)])
+}
+
+/// Declares the metrics of [`Stats`], each in one entry, and builds from
+/// the entries the struct's fields, `Stats::build` (makes each metric
+/// and registers it, in entry order) and `Stats::metric_fields` (the
+/// `[STATS]` fields, in entry order). Two blocks: `core` metrics are always
+/// scraped and logged, `mixnet` ones only in mixnet mode.
+///
+/// An entry, in this order:
+/// - doc comments, visibility, the field and its type; or `let` and a name
+///   for a family used only through its children (no field);
+/// - `= expr` to make it (default: `Default::default()`); it may name any
+///   entry above it, as a child names its family;
+/// - `, "name", "help"` to register it; absent for a family's child, which
+///   the family's registration already exposes;
+/// - `=> "key"` once per `[STATS]` field it shows, with `by Stats::f` when
+///   the value is not just the metric's own (`fn(&Stats) -> String`).
+///
+/// The `[STATS]` fields follow the entry order, so scripts can parse the
+/// line: a new field goes at the end of its block. The scrape follows the
+/// same order (Prometheus does not care).
+macro_rules! metrics {
+    (core { $($core:tt)* } mixnet { $($mixnet:tt)* }) => {
+        metrics!(@entries false { $($core)* } { $($mixnet)* }
+            fields[] lets[] registered[] inits[] shown[]);
+    };
+    // The core block is done: the mixnet block follows.
+    (@entries false {} { $($mixnet:tt)* } $($done:tt)*) => {
+        metrics!(@entries true { $($mixnet)* } {} $($done)*);
+    };
+    // A family used only through its children: a local, not a field.
+    (@entries $mix:tt {
+        let $name:ident: $ty:ty $(= $make:expr)?, $metric:literal, $help:literal;
+        $($rest:tt)*
+    } $next:tt
+        fields[$($f:tt)*] lets[$($l:tt)*] registered[$($r:tt)*] inits[$($i:tt)*] shown[$($s:tt)*]
+    ) => {
+        metrics!(@entries $mix { $($rest)* } $next
+            fields[$($f)*]
+            lets[$($l)* let $name: $ty = metrics!(@make $($make)?);]
+            registered[$($r)* ($mix, $metric, $help, $name)]
+            inits[$($i)*]
+            shown[$($s)*]);
+    };
+    // A metric with a field.
+    (@entries $mix:tt {
+        $(#[$meta:meta])* $vis:vis $name:ident: $ty:ty $(= $make:expr)?
+            $(, $metric:literal, $help:literal)? $(=> $key:literal $(by $show:path)?)*;
+        $($rest:tt)*
+    } $next:tt
+        fields[$($f:tt)*] lets[$($l:tt)*] registered[$($r:tt)*] inits[$($i:tt)*] shown[$($s:tt)*]
+    ) => {
+        metrics!(@entries $mix { $($rest)* } $next
+            fields[$($f)* $(#[$meta])* $vis $name: $ty,]
+            lets[$($l)* let $name: $ty = metrics!(@make $($make)?);]
+            registered[$($r)* $(($mix, $metric, $help, $name))?]
+            inits[$($i)* $name,]
+            shown[$($s)* $(($mix, $key, $name $(, $show)?))*]);
+    };
+    (@entries true {} {}
+        fields[$($f:tt)*]
+        lets[$($l:tt)*]
+        registered[$(($rmix:tt, $metric:tt, $help:tt, $rname:ident))*]
+        inits[$($i:tt)*]
+        shown[$(($smix:tt, $key:tt, $sname:ident $(, $show:path)?))*]
+    ) => {
+        #[derive(Debug)]
+        pub struct Stats {
+            $($f)*
+            /// Whether the last read of the spool's counts worked (else
+            /// the `[STATS]` line says `?`).
+            queue_known: AtomicBool,
+            /// Mixnet mode is on: the line and the scrape carry the
+            /// mixnet metrics.
+            pub mixnet: AtomicBool,
+            /// The spool's reader of the queue counts (none in unit tests
+            /// without a spool). A reader, not a `Spool`: a spool handle
+            /// here would keep the committer open at shutdown.
+            spool: Option<QueueReader>,
+            /// The `core` metrics.
+            registry: Registry,
+            /// The `mixnet` metrics, encoded only in mixnet mode.
+            mixnet_registry: Registry,
+        }
+
+        impl Stats {
+            /// Makes every metric and registers it, in entry order.
+            fn build() -> Stats {
+                $($l)*
+                let mut registry = Registry::default();
+                let mut mixnet_registry = Registry::default();
+                $(
+                    metrics!(@registry $rmix, registry, mixnet_registry)
+                        .register($metric, $help, $rname.clone());
+                )*
+                Stats {
+                    $($i)*
+                    queue_known: AtomicBool::new(false),
+                    mixnet: AtomicBool::new(false),
+                    spool: None,
+                    registry,
+                    mixnet_registry,
+                }
+            }
+
+            /// The `[STATS]` fields of the entries, in entry order; the
+            /// mixnet ones only in mixnet mode.
+            fn metric_fields(&self) -> Vec<(&'static str, String)> {
+                let mixnet = self.mixnet.load(Ordering::Relaxed);
+                [$(
+                    metrics!(@shown $smix, mixnet,
+                        ($key, metrics!(@value self, $sname $(, $show)?)))
+                ),*]
+                .into_iter()
+                .flatten()
+                .collect()
+            }
+        }
+    };
+    (@make) => { Default::default() };
+    (@make $make:expr) => { $make };
+    (@registry false, $core:ident, $mixnet:ident) => { $core };
+    (@registry true, $core:ident, $mixnet:ident) => { $mixnet };
+    (@shown false, $on:ident, $field:expr) => { Some($field) };
+    (@shown true, $on:ident, $field:expr) => { $on.then(|| $field) };
+    (@value $stats:ident, $name:ident) => { $stats.$name.get().to_string() };
+    (@value $stats:ident, $name:ident, $show:path) => { $show($stats) };
+}
+
+metrics! {
+    core {
+        /// Messages handed to intake, by what became of them.
+        messages: Family<Label, Counter> = family("outcome", ENQUEUE_OUTCOMES.map(outcome_label)),
+            "pluto2_messages",
+            "Messages handed to intake by a transport, by outcome: queued; replay (answered 250, not queued again); own_cover (our loop cover come back); loop, too_many_hops (refused); failed, no_space, shutting_down (not stored, client told to retry)";
+        /// SMTP sessions by how they ended.
+        sessions: Family<Label, Counter> = family("outcome", SessionEnd::ALL.map(SessionEnd::label)),
+            "pluto2_smtp_sessions", "SMTP connections by how they ended";
+        /// 4xx/5xx replies to SMTP clients by class and reason.
+        refusals: Family<Labels, Counter>,
+            "pluto2_smtp_refusals",
+            "4xx and 5xx replies sent to SMTP clients, by class (temporary, permanent) and reason (the enhanced status code's subject, RFC 3463)";
+        /// Real messages queued (`outcome="queued"` of `messages`).
+        pub received: Counter = child(&messages, "outcome", "queued") => "received";
+        /// Recipients of real mail delivered (cover is counted apart).
+        pub sent: Counter,
+            "pluto2_recipients_delivered",
+            "Recipients of real mail (not cover) delivered to the next hop"
+            => "sent";
+        /// Recipients of real mail dropped for good (permanent failure or
+        /// the last attempt).
+        pub failed: Counter,
+            "pluto2_recipients_failed",
+            "Recipients of real mail dropped for good: a permanent failure, or a temporary one on the last attempt"
+            => "failed";
+        /// Recipients in the spool by state, as the spool last said.
+        queue: Family<Label, Gauge> = family("state", QUEUE_STATES),
+            "pluto2_queue_recipients", "Recipients in the spool by state, read from the spool"
+            => "deferred" by Stats::deferred => "queued" by Stats::waiting;
+        /// Cover messages generated and queued here.
+        pub cover_sent: Counter,
+            "pluto2_cover_sent", "Loop cover messages generated and queued here"
+            => "cover_sent";
+        /// Our own loop cover come back (`outcome="own_cover"`).
+        pub cover_received: Counter = child(&messages, "outcome", "own_cover"),
+            "pluto2_cover_received",
+            "Our own loop cover messages come back (also outcome=\"own_cover\" of pluto2_messages_total)"
+            => "cover_received";
+        /// Times the dispatcher leased due work.
+        pub batches: Counter,
+            "pluto2_delivery_batches", "Times the dispatcher leased due work from the spool"
+            => "batches";
+        /// Exact duplicates inside the replay window: answered 250, not
+        /// queued (`outcome="replay"`).
+        pub replays: Counter = child(&messages, "outcome", "replay") => "replays";
+        /// Cover that failed to leave: dropped, never retried.
+        pub cover_dropped: Counter,
+            "pluto2_cover_dropped", "Loop cover that failed to leave: dropped, never retried"
+            => "cover_dropped";
+        /// Cover not generated because deliveries were failing (Tor down).
+        pub cover_paused: Counter,
+            "pluto2_cover_paused", "Cover messages not generated because deliveries were failing"
+            => "cover_paused";
+        /// Deferrals: temporary failures that scheduled another attempt.
+        pub retries: Counter,
+            "pluto2_delivery_retries",
+            "Temporary delivery failures of real mail that deferred the recipient for another attempt"
+            => "retries";
+        /// Recipients not delivered, by disposition and failure class.
+        failures: Family<Labels, Counter>,
+            "pluto2_delivery_failures",
+            "Recipients of real mail not delivered, by disposition (retry, dropped, gave_up) and failure class";
+        /// Cover recipients delivered to the next hop.
+        pub cover_delivered: Counter,
+            "pluto2_cover_delivered", "Loop cover recipients delivered to the next hop"
+            => "cover_delivered";
+        /// Recipients and posts refused (direct mode) or dropped (mixnet
+        /// exit) because their destination is on the `-dest-block` list.
+        pub dest_blocked: Counter,
+            "pluto2_dest_blocked",
+            "Recipients and posts refused (direct mode) or dropped (mixnet exit) for a -dest-block destination"
+            => "dest_blocked";
+        /// Padding bytes added to outgoing messages (every attempt).
+        pub padding_bytes: Counter,
+            "pluto2_padding_bytes", "Padding bytes added to outgoing messages, every attempt counted";
+        /// Messages in the spool, as the spool last said.
+        queue_messages: Gauge,
+            "pluto2_queue_messages", "Messages in the spool, read from the spool";
+    }
+    mixnet {
+        /// Messages sent into the mixnet from here (fog's `sphinx`).
+        pub mix_messages_in: Counter,
+            "pluto2_mixnet_messages_sent", "Messages sent into the mixnet from this entry"
+            => "sphinx";
+        /// Recipients delivered by SMTP from here for mail that did not
+        /// leave the mixnet here (fog's `direct`). In mixnet mode it must
+        /// stay 0; it is counted, not printed as a constant, so a leak
+        /// would show.
+        pub direct: Counter,
+            "pluto2_mixnet_direct_deliveries",
+            "Recipients delivered by SMTP here of mail that did not leave the mixnet here: must stay 0"
+            => "direct";
+        /// Messages whose exit said COMPLETE.
+        pub mix_messages_acked: Counter,
+            "pluto2_mixnet_messages_acked", "Messages sent from here whose exit said COMPLETE"
+            => "acked";
+        /// Messages dropped after the end-to-end horizon.
+        pub mix_messages_failed: Counter,
+            "pluto2_mixnet_messages_failed",
+            "Messages sent from here given up after the end-to-end horizon"
+            => "e2e_failed";
+        /// Rounds in which mail waited because no route could be built.
+        pub mix_no_route: Counter,
+            "pluto2_mixnet_no_route", "Rounds in which mail waited because no route could be built"
+            => "no_route";
+        pub mix_fragments_sent: Counter,
+            "pluto2_mixnet_fragments_sent", "Fragments sent into the mixnet from this entry"
+            => "fragments";
+        pub mix_fragments_retransmitted: Counter,
+            "pluto2_mixnet_fragments_retransmitted",
+            "Fragments sent again because their acknowledgement did not come"
+            => "retransmitted";
+        /// Packets received on links (fog's `mix received`).
+        pub mix_packets_in: Counter,
+            "pluto2_mixnet_packets_received", "Packets received on links"
+            => "packets_in";
+        /// Packets handed to links (fog's `mix forwarded`; retries included).
+        pub mix_packets_out: Counter,
+            "pluto2_mixnet_packets_forwarded", "Packets handed to links, retries included"
+            => "packets_out";
+        /// Packets in custody here by kind, as the spool last said.
+        mix_custody: Family<Label, Gauge> = family("kind", CUSTODY_KINDS),
+            "pluto2_mixnet_custody_packets",
+            "Packets in custody here until the next hop acknowledges them, by kind, read from the spool"
+            => "packets_queued" by Stats::in_custody;
+        let mix_refused: Family<Label, Counter>,
+            "pluto2_mixnet_packets_refused",
+            "Packets received and not kept, by reason: replay (known tag), rejected (bad MAC, version, delay, next hop), unknown_epoch, bad_payload";
+        /// Packets whose replay tag was known.
+        pub mix_replays: Counter = child(&mix_refused, "reason", "replay") => "mix_replays";
+        /// Packets refused here: bad MAC, version, delay, next hop.
+        pub mix_rejected: Counter = child(&mix_refused, "reason", "rejected") => "rejected";
+        /// Packets the next hop refused.
+        pub mix_rejected_by_peer: Counter,
+            "pluto2_mixnet_packets_refused_by_peer", "Packets the next hop refused"
+            => "rejected_by_peer";
+        pub mix_unknown_epoch: Counter = child(&mix_refused, "reason", "unknown_epoch")
+            => "unknown_epoch";
+        /// Packets dropped when their custody horizon passed.
+        pub mix_expired: Counter,
+            "pluto2_mixnet_packets_expired",
+            "Packets dropped when their custody horizon passed unacknowledged"
+            => "expired";
+        pub mix_bad_payloads: Counter = child(&mix_refused, "reason", "bad_payload")
+            => "bad_payloads";
+        let mix_exit: Family<Label, Counter>,
+            "pluto2_mixnet_exit_messages",
+            "Messages at this exit: completed (handed to delivery) or duplicate (arrived again, re-acknowledged)";
+        /// Messages completed at this exit and handed to delivery.
+        pub mix_exit_completions: Counter = child(&mix_exit, "outcome", "completed")
+            => "exit_completed";
+        /// Messages that arrived again after completion (re-acknowledged).
+        pub mix_exit_duplicates: Counter = child(&mix_exit, "outcome", "duplicate")
+            => "exit_duplicates";
+        /// Usable other nodes now (shown over all other nodes).
+        pub mix_healthy: Gauge,
+            "pluto2_mixnet_peers_usable", "Other nodes with a working link now"
+            => "healthy" by Stats::healthy;
+        /// All other nodes in nodes.json.
+        pub mix_nodes: Gauge, "pluto2_mixnet_peers", "Other nodes in nodes.json";
+        /// The mix-key epoch now.
+        pub mix_epoch: Gauge,
+            "pluto2_mixnet_epoch", "The mix-key epoch now (unix time / params.epoch)"
+            => "epoch";
+        let loops: Family<Label, Counter>,
+            "pluto2_mixnet_loops",
+            "Loop cover packets by fate: sent, back (in time), lost (given up)";
+        /// Loop cover sent, back in time, and given up as lost.
+        pub mix_loops_sent: Counter = child(&loops, "fate", "sent") => "loops_sent";
+        pub mix_loops_back: Counter = child(&loops, "fate", "back") => "loops_back";
+        pub mix_loops_lost: Counter = child(&loops, "fate", "lost") => "loops_lost";
+        let drops: Family<Label, Counter>,
+            "pluto2_mixnet_drop_cover",
+            "Drop cover packets sent from here, and received here as their last hop";
+        /// Drop cover sent from here, and dropped here as its last hop.
+        pub mix_drops_sent: Counter = child(&drops, "direction", "sent") => "drops_sent";
+        pub mix_drops_received: Counter = child(&drops, "direction", "received")
+            => "drops_received";
+        /// Bundles that showed a node signing two keys for one epoch.
+        pub mix_two_faces: Counter,
+            "pluto2_mixnet_two_faces",
+            "Bundles showing a node signing two different mix keys for one epoch (the node is excluded)"
+            => "two_faces";
+        /// Messages sent from here waiting for their exit's COMPLETE.
+        mix_awaiting_ack: Gauge,
+            "pluto2_mixnet_awaiting_ack_messages",
+            "Messages sent from here waiting for their exit's COMPLETE";
+        /// Messages with some fragments stored at this exit.
+        mix_exit_partial: Gauge,
+            "pluto2_mixnet_exit_partial_messages", "Messages with some fragments stored at this exit";
+    }
 }
 
 impl Default for Stats {
@@ -201,317 +444,25 @@ impl Default for Stats {
 
 impl Stats {
     /// Builds every metric and registers it; `spool` brings the spool's
-    /// commit latency histograms (absent in unit tests without a spool).
-    pub fn new(spool: Option<CommitTimes>) -> Stats {
-        let mut r = Registry::default();
-        let messages = Family::<Label, Counter>::default();
-        for outcome in ENQUEUE_OUTCOMES {
-            let _ = messages.get_or_create(&[("outcome", outcome_label(outcome))]);
-        }
-        let child = |f: &Family<Label, Counter>, key: &'static str, value: &'static str| {
-            f.get_or_create(&[(key, value)]).clone()
-        };
-        let received = child(&messages, "outcome", "queued");
-        let replays = child(&messages, "outcome", "replay");
-        let cover_received = child(&messages, "outcome", "own_cover");
-        r.register(
-            "pluto2_messages",
-            "Messages handed to intake by a transport, by outcome: queued; replay (answered 250, not queued again); own_cover (our loop cover come back); loop, too_many_hops (refused); failed, no_space, shutting_down (not stored, client told to retry)",
-            messages.clone(),
-        );
-        let sessions = Family::<Label, Counter>::default();
-        for end in SessionEnd::ALL {
-            let _ = sessions.get_or_create(&[("outcome", end.label())]);
-        }
-        r.register(
-            "pluto2_smtp_sessions",
-            "SMTP connections by how they ended",
-            sessions.clone(),
-        );
-        let refusals = Family::<Labels, Counter>::default();
-        r.register(
-            "pluto2_smtp_refusals",
-            "4xx and 5xx replies sent to SMTP clients, by class (temporary, permanent) and reason (the enhanced status code's subject, RFC 3463)",
-            refusals.clone(),
-        );
-        let counter = |r: &mut Registry, name: &str, help: &str| {
-            let c = Counter::default();
-            r.register(name, help, c.clone());
-            c
-        };
-        let gauge = |r: &mut Registry, name: &str, help: &str| {
-            let g = Gauge::default();
-            r.register(name, help, g.clone());
-            g
-        };
-        let sent = counter(
-            &mut r,
-            "pluto2_recipients_delivered",
-            "Recipients of real mail (not cover) delivered to the next hop",
-        );
-        let failed = counter(
-            &mut r,
-            "pluto2_recipients_failed",
-            "Recipients of real mail dropped for good: a permanent failure, or a temporary one on the last attempt",
-        );
-        let retries = counter(
-            &mut r,
-            "pluto2_delivery_retries",
-            "Temporary delivery failures of real mail that deferred the recipient for another attempt",
-        );
-        let failures = Family::<Labels, Counter>::default();
-        r.register(
-            "pluto2_delivery_failures",
-            "Recipients of real mail not delivered, by disposition (retry, dropped, gave_up) and failure class",
-            failures.clone(),
-        );
-        let batches = counter(
-            &mut r,
-            "pluto2_delivery_batches",
-            "Times the dispatcher leased due work from the spool",
-        );
-        let padding_bytes = counter(
-            &mut r,
-            "pluto2_padding_bytes",
-            "Padding bytes added to outgoing messages, every attempt counted",
-        );
-        let cover_sent = counter(
-            &mut r,
-            "pluto2_cover_sent",
-            "Loop cover messages generated and queued here",
-        );
-        r.register(
-            "pluto2_cover_received",
-            "Our own loop cover messages come back (also outcome=\"own_cover\" of pluto2_messages_total)",
-            cover_received.clone(),
-        );
-        let cover_delivered = counter(
-            &mut r,
-            "pluto2_cover_delivered",
-            "Loop cover recipients delivered to the next hop",
-        );
-        let cover_dropped = counter(
-            &mut r,
-            "pluto2_cover_dropped",
-            "Loop cover that failed to leave: dropped, never retried",
-        );
-        let cover_paused = counter(
-            &mut r,
-            "pluto2_cover_paused",
-            "Cover messages not generated because deliveries were failing",
-        );
-        let queue = Family::<Label, Gauge>::default();
-        for state in QUEUE_STATES {
-            let _ = queue.get_or_create(&[("state", state)]);
-        }
-        r.register(
-            "pluto2_queue_recipients",
-            "Recipients in the spool by state, read from the spool",
-            queue.clone(),
-        );
-        let queue_messages = gauge(
-            &mut r,
-            "pluto2_queue_messages",
-            "Messages in the spool, read from the spool",
-        );
-        if let Some(times) = spool {
-            r.register(
+    /// commit latency histograms, which the spool declares and fills, and
+    /// its reader of the queue counts (absent in unit tests).
+    pub fn new(spool: Option<&Spool>) -> Stats {
+        let mut stats = Stats::build();
+        if let Some(spool) = spool {
+            stats.spool = Some(spool.reader());
+            let times = spool.commit_times();
+            stats.registry.register(
                 "pluto2_spool_commit_seconds",
                 "Time of the fsync'd COMMIT of one group of enqueued messages",
                 times.enqueue,
             );
-            r.register(
+            stats.registry.register(
                 "pluto2_spool_custody_commit_seconds",
                 "Time of the fsync'd COMMIT of one group of mixnet custody decisions",
                 times.custody,
             );
         }
-
-        let mut m = Registry::default();
-        let direct = counter(
-            &mut m,
-            "pluto2_mixnet_direct_deliveries",
-            "Recipients delivered by SMTP here of mail that did not leave the mixnet here: must stay 0",
-        );
-        let mix_messages_in = counter(
-            &mut m,
-            "pluto2_mixnet_messages_sent",
-            "Messages sent into the mixnet from this entry",
-        );
-        let mix_messages_acked = counter(
-            &mut m,
-            "pluto2_mixnet_messages_acked",
-            "Messages sent from here whose exit said COMPLETE",
-        );
-        let mix_messages_failed = counter(
-            &mut m,
-            "pluto2_mixnet_messages_failed",
-            "Messages sent from here given up after the end-to-end horizon",
-        );
-        let mix_no_route = counter(
-            &mut m,
-            "pluto2_mixnet_no_route",
-            "Rounds in which mail waited because no route could be built",
-        );
-        let mix_fragments_sent = counter(
-            &mut m,
-            "pluto2_mixnet_fragments_sent",
-            "Fragments sent into the mixnet from this entry",
-        );
-        let mix_fragments_retransmitted = counter(
-            &mut m,
-            "pluto2_mixnet_fragments_retransmitted",
-            "Fragments sent again because their acknowledgement did not come",
-        );
-        let mix_packets_in = counter(
-            &mut m,
-            "pluto2_mixnet_packets_received",
-            "Packets received on links",
-        );
-        let mix_packets_out = counter(
-            &mut m,
-            "pluto2_mixnet_packets_forwarded",
-            "Packets handed to links, retries included",
-        );
-        let mix_refused = Family::<Label, Counter>::default();
-        let mix_replays = child(&mix_refused, "reason", "replay");
-        let mix_rejected = child(&mix_refused, "reason", "rejected");
-        let mix_unknown_epoch = child(&mix_refused, "reason", "unknown_epoch");
-        let mix_bad_payloads = child(&mix_refused, "reason", "bad_payload");
-        m.register(
-            "pluto2_mixnet_packets_refused",
-            "Packets received and not kept, by reason: replay (known tag), rejected (bad MAC, version, delay, next hop), unknown_epoch, bad_payload",
-            mix_refused.clone(),
-        );
-        let mix_rejected_by_peer = counter(
-            &mut m,
-            "pluto2_mixnet_packets_refused_by_peer",
-            "Packets the next hop refused",
-        );
-        let mix_expired = counter(
-            &mut m,
-            "pluto2_mixnet_packets_expired",
-            "Packets dropped when their custody horizon passed unacknowledged",
-        );
-        let mix_exit = Family::<Label, Counter>::default();
-        let mix_exit_completions = child(&mix_exit, "outcome", "completed");
-        let mix_exit_duplicates = child(&mix_exit, "outcome", "duplicate");
-        m.register(
-            "pluto2_mixnet_exit_messages",
-            "Messages at this exit: completed (handed to delivery) or duplicate (arrived again, re-acknowledged)",
-            mix_exit.clone(),
-        );
-        let mix_custody = Family::<Label, Gauge>::default();
-        for kind in CUSTODY_KINDS {
-            let _ = mix_custody.get_or_create(&[("kind", kind)]);
-        }
-        m.register(
-            "pluto2_mixnet_custody_packets",
-            "Packets in custody here until the next hop acknowledges them, by kind, read from the spool",
-            mix_custody.clone(),
-        );
-        let mix_awaiting_ack = gauge(
-            &mut m,
-            "pluto2_mixnet_awaiting_ack_messages",
-            "Messages sent from here waiting for their exit's COMPLETE",
-        );
-        let mix_exit_partial = gauge(
-            &mut m,
-            "pluto2_mixnet_exit_partial_messages",
-            "Messages with some fragments stored at this exit",
-        );
-        let mix_healthy = gauge(
-            &mut m,
-            "pluto2_mixnet_peers_usable",
-            "Other nodes with a working link now",
-        );
-        let mix_nodes = gauge(&mut m, "pluto2_mixnet_peers", "Other nodes in nodes.json");
-        let mix_epoch = gauge(
-            &mut m,
-            "pluto2_mixnet_epoch",
-            "The mix-key epoch now (unix time / params.epoch)",
-        );
-        let loops = Family::<Label, Counter>::default();
-        m.register(
-            "pluto2_mixnet_loops",
-            "Loop cover packets by fate: sent, back (in time), lost (given up)",
-            loops.clone(),
-        );
-        let mix_loops_sent = child(&loops, "fate", "sent");
-        let mix_loops_back = child(&loops, "fate", "back");
-        let mix_loops_lost = child(&loops, "fate", "lost");
-        let drops = Family::<Label, Counter>::default();
-        m.register(
-            "pluto2_mixnet_drop_cover",
-            "Drop cover packets sent from here, and received here as their last hop",
-            drops.clone(),
-        );
-        let mix_drops_sent = child(&drops, "direction", "sent");
-        let mix_drops_received = child(&drops, "direction", "received");
-        let mix_two_faces = counter(
-            &mut m,
-            "pluto2_mixnet_two_faces",
-            "Bundles showing a node signing two different mix keys for one epoch (the node is excluded)",
-        );
-        let dest_blocked = counter(
-            &mut r,
-            "pluto2_dest_blocked",
-            "Recipients and posts refused (direct mode) or dropped (mixnet exit) for a -dest-block destination",
-        );
-        Stats {
-            messages,
-            received,
-            replays,
-            cover_received,
-            sessions,
-            refusals,
-            sent,
-            failed,
-            retries,
-            failures,
-            batches,
-            padding_bytes,
-            cover_sent,
-            cover_delivered,
-            cover_dropped,
-            cover_paused,
-            queue,
-            queue_messages,
-            queue_known: AtomicBool::new(false),
-            direct,
-            mixnet: AtomicBool::new(false),
-            mix_messages_in,
-            mix_messages_acked,
-            mix_messages_failed,
-            mix_no_route,
-            mix_fragments_sent,
-            mix_fragments_retransmitted,
-            mix_packets_in,
-            mix_packets_out,
-            mix_replays,
-            mix_rejected,
-            mix_unknown_epoch,
-            mix_bad_payloads,
-            mix_rejected_by_peer,
-            mix_expired,
-            mix_exit_completions,
-            mix_exit_duplicates,
-            mix_custody,
-            mix_awaiting_ack,
-            mix_exit_partial,
-            mix_healthy,
-            mix_nodes,
-            mix_epoch,
-            mix_loops_sent,
-            mix_loops_back,
-            mix_loops_lost,
-            mix_drops_sent,
-            mix_drops_received,
-            mix_two_faces,
-            dest_blocked,
-            registry: r,
-            mixnet_registry: m,
-        }
+        stats
     }
 
     pub fn add(counter: &Counter, n: u64) {
@@ -572,19 +523,20 @@ impl Stats {
         self.queue_known.store(true, Ordering::Relaxed);
     }
 
-    /// Reads the spool's counts (off the executor) into the queue gauges;
-    /// when they cannot be read, the `[STATS]` line says `?` for them.
-    pub async fn read_queue(&self, data_dir: &Path) {
-        let dir = data_dir.to_path_buf();
-        let clock = crate::time::system_clock();
-        let report = tokio::task::spawn_blocking(move || crate::spool::queue_report(&dir, &clock))
-            .await
-            .ok()
-            .and_then(Result::ok);
-        match report {
-            Some(r) => self.set_queue(&r),
+    /// Reads the spool's counts through its reader (one connection the
+    /// spool opened at start, not a new one per call) into the queue
+    /// gauges, and returns them. When they cannot be read the gauges keep
+    /// their last values and the `[STATS]` line says `?` for them.
+    pub async fn read_queue(&self) -> Option<QueueReport> {
+        let report = match &self.spool {
+            Some(reader) => reader.report().await.ok(),
+            None => None,
+        };
+        match &report {
+            Some(r) => self.set_queue(r),
             None => self.queue_known.store(false, Ordering::Relaxed),
         }
+        report
     }
 
     /// The registry in the Prometheus text format (version 0.0.4); the
@@ -603,87 +555,46 @@ impl Stats {
         self.queue.get_or_create(&[("state", state)]).get().max(0) as u64
     }
 
-    /// The `[STATS]` fields in their fixed order, so scripts can parse the
-    /// line: a new field is one more entry at the end of the list.
-    fn fields(&self, uptime: Duration) -> Vec<(&'static str, String)> {
-        let n = |c: &Counter| c.get().to_string();
-        let known = self.queue_known.load(Ordering::Relaxed);
-        let from_spool = |v: u64| {
-            if known {
-                v.to_string()
-            } else {
-                "?".to_string()
-            }
-        };
-        let uptime = humantime::format_duration(Duration::from_secs(uptime.as_secs()));
-        let waiting: u64 = QUEUE_STATES.iter().map(|s| self.queue_gauge(s)).sum();
-        vec![
-            ("uptime", uptime.to_string()),
-            ("received", n(&self.received)),
-            ("sent", n(&self.sent)),
-            ("failed", n(&self.failed)),
-            ("deferred", from_spool(self.queue_gauge("deferred"))),
-            ("queued", from_spool(waiting)),
-            ("cover_sent", n(&self.cover_sent)),
-            ("cover_received", n(&self.cover_received)),
-            ("batches", n(&self.batches)),
-            ("replays", n(&self.replays)),
-            ("cover_dropped", n(&self.cover_dropped)),
-            ("cover_paused", n(&self.cover_paused)),
-            ("retries", n(&self.retries)),
-            ("cover_delivered", n(&self.cover_delivered)),
-            ("dest_blocked", n(&self.dest_blocked)),
-        ]
+    /// A count read from the spool, or `?` when the last read failed.
+    fn spool_count(&self, n: u64) -> String {
+        if self.queue_known.load(Ordering::Relaxed) {
+            n.to_string()
+        } else {
+            "?".to_string()
+        }
     }
 
-    /// The mixnet fields (none in direct mode). `direct` stays 0 in mixnet
-    /// mode: mail accepted here never leaves directly.
-    fn mixnet_fields(&self) -> Vec<(&'static str, String)> {
-        if !self.mixnet.load(Ordering::Relaxed) {
-            return Vec::new();
-        }
-        let n = |c: &Counter| c.get().to_string();
+    /// `deferred=`: recipients waiting for a retry.
+    fn deferred(&self) -> String {
+        self.spool_count(self.queue_gauge("deferred"))
+    }
+
+    /// `queued=`: every recipient in the spool, whatever its state.
+    fn waiting(&self) -> String {
+        self.spool_count(QUEUE_STATES.iter().map(|s| self.queue_gauge(s)).sum())
+    }
+
+    /// `packets_queued=`: packets in custody, all kinds.
+    fn in_custody(&self) -> String {
         let custody: i64 = CUSTODY_KINDS
             .iter()
             .map(|k| self.mix_custody.get_or_create(&[("kind", k)]).get())
             .sum();
-        vec![
-            ("sphinx", n(&self.mix_messages_in)),
-            ("direct", n(&self.direct)),
-            ("acked", n(&self.mix_messages_acked)),
-            ("e2e_failed", n(&self.mix_messages_failed)),
-            ("no_route", n(&self.mix_no_route)),
-            ("fragments", n(&self.mix_fragments_sent)),
-            ("retransmitted", n(&self.mix_fragments_retransmitted)),
-            ("packets_in", n(&self.mix_packets_in)),
-            ("packets_out", n(&self.mix_packets_out)),
-            ("packets_queued", custody.max(0).to_string()),
-            ("mix_replays", n(&self.mix_replays)),
-            ("rejected", n(&self.mix_rejected)),
-            ("rejected_by_peer", n(&self.mix_rejected_by_peer)),
-            ("unknown_epoch", n(&self.mix_unknown_epoch)),
-            ("expired", n(&self.mix_expired)),
-            ("bad_payloads", n(&self.mix_bad_payloads)),
-            ("exit_completed", n(&self.mix_exit_completions)),
-            ("exit_duplicates", n(&self.mix_exit_duplicates)),
-            (
-                "healthy",
-                format!("{}/{}", self.mix_healthy.get(), self.mix_nodes.get()),
-            ),
-            ("epoch", self.mix_epoch.get().to_string()),
-            ("loops_sent", n(&self.mix_loops_sent)),
-            ("loops_back", n(&self.mix_loops_back)),
-            ("loops_lost", n(&self.mix_loops_lost)),
-            ("drops_sent", n(&self.mix_drops_sent)),
-            ("drops_received", n(&self.mix_drops_received)),
-            ("two_faces", n(&self.mix_two_faces)),
-        ]
+        custody.max(0).to_string()
     }
 
-    /// One line, `key=value` pairs in a fixed order so scripts can parse it.
+    /// `healthy=usable/all` other nodes.
+    fn healthy(&self) -> String {
+        format!("{}/{}", self.mix_healthy.get(), self.mix_nodes.get())
+    }
+
+    /// One line, `key=value` pairs in a fixed order so scripts can parse
+    /// it: the uptime, then the entries' fields (the mixnet ones only in
+    /// mixnet mode; `direct` stays 0 there).
     pub fn line(&self, uptime: Duration) -> String {
-        let mut line = String::from("[STATS]");
-        for (key, value) in self.fields(uptime).into_iter().chain(self.mixnet_fields()) {
+        let uptime = humantime::format_duration(Duration::from_secs(uptime.as_secs()));
+        let mut line = format!("[STATS] uptime={uptime}");
+        for (key, value) in self.metric_fields() {
             line.push(' ');
             line.push_str(key);
             line.push('=');
@@ -696,7 +607,6 @@ impl Stats {
     /// read from the spool first, so they are right across restarts.
     pub async fn report(
         self: std::sync::Arc<Self>,
-        data_dir: PathBuf,
         interval: Duration,
         shutdown: CancellationToken,
     ) {
@@ -706,7 +616,7 @@ impl Stats {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            self.read_queue(&data_dir).await;
+            self.read_queue().await;
             info!("{}", self.line(started.elapsed()));
         }
     }
@@ -766,6 +676,69 @@ mod tests {
             line,
             "[STATS] uptime=1h 2m 5s received=3 sent=0 failed=0 deferred=2 queued=7 cover_sent=2 cover_received=0 batches=0 replays=4 cover_dropped=0 cover_paused=0 retries=1 cover_delivered=0 dest_blocked=0"
         );
+    }
+
+    /// Scripts parse the line by key and position: the keys of both modes,
+    /// in order, each once (the entry order of `metrics!` sets them).
+    #[test]
+    fn it_keeps_the_stats_keys_in_their_order() {
+        let keys = |s: &Stats| -> Vec<String> {
+            s.line(Duration::ZERO)
+                .split(' ')
+                .skip(1)
+                .map(|kv| kv.split_once('=').unwrap().0.to_string())
+                .collect()
+        };
+        let direct = [
+            "uptime",
+            "received",
+            "sent",
+            "failed",
+            "deferred",
+            "queued",
+            "cover_sent",
+            "cover_received",
+            "batches",
+            "replays",
+            "cover_dropped",
+            "cover_paused",
+            "retries",
+            "cover_delivered",
+            "dest_blocked",
+        ];
+        let mixnet = [
+            "sphinx",
+            "direct",
+            "acked",
+            "e2e_failed",
+            "no_route",
+            "fragments",
+            "retransmitted",
+            "packets_in",
+            "packets_out",
+            "packets_queued",
+            "mix_replays",
+            "rejected",
+            "rejected_by_peer",
+            "unknown_epoch",
+            "expired",
+            "bad_payloads",
+            "exit_completed",
+            "exit_duplicates",
+            "healthy",
+            "epoch",
+            "loops_sent",
+            "loops_back",
+            "loops_lost",
+            "drops_sent",
+            "drops_received",
+            "two_faces",
+        ];
+        let s = Stats::default();
+        assert_eq!(keys(&s), direct);
+        s.mixnet.store(true, Ordering::Relaxed);
+        let all: Vec<&str> = direct.iter().chain(&mixnet).copied().collect();
+        assert_eq!(keys(&s), all);
     }
 
     #[test]

@@ -200,9 +200,9 @@ fn bind_unix(path: &Path) -> Result<MetricsListener, MetricsError> {
 
 /// What the endpoint reports from.
 pub struct Endpoint {
+    /// Also reads the queue gauges, through the spool's reader, on every
+    /// scrape.
     pub stats: Arc<Stats>,
-    /// For the queue gauges, read from the spool on every scrape.
-    pub data_dir: PathBuf,
     ready: AtomicBool,
     /// The daemon's shutdown: once cancelled, `/ready` says 503.
     shutdown: CancellationToken,
@@ -212,10 +212,9 @@ pub struct Endpoint {
 type HttpReply = Response<Full<Bytes>>;
 
 impl Endpoint {
-    pub fn new(stats: Arc<Stats>, data_dir: PathBuf, shutdown: CancellationToken) -> Endpoint {
+    pub fn new(stats: Arc<Stats>, shutdown: CancellationToken) -> Endpoint {
         Endpoint {
             stats,
-            data_dir,
             ready: AtomicBool::new(false),
             shutdown,
         }
@@ -266,7 +265,7 @@ impl Endpoint {
         }
         let r = match path {
             "/metrics" => {
-                let read = self.stats.read_queue(&self.data_dir);
+                let read = self.stats.read_queue();
                 if tokio::time::timeout(QUEUE_READ_DEADLINE, read)
                     .await
                     .is_err()
@@ -628,11 +627,7 @@ mod tests {
 
     fn endpoint() -> (Arc<Endpoint>, CancellationToken) {
         let shutdown = CancellationToken::new();
-        let e = Endpoint::new(
-            Arc::new(Stats::default()),
-            PathBuf::from("/nonexistent/pluto2-test"),
-            shutdown.clone(),
-        );
+        let e = Endpoint::new(Arc::new(Stats::default()), shutdown.clone());
         (Arc::new(e), shutdown)
     }
 

@@ -16,7 +16,6 @@
 //! Without `NOTIFY_SOCKET` in the environment [`Notifier::from_env`] gives
 //! `None`, nothing is sent and no task runs.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -97,7 +96,6 @@ impl Probe for Liveness {
 
 /// What the STATUS line is made of.
 pub struct StatusSource {
-    pub data_dir: PathBuf,
     pub stats: Arc<Stats>,
     pub every: Duration,
 }
@@ -197,20 +195,17 @@ pub(crate) fn status_text(queued: Option<(u64, u64)>, stats: &Stats) -> String {
 }
 
 /// Sends STATUS at once and then every `status.every` (at most
-/// [`STATUS_EVERY`] apart), reading the counts through a reader
-/// connection so the committer is not asked.
+/// [`STATUS_EVERY`] apart), reading the counts through the spool's reader
+/// (see [`Stats::read_queue`]) so the committer is not asked.
 async fn report_status(status: &StatusSource, sink: &dyn Sink) {
     let mut ticks = tokio::time::interval(status.every.min(STATUS_EVERY));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let clock = crate::time::system_clock();
     loop {
         ticks.tick().await;
-        let dir = status.data_dir.clone();
-        let clock = clock.clone();
-        let counts = tokio::task::spawn_blocking(move || crate::spool::queue_report(&dir, &clock))
+        let counts = status
+            .stats
+            .read_queue()
             .await
-            .ok()
-            .and_then(Result::ok)
             .map(|r| (r.queued, r.deferred));
         let text = status_text(counts, &status.stats);
         sink.send(&[NotifyState::Status(&text)]);

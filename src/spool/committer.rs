@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, error};
 
 use super::delivery::{self, Disposition, LeaseBatch, LeaseScope};
+use super::reader::{self, ReaderSlot};
 use super::{CommitTimes, SpoolError, custody};
 use crate::envelope::{EnqueueOutcome, Message, ReplayId};
 use crate::time::{Clock, UnixMillis};
@@ -83,6 +84,8 @@ pub struct CustodyRequest {
 
 pub struct Committer {
     conn: Connection,
+    /// The spool's reader, closed here before the final checkpoint.
+    reader: ReaderSlot,
     clock: Clock,
     replay_window: Duration,
     last_prune: u64,
@@ -93,6 +96,7 @@ pub struct Committer {
 impl Committer {
     pub fn new(
         conn: Connection,
+        reader: ReaderSlot,
         clock: Clock,
         replay_window: Duration,
         new_mail: Arc<Notify>,
@@ -100,6 +104,7 @@ impl Committer {
     ) -> Self {
         Self {
             conn,
+            reader,
             clock,
             replay_window,
             last_prune: 0,
@@ -108,7 +113,9 @@ impl Committer {
         }
     }
 
-    /// Runs until every sender is gone, then checkpoints and closes.
+    /// Runs until every sender is gone, then closes the reader,
+    /// checkpoints and closes: the writer is the last connection, so the
+    /// close removes the `-wal` and `-shm` files.
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
         let mut custody = Vec::with_capacity(MAX_GROUP);
@@ -135,6 +142,7 @@ impl Committer {
                 self.bookkeeping(job);
             }
         }
+        reader::close(&self.reader);
         if let Err(e) = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))

@@ -3,12 +3,14 @@
 //! [`Spool::open`] starts the committer thread and hands out a cheap,
 //! cloneable handle. [`Spool::enqueue`] returns only after the message is on
 //! stable storage (or with the reason it is not), which is the condition for
-//! answering `250` after DATA.
+//! answering `250` after DATA. [`Spool::reader`] reads the queue counts
+//! beside the writer, for `[STATS]`, `/metrics` and systemd STATUS.
 
 mod committer;
 pub mod custody;
 mod delivery;
 pub mod ops;
+mod reader;
 pub mod report;
 mod schema;
 
@@ -23,6 +25,7 @@ use tracing::{debug, info, warn};
 
 pub use delivery::{Disposition, Lease, LeaseBatch, LeaseScope, LeasedRecipient};
 pub use ops::{QueueOpError, QueueOps, Selection};
+pub use reader::QueueReader;
 pub use report::QueueReport;
 pub use schema::{SPOOL_FILE, SpoolInspection, inspect_read_only};
 
@@ -168,6 +171,7 @@ pub struct Spool {
     /// it; a watch, unlike `new_mail`, wakes every waiter and loses nothing).
     mail: Arc<watch::Sender<u64>>,
     times: CommitTimes,
+    reader: QueueReader,
 }
 
 /// Joins the committer thread once every [`Spool`] handle is dropped.
@@ -190,10 +194,18 @@ impl Spool {
     ) -> Result<(Spool, SpoolCloser), SpoolError> {
         let conn = schema::open_writer(data_dir)?;
         delivery::release_all_leases(&conn).map_err(schema::still_opening)?;
+        let reader = reader::open(data_dir)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let new_mail = Arc::new(Notify::new());
         let times = CommitTimes::default();
-        let committer = Committer::new(conn, clock, replay_window, new_mail.clone(), times.clone());
+        let committer = Committer::new(
+            conn,
+            reader.clone(),
+            clock.clone(),
+            replay_window,
+            new_mail.clone(),
+            times.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("spool-committer".into())
             .spawn(move || committer.run(rx))?;
@@ -207,9 +219,16 @@ impl Spool {
                 mail,
                 reserve: None,
                 times,
+                reader: QueueReader::new(reader, clock),
             },
             SpoolCloser { thread },
         ))
+    }
+
+    /// The spool's reader of the queue counts (one connection, opened
+    /// with the spool and closed by the committer before the spool closes).
+    pub fn reader(&self) -> QueueReader {
+        self.reader.clone()
     }
 
     /// The commit latency histograms the committer fills.
@@ -523,13 +542,6 @@ impl Spool {
     pub async fn mixnet_counts(&self) -> Result<MixnetCounts, SpoolError> {
         self.call(|conn, _| custody::counts(conn)).await
     }
-}
-
-/// Reads the queue summary of the spool in `data_dir` (works while the
-/// daemon runs, thanks to WAL).
-pub fn queue_report(data_dir: &Path, clock: &Clock) -> Result<QueueReport, SpoolError> {
-    let mut conn = schema::open_reader(data_dir)?;
-    report::read(&mut conn, clock()).map_err(schema::still_opening)
 }
 
 #[cfg(test)]

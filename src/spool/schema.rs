@@ -82,6 +82,21 @@ pub fn open_reader(data_dir: &Path) -> Result<Connection, SpoolError> {
     }
 }
 
+/// Opens the daemon's own reader (see `reader`) of the spool its writer
+/// has just opened: read-only, so that it can never take the write lock
+/// from the committer, and with the same busy wait as every other
+/// connection for the moment of a checkpoint. The writer has identified
+/// and migrated the file already.
+pub(super) fn open_daemon_reader(data_dir: &Path) -> Result<Connection, SpoolError> {
+    let conn = Connection::open_with_flags(
+        data_dir.join(SPOOL_FILE),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(opening)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(opening)?;
+    Ok(conn)
+}
+
 /// What `pluto2 check` learns from an existing spool without changing it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolInspection {

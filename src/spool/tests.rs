@@ -77,7 +77,11 @@ impl TestSpool {
     }
 
     fn report(&self) -> QueueReport {
-        queue_report(self.dir.path(), &self.clock).unwrap()
+        // As `pluto2 queue` reads it: its own connection, by path.
+        QueueOps::open(self.dir.path())
+            .unwrap()
+            .report((self.clock)())
+            .unwrap()
     }
 
     async fn enqueue(&self, body: &str, rcpts: usize) -> EnqueueOutcome {
@@ -99,6 +103,58 @@ async fn it_stores_messages_with_one_row_per_recipient() {
     assert_eq!(report.recipients, 5);
     assert_eq!(report.queued, 5);
     t.close().await;
+}
+
+/// The spool's reader sees every commit of the writer (one read
+/// transaction per report, no stale snapshot) and agrees with what
+/// `pluto2 queue` reads by path.
+#[tokio::test]
+async fn its_reader_counts_what_the_writer_committed() {
+    let t = TestSpool::open(Duration::from_secs(86400), 1000);
+    let reader = t.spool.reader();
+    assert_eq!(reader.report().await.unwrap().messages, 0);
+    assert_eq!(t.enqueue("one", 2).await, EnqueueOutcome::Queued);
+    assert_eq!(t.enqueue("two", 3).await, EnqueueOutcome::Queued);
+    let report = reader.report().await.unwrap();
+    assert_eq!((report.messages, report.queued), (2, 5));
+    t.spool.lease(1, Duration::from_secs(60)).await.unwrap();
+    let report = reader.report().await.unwrap();
+    assert_eq!(report, t.report());
+    assert!(report.leased > 0, "{report:?}");
+    assert_eq!(report.queued + report.leased, 5);
+    t.close().await;
+}
+
+/// A reader handle that outlives every `Spool` does not keep the database
+/// open: the committer closes the reader before its final checkpoint, so
+/// the clean close still removes the `-wal` and `-shm` files (what
+/// `pluto2 check` relies on to open the file untouched).
+#[tokio::test]
+async fn its_reader_is_closed_before_the_spool_closes() {
+    let t = TestSpool::open(Duration::from_secs(86400), 1000);
+    let reader = t.spool.reader();
+    assert_eq!(t.enqueue("one", 1).await, EnqueueOutcome::Queued);
+    assert_eq!(reader.report().await.unwrap().messages, 1);
+    let dir = t.dir.path().to_path_buf();
+    let sidecar = |suffix: &str| dir.join(format!("{SPOOL_FILE}{suffix}"));
+    assert!(sidecar("-wal").exists(), "the daemon runs in WAL mode");
+    let TestSpool {
+        dir: _keep,
+        spool,
+        closer,
+        ..
+    } = t;
+    drop(spool);
+    closer.closed().await;
+    assert!(
+        !sidecar("-wal").exists(),
+        "the -wal file outlived the close"
+    );
+    assert!(
+        !sidecar("-shm").exists(),
+        "the -shm file outlived the close"
+    );
+    assert!(matches!(reader.report().await, Err(SpoolError::Closed)));
 }
 
 #[tokio::test]
@@ -226,9 +282,7 @@ async fn it_commits_requests_that_queued_up_during_a_commit_as_one_group() {
 #[test]
 fn it_explains_a_missing_spool() {
     let dir = tempfile::tempdir().unwrap();
-    let err = queue_report(dir.path(), &crate::time::system_clock())
-        .unwrap_err()
-        .to_string();
+    let err = QueueOps::open(dir.path()).err().unwrap().to_string();
     assert!(err.contains("-data-dir"), "{err}");
 }
 
