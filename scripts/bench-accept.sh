@@ -5,6 +5,8 @@
 #   REPS=3 N4=1000 N64=300 bash scripts/bench-accept.sh
 #   SOURCE_OPTS=-d bash scripts/bench-accept.sh  # all messages of a session on one connection
 #   PF_HOLD=1 bash scripts/bench-accept.sh       # Postfix puts mail on hold: accept path only
+#   PLUTO2=/path/to/pluto2 SESSIONS_LIST=20 SIZES=4096 bash scripts/bench-accept.sh
+#                                                # another build (no cargo build), one cell
 #
 # Both servers answer 250 to DATA only once the message is on stable
 # storage: pluto2 after its SQLite transaction (WAL, synchronous=FULL) is
@@ -50,11 +52,14 @@ for p in "$PF_PORT" "$PL_PORT"; do
   fi
 done
 
-if ! cargo build --release --quiet; then
+if [ -n "${PLUTO2:-}" ]; then
+  PLUTO2=$(realpath "$PLUTO2") # a given binary, e.g. an older commit's build
+elif ! cargo build --release --quiet; then
   echo "cargo build --release failed (source mid-edit?); try again later" >&2
   exit 1
+else
+  PLUTO2=$PWD/target/release/pluto2
 fi
-PLUTO2=$PWD/target/release/pluto2
 
 t0=$(date +%s)
 work=$(mktemp -d /var/tmp/pluto2-bench.XXXXXX)
@@ -223,12 +228,17 @@ col() { local i=$1; shift; for r in "$@"; do echo "$r" | awk -v i="$i" '{print $
 postfix_discarded() { grep -c 'status=sent (reference)' "$pf_log" 2>/dev/null || true; }
 pf_held=0
 
-echo "pluto2 $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (uncommitted changes in src)'); $(/usr/sbin/postconf -d mail_version 2>/dev/null | sed 's/ = / /;s/mail_version/Postfix/')"
+if [ "$PLUTO2" = "$PWD/target/release/pluto2" ]; then
+  built="$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (uncommitted changes in src)')"
+else
+  built=$PLUTO2
+fi
+echo "pluto2 $built; $(/usr/sbin/postconf -d mail_version 2>/dev/null | sed 's/ = / /;s/mail_version/Postfix/')"
 echo "$(nproc) CPUs, kernel $(uname -r), data on $(df --output=fstype "$work" | tail -1) ($(df --output=source "$work" | tail -1)); REPS=$REPS N4=$N4 N64=$N64"
 echo
 
 rows=(); details=(); pf_sent=0; total_pl=0
-for size in 4096 65536; do
+for size in ${SIZES:-4096 65536}; do
   if [ "$size" -eq 4096 ]; then count=$N4; else count=$N64; fi
   for sessions in $SESSIONS_LIST; do
     data=$work/pluto2-$sessions-$size

@@ -25,6 +25,7 @@ use std::fmt;
 
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::IsIdentity;
 use data_encoding::BASE32_NOPAD;
 use sha3::{Digest, Sha3_256};
 
@@ -76,7 +77,27 @@ pub enum OnionError {
 fn is_valid_service_key(key: &[u8; 32]) -> bool {
     CompressedEdwardsY(*key)
         .decompress()
-        .is_some_and(|point| point.is_torsion_free() && !point.is_small_order())
+        .is_some_and(|point| is_torsion_free(&point) && !point.is_small_order())
+}
+
+/// True if `point` lies in the prime-order subgroup: `[ℓ]P` is the
+/// identity, computed as `[ℓ − 1]P + P` (ℓ − 1 is `−1` as a reduced
+/// scalar).
+///
+/// The same test as `EdwardsPoint::is_torsion_free`, which multiplies in
+/// constant time: about 320,000 instructions per RCPT to an onion address,
+/// as much as everything else in accepting a 4 KiB message together
+/// (BENCHMARKS.md, "Accept path: instructions per message"). This
+/// variable-time multiplication takes about 260,000. Time that depends on
+/// the key is harmless here: the key is the destination the client itself
+/// wrote, so its timing tells the client nothing it did not send, and
+/// nothing about anyone else's mail. (Remembering keys already checked
+/// would save the rest, but would let a client learn from the time of its
+/// RCPT whether someone recently wrote to that address.)
+fn is_torsion_free(point: &EdwardsPoint) -> bool {
+    let l_minus_one = -Scalar::ONE;
+    (EdwardsPoint::vartime_double_scalar_mul_basepoint(&l_minus_one, point, &Scalar::ZERO) + point)
+        .is_identity()
 }
 
 /// A verified v3 onion service name, stored lowercase, e.g.
@@ -339,6 +360,42 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// The variable-time subgroup test gives dalek's constant-time answer
+    /// for points in the subgroup, each of the eight torsion points alone,
+    /// and every mix of the two, so the faster test refuses exactly the
+    /// keys the reference refuses.
+    #[test]
+    fn its_torsion_test_agrees_with_dalek_on_every_torsion_component() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        let mut tried = 0;
+        for seed in 0..16u8 {
+            let good = CompressedEdwardsY(OnionName::from_seed(seed).public_key())
+                .decompress()
+                .unwrap();
+            for torsion in EIGHT_TORSION {
+                for point in [good + torsion, torsion, good] {
+                    assert_eq!(
+                        is_torsion_free(&point),
+                        point.is_torsion_free(),
+                        "seed {seed}, {:?}",
+                        point.compress()
+                    );
+                    tried += 1;
+                }
+            }
+        }
+        // Arbitrary curve points (random y): most carry a torsion part.
+        for b in 0..=u8::MAX {
+            let mut y = [b; 32];
+            y[0] = b.wrapping_mul(31);
+            if let Some(point) = CompressedEdwardsY(y).decompress() {
+                assert_eq!(is_torsion_free(&point), point.is_torsion_free(), "{y:?}");
+                tried += 1;
+            }
+        }
+        assert!(tried > 400, "only {tried} points tried");
     }
 
     #[test]

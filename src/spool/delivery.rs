@@ -93,8 +93,53 @@ fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Completes a deletion whose delivery never settled (its lease ran out).
+///
+/// Only leased recipients are ever marked deleted (`ops::delete`), and
+/// saying so lets SQLite find them through the `recipients_due` index
+/// instead of reading the whole table: a lease runs after every commit of
+/// new mail, so a scan here made accepting mail slower the more mail the
+/// spool held.
+const FINISH_DELETIONS: &str = "DELETE FROM messages WHERE id IN (SELECT message_id FROM recipients
+     WHERE state = 'leased' AND mark = 'deleted' AND lease_until <= ?1)";
+
+/// A held recipient whose delivery never settled waits as it would after a
+/// failed attempt, not as "in delivery".
+const DEFER_HELD: &str = "UPDATE recipients SET state = 'deferred', lease_until = NULL
+     WHERE state = 'leased' AND mark = 'held' AND lease_until <= ?1";
+
+/// Due recipients (`?1` now, `?2` rows at most), earliest first. Ties in
+/// release time are broken at random (SQLite's ChaCha20-based random()),
+/// never by arrival order, which would leak it.
+///
+/// `LIMIT ?2 + 0` rather than `LIMIT ?2`: SQLite plans with the value of a
+/// bare bound LIMIT, and so compiles the statement again each time it is
+/// bound anew, on every lease; the sum is only evaluated when it runs.
+fn due_sql(scope: LeaseScope) -> String {
+    format!(
+        "SELECT id, message_id, address, attempts FROM recipients
+         WHERE ((state IN ('queued', 'deferred') AND next_attempt <= ?1)
+            OR (state = 'leased' AND lease_until <= ?1)) AND mark IS NULL AND {}
+         ORDER BY next_attempt, random() LIMIT ?2 + 0",
+        scope.condition()
+    )
+}
+
+/// When the next recipient in `scope` becomes due or its lease runs out.
+fn next_due_sql(scope: LeaseScope) -> String {
+    format!(
+        "SELECT MIN(t) FROM (
+             SELECT MIN(next_attempt) AS t FROM recipients
+             WHERE state IN ('queued', 'deferred') AND mark IS NULL AND {c}
+             UNION ALL
+             SELECT MIN(lease_until) FROM recipients WHERE state = 'leased' AND {c})",
+        c = scope.condition()
+    )
+}
+
 /// Leases up to `max` groups of due recipients until `now + lease_ms`
-/// (all times unix ms).
+/// (all times unix ms). Runs whenever new mail was committed, so every
+/// statement is cached and none reads the whole `recipients` table.
 pub fn lease(
     conn: &mut Connection,
     now: u64,
@@ -104,32 +149,13 @@ pub fn lease(
 ) -> Result<LeaseBatch, SpoolError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let now_i = now as i64;
-    // A deletion whose delivery never settled (its lease ran out) is
-    // completed here.
-    tx.execute(
-        "DELETE FROM messages WHERE id IN (SELECT message_id FROM recipients
-             WHERE mark = 'deleted' AND lease_until <= ?1)",
-        params![now_i],
-    )?;
-    // A held recipient whose delivery never settled waits as it would
-    // after a failed attempt, not as "in delivery".
-    tx.execute(
-        "UPDATE recipients SET state = 'deferred', lease_until = NULL
-         WHERE state = 'leased' AND mark = 'held' AND lease_until <= ?1",
-        params![now_i],
-    )?;
+    tx.prepare_cached(FINISH_DELETIONS)?
+        .execute(params![now_i])?;
+    tx.prepare_cached(DEFER_HELD)?.execute(params![now_i])?;
     let mut groups: BTreeMap<(i64, String), Vec<LeasedRecipient>> = BTreeMap::new();
     let mut order: Vec<(i64, String)> = Vec::new();
     {
-        let mut due = tx.prepare_cached(&format!(
-            "SELECT id, message_id, address, attempts FROM recipients
-             WHERE ((state IN ('queued', 'deferred') AND next_attempt <= ?1)
-                OR (state = 'leased' AND lease_until <= ?1)) AND mark IS NULL AND {}
-             ORDER BY next_attempt, random() LIMIT ?2",
-            scope.condition()
-        ))?;
-        // Ties in release time are broken at random (SQLite's ChaCha20-based
-        // random()), never by arrival order, which would leak it.
+        let mut due = tx.prepare_cached(&due_sql(scope))?;
         // Enough rows for `max` full groups; a message has at most
         // -max-recipients rows, so this bounds the scan.
         let rows = due.query_map(params![now_i, (max * 64) as i64], |r| {
@@ -191,18 +217,9 @@ pub fn lease(
             });
         }
     }
-    let next_due: Option<i64> = tx.query_row(
-        &format!(
-            "SELECT MIN(t) FROM (
-                 SELECT MIN(next_attempt) AS t FROM recipients
-                 WHERE state IN ('queued', 'deferred') AND mark IS NULL AND {c}
-                 UNION ALL
-                 SELECT MIN(lease_until) FROM recipients WHERE state = 'leased' AND {c})",
-            c = scope.condition()
-        ),
-        [],
-        |r| r.get(0),
-    )?;
+    let next_due: Option<i64> = tx
+        .prepare_cached(&next_due_sql(scope))?
+        .query_row([], |r| r.get(0))?;
     tx.commit()?;
     Ok(LeaseBatch {
         leases,
@@ -269,4 +286,63 @@ pub fn release_all_leases(conn: &Connection) -> Result<usize, SpoolError> {
         "UPDATE recipients SET state = 'queued', lease_until = NULL WHERE state = 'leased'",
         [],
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+
+    /// Every statement a lease runs, with the scope's condition filled in.
+    fn lease_statements() -> Vec<String> {
+        let mut all = vec![FINISH_DELETIONS.to_string(), DEFER_HELD.to_string()];
+        for scope in [LeaseScope::All, LeaseScope::ExitOnly] {
+            all.push(due_sql(scope));
+            all.push(next_due_sql(scope));
+        }
+        all
+    }
+
+    /// A lease follows every commit of new mail: a statement that reads the
+    /// whole `recipients` table would make accepting mail slower the more
+    /// the spool holds.
+    #[test]
+    fn no_lease_statement_reads_the_whole_recipients_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::schema::open_writer(dir.path()).unwrap();
+        for sql in lease_statements() {
+            let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut rows = explain.raw_query();
+            let mut plan = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                plan.push(row.get::<_, String>(3).unwrap());
+            }
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN recipients")),
+                "{sql}\n{plan:?}"
+            );
+        }
+    }
+
+    /// A cached statement that SQLite compiles again on every run is no
+    /// cheaper than an uncached one.
+    #[test]
+    fn lease_statements_are_not_recompiled_when_bound_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::super::schema::open_writer(dir.path()).unwrap();
+        for sql in lease_statements() {
+            let mut stmt = conn.prepare(&sql).unwrap();
+            for n in 1..=3i64 {
+                for (i, value) in [n * 1000, n * 64].into_iter().enumerate() {
+                    if i < stmt.parameter_count() {
+                        stmt.raw_bind_parameter(i + 1, value).unwrap();
+                    }
+                }
+                let mut rows = stmt.raw_query();
+                while rows.next().unwrap().is_some() {}
+            }
+            assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{sql}");
+        }
+    }
 }

@@ -794,6 +794,37 @@ mod queue_ops {
         t.close().await;
     }
 
+    /// A deletion whose delivery never settles (the worker hung) is
+    /// completed by the first lease after its lease ran out, and not before.
+    #[tokio::test]
+    async fn a_delete_during_a_delivery_that_never_settles_ends_with_its_lease() {
+        let t = TestSpool::open(Duration::ZERO, 1000);
+        t.enqueue("doomed", 2).await;
+        t.enqueue("kept", 1).await;
+        let batch = t.spool.lease(1, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(batch.leases.len(), 1);
+        let doomed = batch.leases[0].body.clone();
+        let id = t
+            .ops()
+            .list(1000)
+            .unwrap()
+            .messages
+            .iter()
+            .find(|m| m.size_bytes == doomed.len() as u64)
+            .unwrap()
+            .queue_id
+            .clone();
+        t.ops().delete(&one(&id)).unwrap();
+        t.set_now(1000 + 59_000);
+        t.spool.lease(0, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(t.report().messages, 2, "removed while its lease ran");
+        t.set_now(1000 + 60_000);
+        t.spool.lease(0, Duration::from_secs(60)).await.unwrap();
+        let r = t.report();
+        assert_eq!((r.messages, r.recipients), (1, 1));
+        t.close().await;
+    }
+
     #[tokio::test]
     async fn flush_makes_deferred_mail_due_now_and_leaves_the_rest() {
         let t = TestSpool::open(Duration::ZERO, 1000);

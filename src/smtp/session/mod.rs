@@ -18,7 +18,6 @@ use smtp_proto::Request;
 
 use super::data_decoder::DataDecoder;
 use super::reply::Reply;
-use crate::address::OnionName;
 use crate::envelope::{EnqueueOutcome, Message};
 
 /// Longest command line accepted. RFC 5321 §4.5.3.1.4 sets 512 octets; we
@@ -103,8 +102,6 @@ enum Phase {
 
 pub struct Session {
     config: Arc<SessionConfig>,
-    /// `config.hostname` as an onion name, for the loop check at RCPT.
-    own_name: Option<OnionName>,
     greeted: bool,
     tx: Option<Transaction>,
     phase: Phase,
@@ -114,7 +111,6 @@ pub struct Session {
 impl Session {
     pub fn new(config: Arc<SessionConfig>) -> Self {
         Self {
-            own_name: OnionName::parse(&config.hostname).ok(),
             config,
             greeted: false,
             tx: None,

@@ -104,8 +104,18 @@ impl Session {
         self.accept_recipient(mailbox.to_string())
     }
 
+    /// True if `mailbox` is at this node's own service (any subdomain).
+    ///
+    /// Compared as text, not by parsing `hostname` into an
+    /// [`OnionName`](crate::address::OnionName):
+    /// parsing is case-insensitive throughout and stores lowercase, so the
+    /// hostname parses to `service` exactly when the two are equal ignoring
+    /// ASCII case (a hostname that is no onion name equals no service).
+    /// Parsing it in every session cost a curve-point check per connection,
+    /// about a third of all the work of accepting a message.
     fn is_own_name(&self, mailbox: &Mailbox) -> bool {
-        matches!((&mailbox.domain, &self.own_name), (Domain::Onion(service), Some(own)) if service == own)
+        matches!(&mailbox.domain, Domain::Onion(service)
+            if service.as_str().eq_ignore_ascii_case(&self.config.hostname))
     }
 
     /// This node's own name (or a subdomain of it) is not a destination:
@@ -115,8 +125,10 @@ impl Session {
     /// where loop cover goes; whether a message to it is cover shows only
     /// at the end of DATA, where intake refuses anything that is not.
     fn own_name_recipient(&mut self, mailbox: &Mailbox) -> Step {
-        let own = self.own_name.as_ref().map(|n| n.as_str());
-        if mailbox.local == COVER_LOCAL_PART && Some(mailbox.domain_str()) == own {
+        // The service itself, without a subdomain in front of it.
+        let bare = matches!(&mailbox.domain, Domain::Onion(service)
+            if mailbox.domain_str() == service.as_str());
+        if mailbox.local == COVER_LOCAL_PART && bare {
             if let Some(tx) = self.tx.as_mut() {
                 tx.to_own_name = true;
             }

@@ -438,6 +438,38 @@ fn it_refuses_its_own_name_as_a_destination_except_for_cover() {
     assert!(!c.queued[1].envelope.to_own_name);
 }
 
+/// The own name is recognised from the configured hostname in whatever
+/// case it was written, and a hostname that is no onion name makes no
+/// recipient "own" (the session compares text instead of parsing the
+/// hostname for every connection).
+#[test]
+fn it_knows_its_own_name_however_the_hostname_is_written() {
+    let own = onion(1);
+    let other = onion(2);
+    let cases = [
+        (own.clone(), own.clone(), 550),
+        (own.to_uppercase(), own.clone(), 550),
+        (own.clone(), format!("x.{}", own.to_uppercase()), 550),
+        (own.clone(), other.clone(), 250),
+        ("relay.example".to_string(), own.clone(), 250),
+        // One base32 digit changed: no onion name, so nothing is "own".
+        (format!("b{}", &own[1..]), format!("b{}", &own[1..]), 553),
+    ];
+    for (hostname, domain, want) in cases {
+        let mut config = (*config()).clone();
+        config.hostname = hostname.clone();
+        let mut c = Client::new();
+        c.session = Session::new(Arc::new(config));
+        assert_eq!(c.codes(b"EHLO client.example\r\n"), [250]);
+        c.send(b"MAIL FROM:<a@example.org>\r\n");
+        assert_eq!(
+            c.codes(format!("RCPT TO:<alice@{domain}>\r\n").as_bytes()),
+            [want],
+            "hostname {hostname}, recipient domain {domain}"
+        );
+    }
+}
+
 #[test]
 fn it_refuses_a_recipient_policy_refuses_with_one_neutral_reply() {
     let mut c = Client::greeted();
