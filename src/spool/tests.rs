@@ -803,7 +803,10 @@ mod queue_ops {
         t.enqueue("kept", 1).await;
         let batch = t.spool.lease(1, Duration::from_secs(60)).await.unwrap();
         assert_eq!(batch.leases.len(), 1);
+        // Equal release times are leased in random order: either message
+        // may be the one in delivery; the other one stays.
         let doomed = batch.leases[0].body.clone();
+        let left = 3 - batch.leases[0].recipients.len() as u64;
         let id = t
             .ops()
             .list(1000)
@@ -821,7 +824,7 @@ mod queue_ops {
         t.set_now(1000 + 60_000);
         t.spool.lease(0, Duration::from_secs(60)).await.unwrap();
         let r = t.report();
-        assert_eq!((r.messages, r.recipients), (1, 1));
+        assert_eq!((r.messages, r.recipients), (1, left));
         t.close().await;
     }
 
