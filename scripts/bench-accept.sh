@@ -86,35 +86,15 @@ trap cleanup EXIT
 # pluto2 itself, one for the recipient. The recipient is an onion address,
 # pluto2's main case: a clearnet domain would add an MX lookup through Tor
 # at RCPT time, which this benchmark does not model.
-onion() {
-  python3 - "$1" <<'PY'
-import base64, hashlib, sys
-key = bytes.fromhex(sys.argv[1])
-check = hashlib.sha3_256(b".onion checksum" + key + b"\x03").digest()[:2]
-print(base64.b32encode(key + check + b"\x03").decode().lower() + ".onion")
-PY
-}
-name=$(onion 2a147fc0726e5bc2e07e91d9a309197bcab21705568db0be14fb20bd88d2bccc)
-TO=sink@$(onion a01b6240e815571b6c1aacc29efba4e9048da53badfeeecb33a78aee0a605a83)
+# shellcheck source=scripts/accept-lib.sh
+source "$(dirname "$0")/accept-lib.sh"
 # No cover traffic: it would add messages to the spool that were not sent.
 extra=()
 if "$PLUTO2" -h 2>&1 | grep -q -- '--cover-interval'; then extra+=(-cover-interval 0); fi
 
 # The "SOCKS proxy" for pluto2: accepts TCP connections into its backlog and
 # never says a word, so a delivery attempt waits for -delivery-timeout (1h).
-python3 - "$work/hole.port" <<'PY' &
-import os, socket, sys, time
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(512)
-with open(sys.argv[1] + ".tmp", "w") as f:
-    f.write(str(s.getsockname()[1]))
-os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-time.sleep(3600)
-PY
-hole_pid=$!
-for _ in $(seq 1 50); do [ -s "$work/hole.port" ] && break; sleep 0.1; done
-hole_port=$(cat "$work/hole.port")
+start_hole "$work/hole.port"
 
 REFERENCE_HOLD=$PF_HOLD bash scripts/postfix-reference.sh start "$PF_PORT" "$work/postfix"
 pf_log=$work/postfix/maillog

@@ -28,35 +28,16 @@ PORT=${PORT:-2637}
 SOURCE=/usr/sbin/smtp-source
 mkdir -p "$OUT"
 
-onion() {
-  python3 - "$1" <<'PY'
-import base64, hashlib, sys
-key = bytes.fromhex(sys.argv[1])
-check = hashlib.sha3_256(b".onion checksum" + key + b"\x03").digest()[:2]
-print(base64.b32encode(key + check + b"\x03").decode().lower() + ".onion")
-PY
-}
-name=$(onion 2a147fc0726e5bc2e07e91d9a309197bcab21705568db0be14fb20bd88d2bccc)
-TO=sink@$(onion a01b6240e815571b6c1aacc29efba4e9048da53badfeeecb33a78aee0a605a83)
+# shellcheck source=scripts/accept-lib.sh
+source "$(dirname "$0")/accept-lib.sh"
 extra=()
 if "$BIN" -h 2>&1 | grep -q -- '--cover-interval'; then extra+=(-cover-interval 0); fi
 
 # A SOCKS "proxy" that accepts and never answers: delivery stays parked.
-python3 - "$OUT/hole.port" <<'PY' &
-import os, socket, sys, time
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(512)
-with open(sys.argv[1] + ".tmp", "w") as f:
-    f.write(str(s.getsockname()[1]))
-os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-time.sleep(3600)
-PY
-hole_pid=$!
 pl_pid=""
-trap '[ -n "$pl_pid" ] && kill "$pl_pid" 2>/dev/null; kill "$hole_pid" 2>/dev/null; rm -rf "$OUT"/data-*' EXIT
-for _ in $(seq 1 50); do [ -s "$OUT/hole.port" ] && break; sleep 0.1; done
-hole_port=$(cat "$OUT/hole.port")
+hole_pid=""
+trap '[ -n "$pl_pid" ] && kill "$pl_pid" 2>/dev/null; [ -n "$hole_pid" ] && kill "$hole_pid" 2>/dev/null; rm -rf "$OUT"/data-*' EXIT
+start_hole "$OUT/hole.port"
 
 one() { # N -> total instructions of the daemon's run
   local n=$1 data=$OUT/data-$1 log=$OUT/pluto2-$1.log
