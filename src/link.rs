@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use crate::BoxFuture;
+use crate::listen::LogThrottle;
 use crate::listen::accept_until;
 use crate::redact::Sensitive;
 use crate::relay::socks::SocksDialer;
@@ -373,32 +374,110 @@ async fn write_frame(
     stream.write_all(&out).await
 }
 
+/// Why the listener turned a connection away before serving it anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRefusal {
+    /// Every inbound slot is taken (`max_inbound`).
+    NoSlot,
+    /// The peer speaks another link protocol version.
+    Version,
+    /// The peer has other network parameters (another `nodes.json`).
+    Params,
+    /// The first frame was not a HELLO.
+    Hello,
+}
+
+impl LinkRefusal {
+    pub const ALL: [LinkRefusal; 4] = [
+        LinkRefusal::NoSlot,
+        LinkRefusal::Version,
+        LinkRefusal::Params,
+        LinkRefusal::Hello,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            LinkRefusal::NoSlot => "no_slot",
+            LinkRefusal::Version => "version",
+            LinkRefusal::Params => "params",
+            LinkRefusal::Hello => "no_hello",
+        }
+    }
+
+    fn of(e: &LinkError) -> Option<LinkRefusal> {
+        match e {
+            LinkError::Version(_) => Some(LinkRefusal::Version),
+            LinkError::Params => Some(LinkRefusal::Params),
+            LinkError::NoHello => Some(LinkRefusal::Hello),
+            _ => None,
+        }
+    }
+}
+
+/// What the link listener reports for counting; a trait so the transport
+/// does not depend on node policy (`stats` implements it).
+pub trait LinkEvents: Send + Sync {
+    fn refused(&self, refusal: LinkRefusal);
+}
+
+/// Counts every refusal and logs each kind at most once per
+/// [`crate::listen::LOG_PERIOD`] with the count since its last line: a
+/// stranger opening connections by the thousand cannot grow the log, and
+/// the log still shows that it happens (no longer at debug level only).
+struct Refusals {
+    events: Arc<dyn LinkEvents>,
+    throttles: [LogThrottle; 4],
+}
+
+impl Refusals {
+    fn note(&self, kind: LinkRefusal, why: &dyn std::fmt::Display) {
+        self.events.refused(kind);
+        let i = LinkRefusal::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        if let Some(n) = self.throttles[i].note(tokio::time::Instant::now()) {
+            info!(
+                "[MIXNET] inbound link refused ({}): {why}; {n} refused so since the last such line",
+                kind.label()
+            );
+        }
+    }
+}
+
 /// Accepts links until shutdown; each connection gets its own task on
 /// `tracker`, at most `max_inbound` at once (more are closed unread).
+/// Refusals are counted through `events` and logged throttled.
 pub async fn serve(
     mut listener: TcpListener,
     cfg: Arc<LinkConfig>,
     handler: Arc<dyn PacketHandler>,
+    events: Arc<dyn LinkEvents>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_inbound));
+    let refusals = Arc::new(Refusals {
+        events,
+        throttles: Default::default(),
+    });
     accept_until(&mut listener, "link", &shutdown, |stream, _| {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            debug!("[MIXNET] link refused: too many inbound links");
+            refusals.note(LinkRefusal::NoSlot, &"too many inbound links");
             return;
         };
         let (cfg, handler, stop) = (cfg.clone(), handler.clone(), shutdown.clone());
+        let refusals = refusals.clone();
         tracker.spawn(async move {
-            match inbound(stream, &cfg, handler, stop).await {
-                // The dialling side only sees the link close, so the
-                // operator learns here that a peer runs another nodes.json
-                // or another version (without which peer: no identity).
-                Err(e @ (LinkError::Params | LinkError::Version(_))) => {
-                    info!("[MIXNET] inbound link refused: {e}");
+            // The dialling side only sees the link close, so the operator
+            // learns here that a peer runs another nodes.json or another
+            // version (without which peer: no identity).
+            if let Err(e) = inbound(stream, &cfg, handler, stop).await {
+                match LinkRefusal::of(&e) {
+                    Some(kind) => refusals.note(kind, &e),
+                    None => debug!("[MIXNET] inbound link closed: {e}"),
                 }
-                Err(e) => debug!("[MIXNET] inbound link closed: {e}"),
-                Ok(()) => {}
             }
             drop(permit);
         });
@@ -1065,6 +1144,12 @@ mod tests {
         }
     }
 
+    struct NoEvents;
+
+    impl LinkEvents for NoEvents {
+        fn refused(&self, _refusal: LinkRefusal) {}
+    }
+
     #[tokio::test]
     async fn a_packet_is_acknowledged_only_after_its_handler_answered() {
         let cfg = test_config(Duration::from_secs(5));
@@ -1077,6 +1162,7 @@ mod tests {
             listener,
             cfg.clone(),
             Arc::new(Gated(tokio::sync::Mutex::new(Some(gate)))),
+            Arc::new(NoEvents),
             stop.clone(),
             tracker.clone(),
         ));

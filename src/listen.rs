@@ -25,8 +25,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Mutex;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -262,5 +265,29 @@ mod tests {
         accept_until(&mut failing, "test", &stop, |_, ()| unreachable!()).await;
         assert_eq!(started.elapsed(), Duration::from_millis(1500));
         stopper.await.unwrap();
+    }
+}
+
+/// Events that can come in floods (SMTP sheds and memory refusals, refused
+/// links) are logged at most once per this period, with their count, so an
+/// attacker cannot grow the log and the log still shows the attack.
+pub const LOG_PERIOD: Duration = Duration::from_secs(60);
+
+/// Counts an event that can come in floods and says when to log it: the
+/// first time, then at most once per [`LOG_PERIOD`], with the count since
+/// the last line.
+#[derive(Debug, Default)]
+pub struct LogThrottle(Mutex<(Option<Instant>, u64)>);
+
+impl LogThrottle {
+    pub fn note(&self, now: Instant) -> Option<u64> {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, count) = &mut *state;
+        *count += 1;
+        if last.is_some_and(|at| now.duration_since(at) < LOG_PERIOD) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(count))
     }
 }

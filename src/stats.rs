@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::envelope::EnqueueOutcome;
+use crate::link::{LinkEvents, LinkRefusal};
 use crate::smtp::server::{Refusal, SessionEnd, SessionEvents};
 use crate::spool::{QueueReader, QueueReport, Spool};
 
@@ -421,6 +422,10 @@ metrics! {
         pub mix_drops_sent: Counter = child(&drops, "direction", "sent") => "drops_sent";
         pub mix_drops_received: Counter = child(&drops, "direction", "received")
             => "drops_received";
+        /// Inbound link connections refused before any service, by why.
+        link_refusals: Family<Label, Counter> = family("kind", LinkRefusal::ALL.map(LinkRefusal::label)),
+            "pluto2_mixnet_link_refusals",
+            "Inbound link connections refused before any service, by kind: no_slot (every inbound slot taken), version (another link protocol), params (another nodes.json), no_hello (the first frame was not a HELLO)";
         /// Bundles that showed a node signing two keys for one epoch.
         pub mix_two_faces: Counter,
             "pluto2_mixnet_two_faces",
@@ -624,6 +629,14 @@ impl Stats {
 
 /// The SMTP listener's events, counted (the listener defines the trait so
 /// it does not depend on node policy).
+impl LinkEvents for Stats {
+    fn refused(&self, refusal: LinkRefusal) {
+        self.link_refusals
+            .get_or_create(&[("kind", refusal.label())])
+            .inc();
+    }
+}
+
 impl SessionEvents for Stats {
     fn session_ended(&self, end: SessionEnd) {
         self.sessions

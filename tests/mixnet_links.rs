@@ -9,7 +9,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::PATIENCE;
 use common::link_tap::{
@@ -517,6 +517,25 @@ async fn a_peer_with_other_network_parameters_is_refused_without_a_hello() {
         let a = raw_link(to, &h, &[], false).await;
         assert!(a.closed && a.frames.is_empty() && a.left == 0, "{a:?}");
     }
+    // A flood of such connections is counted, and logged at most once a
+    // minute per kind with its count: the log cannot be grown from outside
+    // and still shows the refusals.
+    let began = Instant::now();
+    for _ in 0..1_000 {
+        let a = raw_link(to, &hello(other, PROTOCOL_VERSION), &[], false).await;
+        assert!(a.closed && a.frames.is_empty(), "{a:?}");
+    }
+    let minutes = began.elapsed().as_secs() / 60;
+    let lines = net
+        .daemon(target)
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("inbound link refused (params)"))
+        .count() as u64;
+    assert!(
+        (1..=2 + minutes).contains(&lines),
+        "{lines} log lines for 1,001 refused links in {minutes} min"
+    );
 
     // A node started with other parameters (an operator's stale
     // nodes.json): its peers refuse its links without a HELLO, and say why.

@@ -164,7 +164,10 @@ async fn a_rate_limit_change_applies_after_sighup() {
 #[tokio::test]
 async fn the_log_level_and_debug_change_after_sighup() {
     let s = Setup::new("blocked.example\n", "");
-    let d = s.start(&[]);
+    // The wait for the reload below asks in a new session each time, as
+    // often as it can: the default -rate-limit (10 a minute) would refuse
+    // those sessions on a machine where the reload takes a while.
+    let d = s.start(&["-rate-limit", "100000"]);
     // At info: a refusal is logged, redacted.
     assert_eq!(rcpt(&d, "a@blocked.example").await, 550);
     d.until_log("the first refusal", |l| l.contains("[POLICY]"))

@@ -372,6 +372,7 @@ pub async fn spawn(
                 ctx: ctx.clone(),
                 completions: links.clone(),
             }),
+            stats.clone(),
             shutdown.clone(),
             links.clone(),
         ),

@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -49,9 +49,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Longest grace before `-min-data-rate` applies to a DATA phase.
 pub const DATA_GRACE: Duration = Duration::from_secs(30);
 
-/// Events that can come in floods (sheds, memory refusals) are logged at
-/// most once per this period, with their count.
-const LOG_PERIOD: Duration = Duration::from_secs(60);
+pub use crate::listen::LogThrottle;
 
 /// Everything a connection task needs, shared read-only.
 pub struct ServerContext {
@@ -338,25 +336,6 @@ async fn drain(listener: &TcpListener, ctx: &ServerContext, tracker: &TaskTracke
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             },
         }
-    }
-}
-
-/// Counts an event that can come in floods and says when to log it: the
-/// first time, then at most once per [`LOG_PERIOD`], with the count since
-/// the last line.
-#[derive(Debug, Default)]
-pub struct LogThrottle(Mutex<(Option<Instant>, u64)>);
-
-impl LogThrottle {
-    pub fn note(&self, now: Instant) -> Option<u64> {
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (last, count) = &mut *state;
-        *count += 1;
-        if last.is_some_and(|at| now.duration_since(at) < LOG_PERIOD) {
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(count))
     }
 }
 
