@@ -59,6 +59,8 @@ pub struct LinkConfig {
     pub max_age: Duration,
     /// Inbound connections at once.
     pub max_inbound: usize,
+    /// An inbound connection must have sent its whole HELLO within this.
+    pub hello_timeout: Duration,
 }
 
 impl LinkConfig {
@@ -87,6 +89,10 @@ impl LinkConfig {
             max_age: Duration::from_secs(3 * 3600),
             // Room for every node of a large network plus reconnects.
             max_inbound: 256,
+            // The dialler sends its HELLO as soon as the circuit stands;
+            // the listener's clock starts only then (at the accept), so
+            // this covers one onion-service round trip with a wide margin.
+            hello_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -206,6 +212,8 @@ enum LinkError {
     StrayAck,
     #[error("timed out connecting")]
     ConnectTimeout,
+    #[error("no HELLO within {0:?} of the connection")]
+    SlowHello(Duration),
 }
 
 /// Reads whole frames from a stream with a deadline per frame. The buffer
@@ -230,6 +238,7 @@ impl FrameReader {
         stream: &mut R,
         idle: Duration,
     ) -> Result<(), LinkError> {
+        let deadline = tokio::time::Instant::now() + idle;
         loop {
             if self.buf.first().is_some_and(|&b| b != b'P') {
                 return Ok(());
@@ -244,33 +253,39 @@ impl FrameReader {
                     Err(_) => return Err(LinkError::NoHello),
                 }
             }
-            self.read_more(stream, idle).await?;
+            self.read_more(stream, deadline, idle).await?;
         }
     }
 
+    /// The next whole frame, which must arrive within `idle` of this call:
+    /// one deadline for the frame, not one per read, so a peer that sends a
+    /// byte now and then cannot hold a read (and its slot) open for ever.
     async fn next<R: AsyncReadExt + Unpin>(
         &mut self,
         stream: &mut R,
         idle: Duration,
     ) -> Result<Frame, LinkError> {
+        let deadline = tokio::time::Instant::now() + idle;
         loop {
             if let Some((frame, used)) = frame::decode(&self.buf)? {
                 self.buf.drain(..used);
                 return Ok(frame);
             }
-            self.read_more(stream, idle).await?;
+            self.read_more(stream, deadline, idle).await?;
         }
     }
 
-    /// One read of at most 16 KiB, within `idle`. Cancel-safe: the bytes
-    /// join the buffer in the same poll that read them.
+    /// One read of at most 16 KiB, before `deadline` (which is `idle` after
+    /// the frame began). Cancel-safe: the bytes join the buffer in the same
+    /// poll that read them.
     async fn read_more<R: AsyncReadExt + Unpin>(
         &mut self,
         stream: &mut R,
+        deadline: tokio::time::Instant,
         idle: Duration,
     ) -> Result<(), LinkError> {
         let mut chunk = [0u8; 16 * 1024];
-        let n = tokio::time::timeout(idle, stream.read(&mut chunk))
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
             .await
             .map_err(|_| LinkError::Idle(idle))??;
         if n == 0 {
@@ -385,14 +400,17 @@ pub enum LinkRefusal {
     Params,
     /// The first frame was not a HELLO.
     Hello,
+    /// No whole HELLO within `hello_timeout`.
+    SlowHello,
 }
 
 impl LinkRefusal {
-    pub const ALL: [LinkRefusal; 4] = [
+    pub const ALL: [LinkRefusal; 5] = [
         LinkRefusal::NoSlot,
         LinkRefusal::Version,
         LinkRefusal::Params,
         LinkRefusal::Hello,
+        LinkRefusal::SlowHello,
     ];
 
     /// The metric label.
@@ -402,6 +420,7 @@ impl LinkRefusal {
             LinkRefusal::Version => "version",
             LinkRefusal::Params => "params",
             LinkRefusal::Hello => "no_hello",
+            LinkRefusal::SlowHello => "slow_hello",
         }
     }
 
@@ -410,6 +429,7 @@ impl LinkRefusal {
             LinkError::Version(_) => Some(LinkRefusal::Version),
             LinkError::Params => Some(LinkRefusal::Params),
             LinkError::NoHello => Some(LinkRefusal::Hello),
+            LinkError::SlowHello(_) => Some(LinkRefusal::SlowHello),
             _ => None,
         }
     }
@@ -427,7 +447,7 @@ pub trait LinkEvents: Send + Sync {
 /// the log still shows that it happens (no longer at debug level only).
 struct Refusals {
     events: Arc<dyn LinkEvents>,
-    throttles: [LogThrottle; 4],
+    throttles: [LogThrottle; 5],
 }
 
 impl Refusals {
@@ -496,10 +516,15 @@ async fn inbound(
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut reader = FrameReader::new();
-    reader
-        .skip_proxy_header(&mut rd, cfg.connect_timeout)
-        .await?;
-    let peer = answer_hello(cfg, &mut reader, &mut rd, &mut wr).await?;
+    // One deadline for everything before the peer is known: Tor's PROXY
+    // line and the HELLO come at once from an honest peer, so a connection
+    // that has not finished them soon holds a slot for nothing.
+    let peer = tokio::time::timeout(cfg.hello_timeout, async {
+        reader.skip_proxy_header(&mut rd, cfg.hello_timeout).await?;
+        answer_hello(cfg, &mut reader, &mut rd, &mut wr).await
+    })
+    .await
+    .map_err(|_| LinkError::SlowHello(cfg.hello_timeout))??;
     debug!(
         "[MIXNET] inbound link from {}",
         Sensitive(hex(&peer.identity.0))
@@ -1033,6 +1058,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             max_age: Duration::from_secs(3600),
             max_inbound: 4,
+            hello_timeout: Duration::from_secs(5),
         })
     }
 
@@ -1141,6 +1167,84 @@ mod tests {
                 }
                 AckStatus::Stored
             })
+        }
+    }
+
+    /// Counts refusals by kind.
+    #[derive(Default)]
+    struct Counted(std::sync::Mutex<Vec<LinkRefusal>>);
+
+    impl LinkEvents for Counted {
+        fn refused(&self, refusal: LinkRefusal) {
+            self.0.lock().unwrap().push(refusal);
+        }
+    }
+
+    /// A HELLO that arrives a byte at a time, each byte well within any
+    /// per-read deadline, is cut off at the deadline for the whole hello
+    /// (and counted), long before its last byte: the slot it held is free
+    /// again.
+    #[tokio::test]
+    async fn a_hello_dripped_a_byte_at_a_time_is_cut_off_at_the_hello_deadline() {
+        // Only the hello deadline is short: neither the idle timeout nor
+        // the per-frame read deadline would end this connection in time.
+        let cfg = Arc::new(LinkConfig {
+            hello_timeout: Duration::from_millis(400),
+            connect_timeout: Duration::from_secs(30),
+            ..(*test_config(Duration::from_secs(30))).clone()
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let events = Arc::new(Counted::default());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            cfg.clone(),
+            Arc::new(NoHandler),
+            events.clone(),
+            stop.clone(),
+            TaskTracker::new(),
+        ));
+        let mut bytes = Vec::new();
+        hello(&cfg).encode(&mut bytes);
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = sent.clone();
+        let drip = tokio::spawn(async move {
+            for b in bytes {
+                if wr.write_all(&[b]).await.is_err() {
+                    return;
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(20), rd.read(&mut buf))
+            .await
+            .expect("the listener must close a dripping hello")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+        let at = sent.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(at < 75, "cut off after {at} of 75 bytes");
+        drip.abort();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while events.0.lock().unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "not counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*events.0.lock().unwrap(), [LinkRefusal::SlowHello]);
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    /// Takes no packet (a listener test that never gets that far).
+    struct NoHandler;
+
+    impl PacketHandler for NoHandler {
+        fn receive(&self, _epoch: u32, _packet: WirePacket) -> BoxFuture<'_, AckStatus> {
+            Box::pin(async { AckStatus::Rejected })
         }
     }
 

@@ -425,7 +425,7 @@ metrics! {
         /// Inbound link connections refused before any service, by why.
         link_refusals: Family<Label, Counter> = family("kind", LinkRefusal::ALL.map(LinkRefusal::label)),
             "pluto2_mixnet_link_refusals",
-            "Inbound link connections refused before any service, by kind: no_slot (every inbound slot taken), version (another link protocol), params (another nodes.json), no_hello (the first frame was not a HELLO)";
+            "Inbound link connections refused before any service, by kind: no_slot (every inbound slot taken), version (another link protocol), params (another nodes.json), no_hello (the first frame was not a HELLO), slow_hello (no whole HELLO in time)";
         /// Bundles that showed a node signing two keys for one epoch.
         pub mix_two_faces: Counter,
             "pluto2_mixnet_two_faces",
