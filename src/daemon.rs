@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::BoxFuture;
 use crate::admin;
 use crate::config::{Config, sysexits};
+use crate::listen::LogThrottle;
 use crate::node::dispatch::{DeliveryHealth, Dispatcher};
 use crate::node::egress::Egress;
 use crate::node::intake::Intake;
@@ -30,7 +31,7 @@ use crate::sanitize::SanitizeConfig;
 use crate::smtp::connections::ConnectionTable;
 use crate::smtp::memory_budget::MemoryBudget;
 use crate::smtp::rate_limit::SessionRateLimiter;
-use crate::smtp::server::{self, DomainCheck, LogThrottle, RecipientCheck, ServerContext};
+use crate::smtp::server::{self, DomainCheck, RecipientCheck, ServerContext};
 use crate::smtp::session::SessionConfig;
 use crate::spool::{LeaseScope, Spool, SpoolCloser, SpoolError};
 use crate::stats::Stats;
@@ -99,7 +100,9 @@ pub enum DaemonError {
     Metrics(#[from] admin::MetricsError),
     /// The mixnet could not take up its stored state (custody, peers'
     /// keys) at start.
-    #[error("cannot start the mixnet: {0}")]
+    #[error(
+        "cannot start the mixnet from the data dir's stored custody and peers' keys: {0}; check that -data-dir is writable and has free space, then start again"
+    )]
     MixnetSpawn(std::io::Error),
     /// A task died; the daemon stopped so that it restarts whole.
     #[error(transparent)]
@@ -226,6 +229,8 @@ struct Opened {
     signals: Signals,
     cover_key: CoverKey,
     dest_block: crate::node::policy::BlockList,
+    /// The one clock of the daemon (the spool's too).
+    clock: crate::time::Clock,
 }
 
 /// Installed at build time, so that a signal from then on is kept for the
@@ -269,11 +274,15 @@ async fn build(config: &Config) -> Result<Opened, DaemonError> {
         None => None,
     };
     let clock = crate::time::system_clock();
-    let (spool, closer) = Spool::open(&config.spool.data_dir, config.spool.replay_window, clock)
-        .map_err(|source| DaemonError::Spool {
-            path: config.spool.data_dir.display().to_string(),
-            source,
-        })?;
+    let (spool, closer) = Spool::open(
+        &config.spool.data_dir,
+        config.spool.replay_window,
+        clock.clone(),
+    )
+    .map_err(|source| DaemonError::Spool {
+        path: config.spool.data_dir.display().to_string(),
+        source,
+    })?;
     check_descriptors(config);
     let spool = spool.with_free_space_reserve(&config.spool.data_dir, config.spool.min_free_space);
     let listener = bind(config.listener.addr).map_err(|source| DaemonError::Bind {
@@ -301,6 +310,7 @@ async fn build(config: &Config) -> Result<Opened, DaemonError> {
         signals,
         cover_key,
         dest_block,
+        clock,
     })
 }
 
@@ -321,12 +331,12 @@ async fn spawn(
         signals,
         cover_key,
         dest_block,
+        clock,
     } = built;
     let local = listener.local_addr().map_err(|source| DaemonError::Bind {
         addr: config.listener.addr,
         source,
     })?;
-    let clock = crate::time::system_clock();
     let stats = Arc::new(Stats::new(Some(&spool)));
     // Direct mode refuses listed recipients at RCPT and posts at the end of
     // DATA; at a mixnet exit intake drops them (DestBlock::blocks).
@@ -370,7 +380,7 @@ async fn spawn(
     if let Some(scope) = scope {
         let dispatcher = Dispatcher {
             spool: spool.clone(),
-            transport: router(config, dialer, mx.clone(), &cover_key, &stats),
+            transport: router(config, dialer.clone(), mx.clone(), &cover_key, &stats),
             retry: RetryPolicy {
                 base: relay.retry_base,
                 max_attempts: relay.retries,
@@ -416,7 +426,7 @@ async fn spawn(
                 stats: stats.clone(),
                 clock: clock.clone(),
                 intake: intake.clone(),
-                dialer: SocksDialer::new(relay.tor_socks, relay.delivery_timeout),
+                dialer,
             };
             Some(
                 sphinx::spawn(node, node_listener, shared, sup)

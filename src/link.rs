@@ -453,11 +453,7 @@ struct Refusals {
 impl Refusals {
     fn note(&self, kind: LinkRefusal, why: &dyn std::fmt::Display) {
         self.events.refused(kind);
-        let i = LinkRefusal::ALL
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(0);
-        if let Some(n) = self.throttles[i].note(tokio::time::Instant::now()) {
+        if let Some(n) = self.throttles[kind as usize].note(tokio::time::Instant::now()) {
             info!(
                 "[MIXNET] inbound link refused ({}): {why}; {n} refused so since the last such line",
                 kind.label()

@@ -104,7 +104,9 @@ impl Deadlines {
 
 /// Why the daemon stopped on its own: a task died.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("task {name} {how}; stopping so that systemd can restart a whole daemon")]
+#[error(
+    "task {name} {how}; stopping so that systemd can restart a whole daemon (nothing acknowledged is lost); if it recurs, report it with the log lines before this one"
+)]
 pub struct TaskFailure {
     pub name: &'static str,
     pub how: &'static str,

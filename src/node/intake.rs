@@ -113,13 +113,12 @@ impl Intake {
             message.body = stripped.to_vec();
         }
         let refusal = self.refusal(&mut message, &source);
-        let release_at = self.release_time();
         match source {
             Source::Smtp => {
                 if let Some(refusal) = refusal {
                     return refusal;
                 }
-                let outcome = self.spool.enqueue(message, release_at).await;
+                let outcome = self.spool.enqueue(message, self.release_time()).await;
                 if outcome == EnqueueOutcome::Replay {
                     info!(
                         "[SPOOL] a message identical to one accepted within the replay window: answered as accepted, not queued again"
@@ -133,7 +132,7 @@ impl Intake {
                 }
                 let outcome = self
                     .spool
-                    .enqueue_from(message, Origin::Exit(rows), release_at)
+                    .enqueue_from(message, Origin::Exit(rows), self.release_time())
                     .await;
                 match (outcome, refusal) {
                     (EnqueueOutcome::Queued, Some(refusal)) => refusal,

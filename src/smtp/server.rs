@@ -49,7 +49,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Longest grace before `-min-data-rate` applies to a DATA phase.
 pub const DATA_GRACE: Duration = Duration::from_secs(30);
 
-pub use crate::listen::LogThrottle;
+use crate::listen::LogThrottle;
 
 /// Everything a connection task needs, shared read-only.
 pub struct ServerContext {
