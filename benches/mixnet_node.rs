@@ -40,10 +40,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ed25519_dalek::SigningKey;
 use pluto2::address::OnionName;
 use pluto2::spool::Spool;
 use pluto2::spool::custody::{Custody, CustodyOutcome, OutPacket, PacketKind};
-use pluto2::wire::frame::{self, AckStatus, Frame, PROTOCOL_VERSION};
+use pluto2::wire::frame::{self, AckStatus, Frame, Hello, PROTOCOL_VERSION, Role};
+use pluto2::wire::hello::{self, Side};
 use pluto2::wire::packet::{self, RouteHop, WirePacket};
 use pluto2::wire::pki::Directory;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -198,7 +200,7 @@ struct NodeRun {
 /// links start together.
 async fn one_link(
     port: u16,
-    hello: Vec<u8>,
+    (hello, key): (Hello, Arc<SigningKey>),
     frames: Vec<Vec<u8>>,
     ready: Arc<Semaphore>,
     go: Arc<tokio::sync::Notify>,
@@ -208,17 +210,36 @@ async fn one_link(
         .map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let (mut rd, mut wr) = stream.into_split();
-    wr.write_all(&hello).await.map_err(|e| e.to_string())?;
+    // A fresh nonce per link, as a node dials.
+    let ours = Hello {
+        nonce: rand::random(),
+        ..hello
+    };
+    let mut out = Vec::new();
+    Frame::Hello(ours).encode(&mut out);
+    wr.write_all(&out).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
-    // The node's HELLO.
+    // The node's HELLO and its proof (not checked: the bench measures the
+    // node), then ours.
+    let mut theirs = None;
     loop {
         if let Some((f, used)) = frame::decode(&buf).map_err(|e| e.to_string())? {
             buf.drain(..used);
-            if !matches!(f, Frame::Hello { .. }) {
-                return Err(format!("expected HELLO, got {f:?}"));
+            match (f, theirs) {
+                (Frame::Hello(h), None) => theirs = Some(h),
+                (Frame::Auth { .. }, Some(h)) => {
+                    let mut out = Vec::new();
+                    Frame::Auth {
+                        signature: hello::prove(&key, Side::Dialler, &ours, &h),
+                    }
+                    .encode(&mut out);
+                    wr.write_all(&out).await.map_err(|e| e.to_string())?;
+                    break;
+                }
+                (f, _) => return Err(format!("expected HELLO and AUTH, got {f:?}")),
             }
-            break;
+            continue;
         }
         let n = rd.read(&mut chunk).await.map_err(|e| e.to_string())?;
         if n == 0 {
@@ -345,17 +366,23 @@ async fn node_run(s: &Settings) -> NodeRun {
         .collect();
     let packets = build_packets(s.packets, &route);
 
-    let mut hello = Vec::new();
-    Frame::Hello {
+    // The generator is node C, proving it with C's identity key.
+    let c_key: [u8; 32] = std::fs::read(dir.path().join("b2").join("identity.key"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let hello = Hello {
         version: PROTOCOL_VERSION,
         params_hash: view.params().hash(),
+        role: Role::Node,
         identity: c.id.0,
+        nonce: [0; 32],
         clock_secs: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs(),
-    }
-    .encode(&mut hello);
+    };
+    let c_key = Arc::new(SigningKey::from_bytes(&c_key));
     // Deal the packets out to the links, pre-encoded as PACKET frames.
     let mut per_link: Vec<Vec<Vec<u8>>> = vec![Vec::new(); s.links];
     for (i, p) in packets.into_iter().enumerate() {
@@ -374,7 +401,7 @@ async fn node_run(s: &Settings) -> NodeRun {
     for frames in per_link {
         tasks.push(tokio::spawn(one_link(
             port,
-            hello.clone(),
+            (hello, c_key.clone()),
             frames,
             ready.clone(),
             go.clone(),

@@ -35,14 +35,21 @@ use crate::listen::accept_until;
 use crate::redact::Sensitive;
 use crate::relay::socks::SocksDialer;
 use crate::wire::bundle::Bundle;
-use crate::wire::frame::{self, AckStatus, Frame, FrameError, MAX_FRAME, PROTOCOL_VERSION};
+use crate::wire::frame::{
+    self, AckStatus, Frame, FrameError, Hello, MAX_FRAME, PROTOCOL_VERSION, Role,
+};
+use crate::wire::hello::{self, Side};
 use crate::wire::packet::{NodeId, WirePacket};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 
 /// Settings shared by both directions.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// This node's identity (sent in HELLO).
-    pub identity: [u8; 32],
+    /// This node's id (the key in its onion name), said in HELLO.
+    pub me: NodeId,
+    /// This node's identity key, pinned in `nodes.json`: it signs the
+    /// proof in every handshake.
+    pub signing: SigningKey,
     /// Hash of the network parameters; peers must match.
     pub params_hash: [u8; 32],
     /// Unacknowledged packets allowed per link.
@@ -66,9 +73,15 @@ pub struct LinkConfig {
 impl LinkConfig {
     /// The settings every node uses, for this node's identity and the
     /// network's parameters.
-    pub fn new(identity: [u8; 32], params_hash: [u8; 32], epoch: Duration) -> LinkConfig {
+    pub fn new(
+        me: NodeId,
+        signing: SigningKey,
+        params_hash: [u8; 32],
+        epoch: Duration,
+    ) -> LinkConfig {
         LinkConfig {
-            identity,
+            me,
+            signing,
             params_hash,
             // 64 packets of 8,540 bytes (~550 KB) in flight per link: more
             // than a Tor circuit's bandwidth-delay product at onion-service
@@ -177,14 +190,19 @@ pub struct PeerPolicy {
     pub outbox: Arc<dyn Outbox>,
     pub keys: Arc<dyn KeyGossip>,
     pub health: Arc<dyn LinkHealth>,
+    /// The key the peer must prove it holds.
+    pub admission: Arc<dyn Admission>,
 }
 
 impl PeerPolicy {
-    /// All three concerns served by one object (the mixnet's `Forwarder`).
-    pub fn of<P: Outbox + KeyGossip + LinkHealth + 'static>(policy: Arc<P>) -> PeerPolicy {
+    /// All four concerns served by one object (the mixnet's `Forwarder`).
+    pub fn of<P: Outbox + KeyGossip + LinkHealth + Admission + 'static>(
+        policy: Arc<P>,
+    ) -> PeerPolicy {
         PeerPolicy {
             outbox: policy.clone(),
             keys: policy.clone(),
+            admission: policy.clone(),
             health: policy,
         }
     }
@@ -214,6 +232,12 @@ enum LinkError {
     ConnectTimeout,
     #[error("no HELLO within {0:?} of the connection")]
     SlowHello(Duration),
+    #[error("the peer is not listed in nodes.json (or is a client, and this node is no gateway)")]
+    Unlisted,
+    #[error("{0}")]
+    BadProof(#[from] hello::BadProof),
+    #[error("the peer's HELLO names another node than the one dialled")]
+    WrongPeer,
 }
 
 /// Reads whole frames from a stream with a deadline per frame. The buffer
@@ -296,21 +320,32 @@ impl FrameReader {
     }
 }
 
-// The handshake: one step on each side, kept apart from what follows it,
-// so that a stronger hello (each side proving its identity) replaces these
-// functions and leaves the links around them as they are.
+// The handshake: one step on each side, kept apart from what follows it
+// (the proof itself is the codec `wire::hello`).
 
-/// What the peer's HELLO said.
+/// Who may use this node's links, and with which key each must prove it.
+/// A trait so the transport does not depend on node policy (the mixnet
+/// context implements it from the `nodes.json` in force).
+pub trait Admission: Send + Sync {
+    /// The identity key `nodes.json` pins now for node `id`; `None` when
+    /// `id` is not listed (it gets no service, and is not dialled).
+    fn node_key(&self, id: &NodeId) -> Option<VerifyingKey>;
+}
+
+/// Who the peer proved to be, and what its HELLO said.
 #[derive(Debug, Clone, Copy)]
 struct PeerHello {
-    identity: NodeId,
+    node: NodeId,
     clock_secs: u64,
 }
 
-/// The listening side's handshake: the peer's HELLO, checked, then ours.
-/// Every read is bounded by `connect_timeout`.
+/// The listening side's handshake: the peer's HELLO, checked and looked
+/// up; then our HELLO and proof; then the peer's proof, checked. Nothing
+/// is served before it returns: an unlisted peer gets no answer at all, a
+/// listed one that cannot sign gets our HELLO and a closed link.
 async fn answer_hello<R, W>(
     cfg: &LinkConfig,
+    admission: &dyn Admission,
     reader: &mut FrameReader,
     rd: &mut R,
     wr: &mut W,
@@ -319,17 +354,39 @@ where
     R: AsyncReadExt + Unpin,
     W: AsyncWriteExt + Unpin,
 {
-    let first = reader.next(rd, cfg.connect_timeout).await?;
-    let peer = check_hello(cfg, first)?;
-    write_frame(wr, &hello(cfg)).await?;
-    Ok(peer)
+    let theirs = check_hello(cfg, reader.next(rd, cfg.hello_timeout).await)?;
+    let node = NodeId(theirs.identity);
+    let key = match theirs.role {
+        Role::Node => admission.node_key(&node).ok_or(LinkError::Unlisted)?,
+        // Clients are served by gateways only (the next step); until then
+        // a client is as unknown here as an unlisted node.
+        Role::Client => return Err(LinkError::Unlisted),
+    };
+    let ours = hello(cfg);
+    let proof = hello::prove(&cfg.signing, Side::Listener, &theirs, &ours);
+    let mut out = Vec::with_capacity(2 * frame::HELLO_FRAME);
+    Frame::Hello(ours).encode(&mut out);
+    Frame::Auth { signature: proof }.encode(&mut out);
+    wr.write_all(&out).await?;
+    let Frame::Auth { signature } = reader.next(rd, cfg.hello_timeout).await? else {
+        return Err(LinkError::NoHello);
+    };
+    hello::check(&key, Side::Dialler, &theirs, &ours, &signature)?;
+    Ok(PeerHello {
+        node,
+        clock_secs: theirs.clock_secs,
+    })
 }
 
-/// The dialling side's handshake: our HELLO, then the peer's, checked.
-/// The identity in it is informative: the onion name dialled already
-/// authenticates the peer (Tor checks the key).
+/// The dialling side's handshake: our HELLO; the peer's HELLO, which must
+/// name the node we meant, and its proof, which must verify with the key
+/// `nodes.json` pins for that node; then our proof. Tor already checked
+/// that the onion service holds the onion key; this checks that the node
+/// behind it holds the identity key too, on this very link.
 async fn offer_hello<R, W>(
     cfg: &LinkConfig,
+    peer: NodeId,
+    key: &VerifyingKey,
     reader: &mut FrameReader,
     rd: &mut R,
     wr: &mut W,
@@ -338,45 +395,51 @@ where
     R: AsyncReadExt + Unpin,
     W: AsyncWriteExt + Unpin,
 {
-    write_frame(wr, &hello(cfg)).await?;
-    let answer = reader.next(rd, cfg.connect_timeout).await?;
-    check_hello(cfg, answer)
+    let ours = hello(cfg);
+    write_frame(wr, &Frame::Hello(ours)).await?;
+    let theirs = check_hello(cfg, reader.next(rd, cfg.connect_timeout).await)?;
+    if theirs.role != Role::Node || theirs.identity != peer.0 {
+        return Err(LinkError::WrongPeer);
+    }
+    let Frame::Auth { signature } = reader.next(rd, cfg.connect_timeout).await? else {
+        return Err(LinkError::NoHello);
+    };
+    hello::check(key, Side::Listener, &ours, &theirs, &signature)?;
+    let proof = hello::prove(&cfg.signing, Side::Dialler, &ours, &theirs);
+    write_frame(wr, &Frame::Auth { signature: proof }).await?;
+    Ok(PeerHello {
+        node: peer,
+        clock_secs: theirs.clock_secs,
+    })
 }
 
-fn hello(cfg: &LinkConfig) -> Frame {
+/// Our HELLO, with a fresh nonce.
+fn hello(cfg: &LinkConfig) -> Hello {
     let clock_secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    Frame::Hello {
+    Hello {
         version: PROTOCOL_VERSION,
         params_hash: cfg.params_hash,
-        identity: cfg.identity,
+        role: Role::Node,
+        identity: cfg.me.0,
+        nonce: rand::random(),
         clock_secs,
     }
 }
 
-/// Checks the peer's HELLO: our protocol version and network parameters.
-fn check_hello(cfg: &LinkConfig, frame: Frame) -> Result<PeerHello, LinkError> {
+/// Checks that the first frame is a HELLO of our protocol version and
+/// network parameters. Another version is named from the HELLO's first
+/// bytes (the frame codec refuses it before its body).
+fn check_hello(cfg: &LinkConfig, frame: Result<Frame, LinkError>) -> Result<Hello, LinkError> {
     match frame {
-        Frame::Hello {
-            version,
-            params_hash,
-            identity,
-            clock_secs,
-        } => {
-            if version != PROTOCOL_VERSION {
-                return Err(LinkError::Version(version));
-            }
-            if params_hash != cfg.params_hash {
-                return Err(LinkError::Params);
-            }
-            Ok(PeerHello {
-                identity: NodeId(identity),
-                clock_secs,
-            })
-        }
-        _ => Err(LinkError::NoHello),
+        Ok(Frame::Hello(h)) if h.params_hash != cfg.params_hash => Err(LinkError::Params),
+        Ok(Frame::Hello(h)) => Ok(h),
+        Ok(_) => Err(LinkError::NoHello),
+        Err(LinkError::Frame(FrameError::Version(v))) => Err(LinkError::Version(v)),
+        Err(LinkError::Frame(FrameError::Role(_))) => Err(LinkError::NoHello),
+        Err(e) => Err(e),
     }
 }
 
@@ -402,15 +465,23 @@ pub enum LinkRefusal {
     Hello,
     /// No whole HELLO within `hello_timeout`.
     SlowHello,
+    /// The HELLO names no listed node (or a client, at a node that is no
+    /// gateway): closed unanswered.
+    Unlisted,
+    /// The HELLO names a listed node, but its AUTH does not verify with
+    /// that node's pinned identity key.
+    BadProof,
 }
 
 impl LinkRefusal {
-    pub const ALL: [LinkRefusal; 5] = [
+    pub const ALL: [LinkRefusal; 7] = [
         LinkRefusal::NoSlot,
         LinkRefusal::Version,
         LinkRefusal::Params,
         LinkRefusal::Hello,
         LinkRefusal::SlowHello,
+        LinkRefusal::Unlisted,
+        LinkRefusal::BadProof,
     ];
 
     /// The metric label.
@@ -421,6 +492,8 @@ impl LinkRefusal {
             LinkRefusal::Params => "params",
             LinkRefusal::Hello => "no_hello",
             LinkRefusal::SlowHello => "slow_hello",
+            LinkRefusal::Unlisted => "unlisted",
+            LinkRefusal::BadProof => "bad_proof",
         }
     }
 
@@ -430,6 +503,8 @@ impl LinkRefusal {
             LinkError::Params => Some(LinkRefusal::Params),
             LinkError::NoHello => Some(LinkRefusal::Hello),
             LinkError::SlowHello(_) => Some(LinkRefusal::SlowHello),
+            LinkError::Unlisted => Some(LinkRefusal::Unlisted),
+            LinkError::BadProof(_) => Some(LinkRefusal::BadProof),
             _ => None,
         }
     }
@@ -447,7 +522,7 @@ pub trait LinkEvents: Send + Sync {
 /// the log still shows that it happens (no longer at debug level only).
 struct Refusals {
     events: Arc<dyn LinkEvents>,
-    throttles: [LogThrottle; 5],
+    throttles: [LogThrottle; LinkRefusal::ALL.len()],
 }
 
 impl Refusals {
@@ -469,6 +544,7 @@ pub async fn serve(
     mut listener: TcpListener,
     cfg: Arc<LinkConfig>,
     handler: Arc<dyn PacketHandler>,
+    admission: Arc<dyn Admission>,
     events: Arc<dyn LinkEvents>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -484,12 +560,12 @@ pub async fn serve(
             return;
         };
         let (cfg, handler, stop) = (cfg.clone(), handler.clone(), shutdown.clone());
-        let refusals = refusals.clone();
+        let (admission, refusals) = (admission.clone(), refusals.clone());
         tracker.spawn(async move {
             // The dialling side only sees the link close, so the operator
             // learns here that a peer runs another nodes.json or another
-            // version (without which peer: no identity).
-            if let Err(e) = inbound(stream, &cfg, handler, stop).await {
+            // version, or is no listed node (which peer: never said).
+            if let Err(e) = inbound(stream, &cfg, handler, &*admission, stop).await {
                 match LinkRefusal::of(&e) {
                     Some(kind) => refusals.note(kind, &e),
                     None => debug!("[MIXNET] inbound link closed: {e}"),
@@ -507,6 +583,7 @@ async fn inbound(
     stream: TcpStream,
     cfg: &LinkConfig,
     handler: Arc<dyn PacketHandler>,
+    admission: &dyn Admission,
     shutdown: CancellationToken,
 ) -> Result<(), LinkError> {
     let _ = stream.set_nodelay(true);
@@ -517,13 +594,17 @@ async fn inbound(
     // that has not finished them soon holds a slot for nothing.
     let peer = tokio::time::timeout(cfg.hello_timeout, async {
         reader.skip_proxy_header(&mut rd, cfg.hello_timeout).await?;
-        answer_hello(cfg, &mut reader, &mut rd, &mut wr).await
+        answer_hello(cfg, admission, &mut reader, &mut rd, &mut wr).await
     })
     .await
-    .map_err(|_| LinkError::SlowHello(cfg.hello_timeout))??;
+    .unwrap_or(Err(LinkError::Idle(cfg.hello_timeout)))
+    .map_err(|e| match e {
+        LinkError::Idle(_) => LinkError::SlowHello(cfg.hello_timeout),
+        e => e,
+    })?;
     debug!(
         "[MIXNET] inbound link from {}",
-        Sensitive(hex(&peer.identity.0))
+        Sensitive(hex(&peer.node.0))
     );
     // Replies go through one writer task so handlers never share the socket.
     // A peer that stops reading cannot hold it: every write has a deadline,
@@ -588,7 +669,9 @@ async fn inbound(
                 let _ = out_tx.try_send(Frame::Keys { subject, bundle });
             }
             Ok(Frame::Pong { .. }) | Ok(Frame::Keys { .. }) => {}
-            Ok(Frame::Hello { .. }) | Ok(Frame::Ack { .. }) => break Err(LinkError::NoHello),
+            Ok(Frame::Hello { .. } | Frame::Auth { .. } | Frame::Ack { .. }) => {
+                break Err(LinkError::NoHello);
+            }
             Err(e) => break Err(e),
         }
     };
@@ -620,8 +703,12 @@ pub async fn run_peer(
             r = outbound(peer, &host, port, &dialer, &cfg, &policy, &shutdown, &mut established) => r,
         };
         policy.health.link_state(peer, false);
-        if let Err(e) = &result {
-            info!("[MIXNET] link to a peer failed ({e}); retrying");
+        match &result {
+            // A node a reload removed is not dialled again: it could not
+            // be told from an impostor. Said once at reload, not per try.
+            Err(LinkError::Unlisted) => debug!("[MIXNET] a peer is no longer listed; not dialled"),
+            Err(e) => info!("[MIXNET] link to a peer failed ({e}); retrying"),
+            Ok(()) => {}
         }
         failures = failures_after(failures, established, result.is_ok());
         if shutdown.is_cancelled() {
@@ -673,13 +760,17 @@ async fn outbound(
     shutdown: &CancellationToken,
     established: &mut bool,
 ) -> Result<(), LinkError> {
+    let key = policy
+        .admission
+        .node_key(&peer)
+        .ok_or(LinkError::Unlisted)?;
     let stream = tokio::time::timeout(cfg.connect_timeout, dialer.connect(host, port))
         .await
         .map_err(|_| LinkError::ConnectTimeout)??;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut reader = FrameReader::new();
-    let hello = offer_hello(cfg, &mut reader, &mut rd, &mut wr).await?;
+    let hello = offer_hello(cfg, peer, &key, &mut reader, &mut rd, &mut wr).await?;
     *established = true;
     policy.health.hello(peer, hello.clock_secs);
     policy.health.link_state(peer, true);
@@ -865,7 +956,10 @@ impl<'a> Outbound<'a> {
                 .encode(&mut pong);
                 self.write(&pong).await?;
             }
-            Frame::Hello { .. } | Frame::Packet { .. } | Frame::GetKeys { .. } => {
+            Frame::Hello { .. }
+            | Frame::Auth { .. }
+            | Frame::Packet { .. }
+            | Frame::GetKeys { .. } => {
                 return Err(LinkError::NoHello);
             }
         }
@@ -1044,9 +1138,20 @@ mod tests {
         assert_eq!(failures_after(u32::MAX, false, false), u32::MAX);
     }
 
-    fn test_config(idle: Duration) -> Arc<LinkConfig> {
+    /// The node the tests' links dial or serve as (id 1, key seed 1).
+    const A: NodeId = NodeId([1; 32]);
+    /// Its peer (id 3, key seed 3).
+    const B: NodeId = NodeId([3; 32]);
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    /// Settings for node `me` signing with the key of `seed`.
+    fn config_of(me: NodeId, seed: u8, idle: Duration) -> Arc<LinkConfig> {
         Arc::new(LinkConfig {
-            identity: [1; 32],
+            me,
+            signing: key(seed),
             params_hash: [2; 32],
             window: 4,
             idle_timeout: idle,
@@ -1056,6 +1161,49 @@ mod tests {
             max_inbound: 4,
             hello_timeout: Duration::from_secs(5),
         })
+    }
+
+    /// Node A's settings.
+    fn test_config(idle: Duration) -> Arc<LinkConfig> {
+        config_of(A, 1, idle)
+    }
+
+    /// The tests' nodes.json: A and B, each with the key of its seed.
+    struct Listed;
+
+    impl Admission for Listed {
+        fn node_key(&self, id: &NodeId) -> Option<VerifyingKey> {
+            match *id {
+                A => Some(key(1).verifying_key()),
+                B => Some(key(3).verifying_key()),
+                _ => None,
+            }
+        }
+    }
+
+    /// The listening side of a handshake as node B, on a stream the test
+    /// holds.
+    async fn answer_as_b(s: &mut TcpStream, reader: &mut FrameReader) -> PeerHello {
+        let cfg = config_of(B, 3, Duration::from_secs(5));
+        let (mut rd, mut wr) = s.split();
+        answer_hello(&cfg, &Listed, reader, &mut rd, &mut wr)
+            .await
+            .unwrap()
+    }
+
+    /// Dials `addr` as `cfg`'s node and runs the dialling handshake,
+    /// expecting node `peer` holding `peer_key`.
+    async fn dial(
+        addr: std::net::SocketAddr,
+        cfg: &LinkConfig,
+        peer: NodeId,
+        peer_key: &VerifyingKey,
+    ) -> (TcpStream, FrameReader, Result<PeerHello, LinkError>) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut reader = FrameReader::new();
+        let (mut rd, mut wr) = s.split();
+        let r = offer_hello(cfg, peer, peer_key, &mut reader, &mut rd, &mut wr).await;
+        (s, reader, r)
     }
 
     /// Node policy with nothing to send and no gossip.
@@ -1086,6 +1234,12 @@ mod tests {
         fn link_state(&self, _: NodeId, _: bool) {}
     }
 
+    impl Admission for Idle {
+        fn node_key(&self, id: &NodeId) -> Option<VerifyingKey> {
+            Listed.node_key(id)
+        }
+    }
+
     /// Plays SOCKS5 for the first connection to `listener` (no
     /// authentication, CONNECT accepted) and hands over the stream.
     async fn socks_accept(listener: &TcpListener) -> TcpStream {
@@ -1111,13 +1265,12 @@ mod tests {
         }
     }
 
-    /// A peer that answers HELLO and never says anything again, while
-    /// reading whatever it is sent.
-    async fn silent_peer(listener: TcpListener, cfg: Arc<LinkConfig>) {
+    /// A peer (node B) that answers HELLO and never says anything again,
+    /// while reading whatever it is sent.
+    async fn silent_peer(listener: TcpListener) {
         let mut s = socks_accept(&listener).await;
         let mut reader = FrameReader::new();
-        reader.next(&mut s, Duration::from_secs(5)).await.unwrap();
-        write_frame(&mut s, &hello(&cfg)).await.unwrap();
+        answer_as_b(&mut s, &mut reader).await;
         drain(&mut s).await;
     }
 
@@ -1126,11 +1279,11 @@ mod tests {
         let cfg = test_config(Duration::from_millis(300));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
-        tokio::spawn(silent_peer(listener, cfg.clone()));
+        tokio::spawn(silent_peer(listener));
         let dialer = SocksDialer::new(proxy, Duration::from_secs(5));
         let policy = PeerPolicy::of(Arc::new(Idle(watch::channel(0).0)));
         let stop = CancellationToken::new();
-        let peer = NodeId([3; 32]);
+        let peer = B;
         let mut established = false;
         let result = tokio::time::timeout(
             Duration::from_secs(10),
@@ -1197,12 +1350,13 @@ mod tests {
             listener,
             cfg.clone(),
             Arc::new(NoHandler),
+            Arc::new(Listed),
             events.clone(),
             stop.clone(),
             TaskTracker::new(),
         ));
         let mut bytes = Vec::new();
-        hello(&cfg).encode(&mut bytes);
+        Frame::Hello(hello(&cfg)).encode(&mut bytes);
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut rd, mut wr) = stream.into_split();
         let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1223,7 +1377,11 @@ mod tests {
             .unwrap_or(0);
         assert_eq!(n, 0, "closed without an answer");
         let at = sent.load(std::sync::atomic::Ordering::SeqCst);
-        assert!(at < 75, "cut off after {at} of 75 bytes");
+        assert!(
+            at < frame::HELLO_FRAME,
+            "cut off after {at} of {} bytes",
+            frame::HELLO_FRAME
+        );
         drip.abort();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while events.0.lock().unwrap().is_empty() {
@@ -1262,18 +1420,16 @@ mod tests {
             listener,
             cfg.clone(),
             Arc::new(Gated(tokio::sync::Mutex::new(Some(gate)))),
+            Arc::new(Listed),
             Arc::new(NoEvents),
             stop.clone(),
             tracker.clone(),
         ));
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        write_frame(&mut client, &hello(&cfg)).await.unwrap();
-        let mut reader = FrameReader::new();
+        // B dials A.
+        let b = config_of(B, 3, Duration::from_secs(5));
+        let (mut client, mut reader, shaken) = dial(addr, &b, A, &key(1).verifying_key()).await;
+        assert_eq!(shaken.unwrap().node, A);
         let idle = Duration::from_secs(5);
-        assert!(matches!(
-            reader.next(&mut client, idle).await.unwrap(),
-            Frame::Hello { .. }
-        ));
         let packet = WirePacket::from_slice(&[0; crate::wire::packet::PACKET_SIZE]).unwrap();
         let frame = Frame::Packet {
             seq: 41,
@@ -1306,6 +1462,150 @@ mod tests {
         server.await.unwrap();
         tracker.close();
         tracker.wait().await;
+    }
+
+    /// What a link the test dialled got after its handshake: the frames
+    /// the listener sent until it closed (a reset counts as a close).
+    async fn frames_until_close(s: &mut TcpStream, reader: &mut FrameReader) -> Vec<Frame> {
+        let mut got = Vec::new();
+        loop {
+            match reader.next(s, Duration::from_secs(5)).await {
+                Ok(f) => got.push(f),
+                Err(LinkError::Closed) => return got,
+                Err(LinkError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return got;
+                }
+                Err(e) => panic!("the listener neither answered nor closed: {e}"),
+            }
+        }
+    }
+
+    /// The requests of an unauthenticated peer that wants service: keys,
+    /// a ping and a packet.
+    fn requests() -> Vec<u8> {
+        let mut out = Vec::new();
+        Frame::GetKeys { subject: A.0 }.encode(&mut out);
+        ping(5).encode(&mut out);
+        Frame::Packet {
+            seq: 1,
+            epoch: 0,
+            packet: WirePacket::from_slice(&[0; crate::wire::packet::PACKET_SIZE]).unwrap(),
+        }
+        .encode(&mut out);
+        out
+    }
+
+    #[tokio::test]
+    async fn only_a_listed_node_that_proves_its_key_is_served() {
+        let cfg = test_config(Duration::from_secs(5));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let events = Arc::new(Counted::default());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            cfg.clone(),
+            Arc::new(NoHandler),
+            Arc::new(Listed),
+            events.clone(),
+            stop.clone(),
+            TaskTracker::new(),
+        ));
+        let a_key = key(1).verifying_key();
+        let idle = Duration::from_secs(5);
+
+        // B with its own key: served (a PING is answered).
+        let b = config_of(B, 3, idle);
+        let (mut s, mut reader, shaken) = dial(addr, &b, A, &a_key).await;
+        assert_eq!(shaken.unwrap().node, A);
+        write_frame(&mut s, &ping(1)).await.unwrap();
+        assert!(matches!(
+            reader.next(&mut s, idle).await.unwrap(),
+            Frame::Pong { nonce: 1, .. }
+        ));
+        drop(s);
+
+        // Someone claiming to be B without B's key: the listener proves
+        // itself, refuses the proof it gets, and answers nothing else.
+        let impostor = config_of(B, 9, idle);
+        let (mut s, mut reader, shaken) = dial(addr, &impostor, A, &a_key).await;
+        assert!(shaken.is_ok(), "the listener proved itself: {shaken:?}");
+        s.write_all(&requests()).await.unwrap();
+        let got = frames_until_close(&mut s, &mut reader).await;
+        assert!(got.is_empty(), "served an impostor: {got:?}");
+
+        // A node that is not listed, with a key of its own: not even a
+        // HELLO back.
+        let stranger = config_of(NodeId([9; 32]), 9, idle);
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut out = Vec::new();
+        Frame::Hello(hello(&stranger)).encode(&mut out);
+        out.extend_from_slice(&requests());
+        s.write_all(&out).await.unwrap();
+        let got = frames_until_close(&mut s, &mut FrameReader::new()).await;
+        assert!(got.is_empty(), "answered a stranger: {got:?}");
+
+        // A client (this listener is no gateway), and a node speaking the
+        // protocol before authentication: refused the same way.
+        let mut client = hello(&b);
+        client.role = Role::Client;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        write_frame(&mut s, &Frame::Hello(client)).await.unwrap();
+        let got = frames_until_close(&mut s, &mut FrameReader::new()).await;
+        assert!(got.is_empty(), "answered a client: {got:?}");
+        let mut old = vec![1u8, 0, 2];
+        old.extend_from_slice(&[0; 72]);
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&old).await.unwrap();
+        let got = frames_until_close(&mut s, &mut FrameReader::new()).await;
+        assert!(got.is_empty(), "answered version 2: {got:?}");
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while events.0.lock().unwrap().len() < 4 {
+            assert!(tokio::time::Instant::now() < deadline, "not counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut seen = events.0.lock().unwrap().clone();
+        seen.sort_by_key(|k| *k as u8);
+        assert_eq!(
+            seen,
+            [
+                LinkRefusal::Version,
+                LinkRefusal::Unlisted,
+                LinkRefusal::Unlisted,
+                LinkRefusal::BadProof
+            ]
+        );
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dialler_refuses_a_listener_that_is_not_the_node_it_meant() {
+        let idle = Duration::from_secs(5);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        // Node A listens.
+        let server = tokio::spawn(serve(
+            listener,
+            test_config(idle),
+            Arc::new(NoHandler),
+            Arc::new(Listed),
+            Arc::new(NoEvents),
+            stop.clone(),
+            TaskTracker::new(),
+        ));
+        let b = config_of(B, 3, idle);
+        // B meant to reach node C: A's HELLO names A.
+        let (_, _, r) = dial(addr, &b, NodeId([4; 32]), &key(1).verifying_key()).await;
+        assert!(matches!(r, Err(LinkError::WrongPeer)), "{r:?}");
+        // B meant A, but A's listed key is another one (an impostor
+        // behind A's onion name, or a stale nodes.json): A's proof fails.
+        let (_, _, r) = dial(addr, &b, A, &key(7).verifying_key()).await;
+        assert!(matches!(r, Err(LinkError::BadProof(_))), "{r:?}");
+        stop.cancel();
+        server.await.unwrap();
     }
 
     /// An outbox of packets that records what the link reports back.
@@ -1343,6 +1643,12 @@ mod tests {
 
     impl KeyGossip for Recording {}
 
+    impl Admission for Recording {
+        fn node_key(&self, id: &NodeId) -> Option<VerifyingKey> {
+            Listed.node_key(id)
+        }
+    }
+
     impl LinkHealth for Recording {
         fn link_state(&self, _: NodeId, up: bool) {
             self.states.lock().unwrap().push(up);
@@ -1355,13 +1661,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
         // The peer takes three packets, acknowledges the second and closes.
-        let peer_cfg = cfg.clone();
         let peer_side = tokio::spawn(async move {
             let mut s = socks_accept(&listener).await;
             let mut reader = FrameReader::new();
             let idle = Duration::from_secs(5);
-            reader.next(&mut s, idle).await.unwrap();
-            write_frame(&mut s, &hello(&peer_cfg)).await.unwrap();
+            assert_eq!(answer_as_b(&mut s, &mut reader).await.node, A);
             let mut seqs = Vec::new();
             while seqs.len() < 3 {
                 if let Frame::Packet { seq, .. } = reader.next(&mut s, idle).await.unwrap() {
@@ -1399,7 +1703,7 @@ mod tests {
         let result = tokio::time::timeout(
             Duration::from_secs(10),
             outbound(
-                NodeId([3; 32]),
+                B,
                 "peer.onion",
                 9999,
                 &dialer,

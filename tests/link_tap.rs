@@ -13,7 +13,9 @@ use std::time::Duration;
 use common::PATIENCE;
 use common::link_tap::{Action, Direction, FrameKind, LinkTap, Rule};
 use pluto2::relay::socks::{SocksDialer, SocksError};
-use pluto2::wire::frame::{self, AckStatus, Frame, MAX_FRAME, PROTOCOL_VERSION};
+use pluto2::wire::frame::{
+    self, AckStatus, Frame, HELLO_FRAME, Hello, MAX_FRAME, PROTOCOL_VERSION, Role,
+};
 use pluto2::wire::packet::{PACKET_SIZE, WirePacket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,12 +25,14 @@ const CLIENT_ID: [u8; 32] = [7; 32];
 const SERVER_ID: [u8; 32] = [9; 32];
 
 fn hello(identity: [u8; 32]) -> Frame {
-    Frame::Hello {
+    Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
         params_hash: [3; 32],
+        role: Role::Node,
         identity,
+        nonce: [4; 32],
         clock_secs: 1_700_000_000,
-    }
+    })
 }
 
 fn packet(seq: u64) -> Frame {
@@ -163,7 +167,10 @@ async fn serve(
                     epoch,
                     key: [0; 32],
                 },
-                Frame::Ack { .. }
+                // The frame server stands in for a node without proving
+                // anything: the tap neither checks nor needs proofs.
+                Frame::Auth { .. }
+                | Frame::Ack { .. }
                 | Frame::Pong { .. }
                 | Frame::GetKeys { .. }
                 | Frame::Keys { .. } => continue,
@@ -230,6 +237,7 @@ fn ack(seq: u64, status: AckStatus) -> Option<Frame> {
 
 async fn tap_to(server: &FrameServer, host: &str) -> LinkTap {
     let tap = LinkTap::start().await;
+    tap.set_signer(ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
     tap.route_link(host, PORT, server.addr);
     tap
 }
@@ -273,8 +281,8 @@ async fn it_records_every_frame_both_ways_with_its_exact_size() {
     assert_eq!(
         seen,
         vec![
-            (To, FrameKind::Hello, 75, None, None),
-            (From, FrameKind::Hello, 75, None, None),
+            (To, FrameKind::Hello, HELLO_FRAME, None, None),
+            (From, FrameKind::Hello, HELLO_FRAME, None, None),
             (To, FrameKind::Packet, MAX_FRAME, Some(1), None),
             (From, FrameKind::Ack, 10, Some(1), stored),
             (To, FrameKind::Packet, MAX_FRAME, Some(2), None),
@@ -288,7 +296,7 @@ async fn it_records_every_frame_both_ways_with_its_exact_size() {
     assert_eq!(tap.packet_frame_sizes(), vec![MAX_FRAME; 3]);
     assert_eq!(
         tap.bytes_on_links(),
-        2 * 75 + 3 * (MAX_FRAME + 10) + 45 + 77
+        2 * HELLO_FRAME + 3 * (MAX_FRAME + 10) + 45 + 77
     );
     assert!(frames.iter().all(|f| f.host == host && f.port == PORT));
     assert!(frames.windows(2).all(|w| w[0].at <= w[1].at));

@@ -15,10 +15,13 @@ use common::PATIENCE;
 use common::link_tap::{
     Action, Direction, FrameKind, InjectError, LinkTap, Rule, TapConn, TapFrame,
 };
+use common::mixnet::identity_key;
 use common::mixnet::{LINK_PORT, MixNet, TEST_PARAMS};
+use ed25519_dalek::SigningKey;
 use pluto2::address::OnionName;
 use pluto2::wire::fragment::{Fragment, Kind};
-use pluto2::wire::frame::{self, AckStatus, Frame, MAX_FRAME, PROTOCOL_VERSION};
+use pluto2::wire::frame::{self, AckStatus, Frame, Hello, MAX_FRAME, PROTOCOL_VERSION, Role};
+use pluto2::wire::hello::{self, Side};
 use pluto2::wire::packet::{RouteHop, build};
 use pluto2::wire::pki::Directory;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -136,22 +139,53 @@ fn directory(net: &MixNet, i: usize) -> Directory {
     Directory::parse(&std::fs::read(&net.pki).unwrap(), &own).unwrap()
 }
 
-fn hello(params_hash: [u8; 32], version: u16) -> Frame {
-    Frame::Hello {
-        version,
-        params_hash,
-        identity: [0x42; 32],
-        clock_secs: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
+/// What a link the test opens says it is: its HELLO, and the key it
+/// proves it with (none: it never sends AUTH).
+struct Claim {
+    hello: Hello,
+    key: Option<SigningKey>,
+}
+
+/// A HELLO claiming `identity`, with these parameters and version.
+fn claim(
+    identity: [u8; 32],
+    params_hash: [u8; 32],
+    version: u16,
+    key: Option<SigningKey>,
+) -> Claim {
+    Claim {
+        hello: Hello {
+            version,
+            params_hash,
+            role: Role::Node,
+            identity,
+            nonce: rand::random(),
+            clock_secs: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        },
+        key,
     }
+}
+
+/// Node `i` as it is listed, proving it with its own identity key.
+fn as_node(net: &MixNet, i: usize) -> Claim {
+    let dir = directory(net, i);
+    claim(
+        dir.own().id.0,
+        dir.params().hash(),
+        PROTOCOL_VERSION,
+        Some(identity_key(&net.nodes[i].data)),
+    )
 }
 
 /// What a node did on a link the test opened itself.
 #[derive(Debug)]
 struct Answer {
-    /// Every whole frame it sent, its HELLO first if it answered one.
+    /// It answered with a HELLO of its own.
+    hello_back: bool,
+    /// Every other whole frame it sent but its AUTH.
     frames: Vec<Frame>,
     /// Bytes after the last whole frame.
     left: usize,
@@ -160,10 +194,6 @@ struct Answer {
 }
 
 impl Answer {
-    fn hello_back(&self) -> bool {
-        matches!(self.frames.first(), Some(Frame::Hello { .. }))
-    }
-
     fn acks(&self) -> Vec<AckStatus> {
         self.frames
             .iter()
@@ -175,19 +205,40 @@ impl Answer {
     }
 }
 
-/// Connects straight to a node's link listener, sends `first` (a HELLO)
-/// and then `bytes` as they are, optionally ends its own sending half, and
-/// reads whatever the node answers until it closes. A reset counts as a
-/// close: a node that closes with unread bytes in its buffer resets.
-async fn raw_link(to: SocketAddr, first: &Frame, bytes: &[u8], end_sending: bool) -> Answer {
+/// Connects straight to a node's link listener and says `who`'s HELLO;
+/// if `who` has a key, waits for the node's HELLO and sends the proof.
+/// Then sends `bytes` as they are, optionally ends its own sending half,
+/// and reads whatever the node answers until it closes. A reset counts as
+/// a close: a node that closes with unread bytes in its buffer resets.
+async fn raw_link(to: SocketAddr, who: &Claim, bytes: &[u8], end_sending: bool) -> Answer {
     let mut stream = TcpStream::connect(to).await.unwrap();
     let _ = stream.set_nodelay(true);
-    let mut out = Vec::new();
-    first.encode(&mut out);
-    out.extend_from_slice(bytes);
     let mut got = Vec::new();
     let closed = tokio::time::timeout(PATIENCE, async {
+        let mut out = Vec::new();
+        Frame::Hello(who.hello).encode(&mut out);
         // The node may close before taking every byte; that is an answer.
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+        let mut out = Vec::new();
+        if let Some(key) = &who.key {
+            let theirs = loop {
+                if let Ok(Some((Frame::Hello(h), _))) = frame::decode(&got) {
+                    break h;
+                }
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            };
+            Frame::Auth {
+                signature: hello::prove(key, Side::Dialler, &who.hello, &theirs),
+            }
+            .encode(&mut out);
+        }
+        out.extend_from_slice(bytes);
         if stream.write_all(&out).await.is_err() {
             return;
         }
@@ -210,7 +261,10 @@ async fn raw_link(to: SocketAddr, first: &Frame, bytes: &[u8], end_sending: bool
         frames.push(f);
         at += used;
     }
+    let hello_back = matches!(frames.first(), Some(Frame::Hello(_)));
+    frames.retain(|f| !matches!(f, Frame::Hello(_) | Frame::Auth { .. }));
     Answer {
+        hello_back,
         frames,
         left: got.len() - at,
         closed,
@@ -337,7 +391,8 @@ async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_lin
     let fixed = |k: FrameKind| match k {
         FrameKind::Packet => Some(MAX_FRAME),
         FrameKind::Ack => Some(1 + 8 + 1),
-        FrameKind::Hello => Some(1 + 2 + 32 + 32 + 8),
+        FrameKind::Hello => Some(1 + 2 + 32 + 1 + 32 + 32 + 8),
+        FrameKind::Auth => Some(1 + 64),
         FrameKind::Ping => Some(1 + 8 + 32 + 4),
         FrameKind::Pong => Some(1 + 8 + 32 + 4 + 32),
         FrameKind::GetKeys => Some(1 + 32),
@@ -369,8 +424,7 @@ async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_lin
     // A packet no node has seen, for node 2 to forward to node 3.
     let (hop, next) = (2, 3);
     let to = ([127, 0, 0, 1], net.nodes[hop].link_port.unwrap()).into();
-    let params = directory(&net, hop).params().hash();
-    let good = hello(params, PROTOCOL_VERSION);
+    let good = as_node(&net, 0);
     let packet = fresh_packet_frame(&net, hop, next, 1);
     assert_eq!(packet.len(), MAX_FRAME);
     let tap = &net.nodes[hop].tap;
@@ -388,8 +442,8 @@ async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_lin
     assert!(is_close(&e), "{e:?}");
     bad_type[0] = 9;
     let a = raw_link(to, &good, &bad_type, false).await;
-    assert!(a.hello_back() && a.closed, "{a:?}");
-    assert_eq!(a.frames.len(), 1, "answered a bad type: {a:?}");
+    assert!(a.hello_back && a.closed, "{a:?}");
+    assert!(a.frames.is_empty(), "answered a bad type: {a:?}");
     // A stray byte before a valid PING: the node neither skips it nor
     // guesses a length for it (either would answer or wait for more).
     let mut stray = vec![9];
@@ -400,13 +454,13 @@ async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_lin
     }
     .encode(&mut stray);
     let a = raw_link(to, &good, &stray, false).await;
-    assert!(a.hello_back() && a.closed, "{a:?}");
-    assert_eq!(a.frames.len(), 1, "answered after a stray byte: {a:?}");
+    assert!(a.hello_back && a.closed, "{a:?}");
+    assert!(a.frames.is_empty(), "answered after a stray byte: {a:?}");
 
     // One byte short, then the peer stops sending: no acknowledgement, the
     // node closes.
     let a = raw_link(to, &good, &packet[..packet.len() - 1], true).await;
-    assert!(a.hello_back() && a.closed, "{a:?}");
+    assert!(a.hello_back && a.closed, "{a:?}");
     assert!(a.acks().is_empty() && a.left == 0, "{a:?}");
 
     // Neither stored anything: the packet itself is still new here, and
@@ -430,9 +484,9 @@ async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_lin
     let mut long = packet.clone();
     long.push(0xff);
     let a = raw_link(to, &good, &long, false).await;
-    assert!(a.hello_back() && a.closed, "{a:?}");
+    assert!(a.hello_back && a.closed, "{a:?}");
     assert_eq!(a.acks(), [AckStatus::Duplicate], "{a:?}");
-    assert_eq!((a.frames.len(), a.left), (2, 0), "{a:?}");
+    assert_eq!((a.frames.len(), a.left), (1, 0), "{a:?}");
 
     // The network still carries mail.
     send(&net, &mail(500, "after")).await;
@@ -505,14 +559,19 @@ async fn a_peer_with_other_network_parameters_is_refused_without_a_hello() {
     let params = directory(&net, target).params().hash();
 
     // The right parameters get a HELLO back and a link that stays open.
-    let a = raw_link(to, &hello(params, PROTOCOL_VERSION), &[], true).await;
-    assert!(a.hello_back(), "{a:?}");
+    let a = raw_link(to, &as_node(&net, 0), &[], true).await;
+    assert!(a.hello_back, "{a:?}");
     // Other parameters, or another protocol version: closed unanswered.
     let mut other = params;
     other[0] ^= 1;
+    let node0 = |params, version| {
+        let good = as_node(&net, 0);
+        claim(good.hello.identity, params, version, good.key)
+    };
     for h in [
-        hello(other, PROTOCOL_VERSION),
-        hello(params, PROTOCOL_VERSION + 1),
+        node0(other, PROTOCOL_VERSION),
+        node0(params, PROTOCOL_VERSION + 1),
+        node0(params, PROTOCOL_VERSION - 1),
     ] {
         let a = raw_link(to, &h, &[], false).await;
         assert!(a.closed && a.frames.is_empty() && a.left == 0, "{a:?}");
@@ -522,7 +581,7 @@ async fn a_peer_with_other_network_parameters_is_refused_without_a_hello() {
     // and still shows the refusals.
     let began = Instant::now();
     for _ in 0..1_000 {
-        let a = raw_link(to, &hello(other, PROTOCOL_VERSION), &[], false).await;
+        let a = raw_link(to, &node0(other, PROTOCOL_VERSION), &[], false).await;
         assert!(a.closed && a.frames.is_empty(), "{a:?}");
     }
     let minutes = began.elapsed().as_secs() / 60;
@@ -586,5 +645,105 @@ async fn a_peer_with_other_network_parameters_is_refused_without_a_hello() {
     for line in logs.lines().filter(|l| l.contains("[STATS]")) {
         assert!(line.contains("healthy=0/4"), "{line}");
     }
+    assert_logs_hold_no_identities(&net);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_cannot_prove_a_listed_identity_gets_nothing_and_mail_flows() {
+    let net = MixNet::start(5, TEST_PARAMS).await;
+    net.until_healthy(0, 4).await;
+    let (hop, next) = (2, 3);
+    let to: SocketAddr = ([127, 0, 0, 1], net.nodes[hop].link_port.unwrap()).into();
+    let dir = directory(&net, hop);
+    let params = dir.params().hash();
+    // Everything a peer may ask for: a packet to forward, the node's keys,
+    // a ping.
+    let mut asks = fresh_packet_frame(&net, hop, next, 1);
+    Frame::GetKeys {
+        subject: dir.own().id.0,
+    }
+    .encode(&mut asks);
+    Frame::Ping {
+        nonce: 77,
+        subject: dir.own().id.0,
+        epoch: net.epoch_now(),
+    }
+    .encode(&mut asks);
+    let tap = &net.nodes[hop].tap;
+    let before = sent_packets(&tap.frames());
+
+    // Node 0's identity (public, in nodes.json) without its secret key:
+    // the node proves itself, refuses the proof it gets, serves nothing.
+    let node0 = directory(&net, 0).own().id.0;
+    let wrong = SigningKey::from_bytes(&rand::random());
+    let a = raw_link(
+        to,
+        &claim(node0, params, PROTOCOL_VERSION, Some(wrong)),
+        &asks,
+        false,
+    )
+    .await;
+    assert!(a.hello_back && a.closed, "{a:?}");
+    assert!(
+        a.frames.is_empty() && a.left == 0,
+        "served an impostor: {a:?}"
+    );
+    // A process with a fresh key of its own: not even a HELLO back.
+    let fresh = SigningKey::from_bytes(&rand::random());
+    let id = fresh.verifying_key().to_bytes();
+    let a = raw_link(
+        to,
+        &claim(id, params, PROTOCOL_VERSION, Some(fresh)),
+        &asks,
+        false,
+    )
+    .await;
+    assert!(!a.hello_back && a.closed, "{a:?}");
+    assert!(
+        a.frames.is_empty() && a.left == 0,
+        "served a stranger: {a:?}"
+    );
+    forwards_nothing(tap, before, "a packet from an unauthenticated peer").await;
+    for kind in ["bad_proof", "unlisted"] {
+        let line = format!("inbound link refused ({kind})");
+        net.daemon(hop)
+            .until_log(&line, |l| l.contains(&line))
+            .await;
+    }
+
+    // The same asks from node 0 with its own key are all answered, and
+    // the packet is forwarded: what the two links got is the refusal.
+    let a = raw_link(to, &as_node(&net, 0), &asks, true).await;
+    assert_eq!(a.acks(), [AckStatus::Stored], "{a:?}");
+    assert!(
+        a.frames.iter().any(|f| matches!(
+            f,
+            Frame::Keys {
+                bundle: Some(_),
+                ..
+            }
+        )),
+        "{a:?}"
+    );
+    assert!(
+        a.frames
+            .iter()
+            .any(|f| matches!(f, Frame::Pong { nonce: 77, .. })),
+        "{a:?}"
+    );
+    let next_onion = net.nodes[next].onion.clone();
+    tap.wait_until(
+        |f| {
+            f.iter().skip(before).any(|f| {
+                f.host == next_onion && f.kind == FrameKind::Packet && f.dir == Direction::ToTarget
+            })
+        },
+        PATIENCE,
+    )
+    .await
+    .expect("the packet forwarded");
+
+    send(&net, &mail(500, "after")).await;
+    delivered(&net, 1).await;
     assert_logs_hold_no_identities(&net);
 }

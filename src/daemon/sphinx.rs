@@ -358,20 +358,23 @@ pub async fn spawn(
     }
     rotated(&ctx, &rotation).await;
     let cfg = Arc::new(LinkConfig::new(
-        ctx.identity.public().to_bytes(),
+        ctx.own(),
+        ctx.identity.signing_key().clone(),
         params.hash(),
         params.epoch,
     ));
+    let hop = Arc::new(Hop {
+        ctx: ctx.clone(),
+        completions: links.clone(),
+    });
     sup.spawn(
         StopPhase::Work,
         "link listener",
         link::serve(
             listener,
             cfg.clone(),
-            Arc::new(Hop {
-                ctx: ctx.clone(),
-                completions: links.clone(),
-            }),
+            hop.clone(),
+            hop,
             stats.clone(),
             shutdown.clone(),
             links.clone(),

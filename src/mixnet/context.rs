@@ -54,6 +54,12 @@ impl DirectoryCell {
         self.current.read().unwrap().node(id).is_some()
     }
 
+    /// The identity key pinned for `id` now, if it is listed: what a link
+    /// peer claiming to be `id` must prove it holds.
+    pub fn identity_of(&self, id: &NodeId) -> Option<ed25519_dalek::VerifyingKey> {
+        self.current.read().unwrap().node(id).map(|n| n.identity)
+    }
+
     pub fn node(&self, id: &NodeId) -> Option<crate::wire::pki::Node> {
         self.current.read().unwrap().node(id).cloned()
     }

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::context::MixContext;
 use super::peers::Offer;
 use crate::BoxFuture;
-use crate::link::{KeyGossip, LinkHealth, OutboundPacket, Outbox};
+use crate::link::{Admission, KeyGossip, LinkHealth, OutboundPacket, Outbox};
 use crate::spool::custody::PacketSettle;
 use crate::stats::Stats;
 use crate::wire::bundle::Bundle;
@@ -158,6 +158,14 @@ impl Outbox for Forwarder {
 
 /// What links learn of peers' health: up or down (path selection reads
 /// it) and their clocks.
+/// A peer is dialled only while listed, and must prove the identity key
+/// listed for it.
+impl Admission for Forwarder {
+    fn node_key(&self, id: &NodeId) -> Option<ed25519_dalek::VerifyingKey> {
+        self.ctx.directory.identity_of(id)
+    }
+}
+
 impl LinkHealth for Forwarder {
     fn link_state(&self, peer: NodeId, up: bool) {
         if up != self.ctx.health.is_up(&peer) {

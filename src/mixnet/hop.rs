@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::context::MixContext;
 use crate::BoxFuture;
 use crate::envelope::EnqueueOutcome;
-use crate::link::PacketHandler;
+use crate::link::{Admission, PacketHandler};
 use crate::spool::custody::{
     Custody, CustodyOutcome, EntryAck, ExitRows, MixId, OutPacket, PacketKind, StoredFragment,
 };
@@ -38,6 +38,14 @@ pub struct Hop {
     /// apart from the link that brought it (its ACK must not wait for the
     /// join), and the daemon's shutdown waits for them.
     pub completions: tokio_util::task::TaskTracker,
+}
+
+/// Inbound links are served only to listed nodes, each proving the
+/// identity key `nodes.json` pins for it now.
+impl Admission for Hop {
+    fn node_key(&self, id: &NodeId) -> Option<ed25519_dalek::VerifyingKey> {
+        self.ctx.directory.identity_of(id)
+    }
 }
 
 impl PacketHandler for Hop {

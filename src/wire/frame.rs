@@ -6,13 +6,19 @@
 //!
 //! | type | frame | body |
 //! |---|---|---|
-//! | 1 | HELLO | protocol version u16, network parameter hash [32], sender identity [32], clock (unix s) u64 |
+//! | 1 | HELLO | protocol version u16, network parameter hash [32], role u8, sender identity [32], nonce [32], clock (unix s) u64 |
 //! | 2 | PACKET | sequence u64, epoch u32, packet [`PACKET_SIZE`] |
 //! | 3 | ACK | sequence u64, status u8 |
 //! | 4 | PING | nonce u64, subject node [32], epoch u32 |
 //! | 5 | PONG | nonce u64, subject node [32], epoch u32, subject's key for it [32] (zero: none) |
 //! | 6 | GETKEYS | subject node [32] |
 //! | 7 | KEYS | subject node [32], present u8, bundle [`BUNDLE_SIZE`] (zero when absent) |
+//! | 8 | AUTH | ed25519 signature [64] over both HELLOs ([`super::hello`]) |
+//!
+//! A HELLO's length depends on its version, so its version is read first
+//! and any version but ours is an error naming it before the rest is
+//! awaited: a node of an older release is told apart from a stranger
+//! sending garbage (version 2's HELLO had no role, nonce or AUTH).
 //!
 //! PING and PONG also compare notes: each PING asks the peer which mix key
 //! it holds for some node (the subject) in some epoch, so that a node
@@ -26,8 +32,9 @@
 use super::bundle::{BUNDLE_SIZE, Bundle};
 use super::packet::{PACKET_SIZE, PacketError, WirePacket};
 
-/// The link protocol version in HELLO.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The link protocol version in HELLO: 3 since links are authenticated
+/// (HELLO with a role and a nonce, then AUTH).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 const HELLO: u8 = 1;
 const PACKET: u8 = 2;
@@ -36,6 +43,11 @@ const PING: u8 = 4;
 const PONG: u8 = 5;
 const GETKEYS: u8 = 6;
 const KEYS: u8 = 7;
+const AUTH: u8 = 8;
+
+/// The length of a HELLO frame, type byte included.
+pub const HELLO_FRAME: usize = 1 + HELLO_BODY;
+const HELLO_BODY: usize = 2 + 32 + 1 + 32 + 32 + 8;
 
 /// The longest frame (a PACKET); a reader never needs a larger buffer.
 pub const MAX_FRAME: usize = 1 + 8 + 4 + PACKET_SIZE;
@@ -79,13 +91,81 @@ impl AckStatus {
     }
 }
 
+/// Who says HELLO: a listed node, or (next: at a gateway) a client with a
+/// key of its own. The listener looks the identity up by role, so a client
+/// can never pass the check a node's HELLO gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A node listed in `nodes.json`; its identity is its node id (the key
+    /// in its onion name) and it proves itself with the identity key pinned
+    /// there.
+    Node,
+    /// A client; its identity is the ed25519 key it proves itself with.
+    Client,
+}
+
+impl Role {
+    fn byte(self) -> u8 {
+        match self {
+            Role::Node => 1,
+            Role::Client => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Role> {
+        match b {
+            1 => Some(Role::Node),
+            2 => Some(Role::Client),
+            _ => None,
+        }
+    }
+}
+
+/// What each side says first. Both HELLOs are what the AUTH signatures
+/// cover, so every field here is proven by both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub params_hash: [u8; 32],
+    pub role: Role,
+    pub identity: [u8; 32],
+    /// Fresh random bytes: the other side's AUTH signs them, so no AUTH
+    /// is good for any other link.
+    pub nonce: [u8; 32],
+    pub clock_secs: u64,
+}
+
+impl Hello {
+    /// The HELLO body as signed (the frame without its type byte).
+    pub fn body(&self) -> [u8; HELLO_BODY] {
+        let mut b = [0u8; HELLO_BODY];
+        b[..2].copy_from_slice(&self.version.to_be_bytes());
+        b[2..34].copy_from_slice(&self.params_hash);
+        b[34] = self.role.byte();
+        b[35..67].copy_from_slice(&self.identity);
+        b[67..99].copy_from_slice(&self.nonce);
+        b[99..].copy_from_slice(&self.clock_secs.to_be_bytes());
+        b
+    }
+
+    fn from_body(b: &[u8]) -> Result<Hello, FrameError> {
+        Ok(Hello {
+            version: u16::from_be_bytes([b[0], b[1]]),
+            params_hash: b[2..34].try_into().unwrap(),
+            role: Role::from_byte(b[34]).ok_or(FrameError::Role(b[34]))?,
+            identity: b[35..67].try_into().unwrap(),
+            nonce: b[67..99].try_into().unwrap(),
+            clock_secs: u64::from_be_bytes(b[99..107].try_into().unwrap()),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Hello {
-        version: u16,
-        params_hash: [u8; 32],
-        identity: [u8; 32],
-        clock_secs: u64,
+    Hello(Hello),
+    /// The sender's signature over both HELLOs ([`super::hello`]).
+    Auth {
+        signature: [u8; 64],
     },
     Packet {
         seq: u64,
@@ -126,11 +206,16 @@ pub enum FrameError {
     Packet(#[from] PacketError),
     #[error("malformed KEYS frame")]
     Keys,
+    #[error("link protocol version {0} (this node speaks {PROTOCOL_VERSION})")]
+    Version(u16),
+    #[error("unknown role {0} in HELLO")]
+    Role(u8),
 }
 
 fn body_len(kind: u8) -> Result<usize, FrameError> {
     Ok(match kind {
-        HELLO => 2 + 32 + 32 + 8,
+        HELLO => HELLO_BODY,
+        AUTH => 64,
         PACKET => 8 + 4 + PACKET_SIZE,
         ACK => 8 + 1,
         PING => 8 + 32 + 4,
@@ -144,17 +229,13 @@ fn body_len(kind: u8) -> Result<usize, FrameError> {
 impl Frame {
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Frame::Hello {
-                version,
-                params_hash,
-                identity,
-                clock_secs,
-            } => {
+            Frame::Hello(hello) => {
                 out.push(HELLO);
-                out.extend_from_slice(&version.to_be_bytes());
-                out.extend_from_slice(params_hash);
-                out.extend_from_slice(identity);
-                out.extend_from_slice(&clock_secs.to_be_bytes());
+                out.extend_from_slice(&hello.body());
+            }
+            Frame::Auth { signature } => {
+                out.push(AUTH);
+                out.extend_from_slice(signature);
             }
             Frame::Packet { seq, epoch, packet } => {
                 out.push(PACKET);
@@ -219,16 +300,20 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         return Ok(None);
     };
     let len = body_len(kind)?;
+    if kind == HELLO && buf.len() >= 3 {
+        let version = u16::from_be_bytes([buf[1], buf[2]]);
+        if version != PROTOCOL_VERSION {
+            return Err(FrameError::Version(version));
+        }
+    }
     let Some(body) = buf.get(1..1 + len) else {
         return Ok(None);
     };
     let u64_at = |at: usize| u64::from_be_bytes(body[at..at + 8].try_into().unwrap());
     let frame = match kind {
-        HELLO => Frame::Hello {
-            version: u16::from_be_bytes([body[0], body[1]]),
-            params_hash: body[2..34].try_into().unwrap(),
-            identity: body[34..66].try_into().unwrap(),
-            clock_secs: u64_at(66),
+        HELLO => Frame::Hello(Hello::from_body(body)?),
+        AUTH => Frame::Auth {
+            signature: body.try_into().unwrap(),
         },
         PACKET => Frame::Packet {
             seq: u64_at(0),
@@ -278,12 +363,15 @@ mod tests {
 
     fn all_frames() -> Vec<Frame> {
         vec![
-            Frame::Hello {
+            Frame::Hello(Hello {
                 version: PROTOCOL_VERSION,
                 params_hash: [1; 32],
+                role: Role::Node,
                 identity: [2; 32],
+                nonce: [6; 32],
                 clock_secs: 1_700_000_000,
-            },
+            }),
+            Frame::Auth { signature: [8; 64] },
             Frame::Packet {
                 seq: 7,
                 epoch: 19_000,
@@ -354,7 +442,7 @@ mod tests {
     #[test]
     fn every_packet_frame_has_one_size() {
         let mut a = Vec::new();
-        all_frames()[1].encode(&mut a);
+        all_frames()[2].encode(&mut a);
         assert_eq!(a.len(), MAX_FRAME);
     }
 
@@ -371,6 +459,22 @@ mod tests {
         *ack.last_mut().unwrap() = 0;
         assert_eq!(decode(&ack).unwrap_err(), FrameError::Status(0));
         assert_eq!(decode(&ack[..5]).unwrap(), None);
+    }
+
+    #[test]
+    fn another_hello_version_is_named_from_its_first_bytes_and_a_role_must_be_known() {
+        let mut hello = Vec::new();
+        all_frames()[0].encode(&mut hello);
+        assert_eq!(hello.len(), HELLO_FRAME);
+        // A version-2 node's HELLO is shorter than ours: its version is
+        // named as soon as it arrives, not after a wait for bytes that
+        // never come.
+        assert_eq!(decode(&[HELLO, 0, 2]).unwrap_err(), FrameError::Version(2));
+        assert_eq!(decode(&[HELLO, 0]).unwrap(), None);
+        assert_eq!(decode(&hello[..HELLO_FRAME - 1]).unwrap(), None);
+        let mut role = hello.clone();
+        role[1 + 34] = 9;
+        assert_eq!(decode(&role).unwrap_err(), FrameError::Role(9));
     }
 
     #[test]

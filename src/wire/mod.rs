@@ -7,6 +7,8 @@
 //!   or an acknowledgement) and the message blob it is cut from.
 //! * [`frame`]: link frames between two nodes (hello, packet, ack, ping,
 //!   keys).
+//! * [`hello`]: what each side of a link signs to prove who it is, and the
+//!   check of it.
 //! * [`bundle`]: a node's mix public keys, signed by its identity.
 //! * [`pki`]: `nodes.json` from bytes to a directory.
 //! * [`pki_sig`]: the signed directory and the decision to accept one.
@@ -20,6 +22,7 @@
 pub mod bundle;
 pub mod fragment;
 pub mod frame;
+pub mod hello;
 pub mod packet;
 pub mod pki;
 pub mod pki_sig;

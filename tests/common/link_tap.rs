@@ -19,7 +19,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pluto2::wire::frame::{self, AckStatus, Frame};
+use ed25519_dalek::SigningKey;
+use pluto2::wire::frame::{self, AckStatus, Frame, Hello};
+use pluto2::wire::hello::{self, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -53,6 +55,7 @@ pub enum FrameKind {
     Pong,
     GetKeys,
     Keys,
+    Auth,
     /// Bytes `frame::decode` refused (bad type or status). The stream
     /// is forwarded raw from here on, so the receiver sees exactly what
     /// was sent and the test can watch it close the link.
@@ -231,7 +234,9 @@ struct State {
     rules: Vec<RuleState>,
     captured: Vec<Captured>,
     /// The last HELLO the connecting side sent on each link, for inject.
-    hellos: HashMap<(String, u16), Frame>,
+    hellos: HashMap<(String, u16), Hello>,
+    /// The identity key of the node this tap serves, for inject's proof.
+    signer: Option<SigningKey>,
     /// KEYS frames coming back on links to this host are replaced by
     /// these bytes (a node showing this tap's node another face).
     keys_for: HashMap<String, Vec<u8>>,
@@ -290,6 +295,8 @@ pub enum InjectError {
     NoRoute(String),
     #[error("no HELLO recorded on the link to {0}")]
     NoHello(String),
+    #[error("no identity key to prove the HELLO with (set_signer)")]
+    NoSigner,
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("the target closed the connection")]
@@ -540,11 +547,19 @@ impl LinkTap {
         }
     }
 
+    /// The identity key of the node whose links this tap carries: what
+    /// [`LinkTap::inject`] proves its HELLO with, as that node would.
+    pub fn set_signer(&self, key: SigningKey) {
+        self.state().signer = Some(key);
+    }
+
     /// Opens a new TCP connection straight to the target of `host:port`
-    /// (not through the tap, so nothing is recorded), sends the last HELLO
-    /// the connecting side sent on that link (clock refreshed), reads the
-    /// target's HELLO, sends `frame_bytes` as they are and returns the
-    /// status of the first ACK that comes back.
+    /// (not through the tap, so nothing is recorded), says HELLO as the
+    /// connecting node did on that link (fresh nonce and clock), proves it
+    /// with the key from [`LinkTap::set_signer`] once the target answered,
+    /// sends `frame_bytes` as they are and returns the status of the first
+    /// ACK that comes back. The target's own proof is not checked: the
+    /// tap stands in for the network, not for a node.
     pub async fn inject(
         &self,
         host: &str,
@@ -552,42 +567,42 @@ impl LinkTap {
         frame_bytes: &[u8],
     ) -> Result<AckStatus, InjectError> {
         let key = (host.to_string(), port);
-        let (to, hello) = {
+        let (to, hello, signer) = {
             let s = self.state();
             let to = s.routes.get(&key).map(|r| r.0);
-            (to, s.hellos.get(&key).cloned())
+            (to, s.hellos.get(&key).copied(), s.signer.clone())
         };
         let to = to.ok_or_else(|| InjectError::NoRoute(host.to_string()))?;
-        let Some(Frame::Hello {
-            version,
-            params_hash,
-            identity,
-            ..
-        }) = hello
-        else {
+        let Some(recorded) = hello else {
             return Err(InjectError::NoHello(host.to_string()));
         };
-        let hello = Frame::Hello {
-            version,
-            params_hash,
-            identity,
+        let signer = signer.ok_or(InjectError::NoSigner)?;
+        let ours = Hello {
+            nonce: rand::random(),
             clock_secs: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            ..recorded
         };
         tokio::time::timeout(self.patience, async {
             let mut stream = TcpStream::connect(to).await?;
             let _ = stream.set_nodelay(true);
             let mut out = Vec::new();
-            hello.encode(&mut out);
+            Frame::Hello(ours).encode(&mut out);
             stream.write_all(&out).await?;
             let mut buf = Vec::new();
-            match read_frame(&mut stream, &mut buf).await? {
-                Frame::Hello { .. } => {}
+            let theirs = match read_frame(&mut stream, &mut buf).await? {
+                Frame::Hello(h) => h,
                 other => return Err(InjectError::NoHelloBack(Box::new(other))),
+            };
+            let mut out = Vec::new();
+            Frame::Auth {
+                signature: hello::prove(&signer, Side::Dialler, &ours, &theirs),
             }
-            stream.write_all(frame_bytes).await?;
+            .encode(&mut out);
+            out.extend_from_slice(frame_bytes);
+            stream.write_all(&out).await?;
             loop {
                 if let Frame::Ack { status, .. } = read_frame(&mut stream, &mut buf).await? {
                     return Ok(status);
@@ -829,7 +844,8 @@ impl Conn {
             action: None,
         };
         match &f {
-            Frame::Hello { identity, .. } => rec.identity = Some(*identity),
+            Frame::Hello(h) => rec.identity = Some(h.identity),
+            Frame::Auth { .. } => rec.kind = FrameKind::Auth,
             Frame::Packet { seq, epoch, packet } => {
                 rec.kind = FrameKind::Packet;
                 rec.seq = Some(*seq);
@@ -857,8 +873,8 @@ impl Conn {
             }
             action = s.apply_rules(&self.host, dir, rec.kind);
             rec.action = action;
-            if matches!(f, Frame::Hello { .. }) && dir == Direction::ToTarget {
-                s.hellos.insert((self.host.clone(), self.port), f.clone());
+            if let (Frame::Hello(h), Direction::ToTarget) = (&f, dir) {
+                s.hellos.insert((self.host.clone(), self.port), *h);
             }
             if let (Some(Action::ReplayLater), Some(seq)) = (action, rec.seq) {
                 s.captured.push(Captured {

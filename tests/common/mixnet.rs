@@ -307,6 +307,15 @@ fn link_port(d: &Daemon) -> u16 {
     }
 }
 
+/// The identity key in a node's data directory (made by `export`).
+pub fn identity_key(data: &Path) -> ed25519_dalek::SigningKey {
+    let seed: [u8; 32] = std::fs::read(data.join("identity.key"))
+        .expect("identity.key in the node's data dir")
+        .try_into()
+        .expect("32 bytes");
+    ed25519_dalek::SigningKey::from_bytes(&seed)
+}
+
 impl MixNet {
     /// Like [`MixNet::start`], but the nodes in `middle` are middle nodes
     /// only (`-exit=false` in their entry and on their command line), so a
@@ -331,6 +340,8 @@ impl MixNet {
             let data = dir.path().join(&short);
             entries.push(export(&onion, &short, &data, flags(i)));
             let tap = LinkTap::start().await;
+            // What the tap injects, it proves as this node would.
+            tap.set_signer(identity_key(&data));
             tap.route(&sink_onion, 25, sink.addr);
             nodes.push(MixNode {
                 onion,
