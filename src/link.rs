@@ -34,6 +34,7 @@ use crate::listen::LogThrottle;
 use crate::listen::accept_until;
 use crate::redact::Sensitive;
 use crate::relay::socks::SocksDialer;
+use crate::smtp::proxy_header::ProxySource;
 use crate::wire::bundle::Bundle;
 use crate::wire::frame::{
     self, AckStatus, Frame, FrameError, Hello, MAX_FRAME, PROTOCOL_VERSION, Role,
@@ -64,10 +65,18 @@ pub struct LinkConfig {
     /// Outbound links are closed and reopened (a new Tor circuit) after
     /// this long.
     pub max_age: Duration,
-    /// Inbound connections at once.
-    pub max_inbound: usize,
-    /// An inbound connection must have sent its whole HELLO within this.
+    /// Inbound connections still in their handshake, at once: when a new
+    /// one arrives with the pool full, the oldest is closed.
+    pub max_handshakes: usize,
+    /// Of those, at most this many from one Tor circuit (known from the
+    /// PROXY line): more from the same circuit are closed at once.
+    pub handshakes_per_circuit: usize,
+    /// An inbound connection must have finished its handshake within this.
     pub hello_timeout: Duration,
+    /// PING and GETKEYS an inbound link may send per second, and in one
+    /// burst; past it the link is read no faster than that.
+    pub control_rate: f64,
+    pub control_burst: f64,
 }
 
 impl LinkConfig {
@@ -100,12 +109,26 @@ impl LinkConfig {
             // A new circuit every three hours, as Tor's own clients rotate
             // theirs, so no single circuit carries a link for days.
             max_age: Duration::from_secs(3 * 3600),
-            // Room for every node of a large network plus reconnects.
-            max_inbound: 256,
+            // Authenticated links have room of their own (one per listed
+            // node), so this pool only holds handshakes in progress: an
+            // honest one lasts about one onion-service round trip. 64
+            // leaves room for a whole network restarting at once.
+            max_handshakes: 64,
+            // A node dials each link on a circuit of its own; two allow
+            // for a rotation overlapping a redial.
+            handshakes_per_circuit: 2,
             // The dialler sends its HELLO as soon as the circuit stands;
-            // the listener's clock starts only then (at the accept), so
-            // this covers one onion-service round trip with a wide margin.
-            hello_timeout: Duration::from_secs(20),
+            // the listener's clock starts only then (at the accept). The
+            // handshake is one and a half round trips over the onion
+            // service (a second or two, more on a loaded Tor); ten seconds
+            // leave a margin and keep what a stranger can hold short.
+            hello_timeout: Duration::from_secs(10),
+            // A peer pings once per ping interval (at most 5 a second, in
+            // tests) and asks for a few bundles an epoch; 20 a second with
+            // a burst of 40 never slows an honest node, and makes a flood
+            // of them cost next to nothing.
+            control_rate: 20.0,
+            control_burst: 40.0,
         }
     }
 }
@@ -113,7 +136,9 @@ impl LinkConfig {
 /// Receives packets from inbound links. The returned status is sent back
 /// as ACK, so it must come only once the packet's fate is durable.
 pub trait PacketHandler: Send + Sync {
-    fn receive(&self, epoch: u32, packet: WirePacket) -> BoxFuture<'_, AckStatus>;
+    /// A packet from `from`, the authenticated previous hop (its link is
+    /// the only one it has here, so per-peer shares are per-link shares).
+    fn receive(&self, from: NodeId, epoch: u32, packet: WirePacket) -> BoxFuture<'_, AckStatus>;
     /// The bundle this node holds for `subject` (its own, when it is this
     /// node), for a peer's GETKEYS.
     fn bundle(&self, _subject: NodeId) -> Option<Bundle> {
@@ -238,6 +263,8 @@ enum LinkError {
     BadProof(#[from] hello::BadProof),
     #[error("the peer's HELLO names another node than the one dialled")]
     WrongPeer,
+    #[error("closed in its handshake to make room ({0:?})")]
+    Evicted(Eviction),
 }
 
 /// Reads whole frames from a stream with a deadline per frame. The buffer
@@ -256,22 +283,27 @@ impl FrameReader {
     /// Skips a PROXY v1 line at the very start of an inbound link: Tor's
     /// `HiddenServiceExportCircuitID haproxy` applies to every port of the
     /// onion service, the link port included. (Frame types never start
-    /// with `P`, so the two cannot be confused.)
+    /// with `P`, so the two cannot be confused.) Returns the circuit it
+    /// names, if any: the only thing that tells strangers apart before
+    /// they proved anything.
     async fn skip_proxy_header<R: AsyncReadExt + Unpin>(
         &mut self,
         stream: &mut R,
         idle: Duration,
-    ) -> Result<(), LinkError> {
+    ) -> Result<Option<std::net::IpAddr>, LinkError> {
         let deadline = tokio::time::Instant::now() + idle;
         loop {
             if self.buf.first().is_some_and(|&b| b != b'P') {
-                return Ok(());
+                return Ok(None);
             }
             if !self.buf.is_empty() {
                 match crate::smtp::proxy_header::parse(&self.buf) {
-                    Ok(Some((_, used))) => {
+                    Ok(Some((source, used))) => {
                         self.buf.drain(..used);
-                        return Ok(());
+                        return Ok(match source {
+                            ProxySource::Address(ip) => Some(ip),
+                            ProxySource::Unknown => None,
+                        });
                     }
                     Ok(None) => {}
                     Err(_) => return Err(LinkError::NoHello),
@@ -455,7 +487,9 @@ async fn write_frame(
 /// Why the listener turned a connection away before serving it anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkRefusal {
-    /// Every inbound slot is taken (`max_inbound`).
+    /// Closed in its handshake to make room: the pool of handshakes was
+    /// full (`max_handshakes`, the oldest goes), or its Tor circuit had
+    /// `handshakes_per_circuit` already.
     NoSlot,
     /// The peer speaks another link protocol version.
     Version,
@@ -504,6 +538,7 @@ impl LinkRefusal {
             LinkError::NoHello => Some(LinkRefusal::Hello),
             LinkError::SlowHello(_) => Some(LinkRefusal::SlowHello),
             LinkError::Unlisted => Some(LinkRefusal::Unlisted),
+            LinkError::Evicted(_) => Some(LinkRefusal::NoSlot),
             LinkError::BadProof(_) => Some(LinkRefusal::BadProof),
             _ => None,
         }
@@ -537,9 +572,139 @@ impl Refusals {
     }
 }
 
+/// The inbound side's room. Connections that have not proven who they are
+/// share a small pool: when it is full the oldest is closed to make room
+/// (a stranger holding connections open loses them to newcomers, among
+/// them the nodes it wanted to keep out, whose handshake takes a round
+/// trip), and one Tor circuit may hold only a few places of it.
+/// Authenticated links do not count against the pool: each listed node has
+/// room for exactly one, and a newer link from the same node replaces the
+/// older one (a node that redials after losing its circuit is never locked
+/// out by its own stale link).
+struct Room {
+    max_pending: usize,
+    per_circuit: usize,
+    next_id: std::sync::atomic::AtomicU64,
+    state: std::sync::Mutex<RoomState>,
+}
+
+#[derive(Default)]
+struct RoomState {
+    /// Handshakes in progress, oldest first: id, circuit once known, and
+    /// what closes the connection.
+    pending: std::collections::VecDeque<(u64, Option<std::net::IpAddr>, CancellationToken)>,
+    /// The one link of each authenticated peer.
+    links: HashMap<NodeId, (u64, CancellationToken)>,
+}
+
+/// Why a connection lost its place in the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eviction {
+    /// Still in its handshake when the pool was full: the oldest goes.
+    Pending,
+    /// Too many handshakes at once from its circuit.
+    Circuit,
+}
+
+impl Room {
+    fn new(cfg: &LinkConfig) -> Room {
+        Room {
+            max_pending: cfg.max_handshakes.max(1),
+            per_circuit: cfg.handshakes_per_circuit.max(1),
+            next_id: Default::default(),
+            state: Default::default(),
+        }
+    }
+
+    /// A new connection's place in the pool; closes the oldest one when
+    /// the pool is full (counted by the task that owned it).
+    fn enter(self: &Arc<Self>) -> Place {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut st = self.state.lock().unwrap();
+        while st.pending.len() >= self.max_pending {
+            if let Some((_, _, oldest)) = st.pending.pop_front() {
+                oldest.cancel();
+            }
+        }
+        st.pending.push_back((id, None, token.clone()));
+        Place {
+            room: self.clone(),
+            id,
+            token,
+            peer: None,
+        }
+    }
+
+    /// Records the circuit a pending connection came on; false when that
+    /// circuit already holds its share of the pool.
+    fn on_circuit(&self, id: u64, circuit: std::net::IpAddr) -> bool {
+        let mut st = self.state.lock().unwrap();
+        let already = st
+            .pending
+            .iter()
+            .filter(|(other, c, _)| *other != id && *c == Some(circuit))
+            .count();
+        if already >= self.per_circuit {
+            return false;
+        }
+        if let Some(entry) = st.pending.iter_mut().find(|(other, _, _)| *other == id) {
+            entry.1 = Some(circuit);
+        }
+        true
+    }
+
+    /// Moves a connection that proved to be `peer` out of the pool into
+    /// `peer`'s own room, closing the link it replaces.
+    fn admit(&self, place: &mut Place, peer: NodeId) {
+        let mut st = self.state.lock().unwrap();
+        st.pending.retain(|(id, _, _)| *id != place.id);
+        if let Some((_, older)) = st.links.insert(peer, (place.id, place.token.clone())) {
+            older.cancel();
+        }
+        place.peer = Some(peer);
+    }
+
+    fn leave(&self, id: u64, peer: Option<NodeId>) {
+        let mut st = self.state.lock().unwrap();
+        match peer {
+            None => st.pending.retain(|(other, _, _)| *other != id),
+            Some(peer) => {
+                if st.links.get(&peer).is_some_and(|(other, _)| *other == id) {
+                    st.links.remove(&peer);
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
+        let st = self.state.lock().unwrap();
+        (st.pending.len(), st.links.len())
+    }
+}
+
+/// One connection's place in the [`Room`]; gives it back when dropped,
+/// whatever way the connection ends.
+struct Place {
+    room: Arc<Room>,
+    id: u64,
+    /// Cancelled when the place is taken away (eviction or replacement).
+    token: CancellationToken,
+    peer: Option<NodeId>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.room.leave(self.id, self.peer);
+    }
+}
+
 /// Accepts links until shutdown; each connection gets its own task on
-/// `tracker`, at most `max_inbound` at once (more are closed unread).
-/// Refusals are counted through `events` and logged throttled.
+/// `tracker` and a place in the [`Room`]. Refusals are counted through
+/// `events` and logged throttled.
 pub async fn serve(
     mut listener: TcpListener,
     cfg: Arc<LinkConfig>,
@@ -549,59 +714,103 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(cfg.max_inbound));
+    let room = Arc::new(Room::new(&cfg));
     let refusals = Arc::new(Refusals {
         events,
         throttles: Default::default(),
     });
     accept_until(&mut listener, "link", &shutdown, |stream, _| {
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            refusals.note(LinkRefusal::NoSlot, &"too many inbound links");
-            return;
-        };
+        let place = room.enter();
         let (cfg, handler, stop) = (cfg.clone(), handler.clone(), shutdown.clone());
         let (admission, refusals) = (admission.clone(), refusals.clone());
         tracker.spawn(async move {
             // The dialling side only sees the link close, so the operator
             // learns here that a peer runs another nodes.json or another
             // version, or is no listed node (which peer: never said).
-            if let Err(e) = inbound(stream, &cfg, handler, &*admission, stop).await {
+            if let Err(e) = inbound(stream, &cfg, handler, &*admission, place, stop).await {
                 match LinkRefusal::of(&e) {
                     Some(kind) => refusals.note(kind, &e),
                     None => debug!("[MIXNET] inbound link closed: {e}"),
                 }
             }
-            drop(permit);
         });
     })
     .await;
 }
 
-/// One inbound link: HELLO, then packets handled concurrently (at most
-/// `window` at once), each acknowledged when its handler answers.
+/// A token bucket for one link's control frames (PING, GETKEYS): how long
+/// to wait before the next one may be read.
+struct ControlBudget {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl ControlBudget {
+    fn new(cfg: &LinkConfig, now: Instant) -> ControlBudget {
+        ControlBudget {
+            tokens: cfg.control_burst,
+            rate: cfg.control_rate.max(0.001),
+            burst: cfg.control_burst.max(1.0),
+            at: now,
+        }
+    }
+
+    /// Spends one token; the wait before the frame after this one may be
+    /// read (zero while within the budget).
+    fn spend(&mut self, now: Instant) -> Duration {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst) - 1.0;
+        self.at = now;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// One inbound link: the handshake within `hello_timeout` (while it has a
+/// place in the pool), then packets handled concurrently (at most `window`
+/// at once), each acknowledged when its handler answers, and control
+/// frames within the link's budget.
 async fn inbound(
     stream: TcpStream,
     cfg: &LinkConfig,
     handler: Arc<dyn PacketHandler>,
     admission: &dyn Admission,
+    mut place: Place,
     shutdown: CancellationToken,
 ) -> Result<(), LinkError> {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut reader = FrameReader::new();
+    let evicted = place.token.clone();
     // One deadline for everything before the peer is known: Tor's PROXY
-    // line and the HELLO come at once from an honest peer, so a connection
-    // that has not finished them soon holds a slot for nothing.
-    let peer = tokio::time::timeout(cfg.hello_timeout, async {
-        reader.skip_proxy_header(&mut rd, cfg.hello_timeout).await?;
+    // line and the handshake come at once from an honest peer, so a
+    // connection that has not finished them soon holds a place for nothing.
+    let handshake = async {
+        if let Some(circuit) = reader.skip_proxy_header(&mut rd, cfg.hello_timeout).await?
+            && !place.room.on_circuit(place.id, circuit)
+        {
+            return Err(LinkError::Evicted(Eviction::Circuit));
+        }
         answer_hello(cfg, admission, &mut reader, &mut rd, &mut wr).await
-    })
-    .await
-    .unwrap_or(Err(LinkError::Idle(cfg.hello_timeout)))
+    };
+    let peer = tokio::select! {
+        _ = evicted.cancelled() => Err(LinkError::Evicted(Eviction::Pending)),
+        r = tokio::time::timeout(cfg.hello_timeout, handshake) => {
+            r.unwrap_or(Err(LinkError::Idle(cfg.hello_timeout)))
+        }
+    }
     .map_err(|e| match e {
         LinkError::Idle(_) => LinkError::SlowHello(cfg.hello_timeout),
         e => e,
     })?;
+    let room = place.room.clone();
+    room.admit(&mut place, peer.node);
+    let replaced = place.token.clone();
     debug!(
         "[MIXNET] inbound link from {}",
         Sensitive(hex(&peer.node.0))
@@ -624,13 +833,28 @@ async fn inbound(
     });
     let in_flight = Arc::new(Semaphore::new(cfg.window));
     let handlers = TaskTracker::new();
+    let mut control = ControlBudget::new(cfg, Instant::now());
     let result = loop {
         let frame = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            // The same node linked again: this link is stale.
+            _ = replaced.cancelled() => break Ok(()),
             f = reader.next(&mut rd, cfg.idle_timeout) => f,
         };
         if out_tx.is_closed() {
             break Err(LinkError::Closed); // the writer gave up on the peer
+        }
+        if matches!(frame, Ok(Frame::Ping { .. } | Frame::GetKeys { .. })) {
+            // Over its budget a link is read more slowly: the frames wait
+            // in the peer's buffers, not in ours, and cost nothing here.
+            let wait = control.spend(Instant::now());
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break Ok(()),
+                    _ = replaced.cancelled() => break Ok(()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
         }
         match frame {
             Ok(Frame::Packet { seq, epoch, packet }) => {
@@ -644,7 +868,7 @@ async fn inbound(
                 };
                 let (handler, out) = (handler.clone(), out_tx.clone());
                 handlers.spawn(async move {
-                    let status = handler.receive(epoch, packet).await;
+                    let status = handler.receive(peer.node, epoch, packet).await;
                     let _ = out.send(Frame::Ack { seq, status }).await;
                     drop(permit);
                 });
@@ -1158,8 +1382,11 @@ mod tests {
             ping_interval: idle / 3,
             connect_timeout: Duration::from_secs(5),
             max_age: Duration::from_secs(3600),
-            max_inbound: 4,
+            max_handshakes: 4,
+            handshakes_per_circuit: 2,
             hello_timeout: Duration::from_secs(5),
+            control_rate: 20.0,
+            control_burst: 40.0,
         })
     }
 
@@ -1309,7 +1536,7 @@ mod tests {
     struct Gated(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
 
     impl PacketHandler for Gated {
-        fn receive(&self, _: u32, _: WirePacket) -> BoxFuture<'_, AckStatus> {
+        fn receive(&self, _: NodeId, _: u32, _: WirePacket) -> BoxFuture<'_, AckStatus> {
             Box::pin(async move {
                 if let Some(gate) = self.0.lock().await.take() {
                     let _ = gate.await;
@@ -1397,7 +1624,7 @@ mod tests {
     struct NoHandler;
 
     impl PacketHandler for NoHandler {
-        fn receive(&self, _epoch: u32, _packet: WirePacket) -> BoxFuture<'_, AckStatus> {
+        fn receive(&self, _: NodeId, _: u32, _: WirePacket) -> BoxFuture<'_, AckStatus> {
             Box::pin(async { AckStatus::Rejected })
         }
     }
@@ -1606,6 +1833,222 @@ mod tests {
         assert!(matches!(r, Err(LinkError::BadProof(_))), "{r:?}");
         stop.cancel();
         server.await.unwrap();
+    }
+
+    /// Starts node A's listener with `cfg`; returns its address, the
+    /// refusals it counts and what stops it.
+    async fn listen_as_a(
+        cfg: Arc<LinkConfig>,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<Counted>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let events = Arc::new(Counted::default());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            cfg,
+            Arc::new(NoHandler),
+            Arc::new(Listed),
+            events.clone(),
+            stop.clone(),
+            TaskTracker::new(),
+        ));
+        (addr, events, stop, server)
+    }
+
+    /// Whether a link B opened to A is served: a PING gets its PONG.
+    async fn served(s: &mut TcpStream, reader: &mut FrameReader, nonce: u64) -> bool {
+        if write_frame(s, &ping(nonce)).await.is_err() {
+            return false;
+        }
+        matches!(
+            reader.next(s, Duration::from_secs(5)).await,
+            Ok(Frame::Pong { nonce: n, .. }) if n == nonce
+        )
+    }
+
+    /// Waits (bounded) until `events` counted `n` refusals of `kind`.
+    async fn until_counted(events: &Counted, kind: LinkRefusal, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = events
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|k| **k == kind)
+                .count();
+            if seen >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{seen} of {n} {kind:?} counted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn strangers_holding_every_handshake_place_give_way_to_a_node() {
+        // Four places; the strangers' connections never say anything, and
+        // no deadline would end them during the test.
+        let cfg = Arc::new(LinkConfig {
+            hello_timeout: Duration::from_secs(60),
+            ..(*test_config(Duration::from_secs(60))).clone()
+        });
+        let (addr, events, stop, server) = listen_as_a(cfg).await;
+        let mut strangers = Vec::new();
+        for _ in 0..10 {
+            strangers.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Six of the ten were closed to make room for the last four.
+        until_counted(&events, LinkRefusal::NoSlot, 6).await;
+        // B still gets in (its handshake evicts the oldest stranger left)
+        // and is served.
+        let b = config_of(B, 3, Duration::from_secs(5));
+        let (mut s, mut reader, shaken) = dial(addr, &b, A, &key(1).verifying_key()).await;
+        assert_eq!(shaken.unwrap().node, A);
+        assert!(served(&mut s, &mut reader, 1).await);
+        until_counted(&events, LinkRefusal::NoSlot, 7).await;
+        // The strangers that made way see their connection closed.
+        let mut closed = 0;
+        for mut st in strangers {
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(50), st.read(&mut byte)).await
+            {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 7, "closed strangers");
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_tor_circuit_holds_only_its_share_of_the_handshake_places() {
+        let cfg = Arc::new(LinkConfig {
+            hello_timeout: Duration::from_secs(60),
+            ..(*test_config(Duration::from_secs(60))).clone()
+        });
+        let (addr, events, stop, server) = listen_as_a(cfg).await;
+        let proxy = |circuit: u32| {
+            format!("PROXY TCP6 fc00:dead:beef:4dad::{circuit:x} ::1 6543 9999\r\n").into_bytes()
+        };
+        // Two from circuit 7 stay; the third is closed at once.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&proxy(7)).await.unwrap();
+            held.push(s);
+        }
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        third.write_all(&proxy(7)).await.unwrap();
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut byte))
+            .await
+            .expect("a third handshake from one circuit must be closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        until_counted(&events, LinkRefusal::NoSlot, 1).await;
+        // Another circuit is not affected: B, on circuit 8, is served.
+        let b = config_of(B, 3, Duration::from_secs(5));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&proxy(8)).await.unwrap();
+        let mut reader = FrameReader::new();
+        let (mut rd, mut wr) = s.split();
+        let shaken = offer_hello(
+            &b,
+            A,
+            &key(1).verifying_key(),
+            &mut reader,
+            &mut rd,
+            &mut wr,
+        )
+        .await;
+        assert_eq!(shaken.unwrap().node, A);
+        assert!(served(&mut s, &mut reader, 2).await);
+        assert_eq!(events.0.lock().unwrap().len(), 1);
+        drop(held);
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_newer_link_from_the_same_node_replaces_the_older_one() {
+        let (addr, _events, stop, server) = listen_as_a(test_config(Duration::from_secs(30))).await;
+        let b = config_of(B, 3, Duration::from_secs(5));
+        let a_key = key(1).verifying_key();
+        let (mut old, mut old_reader, _) = dial(addr, &b, A, &a_key).await;
+        assert!(served(&mut old, &mut old_reader, 1).await);
+        let (mut new, mut new_reader, _) = dial(addr, &b, A, &a_key).await;
+        assert!(served(&mut new, &mut new_reader, 2).await);
+        // The older link is closed by the listener (B lost its circuit and
+        // redialled: the stale link must not keep B's room).
+        let end = old_reader.next(&mut old, Duration::from_secs(10)).await;
+        assert!(
+            matches!(end, Err(LinkError::Closed | LinkError::Io(_))),
+            "{end:?}"
+        );
+        assert!(served(&mut new, &mut new_reader, 3).await);
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn the_room_holds_one_link_per_node_and_gives_places_back() {
+        let room = Arc::new(Room::new(&test_config(Duration::from_secs(5))));
+        let mut first = room.enter();
+        let mut second = room.enter();
+        assert_eq!(room.counts(), (2, 0));
+        room.admit(&mut first, B);
+        assert_eq!(room.counts(), (1, 1));
+        room.admit(&mut second, B);
+        assert!(first.token.is_cancelled(), "the older link of B is closed");
+        assert_eq!(room.counts(), (0, 1));
+        // The replaced link ending does not take the newer one's room.
+        drop(first);
+        assert_eq!(room.counts(), (0, 1));
+        drop(second);
+        assert_eq!(room.counts(), (0, 0));
+        // Places of connections that end in their handshake come back.
+        let places: Vec<Place> = (0..4).map(|_| room.enter()).collect();
+        assert_eq!(room.counts(), (4, 0));
+        drop(places);
+        assert_eq!(room.counts(), (0, 0));
+    }
+
+    #[test]
+    fn control_frames_past_the_budget_are_read_only_at_its_rate() {
+        let cfg = test_config(Duration::from_secs(5));
+        let t0 = Instant::now();
+        let mut budget = ControlBudget::new(&cfg, t0);
+        // The burst passes at once…
+        for _ in 0..40 {
+            assert_eq!(budget.spend(t0), Duration::ZERO);
+        }
+        // …then each frame waits its turn at 20 a second.
+        let near = |d: Duration, ms: f64| (d.as_secs_f64() * 1000.0 - ms).abs() < 0.001;
+        assert!(near(budget.spend(t0), 50.0));
+        assert!(near(budget.spend(t0), 100.0));
+        // Time earns tokens back, up to the burst.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(budget.spend(later), Duration::ZERO);
+        assert!(budget.tokens <= 39.0);
+        // An honest peer's pace (a ping every 200 ms) never waits.
+        let mut honest = ControlBudget::new(&cfg, t0);
+        for i in 0..1_000u32 {
+            assert_eq!(
+                honest.spend(t0 + Duration::from_millis(200) * i),
+                Duration::ZERO
+            );
+        }
     }
 
     /// An outbox of packets that records what the link reports back.

@@ -747,3 +747,156 @@ async fn a_peer_that_cannot_prove_a_listed_identity_gets_nothing_and_mail_flows(
     delivered(&net, 1).await;
     assert_logs_hold_no_identities(&net);
 }
+
+/// Raises this test process's soft limit on open files to the hard one:
+/// the test holds several hundred sockets at once.
+fn more_files() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+}
+
+/// A stranger that opens a connection to `to`, sends `first` and waits
+/// until the node closes it, then opens another a second later, until
+/// `stop` (or `until` at the latest). Returns how many it opened.
+async fn stranger(
+    to: SocketAddr,
+    first: Vec<u8>,
+    stop: tokio_util::sync::CancellationToken,
+    until: tokio::time::Instant,
+) -> usize {
+    let mut opened = 0;
+    while !stop.is_cancelled() && tokio::time::Instant::now() < until && opened < 400 {
+        let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(to)).await
+        else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        opened += 1;
+        let _ = s.write_all(&first).await;
+        let mut sink = [0u8; 1024];
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep_until(until) => {}
+            _ = async {
+                while let Ok(n) = s.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            } => {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    opened
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_holding_connections_do_not_keep_restarting_nodes_out() {
+    more_files();
+    let mut net = MixNet::start(5, TEST_PARAMS).await;
+    net.until_healthy(0, 4).await;
+    let target = 1;
+    let to: SocketAddr = ([127, 0, 0, 1], net.nodes[target].link_port.unwrap()).into();
+    let params = directory(&net, target).params().hash();
+    // 500 strangers that never finish a HELLO (they send half of one),
+    // and 300 that say a whole HELLO as an unlisted node and then PING;
+    // each reconnects a second after the node closes it, for 60 s at
+    // least (until the checks below are done).
+    let began = tokio::time::Instant::now();
+    let until = began + Duration::from_secs(300);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut half = Vec::new();
+    Frame::Hello(as_node(&net, 0).hello).encode(&mut half);
+    half.truncate(half.len() / 2);
+    let mut unlisted = Vec::new();
+    let fresh = SigningKey::from_bytes(&[0x55; 32])
+        .verifying_key()
+        .to_bytes();
+    Frame::Hello(claim(fresh, params, PROTOCOL_VERSION, None).hello).encode(&mut unlisted);
+    Frame::Ping {
+        nonce: 1,
+        subject: fresh,
+        epoch: 0,
+    }
+    .encode(&mut unlisted);
+    let mut strangers = tokio::task::JoinSet::new();
+    for i in 0..800 {
+        let first = if i < 500 {
+            half.clone()
+        } else {
+            unlisted.clone()
+        };
+        strangers.spawn(stranger(to, first, stop.clone(), until));
+    }
+    // Let them fill the node's places, then restart two nodes that link
+    // to it: each must be served by it again within its normal redial
+    // time (its first dial is at once; later ones at most 30 s apart).
+    net.daemon(target)
+        .until_log("refused (no_slot)", |l| {
+            l.contains("inbound link refused (no_slot)")
+        })
+        .await;
+    eprintln!("filled after {:?}", began.elapsed());
+    // Served means answered: the first PING of a link goes out one ping
+    // interval (30 s on these parameters) after it came up, so its PONG
+    // proves the link got through and stayed.
+    let onion = net.nodes[target].onion.clone();
+    let restarted = [2, 3];
+    for &r in &restarted {
+        net.nodes[r].daemon.as_mut().unwrap().kill9();
+    }
+    let at = tokio::time::Instant::now();
+    for &r in &restarted {
+        net.start_node(r, &[]);
+    }
+    for &r in &restarted {
+        net.nodes[r]
+            .tap
+            .wait_until(
+                |f| {
+                    f.iter().any(|f| {
+                        f.host == onion
+                            && f.kind == FrameKind::Pong
+                            && f.dir == Direction::FromTarget
+                            && f.at > at
+                    })
+                },
+                Duration::from_secs(50),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("node {r} not served by node {target} again"));
+        eprintln!("node {r} served {:?} after its restart", at.elapsed());
+    }
+    eprintln!("restarts served after {:?}", began.elapsed());
+    // Mail crosses the network, once, while the strangers are still at it.
+    net.until_healthy(0, 4).await;
+    eprintln!("healthy after {:?}", began.elapsed());
+    send(&net, &mail(500, "held")).await;
+    delivered(&net, 1).await;
+    eprintln!("delivered after {:?}", began.elapsed());
+    tokio::time::sleep_until(began + Duration::from_secs(60)).await;
+    stop.cancel();
+    let mut opened = 0;
+    while let Some(n) = strangers.join_next().await {
+        opened += n.unwrap();
+    }
+    eprintln!("joined after {:?}", began.elapsed());
+    assert!(opened >= 800, "{opened} connections");
+    // The refusals are in the log as a few counted lines, not one each.
+    let minutes = began.elapsed().as_secs() / 60;
+    let lines = net
+        .daemon(target)
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("inbound link refused"))
+        .count() as u64;
+    assert!(
+        lines <= 3 * (2 + minutes),
+        "{lines} refusal lines for {opened} connections"
+    );
+    assert_eq!(net.sink.received().len(), 1, "delivered once");
+    assert_logs_hold_no_identities(&net);
+}

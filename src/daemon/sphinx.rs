@@ -303,7 +303,7 @@ pub async fn spawn(
     use crate::mixnet::context::MixContext;
     use crate::mixnet::forwarder::Forwarder;
     use crate::mixnet::health::Health;
-    use crate::mixnet::hop::{self, Hop};
+    use crate::mixnet::hop::{self, Hop, UnwrapShares};
     use crate::mixnet::packet_cover::MixCover;
     use crate::mixnet::path::hop_delay;
     use crate::mixnet::peers::PeerKeys;
@@ -366,6 +366,9 @@ pub async fn spawn(
     let hop = Arc::new(Hop {
         ctx: ctx.clone(),
         completions: links.clone(),
+        shares: UnwrapShares::new(
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        ),
     });
     sup.spawn(
         StopPhase::Work,

@@ -38,6 +38,52 @@ pub struct Hop {
     /// apart from the link that brought it (its ACK must not wait for the
     /// join), and the daemon's shutdown waits for them.
     pub completions: tokio_util::task::TaskTracker,
+    /// Who may be unwrapping a packet now.
+    pub shares: UnwrapShares,
+}
+
+/// The CPU a previous hop may take: at most one of its packets is being
+/// unwrapped at a time, and at most one per core in all. Unwrapping (the
+/// Sphinx step, ~140 µs) is nearly all a packet costs; so a peer that
+/// floods, even a listed one gone bad, gets at most one core however much
+/// it sends, and while other links have packets too they take turns with it
+/// (the semaphores are fair). An honest link is never slowed by this:
+/// one core unwraps about 7,000 packets a second, several times what a Tor
+/// circuit carries. Every previous hop is an authenticated, listed node
+/// with one link, so the map is bounded by `nodes.json`.
+pub struct UnwrapShares {
+    per_peer: std::sync::Mutex<std::collections::HashMap<NodeId, Arc<tokio::sync::Semaphore>>>,
+    all: Arc<tokio::sync::Semaphore>,
+}
+
+impl UnwrapShares {
+    /// Shares for a machine with `cores` cores.
+    pub fn new(cores: usize) -> UnwrapShares {
+        UnwrapShares {
+            per_peer: Default::default(),
+            all: Arc::new(tokio::sync::Semaphore::new(cores.max(1))),
+        }
+    }
+
+    /// Waits for `from`'s turn; the turn ends when the permits drop.
+    async fn turn(
+        &self,
+        from: NodeId,
+    ) -> Option<(
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    )> {
+        let mine = self
+            .per_peer
+            .lock()
+            .unwrap()
+            .entry(from)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+            .clone();
+        let mine = mine.acquire_owned().await.ok()?;
+        let all = self.all.clone().acquire_owned().await.ok()?;
+        Some((mine, all))
+    }
 }
 
 /// Inbound links are served only to listed nodes, each proving the
@@ -49,8 +95,8 @@ impl Admission for Hop {
 }
 
 impl PacketHandler for Hop {
-    fn receive(&self, epoch: u32, packet: WirePacket) -> BoxFuture<'_, AckStatus> {
-        Box::pin(self.handle(epoch, packet))
+    fn receive(&self, from: NodeId, epoch: u32, packet: WirePacket) -> BoxFuture<'_, AckStatus> {
+        Box::pin(self.handle(from, epoch, packet))
     }
 
     fn bundle(&self, subject: NodeId) -> Option<Bundle> {
@@ -84,7 +130,7 @@ fn status_of(outcome: CustodyOutcome, stats: &Stats) -> AckStatus {
 }
 
 impl Hop {
-    async fn handle(&self, epoch: u32, packet: WirePacket) -> AckStatus {
+    async fn handle(&self, from: NodeId, epoch: u32, packet: WirePacket) -> AckStatus {
         let ctx = &self.ctx;
         Stats::add(&ctx.stats.mix_packets_in, 1);
         // Only the previous, current and ahead epochs have a key; a packet
@@ -94,9 +140,13 @@ impl Hop {
             Stats::add(&ctx.stats.mix_unknown_epoch, 1);
             return AckStatus::UnknownEpoch;
         };
-        let Ok((tag, processed)) =
-            tokio::task::spawn_blocking(move || packet::process(&packet, key.secret())).await
-        else {
+        let Some(turn) = self.shares.turn(from).await else {
+            return AckStatus::Busy;
+        };
+        let unwrapped =
+            tokio::task::spawn_blocking(move || packet::process(&packet, key.secret())).await;
+        drop(turn);
+        let Ok((tag, processed)) = unwrapped else {
             return AckStatus::Busy;
         };
         let processed = match processed {
@@ -400,6 +450,36 @@ pub fn random_id() -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Paused time: a wait that would last for ever ends at once, so
+    // "still waiting" is decided by the semaphores, not by the machine.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_unwraps_one_packet_at_a_time_and_others_take_their_turn() {
+        let shares = UnwrapShares::new(2);
+        let (flood, other, third) = (NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]));
+        let first = shares.turn(flood).await.unwrap();
+        // The same peer's next packet waits for its first…
+        let soon = std::time::Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(soon, shares.turn(flood))
+                .await
+                .is_err(),
+            "a second unwrap for one peer at once"
+        );
+        // …while another peer's goes ahead.
+        let second = shares.turn(other).await.unwrap();
+        // Both cores busy: a third peer waits for a core, not for a peer.
+        assert!(
+            tokio::time::timeout(soon, shares.turn(third))
+                .await
+                .is_err()
+        );
+        drop(second);
+        let t = tokio::time::timeout(soon, shares.turn(third)).await;
+        assert!(t.is_ok(), "a freed core goes to the waiting peer");
+        drop(first);
+        assert!(tokio::time::timeout(soon, shares.turn(flood)).await.is_ok());
+    }
 
     #[test]
     fn bitmaps_mark_exactly_the_stored_fragments() {
