@@ -274,6 +274,17 @@ async fn raw_link(to: SocketAddr, who: &Claim, bytes: &[u8], end_sending: bool) 
 /// A fresh packet for node `hop` to forward to node `next` (who drops it:
 /// DROP cover), as a PACKET frame. No node has seen it before.
 fn fresh_packet_frame(net: &MixNet, hop: usize, next: usize, seq: u64) -> Vec<u8> {
+    delayed_packet_frame(net, hop, next, seq, Duration::from_millis(5))
+}
+
+/// Like [`fresh_packet_frame`], with `delay` at each hop.
+fn delayed_packet_frame(
+    net: &MixNet,
+    hop: usize,
+    next: usize,
+    seq: u64,
+    delay: Duration,
+) -> Vec<u8> {
     let dir = directory(net, 0);
     let node = |i: usize| {
         let onion = OnionName::parse(&net.nodes[i].onion).unwrap();
@@ -289,7 +300,7 @@ fn fresh_packet_frame(net: &MixNet, hop: usize, next: usize, seq: u64) -> Vec<u8
         .map(|&i| RouteHop {
             id: node(i).id,
             mix_key: net.mix_key(i, epoch),
-            delay: Duration::from_millis(5),
+            delay,
         })
         .collect();
     let drop = Fragment {
@@ -898,5 +909,68 @@ async fn strangers_holding_connections_do_not_keep_restarting_nodes_out() {
         "{lines} refusal lines for {opened} connections"
     );
     assert_eq!(net.sink.received().len(), 1, "delivered once");
+    assert_logs_hold_no_identities(&net);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_over_the_maximum_is_refused_and_a_listed_peers_flood_is_counted_not_logged() {
+    let mut net = MixNet::start(5, TEST_PARAMS).await;
+    net.until_healthy(0, 4).await;
+    // The test speaks as node 4, stopped: a node has one link at a peer,
+    // and its own redial would replace the test's link.
+    let me = 4;
+    net.nodes[me].daemon.as_mut().unwrap().signal("TERM");
+    assert!(net.nodes[me].daemon.as_mut().unwrap().wait().success());
+    let (hop, next) = (2, 3);
+    let to: SocketAddr = ([127, 0, 0, 1], net.nodes[hop].link_port.unwrap()).into();
+    let max = directory(&net, hop).params().hop_delay_max;
+    assert_eq!(max, Duration::from_millis(240));
+
+    // A delay just over the network's maximum is refused by the hop it is
+    // meant for; the maximum itself is taken.
+    let over = delayed_packet_frame(&net, hop, next, 1, max + Duration::from_millis(1));
+    let a = raw_link(to, &as_node(&net, me), &over, true).await;
+    assert_eq!(a.acks(), [AckStatus::Rejected], "{a:?}");
+    let at_max = delayed_packet_frame(&net, hop, next, 2, max);
+    let a = raw_link(to, &as_node(&net, me), &at_max, true).await;
+    assert_eq!(a.acks(), [AckStatus::Stored], "{a:?}");
+
+    // A listed peer gone bad floods packets that do not open, and asks
+    // for keys over and over, on one link.
+    const FLOOD: usize = 3_000;
+    let lines_before = net.daemon(hop).log_text().lines().count();
+    // Each is a valid packet with its routing information damaged: it
+    // costs the hop a whole unwrap before the MAC fails.
+    let valid = fresh_packet_frame(&net, hop, next, 0);
+    let mut flood = Vec::with_capacity(FLOOD * MAX_FRAME);
+    for seq in 0..FLOOD as u64 {
+        let mut frame = valid.clone();
+        frame[1..9].copy_from_slice(&seq.to_be_bytes());
+        frame[PACKET_AT + 40] ^= 0x01;
+        frame[PACKET_AT + 41..PACKET_AT + 43].copy_from_slice(&(seq as u16).to_be_bytes());
+        flood.extend_from_slice(&frame);
+        if seq % 30 == 0 {
+            Frame::GetKeys { subject: [0; 32] }.encode(&mut flood);
+        }
+    }
+    let a = raw_link(to, &as_node(&net, me), &flood, true).await;
+    let acks = a.acks();
+    assert_eq!(acks.len(), FLOOD, "every packet answered");
+    assert!(acks.iter().all(|s| *s == AckStatus::Rejected));
+    // Counted (one over the maximum, then the flood)...
+    until_stat(&net, hop, "rejected", 1 + FLOOD as u64).await;
+    // ...not logged one by one: what the node wrote meanwhile is its
+    // [STATS] lines and a few others.
+    let logs = net.daemon(hop).log_text();
+    let new_lines: Vec<&str> = logs.lines().skip(lines_before).collect();
+    let other: Vec<&&str> = new_lines
+        .iter()
+        .filter(|l| !l.contains("[STATS]"))
+        .collect();
+    assert!(other.len() < 20, "{} lines: {other:?}", other.len());
+
+    // The rest of the network carries mail as before.
+    send(&net, &mail(500, "flood")).await;
+    delivered(&net, 1).await;
     assert_logs_hold_no_identities(&net);
 }
