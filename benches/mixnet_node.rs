@@ -510,6 +510,7 @@ async fn custody_rate(packets: usize, tasks: usize) -> f64 {
                     .custody(Custody::Forward {
                         tag,
                         epoch: 0,
+                        from: [3; 32],
                         packet: OutPacket {
                             next_hop: [2; 32],
                             epoch: 0,

@@ -284,7 +284,14 @@ async fn build(config: &Config) -> Result<Opened, DaemonError> {
         source,
     })?;
     check_descriptors(config);
-    let spool = spool.with_free_space_reserve(&config.spool.data_dir, config.spool.min_free_space);
+    let spool = spool
+        .with_free_space_reserve(&config.spool.data_dir, config.spool.min_free_space)
+        .with_custody_caps(
+            config
+                .mixnet
+                .as_ref()
+                .and_then(|m| crate::spool::custody::CustodyCaps::of_bytes(m.custody_max)),
+        );
     let listener = bind(config.listener.addr).map_err(|source| DaemonError::Bind {
         addr: config.listener.addr,
         source,

@@ -30,6 +30,7 @@ use tracing::info;
 use crate::envelope::EnqueueOutcome;
 use crate::link::{LinkEvents, LinkRefusal};
 use crate::smtp::server::{Refusal, SessionEnd, SessionEvents};
+use crate::spool::custody::BusyReason;
 use crate::spool::{QueueReader, QueueReport, Spool};
 
 /// One label from a fixed set.
@@ -197,6 +198,8 @@ macro_rules! metrics {
             registry: Registry,
             /// The `mixnet` metrics, encoded only in mixnet mode.
             mixnet_registry: Registry,
+            /// Paces the log line about busy answers (`mixnet::hop`).
+            pub custody_busy_log: crate::listen::LogThrottle,
         }
 
         impl Stats {
@@ -216,6 +219,7 @@ macro_rules! metrics {
                     spool: None,
                     registry,
                     mixnet_registry,
+                    custody_busy_log: Default::default(),
                 }
             }
 
@@ -425,7 +429,12 @@ metrics! {
         /// Inbound link connections refused before any service, by why.
         link_refusals: Family<Label, Counter> = family("kind", LinkRefusal::ALL.map(LinkRefusal::label)),
             "pluto2_mixnet_link_refusals",
-            "Inbound link connections refused before any service, by kind: no_slot (every inbound slot taken), version (another link protocol), params (another nodes.json), no_hello (the first frame was not a HELLO), slow_hello (no whole HELLO in time)";
+            "Inbound link connections refused before any service, by kind: no_slot (closed in its handshake to make room), version (another link protocol), params (another nodes.json), no_hello (the first frame was not a HELLO), slow_hello (no whole handshake in time), unlisted (the HELLO names no listed node), bad_proof (its signature does not verify with the key nodes.json pins)";
+        /// Packets answered busy, by why (the previous hop keeps them).
+        mix_busy: Family<Label, Counter> = family("why", BusyReason::ALL.map(BusyReason::label)),
+            "pluto2_mixnet_custody_busy",
+            "Packets answered busy (not kept now; the previous hop keeps and retries them), by why: free_space (under -min-free-space), cap (-custody-max reached), peer_cap (the previous hop holds its share of -custody-max)"
+            => "custody_busy" by Stats::custody_busy;
         /// Bundles that showed a node signing two keys for one epoch.
         pub mix_two_faces: Counter,
             "pluto2_mixnet_two_faces",
@@ -586,6 +595,19 @@ impl Stats {
             .map(|k| self.mix_custody.get_or_create(&[("kind", k)]).get())
             .sum();
         custody.max(0).to_string()
+    }
+
+    fn custody_busy(&self) -> String {
+        BusyReason::ALL
+            .iter()
+            .map(|w| self.mix_busy.get_or_create(&[("why", w.label())]).get())
+            .sum::<u64>()
+            .to_string()
+    }
+
+    /// A packet was answered busy for `why`.
+    pub fn custody_busy_for(&self, why: BusyReason) {
+        self.mix_busy.get_or_create(&[("why", why.label())]).inc();
     }
 
     /// `healthy=usable/all` other nodes.

@@ -974,3 +974,64 @@ async fn a_delay_over_the_maximum_is_refused_and_a_listed_peers_flood_is_counted
     delivered(&net, 1).await;
     assert_logs_hold_no_identities(&net);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custody_is_busy_under_the_free_space_floor_and_past_a_peers_share_and_loses_nothing() {
+    let mut net = MixNet::start(5, TEST_PARAMS).await;
+    net.until_healthy(0, 4).await;
+    // With node 4 stopped every route from node 0 is 1, 2 and 3 in some
+    // order: mail must cross node 2.
+    let stop = |net: &mut MixNet, i: usize| {
+        net.nodes[i].daemon.as_mut().unwrap().signal("TERM");
+        assert!(net.nodes[i].daemon.as_mut().unwrap().wait().success());
+    };
+    stop(&mut net, 4);
+    // Node 2's disk is "full": its free space is under a floor no disk
+    // reaches. It takes no packet; whoever holds one keeps it.
+    stop(&mut net, 2);
+    net.start_node(2, &["-min-free-space", "1000000000000000000"]);
+    net.until_healthy(0, 3).await;
+    for tag in ["first", "second"] {
+        send(&net, &mail(400, tag)).await;
+    }
+    until_stat(&net, 2, "custody_busy", 1).await;
+    assert!(
+        net.sink.received().is_empty(),
+        "delivered across a busy hop"
+    );
+    let busy_log = net.daemon(2).log_text();
+    assert!(
+        busy_log.contains("custody answers busy (free_space)"),
+        "{busy_log}"
+    );
+    // Space again: the packets the previous hops kept get through, and
+    // each message arrives once.
+    stop(&mut net, 2);
+    net.start_node(2, &[]);
+    delivered(&net, 2).await;
+
+    // Node 2 with a small cap (1 MiB: 121 packets, 30 per previous hop),
+    // its next hop down so what it takes stays: node 4's identity (the
+    // node is stopped, the test speaks for it) fills its share, then is
+    // answered busy; what was stored stays stored.
+    stop(&mut net, 3);
+    stop(&mut net, 2);
+    net.start_node(2, &["-custody-max", "1048576"]);
+    let (hop, next, me) = (2, 3, 4);
+    let to: SocketAddr = ([127, 0, 0, 1], net.nodes[hop].link_port.unwrap()).into();
+    let mut packets = Vec::new();
+    for seq in 0..40 {
+        packets.extend_from_slice(&fresh_packet_frame(&net, hop, next, seq));
+    }
+    let a = raw_link(to, &as_node(&net, me), &packets, true).await;
+    let acks = a.acks();
+    let stored = acks.iter().filter(|s| **s == AckStatus::Stored).count();
+    let busy = acks.iter().filter(|s| **s == AckStatus::Busy).count();
+    assert_eq!((stored, busy), (30, 10), "{acks:?}");
+    until_stat(&net, hop, "custody_busy", 10).await;
+    let counts = net.mixnet_counts(hop);
+    assert!(
+        counts["packets_forward"].as_u64().unwrap() >= 30,
+        "{counts}"
+    );
+}

@@ -48,7 +48,19 @@ pub struct MixnetArgs {
     /// How many distinct -pki-trust keys must sign nodes.json (default 1).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub pki_threshold: Option<i64>,
+    /// Bytes of other nodes' packets kept in custody at most; one previous hop may fill a quarter (0 = no cap).
+    #[arg(long, default_value_t = DEFAULT_CUSTODY_MAX, value_name = "BYTES")]
+    pub custody_max: u64,
 }
+
+/// 1 GiB: about 125,000 packets, hours of a busy network's traffic at a
+/// hop, and a quarter of it per previous hop is still some 30,000 packets
+/// (a 10 MiB message is about 1,400).
+const DEFAULT_CUSTODY_MAX: u64 = 1 << 30;
+
+/// The smallest cap that is not 0 (a test network's; an operator's cap
+/// should hold hours of traffic).
+const MIN_CUSTODY_MAX: u64 = 1 << 20;
 
 /// What this node publishes about itself in `nodes.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +83,8 @@ pub struct MixnetConfig {
     /// `-pki-trust` and `-pki-threshold`; `None`: signatures are not
     /// checked (private test networks).
     pub trust: Option<Trust>,
+    /// `-custody-max` in bytes (0: no cap).
+    pub custody_max: u64,
 }
 
 impl MixnetArgs {
@@ -133,6 +147,15 @@ impl MixnetArgs {
             exit: self.exit,
             family: self.family,
         };
+        if self.custody_max != 0 && self.custody_max < MIN_CUSTODY_MAX {
+            return Err(bad(
+                "-custody-max",
+                &self.custody_max.to_string(),
+                &format!(
+                    "must be 0 (no cap) or at least {MIN_CUSTODY_MAX} bytes; it should hold hours of traffic (default {DEFAULT_CUSTODY_MAX})"
+                ),
+            ));
+        }
         if self.export_node_info {
             return Ok((None, Some(info)));
         }
@@ -152,6 +175,7 @@ impl MixnetArgs {
                 pki_file,
                 info,
                 trust,
+                custody_max: self.custody_max,
             }),
             None,
         ))
@@ -197,6 +221,26 @@ mod tests {
         assert!(cfg.export_node_info.is_none());
         let cfg = validated(&["-sphinx=false", "-short-name", "alice"]).unwrap();
         assert!(cfg.mixnet.is_none());
+    }
+
+    #[test]
+    fn custody_is_capped_at_a_gibibyte_unless_told_otherwise() {
+        let base = ["-sphinx", "-pki-file", "n.json", "-short-name", "bob"];
+        let m = validated(&base).unwrap().mixnet.unwrap();
+        assert_eq!(m.custody_max, 1 << 30);
+        for ok in ["0", "1048576", "5000000000"] {
+            let mut args = base.to_vec();
+            args.extend(["-custody-max", ok]);
+            let m = validated(&args).unwrap().mixnet.unwrap();
+            assert_eq!(m.custody_max.to_string(), ok);
+        }
+        let mut args = base.to_vec();
+        args.extend(["-custody-max", "4096"]);
+        let e = validated(&args).unwrap_err().to_string();
+        assert!(
+            e.contains("-custody-max") && e.contains("at least 1048576"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -119,6 +119,18 @@ impl PacketHandler for Hop {
 
 fn status_of(outcome: CustodyOutcome, stats: &Stats) -> AckStatus {
     match outcome {
+        CustodyOutcome::Busy(why) => {
+            stats.custody_busy_for(why);
+            // Logged at most once a minute with the count: a full custody
+            // is worth a line, a line per packet would be a flood.
+            if let Some(n) = stats.custody_busy_log.note(tokio::time::Instant::now()) {
+                info!(
+                    "[MIXNET] custody answers busy ({}); {n} packet(s) so since the last such line; previous hops keep them and retry",
+                    why.label()
+                );
+            }
+            AckStatus::Busy
+        }
         CustodyOutcome::Stored | CustodyOutcome::FragmentStored { .. } => AckStatus::Stored,
         CustodyOutcome::AlreadyDone => AckStatus::Stored,
         CustodyOutcome::Duplicate => {
@@ -186,6 +198,7 @@ impl Hop {
                     .custody(Custody::Forward {
                         tag,
                         epoch,
+                        from: from.0,
                         packet: out,
                     })
                     .await;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use super::delivery::{self, Disposition, LeaseBatch, LeaseScope};
 use super::reader::{self, ReaderSlot};
@@ -91,6 +91,9 @@ pub struct Committer {
     last_prune: u64,
     new_mail: Arc<Notify>,
     times: CommitTimes,
+    /// `-custody-max` as shares, once the daemon set it.
+    caps: Arc<std::sync::OnceLock<custody::CustodyCaps>>,
+    counts: custody::CustodyCounts,
 }
 
 impl Committer {
@@ -101,6 +104,7 @@ impl Committer {
         replay_window: Duration,
         new_mail: Arc<Notify>,
         times: CommitTimes,
+        caps: Arc<std::sync::OnceLock<custody::CustodyCaps>>,
     ) -> Self {
         Self {
             conn,
@@ -110,7 +114,34 @@ impl Committer {
             last_prune: 0,
             new_mail,
             times,
+            caps,
+            counts: Default::default(),
         }
+    }
+
+    /// Answers busy, at once, the forward packets of `group` that do not
+    /// fit under the custody caps, and leaves the others in `group`.
+    fn over_caps(&mut self, group: &mut Vec<CustodyRequest>, now: u64) {
+        let Some(caps) = self.caps.get().copied() else {
+            return;
+        };
+        if let Err(e) = self.counts.refresh(&self.conn, now) {
+            warn!("[SPOOL] cannot count the packets in custody: {e}");
+        }
+        let mut kept = Vec::with_capacity(group.len());
+        for req in group.drain(..) {
+            if let custody::Custody::Forward { from, .. } = &req.custody {
+                if let Err(why) = self.counts.admits(&caps, from) {
+                    let _ = req.reply.send(custody::CustodyOutcome::Busy(why));
+                    continue;
+                }
+                // Counted before the commit: a failed commit or a
+                // duplicate leaves the count high until the next recount.
+                self.counts.stored(*from);
+            }
+            kept.push(req);
+        }
+        *group = kept;
     }
 
     /// Runs until every sender is gone, then closes the reader,
@@ -178,6 +209,10 @@ impl Committer {
     /// hears its outcome only after the COMMIT (or learns it failed).
     fn commit_custody(&mut self, group: &mut Vec<CustodyRequest>) {
         let now = (self.clock)();
+        self.over_caps(group, now);
+        if group.is_empty() {
+            return;
+        }
         let times = &self.times.custody;
         let result = self
             .conn

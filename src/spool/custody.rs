@@ -74,6 +74,9 @@ pub enum Custody {
     Forward {
         tag: [u8; 32],
         epoch: u32,
+        /// The previous hop (the authenticated link it came on): custody
+        /// is shared out per previous hop ([`CustodyCaps`]).
+        from: NodeBytes,
         packet: OutPacket,
     },
     /// An exit: remember the tag, keep the fragment (unless its message is
@@ -103,6 +106,131 @@ pub enum CustodyOutcome {
     AlreadyDone,
     /// Storage failed: nothing committed, the sender will retry.
     Failed,
+    /// Not taken now: custody is full or the disk is short (nothing
+    /// committed, not even the tag; the sender keeps its packet and
+    /// retries later).
+    Busy(BusyReason),
+}
+
+/// Why custody answered busy (a metric label; never who sent it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyReason {
+    /// The data dir's file system is under `-min-free-space`.
+    FreeSpace,
+    /// Custody holds `-custody-max` worth of packets from other nodes.
+    Cap,
+    /// This previous hop holds its share of `-custody-max` already.
+    PeerCap,
+}
+
+impl BusyReason {
+    pub const ALL: [BusyReason; 3] = [BusyReason::FreeSpace, BusyReason::Cap, BusyReason::PeerCap];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BusyReason::FreeSpace => "free_space",
+            BusyReason::Cap => "cap",
+            BusyReason::PeerCap => "peer_cap",
+        }
+    }
+}
+
+/// How much of other nodes' traffic this node keeps in custody at most.
+///
+/// Shares: each previous hop may hold a quarter of the total. So one peer,
+/// even a listed one gone bad, fills at most a quarter of what custody may
+/// take, and it takes four of them together to fill it; an honest peer
+/// sending a large message at once (a 10 MiB message is about 1,400
+/// packets, 12 MB) stays far within its share of the default 1 GiB. Past a
+/// cap the node answers busy: the previous hop keeps the packet and
+/// retries with backoff, so backpressure reaches the entry, whose spool
+/// holds the mail; nothing is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CustodyCaps {
+    /// Forward packets in custody at most.
+    pub total: u64,
+    /// Forward packets from one previous hop at most.
+    pub per_peer: u64,
+}
+
+impl CustodyCaps {
+    /// Caps for `bytes` of custody (each packet is kept as its 8,540
+    /// bytes plus a row); zero means no cap.
+    pub fn of_bytes(bytes: u64) -> Option<CustodyCaps> {
+        if bytes == 0 {
+            return None;
+        }
+        let total = (bytes / ROW_BYTES).max(4);
+        Some(CustodyCaps {
+            total,
+            per_peer: total / 4,
+        })
+    }
+}
+
+/// What one packet in custody costs on disk, about: the packet (8,540
+/// bytes on every link; the spool stores bytes and does not name the
+/// codec) and its row.
+const ROW_BYTES: u64 = 8_540 + 64;
+
+/// Forward packets in custody, in all and per previous hop: counted up as
+/// they are stored, and recounted from the table now and then (deletes
+/// are not tracked one by one, so between recounts the counts can only be
+/// too high, which makes the node busy early, never over its cap).
+#[derive(Debug, Default)]
+pub struct CustodyCounts {
+    total: u64,
+    per_peer: std::collections::HashMap<NodeBytes, u64>,
+    /// When the table was last counted.
+    counted_at: Option<UnixMillis>,
+}
+
+/// How often the counts are taken again from the table.
+pub const RECOUNT_EVERY_MS: u64 = 5_000;
+
+impl CustodyCounts {
+    /// Counts the table again if it was not counted for a while.
+    pub fn refresh(&mut self, conn: &Connection, now: UnixMillis) -> Result<(), SpoolError> {
+        if self
+            .counted_at
+            .is_some_and(|at| now.saturating_sub(at) < RECOUNT_EVERY_MS)
+        {
+            return Ok(());
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT prev_hop, COUNT(*) FROM mix_packets
+             WHERE prev_hop IS NOT NULL GROUP BY prev_hop",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+        self.per_peer.clear();
+        self.total = 0;
+        for row in rows {
+            let (hop, n) = row?;
+            if let Ok(hop) = NodeBytes::try_from(hop.as_slice()) {
+                self.per_peer.insert(hop, n as u64);
+                self.total += n as u64;
+            }
+        }
+        self.counted_at = Some(now);
+        Ok(())
+    }
+
+    /// Whether one more packet from `from` fits under `caps`.
+    pub fn admits(&self, caps: &CustodyCaps, from: &NodeBytes) -> Result<(), BusyReason> {
+        if self.total >= caps.total {
+            return Err(BusyReason::Cap);
+        }
+        if self.per_peer.get(from).copied().unwrap_or(0) >= caps.per_peer {
+            return Err(BusyReason::PeerCap);
+        }
+        Ok(())
+    }
+
+    /// A packet from `from` was stored.
+    pub fn stored(&mut self, from: NodeBytes) {
+        self.total += 1;
+        *self.per_peer.entry(from).or_insert(0) += 1;
+    }
 }
 
 /// Writes a group of custody requests in the caller's transaction.
@@ -133,8 +261,8 @@ pub(super) fn custody_refs(
             continue;
         }
         outcomes.push(match request {
-            Custody::Forward { packet, .. } => {
-                insert_packet(tx, packet)?;
+            Custody::Forward { packet, from, .. } => {
+                insert_packet(tx, packet, Some(from))?;
                 CustodyOutcome::Stored
             }
             Custody::Fragment { fragment: f, .. } => {
@@ -161,10 +289,14 @@ pub(super) fn custody_refs(
     Ok(outcomes)
 }
 
-fn insert_packet(conn: &Connection, p: &OutPacket) -> Result<(), SpoolError> {
+fn insert_packet(
+    conn: &Connection,
+    p: &OutPacket,
+    prev_hop: Option<&NodeBytes>,
+) -> Result<(), SpoolError> {
     conn.prepare_cached(
-        "INSERT INTO mix_packets (next_hop, epoch, bytes, kind, release_at, deadline)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO mix_packets (next_hop, epoch, bytes, kind, release_at, deadline, prev_hop)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         &p.next_hop[..],
@@ -172,7 +304,8 @@ fn insert_packet(conn: &Connection, p: &OutPacket) -> Result<(), SpoolError> {
         p.bytes,
         p.kind.as_str(),
         p.release_at as i64,
-        p.deadline as i64
+        p.deadline as i64,
+        prev_hop.map(|h| &h[..])
     ])?;
     Ok(())
 }
@@ -184,7 +317,7 @@ pub(super) fn queue_packets(
 ) -> Result<(), SpoolError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     for p in packets {
-        insert_packet(&tx, p)?;
+        insert_packet(&tx, p, None)?;
     }
     tx.commit()?;
     Ok(())
@@ -396,7 +529,7 @@ pub(super) fn exit_rows(
         params![&rows.mix_id[..]],
     )?;
     if let Some(ack) = &rows.ack {
-        insert_packet(tx, ack)?;
+        insert_packet(tx, ack, None)?;
     }
     Ok(fresh)
 }
@@ -571,7 +704,7 @@ pub(super) fn launch(conn: &mut Connection, l: &Launch) -> Result<(), SpoolError
         }
     }
     for p in &l.packets {
-        insert_packet(&tx, p)?;
+        insert_packet(&tx, p, None)?;
     }
     tx.commit()?;
     Ok(())

@@ -172,6 +172,8 @@ pub struct Spool {
     mail: Arc<watch::Sender<u64>>,
     times: CommitTimes,
     reader: QueueReader,
+    /// `-custody-max`, shared with the committer (set once at start).
+    caps: Arc<std::sync::OnceLock<custody::CustodyCaps>>,
 }
 
 /// Joins the committer thread once every [`Spool`] handle is dropped.
@@ -198,6 +200,7 @@ impl Spool {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let new_mail = Arc::new(Notify::new());
         let times = CommitTimes::default();
+        let caps = Arc::new(std::sync::OnceLock::new());
         let committer = Committer::new(
             conn,
             reader.clone(),
@@ -205,6 +208,7 @@ impl Spool {
             replay_window,
             new_mail.clone(),
             times.clone(),
+            caps.clone(),
         );
         let thread = std::thread::Builder::new()
             .name("spool-committer".into())
@@ -220,6 +224,7 @@ impl Spool {
                 reserve: None,
                 times,
                 reader: QueueReader::new(reader, clock),
+                caps,
             },
             SpoolCloser { thread },
         ))
@@ -247,6 +252,16 @@ impl Spool {
                 short: AtomicBool::new(false),
             })
         });
+        self
+    }
+
+    /// Caps the packets this node keeps for other nodes (`-custody-max`,
+    /// see [`custody::CustodyCaps`]). Set once, at start; without it
+    /// custody is bounded only by the free-space reserve.
+    pub fn with_custody_caps(self, caps: Option<custody::CustodyCaps>) -> Spool {
+        if let Some(caps) = caps {
+            let _ = self.caps.set(caps);
+        }
         self
     }
 
@@ -392,6 +407,13 @@ impl Spool {
     /// Records a replay tag and what must be kept with it, in a group
     /// commit; the link acknowledges the packet according to the outcome.
     pub async fn custody(&self, custody: Custody) -> CustodyOutcome {
+        // Under the free-space floor nothing new is kept for others (a
+        // tag alone, for a packet that ends here, is a few bytes).
+        if !matches!(custody, Custody::Tag { .. })
+            && self.reserve.as_ref().is_some_and(|r| r.is_short())
+        {
+            return CustodyOutcome::Busy(custody::BusyReason::FreeSpace);
+        }
         let (reply, answer) = oneshot::channel();
         if self
             .tx

@@ -12,7 +12,7 @@ pub const SPOOL_FILE: &str = "spool.sqlite";
 
 /// Bumped whenever the layout below changes; older spools are migrated
 /// forward in [`migrate`], newer ones are refused.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Readers (`pluto2 queue`) and the writer share the file; a short busy
 /// wait covers the moment of a checkpoint instead of failing.
@@ -43,7 +43,7 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SpoolError> {
 /// spool from version `v` to `v + 1`. Each step is one transaction that
 /// also sets `user_version`, so a crash between steps leaves a spool of a
 /// known version that the next start carries on from.
-const MIGRATIONS: [Migration; 2] = [migrate_v1_to_v2, migrate_v2_to_v3];
+const MIGRATIONS: [Migration; 3] = [migrate_v1_to_v2, migrate_v2_to_v3, migrate_v3_to_v4];
 
 /// One migration step (one transaction).
 type Migration = fn(&Connection) -> Result<(), rusqlite::Error>;
@@ -403,6 +403,20 @@ fn migrate_v2_to_v3(conn: &Connection) -> Result<(), rusqlite::Error> {
          ) WITHOUT ROWID;
          INSERT INTO counters (name, value) VALUES ('deleted_by_operator', 0);
          PRAGMA user_version = 3;
+         COMMIT;",
+    )
+}
+
+/// The previous hop of each packet a hop keeps for another node, so
+/// custody can be shared out per previous hop (`-custody-max`); NULL for
+/// this node's own packets (fragments it sends, acknowledgements) and for
+/// packets kept before this version (counted in no one's share).
+fn migrate_v3_to_v4(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch(
+        "BEGIN;
+         ALTER TABLE mix_packets ADD COLUMN prev_hop BLOB;
+         CREATE INDEX mix_packets_prev ON mix_packets(prev_hop) WHERE prev_hop IS NOT NULL;
+         PRAGMA user_version = 4;
          COMMIT;",
     )
 }

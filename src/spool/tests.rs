@@ -417,6 +417,7 @@ mod mixnet_storage {
         let forward = |tag: u8| Custody::Forward {
             tag: [tag; 32],
             epoch: 0,
+            from: [9; 32],
             packet: packet(2, 1_500),
         };
         assert_eq!(t.spool.custody(forward(1)).await, CustodyOutcome::Stored);
@@ -424,6 +425,75 @@ mod mixnet_storage {
         let t = t.reopen().await;
         assert_eq!(t.spool.custody(forward(1)).await, CustodyOutcome::Duplicate);
         assert_eq!(t.spool.mixnet_counts().await.unwrap().packets_forward, 1);
+        t.close().await;
+    }
+
+    /// Each previous hop fills at most its share, all together at most
+    /// the cap; past either the answer is busy and nothing is kept (not
+    /// even the tag, so the retry is taken once there is room); room comes
+    /// back when packets leave, at the next recount.
+    #[tokio::test]
+    async fn custody_takes_each_peer_up_to_its_share_and_all_up_to_the_cap() {
+        use crate::spool::custody::{BusyReason, CustodyCaps, RECOUNT_EVERY_MS};
+        let mut t = TestSpool::open(Duration::ZERO, 1_000);
+        let caps = CustodyCaps {
+            total: 10,
+            per_peer: 4,
+        };
+        t.spool = t.spool.clone().with_custody_caps(Some(caps));
+        let forward = |from: u8, tag: u32| Custody::Forward {
+            tag: {
+                let mut t = [from; 32];
+                t[..4].copy_from_slice(&tag.to_be_bytes());
+                t
+            },
+            epoch: 0,
+            from: [from; 32],
+            packet: packet(2, 1_500),
+        };
+        let stored = CustodyOutcome::Stored;
+        for tag in 0..4 {
+            assert_eq!(t.spool.custody(forward(1, tag)).await, stored);
+        }
+        let peer_full = CustodyOutcome::Busy(BusyReason::PeerCap);
+        assert_eq!(t.spool.custody(forward(1, 4)).await, peer_full);
+        // Other peers still have room, up to the cap in all.
+        for from in 2..4 {
+            for tag in 0..3 {
+                assert_eq!(t.spool.custody(forward(from, tag)).await, stored);
+            }
+        }
+        let full = CustodyOutcome::Busy(BusyReason::Cap);
+        assert_eq!(t.spool.custody(forward(4, 0)).await, full);
+        // Nothing was kept of a busy packet: its retry is new, not a
+        // duplicate, and is stored once there is room.
+        let counts = t.spool.mixnet_counts().await.unwrap();
+        assert_eq!(counts.packets_forward, 10);
+        // Packets this node's own (fragments, acknowledgements) are not
+        // someone else's share.
+        t.spool.queue_packets(vec![packet(3, 1_000)]).await.unwrap();
+        // The next hop acknowledges peer 1's four: they leave; after a
+        // recount there is room again.
+        t.set_now(2_000);
+        let leased = t
+            .spool
+            .lease_packets([2; 32], 4, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let done = leased
+            .packets
+            .iter()
+            .map(|p| (p.id, PacketSettle::Done))
+            .collect();
+        t.spool.settle_packets(done).await.unwrap();
+        assert_eq!(
+            t.spool.custody(forward(4, 0)).await,
+            full,
+            "before a recount"
+        );
+        t.set_now(1_000 + RECOUNT_EVERY_MS);
+        assert_eq!(t.spool.custody(forward(4, 0)).await, stored);
+        assert_eq!(t.spool.custody(forward(1, 4)).await, stored);
         t.close().await;
     }
 
