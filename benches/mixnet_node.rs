@@ -7,14 +7,15 @@
 //!
 //! Each run:
 //!
-//! * **node**: three nodes are exported (`-export-node-info`) into a fresh
-//!   `nodes.json`; only the first (A) is started, a real release
+//! * **node**: 2 + `LINKS` nodes are exported (`-export-node-info`) into
+//!   a fresh `nodes.json`; only the first (A) is started, a real release
 //!   `pluto2 -sphinx` listening for links on 127.0.0.1. Its Tor port is a
 //!   dead end, so it forwards nothing during the run: every packet stays in
 //!   custody. The load generator (this process, one thread) builds
 //!   `PACKETS` valid packets routed A → B (B listed, not running), opens
-//!   `LINKS` links straight to A's `-node` port, says HELLO with the
-//!   network's parameter hash, and keeps up to the node's window (64)
+//!   `LINKS` links straight to A's `-node` port, each as another listed
+//!   node (A keeps one link per peer), proves it in the handshake with
+//!   that node's identity key, and keeps up to the node's window (64)
 //!   PACKET frames unacknowledged per link. The rate is ACK `Stored`
 //!   frames over the time from the first PACKET to the last ACK; every
 //!   other status fails the run. CPU time of A's threads (from
@@ -299,7 +300,11 @@ async fn one_link(
 
 async fn node_run(s: &Settings) -> NodeRun {
     let dir = tempfile::tempdir().unwrap();
-    let names: Vec<OnionName> = (0..3).map(|i| OnionName::from_seed(150 + i)).collect();
+    // A, B, and one listed node per link: a node holds one link from each
+    // peer (a newer link from the same node replaces the older one).
+    let names: Vec<OnionName> = (0..2 + s.links)
+        .map(|i| OnionName::from_seed(150 + i as u8))
+        .collect();
     let entries: Vec<serde_json::Value> = names
         .iter()
         .enumerate()
@@ -310,7 +315,7 @@ async fn node_run(s: &Settings) -> NodeRun {
     let doc = serde_json::json!({"nodes": entries, "params": {"hops": 2}});
     let pki = dir.path().join("nodes.json");
     std::fs::write(&pki, doc.to_string()).unwrap();
-    // The generator's view of the network: C's directory.
+    // The generator's view of the network: the third node's directory.
     let view = Directory::parse(&std::fs::read(&pki).unwrap(), &names[2]).unwrap();
     let node = |short: &str| {
         view.nodes()
@@ -319,7 +324,7 @@ async fn node_run(s: &Settings) -> NodeRun {
             .unwrap()
             .clone()
     };
-    let (a, b, c) = (node("b0"), node("b1"), node("b2"));
+    let (a, b) = (node("b0"), node("b1"));
     let pki_arg = pki.to_str().unwrap().to_string();
     let name_a = names[0].to_string();
     let daemon = Daemon::start_in(
@@ -366,23 +371,27 @@ async fn node_run(s: &Settings) -> NodeRun {
         .collect();
     let packets = build_packets(s.packets, &route);
 
-    // The generator is node C, proving it with C's identity key.
-    let c_key: [u8; 32] = std::fs::read(dir.path().join("b2").join("identity.key"))
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        params_hash: view.params().hash(),
-        role: Role::Node,
-        identity: c.id.0,
-        nonce: [0; 32],
-        clock_secs: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
+    // Link i speaks as node b{2+i}, proving it with that node's identity
+    // key.
+    let speaker = |i: usize| {
+        let short = format!("b{}", 2 + i);
+        let key: [u8; 32] = std::fs::read(dir.path().join(&short).join("identity.key"))
             .unwrap()
-            .as_secs(),
+            .try_into()
+            .unwrap();
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            params_hash: view.params().hash(),
+            role: Role::Node,
+            identity: node(&short).id.0,
+            nonce: [0; 32],
+            clock_secs: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        };
+        (hello, Arc::new(SigningKey::from_bytes(&key)))
     };
-    let c_key = Arc::new(SigningKey::from_bytes(&c_key));
     // Deal the packets out to the links, pre-encoded as PACKET frames.
     let mut per_link: Vec<Vec<Vec<u8>>> = vec![Vec::new(); s.links];
     for (i, p) in packets.into_iter().enumerate() {
@@ -398,10 +407,10 @@ async fn node_run(s: &Settings) -> NodeRun {
     let ready = Arc::new(Semaphore::new(0));
     let go = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::new();
-    for frames in per_link {
+    for (i, frames) in per_link.into_iter().enumerate() {
         tasks.push(tokio::spawn(one_link(
             port,
-            (hello, c_key.clone()),
+            speaker(i),
             frames,
             ready.clone(),
             go.clone(),
