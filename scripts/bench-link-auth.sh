@@ -64,22 +64,23 @@ for step in $steps; do
       for tree in old new; do
         dir=$NEW_TREE
         [[ $tree == old ]] && dir=$OLD_TREE
-        line=$(cd "$dir" && RUNS=1 cargo bench --quiet --bench mixnet_node 2>/dev/null | grep '^run 1:')
+        line=$(cd "$dir" && RUNS=1 cargo bench --quiet --bench mixnet_node 2>/dev/null |
+          grep -E '^run 1:|spool-committer' | tr -s ' ' | paste -sd' ')
         echo "$i $tree $(uptime_line) ${line#run 1: }" | tee -a "$out"
       done
     done
     python3 - "$out" <<'EOF'
 import re, statistics, sys
-rate, cpu = {"old": [], "new": []}, {"old": [], "new": []}
+rate, cpu, com = ({"old": [], "new": []} for _ in range(3))
 for line in open(sys.argv[1]):
     tree = line.split()[1]
     rate[tree].append(float(re.search(r"node (\d+) packets/s", line).group(1)))
     cpu[tree].append(float(re.search(r"= (\d+) µs/packet", line).group(1)))
-m = {t: statistics.median(rate[t]) for t in rate}
-c = {t: statistics.median(cpu[t]) for t in cpu}
+    com[tree].append(float(re.search(r"spool-committer [\d.]+ s \((\d+) µs/packet", line).group(1)))
+m, c, k = ({t: statistics.median(x[t]) for t in x} for x in (rate, cpu, com))
 for t in ("old", "new"):
-    print(f"{t}: node packets/s {rate[t]} median {m[t]:.0f}; node CPU µs/packet {cpu[t]} median {c[t]:.0f}")
-print(f"new ÷ old: packets/s {m['new'] / m['old']:.2f}, CPU per packet {c['new'] / c['old']:.2f}")
+    print(f"{t}: node packets/s {rate[t]} median {m[t]:.0f}; node CPU µs/packet {cpu[t]} median {c[t]:.0f}, of it spool-committer {com[t]} median {k[t]:.0f}")
+print(f"new ÷ old: packets/s {m['new'] / m['old']:.2f}, CPU per packet {c['new'] / c['old']:.2f}, committer per packet {k['new'] / k['old']:.2f}")
 EOF
     rm -f "$out"
     ;;
