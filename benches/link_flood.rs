@@ -41,11 +41,12 @@
 //!   count in the next.
 //!
 //! Per phase it reports A's CPU (utime + stime from `/proc/PID/stat`, and
-//! the busiest threads from `/proc/PID/task`), the flood's rejected
-//! packets and its control frames written and answered per second, the
-//! probe link's and SMTP's latency (median, p99), the generator's own CPU
-//! and how busy the machine was. Alone, once: the cost of opening a damaged packet and a
-//! valid one (`wire::packet::process` on one thread).
+//! the busiest threads and their context switches from `/proc/PID/task`),
+//! the flood's rejected packets and its control frames written and
+//! answered per second, the probe link's and SMTP's latency (median,
+//! p99), the generator's own CPU and how busy the machine was. Alone,
+//! once: the cost of opening a damaged packet and a valid one
+//! (`wire::packet::process` on one thread).
 //!
 //! Bounded: a fixed time per phase, a deadline on every wait, loopback
 //! only. Under `cargo test` (no `--bench`) one short run of this tree
@@ -472,6 +473,8 @@ struct PhaseResult {
     other_acks: u64,
     answers: u64,
     control_sent: u64,
+    /// The node's context switches in the phase.
+    switches: u64,
     load: f64,
 }
 
@@ -564,6 +567,7 @@ async fn binary_run(bin: &str, proto: Proto, secs: Duration, seed: u8) -> Binary
             secs / 2
         };
         let (node_before, threads_before) = cpu_ticks(node.pid());
+        let switches_before = support::context_switches(node.pid());
         let (gen_before, _) = cpu_ticks(std::process::id());
         let (busy_before, all_before) = machine_ticks();
         let start = Instant::now();
@@ -585,6 +589,7 @@ async fn binary_run(bin: &str, proto: Proto, secs: Duration, seed: u8) -> Binary
         phase.store(BETWEEN, Ordering::Relaxed);
         let secs = start.elapsed().as_secs_f64();
         let (node_after, threads_after) = cpu_ticks(node.pid());
+        let switches = support::context_switches(node.pid()).saturating_sub(switches_before);
         let (gen_after, _) = cpu_ticks(std::process::id());
         let (busy_after, all_after) = machine_ticks();
         let mut threads: Vec<(String, f64)> = threads_after
@@ -610,6 +615,7 @@ async fn binary_run(bin: &str, proto: Proto, secs: Duration, seed: u8) -> Binary
             other_acks: counts.other_acks.load(Ordering::Relaxed),
             answers: counts.answers.load(Ordering::Relaxed),
             control_sent: counts.control_sent.load(Ordering::Relaxed),
+            switches,
             load: support::load_average(),
         });
     }
@@ -742,10 +748,11 @@ fn main() {
                     .map(|(n, c)| format!("{n} {:.0} %", c / res.secs * 100.0))
                     .collect();
                 println!(
-                    "run {run} {label} {:<8} node CPU {:>4.0} % [{}]; flood rejected {:>6.0}/s (other ACKs {}), control written {:>7.0}/s, answered {:>6.0}/s; probe link {}; SMTP {}; generator {:.0} %, machine {:.0} % busy, load {:.2}",
+                    "run {run} {label} {:<8} node CPU {:>4.0} % [{}], {:.0} context switches/s; flood rejected {:>6.0}/s (other ACKs {}), control written {:>7.0}/s, answered {:>6.0}/s; probe link {}; SMTP {}; generator {:.0} %, machine {:.0} % busy, load {:.2}",
                     p.name,
                     res.node_cpu / res.secs * 100.0,
                     threads.join(", "),
+                    res.switches as f64 / res.secs,
                     res.rejected as f64 / res.secs,
                     res.other_acks,
                     res.control_sent as f64 / res.secs,

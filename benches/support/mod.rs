@@ -276,6 +276,24 @@ pub fn cpu_ticks(pid: u32) -> (u64, Vec<(String, u64)>) {
     (total, threads)
 }
 
+/// Context switches (voluntary and not) of all a process's threads, from
+/// `/proc/PID/task/*/status`: how often its threads parked and woke.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// Clock ticks per second of `/proc` CPU times (USER_HZ: 100 on every
 /// Linux this runs on).
 pub const HZ: f64 = 100.0;
