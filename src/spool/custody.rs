@@ -577,6 +577,20 @@ pub(super) fn launch(conn: &mut Connection, l: &Launch) -> Result<(), SpoolError
     Ok(())
 }
 
+/// Deletes a message accepted by SMTP that can never enter the mixnet
+/// (the sender found it too large for the network, or unbuildable), so it
+/// takes no place among the due messages again. Only a message that has
+/// not entered the mixnet: one with a launch is the acknowledgement's and
+/// the horizon's to end. True if it was deleted.
+pub(super) fn drop_unlaunched(conn: &mut Connection, message: i64) -> Result<bool, SpoolError> {
+    let n = conn.execute(
+        "DELETE FROM messages WHERE id = ?1 AND origin = 'smtp'
+           AND NOT EXISTS (SELECT 1 FROM mix_outbound o WHERE o.message = ?1)",
+        params![message],
+    )?;
+    Ok(n > 0)
+}
+
 /// The recovery material filed under a reply id, with its message.
 pub(super) fn reply_recovery(
     conn: &Connection,

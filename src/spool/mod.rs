@@ -488,6 +488,13 @@ impl Spool {
         Ok(())
     }
 
+    /// Deletes an SMTP message that can never enter the mixnet (and has
+    /// not); true if it was there.
+    pub async fn drop_unlaunched(&self, message: i64) -> Result<bool, SpoolError> {
+        self.call(move |conn, _| custody::drop_unlaunched(conn, message))
+            .await
+    }
+
     pub async fn reply_recovery(
         &self,
         reply_id: [u8; 16],
