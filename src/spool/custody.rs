@@ -411,14 +411,15 @@ pub struct Stalled {
     pub reply_block: Vec<u8>,
 }
 
-pub(super) fn take_stalled(
-    conn: &mut Connection,
+/// Takes a reply block of each stalled message, in the caller's
+/// transaction (see [`answer_stalled`]).
+fn take_stalled(
+    tx: &Transaction<'_>,
     now: UnixMillis,
     stall_ms: u64,
     max: usize,
 ) -> Result<Vec<Stalled>, SpoolError> {
     let received_before = now.saturating_sub(stall_ms);
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let ids: Vec<Vec<u8>> = {
         let mut stmt = tx.prepare(
             "SELECT mix_id FROM mix_fragments GROUP BY mix_id
@@ -465,8 +466,32 @@ pub(super) fn take_stalled(
             reply_block,
         });
     }
-    tx.commit()?;
     Ok(out)
+}
+
+/// PARTIAL acknowledgements for stalled messages: the reply blocks are
+/// taken and the packets `answer` makes with them are queued in one
+/// transaction, so a crash can lose neither (a block taken without its
+/// PARTIAL queued would be a single-use block spent for nothing). A block
+/// `answer` can make nothing of is taken all the same: it is no use later
+/// either. Returns how many acknowledgements were queued.
+pub(super) fn answer_stalled(
+    conn: &mut Connection,
+    now: UnixMillis,
+    stall_ms: u64,
+    max: usize,
+    answer: &mut dyn FnMut(&Stalled) -> Option<OutPacket>,
+) -> Result<usize, SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut queued = 0;
+    for stalled in take_stalled(&tx, now, stall_ms, max)? {
+        if let Some(ack) = answer(&stalled) {
+            insert_packet(&tx, &ack)?;
+            queued += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(queued)
 }
 
 /// A message accepted here by SMTP and due to enter the mixnet.

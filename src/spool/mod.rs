@@ -461,15 +461,25 @@ impl Spool {
             .await
     }
 
-    /// Incomplete messages idle for `stall`, each with a reply block taken.
-    pub async fn take_stalled(
+    /// For up to `max` incomplete messages idle for `stall`: a reply block
+    /// is taken and the acknowledgement `answer` makes with it queued, both
+    /// in one transaction. `answer` runs on the writer thread (one Sphinx
+    /// wrap per message, a handful per maintenance round). Returns how many
+    /// acknowledgements were queued.
+    pub async fn answer_stalled(
         &self,
         stall: Duration,
         max: usize,
-    ) -> Result<Vec<Stalled>, SpoolError> {
+        mut answer: impl FnMut(&Stalled) -> Option<OutPacket> + Send + 'static,
+    ) -> Result<usize, SpoolError> {
         let stall_ms = stall.as_millis() as u64;
-        self.call(move |conn, now| custody::take_stalled(conn, now, stall_ms, max))
-            .await
+        let queued = self
+            .call(move |conn, now| custody::answer_stalled(conn, now, stall_ms, max, &mut answer))
+            .await?;
+        if queued > 0 {
+            self.packets_queued();
+        }
+        Ok(queued)
     }
 
     /// SMTP messages due to enter the mixnet, and when the next one is due.

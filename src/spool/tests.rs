@@ -638,27 +638,90 @@ mod mixnet_storage {
         t.close().await;
     }
 
+    /// An acknowledgement made from a stalled message: its reply block as
+    /// the packet's bytes, so a test can tell which block it used.
+    fn partial(s: &crate::spool::custody::Stalled) -> Option<OutPacket> {
+        Some(OutPacket {
+            kind: PacketKind::Ack,
+            bytes: s.reply_block.clone(),
+            ..packet(3, 1_000)
+        })
+    }
+
+    fn store_with_block(index: u16) -> Custody {
+        Custody::Fragment {
+            tag: [index as u8 + 1; 32],
+            epoch: 0,
+            fragment: fragment(index, 3),
+        }
+    }
+
     #[tokio::test]
     async fn stalled_messages_yield_each_reply_block_once() {
         let t = TestSpool::open(Duration::ZERO, 1_000);
-        t.spool
-            .custody(Custody::Fragment {
-                tag: [1; 32],
-                epoch: 0,
-                fragment: fragment(1, 3),
-            })
-            .await;
+        t.spool.custody(store_with_block(1)).await;
         let stall = Duration::from_secs(10);
-        assert!(t.spool.take_stalled(stall, 8).await.unwrap().is_empty());
+        assert_eq!(t.spool.answer_stalled(stall, 8, partial).await.unwrap(), 0);
         t.set_now(20_000);
-        let stalled = t.spool.take_stalled(stall, 8).await.unwrap();
-        assert_eq!(stalled.len(), 1);
-        assert_eq!((stalled[0].count, stalled[0].have.clone()), (3, vec![1]));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let queued = t
+            .spool
+            .answer_stalled(stall, 8, move |s| {
+                record.lock().unwrap().push((s.count, s.have.clone()));
+                partial(s)
+            })
+            .await
+            .unwrap();
+        assert_eq!(queued, 1);
+        assert_eq!(*seen.lock().unwrap(), [(3, vec![1])]);
+        assert_eq!(t.spool.mixnet_counts().await.unwrap().packets_ack, 1);
         t.set_now(40_000);
-        assert!(
-            t.spool.take_stalled(stall, 8).await.unwrap().is_empty(),
+        assert_eq!(
+            t.spool.answer_stalled(stall, 8, partial).await.unwrap(),
+            0,
             "its only reply block is used"
         );
+        t.close().await;
+    }
+
+    /// A crash between taking the reply block and queueing the PARTIAL is
+    /// the queueing failing: then nothing of the first step may stay
+    /// committed, so the block is still there for the next round.
+    #[tokio::test]
+    async fn a_partial_that_cannot_be_queued_leaves_its_reply_block_in_place() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        t.spool.custody(store_with_block(1)).await;
+        t.set_now(20_000);
+        let stall = Duration::from_secs(10);
+        // The second step fails: the writer cannot insert any packet.
+        t.spool
+            .call(|conn, _| {
+                conn.execute_batch(
+                    "CREATE TEMP TRIGGER no_packets BEFORE INSERT ON mix_packets
+                     BEGIN SELECT RAISE(ABORT, 'disk gone'); END",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(t.spool.answer_stalled(stall, 8, partial).await.is_err());
+        let stored = t.spool.fragments([7; 16]).await.unwrap();
+        assert_eq!(
+            stored[0].reply_block.as_deref(),
+            Some(&[1u8; 8][..]),
+            "the reply block was taken without its PARTIAL"
+        );
+        assert_eq!(t.spool.mixnet_counts().await.unwrap().packets_ack, 0);
+        t.spool
+            .call(|conn, _| Ok(conn.execute_batch("DROP TRIGGER no_packets")?))
+            .await
+            .unwrap();
+        // The next round sends the PARTIAL with that same block.
+        assert_eq!(t.spool.answer_stalled(stall, 8, partial).await.unwrap(), 1);
+        assert_eq!(t.spool.mixnet_counts().await.unwrap().packets_ack, 1);
+        let stored = t.spool.fragments([7; 16]).await.unwrap();
+        assert_eq!(stored[0].reply_block, None);
         t.close().await;
     }
 }
