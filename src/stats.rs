@@ -476,6 +476,11 @@ impl Stats {
                 "Time of the fsync'd COMMIT of one group of mixnet custody decisions",
                 times.custody,
             );
+            stats.registry.register(
+                "pluto2_spool_settle_commit_seconds",
+                "Time of the fsync'd COMMIT of one group of settlements of packets sent on links (their ACKs)",
+                times.settle,
+            );
         }
         stats
     }

@@ -261,25 +261,24 @@ pub enum PacketSettle {
     Retry { at: UnixMillis },
 }
 
+/// Applies settlements in the caller's transaction (the committer groups
+/// them: one COMMIT for every link ACK waiting). A packet already gone (a
+/// settle repeated after a lease ran out) is no error.
 pub(super) fn settle_packets(
-    conn: &mut Connection,
+    tx: &Transaction<'_>,
     outcomes: &[(i64, PacketSettle)],
 ) -> Result<(), SpoolError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    {
-        let mut remove = tx.prepare_cached("DELETE FROM mix_packets WHERE id = ?1")?;
-        let mut retry = tx.prepare_cached(
-            "UPDATE mix_packets SET attempts = attempts + 1, release_at = ?2, lease_until = 0
-             WHERE id = ?1",
-        )?;
-        for (id, settle) in outcomes {
-            match settle {
-                PacketSettle::Done => remove.execute(params![id])?,
-                PacketSettle::Retry { at } => retry.execute(params![id, *at as i64])?,
-            };
-        }
+    let mut remove = tx.prepare_cached("DELETE FROM mix_packets WHERE id = ?1")?;
+    let mut retry = tx.prepare_cached(
+        "UPDATE mix_packets SET attempts = attempts + 1, release_at = ?2, lease_until = 0
+         WHERE id = ?1",
+    )?;
+    for (id, settle) in outcomes {
+        match settle {
+            PacketSettle::Done => remove.execute(params![id])?,
+            PacketSettle::Retry { at } => retry.execute(params![id, *at as i64])?,
+        };
     }
-    tx.commit()?;
     Ok(())
 }
 

@@ -34,7 +34,7 @@ use crate::envelope::Message;
 use crate::time::Clock;
 use crate::time::UnixMillis;
 pub use committer::Origin;
-use committer::{Committer, CustodyRequest, EnqueueRequest, Job};
+use committer::{Committer, CustodyRequest, EnqueueRequest, Job, SettleRequest};
 use custody::{
     Custody, CustodyOutcome, EntryAck, Launch, MixId, MixnetCounts, MixnetLease, NodeBytes,
     OutPacket, Overdue, PacketBatch, PacketSettle, Stalled, StoredFragment,
@@ -80,6 +80,9 @@ pub enum SpoolError {
     Thread(#[from] std::io::Error),
     #[error("the spool is closed")]
     Closed,
+    /// A grouped transaction failed; the committer logged why.
+    #[error("the spool could not commit it (its log says why)")]
+    NotCommitted,
 }
 
 impl SpoolError {
@@ -146,6 +149,8 @@ pub struct CommitTimes {
     pub enqueue: Histogram,
     /// Groups of mixnet custody decisions.
     pub custody: Histogram,
+    /// Groups of settlements of packets sent on links (their ACKs).
+    pub settle: Histogram,
 }
 
 impl Default for CommitTimes {
@@ -153,6 +158,7 @@ impl Default for CommitTimes {
         CommitTimes {
             enqueue: Histogram::new(COMMIT_BUCKETS),
             custody: Histogram::new(COMMIT_BUCKETS),
+            settle: Histogram::new(COMMIT_BUCKETS),
         }
     }
 }
@@ -428,12 +434,43 @@ impl Spool {
             .await
     }
 
+    /// Records what became of sent packets; returns once committed (in a
+    /// group with every other settlement waiting).
     pub async fn settle_packets(
         &self,
         outcomes: Vec<(i64, PacketSettle)>,
     ) -> Result<(), SpoolError> {
-        self.call(move |conn, _| custody::settle_packets(conn, &outcomes))
+        let (reply, answer) = oneshot::channel();
+        let request = SettleRequest {
+            outcomes,
+            reply: Some(reply),
+        };
+        self.tx
+            .send(Job::PacketSettle(request))
             .await
+            .map_err(|_| SpoolError::Closed)?;
+        if answer.await.map_err(|_| SpoolError::Closed)? {
+            Ok(())
+        } else {
+            Err(SpoolError::NotCommitted)
+        }
+    }
+
+    /// Hands settlements to the committer without waiting for the COMMIT:
+    /// returns once they are queued (or the spool is closed), and they are
+    /// committed with the next group. For a link's ACKs, so the link reads
+    /// its next ACK meanwhile and one COMMIT covers every ACK that arrived
+    /// during the last one. Nothing is acknowledged to anyone on the
+    /// strength of a settle: a lost one (crash, failed commit) leaves the
+    /// packet leased until its lease runs out, and it is sent again.
+    pub async fn settle_packets_later(&self, outcomes: Vec<(i64, PacketSettle)>) {
+        let request = SettleRequest {
+            outcomes,
+            reply: None,
+        };
+        if self.tx.send(Job::PacketSettle(request)).await.is_err() {
+            debug!("[SPOOL] closed: a packet settlement is left for the next start");
+        }
     }
 
     /// Next hops with packets waiting.

@@ -463,6 +463,90 @@ mod mixnet_storage {
         t.close().await;
     }
 
+    /// `n` packets for next hop 2, queued and leased; their row ids.
+    async fn leased_packets(t: &TestSpool, n: usize) -> Vec<i64> {
+        t.spool
+            .queue_packets((0..n).map(|_| packet(2, 1_000)).collect())
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(60);
+        let batch = t.spool.lease_packets([2; 32], n, lease).await.unwrap();
+        assert_eq!(batch.packets.len(), n);
+        batch.packets.iter().map(|p| p.id).collect()
+    }
+
+    /// Settlement transactions so far, as a scrape of
+    /// `pluto2_spool_settle_commit_seconds` counts them.
+    fn settle_commits(t: &TestSpool) -> u64 {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("settle", "", t.spool.commit_times().settle);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("settle_count "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("a count")
+    }
+
+    /// Link ACKs that arrive while the writer is busy are settled by one
+    /// COMMIT, not one each.
+    #[tokio::test]
+    async fn settlements_waiting_together_take_one_transaction() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        let ids = leased_packets(&t, 200).await;
+        let before = settle_commits(&t);
+        // The writer is busy (an fsync, a custody group) while the ACKs
+        // come in: hold it in a job until every settlement is queued.
+        let (release, busy) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel();
+        let spool = t.spool.clone();
+        let held = tokio::spawn(async move {
+            spool
+                .call(move |_, _| {
+                    let _ = started.send(());
+                    let _ = busy.recv();
+                    Ok(())
+                })
+                .await
+        });
+        running.await.unwrap();
+        for id in &ids {
+            t.spool
+                .settle_packets_later(vec![(*id, PacketSettle::Done)])
+                .await;
+        }
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        // Past every job queued before it.
+        t.spool.ping().await.unwrap();
+        assert_eq!(settle_commits(&t) - before, 1, "one COMMIT for 200 ACKs");
+        assert_eq!(t.spool.mixnet_counts().await.unwrap().packets_forward, 0);
+        t.close().await;
+    }
+
+    /// A settlement handed over without waiting is committed before the
+    /// spool closes, and a packet settled for a retry goes again.
+    #[tokio::test]
+    async fn settlements_handed_over_before_a_stop_are_committed() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        let ids = leased_packets(&t, 2).await;
+        t.spool
+            .settle_packets_later(vec![(ids[0], PacketSettle::Done)])
+            .await;
+        t.spool
+            .settle_packets_later(vec![(ids[1], PacketSettle::Retry { at: 1_000 })])
+            .await;
+        let t = t.reopen().await;
+        let batch = t
+            .spool
+            .lease_packets([2; 32], 8, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let left: Vec<(i64, u32)> = batch.packets.iter().map(|p| (p.id, p.attempts)).collect();
+        assert_eq!(left, [(ids[1], 1)]);
+        t.close().await;
+    }
+
     #[tokio::test]
     async fn a_restart_gives_overdue_packets_fresh_release_times() {
         let t = TestSpool::open(Duration::ZERO, 10_000);
