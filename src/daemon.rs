@@ -152,6 +152,8 @@ pub fn spool_exit_status(e: &SpoolError) -> u8 {
             _ => sysexits::IOERR,
         },
         SpoolError::Thread(_) | SpoolError::Closed => sysexits::SOFTWARE,
+        // Not met while opening: a group commit that failed.
+        SpoolError::NotCommitted => sysexits::IOERR,
     }
 }
 

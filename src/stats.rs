@@ -45,6 +45,10 @@ const QUEUE_STATES: [&str; 4] = ["queued", "deferred", "held", "leased"];
 /// Kinds of packets the mixnet keeps in custody.
 const CUSTODY_KINDS: [&str; 3] = ["forward", "fragment", "ack"];
 
+/// Why the mixnet sender dropped a message it could never launch (see
+/// `mixnet::sender`).
+const LAUNCH_DROP_CODES: [&str; 4] = ["too_large", "fragment", "packet", "internal"];
+
 /// What became of a recipient that was not delivered, for counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Undelivered {
@@ -447,6 +451,12 @@ metrics! {
         /// Messages with some fragments stored at this exit.
         mix_exit_partial: Gauge,
             "pluto2_mixnet_exit_partial_messages", "Messages with some fragments stored at this exit";
+        /// Messages accepted here that could never enter the mixnet,
+        /// dropped at their first attempt, by code.
+        mix_launch_dropped: Family<Label, Counter> = family("code", LAUNCH_DROP_CODES),
+            "pluto2_mixnet_launch_dropped",
+            "Messages accepted here and dropped because they can never enter the mixnet, by code: too_large (over what the network carries), fragment, packet (refused by the codec), internal (the build failed)"
+            => "launch_dropped" by Stats::launch_dropped_total;
     }
 }
 
@@ -474,6 +484,11 @@ impl Stats {
                 "pluto2_spool_custody_commit_seconds",
                 "Time of the fsync'd COMMIT of one group of mixnet custody decisions",
                 times.custody,
+            );
+            stats.registry.register(
+                "pluto2_spool_settle_commit_seconds",
+                "Time of the fsync'd COMMIT of one group of settlements of packets sent on links (their ACKs)",
+                times.settle,
             );
         }
         stats
@@ -610,6 +625,22 @@ impl Stats {
         self.mix_busy.get_or_create(&[("why", why.label())]).inc();
     }
 
+    /// Counts a message the mixnet sender dropped because it can never
+    /// enter the mixnet; `code` is one of [`LAUNCH_DROP_CODES`].
+    pub fn launch_dropped(&self, code: &'static str) {
+        self.mix_launch_dropped
+            .get_or_create(&[("code", code)])
+            .inc();
+    }
+
+    /// `launch_dropped=`: all codes.
+    fn launch_dropped_total(&self) -> String {
+        LAUNCH_DROP_CODES
+            .iter()
+            .map(|c| self.mix_launch_dropped.get_or_create(&[("code", c)]).get())
+            .sum::<u64>()
+            .to_string()
+    }
     /// `healthy=usable/all` other nodes.
     fn healthy(&self) -> String {
         format!("{}/{}", self.mix_healthy.get(), self.mix_nodes.get())
@@ -768,6 +799,7 @@ mod tests {
             "drops_sent",
             "drops_received",
             "two_faces",
+            "launch_dropped",
         ];
         let s = Stats::default();
         assert_eq!(keys(&s), direct);
@@ -835,7 +867,16 @@ mod tests {
         let line = s.line(Duration::ZERO);
         assert!(line.contains(" mix_replays=2 "), "{line}");
         assert!(line.contains(" healthy=3/4 "), "{line}");
-        assert!(line.ends_with(" two_faces=0"), "{line}");
+        assert!(line.ends_with(" two_faces=0 launch_dropped=0"), "{line}");
+        s.launch_dropped("too_large");
+        s.launch_dropped("too_large");
+        s.launch_dropped("packet");
+        let text = s.encode();
+        assert!(
+            text.contains("pluto2_mixnet_launch_dropped_total{code=\"too_large\"} 2"),
+            "{text}"
+        );
+        assert!(s.line(Duration::ZERO).ends_with(" launch_dropped=3"));
     }
 
     #[test]

@@ -424,20 +424,17 @@ pub async fn spawn(
                         hop::complete(&ctx, id, None).await;
                     }
                 }
-                if let Ok(stalled) = ctx.spool.take_stalled(stall, 16).await {
-                    let mut acks = Vec::new();
-                    for s in stalled {
-                        let Ok(block) = crate::wire::packet::ReplyBlock::from_slice(&s.reply_block)
-                        else {
-                            continue;
-                        };
+                // The reply block is taken and the PARTIAL queued in one
+                // transaction: a crash loses neither.
+                let answering = ctx.clone();
+                let _ = ctx
+                    .spool
+                    .answer_stalled(stall, 16, move |s| {
+                        let block = crate::wire::packet::ReplyBlock::from_slice(&s.reply_block).ok()?;
                         let body = crate::wire::fragment::AckBody::Partial(hop::bitmap(s.count, &s.have));
-                        acks.extend(hop::ack_packet(&ctx, &block, s.mix_id, &body));
-                    }
-                    if !acks.is_empty() {
-                        let _ = ctx.spool.queue_packets(acks).await;
-                    }
-                }
+                        hop::ack_packet(&answering, &block, s.mix_id, &body)
+                    })
+                    .await;
             }
             // Nothing can arrive for a message older than both horizons.
             let forget = params.e2e_horizon + params.custody_horizon;

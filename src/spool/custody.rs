@@ -394,25 +394,24 @@ pub enum PacketSettle {
     Retry { at: UnixMillis },
 }
 
+/// Applies settlements in the caller's transaction (the committer groups
+/// them: one COMMIT for every link ACK waiting). A packet already gone (a
+/// settle repeated after a lease ran out) is no error.
 pub(super) fn settle_packets(
-    conn: &mut Connection,
+    tx: &Transaction<'_>,
     outcomes: &[(i64, PacketSettle)],
 ) -> Result<(), SpoolError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    {
-        let mut remove = tx.prepare_cached("DELETE FROM mix_packets WHERE id = ?1")?;
-        let mut retry = tx.prepare_cached(
-            "UPDATE mix_packets SET attempts = attempts + 1, release_at = ?2, lease_until = 0
-             WHERE id = ?1",
-        )?;
-        for (id, settle) in outcomes {
-            match settle {
-                PacketSettle::Done => remove.execute(params![id])?,
-                PacketSettle::Retry { at } => retry.execute(params![id, *at as i64])?,
-            };
-        }
+    let mut remove = tx.prepare_cached("DELETE FROM mix_packets WHERE id = ?1")?;
+    let mut retry = tx.prepare_cached(
+        "UPDATE mix_packets SET attempts = attempts + 1, release_at = ?2, lease_until = 0
+         WHERE id = ?1",
+    )?;
+    for (id, settle) in outcomes {
+        match settle {
+            PacketSettle::Done => remove.execute(params![id])?,
+            PacketSettle::Retry { at } => retry.execute(params![id, *at as i64])?,
+        };
     }
-    tx.commit()?;
     Ok(())
 }
 
@@ -544,14 +543,15 @@ pub struct Stalled {
     pub reply_block: Vec<u8>,
 }
 
-pub(super) fn take_stalled(
-    conn: &mut Connection,
+/// Takes a reply block of each stalled message, in the caller's
+/// transaction (see [`answer_stalled`]).
+fn take_stalled(
+    tx: &Transaction<'_>,
     now: UnixMillis,
     stall_ms: u64,
     max: usize,
 ) -> Result<Vec<Stalled>, SpoolError> {
     let received_before = now.saturating_sub(stall_ms);
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let ids: Vec<Vec<u8>> = {
         let mut stmt = tx.prepare(
             "SELECT mix_id FROM mix_fragments GROUP BY mix_id
@@ -598,8 +598,32 @@ pub(super) fn take_stalled(
             reply_block,
         });
     }
-    tx.commit()?;
     Ok(out)
+}
+
+/// PARTIAL acknowledgements for stalled messages: the reply blocks are
+/// taken and the packets `answer` makes with them are queued in one
+/// transaction, so a crash can lose neither (a block taken without its
+/// PARTIAL queued would be a single-use block spent for nothing). A block
+/// `answer` can make nothing of is taken all the same: it is no use later
+/// either. Returns how many acknowledgements were queued.
+pub(super) fn answer_stalled(
+    conn: &mut Connection,
+    now: UnixMillis,
+    stall_ms: u64,
+    max: usize,
+    answer: &mut dyn FnMut(&Stalled) -> Option<OutPacket>,
+) -> Result<usize, SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut queued = 0;
+    for stalled in take_stalled(&tx, now, stall_ms, max)? {
+        if let Some(ack) = answer(&stalled) {
+            insert_packet(&tx, &ack)?;
+            queued += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(queued)
 }
 
 /// A message accepted here by SMTP and due to enter the mixnet.
@@ -708,6 +732,20 @@ pub(super) fn launch(conn: &mut Connection, l: &Launch) -> Result<(), SpoolError
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Deletes a message accepted by SMTP that can never enter the mixnet
+/// (the sender found it too large for the network, or unbuildable), so it
+/// takes no place among the due messages again. Only a message that has
+/// not entered the mixnet: one with a launch is the acknowledgement's and
+/// the horizon's to end. True if it was deleted.
+pub(super) fn drop_unlaunched(conn: &mut Connection, message: i64) -> Result<bool, SpoolError> {
+    let n = conn.execute(
+        "DELETE FROM messages WHERE id = ?1 AND origin = 'smtp'
+           AND NOT EXISTS (SELECT 1 FROM mix_outbound o WHERE o.message = ?1)",
+        params![message],
+    )?;
+    Ok(n > 0)
 }
 
 /// The recovery material filed under a reply id, with its message.

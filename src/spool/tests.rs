@@ -533,6 +533,90 @@ mod mixnet_storage {
         t.close().await;
     }
 
+    /// `n` packets for next hop 2, queued and leased; their row ids.
+    async fn leased_packets(t: &TestSpool, n: usize) -> Vec<i64> {
+        t.spool
+            .queue_packets((0..n).map(|_| packet(2, 1_000)).collect())
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(60);
+        let batch = t.spool.lease_packets([2; 32], n, lease).await.unwrap();
+        assert_eq!(batch.packets.len(), n);
+        batch.packets.iter().map(|p| p.id).collect()
+    }
+
+    /// Settlement transactions so far, as a scrape of
+    /// `pluto2_spool_settle_commit_seconds` counts them.
+    fn settle_commits(t: &TestSpool) -> u64 {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("settle", "", t.spool.commit_times().settle);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("settle_count "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("a count")
+    }
+
+    /// Link ACKs that arrive while the writer is busy are settled by one
+    /// COMMIT, not one each.
+    #[tokio::test]
+    async fn settlements_waiting_together_take_one_transaction() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        let ids = leased_packets(&t, 200).await;
+        let before = settle_commits(&t);
+        // The writer is busy (an fsync, a custody group) while the ACKs
+        // come in: hold it in a job until every settlement is queued.
+        let (release, busy) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel();
+        let spool = t.spool.clone();
+        let held = tokio::spawn(async move {
+            spool
+                .call(move |_, _| {
+                    let _ = started.send(());
+                    let _ = busy.recv();
+                    Ok(())
+                })
+                .await
+        });
+        running.await.unwrap();
+        for id in &ids {
+            t.spool
+                .settle_packets_later(vec![(*id, PacketSettle::Done)])
+                .await;
+        }
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        // Past every job queued before it.
+        t.spool.ping().await.unwrap();
+        assert_eq!(settle_commits(&t) - before, 1, "one COMMIT for 200 ACKs");
+        assert_eq!(t.spool.mixnet_counts().await.unwrap().packets_forward, 0);
+        t.close().await;
+    }
+
+    /// A settlement handed over without waiting is committed before the
+    /// spool closes, and a packet settled for a retry goes again.
+    #[tokio::test]
+    async fn settlements_handed_over_before_a_stop_are_committed() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        let ids = leased_packets(&t, 2).await;
+        t.spool
+            .settle_packets_later(vec![(ids[0], PacketSettle::Done)])
+            .await;
+        t.spool
+            .settle_packets_later(vec![(ids[1], PacketSettle::Retry { at: 1_000 })])
+            .await;
+        let t = t.reopen().await;
+        let batch = t
+            .spool
+            .lease_packets([2; 32], 8, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let left: Vec<(i64, u32)> = batch.packets.iter().map(|p| (p.id, p.attempts)).collect();
+        assert_eq!(left, [(ids[1], 1)]);
+        t.close().await;
+    }
+
     #[tokio::test]
     async fn a_restart_gives_overdue_packets_fresh_release_times() {
         let t = TestSpool::open(Duration::ZERO, 10_000);
@@ -708,27 +792,90 @@ mod mixnet_storage {
         t.close().await;
     }
 
+    /// An acknowledgement made from a stalled message: its reply block as
+    /// the packet's bytes, so a test can tell which block it used.
+    fn partial(s: &crate::spool::custody::Stalled) -> Option<OutPacket> {
+        Some(OutPacket {
+            kind: PacketKind::Ack,
+            bytes: s.reply_block.clone(),
+            ..packet(3, 1_000)
+        })
+    }
+
+    fn store_with_block(index: u16) -> Custody {
+        Custody::Fragment {
+            tag: [index as u8 + 1; 32],
+            epoch: 0,
+            fragment: fragment(index, 3),
+        }
+    }
+
     #[tokio::test]
     async fn stalled_messages_yield_each_reply_block_once() {
         let t = TestSpool::open(Duration::ZERO, 1_000);
-        t.spool
-            .custody(Custody::Fragment {
-                tag: [1; 32],
-                epoch: 0,
-                fragment: fragment(1, 3),
-            })
-            .await;
+        t.spool.custody(store_with_block(1)).await;
         let stall = Duration::from_secs(10);
-        assert!(t.spool.take_stalled(stall, 8).await.unwrap().is_empty());
+        assert_eq!(t.spool.answer_stalled(stall, 8, partial).await.unwrap(), 0);
         t.set_now(20_000);
-        let stalled = t.spool.take_stalled(stall, 8).await.unwrap();
-        assert_eq!(stalled.len(), 1);
-        assert_eq!((stalled[0].count, stalled[0].have.clone()), (3, vec![1]));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let queued = t
+            .spool
+            .answer_stalled(stall, 8, move |s| {
+                record.lock().unwrap().push((s.count, s.have.clone()));
+                partial(s)
+            })
+            .await
+            .unwrap();
+        assert_eq!(queued, 1);
+        assert_eq!(*seen.lock().unwrap(), [(3, vec![1])]);
+        assert_eq!(t.spool.mixnet_counts().await.unwrap().packets_ack, 1);
         t.set_now(40_000);
-        assert!(
-            t.spool.take_stalled(stall, 8).await.unwrap().is_empty(),
+        assert_eq!(
+            t.spool.answer_stalled(stall, 8, partial).await.unwrap(),
+            0,
             "its only reply block is used"
         );
+        t.close().await;
+    }
+
+    /// A crash between taking the reply block and queueing the PARTIAL is
+    /// the queueing failing: then nothing of the first step may stay
+    /// committed, so the block is still there for the next round.
+    #[tokio::test]
+    async fn a_partial_that_cannot_be_queued_leaves_its_reply_block_in_place() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        t.spool.custody(store_with_block(1)).await;
+        t.set_now(20_000);
+        let stall = Duration::from_secs(10);
+        // The second step fails: the writer cannot insert any packet.
+        t.spool
+            .call(|conn, _| {
+                conn.execute_batch(
+                    "CREATE TEMP TRIGGER no_packets BEFORE INSERT ON mix_packets
+                     BEGIN SELECT RAISE(ABORT, 'disk gone'); END",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(t.spool.answer_stalled(stall, 8, partial).await.is_err());
+        let stored = t.spool.fragments([7; 16]).await.unwrap();
+        assert_eq!(
+            stored[0].reply_block.as_deref(),
+            Some(&[1u8; 8][..]),
+            "the reply block was taken without its PARTIAL"
+        );
+        assert_eq!(t.spool.mixnet_counts().await.unwrap().packets_ack, 0);
+        t.spool
+            .call(|conn, _| Ok(conn.execute_batch("DROP TRIGGER no_packets")?))
+            .await
+            .unwrap();
+        // The next round sends the PARTIAL with that same block.
+        assert_eq!(t.spool.answer_stalled(stall, 8, partial).await.unwrap(), 1);
+        assert_eq!(t.spool.mixnet_counts().await.unwrap().packets_ack, 1);
+        let stored = t.spool.fragments([7; 16]).await.unwrap();
+        assert_eq!(stored[0].reply_block, None);
         t.close().await;
     }
 }
