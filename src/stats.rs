@@ -798,6 +798,7 @@ mod tests {
             "loops_lost",
             "drops_sent",
             "drops_received",
+            "custody_busy",
             "two_faces",
             "launch_dropped",
         ];
