@@ -48,7 +48,15 @@ pub struct MixnetArgs {
     /// How many distinct -pki-trust keys must sign nodes.json (default 1).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub pki_threshold: Option<i64>,
+    /// Bytes an exit keeps for messages whose fragments have not all come; past it new fragments get busy and the previous hop retries.
+    #[arg(long, default_value_t = DEFAULT_EXIT_PARTIAL_BYTES, value_name = "BYTES")]
+    pub exit_partial_bytes: u64,
 }
+
+/// 256 MiB: room for about 25 messages of the default network size (10
+/// MiB) in progress at once, or tens of thousands of ordinary ones, on a
+/// disk the operator sizes for the spool anyway.
+pub const DEFAULT_EXIT_PARTIAL_BYTES: u64 = 256 * 1024 * 1024;
 
 /// What this node publishes about itself in `nodes.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +79,9 @@ pub struct MixnetConfig {
     /// `-pki-trust` and `-pki-threshold`; `None`: signatures are not
     /// checked (private test networks).
     pub trust: Option<Trust>,
+    /// `-exit-partial-bytes`: the exit's cap on fragments of incomplete
+    /// messages (checked against the network's message size at start).
+    pub exit_partial_bytes: u64,
 }
 
 impl MixnetArgs {
@@ -152,6 +163,7 @@ impl MixnetArgs {
                 pki_file,
                 info,
                 trust,
+                exit_partial_bytes: self.exit_partial_bytes,
             }),
             None,
         ))

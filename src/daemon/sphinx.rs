@@ -40,6 +40,12 @@ pub enum MixnetStartError {
     /// The saved nodes.json serial cannot be read or kept.
     #[error("{0}")]
     Serial(String),
+    /// An exit whose cap on partial messages cannot hold one message of
+    /// the network's largest size would answer busy to it for ever.
+    #[error(
+        "-exit-partial-bytes {cap}: an exit must hold one message of the network's largest size ({need} bytes: max_message_size {max} and its envelope); raise it or run with -exit=false"
+    )]
+    PartialCap { cap: u64, need: usize, max: usize },
 }
 
 /// This node's `nodes.json` entry, exactly as `-export-node-info` prints
@@ -103,6 +109,15 @@ pub fn start(
             "this node's entry ({:?}) has another \"{field}\" than this node's keys and flags; replace it with the output of `pluto2 -export-node-info` run with this node's flags",
             listed.short_name
         )));
+    }
+    let max = directory.params().max_message_size;
+    let need = crate::wire::fragment::max_blob_len(max);
+    if config.info.exit && config.exit_partial_bytes < need as u64 {
+        return Err(MixnetStartError::PartialCap {
+            cap: config.exit_partial_bytes,
+            need,
+            max,
+        });
     }
     let now = crate::time::system_clock()();
     let (keys, rotation) = KeyRing::open(data_dir, directory.params().epoch_at(now))?;
@@ -322,6 +337,7 @@ pub async fn spawn(
     let local = listener.local_addr()?;
     node.pki_notes.log();
     let params = node.directory.params().clone();
+    let node_partial_cap = node.config.exit_partial_bytes;
     stats
         .mixnet
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -366,6 +382,7 @@ pub async fn spawn(
     let hop = Arc::new(Hop {
         ctx: ctx.clone(),
         completions: links.clone(),
+        partial_cap: node_partial_cap,
     });
     sup.spawn(
         StopPhase::Work,
@@ -410,6 +427,7 @@ pub async fn spawn(
         rotate_keys(ctx.clone(), shutdown.clone()),
     );
     let stall = (params.ack_timeout / 2).max(Duration::from_secs(1));
+    let partial_idle = hop::partial_idle_limit(&params);
     let maintenance = ctx.clone();
     let stop = shutdown.clone();
     sup.spawn(StopPhase::Work, "mixnet maintenance", async move {
@@ -436,9 +454,11 @@ pub async fn spawn(
                     }
                 }
             }
-            // Nothing can arrive for a message older than both horizons.
+            // Nothing can arrive for a message older than both horizons;
+            // a partial message goes sooner once idle (see
+            // `hop::partial_idle_limit`).
             let forget = params.e2e_horizon + params.custody_horizon;
-            if let Ok((fragments, done)) = ctx.spool.prune_mixnet(forget).await
+            if let Ok((fragments, done)) = ctx.spool.prune_mixnet(partial_idle, forget).await
                 && fragments + done > 0
             {
                 tracing::info!("[MIXNET] forgot {fragments} stale fragment(s) and {done} finished message id(s)");
@@ -466,6 +486,16 @@ pub async fn spawn(
             ", middleman (no exit)"
         }
     );
+    if ctx.exit {
+        let contract = crate::wire::fragment::Contract::new(params.max_message_size);
+        tracing::info!(
+            "[MIXNET] exit: messages up to {} bytes ({} fragments); partial messages up to {} bytes in all (-exit-partial-bytes; busy past it), each kept {} after its latest fragment",
+            contract.max_blob_len(),
+            contract.max_fragments(),
+            node_partial_cap,
+            humantime::format_duration(partial_idle)
+        );
+    }
     Ok(DirectoryReload {
         name: ctx.directory.own().onion.clone(),
         ctx,
