@@ -54,7 +54,7 @@ pub use pki::{PkiCommand, PkiKeyArgs, PkiSignArgs, PkiVerifyArgs};
 pub use queue::{DeleteTargets, QueueArgs, QueueOp, QueueTargets};
 pub use relay::{RelayArgs, RelayConfig};
 pub use sanitize::{SanitizeArgs, SanitizePolicy};
-pub use sphinx::{MixnetArgs, MixnetConfig, NodeInfo};
+pub use sphinx::{DEFAULT_EXIT_PARTIAL_BYTES, MixnetArgs, MixnetConfig, NodeInfo};
 pub use spool::{SpoolArgs, SpoolConfig};
 
 use crate::address::OnionName;

@@ -48,14 +48,16 @@ pub struct MixnetArgs {
     /// How many distinct -pki-trust keys must sign nodes.json (default 1).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub pki_threshold: Option<i64>,
-    /// Bytes an exit keeps for messages whose fragments have not all come; past it new fragments get busy and the previous hop retries.
-    #[arg(long, default_value_t = DEFAULT_EXIT_PARTIAL_BYTES, value_name = "BYTES")]
-    pub exit_partial_bytes: u64,
+    /// Bytes an exit keeps for messages whose fragments have not all come; past it new fragments get busy and the previous hop retries [default: 268435456, or one message of the network's largest size if more].
+    #[arg(long, value_name = "BYTES")]
+    pub exit_partial_bytes: Option<u64>,
 }
 
 /// 256 MiB: room for about 25 messages of the default network size (10
 /// MiB) in progress at once, or tens of thousands of ordinary ones, on a
-/// disk the operator sizes for the spool anyway.
+/// disk the operator sizes for the spool anyway. On a network whose
+/// largest message is larger, the default is that message (the cap
+/// must hold one; see `daemon::sphinx`).
 pub const DEFAULT_EXIT_PARTIAL_BYTES: u64 = 256 * 1024 * 1024;
 
 /// What this node publishes about itself in `nodes.json`.
@@ -80,8 +82,9 @@ pub struct MixnetConfig {
     /// checked (private test networks).
     pub trust: Option<Trust>,
     /// `-exit-partial-bytes`: the exit's cap on fragments of incomplete
-    /// messages (checked against the network's message size at start).
-    pub exit_partial_bytes: u64,
+    /// messages (checked against the network's message size at start);
+    /// `None`: the default.
+    pub exit_partial_bytes: Option<u64>,
 }
 
 impl MixnetArgs {

@@ -29,6 +29,9 @@ pub struct MixnetNode {
     pub data_dir: std::path::PathBuf,
     /// What to log about `nodes.json` once the node runs.
     pub pki_notes: super::directory::Notes,
+    /// The exit's cap on partial messages (`-exit-partial-bytes`, or its
+    /// default for this network).
+    pub partial_cap: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,17 +115,18 @@ pub fn start(
     }
     let max = directory.params().max_message_size;
     let need = crate::wire::fragment::max_blob_len(max);
-    if config.info.exit && config.exit_partial_bytes < need as u64 {
-        return Err(MixnetStartError::PartialCap {
-            cap: config.exit_partial_bytes,
-            need,
-            max,
-        });
-    }
+    let partial_cap = match config.exit_partial_bytes {
+        Some(cap) if config.info.exit && cap < need as u64 => {
+            return Err(MixnetStartError::PartialCap { cap, need, max });
+        }
+        Some(cap) => cap,
+        None => crate::config::DEFAULT_EXIT_PARTIAL_BYTES.max(need as u64),
+    };
     let now = crate::time::system_clock()();
     let (keys, rotation) = KeyRing::open(data_dir, directory.params().epoch_at(now))?;
     Ok(MixnetNode {
         config,
+        partial_cap,
         directory,
         identity,
         keys,
@@ -337,7 +341,7 @@ pub async fn spawn(
     let local = listener.local_addr()?;
     node.pki_notes.log();
     let params = node.directory.params().clone();
-    let node_partial_cap = node.config.exit_partial_bytes;
+    let node_partial_cap = node.partial_cap;
     stats
         .mixnet
         .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -245,9 +245,13 @@ impl Hop {
         // The network's size contract, before anything of it is stored
         // (the tag is, so the same packet again is a duplicate).
         if let Err(e) = Contract::new(ctx.directory.params().max_message_size).check(&f) {
+            let outcome = self.remember(tag, epoch).await;
+            if outcome != CustodyOutcome::Stored {
+                // A replay of a refused packet is a replay.
+                return status_of(outcome, &ctx.stats);
+            }
             debug!("[MIXNET] fragment refused: {e}");
             Stats::add(&ctx.stats.mix_exit_too_large, 1);
-            self.remember(tag, epoch).await;
             return AckStatus::Rejected;
         }
         let reply_block = f.reply_block.clone();
@@ -398,9 +402,18 @@ pub async fn complete(ctx: &MixContext, mix_id: MixId, reply_block: Option<Reply
             .as_deref()
             .and_then(|b| ReplyBlock::from_slice(b).ok())
     });
-    let max = fragment::max_blob_len(ctx.directory.params().max_message_size);
-    let message = match join_stored(ctx, &header, max).await {
-        Ok(Some(blob)) => fragment::decode_blob_owned(blob),
+    let max_body = ctx.directory.params().max_message_size;
+    let message = match join_stored(ctx, &header, fragment::max_blob_len(max_body)).await {
+        // The blob's bound leaves room for the largest envelope; a body
+        // past the network's size with a short envelope is no honest
+        // entry's either.
+        Ok(Some(blob)) => fragment::decode_blob_owned(blob).and_then(|m| {
+            if m.body.len() > max_body {
+                Err(FragmentError::BodyTooLarge)
+            } else {
+                Ok(m)
+            }
+        }),
         Ok(None) => return,
         Err(JoinFailure::Spool(e)) => {
             warn!("[MIXNET] cannot read fragments: {e}");
@@ -414,7 +427,11 @@ pub async fn complete(ctx: &MixContext, mix_id: MixId, reply_block: Option<Reply
             info!(
                 "[MIXNET] a message's fragments do not form it ({e}); dropped, the entry will retransmit"
             );
-            Stats::add(&ctx.stats.mix_bad_payloads, 1);
+            if e == FragmentError::BodyTooLarge {
+                Stats::add(&ctx.stats.mix_exit_too_large, 1);
+            } else {
+                Stats::add(&ctx.stats.mix_bad_payloads, 1);
+            }
             let _ = ctx.spool.drop_fragments(mix_id).await;
             return;
         }

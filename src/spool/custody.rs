@@ -79,7 +79,7 @@ pub enum Custody {
     /// An exit: remember the tag, keep the fragment (unless its message is
     /// already done, the fragment disagrees with those of its message
     /// stored before, or the partial messages here would hold more than
-    /// `partial_cap` bytes with it).
+    /// `partial_cap` bytes with it and it does not complete its message).
     Fragment {
         tag: [u8; 32],
         epoch: u32,
@@ -239,10 +239,17 @@ fn store_fragment(
         }
     }
     let bytes = fragment_bytes(f);
+    // The fragment that completes its message passes the cap: its
+    // completion frees the whole message right after, so partial
+    // messages at the cap cannot hold each other back for ever. The cap
+    // is passed by at most one fragment per message one fragment short.
+    let completes = partial
+        .as_ref()
+        .map_or(f.count == 1, |p| p.3 + 1 >= p.0 as i64);
     let total: i64 = tx
         .prepare_cached(fragment_sql::TOTAL)?
         .query_row([], |r| r.get(0))?;
-    if (total.max(0) as u64).saturating_add(bytes) > partial_cap {
+    if !completes && (total.max(0) as u64).saturating_add(bytes) > partial_cap {
         return Ok(CustodyOutcome::Full);
     }
     tx.prepare_cached(fragment_sql::INSERT)?.execute(params![

@@ -735,36 +735,43 @@ mod mixnet_storage {
     }
 
     /// Past the cap nothing is stored, not even the tag: the previous hop
-    /// keeps the packet and its retry is taken once room is made.
+    /// keeps the packet and its retry is taken once room is made. The
+    /// fragment that completes its message passes (its completion frees
+    /// the message), so messages at the cap cannot block each other.
     #[tokio::test]
     async fn past_the_partial_cap_a_fragment_is_refused_and_its_retry_taken_later() {
         let t = TestSpool::open(Duration::ZERO, 1_000);
-        let of = |mix: u8, index: u16| StoredFragment {
+        let of = |mix: u8, index: u16, count: u16| StoredFragment {
             mix_id: [mix; 16],
-            ..fragment(index, 3)
+            ..fragment(index, count)
         };
         let cap = 18; // two fragments of 9 bytes (1 of data, 8 of reply block)
         assert!(matches!(
-            t.spool.custody(keep(1, of(1, 0), cap)).await,
+            t.spool.custody(keep(1, of(1, 0, 2), cap)).await,
             CustodyOutcome::FragmentStored { .. }
         ));
         assert!(matches!(
-            t.spool.custody(keep(2, of(2, 0), cap)).await,
+            t.spool.custody(keep(2, of(2, 0, 3), cap)).await,
             CustodyOutcome::FragmentStored { .. }
         ));
         assert_eq!(
-            t.spool.custody(keep(3, of(3, 0), cap)).await,
+            t.spool.custody(keep(3, of(3, 0, 3), cap)).await,
             CustodyOutcome::Full
         );
         assert_eq!(
-            t.spool.custody(keep(4, of(1, 1), cap)).await,
+            t.spool.custody(keep(4, of(2, 1, 3), cap)).await,
             CustodyOutcome::Full,
-            "a message already here does not pass the cap either"
+            "a message already here does not pass the cap unless it completes"
         );
         assert_eq!(t.spool.partial_header([3; 16]).await.unwrap(), None);
+        assert_eq!(
+            t.spool.custody(keep(5, of(1, 1, 2), cap)).await,
+            CustodyOutcome::FragmentStored { have: 2 },
+            "the last fragment of message 1 passes"
+        );
         t.spool.drop_fragments([1; 16]).await.unwrap();
         assert_eq!(
-            t.spool.custody(keep(3, of(3, 0), cap)).await,
+            t.spool.custody(keep(3, of(3, 0, 3), cap)).await,
             CustodyOutcome::FragmentStored { have: 1 },
             "the same packet again, taken now"
         );

@@ -125,6 +125,8 @@ pub enum FragmentError {
     Blob(&'static str),
     #[error("the message is too large for {MAX_FRAGMENTS} fragments")]
     TooLarge,
+    #[error("the body is larger than the network's max_message_size")]
+    BodyTooLarge,
 }
 
 impl Fragment {
