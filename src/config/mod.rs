@@ -371,6 +371,7 @@ mod tests {
                         "pki-trust" => "kwgmzEUqp0VTg5XOYHIcseEL1uIbbL9fJ+cJxfO1AdU=".into(),
                         "pki-threshold" => "1".into(),
                         "metrics" => "127.0.0.1:9900".into(),
+                        "exit-partial-bytes" => "268435456".into(),
                         other => panic!("no sample value for -{other}; add one here"),
                     },
                 };

@@ -526,6 +526,21 @@ pub fn random_id() -> [u8; 16] {
 mod tests {
     use super::*;
 
+    /// 23 h with the production parameters: past an entry's longest wait
+    /// between two rounds (20 h) and one route's delays (3 h), inside the
+    /// previous hops' custody (2 days); never past both horizons.
+    #[test]
+    fn a_partial_message_outlives_the_entrys_longest_wait_and_no_horizon() {
+        let p = Params::default();
+        assert_eq!(partial_idle_limit(&p), Duration::from_secs(23 * 3600));
+        assert!(partial_idle_limit(&p) < p.custody_horizon);
+        let slow = Params {
+            ack_timeout: Duration::from_secs(24 * 3600),
+            ..p.clone()
+        };
+        assert_eq!(partial_idle_limit(&slow), p.e2e_horizon + p.custody_horizon);
+    }
+
     #[test]
     fn bitmaps_mark_exactly_the_stored_fragments() {
         let map = bitmap(10, &[0, 3, 9]);
