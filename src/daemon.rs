@@ -427,6 +427,7 @@ async fn spawn(
         dest_block: dest_block.clone(),
         smtp_destinations: !sphinx,
         own_name: config.name.clone(),
+        max_recipients: config.listener.max_recipients,
     });
     let directory_reload = match mixnet {
         Some((node, node_listener)) => {

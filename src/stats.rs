@@ -78,6 +78,7 @@ fn outcome_label(outcome: EnqueueOutcome) -> &'static str {
         EnqueueOutcome::Replay => "replay",
         EnqueueOutcome::Loop => "loop",
         EnqueueOutcome::TooManyHops => "too_many_hops",
+        EnqueueOutcome::TooManyRecipients => "too_many_recipients",
         EnqueueOutcome::Blocked => "blocked",
         EnqueueOutcome::Failed => "failed",
         EnqueueOutcome::NoSpace => "no_space",
@@ -85,12 +86,13 @@ fn outcome_label(outcome: EnqueueOutcome) -> &'static str {
     }
 }
 
-const ENQUEUE_OUTCOMES: [EnqueueOutcome; 9] = [
+const ENQUEUE_OUTCOMES: [EnqueueOutcome; 10] = [
     EnqueueOutcome::Queued,
     EnqueueOutcome::OwnTraffic,
     EnqueueOutcome::Replay,
     EnqueueOutcome::Loop,
     EnqueueOutcome::TooManyHops,
+    EnqueueOutcome::TooManyRecipients,
     EnqueueOutcome::Blocked,
     EnqueueOutcome::Failed,
     EnqueueOutcome::NoSpace,
@@ -457,6 +459,22 @@ metrics! {
             "pluto2_mixnet_launch_dropped",
             "Messages accepted here and dropped because they can never enter the mixnet, by code: too_large (over what the network carries), fragment, packet (refused by the codec), internal (the build failed)"
             => "launch_dropped" by Stats::launch_dropped_total;
+        /// The bytes those fragments hold (the exit's cap counts them).
+        mix_exit_partial_bytes: Gauge,
+            "pluto2_mixnet_exit_partial_bytes",
+            "Bytes of fragments stored at this exit for messages not complete yet";
+        let exit_fragments_refused: Family<Label, Counter>,
+            "pluto2_mixnet_exit_fragments_refused",
+            "Data fragments this exit did not keep, by reason: too_large (the message would pass the network's max_message_size, or a fragment is not shaped as split makes it), inconsistent (count, length or hash differ from its message's other fragments), full (partial messages at -exit-partial-bytes: busy, the previous hop retries)";
+        /// Fragments refused by the network's size contract.
+        pub mix_exit_too_large: Counter = child(&exit_fragments_refused, "reason", "too_large")
+            => "exit_too_large";
+        /// Fragments disagreeing with those of their message stored before.
+        pub mix_exit_inconsistent: Counter =
+            child(&exit_fragments_refused, "reason", "inconsistent") => "exit_inconsistent";
+        /// Fragments answered busy: partial messages at their cap.
+        pub mix_exit_full: Counter = child(&exit_fragments_refused, "reason", "full")
+            => "exit_full";
     }
 }
 
@@ -549,6 +567,7 @@ impl Stats {
         }
         self.mix_awaiting_ack.set(m.awaiting_ack as i64);
         self.mix_exit_partial.set(m.exit_partial as i64);
+        self.mix_exit_partial_bytes.set(m.exit_partial_bytes as i64);
         self.queue_known.store(true, Ordering::Relaxed);
     }
 
@@ -801,6 +820,9 @@ mod tests {
             "custody_busy",
             "two_faces",
             "launch_dropped",
+            "exit_too_large",
+            "exit_inconsistent",
+            "exit_full",
         ];
         let s = Stats::default();
         assert_eq!(keys(&s), direct);
@@ -868,7 +890,8 @@ mod tests {
         let line = s.line(Duration::ZERO);
         assert!(line.contains(" mix_replays=2 "), "{line}");
         assert!(line.contains(" healthy=3/4 "), "{line}");
-        assert!(line.ends_with(" two_faces=0 launch_dropped=0"), "{line}");
+        assert!(line.ends_with(" exit_full=0"), "{line}");
+        assert!(line.contains(" two_faces=0 launch_dropped=0 "), "{line}");
         s.launch_dropped("too_large");
         s.launch_dropped("too_large");
         s.launch_dropped("packet");
@@ -877,7 +900,7 @@ mod tests {
             text.contains("pluto2_mixnet_launch_dropped_total{code=\"too_large\"} 2"),
             "{text}"
         );
-        assert!(s.line(Duration::ZERO).ends_with(" launch_dropped=3"));
+        assert!(s.line(Duration::ZERO).contains(" launch_dropped=3 "));
     }
 
     #[test]

@@ -331,8 +331,15 @@ impl Sender {
         usable: &[NodeId],
         indices: Option<&[u16]>,
     ) -> Result<Wrapped, SendError> {
+        // The exits' own lines (the network's contract: at most
+        // MAX_RECIPIENTS recipients, a blob within max_blob_len), so an
+        // entry never sends what every exit refuses, nor drops what they
+        // would take.
+        if message.envelope.recipients.len() > fragment::MAX_RECIPIENTS {
+            return Err(SendError::TooLarge);
+        }
         let blob = fragment::encode_blob(message);
-        if blob.len() > self.ctx.directory.params().max_message_size + 64 * 1024 {
+        if blob.len() > fragment::max_blob_len(self.ctx.directory.params().max_message_size) {
             return Err(SendError::TooLarge);
         }
         let fragments: Vec<Fragment> = fragment::split(&blob, mix_id)?;

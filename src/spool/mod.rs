@@ -37,7 +37,7 @@ pub use committer::Origin;
 use committer::{Committer, CustodyRequest, EnqueueRequest, Job, SettleRequest};
 use custody::{
     Custody, CustodyOutcome, EntryAck, Launch, MixId, MixnetCounts, MixnetLease, NodeBytes,
-    OutPacket, Overdue, PacketBatch, PacketSettle, Stalled, StoredFragment,
+    OutPacket, Overdue, PacketBatch, PacketSettle, PartialHeader, Stalled,
 };
 
 /// Requests waiting for the committer. Bounded so that a storage stall
@@ -515,8 +515,21 @@ impl Spool {
             .await
     }
 
-    pub async fn fragments(&self, mix_id: MixId) -> Result<Vec<StoredFragment>, SpoolError> {
-        self.call(move |conn, _| custody::fragments(conn, &mix_id))
+    /// What the exit holds of a message it collects (none: not here).
+    pub async fn partial_header(&self, mix_id: MixId) -> Result<Option<PartialHeader>, SpoolError> {
+        self.call(move |conn, _| custody::partial_header(conn, &mix_id))
+            .await
+    }
+
+    /// Up to `max` stored fragments of a message from index `from` on, in
+    /// index order (a completion streams its message through this).
+    pub async fn fragment_data(
+        &self,
+        mix_id: MixId,
+        from: u16,
+        max: usize,
+    ) -> Result<Vec<(u16, Vec<u8>)>, SpoolError> {
+        self.call(move |conn, _| custody::fragment_data(conn, &mix_id, from, max))
             .await
     }
 
@@ -600,12 +613,26 @@ impl Spool {
             .await
     }
 
-    /// Deletes exit fragments and done ids older than `age` (see
-    /// `custody::prune`).
-    pub async fn prune_mixnet(&self, age: Duration) -> Result<(u64, u64), SpoolError> {
-        let age_ms = age.as_millis() as u64;
-        self.call(move |conn, now| custody::prune(conn, now.saturating_sub(age_ms)))
-            .await
+    /// Deletes partial messages at the exit whose latest fragment is
+    /// older than `partial_idle` or whose first is older than `horizon`,
+    /// and done ids older than `horizon` (see `custody::prune`); returns
+    /// (fragments, done ids).
+    pub async fn prune_mixnet(
+        &self,
+        partial_idle: Duration,
+        horizon: Duration,
+    ) -> Result<(u64, u64), SpoolError> {
+        let (idle_ms, horizon_ms) = (partial_idle.as_millis() as u64, horizon.as_millis() as u64);
+        self.call(move |conn, now| {
+            custody::prune(
+                conn,
+                custody::PruneBefore {
+                    partial_idle: now.saturating_sub(idle_ms),
+                    horizon: now.saturating_sub(horizon_ms),
+                },
+            )
+        })
+        .await
     }
 
     /// Drops replay tags and stranded packets of epochs below `below`
