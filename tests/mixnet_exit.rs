@@ -256,8 +256,13 @@ async fn completing_a_maximum_size_message_keeps_the_exits_rss_within_its_bound(
         .unwrap_or(4)
         << 20;
     let params = TEST_PARAMS.replace("262144", &size.to_string());
-    let net = MixNet::start(5, &params).await;
+    let mut net = MixNet::start(5, &params).await;
     net.until_healthy(0, 4).await;
+    // The test speaks as node 0 on long-lived links: node 0 itself is
+    // stopped, since a node has one link at a peer and its own redial
+    // would replace the test's.
+    net.nodes[0].daemon.as_mut().unwrap().signal("TERM");
+    assert!(net.nodes[0].daemon.as_mut().unwrap().wait().success());
     let nowhere = format!("someone@{}", OnionName::from_seed(201));
     let m = message(&[nowhere], mail(size, "big").as_bytes()[..size].to_vec());
     let fs = fragments(&m, 1);
@@ -332,8 +337,13 @@ async fn fragments_of_the_largest_claim_are_all_stored() {
         .unwrap_or(2_000);
     let params = TEST_PARAMS.replace("262144", &MAX_MESSAGE_SIZE.to_string());
     // Every exit's cap defaults to one message of this size (504 MB).
-    let net = MixNet::start(5, &params).await;
+    let mut net = MixNet::start(5, &params).await;
     net.until_healthy(0, 4).await;
+    // The test speaks as node 0 on long-lived links: node 0 itself is
+    // stopped, since a node has one link at a peer and its own redial
+    // would replace the test's.
+    net.nodes[0].daemon.as_mut().unwrap().signal("TERM");
+    assert!(net.nodes[0].daemon.as_mut().unwrap().wait().success());
     // A claim of the most fragments the contract allows (65,432).
     let blob_len = max_blob_len(MAX_MESSAGE_SIZE);
     let count = fragments_for(blob_len) as u16;
