@@ -25,6 +25,21 @@
 //! * **custody alone**: `Spool::custody` of `PACKETS` forward packets from
 //!   64 × `LINKS` concurrent tasks into a fresh spool (group commit, as
 //!   the node's link handlers do).
+//! * **settle, sender's side**: what a sending node pays for the ACKs it
+//!   gets, before and after settles were grouped, one after the other on
+//!   fresh spools holding `PACKETS` packets: `LINKS` tasks, each a link
+//!   to its own next hop, does what `link::Outbound::run` does with the
+//!   spool: a window (64) of packets leased, then per ACK `Stored` read
+//!   the settle (`Outbox::acked`) and a lease of the freed room
+//!   (`Outbox::take`), until every packet is settled. *Before*
+//!   (one transaction per ACK, as `Forwarder::acked` did): each settle is
+//!   waited for, one at a time node-wide (the old code's transactions never
+//!   shared a COMMIT). *After*: `Spool::settle_packets_later`, what
+//!   `Forwarder::acked` does now. Reported: settle transactions per 1,000
+//!   ACKs (the count of `pluto2_spool_settle_commit_seconds`), CPU of this
+//!   process per ACK (link tasks and the spool's writer; the refills
+//!   included, the same in both) and of the writer thread alone, and ACKs
+//!   per second.
 //!
 //! Everything is on 127.0.0.1 and bounded: a fixed number of packets per
 //! run and a deadline on each wait. Under `cargo test` (no `--bench`
@@ -487,6 +502,131 @@ fn unwrap_rate(n: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// What settling the ACKs of one batch of sent packets cost.
+struct SettleRun {
+    acks_per_sec: f64,
+    /// Settle transactions per 1,000 ACKs.
+    commits_per_1000: f64,
+    /// CPU of this process (every thread) per ACK, µs.
+    cpu_us: f64,
+    /// CPU of the spool's writer thread per ACK, µs.
+    writer_us: f64,
+}
+
+/// Settle transactions so far: the count of the spool's settle commit
+/// histogram (`pluto2_spool_settle_commit_seconds`), read from a scrape.
+fn settle_commits(spool: &Spool) -> u64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("settle", "", spool.commit_times().settle);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("settle_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the histogram's count")
+}
+
+/// Settles `packets` sent packets over `links` links, one transaction per
+/// ACK (`grouped` false: the old forwarder) or handed to the writer's
+/// groups (`grouped` true: the forwarder now).
+async fn settle_run(packets: usize, links: usize, grouped: bool) -> SettleRun {
+    use pluto2::spool::custody::PacketSettle;
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, closer) = Spool::open(
+        dir.path(),
+        Duration::from_secs(24 * 3600),
+        pluto2::time::system_clock(),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let bytes = vec![9u8; packet::PACKET_SIZE];
+    for link in 0..links {
+        let share = packets / links + usize::from(link < packets % links);
+        let batch: Vec<OutPacket> = (0..share)
+            .map(|_| OutPacket {
+                next_hop: [link as u8 + 1; 32],
+                epoch: 0,
+                bytes: bytes.clone(),
+                kind: PacketKind::Forward,
+                release_at: now,
+                deadline: now + 2 * 24 * 3600 * 1000,
+            })
+            .collect();
+        for chunk in batch.chunks(500) {
+            spool.queue_packets(chunk.to_vec()).await.unwrap();
+        }
+    }
+    let commits_before = settle_commits(&spool);
+    let (threads_before, cpu_before) = cpu_ticks(std::process::id());
+    let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for link in 0..links {
+        let (spool, one_at_a_time) = (spool.clone(), one_at_a_time.clone());
+        tasks.push(tokio::spawn(async move {
+            // As `link::Outbound::run` does: a window of packets out,
+            // then per ACK frame read, `Outbox::acked` and a refill of the
+            // free room (`Outbox::take`).
+            let lease = |room: usize| {
+                let spool = spool.clone();
+                async move {
+                    let batch = spool
+                        .lease_packets([link as u8 + 1; 32], room, Duration::from_secs(120))
+                        .await
+                        .unwrap();
+                    batch
+                        .packets
+                        .into_iter()
+                        .map(|p| p.id)
+                        .collect::<Vec<i64>>()
+                }
+            };
+            let mut in_flight: std::collections::VecDeque<i64> = lease(WINDOW).await.into();
+            let mut settled = 0;
+            while let Some(id) = in_flight.pop_front() {
+                let outcome = vec![(id, PacketSettle::Done)];
+                if grouped {
+                    spool.settle_packets_later(outcome).await;
+                } else {
+                    let _one = one_at_a_time.lock().await;
+                    spool.settle_packets(outcome).await.unwrap();
+                }
+                settled += 1;
+                in_flight.extend(lease(WINDOW - in_flight.len()).await);
+            }
+            settled
+        }));
+    }
+    let mut settled = 0;
+    for t in tasks {
+        settled += tokio::time::timeout(RUN_DEADLINE, t)
+            .await
+            .expect("settling finished within its deadline")
+            .unwrap();
+    }
+    // Every settle handed over is committed past this.
+    spool.ping().await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let (threads_after, cpu_after) = cpu_ticks(std::process::id());
+    let commits = settle_commits(&spool) - commits_before;
+    assert_eq!(settled, packets, "every packet settled");
+    let writer = |m: &HashMap<String, u64>| m.get("spool-committer").copied().unwrap_or(0);
+    let hz = ticks_per_sec();
+    let per_ack = |ticks: u64| ticks as f64 / hz / packets as f64 * 1e6;
+    let run = SettleRun {
+        acks_per_sec: packets as f64 / secs,
+        commits_per_1000: commits as f64 * 1000.0 / packets as f64,
+        cpu_us: per_ack(cpu_after - cpu_before),
+        writer_us: per_ack(writer(&threads_after).saturating_sub(writer(&threads_before))),
+    };
+    drop(spool);
+    closer.closed().await;
+    run
+}
+
 /// Custody commits per second from `tasks` concurrent callers.
 async fn custody_rate(packets: usize, tasks: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
@@ -574,10 +714,28 @@ fn main() {
         s.runs, s.packets, s.links, BIN
     );
     let (mut node, mut unwrap, mut custody) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut before, mut after) = (Vec::new(), Vec::new());
     for run in 1..=s.runs {
         let r = rt.block_on(node_run(&s));
         let u = unwrap_rate(s.unwrap_packets);
         let c = rt.block_on(custody_rate(s.packets, WINDOW * s.links));
+        let old = rt.block_on(settle_run(s.packets, s.links, false));
+        let new = rt.block_on(settle_run(s.packets, s.links, true));
+        println!(
+            "       settle, sender's side, {} ACKs over {} links: one transaction per ACK {:.0} transactions/1,000 ACKs, {:.0} µs CPU/ACK (writer {:.0} µs), {:.0} ACKs/s; grouped {:.1} transactions/1,000 ACKs, {:.0} µs CPU/ACK (writer {:.0} µs), {:.0} ACKs/s",
+            s.packets,
+            s.links,
+            old.commits_per_1000,
+            old.cpu_us,
+            old.writer_us,
+            old.acks_per_sec,
+            new.commits_per_1000,
+            new.cpu_us,
+            new.writer_us,
+            new.acks_per_sec,
+        );
+        before.push(old);
+        after.push(new);
         println!(
             "run {run}: node {:.0} packets/s ({} in {:.2} s; node CPU {:.2} s = {:.0} µs/packet, generator CPU {:.2} s, all {} CPUs {:.0} % busy, {:.2} CPU-s by others); unwrap alone {:.0}/s; custody alone {:.0}/s",
             r.rate,
@@ -620,4 +778,15 @@ fn main() {
         n / u,
         n / c
     );
+    let median_of =
+        |runs: &[SettleRun], f: fn(&SettleRun) -> f64| common::median(runs.iter().map(f).collect());
+    for (name, runs) in [("one transaction per ACK", &before), ("grouped", &after)] {
+        println!(
+            "medians, settle ({name}): {:.1} transactions/1,000 ACKs, {:.0} µs CPU/ACK, writer {:.0} µs/ACK, {:.0} ACKs/s",
+            median_of(runs, |r| r.commits_per_1000),
+            median_of(runs, |r| r.cpu_us),
+            median_of(runs, |r| r.writer_us),
+            median_of(runs, |r| r.acks_per_sec),
+        );
+    }
 }

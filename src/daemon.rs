@@ -152,6 +152,8 @@ pub fn spool_exit_status(e: &SpoolError) -> u8 {
             _ => sysexits::IOERR,
         },
         SpoolError::Thread(_) | SpoolError::Closed => sysexits::SOFTWARE,
+        // Not met while opening: a group commit that failed.
+        SpoolError::NotCommitted => sysexits::IOERR,
     }
 }
 
@@ -425,6 +427,7 @@ async fn spawn(
         dest_block: dest_block.clone(),
         smtp_destinations: !sphinx,
         own_name: config.name.clone(),
+        max_recipients: config.listener.max_recipients,
     });
     let directory_reload = match mixnet {
         Some((node, node_listener)) => {

@@ -58,6 +58,10 @@ pub enum EnqueueOutcome {
     Loop,
     /// The header records too many relay hops: the message is looping.
     TooManyHops,
+    /// More recipients than this node takes (`-max-recipients`): only a
+    /// message completed at a mixnet exit can get here (SMTP refuses the
+    /// extra RCPTs one by one). Nothing was stored.
+    TooManyRecipients,
     /// A destination of the message (a newsgroup in its header) is on the
     /// `-dest-block` list. Nothing was stored.
     Blocked,

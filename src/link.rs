@@ -834,13 +834,24 @@ async fn inbound(
     let in_flight = Arc::new(Semaphore::new(cfg.window));
     let handlers = TaskTracker::new();
     let mut control = ControlBudget::new(cfg, Instant::now());
+    // A link stays open while it carries something: packets, or the pings
+    // and key requests of the health protocol. Frames this side never
+    // asked for (PONG, KEYS) do not keep it open.
+    let mut last_useful = Instant::now();
     let result = loop {
+        let left = (last_useful + cfg.idle_timeout).saturating_duration_since(Instant::now());
         let frame = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             // The same node linked again: this link is stale.
             _ = replaced.cancelled() => break Ok(()),
-            f = reader.next(&mut rd, cfg.idle_timeout) => f,
+            f = reader.next(&mut rd, left) => f,
         };
+        if matches!(
+            frame,
+            Ok(Frame::Packet { .. } | Frame::Ping { .. } | Frame::GetKeys { .. })
+        ) {
+            last_useful = Instant::now();
+        }
         if out_tx.is_closed() {
             break Err(LinkError::Closed); // the writer gave up on the peer
         }
@@ -1997,6 +2008,40 @@ mod tests {
             "{end:?}"
         );
         assert!(served(&mut new, &mut new_reader, 3).await);
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_link_that_carries_only_frames_nobody_asked_for_is_closed_when_idle() {
+        let cfg = test_config(Duration::from_millis(500));
+        let (addr, _events, stop, server) = listen_as_a(cfg).await;
+        let b = config_of(B, 3, Duration::from_secs(5));
+        let (mut s, _, shaken) = dial(addr, &b, A, &key(1).verifying_key()).await;
+        shaken.unwrap();
+        // Unasked PONGs every 50 ms, far more often than the idle timeout,
+        // for up to 20 s: the link is closed all the same.
+        let pong = Frame::Pong {
+            nonce: 1,
+            subject: [0; 32],
+            epoch: 0,
+            key: [0; 32],
+        };
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if write_frame(&mut s, &pong).await.is_err() {
+                    return;
+                }
+                let mut byte = [0u8; 1];
+                if let Ok(Ok(0) | Err(_)) =
+                    tokio::time::timeout(Duration::from_millis(50), s.read(&mut byte)).await
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a link kept open by unasked frames");
         stop.cancel();
         server.await.unwrap();
     }

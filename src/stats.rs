@@ -45,6 +45,10 @@ const QUEUE_STATES: [&str; 4] = ["queued", "deferred", "held", "leased"];
 /// Kinds of packets the mixnet keeps in custody.
 const CUSTODY_KINDS: [&str; 3] = ["forward", "fragment", "ack"];
 
+/// Why the mixnet sender dropped a message it could never launch (see
+/// `mixnet::sender`).
+const LAUNCH_DROP_CODES: [&str; 4] = ["too_large", "fragment", "packet", "internal"];
+
 /// What became of a recipient that was not delivered, for counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Undelivered {
@@ -74,6 +78,7 @@ fn outcome_label(outcome: EnqueueOutcome) -> &'static str {
         EnqueueOutcome::Replay => "replay",
         EnqueueOutcome::Loop => "loop",
         EnqueueOutcome::TooManyHops => "too_many_hops",
+        EnqueueOutcome::TooManyRecipients => "too_many_recipients",
         EnqueueOutcome::Blocked => "blocked",
         EnqueueOutcome::Failed => "failed",
         EnqueueOutcome::NoSpace => "no_space",
@@ -81,12 +86,13 @@ fn outcome_label(outcome: EnqueueOutcome) -> &'static str {
     }
 }
 
-const ENQUEUE_OUTCOMES: [EnqueueOutcome; 9] = [
+const ENQUEUE_OUTCOMES: [EnqueueOutcome; 10] = [
     EnqueueOutcome::Queued,
     EnqueueOutcome::OwnTraffic,
     EnqueueOutcome::Replay,
     EnqueueOutcome::Loop,
     EnqueueOutcome::TooManyHops,
+    EnqueueOutcome::TooManyRecipients,
     EnqueueOutcome::Blocked,
     EnqueueOutcome::Failed,
     EnqueueOutcome::NoSpace,
@@ -447,6 +453,28 @@ metrics! {
         /// Messages with some fragments stored at this exit.
         mix_exit_partial: Gauge,
             "pluto2_mixnet_exit_partial_messages", "Messages with some fragments stored at this exit";
+        /// Messages accepted here that could never enter the mixnet,
+        /// dropped at their first attempt, by code.
+        mix_launch_dropped: Family<Label, Counter> = family("code", LAUNCH_DROP_CODES),
+            "pluto2_mixnet_launch_dropped",
+            "Messages accepted here and dropped because they can never enter the mixnet, by code: too_large (over what the network carries), fragment, packet (refused by the codec), internal (the build failed)"
+            => "launch_dropped" by Stats::launch_dropped_total;
+        /// The bytes those fragments hold (the exit's cap counts them).
+        mix_exit_partial_bytes: Gauge,
+            "pluto2_mixnet_exit_partial_bytes",
+            "Bytes of fragments stored at this exit for messages not complete yet";
+        let exit_fragments_refused: Family<Label, Counter>,
+            "pluto2_mixnet_exit_fragments_refused",
+            "Data fragments this exit did not keep, by reason: too_large (the message would pass the network's max_message_size, or a fragment is not shaped as split makes it), inconsistent (count, length or hash differ from its message's other fragments), full (partial messages at -exit-partial-bytes: busy, the previous hop retries)";
+        /// Fragments refused by the network's size contract.
+        pub mix_exit_too_large: Counter = child(&exit_fragments_refused, "reason", "too_large")
+            => "exit_too_large";
+        /// Fragments disagreeing with those of their message stored before.
+        pub mix_exit_inconsistent: Counter =
+            child(&exit_fragments_refused, "reason", "inconsistent") => "exit_inconsistent";
+        /// Fragments answered busy: partial messages at their cap.
+        pub mix_exit_full: Counter = child(&exit_fragments_refused, "reason", "full")
+            => "exit_full";
     }
 }
 
@@ -474,6 +502,11 @@ impl Stats {
                 "pluto2_spool_custody_commit_seconds",
                 "Time of the fsync'd COMMIT of one group of mixnet custody decisions",
                 times.custody,
+            );
+            stats.registry.register(
+                "pluto2_spool_settle_commit_seconds",
+                "Time of the fsync'd COMMIT of one group of settlements of packets sent on links (their ACKs)",
+                times.settle,
             );
         }
         stats
@@ -534,6 +567,7 @@ impl Stats {
         }
         self.mix_awaiting_ack.set(m.awaiting_ack as i64);
         self.mix_exit_partial.set(m.exit_partial as i64);
+        self.mix_exit_partial_bytes.set(m.exit_partial_bytes as i64);
         self.queue_known.store(true, Ordering::Relaxed);
     }
 
@@ -610,6 +644,22 @@ impl Stats {
         self.mix_busy.get_or_create(&[("why", why.label())]).inc();
     }
 
+    /// Counts a message the mixnet sender dropped because it can never
+    /// enter the mixnet; `code` is one of [`LAUNCH_DROP_CODES`].
+    pub fn launch_dropped(&self, code: &'static str) {
+        self.mix_launch_dropped
+            .get_or_create(&[("code", code)])
+            .inc();
+    }
+
+    /// `launch_dropped=`: all codes.
+    fn launch_dropped_total(&self) -> String {
+        LAUNCH_DROP_CODES
+            .iter()
+            .map(|c| self.mix_launch_dropped.get_or_create(&[("code", c)]).get())
+            .sum::<u64>()
+            .to_string()
+    }
     /// `healthy=usable/all` other nodes.
     fn healthy(&self) -> String {
         format!("{}/{}", self.mix_healthy.get(), self.mix_nodes.get())
@@ -767,7 +817,12 @@ mod tests {
             "loops_lost",
             "drops_sent",
             "drops_received",
+            "custody_busy",
             "two_faces",
+            "launch_dropped",
+            "exit_too_large",
+            "exit_inconsistent",
+            "exit_full",
         ];
         let s = Stats::default();
         assert_eq!(keys(&s), direct);
@@ -835,7 +890,17 @@ mod tests {
         let line = s.line(Duration::ZERO);
         assert!(line.contains(" mix_replays=2 "), "{line}");
         assert!(line.contains(" healthy=3/4 "), "{line}");
-        assert!(line.ends_with(" two_faces=0"), "{line}");
+        assert!(line.ends_with(" exit_full=0"), "{line}");
+        assert!(line.contains(" two_faces=0 launch_dropped=0 "), "{line}");
+        s.launch_dropped("too_large");
+        s.launch_dropped("too_large");
+        s.launch_dropped("packet");
+        let text = s.encode();
+        assert!(
+            text.contains("pluto2_mixnet_launch_dropped_total{code=\"too_large\"} 2"),
+            "{text}"
+        );
+        assert!(s.line(Duration::ZERO).contains(" launch_dropped=3 "));
     }
 
     #[test]

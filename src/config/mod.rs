@@ -54,7 +54,7 @@ pub use pki::{PkiCommand, PkiKeyArgs, PkiSignArgs, PkiVerifyArgs};
 pub use queue::{DeleteTargets, QueueArgs, QueueOp, QueueTargets};
 pub use relay::{RelayArgs, RelayConfig};
 pub use sanitize::{SanitizeArgs, SanitizePolicy};
-pub use sphinx::{MixnetArgs, MixnetConfig, NodeInfo};
+pub use sphinx::{DEFAULT_EXIT_PARTIAL_BYTES, MixnetArgs, MixnetConfig, NodeInfo};
 pub use spool::{SpoolArgs, SpoolConfig};
 
 use crate::address::OnionName;
@@ -371,6 +371,7 @@ mod tests {
                         "pki-trust" => "kwgmzEUqp0VTg5XOYHIcseEL1uIbbL9fJ+cJxfO1AdU=".into(),
                         "pki-threshold" => "1".into(),
                         "metrics" => "127.0.0.1:9900".into(),
+                        "exit-partial-bytes" => "268435456".into(),
                         other => panic!("no sample value for -{other}; add one here"),
                     },
                 };

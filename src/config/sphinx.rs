@@ -51,6 +51,9 @@ pub struct MixnetArgs {
     /// Bytes of other nodes' packets kept in custody at most; one previous hop may fill a quarter (0 = no cap).
     #[arg(long, default_value_t = DEFAULT_CUSTODY_MAX, value_name = "BYTES")]
     pub custody_max: u64,
+    /// Bytes an exit keeps for messages whose fragments have not all come; past it new fragments get busy and the previous hop retries [default: 268435456, or one message of the network's largest size if more].
+    #[arg(long, value_name = "BYTES")]
+    pub exit_partial_bytes: Option<u64>,
 }
 
 /// 1 GiB: about 125,000 packets, hours of a busy network's traffic at a
@@ -61,6 +64,13 @@ const DEFAULT_CUSTODY_MAX: u64 = 1 << 30;
 /// The smallest cap that is not 0 (a test network's; an operator's cap
 /// should hold hours of traffic).
 const MIN_CUSTODY_MAX: u64 = 1 << 20;
+
+/// 256 MiB: room for about 25 messages of the default network size (10
+/// MiB) in progress at once, or tens of thousands of ordinary ones, on a
+/// disk the operator sizes for the spool anyway. On a network whose
+/// largest message is larger, the default is that message (the cap
+/// must hold one; see `daemon::sphinx`).
+pub const DEFAULT_EXIT_PARTIAL_BYTES: u64 = 256 * 1024 * 1024;
 
 /// What this node publishes about itself in `nodes.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +95,10 @@ pub struct MixnetConfig {
     pub trust: Option<Trust>,
     /// `-custody-max` in bytes (0: no cap).
     pub custody_max: u64,
+    /// `-exit-partial-bytes`: the exit's cap on fragments of incomplete
+    /// messages (checked against the network's message size at start);
+    /// `None`: the default.
+    pub exit_partial_bytes: Option<u64>,
 }
 
 impl MixnetArgs {
@@ -176,6 +190,7 @@ impl MixnetArgs {
                 info,
                 trust,
                 custody_max: self.custody_max,
+                exit_partial_bytes: self.exit_partial_bytes,
             }),
             None,
         ))

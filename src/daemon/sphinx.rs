@@ -29,6 +29,9 @@ pub struct MixnetNode {
     pub data_dir: std::path::PathBuf,
     /// What to log about `nodes.json` once the node runs.
     pub pki_notes: super::directory::Notes,
+    /// The exit's cap on partial messages (`-exit-partial-bytes`, or its
+    /// default for this network).
+    pub partial_cap: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,12 @@ pub enum MixnetStartError {
     /// The saved nodes.json serial cannot be read or kept.
     #[error("{0}")]
     Serial(String),
+    /// An exit whose cap on partial messages cannot hold one message of
+    /// the network's largest size would answer busy to it for ever.
+    #[error(
+        "-exit-partial-bytes {cap}: an exit must hold one message of the network's largest size ({need} bytes: max_message_size {max} and its envelope); raise it or run with -exit=false"
+    )]
+    PartialCap { cap: u64, need: usize, max: usize },
 }
 
 /// This node's `nodes.json` entry, exactly as `-export-node-info` prints
@@ -104,10 +113,20 @@ pub fn start(
             listed.short_name
         )));
     }
+    let max = directory.params().max_message_size;
+    let need = crate::wire::fragment::max_blob_len(max);
+    let partial_cap = match config.exit_partial_bytes {
+        Some(cap) if config.info.exit && cap < need as u64 => {
+            return Err(MixnetStartError::PartialCap { cap, need, max });
+        }
+        Some(cap) => cap,
+        None => crate::config::DEFAULT_EXIT_PARTIAL_BYTES.max(need as u64),
+    };
     let now = crate::time::system_clock()();
     let (keys, rotation) = KeyRing::open(data_dir, directory.params().epoch_at(now))?;
     Ok(MixnetNode {
         config,
+        partial_cap,
         directory,
         identity,
         keys,
@@ -322,6 +341,7 @@ pub async fn spawn(
     let local = listener.local_addr()?;
     node.pki_notes.log();
     let params = node.directory.params().clone();
+    let node_partial_cap = node.partial_cap;
     stats
         .mixnet
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -369,6 +389,7 @@ pub async fn spawn(
         shares: UnwrapShares::new(
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         ),
+        partial_cap: node_partial_cap,
     });
     sup.spawn(
         StopPhase::Work,
@@ -413,6 +434,7 @@ pub async fn spawn(
         rotate_keys(ctx.clone(), shutdown.clone()),
     );
     let stall = (params.ack_timeout / 2).max(Duration::from_secs(1));
+    let partial_idle = hop::partial_idle_limit(&params);
     let maintenance = ctx.clone();
     let stop = shutdown.clone();
     sup.spawn(StopPhase::Work, "mixnet maintenance", async move {
@@ -424,24 +446,23 @@ pub async fn spawn(
                         hop::complete(&ctx, id, None).await;
                     }
                 }
-                if let Ok(stalled) = ctx.spool.take_stalled(stall, 16).await {
-                    let mut acks = Vec::new();
-                    for s in stalled {
-                        let Ok(block) = crate::wire::packet::ReplyBlock::from_slice(&s.reply_block)
-                        else {
-                            continue;
-                        };
+                // The reply block is taken and the PARTIAL queued in one
+                // transaction: a crash loses neither.
+                let answering = ctx.clone();
+                let _ = ctx
+                    .spool
+                    .answer_stalled(stall, 16, move |s| {
+                        let block = crate::wire::packet::ReplyBlock::from_slice(&s.reply_block).ok()?;
                         let body = crate::wire::fragment::AckBody::Partial(hop::bitmap(s.count, &s.have));
-                        acks.extend(hop::ack_packet(&ctx, &block, s.mix_id, &body));
-                    }
-                    if !acks.is_empty() {
-                        let _ = ctx.spool.queue_packets(acks).await;
-                    }
-                }
+                        hop::ack_packet(&answering, &block, s.mix_id, &body)
+                    })
+                    .await;
             }
-            // Nothing can arrive for a message older than both horizons.
+            // Nothing can arrive for a message older than both horizons;
+            // a partial message goes sooner once idle (see
+            // `hop::partial_idle_limit`).
             let forget = params.e2e_horizon + params.custody_horizon;
-            if let Ok((fragments, done)) = ctx.spool.prune_mixnet(forget).await
+            if let Ok((fragments, done)) = ctx.spool.prune_mixnet(partial_idle, forget).await
                 && fragments + done > 0
             {
                 tracing::info!("[MIXNET] forgot {fragments} stale fragment(s) and {done} finished message id(s)");
@@ -469,6 +490,16 @@ pub async fn spawn(
             ", middleman (no exit)"
         }
     );
+    if ctx.exit {
+        let contract = crate::wire::fragment::Contract::new(params.max_message_size);
+        tracing::info!(
+            "[MIXNET] exit: messages up to {} bytes ({} fragments); partial messages up to {} bytes in all (-exit-partial-bytes; busy past it), each kept {} after its latest fragment",
+            contract.max_blob_len(),
+            contract.max_fragments(),
+            node_partial_cap,
+            humantime::format_duration(partial_idle)
+        );
+    }
     Ok(DirectoryReload {
         name: ctx.directory.own().onion.clone(),
         ctx,

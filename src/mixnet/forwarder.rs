@@ -130,7 +130,15 @@ impl Outbox for Forwarder {
                 }
                 AckStatus::Stored | AckStatus::Duplicate => PacketSettle::Done,
             };
-            self.settle(vec![(id, settle)]).await;
+            // Not waiting for the COMMIT: the link goes on reading ACKs,
+            // and the committer settles all that came meanwhile in one
+            // transaction. Nothing depends on the settle but our copy: a
+            // lost one means the packet goes again, a duplicate the next
+            // hop acknowledges as such.
+            self.ctx
+                .spool
+                .settle_packets_later(vec![(id, settle)])
+                .await;
         })
     }
 

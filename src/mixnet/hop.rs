@@ -11,6 +11,7 @@
 //! acknowledgement is safe and a replay is never amplified.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -21,15 +22,17 @@ use crate::BoxFuture;
 use crate::envelope::EnqueueOutcome;
 use crate::link::{Admission, PacketHandler};
 use crate::spool::custody::{
-    Custody, CustodyOutcome, EntryAck, ExitRows, MixId, OutPacket, PacketKind, StoredFragment,
+    Custody, CustodyOutcome, EntryAck, ExitRows, MixId, OutPacket, PacketKind, PartialHeader,
+    StoredFragment,
 };
 use crate::stats::Stats;
 use crate::wire::bundle::Bundle;
-use crate::wire::fragment::{self, AckBody, Fragment, Kind};
+use crate::wire::fragment::{self, AckBody, Contract, Fragment, FragmentError, Joiner, Kind};
 use crate::wire::frame::AckStatus;
 use crate::wire::packet::{
     self, NodeId, Processed, ReplayTag, ReplyBlock, ReplyRecovery, WirePacket,
 };
+use crate::wire::pki::Params;
 
 /// The inbound side of every link.
 pub struct Hop {
@@ -40,6 +43,9 @@ pub struct Hop {
     pub completions: tokio_util::task::TaskTracker,
     /// Who may be unwrapping a packet now.
     pub shares: UnwrapShares,
+    /// `-exit-partial-bytes`: what this exit keeps at most for messages
+    /// not complete yet (past it: busy).
+    pub partial_cap: u64,
 }
 
 /// The CPU a previous hop may take: at most one of its packets is being
@@ -85,6 +91,40 @@ impl UnwrapShares {
         Some((mine, all))
     }
 }
+
+/// How long an exit keeps a partial message after its latest fragment
+/// came: `20 × ack_timeout + hops × hop_delay_max` (23 h with the default
+/// parameters), and never past `e2e_horizon + custody_horizon` after its
+/// first fragment (7 days), whatever comes later.
+///
+/// Why this much: an entry sends the fragments still missing again after
+/// `ack_timeout`, doubling up to 16 × with a jitter of ±25 %
+/// (`mixnet::sender`), so the longest gap between two of its rounds is
+/// 20 × `ack_timeout`, and one round's packets reach the exit within
+/// `hops × hop_delay_max` of each other (more only if a hop holds them in
+/// custody through a broken link). A message whose entry still works
+/// always has a fragment younger than that. When a partial message is
+/// pruned all the same, its entry recovers before `e2e_horizon`: the next
+/// round's fragments make a new partial message here, whose PARTIAL
+/// (sent once it stalled, through one of their reply blocks) replaces the
+/// entry's last bitmap, and the round after sends everything else.
+///
+/// Why not longer: past `-exit-partial-bytes` the exit answers busy, and
+/// the previous hops keep those packets only for `custody_horizon` (2
+/// days): junk that fills the cap must go well before that, so honest
+/// packets held back by busy are taken once it has gone.
+pub fn partial_idle_limit(params: &Params) -> Duration {
+    let idle = params.ack_timeout * 20 + params.hop_delay_max * params.hops as u32;
+    idle.min(params.e2e_horizon + params.custody_horizon)
+}
+
+/// Fragments read from the spool per call while a message is joined:
+/// 16 × 7.7 KB, about 123 KB beside the blob.
+const JOIN_BATCH: usize = 16;
+
+/// One message is joined at a time, so the memory a completion takes is
+/// bounded for the whole node, not per message completing at once.
+static JOINS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// Inbound links are served only to listed nodes, each proving the
 /// identity key `nodes.json` pins for it now.
@@ -136,6 +176,14 @@ fn status_of(outcome: CustodyOutcome, stats: &Stats) -> AckStatus {
         CustodyOutcome::Duplicate => {
             Stats::add(&stats.mix_replays, 1);
             AckStatus::Duplicate
+        }
+        CustodyOutcome::Inconsistent => {
+            Stats::add(&stats.mix_exit_inconsistent, 1);
+            AckStatus::Rejected
+        }
+        CustodyOutcome::Full => {
+            Stats::add(&stats.mix_exit_full, 1);
+            AckStatus::Busy
         }
         CustodyOutcome::Failed => AckStatus::Busy,
     }
@@ -257,6 +305,18 @@ impl Hop {
     /// which needs only the fragment to be durable).
     async fn exit_fragment(&self, tag: ReplayTag, epoch: u32, f: Fragment) -> AckStatus {
         let ctx = &self.ctx;
+        // The network's size contract, before anything of it is stored
+        // (the tag is, so the same packet again is a duplicate).
+        if let Err(e) = Contract::new(ctx.directory.params().max_message_size).check(&f) {
+            let outcome = self.remember(tag, epoch).await;
+            if outcome != CustodyOutcome::Stored {
+                // A replay of a refused packet is a replay.
+                return status_of(outcome, &ctx.stats);
+            }
+            debug!("[MIXNET] fragment refused: {e}");
+            Stats::add(&ctx.stats.mix_exit_too_large, 1);
+            return AckStatus::Rejected;
+        }
         let reply_block = f.reply_block.clone();
         let stored = StoredFragment {
             mix_id: f.message_id,
@@ -273,6 +333,7 @@ impl Hop {
                 tag,
                 epoch,
                 fragment: stored,
+                partial_cap: self.partial_cap,
             })
             .await;
         match outcome {
@@ -375,54 +436,74 @@ pub fn ack_packet(
 /// Completes a message whose fragments are all stored: join and verify,
 /// then one transaction puts it in the spool for delivery, records it as
 /// done, drops the fragments and queues COMPLETE.
+///
+/// Memory: the fragments are read from the spool [`JOIN_BATCH`] at a time
+/// in index order and hashed as they come ([`Joiner`]); the blob is the
+/// one copy of the message, and its envelope is cut off in place, so the
+/// body is that same allocation. Storing it, SQLite copies the body once
+/// as a bound parameter and once into the row it writes. A completion
+/// therefore holds about three times the blob (at most
+/// `fragment::max_blob_len(max_message_size)`), plus a batch of
+/// fragments, and only one completion runs at a time ([`JOINS`]).
 pub async fn complete(ctx: &MixContext, mix_id: MixId, reply_block: Option<ReplyBlock>) {
-    let stored = match ctx.spool.fragments(mix_id).await {
-        Ok(s) => s,
+    let Ok(_one_at_a_time) = JOINS.acquire().await else {
+        return;
+    };
+    let header = match ctx.spool.partial_header(mix_id).await {
+        Ok(Some(h)) if h.have >= h.count => h,
+        // Gone (another completion got there first, or a prune), or not
+        // whole yet.
+        Ok(_) => return,
         Err(e) => {
             warn!("[MIXNET] cannot read fragments: {e}");
             return;
         }
     };
-    if stored.is_empty() {
-        // Another completion of the same message got there first.
-        return;
-    }
     let block = reply_block.or_else(|| {
-        stored.iter().find_map(|f| {
-            f.reply_block
-                .as_deref()
-                .and_then(|b| ReplyBlock::from_slice(b).ok())
-        })
+        header
+            .reply_block
+            .as_deref()
+            .and_then(|b| ReplyBlock::from_slice(b).ok())
     });
-    let fragments: Vec<Fragment> = stored
-        .into_iter()
-        .map(|s| Fragment {
-            kind: Kind::Data,
-            message_id: s.mix_id,
-            index: s.index,
-            count: s.count,
-            blob_len: s.blob_len,
-            blob_hash: s.blob_hash,
-            reply_block: None,
-            data: s.data,
-        })
-        .collect();
-    let message = fragment::join(&fragments).and_then(|blob| fragment::decode_blob(&blob));
+    let max_body = ctx.directory.params().max_message_size;
+    let message = match join_stored(ctx, &header, fragment::max_blob_len(max_body)).await {
+        // The blob's bound leaves room for the largest envelope; a body
+        // past the network's size with a short envelope is no honest
+        // entry's either.
+        Ok(Some(blob)) => fragment::decode_blob_owned(blob).and_then(|m| {
+            if m.body.len() > max_body {
+                Err(FragmentError::BodyTooLarge)
+            } else {
+                Ok(m)
+            }
+        }),
+        Ok(None) => return,
+        Err(JoinFailure::Spool(e)) => {
+            warn!("[MIXNET] cannot read fragments: {e}");
+            return;
+        }
+        Err(JoinFailure::Fragments(e)) => Err(e),
+    };
     let message = match message {
         Ok(m) => m,
         Err(e) => {
             info!(
                 "[MIXNET] a message's fragments do not form it ({e}); dropped, the entry will retransmit"
             );
-            Stats::add(&ctx.stats.mix_bad_payloads, 1);
+            if e == FragmentError::BodyTooLarge {
+                Stats::add(&ctx.stats.mix_exit_too_large, 1);
+            } else {
+                Stats::add(&ctx.stats.mix_bad_payloads, 1);
+            }
             let _ = ctx.spool.drop_fragments(mix_id).await;
             return;
         }
     };
     let ack = block.and_then(|b| ack_packet(ctx, &b, mix_id, &AckBody::Complete));
     // The same intake as SMTP mail: a refused message (own name, a blocked
-    // destination, too many hops) is recorded as done with no recipients
-    // and acknowledged all the same, so the entry stops sending it.
+    // destination, too many hops or recipients) is recorded as done with
+    // no recipients and acknowledged all the same, so the entry stops
+    // sending it.
     match ctx
         .intake
         .ingest_exit(message, ExitRows { mix_id, ack })
@@ -435,6 +516,50 @@ pub async fn complete(ctx: &MixContext, mix_id: MixId, reply_block: Option<Reply
         }
         _ => Stats::add(&ctx.stats.mix_exit_completions, 1),
     }
+}
+
+/// Why a stored message could not be joined.
+enum JoinFailure {
+    /// The spool could not be read: the fragments stay, try later.
+    Spool(crate::spool::SpoolError),
+    /// The fragments do not form the message: they go.
+    Fragments(FragmentError),
+}
+
+/// The blob of a message whose fragments are all stored, read in index
+/// order a batch at a time; `None` when they went meanwhile.
+async fn join_stored(
+    ctx: &MixContext,
+    header: &PartialHeader,
+    max_blob_len: usize,
+) -> Result<Option<Vec<u8>>, JoinFailure> {
+    let mut joiner = Joiner::new(
+        header.count,
+        header.blob_len,
+        header.blob_hash,
+        max_blob_len,
+    )
+    .map_err(JoinFailure::Fragments)?;
+    while !joiner.is_whole() {
+        let batch = ctx
+            .spool
+            .fragment_data(header.mix_id, joiner.next_index(), JOIN_BATCH)
+            .await
+            .map_err(JoinFailure::Spool)?;
+        if batch.is_empty() {
+            return match ctx.spool.partial_header(header.mix_id).await {
+                Ok(None) => Ok(None),
+                Ok(Some(_)) => Err(JoinFailure::Fragments(FragmentError::Reassembly(
+                    "not every fragment is there",
+                ))),
+                Err(e) => Err(JoinFailure::Spool(e)),
+            };
+        }
+        for (index, data) in batch {
+            joiner.push(index, &data).map_err(JoinFailure::Fragments)?;
+        }
+    }
+    joiner.finish().map(Some).map_err(JoinFailure::Fragments)
 }
 
 /// The bitmap of stored fragment indices for a PARTIAL acknowledgement.
@@ -492,6 +617,21 @@ mod tests {
         assert!(t.is_ok(), "a freed core goes to the waiting peer");
         drop(first);
         assert!(tokio::time::timeout(soon, shares.turn(flood)).await.is_ok());
+    }
+
+    /// 23 h with the production parameters: past an entry's longest wait
+    /// between two rounds (20 h) and one route's delays (3 h), inside the
+    /// previous hops' custody (2 days); never past both horizons.
+    #[test]
+    fn a_partial_message_outlives_the_entrys_longest_wait_and_no_horizon() {
+        let p = Params::default();
+        assert_eq!(partial_idle_limit(&p), Duration::from_secs(23 * 3600));
+        assert!(partial_idle_limit(&p) < p.custody_horizon);
+        let slow = Params {
+            ack_timeout: Duration::from_secs(24 * 3600),
+            ..p.clone()
+        };
+        assert_eq!(partial_idle_limit(&slow), p.e2e_horizon + p.custody_horizon);
     }
 
     #[test]

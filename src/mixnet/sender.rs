@@ -13,6 +13,11 @@
 //! same message id, same exit, after a randomized, growing wait; after the
 //! end-to-end horizon the message is dropped and counted. There is never a
 //! direct fallback: without enough usable nodes, mail waits.
+//!
+//! A message that can never be built (too large for the network, a packet
+//! the codec refuses) is dropped and counted at its first attempt, so it
+//! cannot take a place in every round and hold newer mail back; a storage
+//! failure is not such a reason (it passes, and the message is tried again).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +71,47 @@ enum SendError {
     Fragment(#[from] fragment::FragmentError),
     #[error("spool: {0}")]
     Spool(#[from] crate::spool::SpoolError),
+    /// The blocking task that wraps the packets panicked (a bug, met again
+    /// each time the same message is built).
+    #[error("building the packets panicked")]
+    Panicked,
+    /// The runtime is stopping: the blocking task was cancelled.
+    #[error("stopping")]
+    Stopped,
+}
+
+impl SendError {
+    fn from_join(e: tokio::task::JoinError) -> SendError {
+        if e.is_panic() {
+            SendError::Panicked
+        } else {
+            SendError::Stopped
+        }
+    }
+
+    /// The drop code of an error that every later attempt would meet again
+    /// (it depends only on the message and the network's parameters, which
+    /// cannot change without a restart); `None` when the message should
+    /// wait and be tried again.
+    ///
+    /// Permanent: the message (its blob: recipients, flags and body) is
+    /// over what the network carries, or cut into more fragments than a
+    /// message may have; the packet codec refuses a route or a plaintext
+    /// (sizes and lengths fixed by the parameters); the build panicked.
+    /// Not permanent: no route (nodes come back), a storage error (a full
+    /// disk or a busy database passes, and it is no fault of the message),
+    /// and a cancelled build (the node is stopping).
+    fn permanent(&self) -> Option<&'static str> {
+        match self {
+            SendError::TooLarge | SendError::Fragment(fragment::FragmentError::TooLarge) => {
+                Some("too_large")
+            }
+            SendError::Fragment(_) => Some("fragment"),
+            SendError::Packet(_) => Some("packet"),
+            SendError::Panicked => Some("internal"),
+            SendError::NoRoute | SendError::Spool(_) | SendError::Stopped => None,
+        }
+    }
 }
 
 /// What `build` makes for one round: the message's fragment count, the
@@ -98,10 +144,18 @@ impl Sender {
                                 stuck = true;
                                 break;
                             }
-                            Err(e) => {
-                                warn!("[MIXNET] cannot send a message into the mixnet: {e}");
-                                stuck = true;
-                            }
+                            Err(e) => match e.permanent() {
+                                Some(code) => {
+                                    if !self.drop_unlaunchable(lease.spool_message, code, &e).await
+                                    {
+                                        stuck = true;
+                                    }
+                                }
+                                None => {
+                                    warn!("[MIXNET] cannot send a message into the mixnet: {e}");
+                                    stuck = true;
+                                }
+                            },
                         }
                     }
                     wait = self.wait_after(wait, stuck, next);
@@ -150,6 +204,34 @@ impl Sender {
             (true, _) => wait.min(NO_ROUTE_RETRY),
             (false, Some(at)) => wait.min(self.until(at)),
             (false, None) => wait,
+        }
+    }
+
+    /// Drops a message that can never enter the mixnet (see
+    /// [`SendError::permanent`]) and counts it, so it takes no place in
+    /// later rounds. The log line says class, stage and code, never an
+    /// address. False if the drop itself failed (the message stays due and
+    /// is dropped at its next attempt).
+    async fn drop_unlaunchable(
+        &self,
+        spool_message: i64,
+        code: &'static str,
+        e: &SendError,
+    ) -> bool {
+        match self.ctx.spool.drop_unlaunched(spool_message).await {
+            Ok(dropped) => {
+                if dropped {
+                    self.ctx.stats.launch_dropped(code);
+                    warn!(
+                        "[MIXNET] dropped a message that cannot enter the mixnet: class=permanent stage=launch code={code} ({e})"
+                    );
+                }
+                true
+            }
+            Err(err) => {
+                warn!("[MIXNET] cannot drop a message that cannot enter the mixnet: {err}");
+                false
+            }
         }
     }
 
@@ -249,8 +331,15 @@ impl Sender {
         usable: &[NodeId],
         indices: Option<&[u16]>,
     ) -> Result<Wrapped, SendError> {
+        // The exits' own lines (the network's contract: at most
+        // MAX_RECIPIENTS recipients, a blob within max_blob_len), so an
+        // entry never sends what every exit refuses, nor drops what they
+        // would take.
+        if message.envelope.recipients.len() > fragment::MAX_RECIPIENTS {
+            return Err(SendError::TooLarge);
+        }
         let blob = fragment::encode_blob(message);
-        if blob.len() > self.ctx.directory.params().max_message_size + 64 * 1024 {
+        if blob.len() > fragment::max_blob_len(self.ctx.directory.params().max_message_size) {
             return Err(SendError::TooLarge);
         }
         let fragments: Vec<Fragment> = fragment::split(&blob, mix_id)?;
@@ -303,7 +392,7 @@ impl Sender {
             // packet): off the async executor.
             tokio::task::spawn_blocking(move || this.build(mix_id, &message, exit, &usable, None))
                 .await
-                .map_err(|_| SendError::NoRoute)?
+                .map_err(SendError::from_join)?
         };
         let (count, replies, packets) = building?;
         let sent = packets.len() as u64;
@@ -357,7 +446,7 @@ impl Sender {
                 this.build(mix_id, &message, exit, &usable, Some(&missing))
             })
             .await
-            .map_err(|_| SendError::NoRoute)?
+            .map_err(SendError::from_join)?
         } else {
             Err(SendError::NoRoute)
         };
@@ -384,5 +473,43 @@ impl Sender {
             .await?;
         Stats::add(&self.ctx.stats.mix_fragments_retransmitted, sent);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only what every later attempt would meet again drops mail; a route
+    /// that may come back, a storage failure and a stop keep it.
+    #[test]
+    fn it_drops_only_mail_that_no_later_attempt_could_send() {
+        let table: [(SendError, Option<&str>); 8] = [
+            (SendError::NoRoute, None),
+            (SendError::Spool(crate::spool::SpoolError::Closed), None),
+            (
+                SendError::Spool(crate::spool::SpoolError::Sqlite(
+                    rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                        None,
+                    ),
+                )),
+                None,
+            ),
+            (SendError::Stopped, None),
+            (SendError::TooLarge, Some("too_large")),
+            (
+                SendError::Fragment(fragment::FragmentError::TooLarge),
+                Some("too_large"),
+            ),
+            (
+                SendError::Packet(packet::PacketError::RouteLength(9)),
+                Some("packet"),
+            ),
+            (SendError::Panicked, Some("internal")),
+        ];
+        for (error, code) in table {
+            assert_eq!(error.permanent(), code, "{error:?}");
+        }
     }
 }

@@ -9,6 +9,8 @@
 //! 1. strip the padding a sending pluto2 added (it is not the author's);
 //! 2. drop our own loop cover coming back (counted, never spooled), and
 //!    refuse anything else addressed to this node's own name (a loop);
+//!    Mail from the mixnet with more recipients than `-max-recipients`
+//!    is refused whole (SMTP refused the extra RCPTs already);
 //! 3. refuse a post to a newsgroup on the `-dest-block` list; mail from
 //!    the mixnet also loses each recipient on the list here (SMTP mail
 //!    was checked at RCPT), and is refused if none is left;
@@ -74,6 +76,10 @@ pub struct Intake {
     pub smtp_destinations: bool,
     /// This node's own onion name: mail from the mixnet to it would loop.
     pub own_name: OnionName,
+    /// `-max-recipients`: SMTP refuses the RCPT past it; a message
+    /// completed at the exit with more is refused whole (its entry may
+    /// have been told another limit, or be no honest entry at all).
+    pub max_recipients: usize,
 }
 
 /// Where a message handed to intake comes from.
@@ -148,6 +154,15 @@ impl Intake {
         if self.cover_key.is_cover(&message.body) {
             return Some(EnqueueOutcome::OwnTraffic);
         }
+        let recipients = message.envelope.recipients.len();
+        if matches!(source, Source::Exit(_)) && recipients > self.max_recipients {
+            // A count, never an address.
+            info!(
+                "[INTAKE] refused a message from the mixnet with {recipients} recipients (-max-recipients {})",
+                self.max_recipients
+            );
+            return Some(EnqueueOutcome::TooManyRecipients);
+        }
         let to_own_name = match source {
             Source::Smtp => message.envelope.to_own_name,
             Source::Exit(_) => message
@@ -205,6 +220,7 @@ impl Intake {
             clock,
             smtp_destinations: true,
             own_name: OnionName::from_seed(200),
+            max_recipients: 50,
         }
     }
 }
@@ -334,19 +350,26 @@ mod tests {
         exit.close().await;
     }
 
-    /// The hop limit, the own-name rule and -dest-block hold for mail
-    /// that leaves the mixnet as for SMTP mail: nothing is stored for
+    /// The hop limit, the recipient limit, the own-name rule and
+    /// -dest-block hold for mail that leaves the mixnet as for SMTP mail: nothing is stored for
     /// delivery, the message is done (a copy is a duplicate) and
     /// acknowledged, and the refusal is counted.
     #[tokio::test]
     async fn the_rules_of_smtp_intake_hold_for_mail_leaving_the_mixnet() {
         let hops = "Received: from a\r\n".repeat(HOP_LIMIT as usize);
         let own = format!("x@{}", OnionName::from_seed(200));
+        let many: Vec<String> = (0..51).map(|i| format!("r{i}@example.org")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let cases = [
             (
                 mail(&["a@example.org"], &hops),
                 EnqueueOutcome::TooManyHops,
                 "too_many_hops",
+            ),
+            (
+                mail(&many, ""),
+                EnqueueOutcome::TooManyRecipients,
+                "too_many_recipients",
             ),
             (mail(&[own.as_str()], ""), EnqueueOutcome::Loop, "loop"),
             (

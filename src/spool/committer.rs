@@ -69,6 +69,10 @@ pub enum Job {
     /// Mixnet custody decisions: grouped into one transaction like
     /// enqueues, because a busy hop commits thousands a second.
     Custody(CustodyRequest),
+    /// What became of packets sent on links (acknowledged, to retry):
+    /// grouped too, because every link ACK brings one, as many a second as
+    /// the node forwards packets.
+    PacketSettle(SettleRequest),
     /// Any other single-transaction job (mixnet bookkeeping): runs on the
     /// writer thread with the connection and the current time.
     Call(WriterCall),
@@ -80,6 +84,14 @@ pub type WriterCall = Box<dyn FnOnce(&mut Connection, UnixMillis) + Send>;
 pub struct CustodyRequest {
     pub custody: custody::Custody,
     pub reply: oneshot::Sender<custody::CustodyOutcome>,
+}
+
+pub struct SettleRequest {
+    pub outcomes: Vec<(i64, custody::PacketSettle)>,
+    /// Told whether the group committed; `None` for a caller that does not
+    /// wait (a link's ACK: a lost settle only means the packet is sent
+    /// again, and the next hop answers it as a duplicate).
+    pub reply: Option<oneshot::Sender<bool>>,
 }
 
 pub struct Committer {
@@ -150,6 +162,7 @@ impl Committer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
         let mut custody = Vec::with_capacity(MAX_GROUP);
+        let mut settles = Vec::with_capacity(MAX_GROUP);
         let mut others = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut next = Some(first);
@@ -157,9 +170,11 @@ impl Committer {
                 match job {
                     Job::Enqueue(req) => group.push(req),
                     Job::Custody(req) => custody.push(req),
+                    Job::PacketSettle(req) => settles.push(req),
                     other => others.push(other),
                 }
-                if group.len() < MAX_GROUP && custody.len() < MAX_GROUP {
+                if group.len() < MAX_GROUP && custody.len() < MAX_GROUP && settles.len() < MAX_GROUP
+                {
                     next = rx.try_recv().ok();
                 }
             }
@@ -168,6 +183,11 @@ impl Committer {
             }
             if !custody.is_empty() {
                 self.commit_custody(&mut custody);
+            }
+            // Before the bookkeeping, so a lease taken after an ACK's
+            // settle was queued never sees the packet as still out.
+            if !settles.is_empty() {
+                self.commit_settles(&mut settles);
             }
             for job in others.drain(..) {
                 self.bookkeeping(job);
@@ -201,7 +221,9 @@ impl Committer {
                 let _ = reply.send(delivery::settle(&mut self.conn, &outcomes));
             }
             Job::Call(call) => call(&mut self.conn, now),
-            Job::Enqueue(_) | Job::Custody(_) => unreachable!("grouped jobs"),
+            Job::Enqueue(_) | Job::Custody(_) | Job::PacketSettle(_) => {
+                unreachable!("grouped jobs")
+            }
         }
     }
 
@@ -238,6 +260,36 @@ impl Committer {
         };
         for (req, outcome) in group.drain(..).zip(outcomes) {
             let _ = req.reply.send(outcome);
+        }
+    }
+
+    /// One transaction for every packet settlement waiting: a busy link's
+    /// ACKs cost one COMMIT per group instead of one each. A failure is
+    /// logged here; the packets stay leased until their lease runs out and
+    /// are sent again (duplicates the next hop recognises, never a loss).
+    fn commit_settles(&mut self, group: &mut Vec<SettleRequest>) {
+        let times = &self.times.settle;
+        let result = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(SpoolError::from)
+            .and_then(|tx| {
+                for req in group.iter() {
+                    custody::settle_packets(&tx, &req.outcomes)?;
+                }
+                let started = Instant::now();
+                tx.commit()?;
+                times.observe(started.elapsed().as_secs_f64());
+                Ok(())
+            });
+        if let Err(e) = &result {
+            let n: usize = group.iter().map(|r| r.outcomes.len()).sum();
+            error!("[SPOOL] cannot record what became of {n} sent packet(s): {e}");
+        }
+        for req in group.drain(..) {
+            if let Some(reply) = req.reply {
+                let _ = reply.send(result.is_ok());
+            }
         }
     }
 

@@ -80,11 +80,14 @@ pub enum Custody {
         packet: OutPacket,
     },
     /// An exit: remember the tag, keep the fragment (unless its message is
-    /// already done).
+    /// already done, the fragment disagrees with those of its message
+    /// stored before, or the partial messages here would hold more than
+    /// `partial_cap` bytes with it and it does not complete its message).
     Fragment {
         tag: [u8; 32],
         epoch: u32,
         fragment: StoredFragment,
+        partial_cap: u64,
     },
     /// A final hop with nothing to keep: remember the tag only.
     Tag { tag: [u8; 32], epoch: u32 },
@@ -104,6 +107,14 @@ pub enum CustodyOutcome {
     /// The fragment's message was completed here before: nothing stored,
     /// but the tag is remembered (the sender needs a fresh acknowledgement).
     AlreadyDone,
+    /// The fragment's count, blob length or hash differ from those of the
+    /// fragments of its message stored before: not stored (the tag is
+    /// remembered, so the same packet is a duplicate).
+    Inconsistent,
+    /// The partial messages here hold their cap of bytes: nothing stored,
+    /// not even the tag, so the previous hop's retry of the same packet
+    /// is taken once room is made.
+    Full,
     /// Storage failed: nothing committed, the sender will retry.
     Failed,
     /// Not taken now: custody is full or the disk is short (nothing
@@ -233,22 +244,53 @@ impl CustodyCounts {
     }
 }
 
+/// The statements one fragment costs on the exit's receive path, each a
+/// lookup or a write of one row by its key, whatever was stored before.
+/// Listed together so a test can read their work from SQLite
+/// (`spool::tests`); a statement added to the path belongs here.
+pub(super) mod fragment_sql {
+    pub const REMEMBER_TAG: &str =
+        "INSERT INTO mix_tags (tag, epoch, seen_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING";
+    pub const FORGET_TAG: &str = "DELETE FROM mix_tags WHERE tag = ?1";
+    pub const IS_DONE: &str = "SELECT 1 FROM mix_done WHERE mix_id = ?1";
+    pub const PARTIAL_OF: &str =
+        "SELECT count, blob_len, blob_hash, have FROM mix_partial WHERE mix_id = ?1";
+    pub const HELD: &str = "SELECT 1 FROM mix_fragments WHERE mix_id = ?1 AND idx = ?2";
+    pub const TOTAL: &str = "SELECT value FROM counters WHERE name = 'exit_partial_bytes'";
+    pub const INSERT: &str = "INSERT INTO mix_fragments
+             (mix_id, idx, count, blob_len, blob_hash, reply_block, data, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+    pub const NEW_PARTIAL: &str = "INSERT INTO mix_partial
+             (mix_id, count, blob_len, blob_hash, have, bytes, replies, first_at, last_at)
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?7)";
+    pub const GROW_PARTIAL: &str = "UPDATE mix_partial
+         SET have = have + 1, bytes = bytes + ?2, replies = replies + ?3, last_at = ?4
+         WHERE mix_id = ?1";
+    pub const ADD_TOTAL: &str =
+        "UPDATE counters SET value = value + ?1 WHERE name = 'exit_partial_bytes'";
+    /// Every statement above.
+    #[cfg(test)]
+    pub const ALL: [&str; 10] = [
+        REMEMBER_TAG,
+        FORGET_TAG,
+        IS_DONE,
+        PARTIAL_OF,
+        HELD,
+        TOTAL,
+        INSERT,
+        NEW_PARTIAL,
+        GROW_PARTIAL,
+        ADD_TOTAL,
+    ];
+}
+
 /// Writes a group of custody requests in the caller's transaction.
 pub(super) fn custody_refs(
     tx: &Transaction<'_>,
     now: UnixMillis,
     requests: &[&Custody],
 ) -> Result<Vec<CustodyOutcome>, SpoolError> {
-    let mut remember = tx.prepare_cached(
-        "INSERT INTO mix_tags (tag, epoch, seen_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-    )?;
-    let mut done = tx.prepare_cached("SELECT 1 FROM mix_done WHERE mix_id = ?1")?;
-    let mut fragment = tx.prepare_cached(
-        "INSERT OR IGNORE INTO mix_fragments
-             (mix_id, idx, count, blob_len, blob_hash, reply_block, data, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    let mut have = tx.prepare_cached("SELECT COUNT(*) FROM mix_fragments WHERE mix_id = ?1")?;
+    let mut remember = tx.prepare_cached(fragment_sql::REMEMBER_TAG)?;
     let mut outcomes = Vec::with_capacity(requests.len());
     for &request in requests {
         let (tag, epoch) = match request {
@@ -265,28 +307,136 @@ pub(super) fn custody_refs(
                 insert_packet(tx, packet, Some(from))?;
                 CustodyOutcome::Stored
             }
-            Custody::Fragment { fragment: f, .. } => {
-                if done.exists(params![&f.mix_id[..]])? {
-                    CustodyOutcome::AlreadyDone
-                } else {
-                    fragment.execute(params![
-                        &f.mix_id[..],
-                        f.index,
-                        f.count,
-                        f.blob_len,
-                        &f.blob_hash[..],
-                        f.reply_block,
-                        f.data,
-                        now as i64
-                    ])?;
-                    let n: i64 = have.query_row(params![&f.mix_id[..]], |r| r.get(0))?;
-                    CustodyOutcome::FragmentStored { have: n as u16 }
+            Custody::Fragment {
+                fragment,
+                partial_cap,
+                ..
+            } => {
+                let outcome = store_fragment(tx, now, fragment, *partial_cap)?;
+                if outcome == CustodyOutcome::Full {
+                    tx.prepare_cached(fragment_sql::FORGET_TAG)?
+                        .execute(params![&tag[..]])?;
                 }
+                outcome
             }
             Custody::Tag { .. } => CustodyOutcome::Stored,
         });
     }
     Ok(outcomes)
+}
+
+/// The bytes a stored fragment occupies, for the caps.
+fn fragment_bytes(f: &StoredFragment) -> u64 {
+    (f.data.len() + f.reply_block.as_ref().map_or(0, Vec::len)) as u64
+}
+
+/// The exit's share of a custody decision (its tag is already recorded):
+/// one lookup or write of one row by its key per step, so the cost is the
+/// same for the first fragment of a message and its thousandth.
+fn store_fragment(
+    tx: &Transaction<'_>,
+    now: UnixMillis,
+    f: &StoredFragment,
+    partial_cap: u64,
+) -> Result<CustodyOutcome, SpoolError> {
+    if tx
+        .prepare_cached(fragment_sql::IS_DONE)?
+        .exists(params![&f.mix_id[..]])?
+    {
+        return Ok(CustodyOutcome::AlreadyDone);
+    }
+    let partial: Option<(u16, u32, Vec<u8>, i64)> = tx
+        .prepare_cached(fragment_sql::PARTIAL_OF)?
+        .query_row(params![&f.mix_id[..]], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    if let Some((count, blob_len, hash, have)) = &partial {
+        if (*count, *blob_len, hash.as_slice()) != (f.count, f.blob_len, &f.blob_hash[..]) {
+            return Ok(CustodyOutcome::Inconsistent);
+        }
+        if tx
+            .prepare_cached(fragment_sql::HELD)?
+            .exists(params![&f.mix_id[..], f.index])?
+        {
+            // The entry sent this fragment again (a retransmission): kept
+            // once.
+            return Ok(CustodyOutcome::FragmentStored {
+                have: (*have).clamp(0, u16::MAX as i64) as u16,
+            });
+        }
+    }
+    let bytes = fragment_bytes(f);
+    // The fragment that completes its message passes the cap: its
+    // completion frees the whole message right after, so partial
+    // messages at the cap cannot hold each other back for ever. The cap
+    // is passed by at most one fragment per message one fragment short.
+    let completes = partial
+        .as_ref()
+        .map_or(f.count == 1, |p| p.3 + 1 >= p.0 as i64);
+    let total: i64 = tx
+        .prepare_cached(fragment_sql::TOTAL)?
+        .query_row([], |r| r.get(0))?;
+    if !completes && (total.max(0) as u64).saturating_add(bytes) > partial_cap {
+        return Ok(CustodyOutcome::Full);
+    }
+    tx.prepare_cached(fragment_sql::INSERT)?.execute(params![
+        &f.mix_id[..],
+        f.index,
+        f.count,
+        f.blob_len,
+        &f.blob_hash[..],
+        f.reply_block,
+        f.data,
+        now as i64
+    ])?;
+    let reply = f.reply_block.is_some() as i64;
+    let have = match partial {
+        None => {
+            tx.prepare_cached(fragment_sql::NEW_PARTIAL)?
+                .execute(params![
+                    &f.mix_id[..],
+                    f.count,
+                    f.blob_len,
+                    &f.blob_hash[..],
+                    bytes as i64,
+                    reply,
+                    now as i64
+                ])?;
+            1
+        }
+        Some((_, _, _, have)) => {
+            tx.prepare_cached(fragment_sql::GROW_PARTIAL)?
+                .execute(params![&f.mix_id[..], bytes as i64, reply, now as i64])?;
+            have + 1
+        }
+    };
+    tx.prepare_cached(fragment_sql::ADD_TOTAL)?
+        .execute(params![bytes as i64])?;
+    Ok(CustodyOutcome::FragmentStored {
+        have: have.clamp(0, u16::MAX as i64) as u16,
+    })
+}
+
+/// Deletes a partial message: its fragments, its row, and its bytes from
+/// the total. Returns how many fragments went.
+fn forget_partial(conn: &Connection, mix_id: &[u8]) -> Result<u64, SpoolError> {
+    let row: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT have, bytes FROM mix_partial WHERE mix_id = ?1")?
+        .query_row(params![mix_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let fragments = conn
+        .prepare_cached("DELETE FROM mix_fragments WHERE mix_id = ?1")?
+        .execute(params![mix_id])?;
+    if let Some((_, bytes)) = row {
+        conn.prepare_cached("DELETE FROM mix_partial WHERE mix_id = ?1")?
+            .execute(params![mix_id])?;
+        conn.prepare_cached(
+            "UPDATE counters SET value = MAX(value - ?1, 0) WHERE name = 'exit_partial_bytes'",
+        )?
+        .execute(params![bytes])?;
+    }
+    Ok(fragments as u64)
 }
 
 fn insert_packet(
@@ -394,25 +544,24 @@ pub enum PacketSettle {
     Retry { at: UnixMillis },
 }
 
+/// Applies settlements in the caller's transaction (the committer groups
+/// them: one COMMIT for every link ACK waiting). A packet already gone (a
+/// settle repeated after a lease ran out) is no error.
 pub(super) fn settle_packets(
-    conn: &mut Connection,
+    tx: &Transaction<'_>,
     outcomes: &[(i64, PacketSettle)],
 ) -> Result<(), SpoolError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    {
-        let mut remove = tx.prepare_cached("DELETE FROM mix_packets WHERE id = ?1")?;
-        let mut retry = tx.prepare_cached(
-            "UPDATE mix_packets SET attempts = attempts + 1, release_at = ?2, lease_until = 0
-             WHERE id = ?1",
-        )?;
-        for (id, settle) in outcomes {
-            match settle {
-                PacketSettle::Done => remove.execute(params![id])?,
-                PacketSettle::Retry { at } => retry.execute(params![id, *at as i64])?,
-            };
-        }
+    let mut remove = tx.prepare_cached("DELETE FROM mix_packets WHERE id = ?1")?;
+    let mut retry = tx.prepare_cached(
+        "UPDATE mix_packets SET attempts = attempts + 1, release_at = ?2, lease_until = 0
+         WHERE id = ?1",
+    )?;
+    for (id, settle) in outcomes {
+        match settle {
+            PacketSettle::Done => remove.execute(params![id])?,
+            PacketSettle::Retry { at } => retry.execute(params![id, *at as i64])?,
+        };
     }
-    tx.commit()?;
     Ok(())
 }
 
@@ -476,26 +625,66 @@ pub(super) fn restart_packets(
     Ok(overdue.len())
 }
 
-/// The exit's stored fragments of one message.
-pub(super) fn fragments(
+/// What the exit knows of a message it is collecting, for its
+/// completion: what the first fragment declared, how many are here, and
+/// a reply block not used yet (for COMPLETE), if one is left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialHeader {
+    pub mix_id: MixId,
+    pub count: u16,
+    pub blob_len: u32,
+    pub blob_hash: [u8; 32],
+    pub have: u16,
+    pub reply_block: Option<Vec<u8>>,
+}
+
+pub(super) fn partial_header(
     conn: &Connection,
     mix_id: &MixId,
-) -> Result<Vec<StoredFragment>, SpoolError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT idx, count, blob_len, blob_hash, reply_block, data FROM mix_fragments
-         WHERE mix_id = ?1 ORDER BY idx",
-    )?;
-    let rows = stmt.query_map(params![&mix_id[..]], |r| {
-        let hash: Vec<u8> = r.get(3)?;
-        Ok(StoredFragment {
-            mix_id: *mix_id,
-            index: r.get(0)?,
-            count: r.get(1)?,
-            blob_len: r.get(2)?,
-            blob_hash: hash.as_slice().try_into().unwrap_or([0; 32]),
-            reply_block: r.get(4)?,
-            data: r.get(5)?,
+) -> Result<Option<PartialHeader>, SpoolError> {
+    let row: Option<(u16, u32, Vec<u8>, i64)> = conn
+        .prepare_cached(
+            "SELECT count, blob_len, blob_hash, have FROM mix_partial WHERE mix_id = ?1",
+        )?
+        .query_row(params![&mix_id[..]], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
+        .optional()?;
+    let Some((count, blob_len, hash, have)) = row else {
+        return Ok(None);
+    };
+    let reply_block: Option<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT reply_block FROM mix_fragments
+             WHERE mix_id = ?1 AND reply_block IS NOT NULL LIMIT 1",
+        )?
+        .query_row(params![&mix_id[..]], |r| r.get(0))
+        .optional()?;
+    Ok(Some(PartialHeader {
+        mix_id: *mix_id,
+        count,
+        blob_len,
+        blob_hash: hash.as_slice().try_into().unwrap_or([0; 32]),
+        have: have.clamp(0, u16::MAX as i64) as u16,
+        reply_block,
+    }))
+}
+
+/// Up to `max` stored fragments of a message from index `from` on, in
+/// index order, data only: a completion reads its message a few
+/// fragments at a time instead of all at once.
+pub(super) fn fragment_data(
+    conn: &Connection,
+    mix_id: &MixId,
+    from: u16,
+    max: usize,
+) -> Result<Vec<(u16, Vec<u8>)>, SpoolError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, data FROM mix_fragments WHERE mix_id = ?1 AND idx >= ?2
+         ORDER BY idx LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![&mix_id[..], from, max as i64], |r| {
+        Ok((r.get(0)?, r.get(1)?))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -524,10 +713,7 @@ pub(super) fn exit_rows(
         "INSERT INTO mix_done (mix_id, done_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         params![&rows.mix_id[..], now as i64],
     )? == 1;
-    tx.execute(
-        "DELETE FROM mix_fragments WHERE mix_id = ?1",
-        params![&rows.mix_id[..]],
-    )?;
+    forget_partial(tx, &rows.mix_id[..])?;
     if let Some(ack) = &rows.ack {
         insert_packet(tx, ack, None)?;
     }
@@ -544,37 +730,36 @@ pub struct Stalled {
     pub reply_block: Vec<u8>,
 }
 
-pub(super) fn take_stalled(
-    conn: &mut Connection,
+/// Takes a reply block of each stalled message, in the caller's
+/// transaction (see [`answer_stalled`]).
+fn take_stalled(
+    tx: &Transaction<'_>,
     now: UnixMillis,
     stall_ms: u64,
     max: usize,
 ) -> Result<Vec<Stalled>, SpoolError> {
     let received_before = now.saturating_sub(stall_ms);
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let ids: Vec<Vec<u8>> = {
-        let mut stmt = tx.prepare(
-            "SELECT mix_id FROM mix_fragments GROUP BY mix_id
-             HAVING MAX(received_at) < ?1 AND SUM(reply_block IS NOT NULL) > 0 LIMIT ?2",
+    let ids: Vec<(Vec<u8>, u16)> = {
+        // One row per partial message (their number is bounded by the
+        // exit's byte cap), not one per fragment.
+        let mut stmt = tx.prepare_cached(
+            "SELECT mix_id, count FROM mix_partial
+             WHERE replies > 0 AND last_at < ?1 AND stalled_at < ?1 LIMIT ?2",
         )?;
-        stmt.query_map(params![received_before as i64, max as i64], |r| r.get(0))?
-            .collect::<Result<_, _>>()?
+        stmt.query_map(params![received_before as i64, max as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?
     };
     let mut out = Vec::new();
-    for id in ids {
+    for (id, count) in ids {
         let Ok(mix_id) = MixId::try_from(id.as_slice()) else {
             continue;
         };
-        let (count, have): (u16, Vec<u16>) = {
-            let mut stmt = tx.prepare("SELECT idx, count FROM mix_fragments WHERE mix_id = ?1")?;
-            let rows: Vec<(u16, u16)> = stmt
-                .query_map(params![&id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            (
-                rows.first().map_or(0, |r| r.1),
-                rows.iter().map(|r| r.0).collect(),
-            )
-        };
+        let have: Vec<u16> = tx
+            .prepare_cached("SELECT idx FROM mix_fragments WHERE mix_id = ?1")?
+            .query_map(params![&id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         let block: Option<(i64, Vec<u8>)> = tx
             .query_row(
                 "SELECT idx, reply_block FROM mix_fragments
@@ -586,10 +771,19 @@ pub(super) fn take_stalled(
         let Some((idx, reply_block)) = block else {
             continue;
         };
+        let freed = reply_block.len() as i64;
         tx.execute(
-            "UPDATE mix_fragments SET reply_block = NULL, received_at = ?3
-             WHERE mix_id = ?1 AND idx = ?2",
-            params![&id, idx, now as i64],
+            "UPDATE mix_fragments SET reply_block = NULL WHERE mix_id = ?1 AND idx = ?2",
+            params![&id, idx],
+        )?;
+        tx.execute(
+            "UPDATE mix_partial SET replies = replies - 1, bytes = bytes - ?2, stalled_at = ?3
+             WHERE mix_id = ?1",
+            params![&id, freed, now as i64],
+        )?;
+        tx.execute(
+            "UPDATE counters SET value = MAX(value - ?1, 0) WHERE name = 'exit_partial_bytes'",
+            params![freed],
         )?;
         out.push(Stalled {
             mix_id,
@@ -598,8 +792,32 @@ pub(super) fn take_stalled(
             reply_block,
         });
     }
-    tx.commit()?;
     Ok(out)
+}
+
+/// PARTIAL acknowledgements for stalled messages: the reply blocks are
+/// taken and the packets `answer` makes with them are queued in one
+/// transaction, so a crash can lose neither (a block taken without its
+/// PARTIAL queued would be a single-use block spent for nothing). A block
+/// `answer` can make nothing of is taken all the same: it is no use later
+/// either. Returns how many acknowledgements were queued.
+pub(super) fn answer_stalled(
+    conn: &mut Connection,
+    now: UnixMillis,
+    stall_ms: u64,
+    max: usize,
+    answer: &mut dyn FnMut(&Stalled) -> Option<OutPacket>,
+) -> Result<usize, SpoolError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut queued = 0;
+    for stalled in take_stalled(&tx, now, stall_ms, max)? {
+        if let Some(ack) = answer(&stalled) {
+            insert_packet(&tx, &ack, None)?;
+            queued += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(queued)
 }
 
 /// A message accepted here by SMTP and due to enter the mixnet.
@@ -708,6 +926,20 @@ pub(super) fn launch(conn: &mut Connection, l: &Launch) -> Result<(), SpoolError
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Deletes a message accepted by SMTP that can never enter the mixnet
+/// (the sender found it too large for the network, or unbuildable), so it
+/// takes no place among the due messages again. Only a message that has
+/// not entered the mixnet: one with a launch is the acknowledgement's and
+/// the horizon's to end. True if it was deleted.
+pub(super) fn drop_unlaunched(conn: &mut Connection, message: i64) -> Result<bool, SpoolError> {
+    let n = conn.execute(
+        "DELETE FROM messages WHERE id = ?1 AND origin = 'smtp'
+           AND NOT EXISTS (SELECT 1 FROM mix_outbound o WHERE o.message = ?1)",
+        params![message],
+    )?;
+    Ok(n > 0)
 }
 
 /// The recovery material filed under a reply id, with its message.
@@ -874,6 +1106,8 @@ pub struct MixnetCounts {
     pub awaiting_ack: u64,
     /// Messages with fragments stored at this exit, not complete yet.
     pub exit_partial: u64,
+    /// The bytes those fragments hold (what the exit's cap counts).
+    pub exit_partial_bytes: u64,
 }
 
 pub(super) fn counts(conn: &Connection) -> Result<MixnetCounts, SpoolError> {
@@ -896,11 +1130,14 @@ pub(super) fn counts(conn: &Connection) -> Result<MixnetCounts, SpoolError> {
         })?
         .max(0) as u64;
     c.exit_partial = conn
-        .query_row(
-            "SELECT COUNT(DISTINCT mix_id) FROM mix_fragments",
-            [],
-            |r| r.get::<_, i64>(0),
-        )?
+        .query_row("SELECT COUNT(*) FROM mix_partial", [], |r| {
+            r.get::<_, i64>(0)
+        })?
+        .max(0) as u64;
+    c.exit_partial_bytes = conn
+        .query_row(fragment_sql::TOTAL, [], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0)
         .max(0) as u64;
     Ok(c)
 }
@@ -908,9 +1145,9 @@ pub(super) fn counts(conn: &Connection) -> Result<MixnetCounts, SpoolError> {
 /// Messages whose fragments are all stored but that are not complete yet
 /// (the node stopped between the last fragment and completion).
 pub(super) fn complete_candidates(conn: &Connection, max: usize) -> Result<Vec<MixId>, SpoolError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT mix_id FROM mix_fragments GROUP BY mix_id HAVING COUNT(*) = MAX(count) LIMIT ?1",
-    )?;
+    // The partial index `mix_partial_whole` holds exactly these rows.
+    let mut stmt =
+        conn.prepare_cached("SELECT mix_id FROM mix_partial WHERE have >= count LIMIT ?1")?;
     let ids: Vec<Vec<u8>> = stmt
         .query_map(params![max as i64], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
@@ -923,30 +1160,56 @@ pub(super) fn complete_candidates(conn: &Connection, max: usize) -> Result<Vec<M
 /// Fragments that cannot form their message (hash or format wrong) are
 /// thrown away; the entry retransmits.
 pub(super) fn drop_fragments(conn: &mut Connection, mix_id: &MixId) -> Result<(), SpoolError> {
-    conn.execute(
-        "DELETE FROM mix_fragments WHERE mix_id = ?1",
-        params![&mix_id[..]],
-    )?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    forget_partial(&tx, &mix_id[..])?;
+    tx.commit()?;
     Ok(())
 }
 
-/// Forgets what no sender can still need: fragments of messages nobody
-/// will complete any more and done ids nobody will send again (both older
-/// than the end-to-end horizon plus the custody horizon, passed in as
-/// `before`). Returns (fragments, done ids) deleted.
-pub(super) fn prune(conn: &mut Connection, before: UnixMillis) -> Result<(u64, u64), SpoolError> {
+/// When the exit forgets what it keeps for senders (see `prune`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneBefore {
+    /// Partial messages whose latest fragment came before this.
+    pub partial_idle: UnixMillis,
+    /// Partial messages whose first fragment came before this, however
+    /// recent their latest, and done ids recorded before this.
+    pub horizon: UnixMillis,
+}
+
+/// Partial messages pruned per statement, so one prune cannot hold the
+/// writer for long; the maintenance loop comes back for the rest.
+const PRUNE_BATCH: usize = 256;
+
+/// Forgets what no sender can still need: partial messages idle past
+/// their limit or older than the horizon, and done ids older than the
+/// horizon (nobody sends those again). Returns (fragments, done ids)
+/// deleted.
+pub(super) fn prune(conn: &mut Connection, before: PruneBefore) -> Result<(u64, u64), SpoolError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let fragments = tx.execute(
-        "DELETE FROM mix_fragments WHERE mix_id IN (
-             SELECT mix_id FROM mix_fragments GROUP BY mix_id HAVING MAX(received_at) < ?1)",
-        params![before as i64],
-    )?;
+    let stale: Vec<Vec<u8>> = tx
+        .prepare_cached(
+            "SELECT mix_id FROM mix_partial WHERE last_at < ?1
+             UNION SELECT mix_id FROM mix_partial WHERE first_at < ?2 LIMIT ?3",
+        )?
+        .query_map(
+            params![
+                before.partial_idle as i64,
+                before.horizon as i64,
+                PRUNE_BATCH as i64
+            ],
+            |r| r.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    let mut fragments = 0;
+    for id in &stale {
+        fragments += forget_partial(&tx, id)?;
+    }
     let done = tx.execute(
         "DELETE FROM mix_done WHERE done_at < ?1",
-        params![before as i64],
+        params![before.horizon as i64],
     )?;
     tx.commit()?;
-    Ok((fragments as u64, done as u64))
+    Ok((fragments, done as u64))
 }
 
 /// Forgets what belongs to epochs below `below`, whose mix keys are gone:

@@ -34,10 +34,10 @@ use crate::envelope::Message;
 use crate::time::Clock;
 use crate::time::UnixMillis;
 pub use committer::Origin;
-use committer::{Committer, CustodyRequest, EnqueueRequest, Job};
+use committer::{Committer, CustodyRequest, EnqueueRequest, Job, SettleRequest};
 use custody::{
     Custody, CustodyOutcome, EntryAck, Launch, MixId, MixnetCounts, MixnetLease, NodeBytes,
-    OutPacket, Overdue, PacketBatch, PacketSettle, Stalled, StoredFragment,
+    OutPacket, Overdue, PacketBatch, PacketSettle, PartialHeader, Stalled,
 };
 
 /// Requests waiting for the committer. Bounded so that a storage stall
@@ -80,6 +80,9 @@ pub enum SpoolError {
     Thread(#[from] std::io::Error),
     #[error("the spool is closed")]
     Closed,
+    /// A grouped transaction failed; the committer logged why.
+    #[error("the spool could not commit it (its log says why)")]
+    NotCommitted,
 }
 
 impl SpoolError {
@@ -146,6 +149,8 @@ pub struct CommitTimes {
     pub enqueue: Histogram,
     /// Groups of mixnet custody decisions.
     pub custody: Histogram,
+    /// Groups of settlements of packets sent on links (their ACKs).
+    pub settle: Histogram,
 }
 
 impl Default for CommitTimes {
@@ -153,6 +158,7 @@ impl Default for CommitTimes {
         CommitTimes {
             enqueue: Histogram::new(COMMIT_BUCKETS),
             custody: Histogram::new(COMMIT_BUCKETS),
+            settle: Histogram::new(COMMIT_BUCKETS),
         }
     }
 }
@@ -450,12 +456,43 @@ impl Spool {
             .await
     }
 
+    /// Records what became of sent packets; returns once committed (in a
+    /// group with every other settlement waiting).
     pub async fn settle_packets(
         &self,
         outcomes: Vec<(i64, PacketSettle)>,
     ) -> Result<(), SpoolError> {
-        self.call(move |conn, _| custody::settle_packets(conn, &outcomes))
+        let (reply, answer) = oneshot::channel();
+        let request = SettleRequest {
+            outcomes,
+            reply: Some(reply),
+        };
+        self.tx
+            .send(Job::PacketSettle(request))
             .await
+            .map_err(|_| SpoolError::Closed)?;
+        if answer.await.map_err(|_| SpoolError::Closed)? {
+            Ok(())
+        } else {
+            Err(SpoolError::NotCommitted)
+        }
+    }
+
+    /// Hands settlements to the committer without waiting for the COMMIT:
+    /// returns once they are queued (or the spool is closed), and they are
+    /// committed with the next group. For a link's ACKs, so the link reads
+    /// its next ACK meanwhile and one COMMIT covers every ACK that arrived
+    /// during the last one. Nothing is acknowledged to anyone on the
+    /// strength of a settle: a lost one (crash, failed commit) leaves the
+    /// packet leased until its lease runs out, and it is sent again.
+    pub async fn settle_packets_later(&self, outcomes: Vec<(i64, PacketSettle)>) {
+        let request = SettleRequest {
+            outcomes,
+            reply: None,
+        };
+        if self.tx.send(Job::PacketSettle(request)).await.is_err() {
+            debug!("[SPOOL] closed: a packet settlement is left for the next start");
+        }
     }
 
     /// Next hops with packets waiting.
@@ -478,20 +515,43 @@ impl Spool {
             .await
     }
 
-    pub async fn fragments(&self, mix_id: MixId) -> Result<Vec<StoredFragment>, SpoolError> {
-        self.call(move |conn, _| custody::fragments(conn, &mix_id))
+    /// What the exit holds of a message it collects (none: not here).
+    pub async fn partial_header(&self, mix_id: MixId) -> Result<Option<PartialHeader>, SpoolError> {
+        self.call(move |conn, _| custody::partial_header(conn, &mix_id))
             .await
     }
 
-    /// Incomplete messages idle for `stall`, each with a reply block taken.
-    pub async fn take_stalled(
+    /// Up to `max` stored fragments of a message from index `from` on, in
+    /// index order (a completion streams its message through this).
+    pub async fn fragment_data(
+        &self,
+        mix_id: MixId,
+        from: u16,
+        max: usize,
+    ) -> Result<Vec<(u16, Vec<u8>)>, SpoolError> {
+        self.call(move |conn, _| custody::fragment_data(conn, &mix_id, from, max))
+            .await
+    }
+
+    /// For up to `max` incomplete messages idle for `stall`: a reply block
+    /// is taken and the acknowledgement `answer` makes with it queued, both
+    /// in one transaction. `answer` runs on the writer thread (one Sphinx
+    /// wrap per message, a handful per maintenance round). Returns how many
+    /// acknowledgements were queued.
+    pub async fn answer_stalled(
         &self,
         stall: Duration,
         max: usize,
-    ) -> Result<Vec<Stalled>, SpoolError> {
+        mut answer: impl FnMut(&Stalled) -> Option<OutPacket> + Send + 'static,
+    ) -> Result<usize, SpoolError> {
         let stall_ms = stall.as_millis() as u64;
-        self.call(move |conn, now| custody::take_stalled(conn, now, stall_ms, max))
-            .await
+        let queued = self
+            .call(move |conn, now| custody::answer_stalled(conn, now, stall_ms, max, &mut answer))
+            .await?;
+        if queued > 0 {
+            self.packets_queued();
+        }
+        Ok(queued)
     }
 
     /// SMTP messages due to enter the mixnet, and when the next one is due.
@@ -508,6 +568,13 @@ impl Spool {
             .await?;
         self.packets_queued();
         Ok(())
+    }
+
+    /// Deletes an SMTP message that can never enter the mixnet (and has
+    /// not); true if it was there.
+    pub async fn drop_unlaunched(&self, message: i64) -> Result<bool, SpoolError> {
+        self.call(move |conn, _| custody::drop_unlaunched(conn, message))
+            .await
     }
 
     pub async fn reply_recovery(
@@ -546,12 +613,26 @@ impl Spool {
             .await
     }
 
-    /// Deletes exit fragments and done ids older than `age` (see
-    /// `custody::prune`).
-    pub async fn prune_mixnet(&self, age: Duration) -> Result<(u64, u64), SpoolError> {
-        let age_ms = age.as_millis() as u64;
-        self.call(move |conn, now| custody::prune(conn, now.saturating_sub(age_ms)))
-            .await
+    /// Deletes partial messages at the exit whose latest fragment is
+    /// older than `partial_idle` or whose first is older than `horizon`,
+    /// and done ids older than `horizon` (see `custody::prune`); returns
+    /// (fragments, done ids).
+    pub async fn prune_mixnet(
+        &self,
+        partial_idle: Duration,
+        horizon: Duration,
+    ) -> Result<(u64, u64), SpoolError> {
+        let (idle_ms, horizon_ms) = (partial_idle.as_millis() as u64, horizon.as_millis() as u64);
+        self.call(move |conn, now| {
+            custody::prune(
+                conn,
+                custody::PruneBefore {
+                    partial_idle: now.saturating_sub(idle_ms),
+                    horizon: now.saturating_sub(horizon_ms),
+                },
+            )
+        })
+        .await
     }
 
     /// Drops replay tags and stranded packets of epochs below `below`

@@ -12,7 +12,7 @@ pub const SPOOL_FILE: &str = "spool.sqlite";
 
 /// Bumped whenever the layout below changes; older spools are migrated
 /// forward in [`migrate`], newer ones are refused.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Readers (`pluto2 queue`) and the writer share the file; a short busy
 /// wait covers the moment of a checkpoint instead of failing.
@@ -43,7 +43,12 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SpoolError> {
 /// spool from version `v` to `v + 1`. Each step is one transaction that
 /// also sets `user_version`, so a crash between steps leaves a spool of a
 /// known version that the next start carries on from.
-const MIGRATIONS: [Migration; 3] = [migrate_v1_to_v2, migrate_v2_to_v3, migrate_v3_to_v4];
+const MIGRATIONS: [Migration; 4] = [
+    migrate_v1_to_v2,
+    migrate_v2_to_v3,
+    migrate_v3_to_v4,
+    migrate_v4_to_v5,
+];
 
 /// One migration step (one transaction).
 type Migration = fn(&Connection) -> Result<(), rusqlite::Error>;
@@ -407,16 +412,65 @@ fn migrate_v2_to_v3(conn: &Connection) -> Result<(), rusqlite::Error> {
     )
 }
 
+/// One row per message whose fragments the exit is collecting
+/// (`mix_partial`), kept in the transaction that stores or deletes its
+/// fragments, so storing a fragment reads and writes one row whatever
+/// was stored before (instead of counting the message's fragments), and
+/// completion, `pluto2 queue` counts, PARTIAL acknowledgements and
+/// pruning read these rows instead of grouping every fragment:
+///
+/// - `count`, `blob_len`, `blob_hash`: what the first fragment declared;
+///   later fragments must agree.
+/// - `have`, `bytes`: fragments stored and the bytes they hold (data and
+///   reply blocks).
+/// - `replies`: stored reply blocks not used yet (a PARTIAL takes one).
+/// - `first_at`, `last_at`: when the first and the latest fragment came
+///   (the age limits); `stalled_at`: when the last PARTIAL went.
+///
+/// `counters.exit_partial_bytes` is the sum of `bytes`, for the exit's
+/// total cap. Spools of version 3 keep their fragments: the rows are
+/// built from them here, once.
+fn migrate_v3_to_v4(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE mix_partial (
+             mix_id     BLOB    PRIMARY KEY,
+             count      INTEGER NOT NULL,
+             blob_len   INTEGER NOT NULL,
+             blob_hash  BLOB    NOT NULL,
+             have       INTEGER NOT NULL,
+             bytes      INTEGER NOT NULL,
+             replies    INTEGER NOT NULL,
+             first_at   INTEGER NOT NULL,
+             last_at    INTEGER NOT NULL,
+             stalled_at INTEGER NOT NULL DEFAULT 0
+         ) WITHOUT ROWID;
+         CREATE INDEX mix_partial_whole ON mix_partial(mix_id) WHERE have >= count;
+         CREATE INDEX mix_partial_last ON mix_partial(last_at);
+         CREATE INDEX mix_partial_first ON mix_partial(first_at);
+         INSERT INTO mix_partial
+             (mix_id, count, blob_len, blob_hash, have, bytes, replies, first_at, last_at)
+             SELECT mix_id, MAX(count), MAX(blob_len), MAX(blob_hash), COUNT(*),
+                    SUM(length(data) + COALESCE(length(reply_block), 0)),
+                    SUM(reply_block IS NOT NULL), MIN(received_at), MAX(received_at)
+             FROM mix_fragments GROUP BY mix_id;
+         INSERT INTO counters (name, value)
+             SELECT 'exit_partial_bytes', COALESCE(SUM(bytes), 0) FROM mix_partial;
+         PRAGMA user_version = 4;
+         COMMIT;",
+    )
+}
+
 /// The previous hop of each packet a hop keeps for another node, so
 /// custody can be shared out per previous hop (`-custody-max`); NULL for
 /// this node's own packets (fragments it sends, acknowledgements) and for
 /// packets kept before this version (counted in no one's share).
-fn migrate_v3_to_v4(conn: &Connection) -> Result<(), rusqlite::Error> {
+fn migrate_v4_to_v5(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
         "BEGIN;
          ALTER TABLE mix_packets ADD COLUMN prev_hop BLOB;
          CREATE INDEX mix_packets_prev ON mix_packets(prev_hop) WHERE prev_hop IS NOT NULL;
-         PRAGMA user_version = 4;
+         PRAGMA user_version = 5;
          COMMIT;",
     )
 }
@@ -531,7 +585,7 @@ mod tests {
             .unwrap();
         }
         let conn = open_writer(dir.path()).unwrap();
-        assert_eq!(version(&conn).unwrap(), 3);
+        assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
         let (mark, next): (Option<String>, i64) = conn
             .query_row("SELECT mark, next_attempt FROM recipients", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -565,5 +619,66 @@ mod tests {
             )
             .unwrap();
         assert_eq!(deleted, 0);
+    }
+
+    /// A v3 spool keeps the fragments its exit had collected, and each of
+    /// their messages gets its row, as if they had been stored now.
+    #[test]
+    fn a_version_3_spool_keeps_its_fragments_and_gains_a_row_per_message() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(SPOOL_FILE)).unwrap();
+            create_v1(&conn).unwrap();
+            migrate_v1_to_v2(&conn).unwrap();
+            migrate_v2_to_v3(&conn).unwrap();
+            conn.execute_batch(
+                "INSERT INTO mix_fragments
+                     (mix_id, idx, count, blob_len, blob_hash, reply_block, data, received_at)
+                 VALUES (x'01', 0, 3, 20, x'aa', x'0102', x'00000000', 10),
+                        (x'01', 2, 3, 20, x'aa', NULL, x'000000', 30),
+                        (x'02', 0, 1, 5, x'bb', x'03', x'0000000000', 20);",
+            )
+            .unwrap();
+        }
+        let conn = open_writer(dir.path()).unwrap();
+        assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
+        /// mix_id, count, have, bytes, replies, first_at, last_at
+        type Row = (Vec<u8>, i64, i64, i64, i64, i64, i64);
+        let rows: Vec<Row> = conn
+            .prepare(
+                "SELECT mix_id, count, have, bytes, replies, first_at, last_at
+                 FROM mix_partial ORDER BY mix_id",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![(vec![1], 3, 2, 9, 1, 10, 30), (vec![2], 1, 1, 6, 1, 20, 20)]
+        );
+        let total: i64 = conn
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'exit_partial_bytes'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(total, 15);
+        let fragments: i64 = conn
+            .query_row("SELECT COUNT(*) FROM mix_fragments", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(fragments, 3, "no fragment lost");
     }
 }

@@ -39,7 +39,19 @@ pub const MAX_FRAGMENTS: usize = u16::MAX as usize;
 /// Longest envelope address in a blob (SMTP's path limit with room for
 /// SMTPUTF8), and most recipients.
 const MAX_ADDRESS: usize = 4096;
-const MAX_RECIPIENTS: usize = 1000;
+pub const MAX_RECIPIENTS: usize = 1000;
+
+/// Longest address an entry's SMTP takes: RFC 5321's 256-octet path less
+/// its angle brackets, counted in octets also under SMTPUTF8 (`address`
+/// checks it at MAIL and RCPT).
+const SMTP_MAX_ADDRESS: usize = 254;
+
+/// The most a blob built by an honest entry holds besides the body:
+/// version and flags, the sender and [`MAX_RECIPIENTS`] recipients (each
+/// at most [`SMTP_MAX_ADDRESS`] octets behind its 2-byte length), the
+/// recipient count and the 4-byte body length. 256,264 bytes.
+pub const MAX_ENVELOPE: usize =
+    1 + 1 + (2 + SMTP_MAX_ADDRESS) + 2 + MAX_RECIPIENTS * (2 + SMTP_MAX_ADDRESS) + 4;
 
 /// Identifies one message end to end (random, chosen by the entry).
 pub type MessageId = [u8; 16];
@@ -113,6 +125,8 @@ pub enum FragmentError {
     Blob(&'static str),
     #[error("the message is too large for {MAX_FRAGMENTS} fragments")]
     TooLarge,
+    #[error("the body is larger than the network's max_message_size")]
+    BodyTooLarge,
 }
 
 impl Fragment {
@@ -269,22 +283,193 @@ pub fn join(fragments: &[Fragment]) -> Result<Vec<u8>, FragmentError> {
         }
         *slot = Some(f);
     }
-    let mut blob = Vec::with_capacity(first.blob_len as usize);
+    let mut joiner = Joiner::new(first.count, first.blob_len, first.blob_hash, usize::MAX)?;
     for f in ordered.into_iter().flatten() {
-        blob.extend_from_slice(&f.data);
+        joiner.push(f.index, &f.data)?;
     }
-    if blob.len() != first.blob_len as usize {
-        return Err(FragmentError::Reassembly("length differs from the header"));
-    }
-    if Sha256::digest(&blob).as_slice() != first.blob_hash {
-        return Err(FragmentError::Reassembly("hash differs from the header"));
-    }
-    Ok(blob)
+    joiner.finish()
 }
 
 /// Number of packets a message of `blob_len` bytes needs.
 pub fn fragments_for(blob_len: usize) -> usize {
     blob_len.div_ceil(MAX_DATA).max(1)
+}
+
+/// The largest blob an honest entry builds on a network whose
+/// `max_message_size` is `max_message_size`.
+///
+/// The entry's SMTP takes a body of at most `max_message_size` decoded
+/// bytes (`552` past it; intake only ever removes padding from it), a
+/// sender and recipients of at most 254 octets each, and at most its
+/// `-max-recipients` recipients; [`decode_blob`] takes at most
+/// [`MAX_RECIPIENTS`], so whatever an entry's flag, the blob
+/// ([`encode_blob`]: version, flags, sender, recipients, body, each with
+/// its length) is at most `max_message_size + MAX_ENVELOPE` bytes. The
+/// bound does not depend on any node's flags, so every exit of a network
+/// holds the same line.
+pub fn max_blob_len(max_message_size: usize) -> usize {
+    max_message_size.saturating_add(MAX_ENVELOPE)
+}
+
+/// What a data fragment must look like to be kept at an exit on a
+/// network: its message within the network's size (count and declared
+/// length alike), and the shape [`split`] gives every honest fragment.
+/// Checked on each fragment alone, before anything is stored; that the
+/// fragments of one message agree with each other is checked against
+/// the first one stored (`spool::custody`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contract {
+    max_blob_len: usize,
+}
+
+/// Why a fragment breaks the [`Contract`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    /// Its message would be larger than the network carries.
+    #[error("a message of {blob_len} bytes in {count} fragments is over the network's {max} bytes")]
+    TooLarge {
+        blob_len: u32,
+        count: u16,
+        max: usize,
+    },
+    /// The count or the data length is not what `split` makes of the
+    /// declared length.
+    #[error("fragment {index} of {count} carries {data} bytes of a {blob_len}-byte blob")]
+    Shape {
+        index: u16,
+        count: u16,
+        blob_len: u32,
+        data: usize,
+    },
+}
+
+impl Contract {
+    pub fn new(max_message_size: usize) -> Contract {
+        Contract {
+            max_blob_len: max_blob_len(max_message_size),
+        }
+    }
+
+    pub fn max_blob_len(&self) -> usize {
+        self.max_blob_len
+    }
+
+    /// The most fragments one message may have (the per-message cap an
+    /// exit holds for a message it has not completed).
+    pub fn max_fragments(&self) -> usize {
+        fragments_for(self.max_blob_len).min(MAX_FRAGMENTS)
+    }
+
+    pub fn check(&self, f: &Fragment) -> Result<(), ContractError> {
+        if f.blob_len as usize > self.max_blob_len || f.count as usize > self.max_fragments() {
+            return Err(ContractError::TooLarge {
+                blob_len: f.blob_len,
+                count: f.count,
+                max: self.max_blob_len,
+            });
+        }
+        if f.count as usize != fragments_for(f.blob_len as usize)
+            || expected_data_len(f.index, f.count, f.blob_len) != Some(f.data.len())
+        {
+            return Err(ContractError::Shape {
+                index: f.index,
+                count: f.count,
+                blob_len: f.blob_len,
+                data: f.data.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The data length [`split`] gives fragment `index` of `count` of a
+/// `blob_len`-byte blob: [`MAX_DATA`] for every one but the last, the
+/// rest for the last; `None` for an index past the blob.
+pub fn expected_data_len(index: u16, count: u16, blob_len: u32) -> Option<usize> {
+    let start = index as usize * MAX_DATA;
+    let blob_len = blob_len as usize;
+    if index >= count || (start >= blob_len && !(index == 0 && blob_len == 0)) {
+        return None;
+    }
+    Some((blob_len - start).min(MAX_DATA))
+}
+
+/// Joins a message's fragments as they come out of storage, one at a time
+/// in index order, hashing as it goes: the only copy held is the blob
+/// itself (allocated once, at its declared length), never the fragments
+/// as well. [`Joiner::finish`] checks length and hash.
+pub struct Joiner {
+    count: u16,
+    blob_len: u32,
+    blob_hash: [u8; 32],
+    next: u16,
+    blob: Vec<u8>,
+    hasher: Sha256,
+}
+
+impl Joiner {
+    /// A joiner for a message of `count` fragments and `blob_len` bytes,
+    /// refused past `max_blob_len` before anything is allocated.
+    pub fn new(
+        count: u16,
+        blob_len: u32,
+        blob_hash: [u8; 32],
+        max_blob_len: usize,
+    ) -> Result<Joiner, FragmentError> {
+        if blob_len as usize > max_blob_len
+            || count == 0
+            || count as usize != fragments_for(blob_len as usize)
+        {
+            return Err(FragmentError::BlobLength { blob_len, count });
+        }
+        Ok(Joiner {
+            count,
+            blob_len,
+            blob_hash,
+            next: 0,
+            blob: Vec::with_capacity(blob_len as usize),
+            hasher: Sha256::new(),
+        })
+    }
+
+    /// The index the joiner wants next.
+    pub fn next_index(&self) -> u16 {
+        self.next
+    }
+
+    /// Whether every fragment has been pushed.
+    pub fn is_whole(&self) -> bool {
+        self.next == self.count
+    }
+
+    /// Appends fragment `index`, which must be the next one and as long
+    /// as [`split`] makes it.
+    pub fn push(&mut self, index: u16, data: &[u8]) -> Result<(), FragmentError> {
+        if index != self.next {
+            return Err(FragmentError::Reassembly("not every fragment is there"));
+        }
+        if expected_data_len(index, self.count, self.blob_len) != Some(data.len()) {
+            return Err(FragmentError::Reassembly("length differs from the header"));
+        }
+        self.hasher.update(data);
+        self.blob.extend_from_slice(data);
+        self.next += 1;
+        Ok(())
+    }
+
+    /// The blob, once every fragment is in and the hash matches.
+    pub fn finish(self) -> Result<Vec<u8>, FragmentError> {
+        if !self.is_whole() {
+            return Err(FragmentError::Reassembly("not every fragment is there"));
+        }
+        if self.blob.len() != self.blob_len as usize {
+            return Err(FragmentError::Reassembly("length differs from the header"));
+        }
+        if self.hasher.finalize().as_slice() != self.blob_hash {
+            return Err(FragmentError::Reassembly("hash differs from the header"));
+        }
+        Ok(self.blob)
+    }
 }
 
 const FLAG_SMTPUTF8: u8 = 1;
@@ -316,6 +501,24 @@ pub fn encode_blob(message: &Message) -> Vec<u8> {
 }
 
 pub fn decode_blob(blob: &[u8]) -> Result<Message, FragmentError> {
+    decode_blob_owned(blob.to_vec())
+}
+
+/// [`decode_blob`] that takes the blob and keeps its allocation as the
+/// body: the envelope in front is read and then cut off in place, so a
+/// large message is never held twice.
+pub fn decode_blob_owned(mut blob: Vec<u8>) -> Result<Message, FragmentError> {
+    let (envelope, body_at) = decode_envelope(&blob)?;
+    blob.drain(..body_at);
+    Ok(Message {
+        envelope,
+        body: blob,
+    })
+}
+
+/// The envelope at the front of a blob, and where the body starts (the
+/// body runs to the end of the blob, exactly as long as it says).
+fn decode_envelope(blob: &[u8]) -> Result<(Envelope, usize), FragmentError> {
     let mut r = Checked(blob);
     if r.u8()? != VERSION {
         return Err(FragmentError::Blob("unknown version"));
@@ -331,20 +534,23 @@ pub fn decode_blob(blob: &[u8]) -> Result<Message, FragmentError> {
     }
     let recipients = (0..n).map(|_| r.text()).collect::<Result<Vec<_>, _>>()?;
     let body_len = r.u32()? as usize;
-    let body = r.take(body_len)?.to_vec();
-    if !r.0.is_empty() {
+    if body_len > r.0.len() {
+        return Err(FragmentError::Blob("truncated"));
+    }
+    if body_len < r.0.len() {
         return Err(FragmentError::Blob("trailing bytes"));
     }
-    Ok(Message {
-        envelope: Envelope {
+    let body_at = blob.len() - body_len;
+    Ok((
+        Envelope {
             sender,
             recipients,
             smtputf8: flags & FLAG_SMTPUTF8 != 0,
             eight_bit: flags & FLAG_EIGHT_BIT != 0,
             to_own_name: false,
         },
-        body,
-    })
+        body_at,
+    ))
 }
 
 /// A reader that reports running out of bytes instead of panicking.
@@ -545,6 +751,178 @@ mod tests {
             let _ = decode_blob(&bytes);
             let _ = AckBody::decode(&bytes, rng.random());
         }
+    }
+
+    /// The largest message an honest entry can send: a body of exactly
+    /// `max_message_size`, and the longest envelope SMTP lets through.
+    fn largest_honest(max_message_size: usize) -> Message {
+        let address = |i: usize| {
+            let domain = format!("{i:04}.example");
+            format!(
+                "{}@{domain}",
+                "l".repeat(SMTP_MAX_ADDRESS - 1 - domain.len())
+            )
+        };
+        Message {
+            envelope: Envelope {
+                sender: address(9999),
+                recipients: (0..MAX_RECIPIENTS).map(address).collect(),
+                smtputf8: true,
+                eight_bit: true,
+                to_own_name: false,
+            },
+            body: vec![b'x'; max_message_size],
+        }
+    }
+
+    #[test]
+    fn the_largest_honest_message_meets_the_contract_and_one_byte_more_does_not() {
+        let max = 262_144;
+        let contract = Contract::new(max);
+        let m = largest_honest(max);
+        assert!(m.envelope.recipients.iter().all(|r| r.len() == 254));
+        let blob = encode_blob(&m);
+        assert_eq!(blob.len(), max_blob_len(max), "the bound is exact");
+        let fragments = split(&blob, [1; 16]).unwrap();
+        assert_eq!(fragments.len(), contract.max_fragments());
+        for f in &fragments {
+            assert_eq!(contract.check(f), Ok(()), "fragment {}", f.index);
+        }
+        let mut over = m.clone();
+        over.body.push(b'x');
+        for f in split(&encode_blob(&over), [2; 16]).unwrap() {
+            assert!(
+                matches!(contract.check(&f), Err(ContractError::TooLarge { .. })),
+                "fragment {}",
+                f.index
+            );
+        }
+    }
+
+    #[test]
+    fn the_contract_refuses_claims_split_never_makes() {
+        let contract = Contract::new(262_144);
+        let good = split(&encode_blob(&message(3 * MAX_DATA)), [1; 16]).unwrap();
+        let cases: Vec<(&str, Fragment, bool)> = vec![
+            (
+                "many fragments claimed",
+                Fragment {
+                    count: u16::MAX,
+                    ..good[0].clone()
+                },
+                true,
+            ),
+            (
+                "a huge declared length",
+                Fragment {
+                    blob_len: u32::MAX,
+                    ..good[0].clone()
+                },
+                true,
+            ),
+            (
+                "count too high for the length",
+                Fragment {
+                    count: 9,
+                    ..good[0].clone()
+                },
+                false,
+            ),
+            (
+                "count too low for the length",
+                Fragment {
+                    count: 3,
+                    ..good[3].clone()
+                },
+                false,
+            ),
+            (
+                "a short middle fragment",
+                Fragment {
+                    data: vec![0; 10],
+                    ..good[1].clone()
+                },
+                false,
+            ),
+            (
+                "a long last fragment",
+                Fragment {
+                    data: vec![0; MAX_DATA],
+                    ..good[3].clone()
+                },
+                false,
+            ),
+        ];
+        for (what, f, too_large) in cases {
+            match contract.check(&f) {
+                Err(ContractError::TooLarge { .. }) if too_large => {}
+                Err(ContractError::Shape { .. }) if !too_large => {}
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        for f in &good {
+            assert_eq!(contract.check(f), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_joiner_fed_in_order_gives_the_blob_and_refuses_gaps_lengths_and_hashes() {
+        let blob = encode_blob(&message(5 * MAX_DATA + 17));
+        let f = split(&blob, [1; 16]).unwrap();
+        let joiner = || Joiner::new(f[0].count, f[0].blob_len, f[0].blob_hash, blob.len()).unwrap();
+        let mut j = joiner();
+        for x in &f {
+            assert_eq!(j.next_index(), x.index);
+            j.push(x.index, &x.data).unwrap();
+        }
+        assert!(j.is_whole());
+        assert_eq!(j.finish().unwrap(), blob);
+
+        let mut gap = joiner();
+        assert!(gap.push(1, &f[1].data).is_err(), "fragment 0 skipped");
+        let mut short = joiner();
+        assert!(short.push(0, &f[0].data[1..]).is_err());
+        let mut early = joiner();
+        early.push(0, &f[0].data).unwrap();
+        assert!(early.finish().is_err(), "not whole");
+        let mut bad = joiner();
+        for x in &f {
+            let mut data = x.data.clone();
+            if x.index == 2 {
+                data[0] ^= 1;
+            }
+            bad.push(x.index, &data).unwrap();
+        }
+        assert_eq!(
+            bad.finish().unwrap_err(),
+            FragmentError::Reassembly("hash differs from the header")
+        );
+        assert!(
+            Joiner::new(f[0].count, f[0].blob_len, f[0].blob_hash, blob.len() - 1).is_err(),
+            "over the cap: refused before allocating"
+        );
+        assert!(Joiner::new(u16::MAX, 10, [0; 32], usize::MAX).is_err());
+    }
+
+    #[test]
+    fn decoding_an_owned_blob_keeps_its_allocation_as_the_body() {
+        let m = message(100_000);
+        let blob = encode_blob(&m);
+        let at = blob.as_ptr();
+        let decoded = decode_blob_owned(blob).unwrap();
+        assert_eq!(decoded, m);
+        assert_eq!(decoded.body.as_ptr(), at, "the body was not copied");
+        let mut long = encode_blob(&m);
+        long.push(0);
+        assert_eq!(
+            decode_blob_owned(long).unwrap_err(),
+            FragmentError::Blob("trailing bytes")
+        );
+        let short = encode_blob(&m);
+        assert_eq!(
+            decode_blob(&short[..short.len() - 1]).unwrap_err(),
+            FragmentError::Blob("truncated")
+        );
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub const ENVELOPE_ALLOWANCE: usize = 1 << 20;
 /// The largest `max_message_size`: what [`MAX_FRAGMENTS`] fragments carry,
 /// less the envelope allowance.
 pub const MAX_MESSAGE_SIZE: usize = MAX_FRAGMENTS * MAX_DATA - ENVELOPE_ALLOWANCE;
+// An exit takes a blob up to `max_message_size` plus the largest honest
+// envelope (`fragment::max_blob_len`): that must fit the fragments too.
+const _: () =
+    assert!(MAX_MESSAGE_SIZE + crate::wire::fragment::MAX_ENVELOPE <= MAX_FRAGMENTS * MAX_DATA);
 /// The smallest `max_message_size` (the same floor as `-max-message-size`).
 pub const MIN_MESSAGE_SIZE: usize = 1024;
 /// Longest per-hop delay a network may choose: a day. Longer delays only

@@ -566,6 +566,74 @@ impl LinkTap {
         port: u16,
         frame_bytes: &[u8],
     ) -> Result<AckStatus, InjectError> {
+        let (mut stream, mut buf) = self.open_link(host, port, frame_bytes).await?;
+        tokio::time::timeout(self.patience, async {
+            loop {
+                if let Frame::Ack { status, .. } = read_frame(&mut stream, &mut buf).await? {
+                    return Ok(status);
+                }
+            }
+        })
+        .await
+        .map_err(|_| InjectError::Timeout)?
+    }
+
+    /// Like [`LinkTap::inject`] for many PACKET frames on one link, as a
+    /// node sends them: at most `window` unacknowledged at once. Returns
+    /// each frame's ACK status and when it came, in the order of the
+    /// frames (each frame's sequence number must be its position + 1).
+    pub async fn inject_stream(
+        &self,
+        host: &str,
+        port: u16,
+        frames: &[Vec<u8>],
+        window: usize,
+    ) -> Result<Vec<(AckStatus, std::time::Instant)>, InjectError> {
+        let first = frames.first().map(Vec::as_slice).unwrap_or(&[]);
+        let (stream, mut buf) = self.open_link(host, port, first).await?;
+        let (mut reader, mut writer) = stream.into_split();
+        let mut acks: Vec<Option<(AckStatus, std::time::Instant)>> = vec![None; frames.len()];
+        let (mut sent, mut got) = (frames.len().min(1), 0);
+        while got < frames.len() {
+            while sent < frames.len() && sent - got < window {
+                writer.write_all(&frames[sent]).await?;
+                sent += 1;
+            }
+            let frame = tokio::time::timeout(self.patience, async {
+                loop {
+                    if let Some((f, used)) = frame::decode(&buf)? {
+                        buf.drain(..used);
+                        return Ok::<Frame, InjectError>(f);
+                    }
+                    let mut chunk = [0u8; 4096];
+                    let n = reader.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Err(InjectError::Closed);
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            })
+            .await
+            .map_err(|_| InjectError::Timeout)??;
+            if let Frame::Ack { seq, status } = frame
+                && let Some(slot) = acks.get_mut((seq as usize).wrapping_sub(1))
+                && slot.is_none()
+            {
+                *slot = Some((status, std::time::Instant::now()));
+                got += 1;
+            }
+        }
+        Ok(acks.into_iter().flatten().collect())
+    }
+
+    /// Opens a link to the target of `host:port` as the tap's node (see
+    /// [`LinkTap::inject`]) and sends `frame_bytes` right after its proof.
+    async fn open_link(
+        &self,
+        host: &str,
+        port: u16,
+        frame_bytes: &[u8],
+    ) -> Result<(TcpStream, Vec<u8>), InjectError> {
         let key = (host.to_string(), port);
         let (to, hello, signer) = {
             let s = self.state();
@@ -603,11 +671,7 @@ impl LinkTap {
             .encode(&mut out);
             out.extend_from_slice(frame_bytes);
             stream.write_all(&out).await?;
-            loop {
-                if let Frame::Ack { status, .. } = read_frame(&mut stream, &mut buf).await? {
-                    return Ok(status);
-                }
-            }
+            Ok((stream, buf))
         })
         .await
         .map_err(|_| InjectError::Timeout)?

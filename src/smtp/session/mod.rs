@@ -235,6 +235,13 @@ impl Session {
                 "5.4.6",
                 "message refused: too many hops, it is looping between relays",
             )),
+            // SMTP caps recipients at RCPT, so intake never answers this
+            // for a session; were it to, RFC 5321 §4.5.3.1.10's code.
+            EnqueueOutcome::TooManyRecipients => Step::Reply(Reply::new(
+                552,
+                "5.5.3",
+                "message refused: too many recipients; nothing was queued",
+            )),
             EnqueueOutcome::Failed => Step::Reply(Reply::new(
                 451,
                 "4.3.0",
