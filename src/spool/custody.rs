@@ -618,7 +618,7 @@ pub(super) fn answer_stalled(
     let mut queued = 0;
     for stalled in take_stalled(&tx, now, stall_ms, max)? {
         if let Some(ack) = answer(&stalled) {
-            insert_packet(&tx, &ack)?;
+            insert_packet(&tx, &ack, None)?;
             queued += 1;
         }
     }

@@ -531,7 +531,7 @@ mod tests {
             .unwrap();
         }
         let conn = open_writer(dir.path()).unwrap();
-        assert_eq!(version(&conn).unwrap(), 3);
+        assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
         let (mark, next): (Option<String>, i64) = conn
             .query_row("SELECT mark, next_attempt FROM recipients", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
