@@ -3,7 +3,7 @@
 //! alone in the same run.
 //!
 //!     cargo bench --bench mixnet_node
-//!     RUNS=5 PACKETS=8000 LINKS=4 cargo bench --bench mixnet_node
+//!     RUNS=5 PACKETS=8000 LINKS=4 NODE_LINKS=1 cargo bench --bench mixnet_node
 //!
 //! Each run:
 //!
@@ -13,7 +13,7 @@
 //!   dead end, so it forwards nothing during the run: every packet stays in
 //!   custody. The load generator (this process, one thread) builds
 //!   `PACKETS` valid packets routed A → B (B listed, not running), opens
-//!   `LINKS` links straight to A's `-node` port, says HELLO with the
+//!   `NODE_LINKS` (default `LINKS`) links straight to A's `-node` port, says HELLO with the
 //!   network's parameter hash, and keeps up to the node's window (64)
 //!   PACKET frames unacknowledged per link. The rate is ACK `Stored`
 //!   frames over the time from the first PACKET to the last ACK; every
@@ -83,6 +83,10 @@ struct Settings {
     runs: usize,
     packets: usize,
     links: usize,
+    /// Links of the node run (`NODE_LINKS`, default `LINKS`): since the
+    /// authenticated hello a newer link from one node replaces its older
+    /// one, so the generator, which is one node, gets one link through.
+    node_links: usize,
     /// Packets for the unwrap-alone measurement.
     unwrap_packets: usize,
     /// Packets waiting for one hop in the lease-alone measurement: few,
@@ -409,7 +413,7 @@ async fn node_run(s: &Settings) -> NodeRun {
     };
     let c_key = Arc::new(SigningKey::from_bytes(&c_key));
     // Deal the packets out to the links, pre-encoded as PACKET frames.
-    let mut per_link: Vec<Vec<Vec<u8>>> = vec![Vec::new(); s.links];
+    let mut per_link: Vec<Vec<Vec<u8>>> = vec![Vec::new(); s.node_links];
     for (i, p) in packets.into_iter().enumerate() {
         let mut f = Vec::with_capacity(frame::MAX_FRAME);
         Frame::Packet {
@@ -418,7 +422,7 @@ async fn node_run(s: &Settings) -> NodeRun {
             packet: p,
         }
         .encode(&mut f);
-        per_link[i % s.links].push(f);
+        per_link[i % s.node_links].push(f);
     }
     let ready = Arc::new(Semaphore::new(0));
     let go = Arc::new(tokio::sync::Notify::new());
@@ -432,7 +436,7 @@ async fn node_run(s: &Settings) -> NodeRun {
             go.clone(),
         )));
     }
-    tokio::time::timeout(common::PATIENCE, ready.acquire_many(s.links as u32))
+    tokio::time::timeout(common::PATIENCE, ready.acquire_many(s.node_links as u32))
         .await
         .expect("every link said HELLO")
         .unwrap()
@@ -755,6 +759,7 @@ fn main() {
             runs: env_or("RUNS", 5),
             packets: env_or("PACKETS", 8_000),
             links: env_or("LINKS", 4).max(1),
+            node_links: env_or("NODE_LINKS", env_or("LINKS", 4)).max(1),
             unwrap_packets: 2_000,
             lease_waiting: (100, 10_000),
             leases: env_or("LEASES", 1_000),
@@ -766,6 +771,7 @@ fn main() {
             runs: 1,
             packets: 100,
             links: 2,
+            node_links: 1,
             unwrap_packets: 20,
             lease_waiting: (10, 100),
             leases: 10,
