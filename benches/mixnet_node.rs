@@ -876,9 +876,8 @@ fn main() {
             median_of(runs, |r| r.acks_per_sec),
         );
     }
-    let lease_median = |f: fn(&(LeaseRun, LeaseRun)) -> f64| {
-        common::median(leases.iter().map(f).collect())
-    };
+    let lease_median =
+        |f: fn(&(LeaseRun, LeaseRun)) -> f64| common::median(leases.iter().map(f).collect());
     println!(
         "medians, lease alone: {} waiting {:.0} µs writer CPU/lease ({:.0} µs wall); {} waiting {:.0} µs writer CPU/lease ({:.0} µs wall)",
         s.lease_waiting.0,
