@@ -3,22 +3,22 @@
 //! alone in the same run.
 //!
 //!     cargo bench --bench mixnet_node
-//!     RUNS=5 PACKETS=8000 LINKS=4 cargo bench --bench mixnet_node
+//!     RUNS=5 PACKETS=8000 LINKS=4 NODE_LINKS=4 cargo bench --bench mixnet_node
 //!
 //! Each run:
 //!
-//! * **node**: 2 + `LINKS` nodes are exported (`-export-node-info`) into
-//!   a fresh `nodes.json`; only the first (A) is started, a real release
-//!   `pluto2 -sphinx` listening for links on 127.0.0.1. Its Tor port is a
-//!   dead end, so it forwards nothing during the run: every packet stays in
-//!   custody. The load generator (this process, one thread) builds
-//!   `PACKETS` valid packets routed A → B (B listed, not running), opens
-//!   `LINKS` links straight to A's `-node` port, each as another listed
-//!   node (A keeps one link per peer), proves it in the handshake with
-//!   that node's identity key, and keeps up to the node's window (64)
-//!   PACKET frames unacknowledged per link. The rate is ACK `Stored`
-//!   frames over the time from the first PACKET to the last ACK; every
-//!   other status fails the run. CPU time of A's threads (from
+//! * **node**: 2 + `NODE_LINKS` nodes are exported (`-export-node-info`)
+//!   into a fresh `nodes.json`; only the first (A) is started, a real
+//!   release `pluto2 -sphinx` listening for links on 127.0.0.1. Its Tor
+//!   port is a dead end, so it forwards nothing during the run: every
+//!   packet stays in custody. The load generator (this process, one
+//!   thread) builds `PACKETS` valid packets routed A → B (B listed, not
+//!   running), opens `NODE_LINKS` (default `LINKS`) links straight to A's
+//!   `-node` port, each as another listed node (A keeps one link per
+//!   peer), proves it in the handshake with that node's identity key, and
+//!   keeps up to the node's window (64) PACKET frames unacknowledged per
+//!   link. The rate is ACK `Stored` frames over the time from the first
+//!   PACKET to the last ACK; every other status fails the run. CPU time of A's threads (from
 //!   `/proc/PID/task`) and of the generator is read before and after.
 //! * **unwrap alone**: `wire::packet::process` (what a hop calls) over
 //!   2,000 packets on one thread (the generator's, between node runs).
@@ -40,6 +40,11 @@
 //!   process per ACK (link tasks and the spool's writer; the refills
 //!   included, the same in both) and of the writer thread alone, and ACKs
 //!   per second.
+//! * **lease alone**: `Spool::lease_packets` of one packet (what
+//!   `Outbox::take` asks for after each ACK), `LEASES` times (1,000) for
+//!   a hop with 100 packets waiting and again with 10,000, all due (a
+//!   backlog); zero-length leases, so the backlog stays the same.
+//!   Reported: the writer thread's CPU and the wall time per lease.
 //!
 //! Everything is on 127.0.0.1 and bounded: a fixed number of packets per
 //! run and a deadline on each wait. Under `cargo test` (no `--bench`
@@ -79,8 +84,19 @@ struct Settings {
     runs: usize,
     packets: usize,
     links: usize,
+    /// Links of the node run (`NODE_LINKS`, default `LINKS`), each
+    /// speaking as a listed node of its own: since the authenticated hello
+    /// a newer link from one node replaces its older one, and a node
+    /// unwraps one packet per previous hop at a time, so one link would
+    /// measure one core, not the node.
+    node_links: usize,
     /// Packets for the unwrap-alone measurement.
     unwrap_packets: usize,
+    /// Packets waiting for one hop in the lease-alone measurement: few,
+    /// many.
+    lease_waiting: (usize, usize),
+    /// Leases timed in the lease-alone measurement.
+    leases: usize,
 }
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -317,7 +333,7 @@ async fn node_run(s: &Settings) -> NodeRun {
     let dir = tempfile::tempdir().unwrap();
     // A, B, and one listed node per link: a node holds one link from each
     // peer (a newer link from the same node replaces the older one).
-    let names: Vec<OnionName> = (0..2 + s.links)
+    let names: Vec<OnionName> = (0..2 + s.node_links)
         .map(|i| OnionName::from_seed(150 + i as u8))
         .collect();
     let entries: Vec<serde_json::Value> = names
@@ -408,7 +424,7 @@ async fn node_run(s: &Settings) -> NodeRun {
         (hello, Arc::new(SigningKey::from_bytes(&key)))
     };
     // Deal the packets out to the links, pre-encoded as PACKET frames.
-    let mut per_link: Vec<Vec<Vec<u8>>> = vec![Vec::new(); s.links];
+    let mut per_link: Vec<Vec<Vec<u8>>> = vec![Vec::new(); s.node_links];
     for (i, p) in packets.into_iter().enumerate() {
         let mut f = Vec::with_capacity(frame::MAX_FRAME);
         Frame::Packet {
@@ -417,7 +433,7 @@ async fn node_run(s: &Settings) -> NodeRun {
             packet: p,
         }
         .encode(&mut f);
-        per_link[i % s.links].push(f);
+        per_link[i % s.node_links].push(f);
     }
     let ready = Arc::new(Semaphore::new(0));
     let go = Arc::new(tokio::sync::Notify::new());
@@ -431,7 +447,7 @@ async fn node_run(s: &Settings) -> NodeRun {
             go.clone(),
         )));
     }
-    tokio::time::timeout(common::PATIENCE, ready.acquire_many(s.links as u32))
+    tokio::time::timeout(common::PATIENCE, ready.acquire_many(s.node_links as u32))
         .await
         .expect("every link said HELLO")
         .unwrap()
@@ -627,6 +643,67 @@ async fn settle_run(packets: usize, links: usize, grouped: bool) -> SettleRun {
     run
 }
 
+/// What one lease of due packets for a next hop costs, with `waiting`
+/// packets held for that hop (all due: a backlog after the hop was down).
+struct LeaseRun {
+    /// CPU of the spool's writer thread per lease, µs.
+    writer_us: f64,
+    /// Wall time per lease, µs (a write transaction: its fsync included).
+    wall_us: f64,
+}
+
+/// `leases` leases of one packet each for a hop holding `waiting` due
+/// packets, as `Outbox::take` asks after each ACK. Leases of zero length,
+/// so the leased packet is due again at once and the hop's backlog stays
+/// at `waiting` throughout.
+async fn lease_run(waiting: usize, leases: usize) -> LeaseRun {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, closer) = Spool::open(
+        dir.path(),
+        Duration::from_secs(24 * 3600),
+        pluto2::time::system_clock(),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let bytes = vec![9u8; packet::PACKET_SIZE];
+    let batch: Vec<OutPacket> = (0..waiting)
+        .map(|i| OutPacket {
+            next_hop: [1; 32],
+            epoch: 0,
+            bytes: bytes.clone(),
+            kind: PacketKind::Forward,
+            // Release times spread over the last minute, as a backlog's are.
+            release_at: now - 60_000 + (i as u64 * 7_919) % 60_000,
+            deadline: now + 2 * 24 * 3600 * 1000,
+        })
+        .collect();
+    for chunk in batch.chunks(500) {
+        spool.queue_packets(chunk.to_vec()).await.unwrap();
+    }
+    let writer = |m: &HashMap<String, u64>| m.get("spool-committer").copied().unwrap_or(0);
+    let (threads_before, _) = cpu_ticks(std::process::id());
+    let start = Instant::now();
+    for _ in 0..leases {
+        let got = spool
+            .lease_packets([1; 32], 1, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(got.packets.len(), 1, "a packet is due");
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let (threads_after, _) = cpu_ticks(std::process::id());
+    let ticks = writer(&threads_after).saturating_sub(writer(&threads_before));
+    drop(spool);
+    closer.closed().await;
+    LeaseRun {
+        writer_us: ticks as f64 / ticks_per_sec() / leases as f64 * 1e6,
+        wall_us: wall / leases as f64 * 1e6,
+    }
+}
+
 /// Custody commits per second from `tasks` concurrent callers.
 async fn custody_rate(packets: usize, tasks: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
@@ -693,7 +770,10 @@ fn main() {
             runs: env_or("RUNS", 5),
             packets: env_or("PACKETS", 8_000),
             links: env_or("LINKS", 4).max(1),
+            node_links: env_or("NODE_LINKS", env_or("LINKS", 4)).max(1),
             unwrap_packets: 2_000,
+            lease_waiting: (100, 10_000),
+            leases: env_or("LEASES", 1_000),
         }
     } else {
         // `cargo test --all-targets`: one small run, to keep it compiling
@@ -702,7 +782,10 @@ fn main() {
             runs: 1,
             packets: 100,
             links: 2,
+            node_links: 2,
             unwrap_packets: 20,
+            lease_waiting: (10, 100),
+            leases: 10,
         }
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -714,7 +797,7 @@ fn main() {
         s.runs, s.packets, s.links, BIN
     );
     let (mut node, mut unwrap, mut custody) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut before, mut after) = (Vec::new(), Vec::new());
+    let (mut before, mut after, mut leases) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=s.runs {
         let r = rt.block_on(node_run(&s));
         let u = unwrap_rate(s.unwrap_packets);
@@ -736,6 +819,21 @@ fn main() {
         );
         before.push(old);
         after.push(new);
+        let (few, many) = (
+            rt.block_on(lease_run(s.lease_waiting.0, s.leases)),
+            rt.block_on(lease_run(s.lease_waiting.1, s.leases)),
+        );
+        println!(
+            "       lease alone, {} leases of 1 packet: {} waiting for the hop {:.0} µs writer CPU/lease ({:.0} µs wall); {} waiting {:.0} µs writer CPU/lease ({:.0} µs wall)",
+            s.leases,
+            s.lease_waiting.0,
+            few.writer_us,
+            few.wall_us,
+            s.lease_waiting.1,
+            many.writer_us,
+            many.wall_us,
+        );
+        leases.push((few, many));
         println!(
             "run {run}: node {:.0} packets/s ({} in {:.2} s; node CPU {:.2} s = {:.0} µs/packet, generator CPU {:.2} s, all {} CPUs {:.0} % busy, {:.2} CPU-s by others); unwrap alone {:.0}/s; custody alone {:.0}/s",
             r.rate,
@@ -789,4 +887,15 @@ fn main() {
             median_of(runs, |r| r.acks_per_sec),
         );
     }
+    let lease_median =
+        |f: fn(&(LeaseRun, LeaseRun)) -> f64| common::median(leases.iter().map(f).collect());
+    println!(
+        "medians, lease alone: {} waiting {:.0} µs writer CPU/lease ({:.0} µs wall); {} waiting {:.0} µs writer CPU/lease ({:.0} µs wall)",
+        s.lease_waiting.0,
+        lease_median(|r| r.0.writer_us),
+        lease_median(|r| r.0.wall_us),
+        s.lease_waiting.1,
+        lease_median(|r| r.1.writer_us),
+        lease_median(|r| r.1.wall_us),
+    );
 }

@@ -444,9 +444,12 @@ fn insert_packet(
     p: &OutPacket,
     prev_hop: Option<&NodeBytes>,
 ) -> Result<(), SpoolError> {
+    // `shuffle`: the packet's random place among packets due at the same
+    // time (see `LEASE_DUE`).
     conn.prepare_cached(
-        "INSERT INTO mix_packets (next_hop, epoch, bytes, kind, release_at, deadline, prev_hop)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO mix_packets
+             (next_hop, epoch, bytes, kind, release_at, deadline, prev_hop, shuffle)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, random())",
     )?
     .execute(params![
         &p.next_hop[..],
@@ -482,7 +485,8 @@ pub struct LeasedPacket {
     pub attempts: u32,
 }
 
-/// Due packets for one next hop, oldest release first.
+/// Due packets for one next hop, in the order they are to leave (see
+/// [`lease_packets`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PacketBatch {
     pub packets: Vec<LeasedPacket>,
@@ -490,6 +494,43 @@ pub struct PacketBatch {
     pub next_due: Option<UnixMillis>,
 }
 
+/// The due packets of one next hop, in the order they leave: by the time
+/// each became due (`due_at`: its release time, or the end of a lease that
+/// ran out), and among packets due at the same millisecond by a random
+/// key drawn when the packet was stored (`shuffle`).
+///
+/// Why the key: the release times are what mixes (arrival plus an
+/// independent random delay), so the order by release time alone says
+/// nothing of the order packets were stored in, except where release
+/// times are equal, and they often are: every packet of a batch leased
+/// together gets the same lease end, so a link that broke gives them
+/// back all due at the same moment; with no delay (or a delay under a
+/// millisecond) packets stored in one group share one time. Among equal
+/// times an index would otherwise give row ids, the storage order. The
+/// key used to be `random()` in the `ORDER BY`, which made SQLite read and
+/// sort every due packet of the hop at each lease; as a column of the
+/// index (`mix_packets_due`: next_hop, due_at, shuffle) the order is the
+/// index's, and a lease reads only the packets it takes.
+const LEASE_DUE: &str = "SELECT id, epoch, bytes, attempts FROM mix_packets
+     WHERE next_hop = ?1 AND due_at <= ?2 ORDER BY due_at, shuffle LIMIT ?3";
+/// Marks a packet leased; its `due_at` moves to the lease end.
+const LEASE_MARK: &str = "UPDATE mix_packets SET lease_until = ?2 WHERE id = ?1";
+/// When the hop's next packet becomes due (leased ones included: a lease
+/// that runs out makes its packet due again): the first entry of the hop
+/// in `mix_packets_due`.
+const LEASE_NEXT_DUE: &str = "SELECT MIN(due_at) FROM mix_packets WHERE next_hop = ?1";
+
+/// Every statement a lease runs, so a test can count what they cost.
+#[cfg(test)]
+pub(super) const LEASE_STATEMENTS: [&str; 3] = [LEASE_DUE, LEASE_MARK, LEASE_NEXT_DUE];
+
+/// Leases up to `max` due packets for `next_hop` until `now + lease_ms`.
+///
+/// Runs after every link ACK (the link refills its window), on the
+/// spool's single writer, so its cost must not grow with the packets that
+/// wait for the hop (thousands after the hop was down): every statement
+/// is a range read of `mix_packets_due` of about `max` entries, plus the
+/// rows taken.
 pub(super) fn lease_packets(
     conn: &mut Connection,
     now: UnixMillis,
@@ -500,11 +541,7 @@ pub(super) fn lease_packets(
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut packets = Vec::new();
     {
-        let mut due = tx.prepare_cached(
-            "SELECT id, epoch, bytes, attempts FROM mix_packets
-             WHERE next_hop = ?1 AND release_at <= ?2 AND lease_until <= ?2
-             ORDER BY release_at, random() LIMIT ?3",
-        )?;
+        let mut due = tx.prepare_cached(LEASE_DUE)?;
         let rows = due.query_map(params![&next_hop[..], now as i64, max as i64], |r| {
             Ok(LeasedPacket {
                 id: r.get(0)?,
@@ -516,17 +553,14 @@ pub(super) fn lease_packets(
         for row in rows {
             packets.push(row?);
         }
-        let mut mark =
-            tx.prepare_cached("UPDATE mix_packets SET lease_until = ?2 WHERE id = ?1")?;
+        let mut mark = tx.prepare_cached(LEASE_MARK)?;
         for p in &packets {
             mark.execute(params![p.id, (now + lease_ms) as i64])?;
         }
     }
-    let next_due: Option<i64> = tx.query_row(
-        "SELECT MIN(MAX(release_at, lease_until)) FROM mix_packets WHERE next_hop = ?1",
-        params![&next_hop[..]],
-        |r| r.get(0),
-    )?;
+    let next_due: Option<i64> = tx
+        .prepare_cached(LEASE_NEXT_DUE)?
+        .query_row(params![&next_hop[..]], |r| r.get(0))?;
     tx.commit()?;
     Ok(PacketBatch {
         packets,
@@ -567,8 +601,18 @@ pub(super) fn settle_packets(
 
 /// Next hops that have packets waiting (due or not), so links to them are
 /// kept open.
+///
+/// One index seek per hop (each step asks `mix_packets_due` for the first
+/// hop after the last one found), not a read of every packet.
 pub(super) fn waiting_hops(conn: &Connection) -> Result<Vec<NodeBytes>, SpoolError> {
-    let mut stmt = conn.prepare_cached("SELECT DISTINCT next_hop FROM mix_packets")?;
+    let mut stmt = conn.prepare_cached(
+        "WITH RECURSIVE hops(hop) AS (
+             SELECT MIN(next_hop) FROM mix_packets
+             UNION ALL
+             SELECT (SELECT MIN(next_hop) FROM mix_packets WHERE next_hop > hops.hop)
+             FROM hops WHERE hops.hop IS NOT NULL)
+         SELECT hop FROM hops WHERE hop IS NOT NULL",
+    )?;
     let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
     let mut out = Vec::new();
     for row in rows {
@@ -581,35 +625,50 @@ pub(super) fn waiting_hops(conn: &Connection) -> Result<Vec<NodeBytes>, SpoolErr
 
 /// Custody deadlines that passed: the packets are deleted; returns how many
 /// of each kind, for the counters and the log.
+///
+/// Runs every maintenance round: both statements are range reads of
+/// `mix_packets_deadline` (deadline, kind), which touch only the packets
+/// that expire, not the 8.5 KB rows of all the others.
 pub(super) fn expire_packets(
     conn: &mut Connection,
     now: UnixMillis,
 ) -> Result<Vec<(PacketKind, u64)>, SpoolError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let mut out = Vec::new();
-    for kind in [PacketKind::Forward, PacketKind::Fragment, PacketKind::Ack] {
-        let n = tx.execute(
-            "DELETE FROM mix_packets WHERE kind = ?1 AND deadline <= ?2",
-            params![kind.as_str(), now as i64],
-        )?;
-        if n > 0 {
-            out.push((kind, n as u64));
-        }
-    }
+    let by_kind: Vec<(String, i64)> = tx
+        .prepare_cached(
+            "SELECT kind, COUNT(*) FROM mix_packets WHERE deadline <= ?1 GROUP BY kind",
+        )?
+        .query_map(params![now as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    tx.prepare_cached("DELETE FROM mix_packets WHERE deadline <= ?1")?
+        .execute(params![now as i64])?;
     tx.commit()?;
-    Ok(out)
+    Ok([PacketKind::Forward, PacketKind::Fragment, PacketKind::Ack]
+        .into_iter()
+        .filter_map(|kind| {
+            let n = by_kind
+                .iter()
+                .find(|(k, _)| k == kind.as_str())
+                .map_or(0, |(_, n)| *n);
+            (n > 0).then_some((kind, n as u64))
+        })
+        .collect())
 }
 
 /// At start: every lease is void, and packets whose release time passed
-/// while the node was down get `fresh(id)` as their new release time, so a
-/// restart does not send the backlog in one burst.
+/// while the node was down get `fresh()` as their new release time, so a
+/// restart does not send the backlog in one burst. Once per start, this
+/// one reads every packet (any of them may be overdue).
 pub(super) fn restart_packets(
     conn: &mut Connection,
     now: UnixMillis,
     mut fresh: impl FnMut() -> UnixMillis,
 ) -> Result<usize, SpoolError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.execute("UPDATE mix_packets SET lease_until = 0", [])?;
+    tx.execute(
+        "UPDATE mix_packets SET lease_until = 0 WHERE lease_until != 0",
+        [],
+    )?;
     let overdue: Vec<i64> = {
         let mut stmt = tx.prepare("SELECT id FROM mix_packets WHERE release_at < ?1")?;
         stmt.query_map(params![now as i64], |r| r.get(0))?

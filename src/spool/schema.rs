@@ -12,7 +12,7 @@ pub const SPOOL_FILE: &str = "spool.sqlite";
 
 /// Bumped whenever the layout below changes; older spools are migrated
 /// forward in [`migrate`], newer ones are refused.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Readers (`pluto2 queue`) and the writer share the file; a short busy
 /// wait covers the moment of a checkpoint instead of failing.
@@ -43,11 +43,12 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SpoolError> {
 /// spool from version `v` to `v + 1`. Each step is one transaction that
 /// also sets `user_version`, so a crash between steps leaves a spool of a
 /// known version that the next start carries on from.
-const MIGRATIONS: [Migration; 4] = [
+const MIGRATIONS: [Migration; 5] = [
     migrate_v1_to_v2,
     migrate_v2_to_v3,
     migrate_v3_to_v4,
     migrate_v4_to_v5,
+    migrate_v5_to_v6,
 ];
 
 /// One migration step (one transaction).
@@ -475,6 +476,38 @@ fn migrate_v4_to_v5(conn: &Connection) -> Result<(), rusqlite::Error> {
     )
 }
 
+/// Step 4 → 5, the lease order (issue 18): a lease of packets for a next
+/// hop reads only the packets it takes, however many wait
+/// (`custody::lease_packets`).
+///
+/// - `due_at`: when a packet may be sent, the later of its release time
+///   and its lease end, as a virtual column so the index below holds it
+///   and no code has to keep it up to date.
+/// - `shuffle`: a random key per packet, the tie-break among packets due
+///   at the same time (it was `random()` in the lease's `ORDER BY`, which
+///   sorted every due packet at each lease); packets kept before this
+///   version draw theirs here.
+/// - `mix_packets_due` becomes (next_hop, due_at, shuffle): "the next `max`
+///   due packets" and "when is the next one due" are range reads of it.
+///   The old (next_hop, release_at) index served the same queries less
+///   well and nothing else.
+/// - `mix_packets_deadline` (deadline, kind): the maintenance round's
+///   custody expiry reads only the packets that expire.
+fn migrate_v5_to_v6(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch(
+        "BEGIN;
+         ALTER TABLE mix_packets ADD COLUMN due_at INTEGER
+             GENERATED ALWAYS AS (max(release_at, lease_until)) VIRTUAL;
+         ALTER TABLE mix_packets ADD COLUMN shuffle INTEGER NOT NULL DEFAULT 0;
+         UPDATE mix_packets SET shuffle = random();
+         DROP INDEX mix_packets_due;
+         CREATE INDEX mix_packets_due ON mix_packets(next_hop, due_at, shuffle);
+         CREATE INDEX mix_packets_deadline ON mix_packets(deadline, kind);
+         PRAGMA user_version = 6;
+         COMMIT;",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,5 +713,41 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM mix_fragments", [], |r| r.get(0))
             .unwrap();
         assert_eq!(fragments, 3, "no fragment lost");
+    }
+
+    /// A v5 spool's packets (kept before the lease order) get a due time
+    /// and a tie-break key of their own, and keep their release times.
+    #[test]
+    fn a_version_5_spool_keeps_its_packets_and_gains_the_lease_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(SPOOL_FILE)).unwrap();
+            create_v1(&conn).unwrap();
+            migrate_v1_to_v2(&conn).unwrap();
+            migrate_v2_to_v3(&conn).unwrap();
+            migrate_v3_to_v4(&conn).unwrap();
+            migrate_v4_to_v5(&conn).unwrap();
+            for (release, lease) in [(5, 0), (7, 0), (7, 9)] {
+                conn.execute(
+                    "INSERT INTO mix_packets
+                         (next_hop, epoch, bytes, kind, release_at, deadline, lease_until)
+                     VALUES (x'02', 0, x'00', 'forward', ?1, 100, ?2)",
+                    [release, lease],
+                )
+                .unwrap();
+            }
+        }
+        let conn = open_writer(dir.path()).unwrap();
+        assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
+        let rows: Vec<(i64, i64, i64)> = conn
+            .prepare("SELECT release_at, due_at, shuffle FROM mix_packets ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let times: Vec<(i64, i64)> = rows.iter().map(|r| (r.0, r.1)).collect();
+        assert_eq!(times, [(5, 5), (7, 7), (7, 9)]);
+        assert!(rows.iter().any(|r| r.2 != 0), "tie-break keys drawn");
     }
 }

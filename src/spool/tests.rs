@@ -533,6 +533,139 @@ mod mixnet_storage {
         t.close().await;
     }
 
+    /// What one lease of 4 packets for hop 2 costs SQLite when `waiting`
+    /// packets are due for hop 2, as many wait for hop 2 that are not due
+    /// yet, and as many wait for hop 3: (VM steps, steps of full scans,
+    /// sorts), from the statements' own counters (`sqlite3_stmt_status`).
+    fn lease_cost(waiting: usize) -> (i64, i64, i64) {
+        use rusqlite::StatementStatus::{FullscanStep, Sort, VmStep};
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = schema::open_writer(dir.path()).unwrap();
+        let mut packets = Vec::with_capacity(3 * waiting);
+        for i in 0..waiting as u64 {
+            // Due at 1,000–1,049 (ties included), leased or not.
+            packets.push(packet(2, 1_000 + i % 50));
+            packets.push(packet(2, 100_000 + i));
+            packets.push(packet(3, 1_000 + i));
+        }
+        for chunk in packets.chunks(1_000) {
+            custody::queue_packets(&mut conn, chunk).unwrap();
+        }
+        let lease = |conn: &mut rusqlite::Connection| {
+            custody::lease_packets(conn, 2_000, &[2; 32], 4, 60_000).unwrap()
+        };
+        // Prepares (and caches) the statements; some leased packets wait
+        // now too.
+        assert_eq!(lease(&mut conn).packets.len(), 4);
+        for sql in custody::LEASE_STATEMENTS {
+            let stmt = conn.prepare_cached(sql).unwrap();
+            for counter in [VmStep, FullscanStep, Sort] {
+                stmt.reset_status(counter);
+            }
+        }
+        let batch = lease(&mut conn);
+        assert_eq!(batch.packets.len(), 4);
+        assert!(
+            batch.next_due.is_some_and(|due| due <= 2_000),
+            "more are due"
+        );
+        let mut cost = (0, 0, 0);
+        for sql in custody::LEASE_STATEMENTS {
+            let stmt = conn.prepare_cached(sql).unwrap();
+            cost.0 += i64::from(stmt.get_status(VmStep));
+            cost.1 += i64::from(stmt.get_status(FullscanStep));
+            cost.2 += i64::from(stmt.get_status(Sort));
+        }
+        cost
+    }
+
+    /// A lease runs after every link ACK on the spool's one writer: it
+    /// reads the packets it takes and the hop's next due time from the
+    /// index, whatever waits for the hop. Before `mix_packets_due` held
+    /// the due time and the tie-break, it sorted every due packet of the
+    /// hop and read every packet of the hop for the next due time.
+    #[test]
+    fn a_lease_costs_the_same_with_ten_or_ten_thousand_packets_waiting() {
+        let few = lease_cost(10);
+        let many = lease_cost(10_000);
+        assert_eq!(many.1, 0, "no full scan: {many:?}");
+        assert_eq!(many.2, 0, "no sort: {many:?}");
+        assert!(
+            many.0 <= 2 * few.0,
+            "VM steps of a lease: {} with 10 waiting, {} with 10,000",
+            few.0,
+            many.0
+        );
+    }
+
+    /// Packets due at the same time (a batch whose lease ran out, packets
+    /// stored in one group with no delay) leave in an order that says
+    /// nothing of the order they were stored in.
+    #[tokio::test]
+    async fn packets_due_together_leave_in_random_order_not_stored_order() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        let n = 64;
+        t.spool
+            .queue_packets((0..n).map(|_| packet(2, 1_000)).collect())
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(10);
+        let first = t.spool.lease_packets([2; 32], n, lease).await.unwrap();
+        let ids: Vec<i64> = first.packets.iter().map(|p| p.id).collect();
+        assert_eq!(ids.len(), n);
+        let mut stored = ids.clone();
+        stored.sort_unstable();
+        assert_ne!(ids, stored, "not in the order they were stored");
+        stored.reverse();
+        assert_ne!(ids, stored, "nor in its reverse");
+        // The lease runs out: all 64 are due again at the same moment.
+        t.set_now(11_000);
+        let again = t.spool.lease_packets([2; 32], n, lease).await.unwrap();
+        let mut again_ids: Vec<i64> = again.packets.iter().map(|p| p.id).collect();
+        assert_eq!(again.packets.len(), n, "due again when the lease ran out");
+        stored.reverse();
+        assert_ne!(again_ids, stored, "not in the order they were stored");
+        again_ids.sort_unstable();
+        assert_eq!(again_ids, stored, "the same packets");
+        t.close().await;
+    }
+
+    /// Packets past their custody deadline go, counted by kind; the others
+    /// stay.
+    #[tokio::test]
+    async fn expired_packets_go_counted_by_kind_and_the_rest_stay() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        let with = |kind, deadline| OutPacket {
+            kind,
+            deadline,
+            ..packet(2, 1_000)
+        };
+        t.spool
+            .queue_packets(vec![
+                with(PacketKind::Forward, 5_000),
+                with(PacketKind::Forward, 6_000),
+                with(PacketKind::Ack, 6_000),
+                with(PacketKind::Forward, 6_001),
+                with(PacketKind::Fragment, 9_000),
+            ])
+            .await
+            .unwrap();
+        t.set_now(6_000);
+        let expired = t.spool.expire_packets().await.unwrap();
+        assert_eq!(expired, [(PacketKind::Forward, 2), (PacketKind::Ack, 1)]);
+        let counts = t.spool.mixnet_counts().await.unwrap();
+        assert_eq!(
+            (
+                counts.packets_forward,
+                counts.packets_fragment,
+                counts.packets_ack
+            ),
+            (1, 1, 0)
+        );
+        assert!(t.spool.expire_packets().await.unwrap().is_empty());
+        t.close().await;
+    }
+
     /// `n` packets for next hop 2, queued and leased; their row ids.
     async fn leased_packets(t: &TestSpool, n: usize) -> Vec<i64> {
         t.spool
