@@ -940,7 +940,7 @@ async fn a_delay_over_the_maximum_is_refused_and_a_listed_peers_flood_is_counted
     const FLOOD: usize = 3_000;
     let lines_before = net.daemon(hop).log_text().lines().count();
     // Each is a valid packet with its routing information damaged: it
-    // costs the hop a whole unwrap before the MAC fails.
+    // costs the hop the key exchange before the MAC fails.
     let valid = fresh_packet_frame(&net, hop, next, 0);
     let mut flood = Vec::with_capacity(FLOOD * MAX_FRAME);
     for seq in 0..FLOOD as u64 {
