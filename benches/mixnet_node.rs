@@ -74,7 +74,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use x25519_dalek::{PublicKey, StaticSecret};
 
+mod support;
 use common::{BIN, Daemon};
+use support::{env_or, machine_ticks};
 
 /// The node's per-link window (src/daemon/mixnet.rs).
 const WINDOW: usize = 64;
@@ -97,13 +99,6 @@ struct Settings {
     lease_waiting: (usize, usize),
     /// Leases timed in the lease-alone measurement.
     leases: usize,
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// CPU ticks (utime + stime) per thread name, and for the whole process.
@@ -132,23 +127,6 @@ fn cpu_ticks(pid: u32) -> (HashMap<String, u64>, u64) {
         .and_then(|t| parse(&t))
         .map_or(0, |(_, t)| t);
     (by_name, total)
-}
-
-/// (busy, all) ticks of every CPU of the machine, from /proc/stat.
-fn machine_ticks() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let all: u64 = fields.iter().take(8).sum();
-    // idle and iowait are fields 4 and 5.
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    (all - idle, all)
 }
 
 fn ticks_per_sec() -> f64 {
@@ -542,11 +520,9 @@ fn settle_commits(spool: &Spool) -> u64 {
         .expect("the histogram's count")
 }
 
-/// Settles `packets` sent packets over `links` links, one transaction per
-/// ACK (`grouped` false: the old forwarder) or handed to the writer's
-/// groups (`grouped` true: the forwarder now).
-async fn settle_run(packets: usize, links: usize, grouped: bool) -> SettleRun {
-    use pluto2::spool::custody::PacketSettle;
+/// A spool in a fresh temporary directory on the system clock, and the
+/// time now in unix milliseconds.
+fn fresh_spool() -> (tempfile::TempDir, Spool, pluto2::spool::SpoolCloser, u64) {
     let dir = tempfile::tempdir().unwrap();
     let (spool, closer) = Spool::open(
         dir.path(),
@@ -558,6 +534,15 @@ async fn settle_run(packets: usize, links: usize, grouped: bool) -> SettleRun {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
+    (dir, spool, closer, now)
+}
+
+/// Settles `packets` sent packets over `links` links, one transaction per
+/// ACK (`grouped` false: the old forwarder) or handed to the writer's
+/// groups (`grouped` true: the forwarder now).
+async fn settle_run(packets: usize, links: usize, grouped: bool) -> SettleRun {
+    use pluto2::spool::custody::PacketSettle;
+    let (_dir, spool, closer, now) = fresh_spool();
     let bytes = vec![9u8; packet::PACKET_SIZE];
     for link in 0..links {
         let share = packets / links + usize::from(link < packets % links);
@@ -657,17 +642,7 @@ struct LeaseRun {
 /// so the leased packet is due again at once and the hop's backlog stays
 /// at `waiting` throughout.
 async fn lease_run(waiting: usize, leases: usize) -> LeaseRun {
-    let dir = tempfile::tempdir().unwrap();
-    let (spool, closer) = Spool::open(
-        dir.path(),
-        Duration::from_secs(24 * 3600),
-        pluto2::time::system_clock(),
-    )
-    .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let (_dir, spool, closer, now) = fresh_spool();
     let bytes = vec![9u8; packet::PACKET_SIZE];
     let batch: Vec<OutPacket> = (0..waiting)
         .map(|i| OutPacket {

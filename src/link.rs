@@ -1580,19 +1580,7 @@ mod tests {
             connect_timeout: Duration::from_secs(30),
             ..(*test_config(Duration::from_secs(30))).clone()
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let events = Arc::new(Counted::default());
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            cfg.clone(),
-            Arc::new(NoHandler),
-            Arc::new(Listed),
-            events.clone(),
-            stop.clone(),
-            TaskTracker::new(),
-        ));
+        let (addr, events, stop, server) = listen_as_a(cfg.clone()).await;
         let mut bytes = Vec::new();
         Frame::Hello(hello(&cfg)).encode(&mut bytes);
         let stream = TcpStream::connect(addr).await.unwrap();
@@ -1736,19 +1724,7 @@ mod tests {
     #[tokio::test]
     async fn only_a_listed_node_that_proves_its_key_is_served() {
         let cfg = test_config(Duration::from_secs(5));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let events = Arc::new(Counted::default());
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(
-            listener,
-            cfg.clone(),
-            Arc::new(NoHandler),
-            Arc::new(Listed),
-            events.clone(),
-            stop.clone(),
-            TaskTracker::new(),
-        ));
+        let (addr, events, stop, server) = listen_as_a(cfg.clone()).await;
         let a_key = key(1).verifying_key();
         let idle = Duration::from_secs(5);
 
@@ -1821,19 +1797,8 @@ mod tests {
     #[tokio::test]
     async fn a_dialler_refuses_a_listener_that_is_not_the_node_it_meant() {
         let idle = Duration::from_secs(5);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
         // Node A listens.
-        let server = tokio::spawn(serve(
-            listener,
-            test_config(idle),
-            Arc::new(NoHandler),
-            Arc::new(Listed),
-            Arc::new(NoEvents),
-            stop.clone(),
-            TaskTracker::new(),
-        ));
+        let (addr, _events, stop, server) = listen_as_a(test_config(idle)).await;
         let b = config_of(B, 3, idle);
         // B meant to reach node C: A's HELLO names A.
         let (_, _, r) = dial(addr, &b, NodeId([4; 32]), &key(1).verifying_key()).await;

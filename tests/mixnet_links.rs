@@ -116,6 +116,21 @@ fn sent_packets(frames: &[TapFrame]) -> usize {
         .count()
 }
 
+/// Waits until the node behind `tap` forwarded a packet to `next_onion`
+/// after the first `before` frames it saw.
+async fn forwarded(tap: &LinkTap, before: usize, next_onion: &str) {
+    tap.wait_until(
+        |f| {
+            f.iter().skip(before).any(|f| {
+                f.host == next_onion && f.kind == FrameKind::Packet && f.dir == Direction::ToTarget
+            })
+        },
+        PATIENCE,
+    )
+    .await
+    .expect("the packet forwarded");
+}
+
 /// Checks that node `i` forwards nothing more than the `before` packets
 /// its tap saw, for longer than any hop delay allows.
 async fn forwards_nothing(tap: &LinkTap, before: usize, why: &str) {
@@ -478,17 +493,7 @@ async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_lin
     // the node forwards it like any other.
     let a = raw_link(to, &good, &packet, true).await;
     assert_eq!(a.acks(), [AckStatus::Stored], "{a:?}");
-    let next_onion = net.nodes[next].onion.clone();
-    tap.wait_until(
-        |f| {
-            f.iter().skip(before).any(|f| {
-                f.host == next_onion && f.kind == FrameKind::Packet && f.dir == Direction::ToTarget
-            })
-        },
-        PATIENCE,
-    )
-    .await
-    .expect("the packet forwarded");
+    forwarded(tap, before, &net.nodes[next].onion).await;
 
     // One byte long: the whole frame before it is answered (a duplicate
     // now), the stray byte closes the link without anything else.
@@ -742,17 +747,7 @@ async fn a_peer_that_cannot_prove_a_listed_identity_gets_nothing_and_mail_flows(
             .any(|f| matches!(f, Frame::Pong { nonce: 77, .. })),
         "{a:?}"
     );
-    let next_onion = net.nodes[next].onion.clone();
-    tap.wait_until(
-        |f| {
-            f.iter().skip(before).any(|f| {
-                f.host == next_onion && f.kind == FrameKind::Packet && f.dir == Direction::ToTarget
-            })
-        },
-        PATIENCE,
-    )
-    .await
-    .expect("the packet forwarded");
+    forwarded(tap, before, &net.nodes[next].onion).await;
 
     send(&net, &mail(500, "after")).await;
     delivered(&net, 1).await;
