@@ -37,7 +37,7 @@ use crate::relay::socks::SocksDialer;
 use crate::smtp::proxy_header::ProxySource;
 use crate::wire::bundle::Bundle;
 use crate::wire::frame::{
-    self, AckStatus, Frame, FrameError, Hello, MAX_FRAME, PROTOCOL_VERSION, Role,
+    self, AckStatus, Frame, FrameError, Hello, HeldReply, MAX_FRAME, PROTOCOL_VERSION, Role,
 };
 use crate::wire::hello::{self, Side};
 use crate::wire::packet::{NodeId, WirePacket};
@@ -46,11 +46,15 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 /// Settings shared by both directions.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// This node's id (the key in its onion name), said in HELLO.
+    /// This node's id (the key in its onion name), said in HELLO; for a
+    /// client, its key at the gateway it dials.
     pub me: NodeId,
     /// This node's identity key, pinned in `nodes.json`: it signs the
-    /// proof in every handshake.
+    /// proof in every handshake (a client's: the key derived for its
+    /// gateway).
     pub signing: SigningKey,
+    /// What this side says it is in HELLO: a node, or a client.
+    pub role: Role,
     /// Hash of the network parameters; peers must match.
     pub params_hash: [u8; 32],
     /// Unacknowledged packets allowed per link.
@@ -77,6 +81,22 @@ pub struct LinkConfig {
     /// burst; past it the link is read no faster than that.
     pub control_rate: f64,
     pub control_burst: f64,
+    /// At a gateway: clients linked at once (each with one link); a client
+    /// past it is closed in its handshake (a known client's newer link
+    /// always replaces its older one).
+    pub max_clients: usize,
+    /// At a gateway: packets one client may send per second, and in one
+    /// burst; past it the gateway answers busy (the client keeps the
+    /// packet and sends it again).
+    pub client_rate: f64,
+    pub client_burst: f64,
+    /// On a client's link: the mean gap between two FETCHes (drawn from
+    /// an exponential law, so fetches form a Poisson process whose rate
+    /// is the same for every client of the network).
+    pub fetch_mean: Duration,
+    /// On a client's link: the mean gap between two PACKETs, real or
+    /// cover (Poisson too, the network's `client_send_mean`).
+    pub send_mean: Duration,
 }
 
 impl LinkConfig {
@@ -129,7 +149,45 @@ impl LinkConfig {
             // of them cost next to nothing.
             control_rate: 20.0,
             control_burst: 40.0,
+            role: Role::Node,
+            // Set by a gateway (`-gateway-clients`) and a client
+            // (`client_fetch_mean`); a node that is neither never uses them.
+            max_clients: 0,
+            client_rate: 0.0,
+            client_burst: 0.0,
+            fetch_mean: Duration::from_secs(60),
+            send_mean: Duration::from_secs(30),
         }
+    }
+
+    /// A client's settings for its link to its gateway: its derived key,
+    /// and the network's fetch rate.
+    pub fn client(
+        key: SigningKey,
+        params_hash: [u8; 32],
+        epoch: Duration,
+        send_mean: Duration,
+        fetch_mean: Duration,
+    ) -> LinkConfig {
+        let mut cfg = LinkConfig::new(
+            NodeId(key.verifying_key().to_bytes()),
+            key,
+            params_hash,
+            epoch,
+        );
+        cfg.role = Role::Client;
+        cfg.fetch_mean = fetch_mean;
+        cfg.send_mean = send_mean;
+        cfg
+    }
+
+    /// A gateway's settings: room for `max_clients` clients, each sending
+    /// at most `client_rate` packets a second (bursts of `client_burst`).
+    pub fn serving_clients(mut self, max_clients: usize, client_rate: f64, client_burst: f64) -> Self {
+        self.max_clients = max_clients;
+        self.client_rate = client_rate;
+        self.client_burst = client_burst;
+        self
     }
 }
 
@@ -149,6 +207,44 @@ pub trait PacketHandler: Send + Sync {
     fn key_of(&self, _subject: NodeId, _epoch: u32) -> [u8; 32] {
         [0; 32]
     }
+    /// At a gateway: a packet from client `client` (authenticated with its
+    /// own key). Only a packet this node forwards may be taken.
+    fn receive_from_client(
+        &self,
+        _client: NodeId,
+        _epoch: u32,
+        _packet: WirePacket,
+    ) -> BoxFuture<'_, AckStatus> {
+        Box::pin(async { AckStatus::Rejected })
+    }
+    /// At a gateway: client `client` linked (its mailbox was seen now).
+    fn client_linked(&self, _client: NodeId) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    /// At a gateway: the reply to hand client `client` now, if any (the
+    /// same one until it is confirmed).
+    fn fetch(&self, _client: NodeId) -> BoxFuture<'_, Option<HeldReply>> {
+        Box::pin(async { None })
+    }
+    /// At a gateway: the client committed what `delivery` said.
+    fn confirm(&self, _client: NodeId, _delivery: [u8; 16]) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// A client's side of its gateway link: what a fetched reply does. A trait
+/// so the transport does not depend on node policy (the mixnet's client
+/// implements it).
+pub trait Mailbox: Send + Sync {
+    /// A reply fetched from the gateway. True once what it says is
+    /// committed (or it can never mean anything): only then is it
+    /// confirmed, and the gateway deletes it; false keeps it there, and it
+    /// comes again.
+    fn held(&self, reply: HeldReply) -> BoxFuture<'_, bool>;
+    /// A cover packet to send when it is time to send and the outbox has
+    /// nothing due: its epoch and bytes (nothing is kept of it; its ACK
+    /// is ignored). `None`: no route for one now (nothing is sent).
+    fn cover(&self) -> BoxFuture<'_, Option<(u32, WirePacket)>>;
 }
 
 /// A packet an outbound link may send now.
@@ -217,6 +313,9 @@ pub struct PeerPolicy {
     pub health: Arc<dyn LinkHealth>,
     /// The key the peer must prove it holds.
     pub admission: Arc<dyn Admission>,
+    /// On a client's link to its gateway: fetched replies go here (and
+    /// the link fetches at the network's rate). `None` on a node's link.
+    pub mailbox: Option<Arc<dyn Mailbox>>,
 }
 
 impl PeerPolicy {
@@ -229,7 +328,14 @@ impl PeerPolicy {
             keys: policy.clone(),
             admission: policy.clone(),
             health: policy,
+            mailbox: None,
         }
+    }
+
+    /// The same, for a client's link to its gateway.
+    pub fn with_mailbox(mut self, mailbox: Arc<dyn Mailbox>) -> PeerPolicy {
+        self.mailbox = Some(mailbox);
+        self
     }
 }
 
@@ -265,6 +371,8 @@ enum LinkError {
     WrongPeer,
     #[error("closed in its handshake to make room ({0:?})")]
     Evicted(Eviction),
+    #[error("a HELD frame that answers no FETCH")]
+    StrayHeld,
 }
 
 /// Reads whole frames from a stream with a deadline per frame. The buffer
@@ -362,12 +470,18 @@ pub trait Admission: Send + Sync {
     /// The identity key `nodes.json` pins now for node `id`; `None` when
     /// `id` is not listed (it gets no service, and is not dialled).
     fn node_key(&self, id: &NodeId) -> Option<VerifyingKey>;
+    /// Whether clients may link here (a gateway). A client proves the key
+    /// its HELLO names; nothing else is known of it.
+    fn admits_clients(&self) -> bool {
+        false
+    }
 }
 
 /// Who the peer proved to be, and what its HELLO said.
 #[derive(Debug, Clone, Copy)]
 struct PeerHello {
     node: NodeId,
+    role: Role,
     clock_secs: u64,
 }
 
@@ -390,8 +504,12 @@ where
     let node = NodeId(theirs.identity);
     let key = match theirs.role {
         Role::Node => admission.node_key(&node).ok_or(LinkError::Unlisted)?,
-        // Clients are served by gateways only (the next step); until then
-        // a client is as unknown here as an unlisted node.
+        // A client is its key: it proves that key below, on this link, so
+        // nobody can fetch another client's replies. Only a gateway takes
+        // clients; elsewhere one is as unknown as an unlisted node.
+        Role::Client if admission.admits_clients() => {
+            VerifyingKey::from_bytes(&theirs.identity).map_err(|_| LinkError::Unlisted)?
+        }
         Role::Client => return Err(LinkError::Unlisted),
     };
     let ours = hello(cfg);
@@ -406,6 +524,7 @@ where
     hello::check(&key, Side::Dialler, &theirs, &ours, &signature)?;
     Ok(PeerHello {
         node,
+        role: theirs.role,
         clock_secs: theirs.clock_secs,
     })
 }
@@ -441,6 +560,7 @@ where
     write_frame(wr, &Frame::Auth { signature: proof }).await?;
     Ok(PeerHello {
         node: peer,
+        role: Role::Node,
         clock_secs: theirs.clock_secs,
     })
 }
@@ -454,7 +574,7 @@ fn hello(cfg: &LinkConfig) -> Hello {
     Hello {
         version: PROTOCOL_VERSION,
         params_hash: cfg.params_hash,
-        role: Role::Node,
+        role: cfg.role,
         identity: cfg.me.0,
         nonce: rand::random(),
         clock_secs,
@@ -584,6 +704,7 @@ impl Refusals {
 struct Room {
     max_pending: usize,
     per_circuit: usize,
+    max_clients: usize,
     next_id: std::sync::atomic::AtomicU64,
     state: std::sync::Mutex<RoomState>,
 }
@@ -595,6 +716,10 @@ struct RoomState {
     pending: std::collections::VecDeque<(u64, Option<std::net::IpAddr>, CancellationToken)>,
     /// The one link of each authenticated peer.
     links: HashMap<NodeId, (u64, CancellationToken)>,
+    /// The one link of each client (at a gateway), apart from the nodes':
+    /// a client's key is whatever it chose, so it must never displace a
+    /// node's link, however it is chosen.
+    clients: HashMap<NodeId, (u64, CancellationToken)>,
 }
 
 /// Why a connection lost its place in the room.
@@ -604,6 +729,8 @@ enum Eviction {
     Pending,
     /// Too many handshakes at once from its circuit.
     Circuit,
+    /// A client new here while the gateway has `max_clients` linked.
+    Clients,
 }
 
 impl Room {
@@ -611,6 +738,7 @@ impl Room {
         Room {
             max_pending: cfg.max_handshakes.max(1),
             per_circuit: cfg.handshakes_per_circuit.max(1),
+            max_clients: cfg.max_clients,
             next_id: Default::default(),
             state: Default::default(),
         }
@@ -657,23 +785,36 @@ impl Room {
     }
 
     /// Moves a connection that proved to be `peer` out of the pool into
-    /// `peer`'s own room, closing the link it replaces.
-    fn admit(&self, place: &mut Place, peer: NodeId) {
+    /// `peer`'s own room, closing the link it replaces. A client new to a
+    /// gateway that has its `max_clients` is refused (false).
+    fn admit(&self, place: &mut Place, peer: NodeId, role: Role) -> bool {
         let mut st = self.state.lock().unwrap();
         st.pending.retain(|(id, _, _)| *id != place.id);
-        if let Some((_, older)) = st.links.insert(peer, (place.id, place.token.clone())) {
+        let links = match role {
+            Role::Node => &mut st.links,
+            Role::Client => &mut st.clients,
+        };
+        if role == Role::Client && !links.contains_key(&peer) && links.len() >= self.max_clients {
+            return false;
+        }
+        if let Some((_, older)) = links.insert(peer, (place.id, place.token.clone())) {
             older.cancel();
         }
-        place.peer = Some(peer);
+        place.peer = Some((peer, role));
+        true
     }
 
-    fn leave(&self, id: u64, peer: Option<NodeId>) {
+    fn leave(&self, id: u64, peer: Option<(NodeId, Role)>) {
         let mut st = self.state.lock().unwrap();
         match peer {
             None => st.pending.retain(|(other, _, _)| *other != id),
-            Some(peer) => {
-                if st.links.get(&peer).is_some_and(|(other, _)| *other == id) {
-                    st.links.remove(&peer);
+            Some((peer, role)) => {
+                let links = match role {
+                    Role::Node => &mut st.links,
+                    Role::Client => &mut st.clients,
+                };
+                if links.get(&peer).is_some_and(|(other, _)| *other == id) {
+                    links.remove(&peer);
                 }
             }
         }
@@ -693,7 +834,7 @@ struct Place {
     id: u64,
     /// Cancelled when the place is taken away (eviction or replacement).
     token: CancellationToken,
-    peer: Option<NodeId>,
+    peer: Option<(NodeId, Role)>,
 }
 
 impl Drop for Place {
@@ -809,8 +950,14 @@ async fn inbound(
         e => e,
     })?;
     let room = place.room.clone();
-    room.admit(&mut place, peer.node);
+    if !room.admit(&mut place, peer.node, peer.role) {
+        return Err(LinkError::Evicted(Eviction::Clients));
+    }
     let replaced = place.token.clone();
+    let client = peer.role == Role::Client;
+    if client {
+        handler.client_linked(peer.node).await;
+    }
     debug!(
         "[MIXNET] inbound link from {}",
         Sensitive(hex(&peer.node.0))
@@ -834,9 +981,16 @@ async fn inbound(
     let in_flight = Arc::new(Semaphore::new(cfg.window));
     let handlers = TaskTracker::new();
     let mut control = ControlBudget::new(cfg, Instant::now());
-    // A link stays open while it carries something: packets, or the pings
-    // and key requests of the health protocol. Frames this side never
-    // asked for (PONG, KEYS) do not keep it open.
+    // A client's packets: past its rate the gateway answers busy at once.
+    let mut sending = ControlBudget {
+        tokens: cfg.client_burst,
+        rate: cfg.client_rate.max(0.001),
+        burst: cfg.client_burst.max(1.0),
+        at: Instant::now(),
+    };
+    // A link stays open while it carries something: packets, the pings
+    // and key requests of the health protocol, a client's fetches. Frames
+    // this side never asked for (PONG, KEYS) do not keep it open.
     let mut last_useful = Instant::now();
     let result = loop {
         let left = (last_useful + cfg.idle_timeout).saturating_duration_since(Instant::now());
@@ -848,14 +1002,21 @@ async fn inbound(
         };
         if matches!(
             frame,
-            Ok(Frame::Packet { .. } | Frame::Ping { .. } | Frame::GetKeys { .. })
+            Ok(Frame::Packet { .. }
+                | Frame::Ping { .. }
+                | Frame::GetKeys { .. }
+                | Frame::Fetch { .. }
+                | Frame::Confirm { .. })
         ) {
             last_useful = Instant::now();
         }
         if out_tx.is_closed() {
             break Err(LinkError::Closed); // the writer gave up on the peer
         }
-        if matches!(frame, Ok(Frame::Ping { .. } | Frame::GetKeys { .. })) {
+        if matches!(
+            frame,
+            Ok(Frame::Ping { .. } | Frame::GetKeys { .. } | Frame::Fetch { .. } | Frame::Confirm { .. })
+        ) {
             // Over its budget a link is read more slowly: the frames wait
             // in the peer's buffers, not in ours, and cost nothing here.
             let wait = control.spend(Instant::now());
@@ -868,6 +1029,15 @@ async fn inbound(
             }
         }
         match frame {
+            Ok(Frame::Packet { seq, .. })
+                if client && !sending.spend(Instant::now()).is_zero() =>
+            {
+                // Over its rate a client is told busy; it keeps the packet.
+                let _ = out_tx.try_send(Frame::Ack {
+                    seq,
+                    status: AckStatus::Busy,
+                });
+            }
             Ok(Frame::Packet { seq, epoch, packet }) => {
                 // A peer over its window waits here: backpressure, not loss.
                 let permit = tokio::select! {
@@ -879,7 +1049,11 @@ async fn inbound(
                 };
                 let (handler, out) = (handler.clone(), out_tx.clone());
                 handlers.spawn(async move {
-                    let status = handler.receive(peer.node, epoch, packet).await;
+                    let status = if client {
+                        handler.receive_from_client(peer.node, epoch, packet).await
+                    } else {
+                        handler.receive(peer.node, epoch, packet).await
+                    };
                     let _ = out.send(Frame::Ack { seq, status }).await;
                     drop(permit);
                 });
@@ -903,8 +1077,25 @@ async fn inbound(
                 let bundle = handler.bundle(NodeId(subject));
                 let _ = out_tx.try_send(Frame::Keys { subject, bundle });
             }
+            Ok(Frame::Fetch { request }) if client => {
+                // One answer per FETCH, as long whether empty or not.
+                let reply = handler.fetch(peer.node).await;
+                if out_tx.send(Frame::Held { request, reply }).await.is_err() {
+                    break Err(LinkError::Closed);
+                }
+            }
+            Ok(Frame::Confirm { delivery }) if client => {
+                handler.confirm(peer.node, delivery).await;
+            }
             Ok(Frame::Pong { .. }) | Ok(Frame::Keys { .. }) => {}
-            Ok(Frame::Hello { .. } | Frame::Auth { .. } | Frame::Ack { .. }) => {
+            Ok(
+                Frame::Hello { .. }
+                | Frame::Auth { .. }
+                | Frame::Ack { .. }
+                | Frame::Fetch { .. }
+                | Frame::Confirm { .. }
+                | Frame::Held { .. },
+            ) => {
                 break Err(LinkError::NoHello);
             }
             Err(e) => break Err(e),
@@ -1038,6 +1229,14 @@ struct Outbound<'a> {
     last_heard: Instant,
     /// The outbox's "new packets may be waiting", kept across turns.
     events: watch::Receiver<u64>,
+    /// On a client's link: when the next FETCH goes, and the one whose
+    /// answer is awaited (one at a time).
+    next_fetch: Instant,
+    fetching: Option<u64>,
+    /// On a client's link: when the next PACKET goes (real or cover), and
+    /// the sequence numbers of cover in flight (no spool row behind them).
+    next_send: Instant,
+    cover: HashSet<u64>,
 }
 
 impl<'a> Outbound<'a> {
@@ -1062,6 +1261,10 @@ impl<'a> Outbound<'a> {
             next_ping: now + cfg.ping_interval,
             last_heard: now,
             events: policy.outbox.events(),
+            next_fetch: now + poisson_gap(cfg.fetch_mean, &mut rand::rng()),
+            fetching: None,
+            next_send: now + poisson_gap(cfg.send_mean, &mut rand::rng()),
+            cover: HashSet::new(),
         }
     }
 
@@ -1074,11 +1277,14 @@ impl<'a> Outbound<'a> {
             // Past its age the link takes no new packets, drains what is
             // in flight, and closes: a new connection, a new circuit.
             let rotating = self.opened.elapsed() >= self.cfg.max_age;
-            if rotating && self.sent.is_empty() {
+            if rotating && self.sent.is_empty() && self.cover.is_empty() {
                 return Ok(());
             }
             self.ask_for_keys().await?;
-            let hint = if rotating {
+            // A client sends at its own steady random rate, not as fast as
+            // the window allows (see `send_one`).
+            let paced = self.policy.mailbox.is_some();
+            let hint = if rotating || paced {
                 None
             } else {
                 self.fill_window().await?
@@ -1086,20 +1292,25 @@ impl<'a> Outbound<'a> {
             let wake = self.wake_at(hint);
             let idle = self.cfg.idle_timeout;
             let room = self.has_room();
+            let fetch = self.policy.mailbox.is_some() && self.fetching.is_none();
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(self.last_heard + idle) => {
                     return Err(LinkError::Idle(idle));
                 }
                 frame = self.reader.next(&mut self.rd, idle) => self.on_frame(frame?).await?,
-                _ = self.events.changed(), if room => {}
+                _ = self.events.changed(), if room && !paced => {}
+                _ = tokio::time::sleep_until(self.next_fetch), if fetch => self.fetch().await?,
+                _ = tokio::time::sleep_until(self.next_send), if paced && !rotating => {
+                    self.send_one().await?;
+                }
                 _ = tokio::time::sleep_until(wake) => self.ping_if_due().await?,
             }
         }
     }
 
     fn has_room(&self) -> bool {
-        self.sent.len() < self.cfg.window
+        self.sent.len() + self.cover.len() < self.cfg.window
     }
 
     /// Asks for the bundles needed soon (the gossip policy paces them:
@@ -1150,11 +1361,65 @@ impl<'a> Outbound<'a> {
         (Instant::now() + idle_for).min(self.next_ping)
     }
 
+    /// A client's send tick: one packet, its next real one if the outbox
+    /// has one due, else cover; the ticks form a Poisson process of the
+    /// network's rate, so when a client sends says nothing about when it
+    /// has mail. With the window full the tick passes (the gateway is
+    /// slow; nothing would leave anyway).
+    async fn send_one(&mut self) -> Result<(), LinkError> {
+        self.next_send = Instant::now() + poisson_gap(self.cfg.send_mean, &mut rand::rng());
+        if !self.has_room() {
+            return Ok(());
+        }
+        let (batch, _) = self.policy.outbox.take(self.peer, 1).await;
+        let mut out = Vec::with_capacity(MAX_FRAME);
+        match batch.into_iter().find(|o| !self.sent.contains(o.id)) {
+            Some(o) => Frame::Packet {
+                seq: self.sent.insert(o.id),
+                epoch: o.epoch,
+                packet: o.packet,
+            }
+            .encode(&mut out),
+            None => {
+                let Some(mailbox) = self.policy.mailbox.clone() else {
+                    return Ok(());
+                };
+                let Some((epoch, packet)) = mailbox.cover().await else {
+                    return Ok(());
+                };
+                let seq = loop {
+                    let seq: u64 = rand::rng().random();
+                    if !self.sent.has_seq(seq) && self.cover.insert(seq) {
+                        break seq;
+                    }
+                };
+                Frame::Packet { seq, epoch, packet }.encode(&mut out);
+            }
+        }
+        self.write(&out).await
+    }
+
+    /// A client asks its gateway for a held reply: at the network's
+    /// fetch rate, whether or not it expects one, so when it fetches says
+    /// nothing about its mail.
+    async fn fetch(&mut self) -> Result<(), LinkError> {
+        let request: u64 = rand::rng().random();
+        self.fetching = Some(request);
+        self.next_fetch = Instant::now() + poisson_gap(self.cfg.fetch_mean, &mut rand::rng());
+        let mut out = Vec::new();
+        Frame::Fetch { request }.encode(&mut out);
+        self.write(&out).await
+    }
+
     /// One frame from the peer; any frame a dialled peer may send proves
     /// it alive.
     async fn on_frame(&mut self, frame: Frame) -> Result<(), LinkError> {
         let heard = Instant::now();
         match frame {
+            Frame::Ack { seq, .. } if self.cover.remove(&seq) => {
+                // Cover: nothing kept, nothing to settle.
+                self.last_heard = heard;
+            }
             Frame::Ack { seq, status } => {
                 self.last_heard = heard;
                 let id = self.sent.remove(seq).ok_or(LinkError::StrayAck)?;
@@ -1191,10 +1456,32 @@ impl<'a> Outbound<'a> {
                 .encode(&mut pong);
                 self.write(&pong).await?;
             }
+            Frame::Held { request, reply } => {
+                self.last_heard = heard;
+                let Some(mailbox) = self.policy.mailbox.clone() else {
+                    return Err(LinkError::NoHello);
+                };
+                if self.fetching != Some(request) {
+                    return Err(LinkError::StrayHeld);
+                }
+                self.fetching = None;
+                if let Some(reply) = reply {
+                    let delivery = reply.delivery;
+                    // Confirmed only once the client committed what it
+                    // said: a crash before that gets the same reply again.
+                    if mailbox.held(reply).await {
+                        let mut out = Vec::new();
+                        Frame::Confirm { delivery }.encode(&mut out);
+                        self.write(&out).await?;
+                    }
+                }
+            }
             Frame::Hello { .. }
             | Frame::Auth { .. }
             | Frame::Packet { .. }
-            | Frame::GetKeys { .. } => {
+            | Frame::GetKeys { .. }
+            | Frame::Fetch { .. }
+            | Frame::Confirm { .. } => {
                 return Err(LinkError::NoHello);
             }
         }
@@ -1277,6 +1564,10 @@ impl InFlight {
         self.rows.contains(&id)
     }
 
+    fn has_seq(&self, seq: u64) -> bool {
+        self.by_seq.contains_key(&seq)
+    }
+
     fn remove(&mut self, seq: u64) -> Option<i64> {
         let id = self.by_seq.remove(&seq)?;
         self.rows.remove(&id);
@@ -1294,6 +1585,14 @@ impl InFlight {
     fn ids(self) -> Vec<i64> {
         self.by_seq.into_values().collect()
     }
+}
+
+/// The gap before a client's next FETCH or PACKET: exponential with mean
+/// `mean` (a Poisson process), capped at ten means so a client never goes
+/// unusually long without one.
+fn poisson_gap<R: Rng + ?Sized>(mean: Duration, rng: &mut R) -> Duration {
+    let u: f64 = 1.0 - rng.random::<f64>();
+    mean.mul_f64((-u.ln()).min(10.0))
 }
 
 /// Writes `bytes`, giving up after `deadline`: a peer that stops reading
@@ -1398,7 +1697,167 @@ mod tests {
             hello_timeout: Duration::from_secs(5),
             control_rate: 20.0,
             control_burst: 40.0,
+            role: Role::Node,
+            max_clients: 2,
+            client_rate: 0.01,
+            client_burst: 3.0,
+            fetch_mean: Duration::from_millis(50),
+            send_mean: Duration::from_millis(50),
         })
+    }
+
+    /// A client's settings: its key of `seed`, its id that key.
+    fn client_config(seed: u8, idle: Duration) -> Arc<LinkConfig> {
+        let mut cfg = (*config_of(NodeId(key(seed).verifying_key().to_bytes()), seed, idle)).clone();
+        cfg.role = Role::Client;
+        Arc::new(cfg)
+    }
+
+    /// Node A as a gateway: A and B listed, clients admitted; each client's
+    /// mailbox holds one reply (under its own key) until it is confirmed,
+    /// and every client packet is stored.
+    struct Gateway {
+        confirmed: std::sync::Mutex<Vec<(NodeId, [u8; 16])>>,
+    }
+
+    impl Admission for Gateway {
+        fn node_key(&self, id: &NodeId) -> Option<VerifyingKey> {
+            Listed.node_key(id)
+        }
+        fn admits_clients(&self) -> bool {
+            true
+        }
+    }
+
+    impl PacketHandler for Gateway {
+        fn receive(&self, _: NodeId, _: u32, _: WirePacket) -> BoxFuture<'_, AckStatus> {
+            Box::pin(async { AckStatus::Rejected })
+        }
+        fn receive_from_client(&self, _: NodeId, _: u32, _: WirePacket) -> BoxFuture<'_, AckStatus> {
+            Box::pin(async { AckStatus::Stored })
+        }
+        fn fetch(&self, client: NodeId) -> BoxFuture<'_, Option<HeldReply>> {
+            let gone = self
+                .confirmed
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(c, _)| *c == client);
+            Box::pin(async move {
+                (!gone).then(|| HeldReply {
+                    delivery: client.0[..16].try_into().unwrap(),
+                    reply_id: [7; 16],
+                    payload: vec![client.0[0]; crate::wire::packet::PAYLOAD_SIZE].into(),
+                })
+            })
+        }
+        fn confirm(&self, client: NodeId, delivery: [u8; 16]) -> BoxFuture<'_, ()> {
+            if client.0[..16] == delivery {
+                self.confirmed.lock().unwrap().push((client, delivery));
+            }
+            Box::pin(async {})
+        }
+    }
+
+    async fn ask(s: &mut TcpStream, reader: &mut FrameReader, frame: Frame) -> Frame {
+        write_frame(s, &frame).await.unwrap();
+        reader.next(s, Duration::from_secs(5)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_gateway_serves_a_client_its_own_mailbox_and_nobody_else() {
+        let idle = Duration::from_secs(5);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let events = Arc::new(Counted::default());
+        let stop = CancellationToken::new();
+        let gateway = Arc::new(Gateway {
+            confirmed: Default::default(),
+        });
+        let server = tokio::spawn(serve(
+            listener,
+            test_config(idle),
+            gateway.clone(),
+            gateway.clone(),
+            events.clone(),
+            stop.clone(),
+            TaskTracker::new(),
+        ));
+        let a_key = key(1).verifying_key();
+        let alice = client_config(20, idle);
+        let (mut s, mut reader, shaken) = dial(addr, &alice, A, &a_key).await;
+        assert_eq!(shaken.unwrap().node, A);
+        // Its reply, as long as an empty answer; again until confirmed.
+        let Frame::Held { request: 1, reply: Some(r) } =
+            ask(&mut s, &mut reader, Frame::Fetch { request: 1 }).await
+        else {
+            panic!("no reply held");
+        };
+        assert_eq!(r.payload[0], alice.me.0[0]);
+        assert!(matches!(
+            ask(&mut s, &mut reader, Frame::Fetch { request: 2 }).await,
+            Frame::Held { request: 2, reply: Some(_) }
+        ));
+        write_frame(&mut s, &Frame::Confirm { delivery: r.delivery }).await.unwrap();
+        let Frame::Held { request: 3, reply: None } =
+            ask(&mut s, &mut reader, Frame::Fetch { request: 3 }).await
+        else {
+            panic!("a confirmed reply came again");
+        };
+        // Its packets are taken as a client's, up to its burst; past it: busy.
+        let packet = || Frame::Packet {
+            seq: 1,
+            epoch: 0,
+            packet: WirePacket::from_slice(&[0; crate::wire::packet::PACKET_SIZE]).unwrap(),
+        };
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            let Frame::Ack { status, .. } = ask(&mut s, &mut reader, packet()).await else {
+                panic!("no ACK");
+            };
+            statuses.push(status);
+        }
+        assert_eq!(&statuses[..3], [AckStatus::Stored; 3]);
+        assert!(statuses[3..].contains(&AckStatus::Busy), "{statuses:?}");
+
+        // Someone claiming alice's key without its secret: not served.
+        let mut thief = (*client_config(21, idle)).clone();
+        thief.me = alice.me;
+        let (mut t, mut treader, shaken) = dial(addr, &thief, A, &a_key).await;
+        assert!(shaken.is_ok(), "the gateway proved itself");
+        let mut asks = Vec::new();
+        Frame::Fetch { request: 9 }.encode(&mut asks);
+        t.write_all(&asks).await.unwrap();
+        let got = frames_until_close(&mut t, &mut treader).await;
+        assert!(got.is_empty(), "served a thief: {got:?}");
+        // A client may not claim to be node B (the node check fails), nor
+        // does a client that names B's id as its key take B's room.
+        let mut as_node = (*client_config(22, idle)).clone();
+        as_node.role = Role::Node;
+        as_node.me = B;
+        let (mut t, mut treader, _) = dial(addr, &as_node, A, &a_key).await;
+        let got = frames_until_close(&mut t, &mut treader).await;
+        assert!(got.is_empty(), "a client passed as a node: {got:?}");
+        let b = config_of(B, 3, idle);
+        let (mut node_b, mut breader, shaken) = dial(addr, &b, A, &a_key).await;
+        assert!(shaken.is_ok());
+        assert!(served(&mut node_b, &mut breader, 5).await, "B's link");
+        // A node may not fetch.
+        write_frame(&mut node_b, &Frame::Fetch { request: 4 }).await.unwrap();
+        let got = frames_until_close(&mut node_b, &mut breader).await;
+        assert!(got.is_empty(), "a node fetched: {got:?}");
+        // Room for two clients: alice and a second are served, a third
+        // is closed; alice's newer link replaces her older one.
+        let (mut second, mut sreader, _) = dial(addr, &client_config(30, idle), A, &a_key).await;
+        assert!(served(&mut second, &mut sreader, 6).await);
+        let (mut third, mut treader, _) = dial(addr, &client_config(31, idle), A, &a_key).await;
+        assert!(!served(&mut third, &mut treader, 7).await, "a third client");
+        let (mut again, mut areader, _) = dial(addr, &alice, A, &a_key).await;
+        assert!(served(&mut again, &mut areader, 8).await, "alice's newer link");
+        let got = frames_until_close(&mut s, &mut reader).await;
+        assert!(got.is_empty(), "alice's older link still open: {got:?}");
+        stop.cancel();
+        server.await.unwrap();
     }
 
     /// Node A's settings.

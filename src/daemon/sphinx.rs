@@ -361,6 +361,7 @@ pub async fn spawn(
         stats: stats.clone(),
         clock: clock.clone(),
         health: Arc::new(Health::new()),
+        client: None,
     });
     {
         let (mean, max, clock) = (params.hop_delay_mean, params.hop_delay_max, clock.clone());
@@ -377,12 +378,18 @@ pub async fn spawn(
         }
     }
     rotated(&ctx, &rotation).await;
-    let cfg = Arc::new(LinkConfig::new(
+    let gateway = node.config.gateway.clone();
+    let mut link_cfg = LinkConfig::new(
         ctx.own(),
         ctx.identity.signing_key().clone(),
         params.hash(),
         params.epoch,
-    ));
+    );
+    if let Some(g) = &gateway {
+        let (rate, burst) = client_rate(&params);
+        link_cfg = link_cfg.serving_clients(g.clients as usize, rate, burst);
+    }
+    let cfg = Arc::new(link_cfg);
     let hop = Arc::new(Hop {
         ctx: ctx.clone(),
         completions: links.clone(),
@@ -390,6 +397,11 @@ pub async fn spawn(
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         ),
         partial_cap: node_partial_cap,
+        gateway: gateway.as_ref().map(|g| crate::spool::custody::HoldCaps {
+            per_mailbox: g.held_per_client,
+            total_bytes: g.held_bytes,
+            mailboxes: g.clients,
+        }),
     });
     sup.spawn(
         StopPhase::Work,
@@ -473,6 +485,15 @@ pub async fn spawn(
                     tracing::info!("[MIXNET] dropped {n} {kind:?} packet(s): custody horizon passed without acknowledgement");
                 }
             }
+            // A client that never comes back: its mailbox goes when no reply
+            // for it can still be useful (its sender gave up by then).
+            if gateway.is_some()
+                && let Ok((mailboxes, replies)) = ctx.spool.expire_mailboxes(forget).await
+                && mailboxes > 0
+            {
+                crate::stats::Stats::add(&ctx.stats.mix_held_expired, replies);
+                tracing::info!("[MIXNET] forgot {mailboxes} idle client mailbox(es) and the {replies} reply(ies) they held");
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(MAINTENANCE.min(stall)) => {}
@@ -490,6 +511,15 @@ pub async fn spawn(
             ", middleman (no exit)"
         }
     );
+    if let Some(g) = &gateway {
+        tracing::info!(
+            "[MIXNET] gateway: up to {} clients, {} replies each and {} bytes in all held for them, an idle mailbox kept {}",
+            g.clients,
+            g.held_per_client,
+            g.held_bytes,
+            humantime::format_duration(params.e2e_horizon + params.custody_horizon)
+        );
+    }
     if ctx.exit {
         let contract = crate::wire::fragment::Contract::new(params.max_message_size);
         tracing::info!(
@@ -506,4 +536,138 @@ pub async fn spawn(
         links: peer_links,
         data_dir,
     })
+}
+
+/// A gateway's limits on one client's packets: four times the rate every
+/// client sends at (`client_send_mean`; real packets and loops together),
+/// in bursts of up to 64. An honest client paces itself well under it;
+/// past it the client is told busy and keeps its packet.
+fn client_rate(params: &crate::wire::pki::Params) -> (f64, f64) {
+    let mean = params.client_send_mean.as_secs_f64().max(1e-3);
+    (4.0 / mean, 64.0)
+}
+
+/// Starts a client's tasks (`-client`): one link to its gateway (the only
+/// connection it makes, through Tor, with the key derived for that
+/// gateway), fetching replies at the network's rate; the sender, whose
+/// routes start at the gateway and whose reply blocks end in this
+/// client's mailbox there; and custody upkeep. No listener: a client
+/// serves nothing but SMTP on loopback.
+pub async fn spawn_client(
+    client: MixnetClient,
+    shared: Shared,
+    sup: &super::supervisor::Supervisor,
+) -> Result<(), std::io::Error> {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::supervisor::StopPhase;
+    use crate::link::{self, LinkConfig};
+    use crate::mixnet::client::ClientMailbox;
+    use crate::mixnet::context::{ClientSide, MixContext};
+    use crate::mixnet::forwarder::Forwarder;
+    use crate::mixnet::health::Health;
+    use crate::mixnet::keys::{IdentityKey, KeyRing};
+    use crate::mixnet::path::hop_delay;
+    use crate::mixnet::peers::PeerKeys;
+    use crate::mixnet::sender::Sender;
+
+    let Shared {
+        spool,
+        stats,
+        clock,
+        intake,
+        dialer,
+    } = shared;
+    let shutdown = sup.token(StopPhase::Work);
+    let links = sup.tracker(StopPhase::Work);
+    client.pki_notes.log();
+    let params = client.directory.params().clone();
+    stats
+        .mixnet
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let peers = PeerKeys::load_for_client(&client.data_dir, &client.directory)?;
+    let gateway = client.directory.own().clone();
+    let key = client.key.clone();
+    let side = ClientSide {
+        gateway: gateway.id,
+        mailbox: key.verifying_key().to_bytes(),
+    };
+    let ctx = Arc::new(MixContext {
+        spool: spool.clone(),
+        peers: Arc::new(peers),
+        own_bundle: Default::default(),
+        directory: crate::mixnet::context::DirectoryCell::new(client.directory),
+        keys: Arc::new(KeyRing::empty(params.epoch_at(clock()))),
+        identity: Arc::new(IdentityKey::of_client(key.clone())),
+        exit: false,
+        intake,
+        stats: stats.clone(),
+        clock: clock.clone(),
+        health: Arc::new(Health::new()),
+        client: Some(side),
+    });
+    {
+        let (mean, max, clock) = (params.hop_delay_mean, params.hop_delay_max, clock.clone());
+        let moved = spool
+            .restart_packets(move || {
+                clock() + hop_delay(mean, max, &mut rand::rng()).as_millis() as u64
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+        if moved > 0 {
+            tracing::info!(
+                "[MIXNET] {moved} overdue packet(s) got a fresh delay after the restart"
+            );
+        }
+    }
+    let cfg = Arc::new(LinkConfig::client(
+        key,
+        params.hash(),
+        params.epoch,
+        params.client_send_mean,
+        params.client_fetch_mean,
+    ));
+    let forwarder = Arc::new(Forwarder::new(ctx.clone(), Duration::from_secs(120)));
+    let policy = link::PeerPolicy::of(forwarder).with_mailbox(Arc::new(ClientMailbox {
+        ctx: ctx.clone(),
+    }));
+    links.spawn(link::run_peer(
+        gateway.id,
+        gateway.onion.to_string(),
+        gateway.port,
+        dialer,
+        cfg,
+        policy,
+        shutdown.clone(),
+    ));
+    sup.spawn(
+        StopPhase::Work,
+        "mixnet sender",
+        Sender { ctx: ctx.clone() }.run(shutdown.clone()),
+    );
+    let upkeep = ctx.clone();
+    let stop = shutdown.clone();
+    sup.spawn(StopPhase::Work, "mixnet maintenance", async move {
+        let ctx = upkeep;
+        loop {
+            if let Ok(expired) = ctx.spool.expire_packets().await {
+                for (kind, n) in expired {
+                    crate::stats::Stats::add(&ctx.stats.mix_expired, n);
+                    tracing::info!("[MIXNET] dropped {n} {kind:?} packet(s): custody horizon passed without acknowledgement");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(MAINTENANCE) => {}
+            }
+        }
+    });
+    tracing::info!(
+        "[MIXNET] client of gateway {}: {} nodes, {} hops after the gateway; SMTP only, on loopback",
+        gateway.short_name,
+        ctx.directory.nodes().len(),
+        params.hops,
+    );
+    Ok(())
 }

@@ -122,6 +122,20 @@ pub struct MixContext {
     pub stats: Arc<Stats>,
     pub clock: Clock,
     pub health: Arc<Health>,
+    /// In client mode (`-client`): this process is no node. Its directory
+    /// reads `nodes.json` as its gateway's position (`own()` is the
+    /// gateway, so routes' other hops are chosen among the others), its
+    /// routes start at the gateway, and its replies wait there in its
+    /// mailbox.
+    pub client: Option<ClientSide>,
+}
+
+/// What a client is at its gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSide {
+    pub gateway: NodeId,
+    /// Its key at that gateway, which names its mailbox there.
+    pub mailbox: [u8; 32],
 }
 
 impl MixContext {
@@ -170,7 +184,7 @@ impl MixContext {
     /// The mix key of `node` for `epoch`: this node's own, or a peer's
     /// from its verified bundle (never an excluded node's).
     pub fn mix_key(&self, node: &NodeId, epoch: u32) -> Option<x25519_dalek::PublicKey> {
-        if *node == self.own() {
+        if *node == self.own() && self.client.is_none() {
             self.keys.get(epoch).map(|k| k.public())
         } else {
             self.peers.key(node, epoch)

@@ -181,6 +181,14 @@ impl LinkHealth for Forwarder {
             info!("[MIXNET] link to {name} {}", if up { "up" } else { "down" });
         }
         self.ctx.health.set(peer, up);
+        if self.ctx.client.is_some() {
+            // A client reaches every node through its gateway: with the
+            // gateway's link, all are reachable or none is (loops through
+            // them are what tells them apart).
+            for node in self.ctx.directory.nodes() {
+                self.ctx.health.set(node.id, up);
+            }
+        }
     }
 
     fn hello(&self, peer: NodeId, clock_secs: u64) {
@@ -196,6 +204,10 @@ impl LinkHealth for Forwarder {
 /// compare in a PING, and what comes back.
 impl KeyGossip for Forwarder {
     fn keys_wanted(&self, peer: NodeId) -> Vec<NodeId> {
+        if self.ctx.client.is_some() {
+            let directory = self.ctx.directory.get();
+            return self.ctx.peers.wanted_via(peer, &directory, self.ctx.epoch());
+        }
         let suspect = self.suspects.lock().unwrap().remove(&peer);
         self.ctx.peers.wanted(peer, self.ctx.epoch(), suspect)
     }

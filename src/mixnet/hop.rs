@@ -22,13 +22,13 @@ use crate::BoxFuture;
 use crate::envelope::EnqueueOutcome;
 use crate::link::{Admission, PacketHandler};
 use crate::spool::custody::{
-    Custody, CustodyOutcome, EntryAck, ExitRows, MixId, OutPacket, PacketKind, PartialHeader,
-    StoredFragment,
+    Custody, CustodyOutcome, EntryAck, ExitRows, HoldCaps, MixId, OutPacket, PacketKind,
+    PartialHeader, StoredFragment,
 };
 use crate::stats::Stats;
 use crate::wire::bundle::Bundle;
 use crate::wire::fragment::{self, AckBody, Contract, Fragment, FragmentError, Joiner, Kind};
-use crate::wire::frame::AckStatus;
+use crate::wire::frame::{AckStatus, HeldReply};
 use crate::wire::packet::{
     self, NodeId, Processed, ReplayTag, ReplyBlock, ReplyRecovery, WirePacket,
 };
@@ -46,6 +46,9 @@ pub struct Hop {
     /// `-exit-partial-bytes`: what this exit keeps at most for messages
     /// not complete yet (past it: busy).
     pub partial_cap: u64,
+    /// With `-gateway`: the caps on the replies held for clients. `None`:
+    /// this node keeps no replies for others and takes no clients.
+    pub gateway: Option<HoldCaps>,
 }
 
 /// The CPU a previous hop may take: at most one of its packets is being
@@ -135,11 +138,63 @@ impl Admission for Hop {
     fn node_key(&self, id: &NodeId) -> Option<ed25519_dalek::VerifyingKey> {
         self.ctx.directory.identity_of(id)
     }
+
+    fn admits_clients(&self) -> bool {
+        self.gateway.is_some()
+    }
 }
 
 impl PacketHandler for Hop {
     fn receive(&self, from: NodeId, epoch: u32, packet: WirePacket) -> BoxFuture<'_, AckStatus> {
-        Box::pin(self.handle(from, epoch, packet))
+        Box::pin(self.handle(Previous::Node(from), epoch, packet))
+    }
+
+    fn receive_from_client(
+        &self,
+        client: NodeId,
+        epoch: u32,
+        packet: WirePacket,
+    ) -> BoxFuture<'_, AckStatus> {
+        Box::pin(self.handle(Previous::Client(client), epoch, packet))
+    }
+
+    fn client_linked(&self, client: NodeId) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.ctx.spool.touch_mailbox(client.0).await {
+                warn!("[MIXNET] cannot record a client's visit: {e}");
+            }
+        })
+    }
+
+    fn fetch(&self, client: NodeId) -> BoxFuture<'_, Option<HeldReply>> {
+        Box::pin(async move {
+            match self.ctx.spool.fetch_held(client.0).await {
+                Ok(Some(held)) => {
+                    Stats::add(&self.ctx.stats.mix_held_fetched, 1);
+                    Some(HeldReply {
+                        delivery: held.delivery,
+                        reply_id: held.reply_id,
+                        payload: held.payload.into(),
+                    })
+                    .filter(|r| r.payload.len() == packet::PAYLOAD_SIZE)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    warn!("[MIXNET] cannot read a client's mailbox: {e}");
+                    None
+                }
+            }
+        })
+    }
+
+    fn confirm(&self, client: NodeId, delivery: [u8; 16]) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            match self.ctx.spool.confirm_held(client.0, delivery).await {
+                Ok(true) => Stats::add(&self.ctx.stats.mix_held_confirmed, 1),
+                Ok(false) => {}
+                Err(e) => warn!("[MIXNET] cannot delete a confirmed reply: {e}"),
+            }
+        })
     }
 
     fn bundle(&self, subject: NodeId) -> Option<Bundle> {
@@ -189,12 +244,31 @@ fn status_of(outcome: CustodyOutcome, stats: &Stats) -> AckStatus {
             AckStatus::Busy
         }
         CustodyOutcome::Failed => AckStatus::Busy,
+        // Counted where it happened; the tag is kept, so the packet is done.
+        CustodyOutcome::HeldDropped(_) => AckStatus::Stored,
+    }
+}
+
+/// Where a packet came from: a listed node, or (at a gateway) a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Previous {
+    Node(NodeId),
+    Client(NodeId),
+}
+
+impl Previous {
+    /// Whose unwrap turn and custody share the packet takes.
+    fn id(self) -> NodeId {
+        match self {
+            Previous::Node(id) | Previous::Client(id) => id,
+        }
     }
 }
 
 impl Hop {
-    async fn handle(&self, from: NodeId, epoch: u32, packet: WirePacket) -> AckStatus {
+    async fn handle(&self, prev: Previous, epoch: u32, packet: WirePacket) -> AckStatus {
         let ctx = &self.ctx;
+        let from = prev.id();
         Stats::add(&ctx.stats.mix_packets_in, 1);
         // Only the previous, current and ahead epochs have a key; a packet
         // for any other epoch cannot be opened here (and an old one's tag
@@ -220,6 +294,13 @@ impl Hop {
                 return AckStatus::Rejected;
             }
         };
+        if let (Previous::Client(_), Processed::Final { .. }) = (prev, &processed) {
+            // A client may use its gateway only as the first hop of a
+            // route: never as a free exit, nor to fill another mailbox.
+            self.remember(tag, epoch).await;
+            Stats::add(&ctx.stats.mix_rejected, 1);
+            return AckStatus::Rejected;
+        }
         match processed {
             Processed::Forward {
                 next,
@@ -255,7 +336,18 @@ impl Hop {
                     .await;
                 status_of(outcome, &ctx.stats)
             }
-            Processed::Final { id, payload } if id == [0; 16] => {
+            Processed::Final { to, id, payload } if to != ctx.own().0 => {
+                match &self.gateway {
+                    Some(caps) => self.hold(tag, epoch, to, id, payload, *caps).await,
+                    None => {
+                        // Only a gateway keeps replies for others.
+                        self.remember(tag, epoch).await;
+                        Stats::add(&ctx.stats.mix_rejected, 1);
+                        AckStatus::Rejected
+                    }
+                }
+            }
+            Processed::Final { id, payload, .. } if id == [0; 16] => {
                 let Ok(plain) = payload.plaintext() else {
                     return self.bad_payload(tag, epoch).await;
                 };
@@ -289,8 +381,53 @@ impl Hop {
                     }
                 }
             }
-            Processed::Final { id, payload } => self.entry_ack(tag, epoch, id, payload).await,
+            Processed::Final { id, payload, .. } => {
+                self.entry_ack(tag, epoch, id, payload).await
+            }
         }
+    }
+
+    /// A gateway keeps a reply for a client's mailbox until the client
+    /// fetches it and confirms: with its tag, in one commit, before the
+    /// previous hop is acknowledged. Past the caps the reply is dropped
+    /// and counted but the packet still acknowledged (its tag is kept):
+    /// the client's end-to-end retransmission recovers what it said.
+    async fn hold(
+        &self,
+        tag: ReplayTag,
+        epoch: u32,
+        mailbox: [u8; 32],
+        reply_id: [u8; 16],
+        payload: packet::FinalPayload,
+        caps: HoldCaps,
+    ) -> AckStatus {
+        let ctx = &self.ctx;
+        let outcome = ctx
+            .spool
+            .custody(Custody::Hold {
+                tag,
+                epoch,
+                mailbox,
+                reply_id,
+                payload: payload.into_bytes(),
+                caps,
+            })
+            .await;
+        match outcome {
+            CustodyOutcome::Stored => Stats::add(&ctx.stats.mix_held_stored, 1),
+            CustodyOutcome::HeldDropped(why) => {
+                ctx.stats.held_dropped_for(why);
+                if let Some(n) = ctx.stats.held_dropped_log.note(tokio::time::Instant::now()) {
+                    info!(
+                        "[MIXNET] a reply for a client was not kept ({}); {n} so since the last such line; the client's retransmission recovers",
+                        why.label()
+                    );
+                }
+                return AckStatus::Stored;
+            }
+            _ => {}
+        }
+        status_of(outcome, &ctx.stats)
     }
 
     async fn remember(&self, tag: ReplayTag, epoch: u32) -> CustodyOutcome {
@@ -299,6 +436,12 @@ impl Hop {
 
     async fn bad_payload(&self, tag: ReplayTag, epoch: u32) -> AckStatus {
         Stats::add(&self.ctx.stats.mix_bad_payloads, 1);
+        self.remember(tag, epoch).await;
+        AckStatus::Rejected
+    }
+
+    /// The same for a reply whose bad payload was counted already.
+    async fn refuse_counted(&self, tag: ReplayTag, epoch: u32) -> AckStatus {
         self.remember(tag, epoch).await;
         AckStatus::Rejected
     }
@@ -370,40 +513,62 @@ impl Hop {
         reply_id: [u8; 16],
         payload: packet::FinalPayload,
     ) -> AckStatus {
-        let ctx = &self.ctx;
-        let found = match ctx.spool.reply_recovery(reply_id).await {
-            Ok(found) => found,
-            Err(_) => return AckStatus::Busy,
-        };
-        let Some((mix_id, count, recovery)) = found else {
-            // Already complete (its replies are gone) or not ours.
-            let outcome = self.remember(tag, epoch).await;
-            return status_of(outcome, &ctx.stats);
-        };
-        let body = payload
-            .open(&ReplyRecovery(recovery))
-            .ok()
-            .and_then(|plain| Fragment::decode(&plain).ok())
-            .filter(|f| f.kind == Kind::Ack && f.message_id == mix_id)
-            .and_then(|f| AckBody::decode(&f.data, count).ok());
-        let Some(body) = body else {
-            return self.bad_payload(tag, epoch).await;
-        };
-        let ack = match &body {
-            AckBody::Complete => EntryAck::Complete,
-            AckBody::Partial(bitmap) => EntryAck::Partial(bitmap.clone()),
-        };
-        match ctx.spool.acknowledge(mix_id, ack).await {
-            Ok(true) if body == AckBody::Complete => {
-                Stats::add(&ctx.stats.mix_messages_acked, 1);
-                debug!("[MIXNET] a message was acknowledged by its exit");
+        match apply_reply(&self.ctx, reply_id, payload).await {
+            Err(_) => AckStatus::Busy,
+            Ok(ReplyApplied::Bad) => self.refuse_counted(tag, epoch).await,
+            Ok(ReplyApplied::Applied | ReplyApplied::Unknown) => {
+                let outcome = self.remember(tag, epoch).await;
+                status_of(outcome, &self.ctx.stats)
             }
-            Ok(_) => {}
-            Err(_) => return AckStatus::Busy,
         }
-        let outcome = self.remember(tag, epoch).await;
-        status_of(outcome, &ctx.stats)
     }
+}
+
+/// What a reply did at the sender of the message it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyApplied {
+    /// COMPLETE or PARTIAL, committed.
+    Applied,
+    /// No message of ours is waiting for it: already complete (its reply
+    /// blocks are gone), a reply delivered twice, or not ours at all.
+    Unknown,
+    /// It does not open with the block's material, or says nothing an
+    /// exit says (counted).
+    Bad,
+}
+
+/// Applies a reply to the message it answers (an entry node's, or a
+/// client's fetched from its gateway): COMPLETE ends the message, PARTIAL
+/// says what to send again. Both are idempotent, so a reply delivered
+/// twice changes nothing. An error is a storage error: nothing changed,
+/// and the reply must come again.
+pub async fn apply_reply(
+    ctx: &MixContext,
+    reply_id: [u8; 16],
+    payload: packet::FinalPayload,
+) -> Result<ReplyApplied, crate::spool::SpoolError> {
+    let Some((mix_id, count, recovery)) = ctx.spool.reply_recovery(reply_id).await? else {
+        return Ok(ReplyApplied::Unknown);
+    };
+    let body = payload
+        .open(&ReplyRecovery(recovery))
+        .ok()
+        .and_then(|plain| Fragment::decode(&plain).ok())
+        .filter(|f| f.kind == Kind::Ack && f.message_id == mix_id)
+        .and_then(|f| AckBody::decode(&f.data, count).ok());
+    let Some(body) = body else {
+        Stats::add(&ctx.stats.mix_bad_payloads, 1);
+        return Ok(ReplyApplied::Bad);
+    };
+    let ack = match &body {
+        AckBody::Complete => EntryAck::Complete,
+        AckBody::Partial(bitmap) => EntryAck::Partial(bitmap.clone()),
+    };
+    if ctx.spool.acknowledge(mix_id, ack).await? && body == AckBody::Complete {
+        Stats::add(&ctx.stats.mix_messages_acked, 1);
+        debug!("[MIXNET] a message was acknowledged by its exit");
+    }
+    Ok(ReplyApplied::Applied)
 }
 
 /// An end-to-end acknowledgement packet through `block`.

@@ -91,6 +91,12 @@ impl IdentityKey {
     }
 
     /// The signing key itself, for codecs that sign (bundles).
+    /// A client's key at its gateway, held as its identity there (it
+    /// signs that link's proofs and nothing else).
+    pub fn of_client(key: ed25519_dalek::SigningKey) -> IdentityKey {
+        IdentityKey(key)
+    }
+
     pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
         &self.0
     }
@@ -188,6 +194,16 @@ impl KeyRing {
         };
         let rotation = ring.rotate(current)?;
         Ok((ring, rotation))
+    }
+
+    /// The ring of a client, which unwraps no packet and so holds no mix
+    /// key (and writes none: it is never rotated).
+    pub fn empty(current: u32) -> KeyRing {
+        KeyRing {
+            dir: PathBuf::new(),
+            keys: Default::default(),
+            current: std::sync::atomic::AtomicU32::new(current),
+        }
     }
 
     fn path(&self, epoch: u32) -> PathBuf {

@@ -16,6 +16,7 @@
 //! None of these open sockets or speak SQL: they call the link through
 //! its traits and the spool through its methods.
 
+pub mod client;
 pub mod context;
 pub mod forwarder;
 pub mod health;

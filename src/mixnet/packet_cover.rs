@@ -323,6 +323,7 @@ mod tests {
             stats,
             clock,
             health: Arc::new(health),
+            client: None,
         });
         (ctx, spool)
     }

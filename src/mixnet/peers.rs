@@ -55,6 +55,9 @@ pub struct PeerKeys {
     dir: PathBuf,
     params_hash: [u8; 32],
     state: Mutex<State>,
+    /// Held for a client: every listed node's keys, its gateway's too (a
+    /// client's directory names the gateway as its own entry).
+    client: bool,
 }
 
 fn hex(id: &NodeId) -> String {
@@ -64,11 +67,21 @@ fn hex(id: &NodeId) -> String {
 impl PeerKeys {
     /// Loads the saved bundles that still verify against `directory`.
     pub fn load(data_dir: &Path, directory: &Directory) -> std::io::Result<PeerKeys> {
+        PeerKeys::load_as(data_dir, directory, false)
+    }
+
+    /// The same for a client, which needs every node's keys.
+    pub fn load_for_client(data_dir: &Path, directory: &Directory) -> std::io::Result<PeerKeys> {
+        PeerKeys::load_as(data_dir, directory, true)
+    }
+
+    fn load_as(data_dir: &Path, directory: &Directory, client: bool) -> std::io::Result<PeerKeys> {
         let dir = data_dir.join(PEER_KEYS_DIR);
         std::fs::create_dir_all(&dir)?;
         let params_hash = directory.params().hash();
         let mut state = State::default();
-        for node in directory.others() {
+        let own = directory.own().id;
+        for node in directory.nodes().iter().filter(|n| client || n.id != own) {
             let Ok(bytes) = std::fs::read(dir.join(hex(&node.id))) else {
                 continue;
             };
@@ -86,6 +99,7 @@ impl PeerKeys {
             dir,
             params_hash,
             state: Mutex::new(state),
+            client,
         })
     }
 
@@ -95,7 +109,7 @@ impl PeerKeys {
         let Some(node) = directory.node(&bundle.node) else {
             return Offer::Invalid;
         };
-        if bundle.node == directory.own().id
+        if (bundle.node == directory.own().id && !self.client)
             || bundle.verify(&node.identity, &self.params_hash).is_err()
         {
             return Offer::Invalid;
@@ -198,6 +212,29 @@ impl PeerKeys {
             state.asked.insert((peer, *subject), now);
             true
         });
+        want
+    }
+
+    /// For a client, whose one link is to its gateway: every listed node
+    /// whose bundle does not cover `epoch` + 1, to ask the gateway for
+    /// (each at most every [`ASK_AGAIN`]). The gateway can withhold a
+    /// bundle, never forge one: each verifies with the identity pinned in
+    /// `nodes.json`.
+    pub fn wanted_via(&self, gateway: NodeId, directory: &Directory, epoch: u32) -> Vec<NodeId> {
+        let mut state = self.state.lock().unwrap();
+        let now = Instant::now();
+        let mut want = Vec::new();
+        for node in directory.nodes() {
+            let stale = state
+                .bundles
+                .get(&node.id)
+                .is_none_or(|b| b.last() < epoch.saturating_add(1) || b.key(epoch).is_none());
+            let asked = state.asked.get(&(gateway, node.id));
+            if stale && asked.is_none_or(|t| now.duration_since(*t) >= ASK_AGAIN) {
+                state.asked.insert((gateway, node.id), now);
+                want.push(node.id);
+            }
+        }
         want
     }
 

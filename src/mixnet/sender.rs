@@ -256,6 +256,7 @@ impl Sender {
             .iter()
             .copied()
             .filter(|id| self.ctx.directory.node(id).is_some_and(|n| n.exit))
+            .filter(|id| self.beside().iter().all(|b| !self.same_family(id, b)))
             .collect();
         let i = rand::rng().random_range(0..exits.len().max(1));
         exits.get(i).copied()
@@ -274,8 +275,21 @@ impl Sender {
         hop_delay(p.hop_delay_mean, p.hop_delay_max, &mut rand::rng())
     }
 
+    /// Nodes every route of this sender holds already: a client's gateway
+    /// (the first hop of its routes and the last of its reply routes), so
+    /// that no other node of its family is picked; none for a node.
+    fn beside(&self) -> Vec<NodeId> {
+        self.ctx.client.iter().map(|c| c.gateway).collect()
+    }
+
+    fn same_family(&self, a: &NodeId, b: &NodeId) -> bool {
+        let family = |id: &NodeId| self.ctx.directory.node(id).and_then(|n| n.family);
+        a == b || family(a).is_some_and(|f| family(b) == Some(f))
+    }
+
     /// `hops` distinct usable nodes ending at `exit`, each with its delay;
-    /// never two of one operator family.
+    /// never two of one operator family. A client's route starts at its
+    /// gateway, a real hop with a delay of its own.
     fn forward_route(
         &self,
         usable: &[NodeId],
@@ -283,15 +297,20 @@ impl Sender {
         epoch: u32,
     ) -> Result<Vec<RouteHop>, SendError> {
         let hops = self.ctx.directory.params().hops;
+        let mut beside = self.beside();
+        beside.push(exit);
         let middle = pick_nodes(
             &self.ctx.directory.get(),
             usable,
             hops - 1,
-            &[exit],
+            &beside,
             &mut rand::rng(),
         )
         .ok_or(SendError::NoRoute)?;
-        let mut route = Vec::with_capacity(hops);
+        let mut route = Vec::with_capacity(hops + 1);
+        if let Some(client) = &self.ctx.client {
+            route.push(self.hop(client.gateway, epoch, self.delay())?);
+        }
         for id in middle {
             route.push(self.hop(id, epoch, self.delay())?);
         }
@@ -301,7 +320,8 @@ impl Sender {
 
     /// A reply route: distinct usable nodes other than the exit (as many
     /// as families allow, at least one), then this node (which must be
-    /// its last hop to read the reply).
+    /// its last hop to read the reply), or for a client its gateway,
+    /// where the reply waits in its mailbox.
     fn reply_route(
         &self,
         usable: &[NodeId],
@@ -312,7 +332,15 @@ impl Sender {
         let pool: Vec<NodeId> = usable.iter().copied().filter(|id| *id != exit).collect();
         let picked = (1..=want)
             .rev()
-            .find_map(|n| pick_nodes(&self.ctx.directory.get(), &pool, n, &[], &mut rand::rng()))
+            .find_map(|n| {
+                pick_nodes(
+                    &self.ctx.directory.get(),
+                    &pool,
+                    n,
+                    &self.beside(),
+                    &mut rand::rng(),
+                )
+            })
             .ok_or(SendError::NoRoute)?;
         let mut route = Vec::with_capacity(picked.len() + 1);
         for id in picked {
@@ -355,8 +383,13 @@ impl Sender {
             }
             let route = self.forward_route(usable, exit, epoch)?;
             let reply_id = random_id();
-            let (block, recovery) =
-                ReplyBlock::create(&self.reply_route(usable, exit, epoch)?, reply_id, epoch)?;
+            let reply_route = self.reply_route(usable, exit, epoch)?;
+            let (block, recovery) = match &self.ctx.client {
+                Some(client) => {
+                    ReplyBlock::create_to(&reply_route, client.mailbox, reply_id, epoch)?
+                }
+                None => ReplyBlock::create(&reply_route, reply_id, epoch)?,
+            };
             f.reply_block = Some(block);
             let wire = packet::build(&f.encode(), &route)?;
             replies.push((reply_id, recovery.0));

@@ -14,6 +14,14 @@
 //! | 6 | GETKEYS | subject node [32] |
 //! | 7 | KEYS | subject node [32], present u8, bundle [`BUNDLE_SIZE`] (zero when absent) |
 //! | 8 | AUTH | ed25519 signature [64] over both HELLOs ([`super::hello`]) |
+//! | 9 | FETCH | request u64 (client → gateway) |
+//! | 10 | HELD | request u64, present u8, delivery id [16], reply id [16], payload [`PAYLOAD_SIZE`] (zeros when absent) |
+//! | 11 | CONFIRM | delivery id [16] (client → gateway: committed, delete it) |
+//!
+//! FETCH, HELD and CONFIRM exist only on a client's link to its gateway
+//! (DESIGN.md, "Client mode"). HELD is as long whether it carries a reply
+//! or not, so neither the client's Tor circuit nor anything that sees the
+//! link's bytes can tell an empty mailbox from a full one.
 //!
 //! A HELLO's length depends on its version, so its version is read first
 //! and any version but ours is an error naming it before the rest is
@@ -30,7 +38,7 @@
 //! used, or that it needs more.
 
 use super::bundle::{BUNDLE_SIZE, Bundle};
-use super::packet::{PACKET_SIZE, PacketError, WirePacket};
+use super::packet::{PACKET_SIZE, PAYLOAD_SIZE, PacketError, WirePacket};
 
 /// The link protocol version in HELLO: 3 since links are authenticated
 /// (HELLO with a role and a nonce, then AUTH).
@@ -44,10 +52,15 @@ const PONG: u8 = 5;
 const GETKEYS: u8 = 6;
 const KEYS: u8 = 7;
 const AUTH: u8 = 8;
+const FETCH: u8 = 9;
+const HELD: u8 = 10;
+const CONFIRM: u8 = 11;
 
 /// The length of a HELLO frame, type byte included.
 pub const HELLO_FRAME: usize = 1 + HELLO_BODY;
 const HELLO_BODY: usize = 2 + 32 + 1 + 32 + 32 + 8;
+
+const HELD_BODY: usize = 8 + 1 + 16 + 16 + PAYLOAD_SIZE;
 
 /// The longest frame (a PACKET); a reader never needs a larger buffer.
 pub const MAX_FRAME: usize = 1 + 8 + 4 + PACKET_SIZE;
@@ -194,6 +207,37 @@ pub enum Frame {
         subject: [u8; 32],
         bundle: Option<Bundle>,
     },
+    /// A client asks its gateway for one held reply.
+    Fetch {
+        request: u64,
+    },
+    /// The gateway's answer to FETCH `request`: one held reply, or none.
+    Held {
+        request: u64,
+        reply: Option<HeldReply>,
+    },
+    /// The client has committed what the reply said: the gateway may
+    /// delete it.
+    Confirm {
+        delivery: [u8; 16],
+    },
+}
+
+/// A reply held at a gateway for a client: the Sphinx final hop's reply
+/// id and payload, which only the client can open, under a delivery id
+/// the gateway chose (the client confirms by it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct HeldReply {
+    pub delivery: [u8; 16],
+    pub reply_id: [u8; 16],
+    /// Exactly [`PAYLOAD_SIZE`] bytes.
+    pub payload: Box<[u8]>,
+}
+
+impl std::fmt::Debug for HeldReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldReply(..)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -210,6 +254,8 @@ pub enum FrameError {
     Version(u16),
     #[error("unknown role {0} in HELLO")]
     Role(u8),
+    #[error("malformed HELD frame")]
+    Held,
 }
 
 fn body_len(kind: u8) -> Result<usize, FrameError> {
@@ -222,6 +268,9 @@ fn body_len(kind: u8) -> Result<usize, FrameError> {
         PONG => 8 + 32 + 4 + 32,
         GETKEYS => 32,
         KEYS => 32 + 1 + BUNDLE_SIZE,
+        FETCH => 8,
+        HELD => HELD_BODY,
+        CONFIRM => 16,
         other => return Err(FrameError::Type(other)),
     })
 }
@@ -288,6 +337,31 @@ impl Frame {
                     }
                 }
             }
+            Frame::Fetch { request } => {
+                out.push(FETCH);
+                out.extend_from_slice(&request.to_be_bytes());
+            }
+            Frame::Held { request, reply } => {
+                out.push(HELD);
+                out.extend_from_slice(&request.to_be_bytes());
+                match reply {
+                    Some(r) => {
+                        debug_assert_eq!(r.payload.len(), PAYLOAD_SIZE);
+                        out.push(1);
+                        out.extend_from_slice(&r.delivery);
+                        out.extend_from_slice(&r.reply_id);
+                        out.extend_from_slice(&r.payload);
+                    }
+                    None => {
+                        out.push(0);
+                        out.resize(out.len() + 16 + 16 + PAYLOAD_SIZE, 0);
+                    }
+                }
+            }
+            Frame::Confirm { delivery } => {
+                out.push(CONFIRM);
+                out.extend_from_slice(delivery);
+            }
         }
     }
 }
@@ -337,6 +411,24 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         },
         GETKEYS => Frame::GetKeys {
             subject: body[..32].try_into().unwrap(),
+        },
+        FETCH => Frame::Fetch {
+            request: u64_at(0),
+        },
+        HELD => Frame::Held {
+            request: u64_at(0),
+            reply: match body[8] {
+                0 => None,
+                1 => Some(HeldReply {
+                    delivery: body[9..25].try_into().unwrap(),
+                    reply_id: body[25..41].try_into().unwrap(),
+                    payload: body[41..].into(),
+                }),
+                _ => return Err(FrameError::Held),
+            },
+        },
+        CONFIRM => Frame::Confirm {
+            delivery: body[..16].try_into().unwrap(),
         },
         _ => {
             let subject: [u8; 32] = body[..32].try_into().unwrap();
@@ -407,7 +499,39 @@ mod tests {
                     [[5; 32]; super::super::bundle::SLOTS],
                 )),
             },
+            Frame::Fetch { request: 11 },
+            Frame::Held {
+                request: 11,
+                reply: Some(HeldReply {
+                    delivery: [1; 16],
+                    reply_id: [2; 16],
+                    payload: vec![3; PAYLOAD_SIZE].into(),
+                }),
+            },
+            Frame::Held {
+                request: 12,
+                reply: None,
+            },
+            Frame::Confirm { delivery: [1; 16] },
         ]
+    }
+
+    #[test]
+    fn an_empty_held_frame_is_as_long_as_a_full_one() {
+        let mut full = Vec::new();
+        let mut empty = Vec::new();
+        let frames = all_frames();
+        let held: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| matches!(f, Frame::Held { .. }))
+            .collect();
+        held[0].encode(&mut full);
+        held[1].encode(&mut empty);
+        assert_eq!(full.len(), empty.len());
+        assert_eq!(full.len(), 1 + HELD_BODY);
+        let mut flag = full.clone();
+        flag[9] = 2;
+        assert_eq!(decode(&flag).unwrap_err(), FrameError::Held);
     }
 
     #[test]
@@ -448,7 +572,7 @@ mod tests {
 
     #[test]
     fn unknown_types_and_statuses_are_errors_before_any_body() {
-        assert_eq!(decode(&[9]).unwrap_err(), FrameError::Type(9));
+        assert_eq!(decode(&[12]).unwrap_err(), FrameError::Type(12));
         assert_eq!(decode(&[0]).unwrap_err(), FrameError::Type(0));
         let mut ack = Vec::new();
         Frame::Ack {
@@ -481,7 +605,11 @@ mod tests {
     fn a_keys_frame_must_name_the_bundle_it_carries() {
         let frames = all_frames();
         let mut bytes = Vec::new();
-        frames[frames.len() - 1].encode(&mut bytes);
+        frames
+            .iter()
+            .rfind(|f| matches!(f, Frame::Keys { .. }))
+            .unwrap()
+            .encode(&mut bytes);
         let mut other = bytes.clone();
         other[1] ^= 1; // the subject no longer matches the bundle's node
         assert_eq!(decode(&other).unwrap_err(), FrameError::Keys);

@@ -160,8 +160,14 @@ pub enum Processed {
         delay: Duration,
         packet: WirePacket,
     },
-    /// This node is the destination.
-    Final { id: ReplyId, payload: FinalPayload },
+    /// This node is the last hop. `to` is the destination the route's
+    /// maker named: this node's own id, or (at a gateway) a client's
+    /// mailbox key, where the payload waits for the client to fetch it.
+    Final {
+        to: [u8; 32],
+        id: ReplyId,
+        payload: FinalPayload,
+    },
 }
 
 /// The payload at the destination: plaintext for forward packets, sealed
@@ -172,6 +178,24 @@ impl FinalPayload {
     /// The plaintext of a forward packet (identifier zero).
     pub fn plaintext(self) -> Result<Vec<u8>, PacketError> {
         self.0.recover_plaintext().map_err(invalid)
+    }
+
+    /// The payload's bytes as a gateway holds them for a client
+    /// ([`PAYLOAD_SIZE`] bytes, sealed).
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0.into_bytes()
+    }
+
+    /// A payload fetched from a gateway; anything but the exact size is
+    /// refused.
+    pub fn from_bytes(bytes: &[u8]) -> Result<FinalPayload, PacketError> {
+        if bytes.len() != PAYLOAD_SIZE {
+            return Err(PacketError::Invalid(format!(
+                "payload of {} bytes; every payload is {PAYLOAD_SIZE}",
+                bytes.len()
+            )));
+        }
+        Payload::from_bytes(bytes).map(FinalPayload).map_err(invalid)
     }
 
     /// The plaintext of a reply, with the material kept when the reply
@@ -214,10 +238,11 @@ pub fn process(
             packet: WirePacket::from_sphinx(&next_hop_packet),
         },
         ProcessedPacketData::FinalHop {
+            destination,
             identifier,
             payload,
-            ..
         } => Processed::Final {
+            to: destination.as_bytes(),
             id: identifier,
             payload: FinalPayload(payload),
         },
@@ -263,9 +288,21 @@ impl ReplyBlock {
         id: ReplyId,
         epoch: u32,
     ) -> Result<(ReplyBlock, ReplyRecovery), PacketError> {
+        let last = route.last().ok_or(PacketError::RouteLength(0))?.id;
+        ReplyBlock::create_to(route, last.0, id, epoch)
+    }
+
+    /// Makes a reply block whose route ends at a gateway (`route`'s last
+    /// hop) that keeps the reply for the mailbox `to` (a client's key
+    /// there).
+    pub fn create_to(
+        route: &[RouteHop],
+        to: [u8; 32],
+        id: ReplyId,
+        epoch: u32,
+    ) -> Result<(ReplyBlock, ReplyRecovery), PacketError> {
         let (nodes, delays) = sphinx_route(route)?;
-        let last = route[route.len() - 1].id;
-        let destination = Destination::new(DestinationAddressBytes::from_bytes(last.0), id);
+        let destination = Destination::new(DestinationAddressBytes::from_bytes(to), id);
         let material = SURBMaterial::new(nodes, delays, destination, CURRENT_VERSION);
         let (surb, recovery) = material.construct_recoverable_SURB().map_err(invalid)?;
         let mut bytes = epoch.to_be_bytes().to_vec();
@@ -345,7 +382,7 @@ mod tests {
                     assert_eq!(delay, Duration::from_millis(delay_ms));
                     packet = p;
                 }
-                Processed::Final { id, payload } => {
+                Processed::Final { id, payload, .. } => {
                     assert_eq!(i, nodes.len() - 1, "only the last hop is final");
                     return (id, payload);
                 }
@@ -425,6 +462,29 @@ mod tests {
         let (id, payload) = walk(packet, &path, 10);
         assert_eq!(id, [9; 16]);
         assert_eq!(payload.open(&recovery).unwrap(), b"COMPLETE");
+
+        // Ending at a gateway for a mailbox: the gateway learns the
+        // mailbox and can hold the sealed payload; only the material opens it.
+        let (block, recovery) =
+            ReplyBlock::create_to(&route(&path, 10), [42; 32], [7; 16], 77).unwrap();
+        let (mut packet, _) = block.send(b"PARTIAL").unwrap();
+        for node in &path[..3] {
+            match process(&packet, &node.secret).1.unwrap() {
+                Processed::Forward { packet: p, .. } => packet = p,
+                Processed::Final { .. } => panic!("final too early"),
+            }
+        }
+        let Processed::Final { to, id, payload } = process(&packet, &path[3].secret).1.unwrap()
+        else {
+            panic!("the gateway is the last hop");
+        };
+        assert_eq!((to, id), ([42; 32], [7; 16]));
+        let held = payload.into_bytes();
+        assert_eq!(held.len(), PAYLOAD_SIZE);
+        assert!(!held.windows(7).any(|w| w == b"PARTIAL"), "sealed");
+        let fetched = FinalPayload::from_bytes(&held).unwrap();
+        assert_eq!(fetched.open(&recovery).unwrap(), b"PARTIAL");
+        assert!(FinalPayload::from_bytes(&held[1..]).is_err());
 
         let (other_block, _) = ReplyBlock::create(&route(&path, 10), [8; 16], 77).unwrap();
         let (_, wrong) = ReplyBlock::create(&route(&path, 10), [9; 16], 77).unwrap();

@@ -56,6 +56,10 @@ pub enum FrameKind {
     GetKeys,
     Keys,
     Auth,
+    /// A client's FETCH, the gateway's HELD answer, the client's CONFIRM.
+    Fetch,
+    Held,
+    Confirm,
     /// Bytes `frame::decode` refused (bad type or status). The stream
     /// is forwarded raw from here on, so the receiver sees exactly what
     /// was sent and the test can watch it close the link.
@@ -925,6 +929,9 @@ impl Conn {
             Frame::Pong { .. } => rec.kind = FrameKind::Pong,
             Frame::GetKeys { .. } => rec.kind = FrameKind::GetKeys,
             Frame::Keys { .. } => rec.kind = FrameKind::Keys,
+            Frame::Fetch { .. } => rec.kind = FrameKind::Fetch,
+            Frame::Held { .. } => rec.kind = FrameKind::Held,
+            Frame::Confirm { .. } => rec.kind = FrameKind::Confirm,
         }
         let mut action = None;
         let mut bytes = bytes.to_vec();

@@ -34,8 +34,20 @@ pub struct MixNode {
     pub link_port: Option<u16>,
 }
 
+/// A client (`-client`) of the network: not listed, no onion service,
+/// SMTP on loopback, one link to its gateway through a tap of its own.
+pub struct MixClient {
+    pub data: PathBuf,
+    pub tap: LinkTap,
+    pub daemon: Option<Daemon>,
+    /// The gateway's index and the flags it was started with.
+    pub via: usize,
+    pub extra: Vec<String>,
+}
+
 pub struct MixNet {
     pub nodes: Vec<MixNode>,
+    pub clients: Vec<MixClient>,
     pub sink: Sink,
     /// Where mail for the sink goes: `someone@<sink_onion>`.
     pub sink_onion: String,
@@ -173,11 +185,77 @@ impl MixNet {
         self.nodes[i].daemon = Some(daemon);
         self.nodes[i].link_port = Some(port);
         let onion = self.nodes[i].onion.clone();
-        for other in &self.nodes {
-            other
-                .tap
-                .route_link(&onion, LINK_PORT, ([127, 0, 0, 1], port).into());
+        for tap in self.taps() {
+            tap.route_link(&onion, LINK_PORT, ([127, 0, 0, 1], port).into());
         }
+    }
+
+    /// Every tap: the nodes' and the clients'.
+    fn taps(&self) -> impl Iterator<Item = &LinkTap> {
+        self.nodes
+            .iter()
+            .map(|n| &n.tap)
+            .chain(self.clients.iter().map(|c| &c.tap))
+    }
+
+    /// Adds a client of gateway `via` (a node started with `-gateway`)
+    /// and starts it; returns its index.
+    pub async fn add_client(&mut self, via: usize, extra: &[&str]) -> usize {
+        let i = self.clients.len();
+        let data = self._dir.path().join(format!("client{i}"));
+        let tap = LinkTap::start().await;
+        tap.route(&self.sink_onion, 25, self.sink.addr);
+        for node in &self.nodes {
+            if let Some(port) = node.link_port {
+                tap.route_link(&node.onion, LINK_PORT, ([127, 0, 0, 1], port).into());
+            }
+        }
+        self.clients.push(MixClient {
+            data,
+            tap,
+            daemon: None,
+            via,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        });
+        self.start_client(i);
+        i
+    }
+
+    /// Starts (or restarts) client `i` on its data dir.
+    pub fn start_client(&mut self, i: usize) {
+        let c = &self.clients[i];
+        let via = self.nodes[c.via].short.clone();
+        let tap_addr = c.tap.addr.to_string();
+        let pki = self.pki.to_str().unwrap().to_string();
+        let mut args: Vec<&str> = vec![
+            "-sphinx",
+            "-client",
+            "-via",
+            &via,
+            "-pki-file",
+            &pki,
+            "-tor-socks",
+            &tap_addr,
+            "-batch-window",
+            "0",
+            "-stats-interval",
+            "1s",
+        ];
+        args.extend(c.extra.iter().map(String::as_str));
+        let daemon = Daemon::start(&c.data.clone(), &args);
+        self.clients[i].daemon = Some(daemon);
+    }
+
+    pub fn client(&self, i: usize) -> &Daemon {
+        self.clients[i].daemon.as_ref().expect("running")
+    }
+
+    /// Hands `body` for [`MixNet::rcpt`] to client `i` over SMTP; it must
+    /// be accepted.
+    pub async fn send_by_client(&self, i: usize, body: &str) -> Client {
+        let mut c = self.client(i).ehlo_client().await;
+        assert_eq!(c.send_mail("a@b.example", &[&self.rcpt()], body).await, 250);
+        c
     }
 
     /// The mix-key epoch now, for networks on the default epoch length
@@ -322,18 +400,28 @@ impl MixNet {
     /// test knows where every message leaves the mixnet. Restart such a
     /// node with `start_node(i, &["-exit=false"])`.
     pub async fn start_with_middles(n: usize, params: &str, middle: &[usize]) -> MixNet {
+        let flags: Vec<Vec<&str>> = (0..n)
+            .map(|i| {
+                if middle.contains(&i) {
+                    vec!["-exit=false"]
+                } else {
+                    vec![]
+                }
+            })
+            .collect();
+        Self::start_with_flags(params, &flags).await
+    }
+
+    /// One node per entry of `node_flags`, each exported and started with
+    /// its flags (such as `-exit=false` or `-gateway`).
+    pub async fn start_with_flags(params: &str, node_flags: &[Vec<&str>]) -> MixNet {
+        let n = node_flags.len();
         let dir = tempfile::tempdir().unwrap();
         let sink = Sink::start(Behaviour::default()).await;
         let sink_onion = OnionName::from_seed(200).to_string();
         let mut nodes = Vec::new();
         let mut entries = Vec::new();
-        let flags = |i: usize| -> &'static [&'static str] {
-            if middle.contains(&i) {
-                &["-exit=false"]
-            } else {
-                &[]
-            }
-        };
+        let flags = |i: usize| -> &[&str] { &node_flags[i] };
         for i in 0..n {
             let onion = OnionName::from_seed(100 + i as u8).to_string();
             let short = format!("n{i}");
@@ -361,6 +449,7 @@ impl MixNet {
             .unwrap_or(24 * 3600);
         let mut net = MixNet {
             nodes,
+            clients: Vec::new(),
             sink,
             sink_onion,
             pki,
@@ -379,16 +468,27 @@ impl MixNet {
         super::queue_json(&self.nodes[i].data)["mixnet"].clone()
     }
 
-    /// Waits until no running node holds anything: no message in its spool
+    /// Waits until no running node or client holds anything: no message in its spool
     /// (the entry's until COMPLETE, the exit's until delivered), no packet
     /// in custody, no fragment. From then on nothing more can be delivered,
     /// so the sink's count is final.
     pub async fn until_quiet(&self) {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
-            let busy: Vec<(usize, serde_json::Value)> = (0..self.nodes.len())
-                .filter(|&i| self.nodes[i].daemon.is_some())
-                .map(|i| (i, super::queue_json(&self.nodes[i].data)))
+            let running = self
+                .nodes
+                .iter()
+                .filter(|n| n.daemon.is_some())
+                .map(|n| &n.data)
+                .chain(
+                    self.clients
+                        .iter()
+                        .filter(|c| c.daemon.is_some())
+                        .map(|c| &c.data),
+                );
+            let busy: Vec<(usize, serde_json::Value)> = running
+                .enumerate()
+                .map(|(i, data)| (i, super::queue_json(data)))
                 .filter(|(_, q)| {
                     q["messages"] != 0
                         || q["mixnet"]

@@ -129,7 +129,8 @@ impl Daemon {
             .position(|f| *f == "-name")
             .and_then(|i| extra.get(i + 1));
         let name = given.map_or_else(|| onion(1), |n| n.to_string());
-        let name_args: Vec<&str> = if given.is_some() {
+        // A client (`-client`) has no name: it is no node.
+        let name_args: Vec<&str> = if given.is_some() || extra.contains(&"-client") {
             Vec::new()
         } else {
             vec!["-name", &name]

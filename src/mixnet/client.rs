@@ -1,0 +1,116 @@
+//! Client mode (`-client`): this process is the entry of its own mail,
+//! on the sender's machine, and reaches the mixnet through one gateway.
+//!
+//! What differs from an entry node is small and lives where it applies:
+//! routes start at the gateway and reply blocks end there for this
+//! client's mailbox (`sender`), the one link is a client's (`link`, with
+//! the key derived for that gateway) and fetches replies at the network's
+//! rate. This module is the client's side of those fetches: a reply is
+//! opened and applied like an entry node's acknowledgement, and confirmed
+//! only once what it said is committed here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use super::context::MixContext;
+use super::hop::{ReplyApplied, apply_reply, random_id};
+use super::path::{hop_delay, pick_nodes};
+use super::sender::usable_peers;
+use crate::BoxFuture;
+use crate::link::Mailbox;
+use crate::stats::Stats;
+use crate::wire::fragment::{Fragment, Kind};
+use crate::wire::frame::HeldReply;
+use crate::wire::packet::{FinalPayload, MAX_HOPS, ReplyBlock, RouteHop, WirePacket};
+
+/// Applies the replies a client fetches from its gateway.
+pub struct ClientMailbox {
+    pub ctx: Arc<MixContext>,
+}
+
+impl Mailbox for ClientMailbox {
+    fn held(&self, reply: HeldReply) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            Stats::add(&self.ctx.stats.mix_replies_fetched, 1);
+            let Ok(payload) = FinalPayload::from_bytes(&reply.payload) else {
+                // Never openable: confirmed, so the gateway forgets it.
+                Stats::add(&self.ctx.stats.mix_bad_payloads, 1);
+                return true;
+            };
+            match apply_reply(&self.ctx, reply.reply_id, payload).await {
+                // Applied, or one it has nothing to do with (a reply that
+                // came twice, a message already complete): either way the
+                // gateway may delete it.
+                Ok(ReplyApplied::Applied | ReplyApplied::Unknown | ReplyApplied::Bad) => true,
+                Err(e) => {
+                    // Not confirmed: the gateway keeps it and hands it over
+                    // again at the next fetch.
+                    warn!("[MIXNET] cannot apply a fetched reply: {e}");
+                    false
+                }
+            }
+        })
+    }
+
+    fn cover(&self) -> BoxFuture<'_, Option<(u32, WirePacket)>> {
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            // Wrapping is CPU work (about half a millisecond): off the
+            // async executor.
+            let built = tokio::task::spawn_blocking(move || {
+                let packet = loop_packet(&ctx);
+                if packet.is_some() {
+                    Stats::add(&ctx.stats.mix_loops_sent, 1);
+                }
+                packet
+            });
+            built.await.ok().flatten()
+        })
+    }
+}
+
+/// A client's cover: a loop made as a reply block to its own mailbox and
+/// sent through it, `[gateway, mixes…, gateway]`, so that at the gateway it
+/// leaves as any packet of the client's does and comes back as any reply
+/// does. Up to `hops` mixes, as Sphinx's five hops allow around the
+/// gateway twice; its delays are drawn like a message's. Nothing of it is
+/// kept: a loop fetched back is a reply no message waits for.
+fn loop_packet(ctx: &MixContext) -> Option<(u32, WirePacket)> {
+    let client = ctx.client?;
+    let epoch = ctx.epoch();
+    let params = ctx.directory.params();
+    let mut rng = rand::rng();
+    let usable = usable_peers(ctx, epoch);
+    let n = params.hops.min(MAX_HOPS - 2);
+    let mixes = pick_nodes(&ctx.directory.get(), &usable, n, &[client.gateway], &mut rng)?;
+    let hop = |id, delay| {
+        Some(RouteHop {
+            id,
+            mix_key: ctx.mix_key(&id, epoch)?,
+            delay,
+        })
+    };
+    let delay = |rng: &mut _| hop_delay(params.hop_delay_mean, params.hop_delay_max, rng);
+    let mut route = vec![hop(client.gateway, delay(&mut rng))?];
+    for id in mixes {
+        route.push(hop(id, delay(&mut rng))?);
+    }
+    route.push(hop(client.gateway, Duration::ZERO)?);
+    let id = random_id();
+    let fragment = Fragment {
+        kind: Kind::Loop,
+        message_id: id,
+        index: 0,
+        count: 1,
+        blob_len: 0,
+        blob_hash: Sha256::digest([]).into(),
+        reply_block: None,
+        data: Vec::new(),
+    };
+    let (block, _) = ReplyBlock::create_to(&route, client.mailbox, id, epoch).ok()?;
+    let (packet, first) = block.send(&fragment.encode()).ok()?;
+    (first == client.gateway).then_some((epoch, packet))
+}
