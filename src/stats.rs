@@ -30,7 +30,7 @@ use tracing::info;
 use crate::envelope::EnqueueOutcome;
 use crate::link::{LinkEvents, LinkRefusal};
 use crate::smtp::server::{Refusal, SessionEnd, SessionEvents};
-use crate::spool::custody::BusyReason;
+use crate::spool::custody::{BusyReason, HeldTotals, HoldDrop};
 use crate::spool::{QueueReader, QueueReport, Spool};
 
 /// One label from a fixed set.
@@ -475,6 +475,39 @@ metrics! {
         /// Fragments answered busy: partial messages at their cap.
         pub mix_exit_full: Counter = child(&exit_fragments_refused, "reason", "full")
             => "exit_full";
+        /// Replies held here (a gateway) for clients' mailboxes.
+        pub mix_held_stored: Counter,
+            "pluto2_mixnet_held_stored",
+            "Replies stored at this gateway for a client's mailbox until the client fetches them";
+        /// Replies held here for clients now, as the spool last said
+        /// (`Stats::set_held`).
+        mix_held_replies: Gauge,
+            "pluto2_mixnet_held_replies", "Replies held here for clients, read from the spool"
+            => "held_replies";
+        /// Replies for clients' mailboxes not kept, by which cap.
+        mix_held_dropped: Family<Label, Counter> = family("why", HoldDrop::ALL.map(HoldDrop::label)),
+            "pluto2_mixnet_held_dropped",
+            "Replies for a client's mailbox not kept (the previous hop is acknowledged; the client's retransmission recovers), by why: mailbox (its mailbox holds its cap of replies), total (the held bytes would pass their cap), mailboxes (a new mailbox past the cap on mailboxes)"
+            => "held_dropped" by Stats::held_dropped_total;
+        /// Held replies handed to their clients (again after a lost
+        /// confirmation).
+        pub mix_held_fetched: Counter,
+            "pluto2_mixnet_held_fetched",
+            "Held replies handed to their client, counted again when handed again (a confirmation lost)";
+        /// Held replies their clients confirmed: deleted.
+        pub mix_held_confirmed: Counter,
+            "pluto2_mixnet_held_confirmed",
+            "Held replies their client confirmed, deleted";
+        /// Held replies deleted with their idle mailbox.
+        pub mix_held_expired: Counter,
+            "pluto2_mixnet_held_expired",
+            "Held replies deleted unfetched with their mailbox, idle past e2e_horizon + custody_horizon";
+        /// Mailboxes holding replies and their bytes, as the spool last
+        /// said (`Stats::set_held`).
+        mix_held_mailboxes: Gauge,
+            "pluto2_mixnet_held_mailboxes", "Clients' mailboxes holding replies here, read from the spool";
+        mix_held_bytes: Gauge,
+            "pluto2_mixnet_held_bytes", "Payload bytes of the replies held here for clients, read from the spool";
     }
 }
 
@@ -642,6 +675,34 @@ impl Stats {
     /// A packet was answered busy for `why`.
     pub fn custody_busy_for(&self, why: BusyReason) {
         self.mix_busy.get_or_create(&[("why", why.label())]).inc();
+    }
+
+    /// A reply for a client's mailbox was not kept for `why`.
+    pub fn held_dropped_for(&self, why: HoldDrop) {
+        self.mix_held_dropped
+            .get_or_create(&[("why", why.label())])
+            .inc();
+    }
+
+    /// `held_dropped=`: all reasons.
+    fn held_dropped_total(&self) -> String {
+        HoldDrop::ALL
+            .iter()
+            .map(|w| {
+                self.mix_held_dropped
+                    .get_or_create(&[("why", w.label())])
+                    .get()
+            })
+            .sum::<u64>()
+            .to_string()
+    }
+
+    /// Takes the spool's mailbox totals (`Spool::held_totals`) into the
+    /// gauges.
+    pub fn set_held(&self, totals: HeldTotals) {
+        self.mix_held_mailboxes.set(totals.mailboxes as i64);
+        self.mix_held_replies.set(totals.replies as i64);
+        self.mix_held_bytes.set(totals.bytes as i64);
     }
 
     /// Counts a message the mixnet sender dropped because it can never
@@ -823,6 +884,8 @@ mod tests {
             "exit_too_large",
             "exit_inconsistent",
             "exit_full",
+            "held_replies",
+            "held_dropped",
         ];
         let s = Stats::default();
         assert_eq!(keys(&s), direct);
@@ -890,7 +953,10 @@ mod tests {
         let line = s.line(Duration::ZERO);
         assert!(line.contains(" mix_replays=2 "), "{line}");
         assert!(line.contains(" healthy=3/4 "), "{line}");
-        assert!(line.ends_with(" exit_full=0"), "{line}");
+        assert!(
+            line.ends_with(" exit_full=0 held_replies=0 held_dropped=0"),
+            "{line}"
+        );
         assert!(line.contains(" two_faces=0 launch_dropped=0 "), "{line}");
         s.launch_dropped("too_large");
         s.launch_dropped("too_large");
@@ -901,6 +967,44 @@ mod tests {
             "{text}"
         );
         assert!(s.line(Duration::ZERO).contains(" launch_dropped=3 "));
+    }
+
+    /// A gateway's drops are counted by cap, each in its own series and
+    /// all in `held_dropped`; the totals the spool reports reach the
+    /// gauges and `held_replies`.
+    #[test]
+    fn it_counts_held_replies_and_their_drops_by_why() {
+        let s = Stats::default();
+        s.mixnet.store(true, Ordering::Relaxed);
+        s.held_dropped_for(HoldDrop::Mailbox);
+        s.held_dropped_for(HoldDrop::Mailbox);
+        s.held_dropped_for(HoldDrop::Mailboxes);
+        Stats::add(&s.mix_held_stored, 4);
+        Stats::add(&s.mix_held_fetched, 3);
+        Stats::add(&s.mix_held_confirmed, 2);
+        Stats::add(&s.mix_held_expired, 1);
+        s.set_held(HeldTotals {
+            mailboxes: 1,
+            replies: 2,
+            bytes: 300,
+        });
+        let text = s.encode();
+        for expected in [
+            "pluto2_mixnet_held_dropped_total{why=\"mailbox\"} 2",
+            "pluto2_mixnet_held_dropped_total{why=\"total\"} 0",
+            "pluto2_mixnet_held_dropped_total{why=\"mailboxes\"} 1",
+            "pluto2_mixnet_held_stored_total 4",
+            "pluto2_mixnet_held_fetched_total 3",
+            "pluto2_mixnet_held_confirmed_total 2",
+            "pluto2_mixnet_held_expired_total 1",
+            "pluto2_mixnet_held_mailboxes 1",
+            "pluto2_mixnet_held_replies 2",
+            "pluto2_mixnet_held_bytes 300",
+        ] {
+            assert!(text.contains(expected), "no {expected:?} in\n{text}");
+        }
+        let line = s.line(Duration::ZERO);
+        assert!(line.ends_with(" held_replies=2 held_dropped=3"), "{line}");
     }
 
     #[test]

@@ -243,6 +243,10 @@ fn status_of(outcome: CustodyOutcome, stats: &Stats) -> AckStatus {
             Stats::add(&stats.mix_exit_full, 1);
             AckStatus::Busy
         }
+        CustodyOutcome::HeldDropped(why) => {
+            stats.held_dropped_for(why);
+            AckStatus::Stored
+        }
         CustodyOutcome::Failed => AckStatus::Busy,
         // Counted where it happened; the tag is kept, so the packet is done.
         CustodyOutcome::HeldDropped(_) => AckStatus::Stored,

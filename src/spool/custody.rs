@@ -13,6 +13,8 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::SpoolError;
+use super::held;
+pub use super::held::{HeldReply, HeldTotals, HoldCaps, HoldDrop, MailboxKey};
 use crate::envelope::Message;
 use crate::time::UnixMillis;
 
@@ -91,6 +93,20 @@ pub enum Custody {
     },
     /// A final hop with nothing to keep: remember the tag only.
     Tag { tag: [u8; 32], epoch: u32 },
+    /// A gateway: remember the tag, hold a reply for a client's mailbox
+    /// until the client fetches and confirms it (`spool::held`), unless
+    /// a cap says no ([`CustodyOutcome::HeldDropped`]: the tag is kept,
+    /// the reply is not).
+    Hold {
+        tag: [u8; 32],
+        epoch: u32,
+        mailbox: MailboxKey,
+        reply_id: [u8; 16],
+        /// Opaque (a Sphinx payload only the client can open), at most
+        /// 8,192 bytes.
+        payload: Vec<u8>,
+        caps: HoldCaps,
+    },
 }
 
 /// The answer to a custody request; the link acknowledges accordingly.
@@ -115,6 +131,11 @@ pub enum CustodyOutcome {
     /// not even the tag, so the previous hop's retry of the same packet
     /// is taken once room is made.
     Full,
+    /// A reply for a client's mailbox met a cap (`HoldCaps`): not kept,
+    /// but its tag is remembered (the same packet again is a duplicate).
+    /// The previous hop is acknowledged all the same; the client's
+    /// end-to-end retransmission recovers what the reply carried.
+    HeldDropped(HoldDrop),
     /// Storage failed: nothing committed, the sender will retry.
     Failed,
     /// Not taken now: custody is full or the disk is short (nothing
@@ -296,7 +317,8 @@ pub(super) fn custody_refs(
         let (tag, epoch) = match request {
             Custody::Forward { tag, epoch, .. }
             | Custody::Fragment { tag, epoch, .. }
-            | Custody::Tag { tag, epoch } => (tag, epoch),
+            | Custody::Tag { tag, epoch }
+            | Custody::Hold { tag, epoch, .. } => (tag, epoch),
         };
         if remember.execute(params![&tag[..], epoch, now as i64])? == 0 {
             outcomes.push(CustodyOutcome::Duplicate);
@@ -320,6 +342,13 @@ pub(super) fn custody_refs(
                 outcome
             }
             Custody::Tag { .. } => CustodyOutcome::Stored,
+            Custody::Hold {
+                mailbox,
+                reply_id,
+                payload,
+                caps,
+                ..
+            } => held::hold(tx, now, mailbox, reply_id, payload, caps)?,
         });
     }
     Ok(outcomes)

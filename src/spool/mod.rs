@@ -9,6 +9,7 @@
 mod committer;
 pub mod custody;
 mod delivery;
+mod held;
 pub mod ops;
 mod reader;
 pub mod report;
@@ -36,8 +37,9 @@ use crate::time::UnixMillis;
 pub use committer::Origin;
 use committer::{Committer, CustodyRequest, EnqueueRequest, Job, SettleRequest};
 use custody::{
-    Custody, CustodyOutcome, EntryAck, Launch, MixId, MixnetCounts, MixnetLease, NodeBytes,
-    OutPacket, Overdue, PacketBatch, PacketSettle, PartialHeader, Stalled,
+    Custody, CustodyOutcome, EntryAck, HeldReply, HeldTotals, Launch, MailboxKey, MixId,
+    MixnetCounts, MixnetLease, NodeBytes, OutPacket, Overdue, PacketBatch, PacketSettle,
+    PartialHeader, Stalled,
 };
 
 /// Requests waiting for the committer. Bounded so that a storage stall
@@ -420,6 +422,8 @@ impl Spool {
         {
             return CustodyOutcome::Busy(custody::BusyReason::FreeSpace);
         }
+        // A held reply waits for its client's fetch, not for a link.
+        let queues_packet = !matches!(custody, Custody::Hold { .. });
         let (reply, answer) = oneshot::channel();
         if self
             .tx
@@ -430,7 +434,7 @@ impl Spool {
             return CustodyOutcome::Failed;
         }
         let outcome = answer.await.unwrap_or(CustodyOutcome::Failed);
-        if matches!(outcome, CustodyOutcome::Stored) {
+        if matches!(outcome, CustodyOutcome::Stored) && queues_packet {
             self.packets_queued();
         }
         outcome
@@ -644,6 +648,59 @@ impl Spool {
 
     pub async fn mixnet_counts(&self) -> Result<MixnetCounts, SpoolError> {
         self.call(|conn, _| custody::counts(conn)).await
+    }
+}
+
+/// The gateway's mailboxes (client mode, see `spool::held`). Replies are
+/// stored by [`Custody::Hold`] in the custody group commit; these run on
+/// the writer thread, each in its own transaction.
+impl Spool {
+    /// The oldest reply held for `mailbox`, the same one until it is
+    /// confirmed (a lost confirmation hands the client the same reply
+    /// again); marks the mailbox seen now.
+    pub async fn fetch_held(&self, mailbox: MailboxKey) -> Result<Option<HeldReply>, SpoolError> {
+        self.call(move |conn, now| held::fetch(conn, now, &mailbox))
+            .await
+    }
+
+    /// Deletes the reply `delivery` if `mailbox` holds it (another
+    /// mailbox's confirmation deletes nothing); true if it was deleted.
+    pub async fn confirm_held(
+        &self,
+        mailbox: MailboxKey,
+        delivery: [u8; 16],
+    ) -> Result<bool, SpoolError> {
+        self.call(move |conn, now| held::confirm(conn, now, &mailbox, &delivery))
+            .await
+    }
+
+    /// Marks `mailbox` seen now (its client's link authenticated), if it
+    /// holds anything: creates nothing, so it cannot pass a cap.
+    pub async fn touch_mailbox(&self, mailbox: MailboxKey) -> Result<(), SpoolError> {
+        self.call(move |conn, now| held::touch(conn, now, &mailbox))
+            .await
+    }
+
+    /// Deletes mailboxes not seen for `idle`, with everything they hold;
+    /// returns (mailboxes, replies) deleted. Runs in transactions of a
+    /// bounded size, so other writes go between them.
+    pub async fn expire_mailboxes(&self, idle: Duration) -> Result<(u64, u64), SpoolError> {
+        let idle_ms = idle.as_millis() as u64;
+        let mut total = (0, 0);
+        loop {
+            let (mailboxes, replies) = self
+                .call(move |conn, now| held::expire(conn, now.saturating_sub(idle_ms)))
+                .await?;
+            total = (total.0 + mailboxes, total.1 + replies);
+            if (mailboxes as usize) < held::EXPIRE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// What the mailboxes hold in all (for the gauges).
+    pub async fn held_totals(&self) -> Result<HeldTotals, SpoolError> {
+        self.call(|conn, _| held::totals(conn)).await
     }
 }
 

@@ -12,7 +12,7 @@ pub const SPOOL_FILE: &str = "spool.sqlite";
 
 /// Bumped whenever the layout below changes; older spools are migrated
 /// forward in [`migrate`], newer ones are refused.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Readers (`pluto2 queue`) and the writer share the file; a short busy
 /// wait covers the moment of a checkpoint instead of failing.
@@ -43,12 +43,13 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SpoolError> {
 /// spool from version `v` to `v + 1`. Each step is one transaction that
 /// also sets `user_version`, so a crash between steps leaves a spool of a
 /// known version that the next start carries on from.
-const MIGRATIONS: [Migration; 5] = [
+const MIGRATIONS: [Migration; 6] = [
     migrate_v1_to_v2,
     migrate_v2_to_v3,
     migrate_v3_to_v4,
     migrate_v4_to_v5,
     migrate_v5_to_v6,
+    migrate_v6_to_v7,
 ];
 
 /// One migration step (one transaction).
@@ -476,7 +477,7 @@ fn migrate_v4_to_v5(conn: &Connection) -> Result<(), rusqlite::Error> {
     )
 }
 
-/// Step 4 → 5, the lease order (issue 18): a lease of packets for a next
+/// Step 5 → 6, the lease order (issue 18): a lease of packets for a next
 /// hop reads only the packets it takes, however many wait
 /// (`custody::lease_packets`).
 ///
@@ -504,6 +505,44 @@ fn migrate_v5_to_v6(conn: &Connection) -> Result<(), rusqlite::Error> {
          CREATE INDEX mix_packets_due ON mix_packets(next_hop, due_at, shuffle);
          CREATE INDEX mix_packets_deadline ON mix_packets(deadline, kind);
          PRAGMA user_version = 6;
+         COMMIT;",
+    )
+}
+
+/// The gateway's mailboxes (client mode, see `spool::held`): replies
+/// that end here for a client, held until the client confirms them.
+///
+/// - `mix_mailboxes`: one row per mailbox that holds replies: when its
+///   client was last seen (`mix_mailboxes_seen` serves idle expiry) and
+///   how many replies and payload bytes it holds (the per-mailbox cap
+///   reads this row, not the replies).
+/// - `mix_held`: the replies, opaque; `delivery` is the random id the
+///   client confirms one by; `mix_held_mailbox` (mailbox, id) gives a
+///   mailbox's oldest reply and its replies to expire.
+/// - `counters`: `held_mailboxes`, `held_replies`, `held_bytes`, the
+///   totals the caps read, kept in the transactions that change them.
+fn migrate_v6_to_v7(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE mix_mailboxes (
+             mailbox   BLOB    PRIMARY KEY,
+             last_seen INTEGER NOT NULL,
+             held      INTEGER NOT NULL,
+             bytes     INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE INDEX mix_mailboxes_seen ON mix_mailboxes(last_seen);
+         CREATE TABLE mix_held (
+             id        INTEGER PRIMARY KEY,
+             mailbox   BLOB    NOT NULL REFERENCES mix_mailboxes(mailbox) ON DELETE CASCADE,
+             delivery  BLOB    NOT NULL UNIQUE,
+             reply_id  BLOB    NOT NULL,
+             payload   BLOB    NOT NULL,
+             stored_at INTEGER NOT NULL
+         );
+         CREATE INDEX mix_held_mailbox ON mix_held(mailbox, id);
+         INSERT INTO counters (name, value)
+             VALUES ('held_mailboxes', 0), ('held_replies', 0), ('held_bytes', 0);
+         PRAGMA user_version = 7;
          COMMIT;",
     )
 }
@@ -749,5 +788,55 @@ mod tests {
         let times: Vec<(i64, i64)> = rows.iter().map(|r| (r.0, r.1)).collect();
         assert_eq!(times, [(5, 5), (7, 7), (7, 9)]);
         assert!(rows.iter().any(|r| r.2 != 0), "tie-break keys drawn");
+    }
+
+    /// A v6 spool keeps its mail and packets and gains empty mailboxes
+    /// with zero totals, which the gateway then holds replies in.
+    #[test]
+    fn a_version_6_spool_keeps_its_mail_and_gains_empty_mailboxes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(SPOOL_FILE)).unwrap();
+            create_v1(&conn).unwrap();
+            for step in &MIGRATIONS[..5] {
+                step(&conn).unwrap();
+            }
+            assert_eq!(version(&conn).unwrap(), 6);
+            conn.execute_batch(
+                "INSERT INTO messages (received_at, sender, smtputf8, eight_bit, body)
+                     VALUES (1, 'a@b.example', 0, 0, x'00');
+                 INSERT INTO mix_packets (next_hop, epoch, bytes, kind, release_at, deadline)
+                     VALUES (x'02', 0, x'00', 'forward', 5, 100);",
+            )
+            .unwrap();
+        }
+        let mut conn = open_writer(dir.path()).unwrap();
+        assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
+        let kept: (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM mix_packets)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(kept, (1, 1));
+        assert_eq!(
+            super::super::held::totals(&conn).unwrap(),
+            super::super::held::HeldTotals::default()
+        );
+        let caps = super::super::held::HoldCaps {
+            per_mailbox: 1,
+            total_bytes: 100,
+            mailboxes: 1,
+        };
+        let tx = conn.transaction().unwrap();
+        let outcome = super::super::held::hold(&tx, 10, &[3; 32], &[4; 16], b"reply", &caps);
+        assert_eq!(
+            outcome.unwrap(),
+            super::super::custody::CustodyOutcome::Stored
+        );
+        tx.commit().unwrap();
+        let totals = super::super::held::totals(&conn).unwrap();
+        assert_eq!((totals.mailboxes, totals.replies, totals.bytes), (1, 1, 5));
     }
 }

@@ -1582,3 +1582,429 @@ mod queue_ops {
         t.close().await;
     }
 }
+
+/// The gateway's mailboxes (`spool::held`): replies held for clients.
+mod held_storage {
+    use super::*;
+    use crate::spool::custody::{
+        Custody, CustodyOutcome, HeldTotals, HoldCaps, HoldDrop, MailboxKey,
+    };
+
+    const ROOMY: HoldCaps = HoldCaps {
+        per_mailbox: u32::MAX,
+        total_bytes: u64::MAX,
+        mailboxes: u32::MAX,
+    };
+
+    fn key(n: u8) -> MailboxKey {
+        [n; 32]
+    }
+
+    /// The reply with tag `tag` for mailbox `mailbox`: its reply id and
+    /// payload are made from the tag, so a fetch shows which one it is.
+    fn hold(tag: u32, mailbox: u8, len: usize, caps: HoldCaps) -> Custody {
+        let mut t = [0xee; 32];
+        t[..4].copy_from_slice(&tag.to_be_bytes());
+        let mut reply_id = [0; 16];
+        reply_id[..4].copy_from_slice(&tag.to_be_bytes());
+        Custody::Hold {
+            tag: t,
+            epoch: 0,
+            mailbox: key(mailbox),
+            reply_id,
+            payload: vec![tag as u8; len],
+            caps,
+        }
+    }
+
+    /// Which reply (by tag) a fetch of `mailbox` hands out, and its
+    /// delivery id.
+    async fn fetch(t: &TestSpool, mailbox: u8) -> Option<(u32, [u8; 16])> {
+        let reply = t.spool.fetch_held(key(mailbox)).await.unwrap()?;
+        let tag = u32::from_be_bytes(reply.reply_id[..4].try_into().unwrap());
+        assert!(reply.payload.iter().all(|b| *b == tag as u8));
+        Some((tag, reply.delivery))
+    }
+
+    fn totals(mailboxes: u64, replies: u64, bytes: u64) -> HeldTotals {
+        HeldTotals {
+            mailboxes,
+            replies,
+            bytes,
+        }
+    }
+
+    /// The totals as kept, and as counted from the tables: they agree.
+    async fn held(t: &TestSpool) -> HeldTotals {
+        let kept = t.spool.held_totals().await.unwrap();
+        let counted = t
+            .spool
+            .call(|conn, _| {
+                let mut per_box = conn
+                    .prepare(
+                        "SELECT m.held, m.bytes, COUNT(h.id), COALESCE(SUM(length(h.payload)), 0)
+                         FROM mix_mailboxes m LEFT JOIN mix_held h ON h.mailbox = m.mailbox
+                         GROUP BY m.mailbox",
+                    )
+                    .unwrap();
+                let rows: Vec<(i64, i64, i64, i64)> = per_box
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                for row in &rows {
+                    assert_eq!((row.0, row.1), (row.2, row.3), "a mailbox's counts");
+                    assert!(row.0 > 0, "an empty mailbox has no row");
+                }
+                let orphans: i64 = conn.query_row(
+                    "SELECT COUNT(*) FROM mix_held
+                     WHERE mailbox NOT IN (SELECT mailbox FROM mix_mailboxes)",
+                    [],
+                    |r| r.get(0),
+                )?;
+                assert_eq!(orphans, 0);
+                Ok(HeldTotals {
+                    mailboxes: rows.len() as u64,
+                    replies: rows.iter().map(|r| r.2 as u64).sum(),
+                    bytes: rows.iter().map(|r| r.3 as u64).sum(),
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept, counted, "kept totals against the tables");
+        kept
+    }
+
+    #[tokio::test]
+    async fn a_held_reply_is_kept_once_and_its_tag_makes_it_a_duplicate() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        assert_eq!(
+            t.spool.custody(hold(1, 1, 100, ROOMY)).await,
+            CustodyOutcome::Stored
+        );
+        assert_eq!(
+            t.spool.custody(hold(1, 1, 100, ROOMY)).await,
+            CustodyOutcome::Duplicate
+        );
+        assert_eq!(held(&t).await, totals(1, 1, 100));
+        let reply = t.spool.fetch_held(key(1)).await.unwrap().unwrap();
+        assert_eq!(&reply.reply_id[..4], &1u32.to_be_bytes());
+        assert_eq!(reply.payload, vec![1; 100]);
+        assert_eq!(t.spool.fetch_held(key(2)).await.unwrap(), None);
+        // Nothing for a link to send: no packet was queued.
+        assert!(t.spool.waiting_hops().await.unwrap().is_empty());
+        t.close().await;
+    }
+
+    /// Past its mailbox's cap a reply is not kept, but its tag is: the
+    /// same packet again is a duplicate, not a second try.
+    #[tokio::test]
+    async fn past_its_mailbox_cap_a_reply_is_dropped_and_its_tag_kept() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        let caps = HoldCaps {
+            per_mailbox: 3,
+            ..ROOMY
+        };
+        for tag in 0..3 {
+            assert_eq!(
+                t.spool.custody(hold(tag, 1, 10, caps)).await,
+                CustodyOutcome::Stored
+            );
+        }
+        let dropped = CustodyOutcome::HeldDropped(HoldDrop::Mailbox);
+        assert_eq!(t.spool.custody(hold(3, 1, 10, caps)).await, dropped);
+        assert_eq!(
+            t.spool.custody(hold(3, 1, 10, caps)).await,
+            CustodyOutcome::Duplicate
+        );
+        // Another mailbox has room of its own.
+        assert_eq!(
+            t.spool.custody(hold(4, 2, 10, caps)).await,
+            CustodyOutcome::Stored
+        );
+        assert_eq!(held(&t).await, totals(2, 4, 40));
+        // A confirmation frees a place.
+        let (_, delivery) = fetch(&t, 1).await.unwrap();
+        assert!(t.spool.confirm_held(key(1), delivery).await.unwrap());
+        assert_eq!(held(&t).await, totals(2, 3, 30));
+        assert_eq!(
+            t.spool.custody(hold(5, 1, 10, caps)).await,
+            CustodyOutcome::Stored
+        );
+        assert_eq!(t.spool.custody(hold(6, 1, 10, caps)).await, dropped);
+        t.close().await;
+    }
+
+    #[tokio::test]
+    async fn past_the_byte_total_a_reply_is_dropped_and_its_tag_kept() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        let caps = HoldCaps {
+            total_bytes: 250,
+            ..ROOMY
+        };
+        let stored = CustodyOutcome::Stored;
+        assert_eq!(t.spool.custody(hold(0, 1, 100, caps)).await, stored);
+        assert_eq!(t.spool.custody(hold(1, 2, 100, caps)).await, stored);
+        let dropped = CustodyOutcome::HeldDropped(HoldDrop::Total);
+        assert_eq!(t.spool.custody(hold(2, 3, 100, caps)).await, dropped);
+        assert_eq!(
+            t.spool.custody(hold(2, 3, 100, caps)).await,
+            CustodyOutcome::Duplicate
+        );
+        // Up to the total exactly.
+        assert_eq!(t.spool.custody(hold(3, 1, 50, caps)).await, stored);
+        assert_eq!(t.spool.custody(hold(4, 1, 1, caps)).await, dropped);
+        assert_eq!(held(&t).await, totals(2, 3, 250));
+        // Confirming frees its bytes.
+        let (tag, delivery) = fetch(&t, 2).await.unwrap();
+        assert_eq!(tag, 1);
+        assert!(t.spool.confirm_held(key(2), delivery).await.unwrap());
+        assert_eq!(held(&t).await, totals(1, 2, 150));
+        assert_eq!(t.spool.custody(hold(5, 3, 100, caps)).await, stored);
+        t.close().await;
+    }
+
+    /// Past the cap on mailboxes a reply for a new mailbox is dropped;
+    /// mailboxes holding replies still take theirs. A mailbox whose last
+    /// reply is confirmed is gone, and its place free.
+    #[tokio::test]
+    async fn past_the_mailbox_cap_only_a_new_mailbox_is_refused() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        let caps = HoldCaps {
+            mailboxes: 2,
+            ..ROOMY
+        };
+        let stored = CustodyOutcome::Stored;
+        assert_eq!(t.spool.custody(hold(0, 1, 10, caps)).await, stored);
+        assert_eq!(t.spool.custody(hold(1, 2, 10, caps)).await, stored);
+        let dropped = CustodyOutcome::HeldDropped(HoldDrop::Mailboxes);
+        assert_eq!(t.spool.custody(hold(2, 3, 10, caps)).await, dropped);
+        assert_eq!(
+            t.spool.custody(hold(2, 3, 10, caps)).await,
+            CustodyOutcome::Duplicate
+        );
+        assert_eq!(t.spool.custody(hold(3, 1, 10, caps)).await, stored);
+        assert_eq!(held(&t).await, totals(2, 3, 30));
+        let (_, delivery) = fetch(&t, 2).await.unwrap();
+        assert!(t.spool.confirm_held(key(2), delivery).await.unwrap());
+        assert_eq!(held(&t).await, totals(1, 2, 20));
+        assert_eq!(t.spool.custody(hold(4, 3, 10, caps)).await, stored);
+        assert_eq!(held(&t).await, totals(2, 3, 30));
+        t.close().await;
+    }
+
+    /// Under `-min-free-space` nothing is kept, not even the tag: the
+    /// previous hop's retry is taken once space is back.
+    #[tokio::test]
+    async fn under_the_free_space_floor_nothing_is_kept_not_even_the_tag() {
+        use crate::spool::custody::BusyReason;
+        let mut t = TestSpool::open(Duration::ZERO, 1_000);
+        let dir = t.dir.path().to_path_buf();
+        t.spool = t.spool.clone().with_free_space_reserve(&dir, u64::MAX);
+        assert_eq!(
+            t.spool.custody(hold(1, 1, 10, ROOMY)).await,
+            CustodyOutcome::Busy(BusyReason::FreeSpace)
+        );
+        assert_eq!(held(&t).await, totals(0, 0, 0));
+        t.spool = t.spool.clone().with_free_space_reserve(&dir, 0);
+        assert_eq!(
+            t.spool.custody(hold(1, 1, 10, ROOMY)).await,
+            CustodyOutcome::Stored
+        );
+        t.close().await;
+    }
+
+    /// A fetch hands out the oldest reply, the same one until the client
+    /// confirms it (a lost confirmation: the client gets it again); a
+    /// confirmation counts once.
+    #[tokio::test]
+    async fn a_fetch_hands_out_the_oldest_until_it_is_confirmed() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        for tag in [7, 3, 5] {
+            t.spool.custody(hold(tag, 1, 10, ROOMY)).await;
+        }
+        let (first, delivery) = fetch(&t, 1).await.unwrap();
+        assert_eq!(first, 7);
+        assert_eq!(
+            fetch(&t, 1).await,
+            Some((7, delivery)),
+            "again, unconfirmed"
+        );
+        assert!(t.spool.confirm_held(key(1), delivery).await.unwrap());
+        assert!(!t.spool.confirm_held(key(1), delivery).await.unwrap());
+        let (second, next) = fetch(&t, 1).await.unwrap();
+        assert_eq!(second, 3);
+        assert_ne!(next, delivery);
+        assert!(t.spool.confirm_held(key(1), next).await.unwrap());
+        assert_eq!(fetch(&t, 1).await.map(|r| r.0), Some(5));
+        assert_eq!(held(&t).await, totals(1, 1, 10));
+        t.close().await;
+    }
+
+    /// Only the mailbox's own key confirms its reply.
+    #[tokio::test]
+    async fn a_confirmation_under_another_mailbox_deletes_nothing() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        t.spool.custody(hold(1, 1, 10, ROOMY)).await;
+        t.spool.custody(hold(2, 2, 10, ROOMY)).await;
+        let (_, delivery) = fetch(&t, 1).await.unwrap();
+        assert!(!t.spool.confirm_held(key(2), delivery).await.unwrap());
+        assert_eq!(held(&t).await, totals(2, 2, 20));
+        assert_eq!(fetch(&t, 1).await, Some((1, delivery)));
+        assert_eq!(fetch(&t, 2).await.map(|r| r.0), Some(2));
+        assert!(t.spool.confirm_held(key(1), delivery).await.unwrap());
+        assert_eq!(held(&t).await, totals(1, 1, 10));
+        t.close().await;
+    }
+
+    /// Mailboxes not seen (fetched, confirmed, touched) for `idle` go
+    /// with what they hold; the others stay, whatever their age.
+    #[tokio::test]
+    async fn idle_mailboxes_expire_with_their_replies_and_seen_ones_stay() {
+        use crate::spool::held::SEEN_RESOLUTION_MS;
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        for (tag, mailbox) in [(0, 1), (1, 1), (2, 2), (3, 3), (4, 4)] {
+            t.spool.custody(hold(tag, mailbox, 10, ROOMY)).await;
+        }
+        let hour = 3_600_000;
+        t.set_now(1_000 + hour / 2);
+        fetch(&t, 2).await.unwrap();
+        t.spool.touch_mailbox(key(3)).await.unwrap();
+        // A touch makes no mailbox.
+        t.spool.touch_mailbox(key(9)).await.unwrap();
+        assert_eq!(held(&t).await, totals(4, 5, 50));
+        // A reply arriving is not its client seen.
+        t.spool.custody(hold(5, 4, 10, ROOMY)).await;
+        t.set_now(1_000 + hour + SEEN_RESOLUTION_MS);
+        let idle = Duration::from_millis(hour);
+        assert_eq!(t.spool.expire_mailboxes(idle).await.unwrap(), (2, 4));
+        assert_eq!(held(&t).await, totals(2, 2, 20));
+        assert_eq!(fetch(&t, 1).await, None);
+        assert_eq!(fetch(&t, 4).await, None);
+        assert_eq!(fetch(&t, 2).await.map(|r| r.0), Some(2));
+        assert_eq!(fetch(&t, 3).await.map(|r| r.0), Some(3));
+        assert_eq!(t.spool.expire_mailboxes(idle).await.unwrap(), (0, 0));
+        t.close().await;
+    }
+
+    /// More idle mailboxes than one transaction expires: one call still
+    /// expires them all.
+    #[tokio::test]
+    async fn expiry_takes_every_idle_mailbox_however_many() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        let n = crate::spool::held::EXPIRE_BATCH as u32 * 2 + 3;
+        for tag in 0..n {
+            t.spool
+                .custody(hold(tag, (tag % 250) as u8, 1, ROOMY))
+                .await;
+        }
+        let boxes = u64::from(n.min(250));
+        assert_eq!(held(&t).await, totals(boxes, n.into(), n.into()));
+        t.set_now(100_000);
+        let expired = t
+            .spool
+            .expire_mailboxes(Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(expired, (boxes, n.into()));
+        assert_eq!(held(&t).await, totals(0, 0, 0));
+        t.close().await;
+    }
+
+    /// Held replies, their tags and the totals are on disk: a restart
+    /// hands out the same reply and knows the same packet.
+    #[tokio::test]
+    async fn held_replies_survive_a_restart() {
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        t.spool.custody(hold(1, 1, 100, ROOMY)).await;
+        t.spool.custody(hold(2, 1, 100, ROOMY)).await;
+        let before = fetch(&t, 1).await.unwrap();
+        let t = t.reopen().await;
+        assert_eq!(held(&t).await, totals(1, 2, 200));
+        assert_eq!(fetch(&t, 1).await, Some(before));
+        assert_eq!(
+            t.spool.custody(hold(1, 1, 100, ROOMY)).await,
+            CustodyOutcome::Duplicate
+        );
+        assert!(t.spool.confirm_held(key(1), before.1).await.unwrap());
+        assert_eq!(fetch(&t, 1).await.map(|r| r.0), Some(2));
+        t.close().await;
+    }
+
+    /// Storing a reply costs the same whatever is held: the SQLite VM
+    /// steps of the hold path (every statement in `held::hold_sql`) for
+    /// 200 replies, half into a mailbox holding 2,500 and half into new
+    /// mailboxes beside 2,500 others, are within 1.5× of those for the
+    /// first 200 (a count of the mailbox's replies, or of the mailboxes,
+    /// per insert would grow with what is held). Steps, not time.
+    #[test]
+    fn holding_a_reply_costs_the_same_whatever_is_held() {
+        use crate::spool::custody::custody_refs;
+        use crate::spool::held::hold_sql;
+        use rusqlite::StatementStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::spool::schema::open_writer(dir.path()).unwrap();
+        let steps = |conn: &rusqlite::Connection| -> i64 {
+            hold_sql::ALL
+                .iter()
+                .map(|sql| {
+                    conn.prepare_cached(sql)
+                        .unwrap()
+                        .get_status(StatementStatus::VmStep) as i64
+                })
+                .sum()
+        };
+        // Even tags into mailbox 0, odd ones each into a mailbox of its
+        // own; 100 a transaction.
+        let store = |conn: &mut rusqlite::Connection, from: u32, n: u32| {
+            for chunk in (from..from + n).collect::<Vec<_>>().chunks(100) {
+                let tx = conn.transaction().unwrap();
+                let requests: Vec<Custody> = chunk
+                    .iter()
+                    .map(|&i| {
+                        let Custody::Hold {
+                            tag,
+                            epoch,
+                            reply_id,
+                            payload,
+                            caps,
+                            ..
+                        } = hold(i, 0, 64, ROOMY)
+                        else {
+                            unreachable!()
+                        };
+                        let mut mailbox = [0; 32];
+                        if i % 2 == 1 {
+                            mailbox[..4].copy_from_slice(&i.to_be_bytes());
+                        }
+                        Custody::Hold {
+                            tag,
+                            epoch,
+                            mailbox,
+                            reply_id,
+                            payload,
+                            caps,
+                        }
+                    })
+                    .collect();
+                let refs: Vec<&Custody> = requests.iter().collect();
+                let outcomes = custody_refs(&tx, 1_000, &refs).unwrap();
+                assert!(outcomes.iter().all(|o| *o == CustodyOutcome::Stored));
+                tx.commit().unwrap();
+            }
+        };
+        let at = steps(&conn);
+        store(&mut conn, 0, 200);
+        let first = steps(&conn) - at;
+        store(&mut conn, 200, 4_800);
+        let at = steps(&conn);
+        store(&mut conn, 5_000, 200);
+        let late = steps(&conn) - at;
+        assert!(first > 0);
+        eprintln!("hold path: {first} VM steps for the first 200, {late} after 5,000");
+        assert!(
+            late * 2 <= first * 3,
+            "200 replies cost {first} steps at first and {late} after 5,000"
+        );
+    }
+}
