@@ -370,7 +370,7 @@ fn load_directory(config: &Config, path: &Path) -> Result<Directory, String> {
         trust,
         saved_serial: saved,
         now: crate::time::now_ms(),
-        own: Some(&config.name),
+        reader: Some(crate::wire::pki::Reader::Node(&config.name)),
     })
     .map(|accepted| accepted.directory)
     .map_err(|e| e.to_string())

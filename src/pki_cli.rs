@@ -110,7 +110,7 @@ fn sign(args: &PkiSignArgs) -> Result<Done, PkiFailure> {
         trust: None,
         saved_serial: None,
         now: crate::time::now_ms(),
-        own: None,
+        reader: None,
     })
     .map_err(|e| refuse(e.to_string()))?;
     let v = accepted.directory.validity();
@@ -219,7 +219,7 @@ fn verify(args: &PkiVerifyArgs) -> Result<Done, PkiFailure> {
         trust: Some(&trust),
         saved_serial: saved,
         now: crate::time::now_ms(),
-        own: None,
+        reader: None,
     })
     .map_err(|e| refused(e.to_string()))?;
     let tally = accepted.signed.expect("checked with -pki-trust");

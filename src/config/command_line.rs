@@ -63,17 +63,48 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Cli, clap::Error
             .map_err(|e| in_file(&first_line(&e)))?;
     }
     let mut cli = Cli::from_arg_matches(&matches)?;
+    let command = Cli::command();
+    // `pluto2 check` validates the daemon's flags too, so it must tell a
+    // flag given from a default as the daemon does.
+    if let Some(super::Command::Check(args)) = &mut cli.command
+        && let Some((name, sub)) = matches.subcommand()
+        && let Some(check) = command.find_subcommand(name)
+    {
+        args.origin = CommandLine {
+            argv: argv.clone(),
+            values: flag_values(sub, check),
+            given: given_flags(sub, check),
+        };
+    }
     cli.daemon.origin = CommandLine {
         argv,
-        values: flag_values(&matches),
+        values: flag_values(&matches, &command),
+        given: given_flags(&matches, &command),
     };
     Ok(cli)
 }
 
+/// The long names of the flags written on the command line or in the
+/// flags file (which is merged into the command line), defaults left out.
+fn given_flags(
+    matches: &clap::ArgMatches,
+    command: &clap::Command,
+) -> std::collections::BTreeSet<String> {
+    command
+        .get_arguments()
+        .filter(|arg| {
+            matches.value_source(arg.get_id().as_str())
+                == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .filter_map(|arg| arg.get_long().map(str::to_string))
+        .collect()
+}
+
 /// Every daemon flag's values as written (defaults included), by long name.
-fn flag_values(matches: &clap::ArgMatches) -> std::collections::BTreeMap<String, Vec<String>> {
-    use clap::CommandFactory;
-    let command = Cli::command();
+fn flag_values(
+    matches: &clap::ArgMatches,
+    command: &clap::Command,
+) -> std::collections::BTreeMap<String, Vec<String>> {
     command
         .get_arguments()
         .filter_map(|arg| {

@@ -8,7 +8,8 @@
 //! its `validate`, which looks at its own flags only, the typed settings
 //! struct that [`Config`] holds, and its tests. The few settings that
 //! depend on more than one group are derived in `apply_cross_group_rules`
-//! here, and nowhere else. Adding a group takes four steps: a `foo.rs` with
+//! here, and nowhere else; client mode's refusals of other groups' flags
+//! are `client_mode_rules`, here too. Adding a group takes four steps: a `foo.rs` with
 //! a `FooArgs` struct carrying `#[command(next_help_heading = "Foo")]` and
 //! its `validate` into a `FooConfig`, a `#[command(flatten)]` field in
 //! [`DaemonArgs`], and a field in [`Config`].
@@ -54,7 +55,10 @@ pub use pki::{PkiCommand, PkiKeyArgs, PkiSignArgs, PkiVerifyArgs};
 pub use queue::{DeleteTargets, QueueArgs, QueueOp, QueueTargets};
 pub use relay::{RelayArgs, RelayConfig};
 pub use sanitize::{SanitizeArgs, SanitizePolicy};
-pub use sphinx::{DEFAULT_EXIT_PARTIAL_BYTES, MixnetArgs, MixnetConfig, NodeInfo};
+pub use sphinx::{
+    ClientConfig, DEFAULT_EXIT_PARTIAL_BYTES, DEFAULT_GATEWAY_CLIENTS, DEFAULT_GATEWAY_HELD,
+    DEFAULT_GATEWAY_HELD_BYTES, GatewayConfig, MixnetArgs, MixnetConfig, NodeInfo,
+};
 pub use spool::{SpoolArgs, SpoolConfig};
 
 use crate::address::OnionName;
@@ -170,6 +174,17 @@ pub struct CommandLine {
     pub argv: Vec<String>,
     /// Long flag name → its values as written.
     pub values: std::collections::BTreeMap<String, Vec<String>>,
+    /// The long names of the flags given (on the command line or in the
+    /// flags file), as opposed to left at their defaults: client mode
+    /// refuses node flags given, whatever their value.
+    pub given: std::collections::BTreeSet<String>,
+}
+
+impl CommandLine {
+    /// Whether the flag `long` (without dashes) was given.
+    pub fn given(&self, long: &str) -> bool {
+        self.given.contains(long)
+    }
 }
 
 /// Parses `30s`, `1m`, `24h`, `1h30m` and a bare `0`.
@@ -200,14 +215,19 @@ impl DaemonArgs {
     /// Checks every setting, group by group, then derives the settings that
     /// span groups. Creates and writes nothing (see the module doc).
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let name = self.node.resolve_name()?;
+        let name = if self.mixnet.client {
+            client_mode_rules(&self)?;
+            client_name()
+        } else {
+            self.node.resolve_name()?
+        };
         let listener = self.listener.validate()?;
         let spool = self.spool.validate();
         let relay = self.relay.validate()?;
         let mix = self.mix.validate()?;
         let ops = self.ops.validate()?;
         self.sanitize.validate()?;
-        let (mixnet, export_node_info) = self.mixnet.validate()?;
+        let (mixnet, export_node_info) = self.mixnet.validate(&self.origin)?;
         let (relay, sanitize) = apply_cross_group_rules(&name, relay, &self.sanitize);
         Ok(Config {
             name,
@@ -245,6 +265,48 @@ fn apply_cross_group_rules(
         .sanitize
         .then(|| sanitize.anon_from.replace("NAME", name.as_str()));
     (relay, SanitizePolicy { anon_from })
+}
+
+/// The name a client (`-client`) goes by where the daemon wants a node's
+/// name (its SMTP greeting to local mail programs, HELO): a client has no
+/// onion service. The same for every client, so nothing it says names it:
+/// the onion name of the all-zero key, a point of small order that Tor
+/// refuses as an onion service's key, so it is nobody's address.
+pub fn client_name() -> OnionName {
+    OnionName::from_public_key(&[0; 32])
+}
+
+/// What client mode refuses outside the Mixnet group (whose own node
+/// flags `MixnetArgs::validate` refuses): a client has no onion name, and
+/// its SMTP listener serves this machine's mail programs only. `-client`
+/// without `-sphinx` is refused first, since the rest follows from it.
+/// `-metrics` needs no rule here: it is loopback-only in every mode.
+fn client_mode_rules(args: &DaemonArgs) -> Result<(), ConfigError> {
+    if !args.mixnet.sphinx {
+        return Err(bad(
+            "-client",
+            "true",
+            "a client sends mail through the mixnet only: add -sphinx (with -pki-file and -via)",
+        ));
+    }
+    for flag in ["-name", "-hs-hostname-file"] {
+        if args.origin.given(&flag[1..]) {
+            return Err(bad(
+                flag,
+                &sphinx::shown(&args.origin, flag),
+                "a client has no onion service and is not listed in nodes.json; leave it out with -client",
+            ));
+        }
+    }
+    let addr = args.listener.addr;
+    if !addr.ip().is_loopback() {
+        return Err(bad(
+            "-addr",
+            &addr.to_string(),
+            "a client's SMTP listener is for this machine's mail programs only: use a loopback address (127.0.0.0/8 or [::1]), e.g. 127.0.0.1:2525",
+        ));
+    }
+    Ok(())
 }
 
 /// Timeouts and intervals below a second are typos (`1` meant as minutes).
@@ -371,6 +433,7 @@ mod tests {
                         "pki-trust" => "kwgmzEUqp0VTg5XOYHIcseEL1uIbbL9fJ+cJxfO1AdU=".into(),
                         "pki-threshold" => "1".into(),
                         "metrics" => "127.0.0.1:9900".into(),
+                        "via" => "alice".into(),
                         "exit-partial-bytes" => "268435456".into(),
                         other => panic!("no sample value for -{other}; add one here"),
                     },

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::address::OnionName;
 use crate::time::UnixMillis;
-use crate::wire::pki::{self, Directory};
+use crate::wire::pki::{self, Directory, Reader};
 use crate::wire::pki_sig::{self, Candidate, Trust};
 
 /// File name of the highest accepted serial in the data directory.
@@ -164,6 +164,19 @@ pub fn load(
     trust: Option<&Trust>,
     now: UnixMillis,
 ) -> Result<(Directory, Notes), LoadError> {
+    load_as(data_dir, Reader::Node(own), pki_file, trust, now)
+}
+
+/// [`load`] for any reader: a node, or a client of one gateway (`-via`),
+/// which is held to the same signatures, serial and expiry (its serial is
+/// kept in its own data directory).
+pub fn load_as(
+    data_dir: &Path,
+    reader: Reader<'_>,
+    pki_file: &Path,
+    trust: Option<&Trust>,
+    now: UnixMillis,
+) -> Result<(Directory, Notes), LoadError> {
     let files = read_files(pki_file).map_err(LoadError::Refused)?;
     let saved = read_serial(data_dir)?;
     let accepted = pki_sig::accept(&Candidate {
@@ -172,7 +185,7 @@ pub fn load(
         trust,
         saved_serial: saved,
         now,
-        own: Some(own),
+        reader: Some(reader),
     })
     .map_err(|e| LoadError::Refused(e.to_string()))?;
     if let Some(serial) = accepted.serial_to_save(saved) {

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use crate::address::OnionName;
 use crate::config::{MixnetConfig, NodeInfo};
-use crate::mixnet::keys::{IdentityKey, KeyError, KeyRing, Rotation};
-use crate::wire::pki::{self, Directory, NodeEntry};
+use crate::mixnet::keys::{ClientSeed, IdentityKey, KeyError, KeyRing, Rotation};
+use crate::wire::pki::{self, Directory, NodeEntry, Reader};
 
 /// What the mixnet tasks start from: the settings, the checked directory
 /// and this node's keys.
@@ -49,6 +49,30 @@ pub enum MixnetStartError {
         "-exit-partial-bytes {cap}: an exit must hold one message of the network's largest size ({need} bytes: max_message_size {max} and its envelope); raise it or run with -exit=false"
     )]
     PartialCap { cap: u64, need: usize, max: usize },
+    #[error("-data-dir: this client's seed: {0}")]
+    ClientSeed(KeyError),
+    /// `start_client` with settings that are not a client's.
+    #[error("-via is missing: client mode needs the gateway it sends through, e.g. -via alice")]
+    NoVia,
+}
+
+/// What client mode (`-client`) starts from: the settings, `nodes.json`
+/// as a client of its gateway reads it, and the client's keys.
+#[derive(Debug)]
+pub struct MixnetClient {
+    pub config: MixnetConfig,
+    /// `own()` is the gateway (`-via`), `others()` the candidates for the
+    /// rest of a route.
+    pub directory: Directory,
+    /// The secret every key of this client is derived from.
+    pub seed: ClientSeed,
+    /// This client's key at its gateway (`seed.key_for(gateway)`): it
+    /// signs the gateway's challenge, and names the client's mailbox.
+    pub key: ed25519_dalek::SigningKey,
+    /// Where peers' bundles and the accepted serial are kept.
+    pub data_dir: std::path::PathBuf,
+    /// What to log about `nodes.json` once the client runs.
+    pub pki_notes: super::directory::Notes,
 }
 
 /// This node's `nodes.json` entry, exactly as `-export-node-info` prints
@@ -61,6 +85,7 @@ pub fn node_entry(name: &OnionName, info: &NodeInfo, identity: &IdentityKey) -> 
         identity: pki::encode_key(identity.public().as_bytes()),
         exit: info.exit,
         family: info.family.clone(),
+        gateway: info.gateway,
     }
 }
 
@@ -102,6 +127,7 @@ pub fn start(
         ("port", listed.port != mine.port),
         ("exit", listed.exit != mine.exit),
         ("family", listed.family != mine.family),
+        ("gateway", listed.gateway != mine.gateway),
         (
             "identity",
             pki::encode_key(listed.identity.as_bytes()) != mine.identity,
@@ -131,6 +157,51 @@ pub fn start(
         identity,
         keys,
         rotation,
+        data_dir: data_dir.to_path_buf(),
+        pki_notes,
+    })
+}
+
+/// Reads and checks `nodes.json` as a client of the gateway `-via` (the
+/// same signatures, serial and expiry as a node), and loads or makes the
+/// client's seed in `data_dir`, which must be prepared.
+pub fn start_client(
+    data_dir: &Path,
+    config: MixnetConfig,
+) -> Result<MixnetClient, MixnetStartError> {
+    let Some(via) = config.client.as_ref().map(|c| c.via.clone()) else {
+        return Err(MixnetStartError::NoVia);
+    };
+    let seed = ClientSeed::load_or_create(data_dir).map_err(MixnetStartError::ClientSeed)?;
+    let path = config.pki_file.display().to_string();
+    let (directory, pki_notes) = super::directory::load_as(
+        data_dir,
+        Reader::Client(&via),
+        &config.pki_file,
+        config.trust.as_ref(),
+        crate::time::now_ms(),
+    )
+    .map_err(|e| match e {
+        super::directory::LoadError::Refused(reason) => MixnetStartError::Pki {
+            path: path.clone(),
+            reason,
+        },
+        state => MixnetStartError::Serial(state.to_string()),
+    })?;
+    // parse_for_client refuses any other; checked again here because the
+    // whole client relies on it.
+    if !directory.own().gateway {
+        return Err(MixnetStartError::Pki {
+            path,
+            reason: pki::PkiError::NotGateway(via).to_string(),
+        });
+    }
+    let key = seed.key_for(&directory.own().id);
+    Ok(MixnetClient {
+        config,
+        directory,
+        seed,
+        key,
         data_dir: data_dir.to_path_buf(),
         pki_notes,
     })
@@ -670,4 +741,162 @@ pub async fn spawn_client(
         params.hops,
     );
     Ok(())
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::wire::packet::NodeId;
+
+    /// A four-node `nodes.json` in `dir` whose first node, alice, is a
+    /// gateway when `gateway` says so.
+    fn nodes_json(dir: &Path, gateway: bool) -> std::path::PathBuf {
+        let entry = |seed: u8, name: &str| {
+            let identity = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
+            json!({
+                "name": name,
+                "onion": OnionName::from_seed(seed).to_string(),
+                "port": 9999,
+                "identity": pki::encode_key(identity.as_bytes()),
+                "exit": true,
+            })
+        };
+        let mut doc = json!({
+            "serial": 7,
+            "nodes": [entry(1, "alice"), entry(2, "bob"), entry(3, "carol"), entry(4, "dave")],
+        });
+        if gateway {
+            doc["nodes"][0]["gateway"] = json!(true);
+        }
+        let path = dir.join("nodes.json");
+        std::fs::write(&path, doc.to_string()).unwrap();
+        path
+    }
+
+    fn client_config(pki_file: &Path, via: &str) -> MixnetConfig {
+        let cli = crate::config::parse(
+            [
+                "pluto2",
+                "-sphinx",
+                "-client",
+                "-via",
+                via,
+                "-pki-file",
+                pki_file.to_str().unwrap(),
+            ]
+            .map(String::from),
+        )
+        .unwrap();
+        cli.daemon.validate().unwrap().mixnet.unwrap()
+    }
+
+    #[test]
+    fn a_client_starts_with_its_gateway_and_a_key_of_its_own_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = nodes_json(dir.path(), true);
+        let client = start_client(dir.path(), client_config(&file, "alice")).unwrap();
+        assert_eq!(client.directory.own().short_name, "alice");
+        let others: Vec<&str> = client
+            .directory
+            .others()
+            .map(|n| n.short_name.as_str())
+            .collect();
+        assert_eq!(others, ["bob", "carol", "dave"]);
+        let alice = NodeId(OnionName::from_seed(1).public_key());
+        assert_eq!(
+            client.key.verifying_key(),
+            client.seed.key_for(&alice).verifying_key()
+        );
+        assert_eq!(client.data_dir, dir.path());
+        // The seed is kept, the serial too, as a node keeps its own.
+        assert!(
+            dir.path()
+                .join(crate::mixnet::keys::CLIENT_SEED_FILE)
+                .exists()
+        );
+        assert_eq!(
+            super::super::directory::read_serial(dir.path()).unwrap(),
+            Some(7)
+        );
+        let again = start_client(dir.path(), client_config(&file, "alice")).unwrap();
+        assert_eq!(again.key.verifying_key(), client.key.verifying_key());
+        // No node key is made: a client has no identity in nodes.json.
+        assert!(!dir.path().join(crate::mixnet::keys::IDENTITY_FILE).exists());
+    }
+
+    #[test]
+    fn a_client_refuses_a_gateway_that_is_none_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = nodes_json(dir.path(), false);
+        let e = start_client(dir.path(), client_config(&file, "alice"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("-pki-file {}: -via alice", file.display())),
+            "{e}"
+        );
+        assert!(e.contains("lacks \"gateway\": true"), "{e}");
+        let file = nodes_json(dir.path(), true);
+        let e = start_client(dir.path(), client_config(&file, "zoe"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no node zoe in nodes.json"), "{e}");
+    }
+
+    #[test]
+    fn a_client_is_held_to_the_operators_signatures() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = nodes_json(dir.path(), true);
+        let operator = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let mut config = client_config(&file, "alice");
+        config.trust = Some(
+            crate::wire::pki_sig::Trust::new(
+                &pki::encode_key(operator.verifying_key().as_bytes()),
+                None,
+            )
+            .unwrap(),
+        );
+        let e = start_client(dir.path(), config).unwrap_err().to_string();
+        assert!(e.contains("no signature file"), "{e}");
+    }
+
+    #[test]
+    fn a_node_whose_gateway_flag_differs_from_its_entry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = nodes_json(dir.path(), true);
+        let identity = load_identity(dir.path()).unwrap();
+        // Make alice's entry this node's keys.
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        doc["nodes"][0]["identity"] = json!(pki::encode_key(identity.public().as_bytes()));
+        std::fs::write(&file, doc.to_string()).unwrap();
+        let name = OnionName::from_seed(1);
+        let node = |gateway: bool| {
+            let mut args = vec![
+                "pluto2".to_string(),
+                "-name".into(),
+                name.to_string(),
+                "-sphinx".into(),
+                "-short-name".into(),
+                "alice".into(),
+                "-pki-file".into(),
+                file.to_str().unwrap().into(),
+            ];
+            if gateway {
+                args.push("-gateway".into());
+            }
+            let m = crate::config::parse(args)
+                .unwrap()
+                .daemon
+                .validate()
+                .unwrap()
+                .mixnet
+                .unwrap();
+            start(dir.path(), &name, m)
+        };
+        node(true).unwrap();
+        let e = node(false).unwrap_err().to_string();
+        assert!(e.contains("another \"gateway\""), "{e}");
+    }
 }

@@ -23,6 +23,10 @@
 //!
 //! The node's address in packet headers is neither of these: it is the key
 //! inside its onion name (`wire::packet::NodeId`), which Tor holds.
+//!
+//! A client (`-client`) has neither: it is listed nowhere. It keeps one
+//! **client seed** (`client-seed`, 32 random bytes, the same file rules),
+//! and derives from it its key at each gateway ([`ClientSeed::key_for`]).
 
 use std::fmt;
 use std::io::Write;
@@ -40,6 +44,11 @@ pub const MIX_KEY_PREFIX: &str = "mixkey-";
 pub const LEGACY_MIX_KEY_FILE: &str = "mixkey";
 /// Epochs after the current one whose keys exist already.
 pub const AHEAD: u32 = 2;
+/// File name of a client's seed in its data directory.
+pub const CLIENT_SEED_FILE: &str = "client-seed";
+/// Domain label of the derivation of a client's key at a gateway, so the
+/// hash can never coincide with any other use of the seed.
+const CLIENT_KEY_LABEL: &[u8] = b"pluto2 client key v1\0";
 
 const KEY_LEN: usize = 32;
 
@@ -61,6 +70,7 @@ pub enum KeyError {
 }
 
 const IDENTITY_FIX: &str = "restore this node's identity.key from a backup (only for a node not yet in any nodes.json: delete it, and pluto2 makes a new identity)";
+const CLIENT_SEED_FIX: &str = "restore this client's client-seed from a backup; if it is lost, delete it and pluto2 makes a new one, but replies held for the old one at the gateway are lost and the client's queued mail is retransmitted end to end";
 const MIX_KEY_FIX: &str = "restore it from a backup; if it is lost, delete it and pluto2 makes a new one, but peers that fetched the old one see two keys for one epoch and exclude this node until they restart";
 
 /// The node's long-term ed25519 signing key.
@@ -99,6 +109,47 @@ impl IdentityKey {
 
     pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
         &self.0
+    }
+}
+
+/// A client's one secret: the seed its keys at gateways are derived from.
+///
+/// One key per gateway rather than one key for all: a client that uses
+/// two gateways (one after another, or one per network) must not be
+/// linkable by them comparing the keys it authenticated with. Derived
+/// rather than stored per gateway, so moving to a new gateway needs no
+/// new file and a backup of one file restores every mailbox.
+pub struct ClientSeed([u8; KEY_LEN]);
+
+impl fmt::Debug for ClientSeed {
+    /// Nothing of the secret: not even a public key, which a gateway
+    /// could match against a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientSeed(..)")
+    }
+}
+
+impl ClientSeed {
+    /// Reads `client-seed` from `data_dir`, creating it if missing (mode
+    /// 0600, never overwritten). A file of another size or readable by
+    /// others is refused, as the identity key is.
+    pub fn load_or_create(data_dir: &Path) -> Result<ClientSeed, KeyError> {
+        let seed = load_or_create(&data_dir.join(CLIENT_SEED_FILE), CLIENT_SEED_FIX)?;
+        Ok(ClientSeed(seed))
+    }
+
+    /// The client's ed25519 key at `gateway`: SHA-256 over a domain label,
+    /// the seed and the gateway's 32-byte id, taken as the key's secret.
+    /// The same for every start (the mailbox is named by it), unrelated
+    /// between two gateways and between two seeds.
+    pub fn key_for(&self, gateway: &crate::wire::packet::NodeId) -> ed25519_dalek::SigningKey {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(CLIENT_KEY_LABEL);
+        h.update(self.0);
+        h.update(gateway.0);
+        let secret: [u8; KEY_LEN] = h.finalize().into();
+        ed25519_dalek::SigningKey::from_bytes(&secret)
     }
 }
 
@@ -530,6 +581,74 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn a_client_seed_is_made_once_0600_and_gives_the_same_key_after_a_reload() {
+        use crate::wire::packet::NodeId;
+        let dir = tempfile::tempdir().unwrap();
+        let seed = ClientSeed::load_or_create(dir.path()).unwrap();
+        let path = dir.path().join(CLIENT_SEED_FILE);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(files(dir.path()), [CLIENT_SEED_FILE]);
+        let stored = std::fs::read(&path).unwrap();
+        let gateway = NodeId([3; 32]);
+        let again = ClientSeed::load_or_create(dir.path()).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), stored, "never overwritten");
+        assert_eq!(
+            again.key_for(&gateway).verifying_key(),
+            seed.key_for(&gateway).verifying_key()
+        );
+        assert_eq!(format!("{seed:?}"), "ClientSeed(..)", "no secret in logs");
+    }
+
+    #[test]
+    fn a_client_has_unrelated_keys_at_two_gateways_and_with_two_seeds() {
+        use crate::wire::packet::NodeId;
+        let (a, b) = (NodeId([1; 32]), NodeId([2; 32]));
+        let one = ClientSeed([7; 32]);
+        let other = ClientSeed([8; 32]);
+        let keys = [
+            one.key_for(&a),
+            one.key_for(&b),
+            other.key_for(&a),
+            other.key_for(&b),
+        ];
+        for (i, x) in keys.iter().enumerate() {
+            for y in &keys[i + 1..] {
+                assert_ne!(x.verifying_key(), y.verifying_key());
+            }
+        }
+        // Derived from the seed and the gateway, not taken from either.
+        assert_ne!(one.key_for(&a).to_bytes(), [7; 32]);
+        assert_ne!(one.key_for(&a).to_bytes(), [1; 32]);
+        // The same inputs give the same key: a fixed derivation.
+        assert_eq!(
+            ClientSeed([7; 32]).key_for(&a).verifying_key(),
+            one.key_for(&a).verifying_key()
+        );
+    }
+
+    #[test]
+    fn it_refuses_a_client_seed_others_can_read_or_of_the_wrong_size() {
+        let dir = tempfile::tempdir().unwrap();
+        ClientSeed::load_or_create(dir.path()).unwrap();
+        let path = dir.path().join(CLIENT_SEED_FILE);
+        let stored = std::fs::read(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = ClientSeed::load_or_create(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("client-seed") && e.contains("chmod 600"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), stored);
+        std::fs::write(&path, [1u8; 31]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = ClientSeed::load_or_create(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds 31 bytes"), "{e}");
+        assert!(e.contains("restore this client's client-seed"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), [1u8; 31]);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! * `nodes`: one object per node, exactly as `pluto2 -export-node-info`
 //!   prints it ([`NodeEntry`]): short name, onion name, the onion's virtual
 //!   port for links, the base64 ed25519 identity key, whether it is an
-//!   exit and an optional operator family. Mix keys are not here: they
+//!   exit, an optional operator family and, for a node that serves
+//!   clients, `"gateway": true` (left out when false, so files written
+//!   before client mode read and verify as they did). Mix keys are not here: they
 //!   change every epoch and travel as bundles signed by the identity key
 //!   (`wire::bundle`), fetched over the links.
 //! * `params`: the network parameters ([`Params`]), each optional with its
@@ -49,6 +51,11 @@ pub const MAX_LABEL: usize = 32;
 pub const MIN_HOPS: usize = 2;
 pub const MAX_ROUTE_HOPS: usize = 5;
 const _: () = assert!(MAX_ROUTE_HOPS <= MAX_HOPS);
+/// Most hops after the gateway on a client's route: the gateway is a
+/// Sphinx hop of its own (the client, not the gateway, builds the
+/// header), so it takes one of the header's places.
+pub const MAX_CLIENT_HOPS: usize = MAX_HOPS - 1;
+const _: () = assert!(MAX_CLIENT_HOPS >= MIN_HOPS);
 
 /// Room kept in a message's blob for its envelope (sender, recipients,
 /// length prefixes), so that [`Params::max_message_size`] counts the body
@@ -85,6 +92,16 @@ pub struct NodeEntry {
     /// The operator family: a route never holds two nodes of one family.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
+    /// Whether the node serves clients (`-gateway`). Written only when
+    /// true: a node that is no gateway prints the entry it printed before
+    /// client mode existed, byte for byte, and files without the key stay
+    /// valid (signatures are over the file's bytes, `wire::pki_sig`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub gateway: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// The file as written; `params` may be left out entirely, and so may the
@@ -130,6 +147,8 @@ struct RawParams {
     epoch: Option<String>,
     loop_cover_mean: Option<String>,
     drop_cover_mean: Option<String>,
+    client_send_mean: Option<String>,
+    client_fetch_mean: Option<String>,
 }
 
 /// The network parameters, validated.
@@ -155,6 +174,12 @@ pub struct Params {
     pub loop_cover_mean: Duration,
     /// The same for drop cover.
     pub drop_cover_mean: Duration,
+    /// Mean gap between two packets a client sends to its gateway, real
+    /// or loop (Poisson, so its traffic says nothing about when it has
+    /// mail). Network-wide, so all clients look alike.
+    pub client_send_mean: Duration,
+    /// Mean gap between two fetches of a client from its gateway.
+    pub client_fetch_mean: Duration,
 }
 
 const MINUTE: u64 = 60;
@@ -177,9 +202,25 @@ impl Default for Params {
             epoch: Duration::from_secs(DAY),
             loop_cover_mean: Duration::from_secs(MINUTE),
             drop_cover_mean: Duration::from_secs(MINUTE),
+            client_send_mean: DEFAULT_CLIENT_SEND_MEAN,
+            client_fetch_mean: DEFAULT_CLIENT_FETCH_MEAN,
         }
     }
 }
+
+/// A client's packet every 30 s on average: about 2,900 packets a day
+/// (86,400 s ÷ 30 s), 8 KiB each, so about 24 MiB a day upstream for a
+/// client that sends no mail at all, which a laptop on any connection
+/// bears. With mail, its packets take the place of loops at the same
+/// rate: a 4 KiB message (one packet) leaves within 30 s on average, a
+/// 200 KiB one (about 26 packets) within some 13 minutes, small beside
+/// the hops' delays of minutes each. Faster would cost every idle client
+/// more traffic for little; slower would make large messages take hours.
+pub const DEFAULT_CLIENT_SEND_MEAN: Duration = Duration::from_secs(30);
+/// A client's fetch every 60 s on average: about 1,440 fetches a day
+/// (about 12 MiB down in fixed-size answers), and a reply waits at the
+/// gateway a minute on average, nothing beside `ack_timeout` (an hour).
+pub const DEFAULT_CLIENT_FETCH_MEAN: Duration = Duration::from_secs(60);
 
 /// The shortest epoch a network may choose (test networks rotate in
 /// seconds; production in a day).
@@ -208,6 +249,10 @@ impl Params {
         for d in [self.epoch, self.loop_cover_mean, self.drop_cover_mean] {
             h.update(d.as_nanos().to_be_bytes());
         }
+        h.update(b"v3\0");
+        for d in [self.client_send_mean, self.client_fetch_mean] {
+            h.update(d.as_nanos().to_be_bytes());
+        }
         h.finalize().into()
     }
 
@@ -233,6 +278,16 @@ pub struct Node {
     pub identity: ed25519_dalek::VerifyingKey,
     pub exit: bool,
     pub family: Option<String>,
+    /// Whether it serves clients (`"gateway": true`).
+    pub gateway: bool,
+}
+
+/// Who reads a `nodes.json`: a listed node, by its onion name, or a
+/// client, by the gateway it names with `-via` (short or onion name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader<'a> {
+    Node(&'a OnionName),
+    Client(&'a str),
 }
 
 /// The validated `nodes.json` as seen by one node.
@@ -287,6 +342,30 @@ pub enum PkiError {
         "no exit node besides this one: a route ends at another node with \"exit\": true; add one"
     )]
     NoExit,
+    #[error(
+        "-via {0}: no node {0} in nodes.json; name a node listed with \"gateway\": true by its short name or onion name"
+    )]
+    ViaAbsent(String),
+    #[error(
+        "-via {0}: its entry lacks \"gateway\": true, so it does not serve clients; choose a node listed as a gateway"
+    )]
+    NotGateway(String),
+    #[error(
+        "params.hops = {0}: client mode needs hops ≤ {MAX_CLIENT_HOPS}: the gateway is the first of Sphinx's {MAX_HOPS} hops; use another network or ask its operators to lower params.hops"
+    )]
+    ClientHops(usize),
+    #[error(
+        "a client's route needs {hops} mix nodes besides the gateway {via} and its family (params.hops = {hops}), {others} are listed; choose another gateway or add nodes"
+    )]
+    ClientTooFewNodes {
+        via: String,
+        hops: usize,
+        others: usize,
+    },
+    #[error(
+        "no exit node besides the gateway {0} and its family: a client's route ends at another node with \"exit\": true; choose another gateway or add an exit"
+    )]
+    ClientNoExit(String),
     #[error("{name} {value:?}: {reason}")]
     Validity {
         name: &'static str,
@@ -382,6 +461,7 @@ impl NodeEntry {
             identity,
             exit: self.exit,
             family: self.family.clone(),
+            gateway: self.gateway,
         })
     }
 }
@@ -522,6 +602,30 @@ impl RawParams {
             self.drop_cover_mean.as_ref(),
             d.drop_cover_mean,
         )?;
+        let client_send_mean = duration(
+            "client_send_mean",
+            self.client_send_mean.as_ref(),
+            d.client_send_mean,
+        )?;
+        let client_fetch_mean = duration(
+            "client_fetch_mean",
+            self.client_fetch_mean.as_ref(),
+            d.client_fetch_mean,
+        )?;
+        // No 0 here: a client's packets and fetches are its only traffic,
+        // real or not, so they cannot be switched off.
+        for (name, value) in [
+            ("client_send_mean", client_send_mean),
+            ("client_fetch_mean", client_fetch_mean),
+        ] {
+            if value < MIN_COVER_MEAN {
+                return Err(param_error(
+                    name,
+                    show(value),
+                    format!("must be at least {}", show(MIN_COVER_MEAN)),
+                ));
+            }
+        }
         for (name, value) in [
             ("loop_cover_mean", loop_cover_mean),
             ("drop_cover_mean", drop_cover_mean),
@@ -545,6 +649,8 @@ impl RawParams {
             epoch,
             loop_cover_mean,
             drop_cover_mean,
+            client_send_mean,
+            client_fetch_mean,
         })
     }
 }
@@ -606,9 +712,16 @@ fn timestamp(name: &'static str, text: &str) -> Result<time::OffsetDateTime, Pki
     Ok(when)
 }
 
-impl Directory {
-    /// Parses and checks `nodes.json` for the node named `own`.
-    pub fn parse(bytes: &[u8], own: &OnionName) -> Result<Directory, PkiError> {
+/// Everything of the file that does not depend on who reads it: the
+/// params, the validity fields and every entry, checked.
+struct Listing {
+    params: Params,
+    validity: Validity,
+    nodes: Vec<Node>,
+}
+
+impl Listing {
+    fn read(bytes: &[u8]) -> Result<Listing, PkiError> {
         if bytes.len() > MAX_FILE_SIZE {
             return Err(PkiError::TooLarge(bytes.len()));
         }
@@ -641,6 +754,43 @@ impl Directory {
             }
             nodes.push(node);
         }
+        Ok(Listing {
+            params,
+            validity,
+            nodes,
+        })
+    }
+
+    fn into_directory(self, own: usize) -> Directory {
+        let by_id = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id, i))
+            .collect();
+        Directory {
+            params: self.params,
+            nodes: self.nodes,
+            by_id,
+            own,
+            validity: self.validity,
+        }
+    }
+}
+
+impl Directory {
+    /// Parses and checks `nodes.json` for `reader`.
+    pub fn parse_as(bytes: &[u8], reader: Reader<'_>) -> Result<Directory, PkiError> {
+        match reader {
+            Reader::Node(own) => Directory::parse(bytes, own),
+            Reader::Client(via) => Directory::parse_for_client(bytes, via),
+        }
+    }
+
+    /// Parses and checks `nodes.json` for the node named `own`.
+    pub fn parse(bytes: &[u8], own: &OnionName) -> Result<Directory, PkiError> {
+        let listing = Listing::read(bytes)?;
+        let (params, nodes) = (&listing.params, &listing.nodes);
         let own = nodes
             .iter()
             .position(|n| n.onion == *own)
@@ -655,14 +805,49 @@ impl Directory {
         if !nodes.iter().enumerate().any(|(i, n)| i != own && n.exit) {
             return Err(PkiError::NoExit);
         }
-        let by_id = nodes.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
-        Ok(Directory {
-            params,
-            nodes,
-            by_id,
-            own,
-            validity,
-        })
+        Ok(listing.into_directory(own))
+    }
+
+    /// Parses and checks `nodes.json` as a client of the gateway `via`
+    /// (its short name or onion name) sees it: [`Directory::own`] is the
+    /// gateway's entry, so [`Directory::others`] are the candidates for
+    /// the rest of a route, as for a node. The gateway must be listed as
+    /// one, and the network must leave room for it on a route: at most
+    /// [`MAX_CLIENT_HOPS`] hops, and enough nodes (and an exit) outside
+    /// the gateway's family, which never appears again on its routes.
+    pub fn parse_for_client(bytes: &[u8], via: &str) -> Result<Directory, PkiError> {
+        let listing = Listing::read(bytes)?;
+        let (params, nodes) = (&listing.params, &listing.nodes);
+        let as_onion = OnionName::parse(via.trim()).ok();
+        let gateway = nodes
+            .iter()
+            .position(|n| n.short_name == via || as_onion.as_ref() == Some(&n.onion))
+            .ok_or_else(|| PkiError::ViaAbsent(via.to_string()))?;
+        let entry = &nodes[gateway];
+        let shown = entry.short_name.clone();
+        if !entry.gateway {
+            return Err(PkiError::NotGateway(shown));
+        }
+        if params.hops > MAX_CLIENT_HOPS {
+            return Err(PkiError::ClientHops(params.hops));
+        }
+        let usable: Vec<&Node> = nodes
+            .iter()
+            .enumerate()
+            .filter(|&(i, n)| i != gateway && (entry.family.is_none() || n.family != entry.family))
+            .map(|(_, n)| n)
+            .collect();
+        if usable.len() < params.hops {
+            return Err(PkiError::ClientTooFewNodes {
+                via: shown,
+                hops: params.hops,
+                others: usable.len(),
+            });
+        }
+        if !usable.iter().any(|n| n.exit) {
+            return Err(PkiError::ClientNoExit(shown));
+        }
+        Ok(listing.into_directory(gateway))
     }
 
     /// Parses and checks `nodes.json` as every node it lists would, for a
@@ -1234,7 +1419,9 @@ mod tests {
         let mut spelled = network();
         spelled["params"] = json!({"hop_delay_mean": "300s", "e2e_horizon": "120h"});
         assert_eq!(parse(&spelled).unwrap().params().hash(), base.hash());
-        let changes: [fn(&mut Params); 10] = [
+        let changes: [fn(&mut Params); 12] = [
+            |p| p.client_send_mean += Duration::from_millis(1),
+            |p| p.client_fetch_mean += Duration::from_millis(1),
             |p| p.epoch += Duration::from_secs(1),
             |p| p.loop_cover_mean += Duration::from_millis(1),
             |p| p.drop_cover_mean += Duration::from_millis(1),
@@ -1257,6 +1444,10 @@ mod tests {
         // Swapping two durations is a change too (fixed order).
         let mut swapped = base.clone();
         std::mem::swap(&mut swapped.ack_timeout, &mut swapped.custody_horizon);
+        assert_ne!(swapped.hash(), base.hash());
+        let mut swapped = base.clone();
+        swapped.client_fetch_mean = base.client_send_mean;
+        swapped.client_send_mean = base.client_fetch_mean;
         assert_ne!(swapped.hash(), base.hash());
     }
 
@@ -1291,6 +1482,7 @@ mod tests {
             "identity",
             "exit",
             "family",
+            "gateway",
             "mix_key",
             "hops",
             "hop_delay_mean",
@@ -1301,6 +1493,8 @@ mod tests {
             "e2e_horizon",
             "epoch",
             "loop_cover_mean",
+            "client_send_mean",
+            "client_fetch_mean",
             "x",
         ];
         let strings = [
@@ -1348,6 +1542,7 @@ mod tests {
         for _ in 0..3000 {
             let doc = random_value(&mut rng, 0);
             let _ = Directory::parse(doc.to_string().as_bytes(), &own());
+            let _ = Directory::parse_for_client(doc.to_string().as_bytes(), "alice");
             // A valid file with a few bytes changed, cut or inserted.
             let mut bytes = valid.clone();
             for _ in 0..rng.random_range(1..4) {
@@ -1362,6 +1557,192 @@ mod tests {
                 }
             }
             let _ = Directory::parse(&bytes, &own());
+            let _ = Directory::parse_for_client(&bytes, "alice");
         }
+    }
+
+    /// [`network`] with alice as a gateway: what a client of alice reads.
+    fn gateway_network() -> Value {
+        let mut doc = network();
+        doc["nodes"][0]["gateway"] = json!(true);
+        doc
+    }
+
+    fn client_error(doc: &Value, via: &str) -> String {
+        let e = Directory::parse_for_client(doc.to_string().as_bytes(), via)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\n'), "{e}");
+        e
+    }
+
+    #[test]
+    fn it_reads_the_gateway_flag_and_leaves_it_out_when_false() {
+        let dir = parse(&gateway_network()).unwrap();
+        let flags: Vec<bool> = dir.nodes().iter().map(|n| n.gateway).collect();
+        assert_eq!(flags, [true, false, false, false]);
+        // An entry without the key prints exactly as before client mode:
+        // the same bytes, so what operators signed stays what they sign.
+        let bare = entry(2, "bob", true);
+        let parsed: NodeEntry = serde_json::from_value(bare.clone()).unwrap();
+        assert!(!parsed.gateway);
+        let before = format!(
+            r#"{{"name":"bob","onion":"{}","port":9999,"identity":"{}","exit":true}}"#,
+            bare["onion"].as_str().unwrap(),
+            bare["identity"].as_str().unwrap()
+        );
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), before);
+        let mut gateway = bare.clone();
+        gateway["gateway"] = json!(true);
+        let parsed: NodeEntry = serde_json::from_value(gateway.clone()).unwrap();
+        assert!(parsed.gateway);
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), gateway);
+        let mut doc = network();
+        doc["nodes"][1]["gateway"] = json!("yes");
+        assert!(error(&doc).contains("invalid type"));
+    }
+
+    #[test]
+    fn it_reads_the_client_rates_with_production_defaults() {
+        let p = parse(&network()).unwrap().params().clone();
+        assert_eq!(p.client_send_mean, Duration::from_secs(30));
+        assert_eq!(p.client_fetch_mean, Duration::from_secs(60));
+        let mut doc = network();
+        doc["params"] = json!({"client_send_mean": "20ms", "client_fetch_mean": "1s"});
+        let p = parse(&doc).unwrap().params().clone();
+        assert_eq!(p.client_send_mean, Duration::from_millis(20));
+        assert_eq!(p.client_fetch_mean, Duration::from_secs(1));
+        for (params, said) in [
+            (
+                json!({"client_send_mean": "9ms"}),
+                "params.client_send_mean \"9ms\": must be at least 10ms",
+            ),
+            (json!({"client_send_mean": "0s"}), "params.client_send_mean"),
+            (
+                json!({"client_fetch_mean": "0"}),
+                "params.client_fetch_mean",
+            ),
+            (
+                json!({"client_fetch_mean": "often"}),
+                "params.client_fetch_mean",
+            ),
+        ] {
+            let mut doc = network();
+            doc["params"] = params.clone();
+            let e = error(&doc);
+            assert!(e.contains(said), "{params}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_client_sees_its_gateway_as_own_and_routes_over_the_others() {
+        let doc = gateway_network();
+        let alice = OnionName::from_seed(1);
+        for via in ["alice", alice.as_str()] {
+            let dir = Directory::parse_for_client(doc.to_string().as_bytes(), via).unwrap();
+            assert_eq!(dir.own().short_name, "alice");
+            assert!(dir.own().gateway);
+            let others: Vec<&str> = dir.others().map(|n| n.short_name.as_str()).collect();
+            assert_eq!(others, ["bob", "carol", "dave"]);
+            assert_eq!(*dir.params(), Params::default());
+        }
+        let dir = Directory::parse_as(doc.to_string().as_bytes(), Reader::Client("alice")).unwrap();
+        assert_eq!(dir.own().short_name, "alice");
+        let dir = Directory::parse_as(
+            doc.to_string().as_bytes(),
+            Reader::Node(&OnionName::from_seed(2)),
+        )
+        .unwrap();
+        assert_eq!(dir.own().short_name, "bob");
+    }
+
+    #[test]
+    fn a_client_refuses_a_gateway_that_is_absent_or_no_gateway() {
+        let doc = gateway_network();
+        let e = client_error(&doc, "zoe");
+        assert_eq!(
+            e,
+            "-via zoe: no node zoe in nodes.json; name a node listed with \"gateway\": true by its short name or onion name"
+        );
+        let e = client_error(&doc, OnionName::from_seed(9).as_str());
+        assert!(e.contains("no node"), "{e}");
+        let e = client_error(&doc, "bob");
+        assert!(
+            e.starts_with("-via bob: its entry lacks \"gateway\": true"),
+            "{e}"
+        );
+        let mut doc = doc;
+        doc["nodes"][0]["gateway"] = json!(false);
+        assert!(client_error(&doc, "alice").contains("lacks \"gateway\": true"));
+    }
+
+    #[test]
+    fn a_client_needs_room_for_its_gateway_on_a_route() {
+        // Four hops after the gateway fit Sphinx's five; five do not.
+        let mut doc = gateway_network();
+        for (seed, name) in [(5, "erin"), (6, "frank")] {
+            doc["nodes"]
+                .as_array_mut()
+                .unwrap()
+                .push(entry(seed, name, true));
+        }
+        doc["params"] = json!({"hops": 4});
+        Directory::parse_for_client(doc.to_string().as_bytes(), "alice").unwrap();
+        doc["params"] = json!({"hops": 5});
+        parse(&doc).unwrap();
+        let e = client_error(&doc, "alice");
+        assert!(e.starts_with("params.hops = 5: client mode needs hops ≤ 4: the gateway is the first of Sphinx's 5 hops"), "{e}");
+    }
+
+    #[test]
+    fn a_client_counts_neither_the_gateway_nor_its_family_for_a_route() {
+        let mut doc = gateway_network();
+        doc["nodes"][0]["family"] = json!("ops-a");
+        doc["nodes"][1]["family"] = json!("ops-a");
+        // A node reads this file; a client of alice has two usable nodes.
+        parse(&doc).unwrap();
+        let e = client_error(&doc, "alice");
+        assert!(
+            e.starts_with(
+                "a client's route needs 3 mix nodes besides the gateway alice and its family"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("2 are listed"), "{e}");
+        doc["params"] = json!({"hops": 2});
+        Directory::parse_for_client(doc.to_string().as_bytes(), "alice").unwrap();
+        // Without a family of its own, the gateway shares none.
+        let mut doc = gateway_network();
+        doc["nodes"][1]["family"] = json!("ops-b");
+        doc["nodes"][2]["family"] = json!("ops-b");
+        Directory::parse_for_client(doc.to_string().as_bytes(), "alice").unwrap();
+        let mut doc = gateway_network();
+        doc["nodes"].as_array_mut().unwrap().pop();
+        assert!(client_error(&doc, "alice").contains("2 are listed"));
+    }
+
+    #[test]
+    fn a_client_needs_an_exit_outside_the_gateways_family() {
+        let mut doc = json!({
+            "nodes": [
+                entry(1, "alice", true),
+                entry(2, "bob", false),
+                entry(3, "carol", false),
+                entry(4, "dave", true),
+            ]
+        });
+        doc["nodes"][0]["gateway"] = json!(true);
+        Directory::parse_for_client(doc.to_string().as_bytes(), "alice").unwrap();
+        doc["nodes"][3]["exit"] = json!(false);
+        let e = client_error(&doc, "alice");
+        assert!(
+            e.starts_with("no exit node besides the gateway alice and its family"),
+            "{e}"
+        );
+        doc["nodes"][3]["exit"] = json!(true);
+        doc["nodes"][0]["family"] = json!("ops-a");
+        doc["nodes"][3]["family"] = json!("ops-a");
+        doc["params"] = json!({"hops": 2});
+        assert!(client_error(&doc, "alice").starts_with("no exit node besides the gateway"));
     }
 }

@@ -31,8 +31,7 @@ use std::fmt;
 use data_encoding::BASE64;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 
-use super::pki::{Directory, PkiError};
-use crate::address::OnionName;
+use super::pki::{Directory, PkiError, Reader};
 use crate::time::UnixMillis;
 
 /// Largest signature file read: a line is about 135 bytes, so this holds
@@ -322,9 +321,9 @@ pub struct Candidate<'a> {
     /// The highest serial this node accepted before, if any.
     pub saved_serial: Option<u64>,
     pub now: UnixMillis,
-    /// The node reading the file; `None` to check it as every node it
-    /// lists would (`pluto2 pki verify`).
-    pub own: Option<&'a OnionName>,
+    /// Who reads the file (a node, or a client of one gateway); `None`
+    /// to check it as every node it lists would (`pluto2 pki verify`).
+    pub reader: Option<Reader<'a>>,
 }
 
 /// A file a node may use.
@@ -412,8 +411,8 @@ pub fn accept(c: &Candidate<'_>) -> Result<Accepted, DirectoryRefusal> {
             None
         }
     };
-    let directory = match c.own {
-        Some(own) => Directory::parse(c.file, own)?,
+    let directory = match c.reader {
+        Some(reader) => Directory::parse_as(c.file, reader)?,
         None => Directory::parse_for_every_node(c.file)?,
     };
     let validity = *directory.validity();
@@ -455,6 +454,7 @@ pub fn accept(c: &Candidate<'_>) -> Result<Accepted, DirectoryRefusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::address::OnionName;
     use serde_json::{Value, json};
 
     fn key(seed: u8) -> SigningKey {
@@ -733,7 +733,7 @@ mod tests {
             trust,
             saved_serial: None,
             now: ISSUED + DAY,
-            own: None,
+            reader: None,
         }
     }
 
@@ -750,7 +750,7 @@ mod tests {
         let t = trust(&[1, 2, 3], 2);
         let own = OnionName::from_seed(12);
         let c = Candidate {
-            own: Some(&own),
+            reader: Some(Reader::Node(&own)),
             saved_serial: Some(5),
             ..candidate(&file, Some(sig.as_bytes()), Some(&t))
         };
@@ -763,6 +763,46 @@ mod tests {
         assert_eq!(ok.serial_to_save(Some(5)), None);
         assert_eq!(ok.serial_to_save(Some(4)), Some(5));
         assert_eq!(ok.serial_to_save(None), Some(5));
+    }
+
+    #[test]
+    fn a_client_is_held_to_the_signatures_serial_and_expiry_as_a_node_is() {
+        let mut doc: Value = serde_json::from_slice(&directory(5)).unwrap();
+        doc["nodes"][0]["gateway"] = json!(true);
+        let file = doc.to_string().into_bytes();
+        let sig = sign(&[1, 2], &file);
+        let t = trust(&[1, 2, 3], 2);
+        fn client(c: Candidate<'_>) -> Candidate<'_> {
+            Candidate {
+                reader: Some(Reader::Client("a")),
+                ..c
+            }
+        }
+        let (file, sig, t) = (&file[..], sig.as_bytes(), &t);
+        let ok = accept(&client(candidate(file, Some(sig), Some(t)))).unwrap();
+        assert_eq!(ok.directory.own().short_name, "a");
+        assert_eq!(ok.serial_to_save(None), Some(5));
+        let e = refusal(client(candidate(file, None, Some(t))));
+        assert!(e.starts_with("no signature file"), "{e}");
+        let one = sign(&[1], file);
+        let e = refusal(client(candidate(file, Some(one.as_bytes()), Some(t))));
+        assert!(e.contains("more operators must sign"), "{e}");
+        let e = refusal(client(Candidate {
+            saved_serial: Some(6),
+            ..candidate(file, Some(sig), Some(t))
+        }));
+        assert!(e.starts_with("serial 5 is lower than 6"), "{e}");
+        let e = refusal(client(Candidate {
+            now: ISSUED + 7 * DAY,
+            ..candidate(file, Some(sig), Some(t))
+        }));
+        assert!(e.starts_with("expired at"), "{e}");
+        // A signed file is still read for the client: its gateway must be one.
+        let e = refusal(Candidate {
+            reader: Some(Reader::Client("b")),
+            ..candidate(file, Some(sig), Some(t))
+        });
+        assert!(e.starts_with("-via b: its entry lacks"), "{e}");
     }
 
     #[test]
