@@ -224,7 +224,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
 struct Opened {
     lock: lock::DataDirLock,
     metrics: Option<admin::MetricsListener>,
-    mixnet: Option<(sphinx::MixnetNode, TcpListener)>,
+    mixnet: Option<Mixnet>,
     spool: Spool,
     closer: SpoolCloser,
     listener: TcpListener,
@@ -233,6 +233,13 @@ struct Opened {
     dest_block: crate::node::policy::BlockList,
     /// The one clock of the daemon (the spool's too).
     clock: crate::time::Clock,
+}
+
+/// What `-sphinx` opened: a node with its link listener, or a client
+/// (`-client`), which listens on nothing but SMTP.
+enum Mixnet {
+    Node(Box<sphinx::MixnetNode>, TcpListener),
+    Client(Box<sphinx::MixnetClient>),
 }
 
 /// Installed at build time, so that a signal from then on is kept for the
@@ -265,13 +272,17 @@ async fn build(config: &Config) -> Result<Opened, DaemonError> {
     // -sphinx: keys and nodes.json are checked before anything opens, and
     // -node is bound with the other listeners.
     let mixnet = match config.mixnet.clone() {
+        Some(m) if m.client.is_some() => Some(Mixnet::Client(Box::new(sphinx::start_client(
+            &config.spool.data_dir,
+            m,
+        )?))),
         Some(m) => {
             let node = sphinx::start(&config.spool.data_dir, &config.name, m)?;
             let addr = node.config.node;
             let listener = sphinx::bind(&node)
                 .await
                 .map_err(|source| DaemonError::NodeBind { addr, source })?;
-            Some((node, listener))
+            Some(Mixnet::Node(Box::new(node), listener))
         }
         None => None,
     };
@@ -381,8 +392,10 @@ async fn spawn(
     // at all on a middleman), and the mixnet tasks carry the rest. SMTP loop
     // cover is off (mixnet cover replaces it).
     let scope = match &mixnet {
-        Some((node, _)) if !node.config.info.exit => None,
-        Some(_) => Some(LeaseScope::ExitOnly),
+        Some(Mixnet::Node(node, _)) if !node.config.info.exit => None,
+        // A client delivers nothing itself: its mail leaves at an exit.
+        Some(Mixnet::Client(_)) => None,
+        Some(Mixnet::Node(..)) => Some(LeaseScope::ExitOnly),
         None => Some(LeaseScope::All),
     };
     let dispatching = scope.is_some();
@@ -412,9 +425,10 @@ async fn spawn(
             dispatcher.run(sup.token(StopPhase::Work)),
         );
     }
-    let network_size = mixnet
-        .as_ref()
-        .map(|(m, _)| m.directory.params().max_message_size);
+    let network_size = mixnet.as_ref().map(|m| match m {
+        Mixnet::Node(node, _) => node.directory.params().max_message_size,
+        Mixnet::Client(client) => client.directory.params().max_message_size,
+    });
     let sphinx = mixnet.is_some();
     // The one road into the spool, for SMTP mail and for mail completed
     // at this exit alike.
@@ -429,20 +443,25 @@ async fn spawn(
         own_name: config.name.clone(),
         max_recipients: config.listener.max_recipients,
     });
+    let shared = sphinx::Shared {
+        spool: spool.clone(),
+        stats: stats.clone(),
+        clock: clock.clone(),
+        intake: intake.clone(),
+        dialer,
+    };
     let directory_reload = match mixnet {
-        Some((node, node_listener)) => {
-            let shared = sphinx::Shared {
-                spool: spool.clone(),
-                stats: stats.clone(),
-                clock: clock.clone(),
-                intake: intake.clone(),
-                dialer,
-            };
-            Some(
-                sphinx::spawn(node, node_listener, shared, sup)
-                    .await
-                    .map_err(DaemonError::MixnetSpawn)?,
-            )
+        Some(Mixnet::Node(node, node_listener)) => Some(
+            sphinx::spawn(*node, node_listener, shared, sup)
+                .await
+                .map_err(DaemonError::MixnetSpawn)?,
+        ),
+        // A client takes a new nodes.json at its next start.
+        Some(Mixnet::Client(client)) => {
+            sphinx::spawn_client(*client, shared, sup)
+                .await
+                .map_err(DaemonError::MixnetSpawn)?;
+            None
         }
         None => None,
     };

@@ -206,6 +206,8 @@ macro_rules! metrics {
             mixnet_registry: Registry,
             /// Paces the log line about busy answers (`mixnet::hop`).
             pub custody_busy_log: crate::listen::LogThrottle,
+            /// Paces the log line about replies a gateway did not keep.
+            pub held_dropped_log: crate::listen::LogThrottle,
         }
 
         impl Stats {
@@ -226,6 +228,7 @@ macro_rules! metrics {
                     registry,
                     mixnet_registry,
                     custody_busy_log: Default::default(),
+                    held_dropped_log: Default::default(),
                 }
             }
 
@@ -508,6 +511,11 @@ metrics! {
             "pluto2_mixnet_held_mailboxes", "Clients' mailboxes holding replies here, read from the spool";
         mix_held_bytes: Gauge,
             "pluto2_mixnet_held_bytes", "Payload bytes of the replies held here for clients, read from the spool";
+        /// A client's: replies fetched from its gateway (loops among them).
+        pub mix_replies_fetched: Counter,
+            "pluto2_mixnet_replies_fetched",
+            "Replies this client fetched from its gateway's mailbox (acknowledgements and its own loops; again after a lost confirmation)"
+            => "fetched";
     }
 }
 
@@ -886,6 +894,7 @@ mod tests {
             "exit_full",
             "held_replies",
             "held_dropped",
+            "fetched",
         ];
         let s = Stats::default();
         assert_eq!(keys(&s), direct);

@@ -565,6 +565,11 @@ pub async fn spawn(
                 crate::stats::Stats::add(&ctx.stats.mix_held_expired, replies);
                 tracing::info!("[MIXNET] forgot {mailboxes} idle client mailbox(es) and the {replies} reply(ies) they held");
             }
+            if gateway.is_some()
+                && let Ok(totals) = ctx.spool.held_totals().await
+            {
+                ctx.stats.set_held(totals);
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(MAINTENANCE.min(stall)) => {}
@@ -741,6 +746,7 @@ pub async fn spawn_client(
         params.hops,
     );
     Ok(())
+}
 
 #[cfg(test)]
 mod tests {

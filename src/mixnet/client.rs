@@ -24,7 +24,7 @@ use crate::link::Mailbox;
 use crate::stats::Stats;
 use crate::wire::fragment::{Fragment, Kind};
 use crate::wire::frame::HeldReply;
-use crate::wire::packet::{FinalPayload, MAX_HOPS, ReplyBlock, RouteHop, WirePacket};
+use crate::wire::packet::{self, FinalPayload, MAX_HOPS, ReplyBlock, RouteHop, WirePacket};
 
 /// Applies the replies a client fetches from its gateway.
 pub struct ClientMailbox {
@@ -61,9 +61,21 @@ impl Mailbox for ClientMailbox {
             // Wrapping is CPU work (about half a millisecond): off the
             // async executor.
             let built = tokio::task::spawn_blocking(move || {
-                let packet = loop_packet(&ctx);
+                // Half loops, half drops: every loop comes back as a reply
+                // to fetch, and the fetches must keep ahead of the replies
+                // (`wire::pki::DEFAULT_CLIENT_FETCH_MEAN`).
+                let kind = if rand::random::<bool>() {
+                    Kind::Loop
+                } else {
+                    Kind::Drop
+                };
+                let packet = cover_packet(&ctx, kind);
                 if packet.is_some() {
-                    Stats::add(&ctx.stats.mix_loops_sent, 1);
+                    let counter = match kind {
+                        Kind::Loop => &ctx.stats.mix_loops_sent,
+                        _ => &ctx.stats.mix_drops_sent,
+                    };
+                    Stats::add(counter, 1);
                 }
                 packet
             });
@@ -72,19 +84,24 @@ impl Mailbox for ClientMailbox {
     }
 }
 
-/// A client's cover: a loop made as a reply block to its own mailbox and
-/// sent through it, `[gateway, mixes…, gateway]`, so that at the gateway it
-/// leaves as any packet of the client's does and comes back as any reply
-/// does. Up to `hops` mixes, as Sphinx's five hops allow around the
-/// gateway twice; its delays are drawn like a message's. Nothing of it is
-/// kept: a loop fetched back is a reply no message waits for.
-fn loop_packet(ctx: &MixContext) -> Option<(u32, WirePacket)> {
+/// A client's cover. A loop is made as a reply block to the client's own
+/// mailbox and sent through it, `[gateway, mixes…, gateway]`, so that at
+/// the gateway it leaves as any packet of the client's does and comes back
+/// as any reply does (up to `hops` mixes, as Sphinx's five hops allow
+/// around the gateway twice). A drop takes a message's route,
+/// `[gateway, hops mixes]`, and its last hop discards it. Delays are drawn
+/// like a message's. Nothing of either is kept: a loop fetched back is a
+/// reply no message waits for.
+fn cover_packet(ctx: &MixContext, kind: Kind) -> Option<(u32, WirePacket)> {
     let client = ctx.client?;
     let epoch = ctx.epoch();
     let params = ctx.directory.params();
     let mut rng = rand::rng();
     let usable = usable_peers(ctx, epoch);
-    let n = params.hops.min(MAX_HOPS - 2);
+    let n = match kind {
+        Kind::Loop => params.hops.min(MAX_HOPS - 2),
+        _ => params.hops,
+    };
     let mixes = pick_nodes(&ctx.directory.get(), &usable, n, &[client.gateway], &mut rng)?;
     let hop = |id, delay| {
         Some(RouteHop {
@@ -98,10 +115,9 @@ fn loop_packet(ctx: &MixContext) -> Option<(u32, WirePacket)> {
     for id in mixes {
         route.push(hop(id, delay(&mut rng))?);
     }
-    route.push(hop(client.gateway, Duration::ZERO)?);
     let id = random_id();
     let fragment = Fragment {
-        kind: Kind::Loop,
+        kind,
         message_id: id,
         index: 0,
         count: 1,
@@ -110,6 +126,13 @@ fn loop_packet(ctx: &MixContext) -> Option<(u32, WirePacket)> {
         reply_block: None,
         data: Vec::new(),
     };
+    if kind != Kind::Loop {
+        if let Some(last) = route.last_mut() {
+            last.delay = Duration::ZERO;
+        }
+        return Some((epoch, packet::build(&fragment.encode(), &route).ok()?));
+    }
+    route.push(hop(client.gateway, Duration::ZERO)?);
     let (block, _) = ReplyBlock::create_to(&route, client.mailbox, id, epoch).ok()?;
     let (packet, first) = block.send(&fragment.encode()).ok()?;
     (first == client.gateway).then_some((epoch, packet))

@@ -248,8 +248,6 @@ fn status_of(outcome: CustodyOutcome, stats: &Stats) -> AckStatus {
             AckStatus::Stored
         }
         CustodyOutcome::Failed => AckStatus::Busy,
-        // Counted where it happened; the tag is kept, so the packet is done.
-        CustodyOutcome::HeldDropped(_) => AckStatus::Stored,
     }
 }
 
@@ -420,14 +418,13 @@ impl Hop {
         match outcome {
             CustodyOutcome::Stored => Stats::add(&ctx.stats.mix_held_stored, 1),
             CustodyOutcome::HeldDropped(why) => {
-                ctx.stats.held_dropped_for(why);
+                // Counted by `status_of`; one line a minute at most.
                 if let Some(n) = ctx.stats.held_dropped_log.note(tokio::time::Instant::now()) {
                     info!(
                         "[MIXNET] a reply for a client was not kept ({}); {n} so since the last such line; the client's retransmission recovers",
                         why.label()
                     );
                 }
-                return AckStatus::Stored;
             }
             _ => {}
         }

@@ -217,10 +217,16 @@ impl Default for Params {
 /// the hops' delays of minutes each. Faster would cost every idle client
 /// more traffic for little; slower would make large messages take hours.
 pub const DEFAULT_CLIENT_SEND_MEAN: Duration = Duration::from_secs(30);
-/// A client's fetch every 60 s on average: about 1,440 fetches a day
-/// (about 12 MiB down in fixed-size answers), and a reply waits at the
-/// gateway a minute on average, nothing beside `ack_timeout` (an hour).
-pub const DEFAULT_CLIENT_FETCH_MEAN: Duration = Duration::from_secs(60);
+/// A client's fetch every 30 s on average: about 2,900 fetches a day
+/// (about 24 MiB down in fixed-size answers), and a reply waits at the
+/// gateway half a minute on average, nothing beside `ack_timeout` (an
+/// hour). Each fetch takes one reply, and every reply answers a packet
+/// the client sent (half of its cover is loops that come back to its
+/// mailbox, the rest drop cover; a message's many packets bring back one
+/// COMPLETE): fetching at least as often as sending keeps the mailbox
+/// draining, at most half as full as the fetches could empty it, so a
+/// network must not fetch less often than it sends.
+pub const DEFAULT_CLIENT_FETCH_MEAN: Duration = Duration::from_secs(30);
 
 /// The shortest epoch a network may choose (test networks rotate in
 /// seconds; production in a day).
@@ -625,6 +631,16 @@ impl RawParams {
                     format!("must be at least {}", show(MIN_COVER_MEAN)),
                 ));
             }
+        }
+        if client_fetch_mean > client_send_mean {
+            return Err(param_error(
+                "client_fetch_mean",
+                show(client_fetch_mean),
+                format!(
+                    "must not be longer than client_send_mean ({}): a client fetches one reply at a time, so fetching less often than it sends lets its mailbox at the gateway grow",
+                    show(client_send_mean)
+                ),
+            ));
         }
         for (name, value) in [
             ("loop_cover_mean", loop_cover_mean),

@@ -242,7 +242,7 @@ impl MixNet {
             "1s",
         ];
         args.extend(c.extra.iter().map(String::as_str));
-        let daemon = Daemon::start(&c.data.clone(), &args);
+        let daemon = Daemon::start_wrapped(&[], &c.data.clone(), &args);
         self.clients[i].daemon = Some(daemon);
     }
 
