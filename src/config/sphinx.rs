@@ -381,20 +381,15 @@ impl MixnetArgs {
         }))
     }
 
-    /// Client mode: -sphinx, -pki-file and -via, and none of the flags
-    /// only a listed node has.
+    /// Client mode: -pki-file and -via, and none of the flags only a
+    /// listed node has.
     fn validate_client(
         self,
         trust: Option<Trust>,
         origin: &CommandLine,
     ) -> Result<MixnetConfig, ConfigError> {
-        if !self.sphinx {
-            return Err(bad(
-                "-client",
-                "true",
-                "a client sends mail through the mixnet only: add -sphinx (with -pki-file and -via)",
-            ));
-        }
+        // -client without -sphinx is refused before this, with the flags of
+        // other groups (`config::client_mode_rules`).
         let refused = NODE_ONLY.iter().find(|(flag, _)| origin.given(&flag[1..]));
         if let Some((flag, why)) = refused {
             return Err(bad(

@@ -182,20 +182,11 @@ pub fn start_client(
         crate::time::now_ms(),
     )
     .map_err(|e| match e {
-        super::directory::LoadError::Refused(reason) => MixnetStartError::Pki {
-            path: path.clone(),
-            reason,
-        },
+        super::directory::LoadError::Refused(reason) => MixnetStartError::Pki { path, reason },
         state => MixnetStartError::Serial(state.to_string()),
     })?;
-    // parse_for_client refuses any other; checked again here because the
-    // whole client relies on it.
-    if !directory.own().gateway {
-        return Err(MixnetStartError::Pki {
-            path,
-            reason: pki::PkiError::NotGateway(via).to_string(),
-        });
-    }
+    // The gateway is listed with "gateway": true: parse_for_client
+    // refuses any other.
     let key = seed.key_for(&directory.own().id);
     Ok(MixnetClient {
         config,
