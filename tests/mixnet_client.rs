@@ -167,7 +167,7 @@ async fn send_and_go_away(net: &MixNet, c: usize, tag: &str, delivered: usize) {
     net.send_by_client(c, &mail(3_000, tag)).await;
     net.client(c)
         .until_queue("the message's packets in the gateway's custody", |q| {
-            q["mixnet"]["packets"] == 0 && q["mixnet"]["awaiting"] == 1
+            q["mixnet"]["packets_fragment"] == 0 && q["mixnet"]["awaiting_ack"] == 1
         })
         .await;
     tap.down(&gateway, common::mixnet::LINK_PORT);
