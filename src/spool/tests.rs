@@ -1936,7 +1936,10 @@ mod held_storage {
     /// 200 replies, half into a mailbox holding 2,500 and half into new
     /// mailboxes beside 2,500 others, are within 1.5× of those for the
     /// first 200 (a count of the mailbox's replies, or of the mailboxes,
-    /// per insert would grow with what is held). Steps, not time.
+    /// per insert would grow with what is held). Steps, not time. And no
+    /// statement of the path scans a table or an index: SQLite counts a
+    /// whole table (`COUNT(*)`) in one VM step, so the steps alone would
+    /// not show a count of the mailboxes; the query plans do.
     #[test]
     fn holding_a_reply_costs_the_same_whatever_is_held() {
         use crate::spool::custody::custody_refs;
@@ -2006,5 +2009,18 @@ mod held_storage {
             late * 2 <= first * 3,
             "200 replies cost {first} steps at first and {late} after 5,000"
         );
+        for sql in hold_sql::ALL {
+            let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let nulls = std::iter::repeat_n(rusqlite::types::Null, plan.parameter_count());
+            let details: Vec<String> = plan
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                details.iter().all(|d| !d.starts_with("SCAN")),
+                "{sql}: {details:?}"
+            );
+        }
     }
 }
