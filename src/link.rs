@@ -37,7 +37,7 @@ use crate::relay::socks::SocksDialer;
 use crate::smtp::proxy_header::ProxySource;
 use crate::wire::bundle::Bundle;
 use crate::wire::frame::{
-    self, AckStatus, Frame, FrameError, Hello, HeldReply, MAX_FRAME, PROTOCOL_VERSION, Role,
+    self, AckStatus, Frame, FrameError, HeldReply, Hello, MAX_FRAME, PROTOCOL_VERSION, Role,
 };
 use crate::wire::hello::{self, Side};
 use crate::wire::packet::{NodeId, WirePacket};
@@ -183,7 +183,12 @@ impl LinkConfig {
 
     /// A gateway's settings: room for `max_clients` clients, each sending
     /// at most `client_rate` packets a second (bursts of `client_burst`).
-    pub fn serving_clients(mut self, max_clients: usize, client_rate: f64, client_burst: f64) -> Self {
+    pub fn serving_clients(
+        mut self,
+        max_clients: usize,
+        client_rate: f64,
+        client_burst: f64,
+    ) -> Self {
         self.max_clients = max_clients;
         self.client_rate = client_rate;
         self.client_burst = client_burst;
@@ -1015,7 +1020,10 @@ async fn inbound(
         }
         if matches!(
             frame,
-            Ok(Frame::Ping { .. } | Frame::GetKeys { .. } | Frame::Fetch { .. } | Frame::Confirm { .. })
+            Ok(Frame::Ping { .. }
+                | Frame::GetKeys { .. }
+                | Frame::Fetch { .. }
+                | Frame::Confirm { .. })
         ) {
             // Over its budget a link is read more slowly: the frames wait
             // in the peer's buffers, not in ours, and cost nothing here.
@@ -1029,9 +1037,7 @@ async fn inbound(
             }
         }
         match frame {
-            Ok(Frame::Packet { seq, .. })
-                if client && !sending.spend(Instant::now()).is_zero() =>
-            {
+            Ok(Frame::Packet { seq, .. }) if client && !sending.spend(Instant::now()).is_zero() => {
                 // Over its rate a client is told busy; it keeps the packet.
                 let _ = out_tx.try_send(Frame::Ack {
                     seq,
@@ -1708,7 +1714,8 @@ mod tests {
 
     /// A client's settings: its key of `seed`, its id that key.
     fn client_config(seed: u8, idle: Duration) -> Arc<LinkConfig> {
-        let mut cfg = (*config_of(NodeId(key(seed).verifying_key().to_bytes()), seed, idle)).clone();
+        let mut cfg =
+            (*config_of(NodeId(key(seed).verifying_key().to_bytes()), seed, idle)).clone();
         cfg.role = Role::Client;
         Arc::new(cfg)
     }
@@ -1733,7 +1740,12 @@ mod tests {
         fn receive(&self, _: NodeId, _: u32, _: WirePacket) -> BoxFuture<'_, AckStatus> {
             Box::pin(async { AckStatus::Rejected })
         }
-        fn receive_from_client(&self, _: NodeId, _: u32, _: WirePacket) -> BoxFuture<'_, AckStatus> {
+        fn receive_from_client(
+            &self,
+            _: NodeId,
+            _: u32,
+            _: WirePacket,
+        ) -> BoxFuture<'_, AckStatus> {
             Box::pin(async { AckStatus::Stored })
         }
         fn fetch(&self, client: NodeId) -> BoxFuture<'_, Option<HeldReply>> {
@@ -1788,19 +1800,33 @@ mod tests {
         let (mut s, mut reader, shaken) = dial(addr, &alice, A, &a_key).await;
         assert_eq!(shaken.unwrap().node, A);
         // Its reply, as long as an empty answer; again until confirmed.
-        let Frame::Held { request: 1, reply: Some(r) } =
-            ask(&mut s, &mut reader, Frame::Fetch { request: 1 }).await
+        let Frame::Held {
+            request: 1,
+            reply: Some(r),
+        } = ask(&mut s, &mut reader, Frame::Fetch { request: 1 }).await
         else {
             panic!("no reply held");
         };
         assert_eq!(r.payload[0], alice.me.0[0]);
         assert!(matches!(
             ask(&mut s, &mut reader, Frame::Fetch { request: 2 }).await,
-            Frame::Held { request: 2, reply: Some(_) }
+            Frame::Held {
+                request: 2,
+                reply: Some(_)
+            }
         ));
-        write_frame(&mut s, &Frame::Confirm { delivery: r.delivery }).await.unwrap();
-        let Frame::Held { request: 3, reply: None } =
-            ask(&mut s, &mut reader, Frame::Fetch { request: 3 }).await
+        write_frame(
+            &mut s,
+            &Frame::Confirm {
+                delivery: r.delivery,
+            },
+        )
+        .await
+        .unwrap();
+        let Frame::Held {
+            request: 3,
+            reply: None,
+        } = ask(&mut s, &mut reader, Frame::Fetch { request: 3 }).await
         else {
             panic!("a confirmed reply came again");
         };
@@ -1843,7 +1869,9 @@ mod tests {
         assert!(shaken.is_ok());
         assert!(served(&mut node_b, &mut breader, 5).await, "B's link");
         // A node may not fetch.
-        write_frame(&mut node_b, &Frame::Fetch { request: 4 }).await.unwrap();
+        write_frame(&mut node_b, &Frame::Fetch { request: 4 })
+            .await
+            .unwrap();
         let got = frames_until_close(&mut node_b, &mut breader).await;
         assert!(got.is_empty(), "a node fetched: {got:?}");
         // Room for two clients: alice and a second are served, a third
@@ -1853,7 +1881,10 @@ mod tests {
         let (mut third, mut treader, _) = dial(addr, &client_config(31, idle), A, &a_key).await;
         assert!(!served(&mut third, &mut treader, 7).await, "a third client");
         let (mut again, mut areader, _) = dial(addr, &alice, A, &a_key).await;
-        assert!(served(&mut again, &mut areader, 8).await, "alice's newer link");
+        assert!(
+            served(&mut again, &mut areader, 8).await,
+            "alice's newer link"
+        );
         let got = frames_until_close(&mut s, &mut reader).await;
         assert!(got.is_empty(), "alice's older link still open: {got:?}");
         stop.cancel();
@@ -2476,9 +2507,9 @@ mod tests {
         let mut first = room.enter();
         let mut second = room.enter();
         assert_eq!(room.counts(), (2, 0));
-        room.admit(&mut first, B);
+        room.admit(&mut first, B, Role::Node);
         assert_eq!(room.counts(), (1, 1));
-        room.admit(&mut second, B);
+        room.admit(&mut second, B, Role::Node);
         assert!(first.token.is_cancelled(), "the older link of B is closed");
         assert_eq!(room.counts(), (0, 1));
         // The replaced link ending does not take the newer one's room.

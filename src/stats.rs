@@ -963,7 +963,7 @@ mod tests {
         assert!(line.contains(" mix_replays=2 "), "{line}");
         assert!(line.contains(" healthy=3/4 "), "{line}");
         assert!(
-            line.ends_with(" exit_full=0 held_replies=0 held_dropped=0"),
+            line.ends_with(" exit_full=0 held_replies=0 held_dropped=0 fetched=0"),
             "{line}"
         );
         assert!(line.contains(" two_faces=0 launch_dropped=0 "), "{line}");
@@ -1013,7 +1013,10 @@ mod tests {
             assert!(text.contains(expected), "no {expected:?} in\n{text}");
         }
         let line = s.line(Duration::ZERO);
-        assert!(line.ends_with(" held_replies=2 held_dropped=3"), "{line}");
+        assert!(
+            line.ends_with(" held_replies=2 held_dropped=3 fetched=0"),
+            "{line}"
+        );
     }
 
     #[test]

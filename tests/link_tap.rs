@@ -172,6 +172,9 @@ async fn serve(
                 Frame::Auth { .. }
                 | Frame::Ack { .. }
                 | Frame::Pong { .. }
+                | Frame::Fetch { .. }
+                | Frame::Held { .. }
+                | Frame::Confirm { .. }
                 | Frame::GetKeys { .. }
                 | Frame::Keys { .. } => continue,
             };

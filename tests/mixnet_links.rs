@@ -414,19 +414,8 @@ async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_lin
     // Every frame on every link, both directions: a PACKET is always
     // MAX_FRAME bytes, and no other kind varies either.
     let frames: Vec<TapFrame> = net.nodes.iter().flat_map(|n| n.tap.frames()).collect();
-    let fixed = |k: FrameKind| match k {
-        FrameKind::Packet => Some(MAX_FRAME),
-        FrameKind::Ack => Some(1 + 8 + 1),
-        FrameKind::Hello => Some(1 + 2 + 32 + 1 + 32 + 32 + 8),
-        FrameKind::Auth => Some(1 + 64),
-        FrameKind::Ping => Some(1 + 8 + 32 + 4),
-        FrameKind::Pong => Some(1 + 8 + 32 + 4 + 32),
-        FrameKind::GetKeys => Some(1 + 32),
-        FrameKind::Keys => Some(1 + 32 + 1 + pluto2::wire::bundle::BUNDLE_SIZE),
-        FrameKind::Malformed | FrameKind::Partial => None,
-    };
     for f in &frames {
-        assert_eq!(Some(f.len), fixed(f.kind), "{f:?}");
+        assert_eq!(Some(f.len), f.kind.fixed_len(), "{f:?}");
     }
     // Three hops for each fragment (one for 100 B, ~35 for the maximum).
     let packets = frames

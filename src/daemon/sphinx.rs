@@ -440,7 +440,7 @@ pub async fn spawn(
         }
     }
     rotated(&ctx, &rotation).await;
-    let gateway = node.config.gateway.clone();
+    let gateway = node.config.gateway;
     let mut link_cfg = LinkConfig::new(
         ctx.own(),
         ctx.identity.signing_key().clone(),
@@ -696,9 +696,8 @@ pub async fn spawn_client(
         params.client_fetch_mean,
     ));
     let forwarder = Arc::new(Forwarder::new(ctx.clone(), Duration::from_secs(120)));
-    let policy = link::PeerPolicy::of(forwarder).with_mailbox(Arc::new(ClientMailbox {
-        ctx: ctx.clone(),
-    }));
+    let policy =
+        link::PeerPolicy::of(forwarder).with_mailbox(Arc::new(ClientMailbox { ctx: ctx.clone() }));
     links.spawn(link::run_peer(
         gateway.id,
         gateway.onion.to_string(),

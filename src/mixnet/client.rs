@@ -102,7 +102,13 @@ fn cover_packet(ctx: &MixContext, kind: Kind) -> Option<(u32, WirePacket)> {
         Kind::Loop => params.hops.min(MAX_HOPS - 2),
         _ => params.hops,
     };
-    let mixes = pick_nodes(&ctx.directory.get(), &usable, n, &[client.gateway], &mut rng)?;
+    let mixes = pick_nodes(
+        &ctx.directory.get(),
+        &usable,
+        n,
+        &[client.gateway],
+        &mut rng,
+    )?;
     let hop = |id, delay| {
         Some(RouteHop {
             id,

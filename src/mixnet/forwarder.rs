@@ -206,7 +206,10 @@ impl KeyGossip for Forwarder {
     fn keys_wanted(&self, peer: NodeId) -> Vec<NodeId> {
         if self.ctx.client.is_some() {
             let directory = self.ctx.directory.get();
-            return self.ctx.peers.wanted_via(peer, &directory, self.ctx.epoch());
+            return self
+                .ctx
+                .peers
+                .wanted_via(peer, &directory, self.ctx.epoch());
         }
         let suspect = self.suspects.lock().unwrap().remove(&peer);
         self.ctx.peers.wanted(peer, self.ctx.epoch(), suspect)

@@ -383,9 +383,7 @@ impl Hop {
                     }
                 }
             }
-            Processed::Final { id, payload, .. } => {
-                self.entry_ack(tag, epoch, id, payload).await
-            }
+            Processed::Final { id, payload, .. } => self.entry_ack(tag, epoch, id, payload).await,
         }
     }
 

@@ -412,9 +412,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         GETKEYS => Frame::GetKeys {
             subject: body[..32].try_into().unwrap(),
         },
-        FETCH => Frame::Fetch {
-            request: u64_at(0),
-        },
+        FETCH => Frame::Fetch { request: u64_at(0) },
         HELD => Frame::Held {
             request: u64_at(0),
             reply: match body[8] {

@@ -195,7 +195,9 @@ impl FinalPayload {
                 bytes.len()
             )));
         }
-        Payload::from_bytes(bytes).map(FinalPayload).map_err(invalid)
+        Payload::from_bytes(bytes)
+            .map(FinalPayload)
+            .map_err(invalid)
     }
 
     /// The plaintext of a reply, with the material kept when the reply

@@ -1461,10 +1461,12 @@ mod tests {
         let mut swapped = base.clone();
         std::mem::swap(&mut swapped.ack_timeout, &mut swapped.custody_horizon);
         assert_ne!(swapped.hash(), base.hash());
-        let mut swapped = base.clone();
-        swapped.client_fetch_mean = base.client_send_mean;
-        swapped.client_send_mean = base.client_fetch_mean;
-        assert_ne!(swapped.hash(), base.hash());
+        let mut apart = base.clone();
+        apart.client_fetch_mean = Duration::from_secs(7);
+        let mut swapped = apart.clone();
+        swapped.client_fetch_mean = apart.client_send_mean;
+        swapped.client_send_mean = apart.client_fetch_mean;
+        assert_ne!(swapped.hash(), apart.hash());
     }
 
     #[test]
@@ -1622,12 +1624,12 @@ mod tests {
     fn it_reads_the_client_rates_with_production_defaults() {
         let p = parse(&network()).unwrap().params().clone();
         assert_eq!(p.client_send_mean, Duration::from_secs(30));
-        assert_eq!(p.client_fetch_mean, Duration::from_secs(60));
+        assert_eq!(p.client_fetch_mean, Duration::from_secs(30));
         let mut doc = network();
-        doc["params"] = json!({"client_send_mean": "20ms", "client_fetch_mean": "1s"});
+        doc["params"] = json!({"client_send_mean": "1s", "client_fetch_mean": "20ms"});
         let p = parse(&doc).unwrap().params().clone();
-        assert_eq!(p.client_send_mean, Duration::from_millis(20));
-        assert_eq!(p.client_fetch_mean, Duration::from_secs(1));
+        assert_eq!(p.client_send_mean, Duration::from_secs(1));
+        assert_eq!(p.client_fetch_mean, Duration::from_millis(20));
         for (params, said) in [
             (
                 json!({"client_send_mean": "9ms"}),
@@ -1641,6 +1643,11 @@ mod tests {
             (
                 json!({"client_fetch_mean": "often"}),
                 "params.client_fetch_mean",
+            ),
+            // Fetching less often than sending lets the mailbox grow.
+            (
+                json!({"client_send_mean": "20ms", "client_fetch_mean": "1s"}),
+                "params.client_fetch_mean \"1s\": must not be longer than client_send_mean (20ms)",
             ),
         ] {
             let mut doc = network();

@@ -69,6 +69,29 @@ pub enum FrameKind {
     Partial,
 }
 
+impl FrameKind {
+    /// The one length every frame of this kind has on the wire, type byte
+    /// included (the protocol's table, written out again here so a test
+    /// catches a frame that changes size).
+    pub fn fixed_len(self) -> Option<usize> {
+        use pluto2::wire::frame::MAX_FRAME;
+        Some(match self {
+            FrameKind::Packet => MAX_FRAME,
+            FrameKind::Ack => 1 + 8 + 1,
+            FrameKind::Hello => 1 + 2 + 32 + 1 + 32 + 32 + 8,
+            FrameKind::Auth => 1 + 64,
+            FrameKind::Ping => 1 + 8 + 32 + 4,
+            FrameKind::Pong => 1 + 8 + 32 + 4 + 32,
+            FrameKind::GetKeys => 1 + 32,
+            FrameKind::Keys => 1 + 32 + 1 + pluto2::wire::bundle::BUNDLE_SIZE,
+            FrameKind::Fetch => 1 + 8,
+            FrameKind::Held => 1 + 8 + 1 + 16 + 16 + pluto2::wire::packet::PAYLOAD_SIZE,
+            FrameKind::Confirm => 1 + 16,
+            FrameKind::Malformed | FrameKind::Partial => return None,
+        })
+    }
+}
+
 /// What a rule does to a frame it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
