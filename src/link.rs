@@ -97,6 +97,15 @@ pub struct LinkConfig {
     /// On a client's link: the mean gap between two PACKETs, real or
     /// cover (Poisson too, the network's `client_send_mean`).
     pub send_mean: Duration,
+    /// On a client's link: the share of send ticks that carry a loop
+    /// whatever is waiting; the others carry mail if any is due, else a
+    /// drop. Loops thus come back to the client's mailbox at a steady rate
+    /// that mail does not change, so the gateway cannot see mail go out
+    /// as a dip in returning loops.
+    pub loop_share: f64,
+    /// Seeds the gaps of a client's sends and fetches (tests only: a
+    /// debug build's `PLUTO2_PACING_SEED`); `None`: the OS's randomness.
+    pub pacing_seed: Option<u64>,
 }
 
 impl LinkConfig {
@@ -157,6 +166,11 @@ impl LinkConfig {
             client_burst: 0.0,
             fetch_mean: Duration::from_secs(60),
             send_mean: Duration::from_secs(30),
+            // A quarter: replies come back at a quarter of the send rate
+            // (plus one COMPLETE per message), well within the fetch rate,
+            // which is at least the send rate; mail gets three ticks of four.
+            loop_share: 0.25,
+            pacing_seed: None,
         }
     }
 
@@ -246,10 +260,20 @@ pub trait Mailbox: Send + Sync {
     /// confirmed, and the gateway deletes it; false keeps it there, and it
     /// comes again.
     fn held(&self, reply: HeldReply) -> BoxFuture<'_, bool>;
-    /// A cover packet to send when it is time to send and the outbox has
-    /// nothing due: its epoch and bytes (nothing is kept of it; its ACK
-    /// is ignored). `None`: no route for one now (nothing is sent).
-    fn cover(&self) -> BoxFuture<'_, Option<(u32, WirePacket)>>;
+    /// A cover packet of `kind`: its epoch and bytes (nothing is kept of
+    /// it; its ACK is ignored). `None`: no route for one now (nothing is
+    /// sent).
+    fn cover(&self, kind: CoverKind) -> BoxFuture<'_, Option<(u32, WirePacket)>>;
+}
+
+/// What a client's send tick sends when it sends no mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoverKind {
+    /// Comes back to the client's own mailbox (a loop tick's packet,
+    /// whether or not mail is waiting).
+    Loop,
+    /// Taken by its last hop (a mail tick with no mail due).
+    Drop,
 }
 
 /// A packet an outbound link may send now.
@@ -1243,6 +1267,8 @@ struct Outbound<'a> {
     /// the sequence numbers of cover in flight (no spool row behind them).
     next_send: Instant,
     cover: HashSet<u64>,
+    /// Draws those gaps.
+    pacing: rand::rngs::StdRng,
 }
 
 impl<'a> Outbound<'a> {
@@ -1255,6 +1281,10 @@ impl<'a> Outbound<'a> {
         wr: OwnedWriteHalf,
     ) -> Self {
         let now = Instant::now();
+        let mut pacing = match cfg.pacing_seed {
+            Some(seed) => <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
+            None => <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng(),
+        };
         Outbound {
             peer,
             cfg,
@@ -1267,10 +1297,11 @@ impl<'a> Outbound<'a> {
             next_ping: now + cfg.ping_interval,
             last_heard: now,
             events: policy.outbox.events(),
-            next_fetch: now + poisson_gap(cfg.fetch_mean, &mut rand::rng()),
+            next_fetch: now + poisson_gap(cfg.fetch_mean, &mut pacing),
             fetching: None,
-            next_send: now + poisson_gap(cfg.send_mean, &mut rand::rng()),
+            next_send: now + poisson_gap(cfg.send_mean, &mut pacing),
             cover: HashSet::new(),
+            pacing,
         }
     }
 
@@ -1367,19 +1398,26 @@ impl<'a> Outbound<'a> {
         (Instant::now() + idle_for).min(self.next_ping)
     }
 
-    /// A client's send tick: one packet, its next real one if the outbox
-    /// has one due, else cover; the ticks form a Poisson process of the
-    /// network's rate, so when a client sends says nothing about when it
-    /// has mail. With the window full the tick passes (the gateway is
-    /// slow; nothing would leave anyway).
+    /// A client's send tick: one packet. A loop tick (`loop_share` of
+    /// them) sends a loop; any other sends the next real packet if the
+    /// outbox has one due, else a drop. The ticks form a Poisson process
+    /// of the network's rate, so when a client sends says nothing about
+    /// when it has mail. With the window full the tick passes (the
+    /// gateway is slow; nothing would leave anyway).
     async fn send_one(&mut self) -> Result<(), LinkError> {
-        self.next_send = Instant::now() + poisson_gap(self.cfg.send_mean, &mut rand::rng());
+        self.next_send = Instant::now() + poisson_gap(self.cfg.send_mean, &mut self.pacing);
         if !self.has_room() {
             return Ok(());
         }
-        let (batch, _) = self.policy.outbox.take(self.peer, 1).await;
+        let loop_tick = self.pacing.random::<f64>() < self.cfg.loop_share;
+        let real = if loop_tick {
+            None
+        } else {
+            let (batch, _) = self.policy.outbox.take(self.peer, 1).await;
+            batch.into_iter().find(|o| !self.sent.contains(o.id))
+        };
         let mut out = Vec::with_capacity(MAX_FRAME);
-        match batch.into_iter().find(|o| !self.sent.contains(o.id)) {
+        match real {
             Some(o) => Frame::Packet {
                 seq: self.sent.insert(o.id),
                 epoch: o.epoch,
@@ -1390,7 +1428,12 @@ impl<'a> Outbound<'a> {
                 let Some(mailbox) = self.policy.mailbox.clone() else {
                     return Ok(());
                 };
-                let Some((epoch, packet)) = mailbox.cover().await else {
+                let kind = if loop_tick {
+                    CoverKind::Loop
+                } else {
+                    CoverKind::Drop
+                };
+                let Some((epoch, packet)) = mailbox.cover(kind).await else {
                     return Ok(());
                 };
                 let seq = loop {
@@ -1411,7 +1454,7 @@ impl<'a> Outbound<'a> {
     async fn fetch(&mut self) -> Result<(), LinkError> {
         let request: u64 = rand::rng().random();
         self.fetching = Some(request);
-        self.next_fetch = Instant::now() + poisson_gap(self.cfg.fetch_mean, &mut rand::rng());
+        self.next_fetch = Instant::now() + poisson_gap(self.cfg.fetch_mean, &mut self.pacing);
         let mut out = Vec::new();
         Frame::Fetch { request }.encode(&mut out);
         self.write(&out).await
@@ -1668,6 +1711,32 @@ mod tests {
         assert!(redial_pause(1, &mut rng) < Duration::from_secs(2));
     }
 
+    /// Kolmogorov–Smirnov distance between `samples` and Exp(`mean`).
+    fn ks_exponential(samples: &mut [f64], mean: f64) -> f64 {
+        crate::testkit::ks_statistic(samples.to_vec(), |x| 1.0 - (-x / mean).exp())
+    }
+
+    /// A client's sends and fetches form Poisson processes: their gaps
+    /// follow the exponential law of the network's mean (the cap at ten
+    /// means cuts off a tail of e^-10, invisible here). Seeded.
+    #[test]
+    fn a_clients_gaps_follow_the_exponential_law_of_their_mean() {
+        let mut rng = StdRng::seed_from_u64(19);
+        let mean = Duration::from_millis(30_000);
+        let mut gaps: Vec<f64> = (0..4_000)
+            .map(|_| poisson_gap(mean, &mut rng).as_secs_f64())
+            .collect();
+        // Critical value at the 0.1 % level for n = 4,000: 1.95 / sqrt(n).
+        let d = ks_exponential(&mut gaps, 30.0);
+        assert!(d < 1.95 / 4_000f64.sqrt(), "D = {d}");
+        // A constant gap, or the law of another mean, is told apart.
+        let mut fixed = vec![30.0; 4_000];
+        assert!(ks_exponential(&mut fixed, 30.0) > 0.3);
+        let mut slower: Vec<f64> = gaps.iter().map(|g| g * 1.2).collect();
+        assert!(ks_exponential(&mut slower, 30.0) > 1.95 / 4_000f64.sqrt());
+        assert!(gaps.iter().all(|&g| g <= 300.0));
+    }
+
     #[test]
     fn it_starts_the_backoff_afresh_after_a_link_that_came_up() {
         // Dial failures pile up…
@@ -1709,6 +1778,8 @@ mod tests {
             client_burst: 3.0,
             fetch_mean: Duration::from_millis(50),
             send_mean: Duration::from_millis(50),
+            loop_share: 0.25,
+            pacing_seed: None,
         })
     }
 
@@ -1856,6 +1927,29 @@ mod tests {
         t.write_all(&asks).await.unwrap();
         let got = frames_until_close(&mut t, &mut treader).await;
         assert!(got.is_empty(), "served a thief: {got:?}");
+        // A recorded handshake of alice's, replayed: the gateway's HELLO
+        // has a fresh nonce, so her old proof does not verify for it.
+        let first = hello(&alice);
+        let recorded = {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut r = FrameReader::new();
+            write_frame(&mut s, &Frame::Hello(first)).await.unwrap();
+            let Frame::Hello(theirs) = r.next(&mut s, idle).await.unwrap() else {
+                panic!("no HELLO");
+            };
+            hello::prove(&alice.signing, Side::Dialler, &first, &theirs)
+        };
+        let mut s2 = TcpStream::connect(addr).await.unwrap();
+        let mut r2 = FrameReader::new();
+        write_frame(&mut s2, &Frame::Hello(first)).await.unwrap();
+        assert!(matches!(r2.next(&mut s2, idle).await.unwrap(), Frame::Hello(_)));
+        assert!(matches!(r2.next(&mut s2, idle).await.unwrap(), Frame::Auth { .. }));
+        let mut replay = Vec::new();
+        Frame::Auth { signature: recorded }.encode(&mut replay);
+        Frame::Fetch { request: 10 }.encode(&mut replay);
+        s2.write_all(&replay).await.unwrap();
+        let got = frames_until_close(&mut s2, &mut r2).await;
+        assert!(got.is_empty(), "a replayed handshake was served: {got:?}");
         // A client may not claim to be node B (the node check fails), nor
         // does a client that names B's id as its key take B's room.
         let mut as_node = (*client_config(22, idle)).clone();

@@ -473,14 +473,14 @@ async fn a_malformed_frame_is_recorded_and_forwarded_raw() {
     let host = common::onion(1);
     let tap = tap_to(&server, &host).await;
     let mut c = Client::linked(&tap, &host).await;
-    let mut junk = vec![9u8];
+    let mut junk = vec![99u8];
     junk.extend_from_slice(&[0xAB; 20]);
     c.stream.write_all(&junk).await.unwrap();
     // The server saw the bad type byte itself and closed the link.
     assert_eq!(c.next().await, None);
     assert_eq!(
         server.log.lock().unwrap().closed_on,
-        vec!["unknown frame type 9".to_string()]
+        vec!["unknown frame type 99".to_string()]
     );
     // The target closed first; the connection ends once the client
     // closes too.
@@ -504,7 +504,7 @@ async fn a_malformed_frame_is_recorded_and_forwarded_raw() {
     assert_eq!(bad.len(), 1);
     assert_eq!(bad[0].0, Direction::ToTarget);
     assert!((1..=junk.len()).contains(&bad[0].1));
-    assert_eq!(bad[0].2.as_deref(), Some("unknown frame type 9"));
+    assert_eq!(bad[0].2.as_deref(), Some("unknown frame type 99"));
 }
 
 #[tokio::test]

@@ -133,6 +133,16 @@ async fn until_delivered(net: &MixNet, n: usize) {
     }
 }
 
+/// A rule for a client's tap: every answer of the gateway to its fetches
+/// is swallowed, so no reply reaches it while its packets still leave.
+fn away(gateway: &str) -> Rule {
+    Rule::new(Action::Drop)
+        .link(gateway)
+        .dir(Direction::FromTarget)
+        .kind(FrameKind::Held)
+        .times(usize::MAX)
+}
+
 /// The number in the gateway's last `[STATS]` line for `field`.
 fn gateway_stat(net: &MixNet, field: &str) -> u64 {
     common::mixnet::last_stat(net.daemon(0), field).unwrap_or(0)
@@ -146,13 +156,7 @@ fn gateway_stat(net: &MixNet, field: &str) -> u64 {
 async fn send_and_go_away(net: &MixNet, c: usize, tag: &str, delivered: usize) {
     let gateway = net.nodes[0].onion.clone();
     let tap = &net.clients[c].tap;
-    tap.add_rule(
-        Rule::new(Action::Drop)
-            .link(&gateway)
-            .dir(Direction::FromTarget)
-            .kind(FrameKind::Held)
-            .times(usize::MAX),
-    );
+    tap.add_rule(away(&gateway));
     net.send_by_client(c, &mail(3_000, tag)).await;
     net.client(c)
         .until_queue("the message's packets in the gateway's custody", |q| {
@@ -229,4 +233,263 @@ async fn replies_wait_at_the_gateway_while_the_client_is_away() {
             l.contains("[STATS]") && l.contains("held_replies=0 ")
         })
         .await;
+}
+
+/// The client's spool as `pluto2 queue -json` reads it.
+fn client_queue(net: &MixNet, c: usize) -> serde_json::Value {
+    common::queue_json(&net.clients[c].data)
+}
+
+/// Waits until the sink holds exactly one copy of each of `tags` (and
+/// nothing else arrives before the network is quiet).
+async fn each_once(net: &MixNet, tags: &[&str]) {
+    until_delivered(net, tags.len()).await;
+    net.until_quiet().await;
+    let got = net.sink.received();
+    for tag in tags {
+        let hello = format!("hello {tag}\r\n");
+        let n = got
+            .iter()
+            .filter(|r| r.data.windows(hello.len()).any(|w| w == hello.as_bytes()))
+            .count();
+        assert_eq!(n, 1, "{tag} delivered {n} times");
+    }
+    assert_eq!(got.len(), tags.len());
+}
+
+/// A client killed in the middle of sending a many-fragment message, and
+/// one killed right after its `250`: after a restart each message is
+/// delivered once (the client's spool kept them; the exit's done-ledger
+/// makes a fragment that went twice harmless).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_while_sending_delivers_each_message_once_after_a_restart() {
+    let mut net = network().await;
+    net.until_healthy(0, 4).await;
+    let c = net.add_client(0, &[]).await;
+    until_client_ready(&net, c, 4).await;
+    let gateway = net.nodes[0].onion.clone();
+    // The gateway gets the first few packets of the message; the link
+    // stalls behind the next one, so the rest stay in the client's custody.
+    let stall = net.clients[c].tap.add_rule(
+        Rule::new(Action::Delay(std::time::Duration::from_secs(3600)))
+            .link(&gateway)
+            .dir(Direction::ToTarget)
+            .kind(FrameKind::Packet)
+            .after(8),
+    );
+    net.send_by_client(c, &mime_mail(200 * 1024, "killed-mid-send"))
+        .await;
+    let deadline = Instant::now() + PATIENCE;
+    while net.clients[c].tap.applied(stall) == 0 {
+        assert!(Instant::now() < deadline, "the link never stalled");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let q = client_queue(&net, c);
+    assert!(
+        q["mixnet"]["packets_fragment"].as_u64().unwrap() > 0,
+        "the message was still being sent: {q}"
+    );
+    net.clients[c].daemon.as_mut().unwrap().kill9();
+    net.clients[c].daemon = None;
+    net.clients[c].tap.clear_rules();
+    net.start_client(c);
+    // And killed right after its 250.
+    net.send_by_client(c, &mail(3_000, "killed-after-250")).await;
+    net.clients[c].daemon.as_mut().unwrap().kill9();
+    net.clients[c].daemon = None;
+    net.start_client(c);
+    net.client(c)
+        .until_queue("both messages acknowledged", |q| q["messages"] == 0)
+        .await;
+    each_once(&net, &["killed-mid-send", "killed-after-250"]).await;
+}
+
+/// The gateway killed with a client's packets in its custody (it could not
+/// forward them yet), and again while it held a reply for the client:
+/// after its restart every message is delivered once and the client's
+/// queue empties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_with_client_packets_in_custody_or_replies_held_loses_nothing() {
+    let mut net = network().await;
+    net.until_healthy(0, 4).await;
+    let c = net.add_client(0, &[]).await;
+    until_client_ready(&net, c, 4).await;
+    let port = common::mixnet::LINK_PORT;
+    let others: Vec<String> = net.nodes[1..].iter().map(|n| n.onion.clone()).collect();
+    // The gateway reaches no other node: what the client hands it stays in
+    // its custody.
+    for onion in &others {
+        net.nodes[0].tap.down(onion, port);
+    }
+    net.send_by_client(c, &mail(3_000, "gateway-custody")).await;
+    net.client(c)
+        .until_queue("the message's packet in the gateway's custody", |q| {
+            q["mixnet"]["packets_fragment"] == 0
+        })
+        .await;
+    let held = common::queue_json(&net.nodes[0].data);
+    assert!(
+        held["mixnet"]["packets_forward"].as_u64().unwrap() > 0,
+        "the gateway holds the client's packets: {held}"
+    );
+    net.nodes[0].daemon.as_mut().unwrap().kill9();
+    net.nodes[0].daemon = None;
+    for onion in &others {
+        net.nodes[0].tap.up(onion, port);
+    }
+    net.start_node(0, &["-gateway"]);
+    net.client(c)
+        .until_queue("the message acknowledged", |q| q["messages"] == 0)
+        .await;
+    // Now killed while it holds the client's COMPLETE.
+    send_and_go_away(&net, c, "gateway-holding", 2).await;
+    net.nodes[0].daemon.as_mut().unwrap().kill9();
+    net.nodes[0].daemon = None;
+    net.start_node(0, &["-gateway"]);
+    let gateway = net.nodes[0].onion.clone();
+    net.clients[c].tap.clear_rules();
+    net.clients[c].tap.up(&gateway, port);
+    net.client(c)
+        .until_queue("the held COMPLETE fetched from the restarted gateway", |q| {
+            q["messages"] == 0
+        })
+        .await;
+    each_once(&net, &["gateway-custody", "gateway-holding"]).await;
+}
+
+/// More replies than a client's cap while it is away: the gateway drops
+/// the excess (counted) yet acknowledges them, and the client's
+/// retransmission still ends with every message delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_past_a_clients_cap_are_dropped_and_every_message_still_arrives_once() {
+    let flags = vec![
+        vec!["-gateway", "-gateway-held", "3", "-gateway-held-bytes", "65536"],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+    ];
+    let mut net = MixNet::start_with_flags(CLIENT_PARAMS, &flags).await;
+    net.until_healthy(0, 4).await;
+    let c = net.add_client(0, &[]).await;
+    until_client_ready(&net, c, 4).await;
+    let gateway = net.nodes[0].onion.clone();
+    let tap = &net.clients[c].tap;
+    tap.add_rule(away(&gateway));
+    let tags: Vec<String> = (0..6).map(|i| format!("capped{i}")).collect();
+    for tag in &tags {
+        net.send_by_client(c, &mail(2_000, tag)).await;
+    }
+    net.client(c)
+        .until_queue("every packet in the gateway's custody", |q| {
+            q["mixnet"]["packets_fragment"] == 0
+        })
+        .await;
+    tap.down(&gateway, common::mixnet::LINK_PORT);
+    until_delivered(&net, tags.len()).await;
+    common::mixnet::until_stat(net.daemon(0), "held_dropped", |n| n > 0).await;
+    assert!(gateway_stat(&net, "held_replies") <= 3);
+    let tap = &net.clients[c].tap;
+    tap.clear_rules();
+    tap.up(&gateway, common::mixnet::LINK_PORT);
+    net.client(c)
+        .until_queue("every message acknowledged in the end", |q| {
+            q["messages"] == 0
+        })
+        .await;
+    let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+    each_once(&net, &tags).await;
+}
+
+/// Kolmogorov–Smirnov distance between `samples` and Exp(`mean`).
+fn ks_exponential(samples: &mut [f64], mean: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len() as f64;
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let cdf = 1.0 - (-x / mean).exp();
+            (cdf - i as f64 / n).abs().max((cdf - (i + 1) as f64 / n).abs())
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The gaps between the PACKET frames a client sends, as its link's
+/// observer (the tap) records them, from frame `from` on.
+fn send_gaps(net: &MixNet, c: usize, from: usize, n: usize) -> Vec<f64> {
+    let at: Vec<Instant> = net.clients[c]
+        .tap
+        .frames()
+        .into_iter()
+        .filter(|f| f.kind == FrameKind::Packet && f.dir == Direction::ToTarget)
+        .map(|f| f.at.into())
+        .skip(from)
+        .take(n + 1)
+        .collect();
+    at.windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_secs_f64())
+        .collect()
+}
+
+async fn until_client_packets(net: &MixNet, c: usize, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let sent = net.clients[c]
+            .tap
+            .frames()
+            .iter()
+            .filter(|f| f.kind == FrameKind::Packet && f.dir == Direction::ToTarget)
+            .count();
+        if sent >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sent} of {n} packets sent");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A client's packets leave at the network's Poisson rate whether or not
+/// it has mail: on its recorded link the gaps follow Exp(client_send_mean)
+/// while idle and while a 200 KiB message goes out, so an observer of the
+/// link cannot tell when it sends mail. The client's draws are seeded
+/// (`PLUTO2_PACING_SEED`); the timing around them is the machine's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_packets_leave_at_one_poisson_rate_with_and_without_mail() {
+    const PARAMS: &str = r#"{"hops": 3, "hop_delay_mean": "20ms", "hop_delay_max": "240ms",
+        "max_message_size": 262144, "ack_timeout": "4s", "custody_horizon": "10m", "e2e_horizon": "1h",
+        "loop_cover_mean": "0s", "drop_cover_mean": "0s",
+        "client_send_mean": "60ms", "client_fetch_mean": "60ms"}"#;
+    let flags = vec![vec!["-gateway"], vec![], vec![], vec![], vec![]];
+    let mut net = MixNet::start_with_flags(PARAMS, &flags).await;
+    net.until_healthy(0, 4).await;
+    let c = net
+        .add_client_wrapped(0, &["env", "PLUTO2_PACING_SEED=19"], &[])
+        .await;
+    until_client_ready(&net, c, 4).await;
+    const N: usize = 120;
+    // Idle: every packet is cover.
+    let start = net.clients[c]
+        .tap
+        .frames()
+        .iter()
+        .filter(|f| f.kind == FrameKind::Packet && f.dir == Direction::ToTarget)
+        .count();
+    until_client_packets(&net, c, start + N + 1).await;
+    let mut idle = send_gaps(&net, c, start, N);
+    // With mail: its ~27 packets take the place of cover.
+    let mark = start + N + 1;
+    net.send_by_client(c, &mime_mail(200 * 1024, "paced")).await;
+    until_client_packets(&net, c, mark + N + 1).await;
+    let mut busy = send_gaps(&net, c, mark, N);
+    // Critical value at the 0.1 % level for n = 120: 1.95 / sqrt(n) = 0.178.
+    let critical = 1.95 / (N as f64).sqrt();
+    let d_idle = ks_exponential(&mut idle, 0.060);
+    let d_busy = ks_exponential(&mut busy, 0.060);
+    assert!(d_idle < critical, "idle gaps: D = {d_idle}");
+    assert!(d_busy < critical, "gaps with mail: D = {d_busy}");
+    net.client(c)
+        .until_queue("the message acknowledged", |q| q["messages"] == 0)
+        .await;
+    each_once(&net, &["paced"]).await;
 }

@@ -346,8 +346,16 @@ fn is_close(e: &InjectError) -> bool {
 }
 
 /// No node's log names a node, the sink, the sender, a recipient or a
-/// subject: `-sphinx` mode keeps the rule of direct mode.
-fn assert_logs_hold_no_identities(net: &MixNet) {
+/// subject: `-sphinx` mode keeps the rule of direct mode. Every running
+/// node is first waited for until it logged `[STATS]` (a node restarted
+/// late in a test on a busy machine may not have yet), so the check also
+/// covers what its counters say.
+async fn assert_logs_hold_no_identities(net: &MixNet) {
+    for n in &net.nodes {
+        if let Some(d) = n.daemon.as_ref() {
+            d.until_log("[STATS]", |l| l.contains("[STATS]")).await;
+        }
+    }
     let mut needles = vec![
         "secret".to_string(),
         "client.example".to_string(),
@@ -496,7 +504,7 @@ async fn every_packet_frame_has_one_size_and_a_frame_one_byte_off_closes_the_lin
     // The network still carries mail.
     send(&net, &mail(500, "after")).await;
     delivered(&net, sizes.len() + 1).await;
-    assert_logs_hold_no_identities(&net);
+    assert_logs_hold_no_identities(&net).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,7 +561,7 @@ async fn a_replayed_packet_is_a_duplicate_even_after_a_restart_and_a_bad_mac_is_
     until_stat(&net, hop, "mix_replays", 1).await;
     forwards_nothing(&net.nodes[hop].tap, before, "a replay after restart").await;
     assert_eq!(net.sink.received().len(), 1, "delivered again");
-    assert_logs_hold_no_identities(&net);
+    assert_logs_hold_no_identities(&net).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -650,7 +658,7 @@ async fn a_peer_with_other_network_parameters_is_refused_without_a_hello() {
     for line in logs.lines().filter(|l| l.contains("[STATS]")) {
         assert!(line.contains("healthy=0/4"), "{line}");
     }
-    assert_logs_hold_no_identities(&net);
+    assert_logs_hold_no_identities(&net).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -740,7 +748,7 @@ async fn a_peer_that_cannot_prove_a_listed_identity_gets_nothing_and_mail_flows(
 
     send(&net, &mail(500, "after")).await;
     delivered(&net, 1).await;
-    assert_logs_hold_no_identities(&net);
+    assert_logs_hold_no_identities(&net).await;
 }
 
 /// Raises this test process's soft limit on open files to the hard one:
@@ -893,7 +901,7 @@ async fn strangers_holding_connections_do_not_keep_restarting_nodes_out() {
         "{lines} refusal lines for {opened} connections"
     );
     assert_eq!(net.sink.received().len(), 1, "delivered once");
-    assert_logs_hold_no_identities(&net);
+    assert_logs_hold_no_identities(&net).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -956,7 +964,7 @@ async fn a_delay_over_the_maximum_is_refused_and_a_listed_peers_flood_is_counted
     // The rest of the network carries mail as before.
     send(&net, &mail(500, "flood")).await;
     delivered(&net, 1).await;
-    assert_logs_hold_no_identities(&net);
+    assert_logs_hold_no_identities(&net).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -688,13 +688,23 @@ pub async fn spawn_client(
             );
         }
     }
-    let cfg = Arc::new(LinkConfig::client(
+    let mut link_cfg = LinkConfig::client(
         key,
         params.hash(),
         params.epoch,
         params.client_send_mean,
         params.client_fetch_mean,
-    ));
+    );
+    // Test hook, in debug builds only: `PLUTO2_PACING_SEED=<u64>` seeds the
+    // gaps of the client's sends and fetches, so a statistical test of
+    // them sees the same draws on every run. Release builds do not read it.
+    #[cfg(debug_assertions)]
+    {
+        link_cfg.pacing_seed = std::env::var("PLUTO2_PACING_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok());
+    }
+    let cfg = Arc::new(link_cfg);
     let forwarder = Arc::new(Forwarder::new(ctx.clone(), Duration::from_secs(120)));
     let policy =
         link::PeerPolicy::of(forwarder).with_mailbox(Arc::new(ClientMailbox { ctx: ctx.clone() }));

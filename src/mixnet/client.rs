@@ -20,7 +20,7 @@ use super::hop::{ReplyApplied, apply_reply, random_id};
 use super::path::{hop_delay, pick_nodes};
 use super::sender::usable_peers;
 use crate::BoxFuture;
-use crate::link::Mailbox;
+use crate::link::{CoverKind, Mailbox};
 use crate::stats::Stats;
 use crate::wire::fragment::{Fragment, Kind};
 use crate::wire::frame::HeldReply;
@@ -55,19 +55,15 @@ impl Mailbox for ClientMailbox {
         })
     }
 
-    fn cover(&self) -> BoxFuture<'_, Option<(u32, WirePacket)>> {
+    fn cover(&self, kind: CoverKind) -> BoxFuture<'_, Option<(u32, WirePacket)>> {
         let ctx = self.ctx.clone();
         Box::pin(async move {
             // Wrapping is CPU work (about half a millisecond): off the
             // async executor.
             let built = tokio::task::spawn_blocking(move || {
-                // Half loops, half drops: every loop comes back as a reply
-                // to fetch, and the fetches must keep ahead of the replies
-                // (`wire::pki::DEFAULT_CLIENT_FETCH_MEAN`).
-                let kind = if rand::random::<bool>() {
-                    Kind::Loop
-                } else {
-                    Kind::Drop
+                let kind = match kind {
+                    CoverKind::Loop => Kind::Loop,
+                    CoverKind::Drop => Kind::Drop,
                 };
                 let packet = cover_packet(&ctx, kind);
                 if packet.is_some() {

@@ -211,21 +211,22 @@ impl Default for Params {
 /// A client's packet every 30 s on average: about 2,900 packets a day
 /// (86,400 s ÷ 30 s), 8 KiB each, so about 24 MiB a day upstream for a
 /// client that sends no mail at all, which a laptop on any connection
-/// bears. With mail, its packets take the place of loops at the same
-/// rate: a 4 KiB message (one packet) leaves within 30 s on average, a
-/// 200 KiB one (about 26 packets) within some 13 minutes, small beside
-/// the hops' delays of minutes each. Faster would cost every idle client
+/// bears. With mail, its packets take the place of drop cover on three
+/// ticks of four (the fourth is always a loop): a 4 KiB message (one
+/// packet) leaves within 40 s on average, a 200 KiB one (about 26
+/// packets) within some 17 minutes, small beside the hops' delays of
+/// minutes each. Faster would cost every idle client
 /// more traffic for little; slower would make large messages take hours.
 pub const DEFAULT_CLIENT_SEND_MEAN: Duration = Duration::from_secs(30);
 /// A client's fetch every 30 s on average: about 2,900 fetches a day
 /// (about 24 MiB down in fixed-size answers), and a reply waits at the
 /// gateway half a minute on average, nothing beside `ack_timeout` (an
 /// hour). Each fetch takes one reply, and every reply answers a packet
-/// the client sent (half of its cover is loops that come back to its
-/// mailbox, the rest drop cover; a message's many packets bring back one
-/// COMPLETE): fetching at least as often as sending keeps the mailbox
-/// draining, at most half as full as the fetches could empty it, so a
-/// network must not fetch less often than it sends.
+/// the client sent (a quarter of its send ticks are loops that come back
+/// to its mailbox, the rest mail or drop cover; a message's many packets
+/// bring back one COMPLETE): fetching at least as often as sending keeps
+/// the mailbox draining, about a third as full as the fetches could
+/// empty it, so a network must not fetch less often than it sends.
 pub const DEFAULT_CLIENT_FETCH_MEAN: Duration = Duration::from_secs(30);
 
 /// The shortest epoch a network may choose (test networks rotate in

@@ -43,6 +43,8 @@ pub struct MixClient {
     /// The gateway's index and the flags it was started with.
     pub via: usize,
     pub extra: Vec<String>,
+    /// What it runs under (e.g. `env VAR=value`).
+    pub wrapper: Vec<String>,
 }
 
 pub struct MixNet {
@@ -201,6 +203,11 @@ impl MixNet {
     /// Adds a client of gateway `via` (a node started with `-gateway`)
     /// and starts it; returns its index.
     pub async fn add_client(&mut self, via: usize, extra: &[&str]) -> usize {
+        self.add_client_wrapped(via, &[], extra).await
+    }
+
+    /// Like [`MixNet::add_client`], the client run under `wrapper`.
+    pub async fn add_client_wrapped(&mut self, via: usize, wrapper: &[&str], extra: &[&str]) -> usize {
         let i = self.clients.len();
         let data = self._dir.path().join(format!("client{i}"));
         let tap = LinkTap::start().await;
@@ -216,6 +223,7 @@ impl MixNet {
             daemon: None,
             via,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
         });
         self.start_client(i);
         i
@@ -242,7 +250,8 @@ impl MixNet {
             "1s",
         ];
         args.extend(c.extra.iter().map(String::as_str));
-        let daemon = Daemon::start_wrapped(&[], &c.data.clone(), &args);
+        let wrapper: Vec<&str> = c.wrapper.iter().map(String::as_str).collect();
+        let daemon = Daemon::start_wrapped(&wrapper, &c.data.clone(), &args);
         self.clients[i].daemon = Some(daemon);
     }
 
