@@ -4,10 +4,12 @@
 //! code (`config::DaemonArgs::validate`), then looks at what the daemon
 //! would meet at start, one line per check: `ok <what>` or
 //! `problem <what>: <fix>`. It changes nothing: the data directory, the
-//! cover key and the spool are only read (the spool through a read-only
-//! open that creates no `-wal`/`-shm` file, see
+//! cover key, a client's seed and the spool are only read (the spool
+//! through a read-only open that creates no `-wal`/`-shm` file, see
 //! `spool::inspect_read_only`); the only I/O beyond reading files is SOCKS
-//! connections to `-tor-socks`, closed at once.
+//! connections to `-tor-socks`, closed at once, and in client mode
+//! (`-client`) one link to the gateway that asks it for nothing but one
+//! FETCH (`link::probe_gateway`): no packet, no CONFIRM.
 //!
 //! Tor's `ExtendedErrors` is found out by asking for a well-formed v3
 //! onion name whose embedded key is not an ed25519 point: Tor refuses it
@@ -22,8 +24,10 @@ use std::time::Duration;
 
 use crate::address::{OnionError, OnionName};
 use crate::config::{Config, DaemonArgs};
+use crate::link::{LinkConfig, ProbeOutcome};
+use crate::mixnet::keys::ClientSeed;
 use crate::relay::socks::{SocksDialer, SocksError};
-use crate::wire::pki::Directory;
+use crate::wire::pki::{Directory, Reader};
 
 /// Bound on the SOCKS handshake with Tor for the ExtendedErrors probe:
 /// Tor refuses a bad onion name locally, at once.
@@ -32,6 +36,10 @@ const TOR_DEADLINE: Duration = Duration::from_secs(10);
 /// Bound on reaching one mixnet node through Tor (a cold onion service
 /// connection takes a few seconds; all nodes are tried at once).
 const NODE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Bound on a client's handshake and FETCH with its gateway once Tor
+/// connected: about two round trips over the onion service.
+const GATEWAY_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The port asked for in the ExtendedErrors probe; Tor never gets as far
 /// as using it.
@@ -85,19 +93,61 @@ pub async fn run(args: DaemonArgs) -> Vec<Finding> {
         Ok(config) => config,
         Err(e) => return vec![Finding::problem("flags", e.to_string())],
     };
+    let via = (config.mixnet.as_ref())
+        .and_then(|m| m.client.as_ref())
+        .map(|c| c.via.clone());
     let mut findings = vec![Finding::ok("flags")];
-    findings.push(hostname(&config, name_flag, hostname_file.as_deref()));
     let data_dir = &config.spool.data_dir;
+    // A client has no onion name; what names it (at its gateway) is the
+    // key its seed gives it there.
+    let seed = match via {
+        Some(_) => {
+            let (finding, seed) = client_seed(data_dir);
+            findings.push(finding);
+            seed
+        }
+        None => {
+            findings.push(hostname(&config, name_flag, hostname_file.as_deref()));
+            None
+        }
+    };
     findings.push(data_dir_finding(data_dir));
     findings.push(cover_key(data_dir));
     findings.push(spool(data_dir));
     let tor = tor_socks(&config).await;
     let tor_works = tor.is_ok();
     findings.push(tor);
-    if let Some(mixnet) = &config.mixnet {
-        findings.extend(mixnet_nodes(&config, &mixnet.pki_file, tor_works).await);
+    match (&config.mixnet, via) {
+        (Some(mixnet), Some(via)) => {
+            let pki_file = &mixnet.pki_file;
+            findings.extend(gateway(&config, pki_file, &via, seed.as_ref(), tor_works).await);
+        }
+        (Some(mixnet), None) => {
+            findings.extend(mixnet_nodes(&config, &mixnet.pki_file, tor_works).await)
+        }
+        (None, _) => {}
     }
     findings
+}
+
+/// A client's `client-seed`: read as the daemon reads it (32 bytes, not
+/// readable by others), never created. Returns the seed when it is usable.
+fn client_seed(dir: &Path) -> (Finding, Option<ClientSeed>) {
+    let path = dir.join(crate::mixnet::keys::CLIENT_SEED_FILE);
+    let what = format!("client seed {}", path.display());
+    match ClientSeed::read(dir) {
+        Ok(Some(seed)) => (
+            Finding::ok(format!("{what} is 32 bytes, readable by its owner only")),
+            Some(seed),
+        ),
+        Ok(None) => (
+            Finding::ok(format!(
+                "{what} does not exist yet; the daemon creates it with mode 0600 (back it up: it holds this client's mailbox at its gateway)"
+            )),
+            None,
+        ),
+        Err(e) => (Finding::problem(what, e.to_string()), None),
+    }
 }
 
 /// `-hs-hostname-file` against `-name` when both are given.
@@ -307,7 +357,7 @@ async fn tor_socks(config: &Config) -> Finding {
 /// node asked for through `-tor-socks`, all at once.
 async fn mixnet_nodes(config: &Config, pki_file: &Path, tor_works: bool) -> Vec<Finding> {
     let what = format!("-pki-file {}", pki_file.display());
-    let directory = match load_directory(config, pki_file) {
+    let directory = match load_directory(config, pki_file, Reader::Node(&config.name)) {
         Ok(d) => d,
         Err(reason) => return vec![Finding::problem(what, reason)],
     };
@@ -346,20 +396,118 @@ async fn mixnet_nodes(config: &Config, pki_file: &Path, tor_works: bool) -> Vec<
         let what = format!("mixnet node {:?} (port {})", node.short_name, node.port);
         findings.push(match result {
             Ok(_) => Finding::ok(format!("{what} reachable through -tor-socks")),
-            Err(e) => Finding::problem(
-                format!("{what} not reachable through -tor-socks ({e})"),
-                "check its entry in nodes.json with its operator; a node just started needs a minute to publish its onion service",
-            ),
+            Err(e) => not_reachable(&what, &e),
         });
     }
     findings
 }
 
+/// A client's gateway: `nodes.json` read as a client of `-via` reads it,
+/// then the gateway dialled through `-tor-socks` and asked, as this
+/// client, whether it serves it (`link::probe_gateway`), with the key
+/// `seed` gives it there (`None`: a throwaway key, the client has no seed
+/// yet).
+async fn gateway(
+    config: &Config,
+    pki_file: &Path,
+    via: &str,
+    seed: Option<&ClientSeed>,
+    tor_works: bool,
+) -> Vec<Finding> {
+    let what = format!("-pki-file {}", pki_file.display());
+    let directory = match load_directory(config, pki_file, Reader::Client(via)) {
+        Ok(d) => d,
+        Err(reason) => return vec![Finding::problem(what, reason)],
+    };
+    let gateway = directory.own();
+    let mut findings = vec![Finding::ok(format!(
+        "{what}: {} nodes, -via {via} listed as the gateway {:?}",
+        directory.nodes().len(),
+        gateway.short_name
+    ))];
+    if !tor_works {
+        findings.push(Finding::problem(
+            format!("gateway {:?} not tried", gateway.short_name),
+            "fix -tor-socks first (see above)",
+        ));
+        return findings;
+    }
+    findings.push(ask_gateway(config, &directory, seed).await);
+    findings
+}
+
+/// Dials the gateway (`directory.own()`) through `-tor-socks` and asks it,
+/// as this client (its key from `seed`, or a throwaway one), whether it
+/// serves it: one line naming the gateway.
+async fn ask_gateway(config: &Config, directory: &Directory, seed: Option<&ClientSeed>) -> Finding {
+    let gateway = directory.own();
+    let what = format!("gateway {:?} (port {})", gateway.short_name, gateway.port);
+    let dialer = SocksDialer::new(config.relay.tor_socks, NODE_DEADLINE);
+    let connect = dialer.connect(gateway.onion.as_str(), gateway.port);
+    let stream = match tokio::time::timeout(NODE_DEADLINE, connect).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return not_reachable(&what, &e),
+        Err(_) => return not_reachable(&what, &SocksError::Timeout),
+    };
+    let key = match seed {
+        Some(seed) => seed.key_for(&gateway.id),
+        None => ed25519_dalek::SigningKey::from_bytes(&rand::random()),
+    };
+    let params = directory.params();
+    let cfg = LinkConfig::client(
+        key,
+        params.hash(),
+        params.epoch,
+        params.client_send_mean,
+        params.client_fetch_mean,
+    );
+    let outcome = crate::link::probe_gateway(
+        stream,
+        &cfg,
+        gateway.id,
+        &gateway.identity,
+        GATEWAY_DEADLINE,
+    )
+    .await;
+    let not_accepting = format!("{what} is reachable through -tor-socks but not accepting clients");
+    match outcome {
+        Ok(ProbeOutcome::Serves { held }) => Finding::ok(format!(
+            "{what} reachable through -tor-socks and accepting this client ({})",
+            match (seed, held) {
+                (None, _) => "asked with a throwaway key: this client has no seed yet",
+                (Some(_), true) => "replies wait in its mailbox",
+                (Some(_), false) => "its mailbox is empty",
+            }
+        )),
+        Ok(ProbeOutcome::ClosedBeforeHello) => Finding::problem(
+            format!("{not_accepting}: it closed the link at a client's HELLO"),
+            "it runs without -gateway although nodes.json lists it as one: ask its operator, or choose another gateway with -via",
+        ),
+        Ok(ProbeOutcome::ClosedAfterAuth) => Finding::problem(
+            format!("{not_accepting}: it closed the link after this client's proof"),
+            "it has no room for another client now (-gateway-clients): try again later, or choose another gateway with -via",
+        ),
+        Err(e) => Finding::problem(
+            format!("{what} failed the link handshake ({e})"),
+            "its key or network parameters differ from this nodes.json: make sure both sides use the network's current nodes.json",
+        ),
+    }
+}
+
+/// A node (or gateway) Tor could not connect to.
+fn not_reachable(what: &str, e: &SocksError) -> Finding {
+    Finding::problem(
+        format!("{what} not reachable through -tor-socks ({e})"),
+        "check its entry in nodes.json with its operator; a node just started needs a minute to publish its onion service",
+    )
+}
+
 /// `nodes.json` read (at most one byte past its size limit) and checked
-/// for this node, exactly as at daemon start.
+/// for `reader` (this node, or a client of its gateway), exactly as at
+/// daemon start.
 /// The daemon's own decision (contents, signatures against `-pki-trust`,
 /// the serial this data dir saved, expiry), without saving anything.
-fn load_directory(config: &Config, path: &Path) -> Result<Directory, String> {
+fn load_directory(config: &Config, path: &Path, reader: Reader<'_>) -> Result<Directory, String> {
     use crate::daemon::directory;
     let files = directory::read_files(path)?;
     let saved = directory::read_serial(&config.spool.data_dir).map_err(|e| e.to_string())?;
@@ -370,7 +518,7 @@ fn load_directory(config: &Config, path: &Path) -> Result<Directory, String> {
         trust,
         saved_serial: saved,
         now: crate::time::now_ms(),
-        reader: Some(crate::wire::pki::Reader::Node(&config.name)),
+        reader: Some(reader),
     })
     .map(|accepted| accepted.directory)
     .map_err(|e| e.to_string())

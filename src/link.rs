@@ -1661,6 +1661,83 @@ fn hex(bytes: &[u8]) -> String {
     data_encoding::HEXLOWER.encode(bytes)
 }
 
+/// What a gateway made of a client's probe (`pluto2 check -client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// It proved the key `nodes.json` pins, took ours, and answered a
+    /// FETCH: it serves this client. `held`: a reply was waiting (it stays
+    /// there, since the probe confirms nothing).
+    Serves { held: bool },
+    /// It closed the link without a HELLO: it takes no clients (a node
+    /// that is no gateway answers a client as it answers a stranger).
+    ClosedBeforeHello,
+    /// It proved itself, then closed the link after our proof without
+    /// answering the FETCH: it has no room for another client
+    /// (`-gateway-clients`), or refused our proof.
+    ClosedAfterAuth,
+}
+
+/// Why a probe of a gateway failed otherwise: the link's own error (the
+/// gateway's HELLO names another node, its proof fails against the pinned
+/// key, other network parameters, a time-out, …).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProbeError(LinkError);
+
+/// A client's handshake with its gateway on `stream` (already through
+/// Tor), then one FETCH, all within `timeout`; nothing is sent that
+/// changes anything at the gateway: no packet, no CONFIRM. For `pluto2
+/// check`, which says what the outcome means.
+pub async fn probe_gateway(
+    mut stream: TcpStream,
+    cfg: &LinkConfig,
+    gateway: NodeId,
+    key: &VerifyingKey,
+    timeout: Duration,
+) -> Result<ProbeOutcome, ProbeError> {
+    /// The peer hung up (an orderly close or a reset) rather than broke
+    /// the protocol.
+    fn hung_up(e: &LinkError) -> bool {
+        match e {
+            LinkError::Closed => true,
+            LinkError::Io(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+    let probe = async {
+        let (mut rd, mut wr) = stream.split();
+        let mut reader = FrameReader::new();
+        match offer_hello(cfg, gateway, key, &mut reader, &mut rd, &mut wr).await {
+            Ok(_) => {}
+            Err(e) if hung_up(&e) => return Ok(ProbeOutcome::ClosedBeforeHello),
+            Err(e) => return Err(e),
+        }
+        let request: u64 = rand::rng().random();
+        let answer = match write_frame(&mut wr, &Frame::Fetch { request }).await {
+            Ok(()) => reader.next(&mut rd, cfg.connect_timeout).await,
+            Err(e) => Err(e.into()),
+        };
+        match answer {
+            Ok(Frame::Held { request: r, reply }) if r == request => Ok(ProbeOutcome::Serves {
+                held: reply.is_some(),
+            }),
+            Ok(Frame::Held { .. }) => Err(LinkError::StrayHeld),
+            Ok(_) => Err(LinkError::NoHello),
+            Err(e) if hung_up(&e) => Ok(ProbeOutcome::ClosedAfterAuth),
+            Err(e) => Err(e),
+        }
+    };
+    let outcome = tokio::time::timeout(timeout, probe)
+        .await
+        .unwrap_or(Err(LinkError::Idle(timeout)))
+        .map_err(ProbeError);
+    let _ = stream.shutdown().await;
+    outcome
+}
+
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
@@ -2761,5 +2838,63 @@ mod tests {
         unacked.sort();
         assert_eq!(unacked, [10, 12]);
         peer_side.await.unwrap();
+    }
+
+    /// A client's probe is served by a gateway and changes nothing there
+    /// (the held reply stays); a gateway with no room, a node that is no
+    /// gateway and a gateway with another key than the pinned one are
+    /// each told apart.
+    #[tokio::test]
+    async fn a_probe_tells_a_gateway_that_serves_from_one_that_does_not() {
+        let idle = Duration::from_secs(5);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let gateway = Arc::new(Gateway {
+            confirmed: Default::default(),
+        });
+        let server = tokio::spawn(serve(
+            listener,
+            test_config(idle),
+            gateway.clone(),
+            gateway.clone(),
+            Arc::new(Counted::default()),
+            stop.clone(),
+            TaskTracker::new(),
+        ));
+        let a_key = key(1).verifying_key();
+        let probe = |cfg: Arc<LinkConfig>, pinned: VerifyingKey| async move {
+            let s = TcpStream::connect(addr).await.unwrap();
+            probe_gateway(s, &cfg, A, &pinned, idle).await
+        };
+        let alice = client_config(40, idle);
+        for _ in 0..2 {
+            let got = probe(alice.clone(), a_key).await.unwrap();
+            assert_eq!(got, ProbeOutcome::Serves { held: true });
+        }
+        assert!(gateway.confirmed.lock().unwrap().is_empty(), "confirmed");
+        // Another key behind A's address: not A.
+        let e = probe(alice.clone(), key(7).verifying_key())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("does not verify"), "{e}");
+        // Two clients hold the gateway's room: a third is closed after its
+        // proof.
+        let (mut one, mut r1, _) = dial(addr, &client_config(41, idle), A, &a_key).await;
+        assert!(served(&mut one, &mut r1, 1).await);
+        let (mut two, mut r2, _) = dial(addr, &client_config(42, idle), A, &a_key).await;
+        assert!(served(&mut two, &mut r2, 2).await);
+        let got = probe(alice.clone(), a_key).await.unwrap();
+        assert_eq!(got, ProbeOutcome::ClosedAfterAuth);
+        stop.cancel();
+        server.await.unwrap();
+
+        // A node that is no gateway: no HELLO for a client.
+        let (addr, _events, stop, server) = listen_as_a(test_config(idle)).await;
+        let s = TcpStream::connect(addr).await.unwrap();
+        let got = probe_gateway(s, &alice, A, &a_key, idle).await.unwrap();
+        assert_eq!(got, ProbeOutcome::ClosedBeforeHello);
+        stop.cancel();
+        server.await.unwrap();
     }
 }

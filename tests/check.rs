@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::mixnet::{alice_and_four, alice_flags};
+use common::link_tap::{Direction, FrameKind, LinkTap};
+use common::mixnet::{LINK_PORT, MixNet, alice_and_four, alice_flags};
 use common::socks_proxy::SocksProxy;
-use common::{BIN, Daemon, DeadEnd, onion};
+use common::{BIN, Daemon, DeadEnd, PATIENCE, onion};
 
 /// Tor's reply to an onion name it refuses, with ExtendedErrors.
 const BAD_ADDRESS: u8 = 0xF6;
@@ -344,5 +345,132 @@ async fn in_mixnet_mode_it_checks_nodes_json_and_names_the_unreachable_nodes() {
     let report = check(&signed_flags).await;
     assert_eq!(report.code, Some(1), "{:#?}", report.lines);
     report.line("problem -pki-file");
+    assert_eq!(snapshot(&data), before, "check changed the data dir");
+}
+
+/// The test network's parameters with a client's send and fetch means
+/// (as in tests/mixnet_client.rs).
+const CLIENT_PARAMS: &str = r#"{"hops": 3, "hop_delay_mean": "20ms", "hop_delay_max": "240ms",
+    "max_message_size": 262144, "ack_timeout": "4s", "custody_horizon": "10m", "e2e_horizon": "1h",
+    "loop_cover_mean": "0s", "drop_cover_mean": "0s",
+    "client_send_mean": "25ms", "client_fetch_mean": "25ms"}"#;
+
+/// A client's flags for `pluto2 check`: gateway `via`, `pki`, its data
+/// dir, Tor at `socks`.
+fn client_flags(via: &str, pki: &Path, data: &Path, socks: std::net::SocketAddr) -> Vec<String> {
+    [
+        "-sphinx",
+        "-client",
+        "-via",
+        via,
+        "-pki-file",
+        pki.to_str().unwrap(),
+        "-addr",
+        "127.0.0.1:0",
+        "-data-dir",
+        data.to_str().unwrap(),
+        "-tor-socks",
+        &socks.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+async fn check_owned(flags: &[String]) -> Report {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    check(&flags).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_client_mode_it_asks_the_gateway_whether_it_serves_this_client() {
+    // Node 0 is a gateway, the others are not. The client's Tor is a tap
+    // of its own that reaches every node's link port.
+    let flags = vec![vec!["-gateway"], vec![], vec![], vec![], vec![]];
+    let net = MixNet::start_with_flags(CLIENT_PARAMS, &flags).await;
+    let tap = LinkTap::start().await;
+    tap.refuse(pluto2::check::invalid_key_onion().as_str(), 25, BAD_ADDRESS);
+    for node in &net.nodes {
+        let port = node.link_port.unwrap();
+        tap.route_link(&node.onion, LINK_PORT, ([127, 0, 0, 1], port).into());
+    }
+    let gateway = net.nodes[0].onion.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("client");
+
+    // A client with no data dir yet: its gateway serves it (asked with a
+    // throwaway key), and nothing is created.
+    let report = check_owned(&client_flags("n0", &net.pki, &data, tap.addr)).await;
+    assert_eq!(report.code, Some(0), "{:#?}", report.lines);
+    assert!(report.problems().is_empty(), "{:#?}", report.lines);
+    assert!(report.line("ok client seed").contains("does not exist yet"));
+    assert!(
+        report
+            .line("ok -pki-file")
+            .contains("-via n0 listed as the gateway \"n0\"")
+    );
+    assert!(
+        report
+            .line("ok gateway \"n0\"")
+            .contains("accepting this client (asked with a throwaway key")
+    );
+    assert!(!data.exists(), "check created the data dir");
+    // It asked for one held reply and confirmed nothing, sent nothing.
+    let closed = |c: &[common::link_tap::TapConn]| c.iter().all(|c| c.closed.is_some());
+    tap.wait_connections(closed, PATIENCE).await.unwrap();
+    let kinds =
+        |d| -> Vec<FrameKind> { tap.frames_on(&gateway, d).iter().map(|f| f.kind).collect() };
+    assert_eq!(
+        kinds(Direction::ToTarget),
+        [FrameKind::Hello, FrameKind::Auth, FrameKind::Fetch]
+    );
+    assert_eq!(
+        kinds(Direction::FromTarget),
+        [FrameKind::Hello, FrameKind::Auth, FrameKind::Held]
+    );
+
+    // With a seed, the client's own key (its mailbox is empty).
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let seed = data.join("client-seed");
+    std::fs::write(&seed, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let before = snapshot(&data);
+    let report = check_owned(&client_flags("n0", &net.pki, &data, tap.addr)).await;
+    assert_eq!(report.code, Some(0), "{:#?}", report.lines);
+    assert!(report.line("ok client seed").contains("32 bytes"));
+    assert!(
+        report
+            .line("ok gateway \"n0\"")
+            .ends_with("accepting this client (its mailbox is empty)")
+    );
+    assert_eq!(snapshot(&data), before, "check changed the data dir");
+
+    // -via names a node that is no gateway: refused as the client would
+    // refuse it at start, naming it.
+    let report = check_owned(&client_flags("n1", &net.pki, &data, tap.addr)).await;
+    assert_eq!(report.code, Some(1), "{:#?}", report.lines);
+    assert!(report.line("problem -pki-file").contains("n1"));
+    assert_eq!(report.problems().len(), 1, "{:#?}", report.lines);
+
+    // A nodes.json that lists n1 as a gateway although it runs without
+    // -gateway: n1 does not take clients.
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&net.pki).unwrap()).unwrap();
+    doc["nodes"][1]["gateway"] = true.into();
+    let claimed = dir.path().join("nodes.json");
+    std::fs::write(&claimed, doc.to_string()).unwrap();
+    let report = check_owned(&client_flags("n1", &claimed, &data, tap.addr)).await;
+    assert_eq!(report.code, Some(1), "{:#?}", report.lines);
+    let line = report.line("problem gateway \"n1\"");
+    assert!(line.contains("not accepting clients"), "{line}");
+    assert_eq!(report.problems().len(), 1, "{:#?}", report.lines);
+
+    // The gateway down: not reachable, named.
+    tap.down(&gateway, LINK_PORT);
+    let report = check_owned(&client_flags("n0", &net.pki, &data, tap.addr)).await;
+    assert_eq!(report.code, Some(1), "{:#?}", report.lines);
+    let line = report.line("problem gateway \"n0\"");
+    assert!(line.contains("not reachable through -tor-socks"), "{line}");
+    assert_eq!(report.problems().len(), 1, "{:#?}", report.lines);
     assert_eq!(snapshot(&data), before, "check changed the data dir");
 }

@@ -138,6 +138,13 @@ impl ClientSeed {
         Ok(ClientSeed(seed))
     }
 
+    /// Reads `client-seed` from `data_dir` as `load_or_create` does, but
+    /// never creates it: `None` when it does not exist (`pluto2 check`,
+    /// which writes nothing).
+    pub fn read(data_dir: &Path) -> Result<Option<ClientSeed>, KeyError> {
+        Ok(read(&data_dir.join(CLIENT_SEED_FILE), CLIENT_SEED_FIX)?.map(ClientSeed))
+    }
+
     /// The client's ed25519 key at `gateway`: SHA-256 over a domain label,
     /// the seed and the gateway's 32-byte id, taken as the key's secret.
     /// The same for every start (the mailbox is named by it), unrelated
@@ -600,6 +607,21 @@ mod tests {
             seed.key_for(&gateway).verifying_key()
         );
         assert_eq!(format!("{seed:?}"), "ClientSeed(..)", "no secret in logs");
+    }
+
+    #[test]
+    fn reading_a_client_seed_never_creates_one() {
+        use crate::wire::packet::NodeId;
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ClientSeed::read(dir.path()).unwrap().is_none());
+        assert!(files(dir.path()).is_empty(), "read created a file");
+        let made = ClientSeed::load_or_create(dir.path()).unwrap();
+        let read = ClientSeed::read(dir.path()).unwrap().expect("the seed");
+        let gateway = NodeId([3; 32]);
+        assert_eq!(
+            read.key_for(&gateway).verifying_key(),
+            made.key_for(&gateway).verifying_key()
+        );
     }
 
     #[test]
