@@ -1267,6 +1267,12 @@ struct Outbound<'a> {
     /// the sequence numbers of cover in flight (no spool row behind them).
     next_send: Instant,
     cover: HashSet<u64>,
+    /// Cover built ahead, and cover being built: a tick sends at once, so
+    /// the moment a packet leaves never depends on whether it had to be
+    /// built (real packets are built long before; cover takes a Sphinx
+    /// wrap, half a millisecond, several in a debug build).
+    ready: Vec<(CoverKind, u32, WirePacket)>,
+    building: tokio::task::JoinSet<Option<(CoverKind, u32, WirePacket)>>,
     /// Draws those gaps.
     pacing: rand::rngs::StdRng,
 }
@@ -1301,6 +1307,8 @@ impl<'a> Outbound<'a> {
             fetching: None,
             next_send: now + poisson_gap(cfg.send_mean, &mut pacing),
             cover: HashSet::new(),
+            ready: Vec::new(),
+            building: tokio::task::JoinSet::new(),
             pacing,
         }
     }
@@ -1330,6 +1338,9 @@ impl<'a> Outbound<'a> {
             let idle = self.cfg.idle_timeout;
             let room = self.has_room();
             let fetch = self.policy.mailbox.is_some() && self.fetching.is_none();
+            if paced {
+                self.build_ahead();
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(self.last_heard + idle) => {
@@ -1340,6 +1351,11 @@ impl<'a> Outbound<'a> {
                 _ = tokio::time::sleep_until(self.next_fetch), if fetch => self.fetch().await?,
                 _ = tokio::time::sleep_until(self.next_send), if paced && !rotating => {
                     self.send_one().await?;
+                }
+                Some(built) = self.building.join_next(), if !self.building.is_empty() => {
+                    if let Ok(Some(cover)) = built {
+                        self.ready.push(cover);
+                    }
                 }
                 _ = tokio::time::sleep_until(wake) => self.ping_if_due().await?,
             }
@@ -1425,15 +1441,12 @@ impl<'a> Outbound<'a> {
             }
             .encode(&mut out),
             None => {
-                let Some(mailbox) = self.policy.mailbox.clone() else {
-                    return Ok(());
-                };
                 let kind = if loop_tick {
                     CoverKind::Loop
                 } else {
                     CoverKind::Drop
                 };
-                let Some((epoch, packet)) = mailbox.cover(kind).await else {
+                let Some((epoch, packet)) = self.take_cover(kind).await else {
                     return Ok(());
                 };
                 let seq = loop {
@@ -1446,6 +1459,40 @@ impl<'a> Outbound<'a> {
             }
         }
         self.write(&out).await
+    }
+
+    /// Keeps [`COVER_AHEAD`] cover packets of each kind built or being
+    /// built, in tasks of their own.
+    fn build_ahead(&mut self) {
+        let Some(mailbox) = &self.policy.mailbox else {
+            return;
+        };
+        let have = self.ready.len() + self.building.len();
+        if have >= 2 * COVER_AHEAD {
+            return;
+        }
+        for kind in [CoverKind::Loop, CoverKind::Drop] {
+            let ready = self.ready.iter().filter(|(k, _, _)| *k == kind).count();
+            // Being built: counted in all, not by kind (a JoinSet does not
+            // say); the pool is small, an extra packet costs little.
+            if ready + self.building.len() / 2 < COVER_AHEAD {
+                let mailbox = mailbox.clone();
+                self.building.spawn(async move {
+                    let (epoch, packet) = mailbox.cover(kind).await?;
+                    Some((kind, epoch, packet))
+                });
+            }
+        }
+    }
+
+    /// A cover packet of `kind`: one built ahead if there is one, else
+    /// built now.
+    async fn take_cover(&mut self, kind: CoverKind) -> Option<(u32, WirePacket)> {
+        if let Some(i) = self.ready.iter().position(|(k, _, _)| *k == kind) {
+            let (_, epoch, packet) = self.ready.swap_remove(i);
+            return Some((epoch, packet));
+        }
+        self.policy.mailbox.as_ref()?.cover(kind).await
     }
 
     /// A client asks its gateway for a held reply: at the network's
@@ -1635,6 +1682,9 @@ impl InFlight {
         self.by_seq.into_values().collect()
     }
 }
+
+/// Cover packets of each kind a client's link keeps built ahead.
+const COVER_AHEAD: usize = 2;
 
 /// The gap before a client's next FETCH or PACKET: exponential with mean
 /// `mean` (a Poisson process), capped at ten means so a client never goes
@@ -2019,10 +2069,19 @@ mod tests {
         let mut s2 = TcpStream::connect(addr).await.unwrap();
         let mut r2 = FrameReader::new();
         write_frame(&mut s2, &Frame::Hello(first)).await.unwrap();
-        assert!(matches!(r2.next(&mut s2, idle).await.unwrap(), Frame::Hello(_)));
-        assert!(matches!(r2.next(&mut s2, idle).await.unwrap(), Frame::Auth { .. }));
+        assert!(matches!(
+            r2.next(&mut s2, idle).await.unwrap(),
+            Frame::Hello(_)
+        ));
+        assert!(matches!(
+            r2.next(&mut s2, idle).await.unwrap(),
+            Frame::Auth { .. }
+        ));
         let mut replay = Vec::new();
-        Frame::Auth { signature: recorded }.encode(&mut replay);
+        Frame::Auth {
+            signature: recorded,
+        }
+        .encode(&mut replay);
         Frame::Fetch { request: 10 }.encode(&mut replay);
         s2.write_all(&replay).await.unwrap();
         let got = frames_until_close(&mut s2, &mut r2).await;

@@ -268,17 +268,21 @@ async fn a_client_killed_while_sending_delivers_each_message_once_after_a_restar
     let c = net.add_client(0, &[]).await;
     until_client_ready(&net, c, 4).await;
     let gateway = net.nodes[0].onion.clone();
-    // The gateway gets the first few packets of the message; the link
-    // stalls behind the next one, so the rest stay in the client's custody.
+    // Once the message is launched, the gateway gets the next few packets
+    // (some of them the message's) and the link stalls behind them, so the
+    // rest stay in the client's custody.
+    net.send_by_client(c, &mime_mail(200 * 1024, "killed-mid-send"))
+        .await;
+    net.client(c)
+        .until_queue("the message launched", |q| q["mixnet"]["awaiting_ack"] == 1)
+        .await;
     let stall = net.clients[c].tap.add_rule(
         Rule::new(Action::Delay(std::time::Duration::from_secs(3600)))
             .link(&gateway)
             .dir(Direction::ToTarget)
             .kind(FrameKind::Packet)
-            .after(8),
+            .after(6),
     );
-    net.send_by_client(c, &mime_mail(200 * 1024, "killed-mid-send"))
-        .await;
     let deadline = Instant::now() + PATIENCE;
     while net.clients[c].tap.applied(stall) == 0 {
         assert!(Instant::now() < deadline, "the link never stalled");
@@ -294,7 +298,8 @@ async fn a_client_killed_while_sending_delivers_each_message_once_after_a_restar
     net.clients[c].tap.clear_rules();
     net.start_client(c);
     // And killed right after its 250.
-    net.send_by_client(c, &mail(3_000, "killed-after-250")).await;
+    net.send_by_client(c, &mail(3_000, "killed-after-250"))
+        .await;
     net.clients[c].daemon.as_mut().unwrap().kill9();
     net.clients[c].daemon = None;
     net.start_client(c);
@@ -350,9 +355,10 @@ async fn a_gateway_killed_with_client_packets_in_custody_or_replies_held_loses_n
     net.clients[c].tap.clear_rules();
     net.clients[c].tap.up(&gateway, port);
     net.client(c)
-        .until_queue("the held COMPLETE fetched from the restarted gateway", |q| {
-            q["messages"] == 0
-        })
+        .until_queue(
+            "the held COMPLETE fetched from the restarted gateway",
+            |q| q["messages"] == 0,
+        )
         .await;
     each_once(&net, &["gateway-custody", "gateway-holding"]).await;
 }
@@ -363,7 +369,13 @@ async fn a_gateway_killed_with_client_packets_in_custody_or_replies_held_loses_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_past_a_clients_cap_are_dropped_and_every_message_still_arrives_once() {
     let flags = vec![
-        vec!["-gateway", "-gateway-held", "3", "-gateway-held-bytes", "65536"],
+        vec![
+            "-gateway",
+            "-gateway-held",
+            "3",
+            "-gateway-held-bytes",
+            "65536",
+        ],
         vec![],
         vec![],
         vec![],
@@ -410,7 +422,9 @@ fn ks_exponential(samples: &mut [f64], mean: f64) -> f64 {
         .enumerate()
         .map(|(i, x)| {
             let cdf = 1.0 - (-x / mean).exp();
-            (cdf - i as f64 / n).abs().max((cdf - (i + 1) as f64 / n).abs())
+            (cdf - i as f64 / n)
+                .abs()
+                .max((cdf - (i + 1) as f64 / n).abs())
         })
         .fold(0.0, f64::max)
 }
@@ -423,7 +437,7 @@ fn send_gaps(net: &MixNet, c: usize, from: usize, n: usize) -> Vec<f64> {
         .frames()
         .into_iter()
         .filter(|f| f.kind == FrameKind::Packet && f.dir == Direction::ToTarget)
-        .map(|f| f.at.into())
+        .map(|f| f.at)
         .skip(from)
         .take(n + 1)
         .collect();
@@ -492,4 +506,76 @@ async fn a_clients_packets_leave_at_one_poisson_rate_with_and_without_mail() {
         .until_queue("the message acknowledged", |q| q["messages"] == 0)
         .await;
     each_once(&net, &["paced"]).await;
+}
+
+/// A gateway takes from a client only packets it forwards: one whose route
+/// ends at the gateway (a free exit of the client's own) or at a mailbox
+/// there (filling someone's mailbox) is refused; one for the next hop is
+/// kept. Sent on a link that proves the client's key, as the client would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_takes_from_a_client_only_packets_it_forwards() {
+    use pluto2::address::OnionName;
+    use pluto2::wire::frame::{AckStatus, Frame};
+    use pluto2::wire::packet::{self, NodeId, ReplyBlock, RouteHop, WirePacket};
+
+    let mut net = network().await;
+    net.until_healthy(0, 4).await;
+    let c = net.add_client(0, &[]).await;
+    until_client_ready(&net, c, 4).await;
+    let id = |i: usize| NodeId(OnionName::parse(&net.nodes[i].onion).unwrap().public_key());
+    let seed = pluto2::mixnet::keys::ClientSeed::read(&net.clients[c].data)
+        .unwrap()
+        .expect("the client's seed");
+    let tap = &net.clients[c].tap;
+    tap.set_signer(seed.key_for(&id(0)));
+    let epoch = net.epoch_now();
+    let hop = |i: usize, ms: u64| RouteHop {
+        id: id(i),
+        mix_key: net.mix_key(i, epoch),
+        delay: std::time::Duration::from_millis(ms),
+    };
+    let frame = |packet: WirePacket| {
+        let mut out = Vec::new();
+        Frame::Packet {
+            seq: 1,
+            epoch,
+            packet,
+        }
+        .encode(&mut out);
+        out
+    };
+    let gateway = net.nodes[0].onion.clone();
+    let port = common::mixnet::LINK_PORT;
+    // Drop cover ending at the gateway: a packet it would take from a node.
+    let drop = pluto2::wire::fragment::Fragment {
+        kind: pluto2::wire::fragment::Kind::Drop,
+        message_id: [3; 16],
+        index: 0,
+        count: 1,
+        blob_len: 0,
+        blob_hash: sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new()).into(),
+        reply_block: None,
+        data: Vec::new(),
+    }
+    .encode();
+    let own_exit = packet::build(&drop, &[hop(0, 0)]).unwrap();
+    assert_eq!(
+        tap.inject(&gateway, port, &frame(own_exit)).await.unwrap(),
+        AckStatus::Rejected
+    );
+    let (block, _) = ReplyBlock::create_to(&[hop(0, 0)], [7; 32], [1; 16], epoch).unwrap();
+    let (to_mailbox, _) = block.send(b"fill a mailbox").unwrap();
+    assert_eq!(
+        tap.inject(&gateway, port, &frame(to_mailbox))
+            .await
+            .unwrap(),
+        AckStatus::Rejected
+    );
+    let onward = packet::build(&drop, &[hop(0, 10), hop(1, 0)]).unwrap();
+    assert_eq!(
+        tap.inject(&gateway, port, &frame(onward)).await.unwrap(),
+        AckStatus::Stored
+    );
+    common::mixnet::until_stat(net.daemon(0), "rejected", |n| n >= 2).await;
+    assert_eq!(gateway_stat(&net, "held_dropped"), 0);
 }

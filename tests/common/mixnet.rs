@@ -207,7 +207,12 @@ impl MixNet {
     }
 
     /// Like [`MixNet::add_client`], the client run under `wrapper`.
-    pub async fn add_client_wrapped(&mut self, via: usize, wrapper: &[&str], extra: &[&str]) -> usize {
+    pub async fn add_client_wrapped(
+        &mut self,
+        via: usize,
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> usize {
         let i = self.clients.len();
         let data = self._dir.path().join(format!("client{i}"));
         let tap = LinkTap::start().await;
