@@ -424,6 +424,7 @@ pub async fn spawn(
         clock: clock.clone(),
         health: Arc::new(Health::new()),
         client: None,
+        clock_offset_ms: Default::default(),
     });
     {
         let (mean, max, clock) = (params.hop_delay_mean, params.hop_delay_max, clock.clone());
@@ -673,6 +674,7 @@ pub async fn spawn_client(
         clock: clock.clone(),
         health: Arc::new(Health::new()),
         client: Some(side),
+        clock_offset_ms: Default::default(),
     });
     {
         let (mean, max, clock) = (params.hop_delay_mean, params.hop_delay_max, clock.clone());

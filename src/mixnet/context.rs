@@ -128,6 +128,10 @@ pub struct MixContext {
     /// routes start at the gateway, and its replies wait there in its
     /// mailbox.
     pub client: Option<ClientSide>,
+    /// A client's: how far its gateway's clock is ahead of its own (ms),
+    /// when they disagree by more than `forwarder::MAX_CLOCK_SKEW`; else 0.
+    /// A node keeps 0.
+    pub clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 /// What a client is at its gateway.
@@ -152,9 +156,15 @@ impl MixContext {
         self.now() + self.directory.params().custody_horizon.as_millis() as u64
     }
 
-    /// The epoch by this node's clock.
+    /// The epoch by this node's clock; for a client whose clock disagrees
+    /// with its gateway's, by the gateway's (its packets must be built with
+    /// the keys the network uses now, whatever the laptop's clock says).
     pub fn epoch(&self) -> u32 {
-        self.directory.params().epoch_at(self.now())
+        let offset = self
+            .clock_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let now = self.now().saturating_add_signed(offset);
+        self.directory.params().epoch_at(now)
     }
 
     /// This node's bundle as served now: the previous epoch (grace), the

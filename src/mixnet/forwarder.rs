@@ -193,9 +193,18 @@ impl LinkHealth for Forwarder {
 
     fn hello(&self, peer: NodeId, clock_secs: u64) {
         let own = self.ctx.now() / 1000;
-        if let Some(skew) = super::peers::clock_skew(own, clock_secs, MAX_CLOCK_SKEW) {
+        let skew = super::peers::clock_skew(own, clock_secs, MAX_CLOCK_SKEW);
+        if let Some(skew) = skew {
             let name = self.name(&peer);
             super::peers::log_skew(&name, skew);
+        }
+        if self.ctx.client.is_some_and(|c| c.gateway == peer) {
+            // A client takes the network's epoch from its gateway when its
+            // own clock is off (a laptop's often is).
+            self.ctx.clock_offset_ms.store(
+                skew.unwrap_or(0).saturating_mul(1000),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 }

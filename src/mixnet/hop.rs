@@ -51,6 +51,9 @@ pub struct Hop {
     pub gateway: Option<HoldCaps>,
 }
 
+/// Unwrap shares kept before idle ones are swept (each a few dozen bytes).
+const SHARES_KEPT: usize = 4096;
+
 /// The CPU a previous hop may take: at most one of its packets is being
 /// unwrapped at a time, and at most one per core in all. Unwrapping (the
 /// Sphinx step, ~140 µs for a valid packet; a damaged one fails its MAC
@@ -62,7 +65,8 @@ pub struct Hop {
 /// have packets too they take turns with it (the semaphores are fair). An honest link is never slowed by this:
 /// one core unwraps about 7,000 packets a second, several times what a Tor
 /// circuit carries. Every previous hop is an authenticated, listed node
-/// with one link, so the map is bounded by `nodes.json`.
+/// with one link, or (at a gateway) a client with one link, one share
+/// each; shares nobody waits on are swept past [`SHARES_KEPT`].
 pub struct UnwrapShares {
     per_peer: std::sync::Mutex<std::collections::HashMap<NodeId, Arc<tokio::sync::Semaphore>>>,
     all: Arc<tokio::sync::Semaphore>,
@@ -85,13 +89,19 @@ impl UnwrapShares {
         tokio::sync::OwnedSemaphorePermit,
         tokio::sync::OwnedSemaphorePermit,
     )> {
-        let mine = self
-            .per_peer
-            .lock()
-            .unwrap()
-            .entry(from)
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
-            .clone();
+        let mine = {
+            let mut per_peer = self.per_peer.lock().unwrap();
+            // Clients come and go (a gateway's previous hops are not only
+            // the listed nodes): past a few thousand entries, those nobody
+            // holds a turn of are forgotten.
+            if per_peer.len() >= SHARES_KEPT && !per_peer.contains_key(&from) {
+                per_peer.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            per_peer
+                .entry(from)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+                .clone()
+        };
         let mine = mine.acquire_owned().await.ok()?;
         let all = self.all.clone().acquire_owned().await.ok()?;
         Some((mine, all))
@@ -755,6 +765,25 @@ pub fn random_id() -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Clients that came and went leave no share behind for ever; one
+    /// whose turn is held keeps its share (and so its one-at-a-time).
+    #[tokio::test]
+    async fn shares_of_peers_gone_are_swept() {
+        let shares = UnwrapShares::new(2);
+        let busy = NodeId([0xff; 32]);
+        let held = shares.turn(busy).await.unwrap();
+        for i in 0..(SHARES_KEPT as u32 * 2) {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            drop(shares.turn(NodeId(id)).await.unwrap());
+        }
+        let map = shares.per_peer.lock().unwrap();
+        assert!(map.len() <= SHARES_KEPT + 1, "{} shares kept", map.len());
+        assert!(map.contains_key(&busy));
+        drop(map);
+        drop(held);
+    }
 
     // Paused time: a wait that would last for ever ends at once, so
     // "still waiting" is decided by the semaphores, not by the machine.

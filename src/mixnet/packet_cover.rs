@@ -268,6 +268,16 @@ mod tests {
     /// known, cover at `loop_mean` / `drop_mean`, the spool's clock on
     /// tokio's paused time.
     fn node(dir: &std::path::Path, loop_mean: &str, drop_mean: &str) -> (Arc<MixContext>, Spool) {
+        node_as(dir, loop_mean, drop_mean, None)
+    }
+
+    /// Like [`node`], as a client (`client` set) when asked.
+    fn node_as(
+        dir: &std::path::Path,
+        loop_mean: &str,
+        drop_mean: &str,
+        client: Option<crate::mixnet::context::ClientSide>,
+    ) -> (Arc<MixContext>, Spool) {
         let entries: Vec<_> = (1..=5u8)
             .map(|i| {
                 let identity = ed25519_dalek::SigningKey::from_bytes(&[i; 32]);
@@ -323,7 +333,8 @@ mod tests {
             stats,
             clock,
             health: Arc::new(health),
-            client: None,
+            client,
+            clock_offset_ms: Default::default(),
         });
         (ctx, spool)
     }
@@ -473,6 +484,39 @@ mod tests {
             (60..=180).contains(&after),
             "{after} packets in the minute after"
         );
+    }
+
+    /// A client whose clock is off takes the epoch its gateway's HELLO
+    /// says; a node never does, and a small skew changes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_takes_the_epoch_from_its_gateways_clock() {
+        use crate::link::LinkHealth;
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = NodeId(OnionName::from_seed(2).public_key());
+        let side = crate::mixnet::context::ClientSide {
+            gateway,
+            mailbox: [9; 32],
+        };
+        let (ctx, _spool) = node_as(dir.path(), "0s", "0s", Some(side));
+        let day = 24 * 3600;
+        let own = ctx.epoch();
+        let forwarder =
+            crate::mixnet::forwarder::Forwarder::new(ctx.clone(), Duration::from_secs(1));
+        // The gateway is a day ahead: the client builds for its epoch.
+        forwarder.hello(gateway, BASE / 1000 + day);
+        assert_eq!(ctx.epoch(), own + 1);
+        // Another node's clock is not the gateway's.
+        forwarder.hello(NodeId(OnionName::from_seed(3).public_key()), BASE / 1000);
+        assert_eq!(ctx.epoch(), own + 1);
+        // Within the tolerated skew, the client's own clock again.
+        forwarder.hello(gateway, BASE / 1000 + 10);
+        assert_eq!(ctx.epoch(), own);
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _spool) = node(dir.path(), "0s", "0s");
+        let forwarder =
+            crate::mixnet::forwarder::Forwarder::new(node.clone(), Duration::from_secs(1));
+        forwarder.hello(gateway, BASE / 1000 + day);
+        assert_eq!(node.epoch(), own, "a node keeps its own clock");
     }
 
     #[test]
