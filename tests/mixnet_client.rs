@@ -579,3 +579,33 @@ async fn a_gateway_takes_from_a_client_only_packets_it_forwards() {
     common::mixnet::until_stat(net.daemon(0), "rejected", |n| n >= 2).await;
     assert_eq!(gateway_stat(&net, "held_dropped"), 0);
 }
+
+/// A client that never comes back costs its gateway its held replies for
+/// `e2e_horizon + custody_horizon` after it was last seen (10 s here),
+/// then nothing: the mailbox and what it held are forgotten, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mailbox_of_a_client_that_never_returns_is_forgotten() {
+    const PARAMS: &str = r#"{"hops": 3, "hop_delay_mean": "20ms", "hop_delay_max": "240ms",
+        "max_message_size": 262144, "ack_timeout": "2s", "custody_horizon": "4s", "e2e_horizon": "6s",
+        "loop_cover_mean": "0s", "drop_cover_mean": "0s",
+        "client_send_mean": "25ms", "client_fetch_mean": "25ms"}"#;
+    let flags = vec![vec!["-gateway"], vec![], vec![], vec![], vec![]];
+    let mut net = MixNet::start_with_flags(PARAMS, &flags).await;
+    net.until_healthy(0, 4).await;
+    let c = net.add_client(0, &[]).await;
+    until_client_ready(&net, c, 4).await;
+    send_and_go_away(&net, c, "never-back", 1).await;
+    // Gone for good.
+    net.clients[c].daemon.as_mut().unwrap().kill9();
+    net.clients[c].daemon = None;
+    let line = net
+        .daemon(0)
+        .until_log("the idle mailbox forgotten", |l| {
+            l.contains("idle client mailbox(es)")
+        })
+        .await;
+    assert!(line.contains("forgot 1 idle client mailbox(es)"), "{line}");
+    common::mixnet::until_stat(net.daemon(0), "held_replies", |n| n == 0).await;
+    let held = common::queue_json(&net.nodes[0].data);
+    assert_eq!(held["mixnet"]["packets_forward"], 0, "{held}");
+}
