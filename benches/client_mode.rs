@@ -300,9 +300,26 @@ async fn idle_client(net: &MixNet, c: usize, mean: &str, secs: Duration) {
             _ => {}
         }
     }
+    // A PACKET's round trip: to the gateway's ACK of its sequence number.
+    let mut written = std::collections::HashMap::new();
+    let mut acked = Vec::new();
+    for f in &frames {
+        match (f.kind, f.dir, f.seq) {
+            (FrameKind::Packet, Direction::ToTarget, Some(seq)) => {
+                written.insert(seq, f.at.into_std());
+            }
+            (FrameKind::Ack, Direction::FromTarget, Some(seq)) => {
+                if let Some(at) = written.remove(&seq) {
+                    acked.push(ms(f.at.into_std().saturating_duration_since(at)));
+                }
+            }
+            _ => {}
+        }
+    }
     println!(
-        "  {}; fetches {:.1}/s, packets {:.1}/s",
+        "  {}; {}; fetches {:.1}/s, packets {:.1}/s",
         line("FETCH -> HELD", &trips),
+        line("PACKET -> ACK", &acked),
         fetches as f64 / elapsed,
         packets as f64 / elapsed
     );
