@@ -77,6 +77,23 @@ impl Network {
         }
     }
 
+    /// Marks node `i` a gateway in `nodes.json` (`"gateway": true`) and
+    /// sets the network's parameters to `params`: what `-gateway` on that
+    /// node needs, with the client rates a benchmark wants.
+    pub fn make_gateway(&mut self, i: usize, params: serde_json::Value) {
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&self.pki).unwrap()).unwrap();
+        let short = format!("b{i}");
+        for entry in doc["nodes"].as_array_mut().unwrap() {
+            if entry["name"] == short.as_str() {
+                entry["gateway"] = true.into();
+            }
+        }
+        doc["params"] = params;
+        std::fs::write(&self.pki, doc.to_string()).unwrap();
+        self.view = Directory::parse_for_every_node(&std::fs::read(&self.pki).unwrap()).unwrap();
+    }
+
     pub fn data_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("b{i}"))
     }
