@@ -90,6 +90,12 @@ pub struct LinkConfig {
     /// packet and sends it again).
     pub client_rate: f64,
     pub client_burst: f64,
+    /// At a gateway: FETCH and CONFIRM frames one client may send per
+    /// second, and in one burst; past it its link is read no faster. Kept
+    /// apart from the control budget so a network's fetch rate is never
+    /// slowed by it.
+    pub fetch_rate: f64,
+    pub fetch_burst: f64,
     /// On a client's link: the mean gap between two FETCHes (drawn from
     /// an exponential law, so fetches form a Poisson process whose rate
     /// is the same for every client of the network).
@@ -164,6 +170,8 @@ impl LinkConfig {
             max_clients: 0,
             client_rate: 0.0,
             client_burst: 0.0,
+            fetch_rate: 0.0,
+            fetch_burst: 0.0,
             fetch_mean: Duration::from_secs(60),
             send_mean: Duration::from_secs(30),
             // A quarter: replies come back at a quarter of the send rate
@@ -196,16 +204,20 @@ impl LinkConfig {
     }
 
     /// A gateway's settings: room for `max_clients` clients, each sending
-    /// at most `client_rate` packets a second (bursts of `client_burst`).
+    /// at most `client_rate` packets a second (bursts of `client_burst`),
+    /// and FETCH and CONFIRM frames at `fetch_rate` (bursts of
+    /// `fetch_burst`).
     pub fn serving_clients(
         mut self,
         max_clients: usize,
-        client_rate: f64,
-        client_burst: f64,
+        (client_rate, client_burst): (f64, f64),
+        (fetch_rate, fetch_burst): (f64, f64),
     ) -> Self {
         self.max_clients = max_clients;
         self.client_rate = client_rate;
         self.client_burst = client_burst;
+        self.fetch_rate = fetch_rate;
+        self.fetch_burst = fetch_burst;
         self
     }
 }
@@ -1017,6 +1029,13 @@ async fn inbound(
         burst: cfg.client_burst.max(1.0),
         at: Instant::now(),
     };
+    // A client's FETCH and CONFIRM: past their rate, read more slowly.
+    let mut fetching = ControlBudget {
+        tokens: cfg.fetch_burst,
+        rate: cfg.fetch_rate.max(0.001),
+        burst: cfg.fetch_burst.max(1.0),
+        at: Instant::now(),
+    };
     // A link stays open while it carries something: packets, the pings
     // and key requests of the health protocol, a client's fetches. Frames
     // this side never asked for (PONG, KEYS) do not keep it open.
@@ -1042,16 +1061,15 @@ async fn inbound(
         if out_tx.is_closed() {
             break Err(LinkError::Closed); // the writer gave up on the peer
         }
-        if matches!(
-            frame,
-            Ok(Frame::Ping { .. }
-                | Frame::GetKeys { .. }
-                | Frame::Fetch { .. }
-                | Frame::Confirm { .. })
-        ) {
+        let budget = match frame {
+            Ok(Frame::Ping { .. } | Frame::GetKeys { .. }) => Some(&mut control),
+            Ok(Frame::Fetch { .. } | Frame::Confirm { .. }) if client => Some(&mut fetching),
+            _ => None,
+        };
+        if let Some(budget) = budget {
             // Over its budget a link is read more slowly: the frames wait
             // in the peer's buffers, not in ours, and cost nothing here.
-            let wait = control.spend(Instant::now());
+            let wait = budget.spend(Instant::now());
             if !wait.is_zero() {
                 tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),
@@ -1421,7 +1439,10 @@ impl<'a> Outbound<'a> {
     /// when it has mail. With the window full the tick passes (the
     /// gateway is slow; nothing would leave anyway).
     async fn send_one(&mut self) -> Result<(), LinkError> {
-        self.next_send = Instant::now() + poisson_gap(self.cfg.send_mean, &mut self.pacing);
+        self.next_send = next_tick(
+            self.next_send,
+            poisson_gap(self.cfg.send_mean, &mut self.pacing),
+        );
         if !self.has_room() {
             return Ok(());
         }
@@ -1501,7 +1522,10 @@ impl<'a> Outbound<'a> {
     async fn fetch(&mut self) -> Result<(), LinkError> {
         let request: u64 = rand::rng().random();
         self.fetching = Some(request);
-        self.next_fetch = Instant::now() + poisson_gap(self.cfg.fetch_mean, &mut self.pacing);
+        self.next_fetch = next_tick(
+            self.next_fetch,
+            poisson_gap(self.cfg.fetch_mean, &mut self.pacing),
+        );
         let mut out = Vec::new();
         Frame::Fetch { request }.encode(&mut out);
         self.write(&out).await
@@ -1683,6 +1707,14 @@ impl InFlight {
     }
 }
 
+/// The tick after `tick`, `gap` later: counted from when the tick was
+/// due, not from when it was served, so a late tick (the link busy with a
+/// reply) does not slow the whole process down; but never in the past,
+/// so a link that stalled does not make up for it in a burst.
+fn next_tick(tick: Instant, gap: Duration) -> Instant {
+    (tick + gap).max(Instant::now())
+}
+
 /// Cover packets of each kind a client's link keeps built ahead.
 const COVER_AHEAD: usize = 2;
 
@@ -1843,6 +1875,18 @@ mod tests {
         crate::testkit::ks_statistic(samples.to_vec(), |x| 1.0 - (-x / mean).exp())
     }
 
+    /// A late tick does not delay the ticks after it; a stall is not made
+    /// up for in a burst.
+    #[tokio::test(start_paused = true)]
+    async fn the_next_tick_counts_from_when_the_last_was_due() {
+        let due = Instant::now();
+        tokio::time::advance(Duration::from_millis(30)).await;
+        let gap = Duration::from_millis(50);
+        assert_eq!(next_tick(due, gap), due + gap, "served 30 ms late");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(next_tick(due, gap), Instant::now(), "after a stall");
+    }
+
     /// A client's sends and fetches form Poisson processes: their gaps
     /// follow the exponential law of the network's mean (the cap at ten
     /// means cuts off a tail of e^-10, invisible here). Seeded.
@@ -1903,6 +1947,8 @@ mod tests {
             max_clients: 2,
             client_rate: 0.01,
             client_burst: 3.0,
+            fetch_rate: 100.0,
+            fetch_burst: 100.0,
             fetch_mean: Duration::from_millis(50),
             send_mean: Duration::from_millis(50),
             loop_share: 0.25,

@@ -449,8 +449,11 @@ pub async fn spawn(
         params.epoch,
     );
     if let Some(g) = &gateway {
-        let (rate, burst) = client_rate(&params);
-        link_cfg = link_cfg.serving_clients(g.clients as usize, rate, burst);
+        link_cfg = link_cfg.serving_clients(
+            g.clients as usize,
+            client_rate(params.client_send_mean),
+            client_rate(params.client_fetch_mean),
+        );
     }
     let cfg = Arc::new(link_cfg);
     let hop = Arc::new(Hop {
@@ -606,13 +609,14 @@ pub async fn spawn(
     })
 }
 
-/// A gateway's limits on one client's packets: four times the rate every
-/// client sends at (`client_send_mean`; real packets and loops together),
-/// in bursts of up to 64. An honest client paces itself well under it;
-/// past it the client is told busy and keeps its packet.
-fn client_rate(params: &crate::wire::pki::Params) -> (f64, f64) {
-    let mean = params.client_send_mean.as_secs_f64().max(1e-3);
-    (4.0 / mean, 64.0)
+/// A gateway's limit on one client's frames of a kind sent every `mean`
+/// on average (packets: `client_send_mean`, real and cover together;
+/// fetches: `client_fetch_mean`): four times that rate, in bursts of up
+/// to 64 (a CONFIRM follows some fetches, well within the four). An
+/// honest client paces itself well under it; past it a packet is told
+/// busy (the client keeps it) and fetches are read more slowly.
+fn client_rate(mean: std::time::Duration) -> (f64, f64) {
+    (4.0 / mean.as_secs_f64().max(1e-3), 64.0)
 }
 
 /// Starts a client's tasks (`-client`): one link to its gateway (the only
