@@ -191,6 +191,35 @@ async fn replies_wait_at_the_gateway_while_the_client_is_away() {
     let port = common::mixnet::LINK_PORT;
 
     send_and_go_away(&net, c, "away-cut", 1).await;
+    // While replies wait for the client, a fresh key at the same gateway
+    // (`pluto2 check` of a new client, which fetches once and confirms
+    // nothing) finds its own mailbox empty.
+    let fresh = tempfile::tempdir().unwrap();
+    let data = fresh.path().join("client");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let seed = data.join("client-seed");
+    std::fs::write(&seed, rand::random::<[u8; 32]>()).unwrap();
+    std::fs::set_permissions(&seed, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // Node 1's Tor stands in for the new client's (with Tor's extended
+    // SOCKS errors, which check asks for).
+    let socks = &net.nodes[1].tap;
+    socks.refuse(pluto2::check::invalid_key_onion().as_str(), 25, 0xF6);
+    let out = std::process::Command::new(common::BIN)
+        .arg("check")
+        .args(["-sphinx", "-client", "-via", "n0", "-addr", "127.0.0.1:0"])
+        .arg("-pki-file")
+        .arg(&net.pki)
+        .arg("-data-dir")
+        .arg(&data)
+        .arg("-tor-socks")
+        .arg(socks.addr.to_string())
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("its mailbox is empty"), "{said}");
+    assert!(gateway_stat(&net, "held_replies") > 0);
     let tap = &net.clients[c].tap;
     tap.clear_rules();
     tap.up(&gateway, port);
@@ -329,7 +358,7 @@ async fn a_gateway_killed_with_client_packets_in_custody_or_replies_held_loses_n
     net.send_by_client(c, &mail(3_000, "gateway-custody")).await;
     net.client(c)
         .until_queue("the message's packet in the gateway's custody", |q| {
-            q["mixnet"]["packets_fragment"] == 0
+            q["mixnet"]["awaiting_ack"] == 1 && q["mixnet"]["packets_fragment"] == 0
         })
         .await;
     let held = common::queue_json(&net.nodes[0].data);
@@ -393,9 +422,10 @@ async fn replies_past_a_clients_cap_are_dropped_and_every_message_still_arrives_
         net.send_by_client(c, &mail(2_000, tag)).await;
     }
     net.client(c)
-        .until_queue("every packet in the gateway's custody", |q| {
-            q["mixnet"]["packets_fragment"] == 0
-        })
+        .until_queue(
+            "every message launched, its packets in the gateway's custody",
+            |q| q["mixnet"]["awaiting_ack"] == 6 && q["mixnet"]["packets_fragment"] == 0,
+        )
         .await;
     tap.down(&gateway, common::mixnet::LINK_PORT);
     until_delivered(&net, tags.len()).await;

@@ -268,3 +268,42 @@ impl Forwarder {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::address::OnionName;
+    use crate::mixnet::context::testing::{self, BASE};
+
+    /// A client whose clock is off takes the epoch its gateway's HELLO
+    /// says; a node never does, and a small skew changes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_takes_the_epoch_from_its_gateways_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = NodeId(OnionName::from_seed(2).public_key());
+        let side = crate::mixnet::context::ClientSide {
+            gateway,
+            mailbox: [9; 32],
+        };
+        let (ctx, _spool) = testing::node_as(dir.path(), "0s", "0s", Some(side));
+        let day = 24 * 3600;
+        let own = ctx.epoch();
+        let forwarder = Forwarder::new(ctx.clone(), Duration::from_secs(1));
+        // The gateway is a day ahead: the client builds for its epoch.
+        forwarder.hello(gateway, BASE / 1000 + day);
+        assert_eq!(ctx.epoch(), own + 1);
+        // Another node's clock is not the gateway's.
+        forwarder.hello(NodeId(OnionName::from_seed(3).public_key()), BASE / 1000);
+        assert_eq!(ctx.epoch(), own + 1);
+        // Within the tolerated skew, the client's own clock again.
+        forwarder.hello(gateway, BASE / 1000 + 10);
+        assert_eq!(ctx.epoch(), own);
+        let dir = tempfile::tempdir().unwrap();
+        let (node, _spool) = testing::node(dir.path(), "0s", "0s");
+        let forwarder = Forwarder::new(node.clone(), Duration::from_secs(1));
+        forwarder.hello(gateway, BASE / 1000 + day);
+        assert_eq!(node.epoch(), own, "a node keeps its own clock");
+    }
+}

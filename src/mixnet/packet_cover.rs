@@ -250,94 +250,10 @@ impl MixCover {
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
-    use serde_json::json;
 
     use super::*;
-    use crate::address::OnionName;
-    use crate::mixnet::health::Health;
-    use crate::mixnet::keys::{IdentityKey, KeyRing};
-    use crate::mixnet::peers::PeerKeys;
-    use crate::spool::Spool;
-    use crate::wire::bundle::{Bundle, SLOTS};
-    use crate::wire::pki::{Directory, encode_key};
 
-    /// 2026-11-25 at midnight, in unix ms.
-    const BASE: u64 = 1_795_564_800_000;
-
-    /// A node (`seed` 1 of 1..=5) with every peer linked and its keys
-    /// known, cover at `loop_mean` / `drop_mean`, the spool's clock on
-    /// tokio's paused time.
-    fn node(dir: &std::path::Path, loop_mean: &str, drop_mean: &str) -> (Arc<MixContext>, Spool) {
-        node_as(dir, loop_mean, drop_mean, None)
-    }
-
-    /// Like [`node`], as a client (`client` set) when asked.
-    fn node_as(
-        dir: &std::path::Path,
-        loop_mean: &str,
-        drop_mean: &str,
-        client: Option<crate::mixnet::context::ClientSide>,
-    ) -> (Arc<MixContext>, Spool) {
-        let entries: Vec<_> = (1..=5u8)
-            .map(|i| {
-                let identity = ed25519_dalek::SigningKey::from_bytes(&[i; 32]);
-                json!({
-                    "name": format!("n{i}"),
-                    "onion": OnionName::from_seed(i).to_string(),
-                    "port": 9999,
-                    "identity": encode_key(identity.verifying_key().as_bytes()),
-                    "exit": true,
-                })
-            })
-            .collect();
-        let doc = json!({"nodes": entries, "params": {
-            "hop_delay_mean": "20ms", "loop_cover_mean": loop_mean, "drop_cover_mean": drop_mean}});
-        let directory =
-            Directory::parse(doc.to_string().as_bytes(), &OnionName::from_seed(1)).unwrap();
-        let clock = crate::testkit::tokio_clock(BASE);
-        let epoch = directory.params().epoch_at(BASE);
-        let (keys, _) = KeyRing::open(dir, epoch).unwrap();
-        let peers = PeerKeys::load(dir, &directory).unwrap();
-        let health = Health::new();
-        for n in directory.others() {
-            let seed = n.short_name[1..].parse::<u8>().unwrap();
-            let identity = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
-            let mix = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([seed; 32]));
-            let bundle = Bundle::sign(
-                &identity,
-                &directory.params().hash(),
-                n.id,
-                epoch - 1,
-                [mix.to_bytes(); SLOTS],
-            );
-            peers.offer(&directory, n.id, bundle);
-            health.set(n.id, true);
-        }
-        let (spool, _closer) = Spool::open(dir, Duration::ZERO, clock.clone()).unwrap();
-        let stats = Arc::new(Stats::default());
-        let intake = crate::node::intake::Intake::for_tests(
-            spool.clone(),
-            crate::release::MixPolicy::Immediate,
-            clock.clone(),
-            stats.clone(),
-        );
-        let ctx = Arc::new(MixContext {
-            spool: spool.clone(),
-            directory: crate::mixnet::context::DirectoryCell::new(directory),
-            keys: Arc::new(keys),
-            identity: Arc::new(IdentityKey::load_or_create(dir).unwrap()),
-            peers: Arc::new(peers),
-            own_bundle: Default::default(),
-            exit: true,
-            intake: Arc::new(intake),
-            stats,
-            clock,
-            health: Arc::new(health),
-            client,
-            clock_offset_ms: Default::default(),
-        });
-        (ctx, spool)
-    }
+    use crate::mixnet::context::testing::node;
 
     /// Records when each cover packet was queued, and stands in for the
     /// network: every loop comes back at once. No real thread is awaited,
@@ -484,39 +400,6 @@ mod tests {
             (60..=180).contains(&after),
             "{after} packets in the minute after"
         );
-    }
-
-    /// A client whose clock is off takes the epoch its gateway's HELLO
-    /// says; a node never does, and a small skew changes nothing.
-    #[tokio::test(start_paused = true)]
-    async fn a_client_takes_the_epoch_from_its_gateways_clock() {
-        use crate::link::LinkHealth;
-        let dir = tempfile::tempdir().unwrap();
-        let gateway = NodeId(OnionName::from_seed(2).public_key());
-        let side = crate::mixnet::context::ClientSide {
-            gateway,
-            mailbox: [9; 32],
-        };
-        let (ctx, _spool) = node_as(dir.path(), "0s", "0s", Some(side));
-        let day = 24 * 3600;
-        let own = ctx.epoch();
-        let forwarder =
-            crate::mixnet::forwarder::Forwarder::new(ctx.clone(), Duration::from_secs(1));
-        // The gateway is a day ahead: the client builds for its epoch.
-        forwarder.hello(gateway, BASE / 1000 + day);
-        assert_eq!(ctx.epoch(), own + 1);
-        // Another node's clock is not the gateway's.
-        forwarder.hello(NodeId(OnionName::from_seed(3).public_key()), BASE / 1000);
-        assert_eq!(ctx.epoch(), own + 1);
-        // Within the tolerated skew, the client's own clock again.
-        forwarder.hello(gateway, BASE / 1000 + 10);
-        assert_eq!(ctx.epoch(), own);
-        let dir = tempfile::tempdir().unwrap();
-        let (node, _spool) = node(dir.path(), "0s", "0s");
-        let forwarder =
-            crate::mixnet::forwarder::Forwarder::new(node.clone(), Duration::from_secs(1));
-        forwarder.hello(gateway, BASE / 1000 + day);
-        assert_eq!(node.epoch(), own, "a node keeps its own clock");
     }
 
     #[test]
