@@ -5,9 +5,10 @@
 //! routes start at the gateway and reply blocks end there for this
 //! client's mailbox (`sender`), the one link is a client's (`link`, with
 //! the key derived for that gateway) and fetches replies at the network's
-//! rate. This module is the client's side of those fetches: a reply is
-//! opened and applied like an entry node's acknowledgement, and confirmed
-//! only once what it said is committed here.
+//! rate and sends at the network's rate. This module is the client's side
+//! of both: a fetched reply is opened and applied like an entry node's
+//! acknowledgement, and confirmed only once what it said is committed
+//! here; and the cover its link sends on the ticks with no mail.
 
 use std::sync::Arc;
 use std::time::Duration;
