@@ -2,7 +2,7 @@
 //! the same run:
 //!
 //!     cargo bench --bench client_mode                  # everything
-//!     PARTS=latency,idle N=30 LAT_MEANS=10ms,100ms IDLE_MEAN=100ms IDLE_SECS=30 cargo bench --bench client_mode
+//!     PARTS=latency,idle N=30 LAT_MEANS=10ms,100ms IDLE_MEAN=100ms,10ms IDLE_SECS=30 cargo bench --bench client_mode
 //!     PARTS=held,gateway REPLIES=1000 RUNS=5 PACKETS=8000 CLIENTS=100 NODE_LINKS=4 cargo bench --bench client_mode
 //!
 //! (`scripts/bench-client-mode.sh` runs it with these defaults under a
@@ -20,13 +20,16 @@
 //!   exit; the entry's: two mixes, the exit). Per message: the time from
 //!   the `250` to the sink reading the final dot. For the client's, also
 //!   where it went: `250` → the first PACKET on the client's link after it
-//!   (the send tick: the client sends one packet per tick, real or
-//!   cover), and that PACKET → the sink (the network). The fetch tick is
+//!   (the next send tick: the client sends one packet per tick, a loop on
+//!   a quarter of them whatever is waiting, else the next real packet or a
+//!   drop; the tap cannot tell which, so this is the real packet's tick
+//!   three times in four), and that PACKET → the sink. The fetch tick is
 //!   not on this path: it delays only the client's acknowledgement (the
 //!   COMPLETE waits at the gateway for the next FETCH), which the tap
 //!   cannot tell apart from the client's loops coming back. Each message
 //!   waits for the one before it to be delivered.
-//! * **idle** (a fresh network at `IDLE_MEAN`): `IDLE_SECS` with no mail.
+//! * **idle** (a fresh network at each mean in `IDLE_MEAN`, a comma list):
+//!   `IDLE_SECS` with no mail.
 //!   The client's CPU (utime + stime, `/proc/PID/stat`), its RSS
 //!   (`/proc/PID/status`), the frames and bytes on its link (the tap) per
 //!   kind and direction, and each FETCH's round trip to its HELD; the
@@ -34,7 +37,8 @@
 //!   (a packet and a fetch every 30 s). Alone: the CPU of wrapping one
 //!   cover packet as the client does (a drop: `packet::build` over
 //!   gateway + 3 mixes; a loop: `ReplyBlock::create_to` over gateway + 3
-//!   mixes + gateway, then `ReplyBlock::send`).
+//!   mixes + gateway, then `ReplyBlock::send`), mixed as an idle client
+//!   sends them (a quarter loops, the rest drops).
 //! * **held**: a gateway's disk per held reply: a fresh spool
 //!   (`Spool::open`), `REPLIES` replies of 8,192 random bytes (a Sphinx
 //!   payload) held (`Custody::Hold`, 16 concurrent tasks) for one
@@ -228,9 +232,12 @@ async fn latency_and_idle(mean: &str, n: usize, idle: Option<Duration>) {
         println!("  client parts:");
         println!(
             "    {}",
-            line("250 -> its PACKET on the link (send tick)", &tick)
+            line(
+                "250 -> the next PACKET on its link (send tick, any kind)",
+                &tick
+            )
         );
-        println!("    {}", line("PACKET -> sink (network)", &network));
+        println!("    {}", line("that PACKET -> sink", &network));
     }
     if let Some(idle) = idle {
         idle_client(&net, c, mean, idle).await;
@@ -367,9 +374,11 @@ async fn idle_client(net: &MixNet, c: usize, mean: &str, secs: Duration) {
         block.send(&plaintext).unwrap();
     }
     let loop_us = start.elapsed().as_secs_f64() * 1e6 / reps as f64;
+    // An idle client's ticks: a quarter loops (`LinkConfig::loop_share`),
+    // the rest drops (no real packet waiting).
     println!(
-        "  wrapping one cover packet on one thread: drop {drop_us:.0} µs, loop {loop_us:.0} µs (half each: {:.0} µs per packet)",
-        (drop_us + loop_us) / 2.0
+        "  wrapping one cover packet on one thread: drop {drop_us:.0} µs, loop {loop_us:.0} µs (a quarter loops: {:.0} µs per packet)",
+        0.25 * loop_us + 0.75 * drop_us
     );
 }
 
@@ -715,8 +724,10 @@ fn main() {
             }
         }
         if has("idle") {
-            let mean = std::env::var("IDLE_MEAN").unwrap_or_else(|_| "100ms".into());
-            latency_and_idle(&mean, 0, Some(idle)).await;
+            let means = std::env::var("IDLE_MEAN").unwrap_or_else(|_| "100ms".into());
+            for mean in means.split(',') {
+                latency_and_idle(mean.trim(), 0, Some(idle)).await;
+            }
         }
         if has("held") {
             held_figures(if bench { env_or("REPLIES", 1_000) } else { 10 }).await;
