@@ -449,7 +449,10 @@ mod mixnet_storage {
             },
             epoch: 0,
             from: [from; 32],
-            packet: packet(2, 1_500),
+            // Peer 1's packets go to a next hop of their own, so that the
+            // lease below takes exactly them (a lease's order among
+            // packets due at once is random).
+            packet: packet(if from == 1 { 5 } else { 2 }, 1_500),
         };
         let stored = CustodyOutcome::Stored;
         for tag in 0..4 {
@@ -477,9 +480,10 @@ mod mixnet_storage {
         t.set_now(2_000);
         let leased = t
             .spool
-            .lease_packets([2; 32], 4, Duration::from_secs(10))
+            .lease_packets([5; 32], 4, Duration::from_secs(10))
             .await
             .unwrap();
+        assert_eq!(leased.packets.len(), 4);
         let done = leased
             .packets
             .iter()
