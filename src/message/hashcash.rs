@@ -45,9 +45,10 @@ pub enum MintError {
     GaveUp { bits: u8, attempts: u64 },
 }
 
-/// Sorts the value of an `X-Hashcash:` or `Hashcash:` header. Surrounding
-/// whitespace (and a folded line break) is ignored; anything else that does
-/// not fit version 1 is [`StampClass::Malformed`].
+/// Sorts the value of an `X-Hashcash:` or `Hashcash:` header. Whitespace
+/// around the stamp is ignored; anything else that does not fit version 1
+/// (whitespace inside it too: a stamp is one token) is
+/// [`StampClass::Malformed`].
 pub fn classify(value: &[u8]) -> StampClass {
     let value = value.trim_ascii();
     if value.is_empty() || value.len() > MAX_STAMP {

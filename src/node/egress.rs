@@ -226,10 +226,13 @@ impl Stamper {
 }
 
 /// Whether the message already carries a stamp for `recipient` (its
-/// resource field, compared without regard to case).
+/// resource field, compared without regard to case) that the sanitizer
+/// will keep: one dated to the minute is dropped on the way out, so it
+/// does not spare the gateway's stamp.
 fn has_stamp_for(message: &[u8], recipient: &str) -> bool {
     header::fields(message)
         .filter(|f| f.has_name("x-hashcash") || f.has_name("hashcash"))
+        .filter(|f| hashcash::classify(f.value) == hashcash::StampClass::Day)
         .any(|f| {
             f.value
                 .trim_ascii()
@@ -438,9 +441,14 @@ mod tests {
         assert_eq!(Stats::get(&s.stats.hashcash_minted), 1);
         // Already stamped for it, or not a gateway: left alone.
         assert_eq!(s.stamp(out.clone(), &gw, now).await, out);
+        // A stamp dated to the minute will not leave: it spares nothing.
+        let minute = b"X-Hashcash: 1:20:2612071530:mail2news@gw.example::r:c\r\n\r\nb";
+        let restamped = s.stamp(minute.to_vec(), &gw, now).await;
+        assert!(restamped.len() > minute.len() && restamped.ends_with(minute));
+        assert_eq!(Stats::get(&s.stats.hashcash_minted), 2);
         let other = vec!["a@gw.example".to_string()];
         assert_eq!(s.stamp(MAIL.to_vec(), &other, now).await, MAIL);
-        assert_eq!(Stats::get(&s.stats.hashcash_minted), 1);
+        assert_eq!(Stats::get(&s.stats.hashcash_minted), 2);
         // A body without headers stays a body.
         let out = s.stamp(b"hello\r\n".to_vec(), &gw, now).await;
         assert!(out.ends_with(b"\r\n\r\nhello\r\n"));
