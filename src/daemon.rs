@@ -17,10 +17,10 @@ use crate::admin;
 use crate::config::{Config, sysexits};
 use crate::listen::LogThrottle;
 use crate::node::dispatch::{DeliveryHealth, Dispatcher};
-use crate::node::egress::Egress;
+use crate::node::egress::{Egress, Stamper};
 use crate::node::intake::Intake;
 use crate::node::mail_cover::{CoverGenerator, CoverKey};
-use crate::node::policy::DestBlock;
+use crate::node::policy::{DestBlock, RecipientPatterns};
 use crate::node::retry::RetryPolicy;
 use crate::relay::client::{ClientConfig, TlsPolicy, tls_config};
 use crate::relay::mx_lookup::MxResolver;
@@ -96,6 +96,12 @@ pub enum DaemonError {
     /// The `-dest-block` file cannot be read or holds a bad line.
     #[error("{0}")]
     DestBlock(reload::DestBlockError),
+    /// A `-hashcash-for` or `-news-gateway` value is no recipient pattern.
+    #[error("{flag} {source}")]
+    Pattern {
+        flag: &'static str,
+        source: crate::node::policy::PatternError,
+    },
     #[error(transparent)]
     Metrics(#[from] admin::MetricsError),
     /// The mixnet could not take up its stored state (custody, peers'
@@ -116,9 +122,10 @@ impl DaemonError {
         match self {
             // A data dir pluto2 cannot create or write is a setting to fix,
             // like any other bad flag.
-            DaemonError::DataDir(_) | DaemonError::Mixnet(_) | DaemonError::DestBlock(_) => {
-                sysexits::USAGE
-            }
+            DaemonError::DataDir(_)
+            | DaemonError::Mixnet(_)
+            | DaemonError::DestBlock(_)
+            | DaemonError::Pattern { .. } => sysexits::USAGE,
             DaemonError::Locked(lock::LockError::Held { .. }) => sysexits::TEMPFAIL,
             DaemonError::Locked(lock::LockError::Io { .. }) => sysexits::CANTCREAT,
             DaemonError::Spool { source, .. } => spool_exit_status(source),
@@ -231,6 +238,10 @@ struct Opened {
     signals: Signals,
     cover_key: CoverKey,
     dest_block: crate::node::policy::BlockList,
+    /// `-news-gateway`: recipients whose mail is not padded.
+    news_gateways: RecipientPatterns,
+    /// `-hashcash-for`: recipients stamps are minted for.
+    hashcash_for: RecipientPatterns,
     /// The one clock of the daemon (the spool's too).
     clock: crate::time::Clock,
 }
@@ -263,6 +274,12 @@ async fn build(config: &Config) -> Result<Opened, DaemonError> {
         Some(path) => reload::read_dest_block(path).map_err(DaemonError::DestBlock)?,
         None => Default::default(),
     };
+    let patterns = |flag: &'static str, values: &[String]| {
+        RecipientPatterns::parse(values.iter().map(String::as_str))
+            .map_err(|source| DaemonError::Pattern { flag, source })
+    };
+    let news_gateways = patterns("-news-gateway", &config.sanitize.news_gateway)?;
+    let hashcash_for = patterns("-hashcash-for", &config.sanitize.hashcash_for)?;
     data_dir::prepare(&config.spool.data_dir)?;
     // Before the spool is opened: opening releases every lease, which is
     // only right when no other daemon is delivering from it.
@@ -330,6 +347,8 @@ async fn build(config: &Config) -> Result<Opened, DaemonError> {
         signals,
         cover_key,
         dest_block,
+        news_gateways,
+        hashcash_for,
         clock,
     })
 }
@@ -351,6 +370,8 @@ async fn spawn(
         signals,
         cover_key,
         dest_block,
+        news_gateways,
+        hashcash_for,
         clock,
     } = built;
     let local = listener.local_addr().map_err(|source| DaemonError::Bind {
@@ -402,7 +423,14 @@ async fn spawn(
     if let Some(scope) = scope {
         let dispatcher = Dispatcher {
             spool: spool.clone(),
-            transport: router(config, dialer.clone(), mx.clone(), &cover_key, &stats),
+            transport: router(
+                config,
+                dialer.clone(),
+                mx.clone(),
+                &cover_key,
+                &stats,
+                news_gateways,
+            ),
             retry: RetryPolicy {
                 base: relay.retry_base,
                 max_attempts: relay.retries,
@@ -418,6 +446,13 @@ async fn spawn(
             cover_key: cover_key.clone(),
             health: health.clone(),
             pings: Some(ping_rx),
+            stamper: (config.sanitize.hashcash_bits > 0).then(|| {
+                Arc::new(Stamper::new(
+                    config.sanitize.hashcash_bits,
+                    hashcash_for,
+                    stats.clone(),
+                ))
+            }),
         };
         sup.spawn(
             StopPhase::Work,
@@ -598,6 +633,7 @@ fn router(
     mx: Arc<MxResolver>,
     cover_key: &CoverKey,
     stats: &Arc<Stats>,
+    news_gateways: RecipientPatterns,
 ) -> Arc<Router> {
     let relay = &config.relay;
     Arc::new(Router {
@@ -623,6 +659,7 @@ fn router(
                 }),
             pad_block: config.mix.pad_block,
             cover_key: cover_key.clone(),
+            news_gateways,
             stats: stats.clone(),
         }),
     })

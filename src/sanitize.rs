@@ -7,6 +7,13 @@
 //! and `Date` of its own, so nothing about the sender's software, host, time
 //! zone or route reaches the next hop.
 //!
+//! What an author adds on purpose for a mail-to-news gateway and its
+//! readers survives byte for byte: ed25519 pseudonym keys and signatures,
+//! and hashcash stamps, but a stamp only when its date is a day. A stamp
+//! dated to the minute would tell when the mail was written past every mix
+//! delay, so it is dropped and reported in [`Sanitized`] by class, never
+//! by content.
+//!
 //! This module is pure: bytes in, bytes out, no I/O. Headers are handled as
 //! bytes, never as `str`, so 8-bit values pass through untouched. The body is
 //! never inspected or changed.
@@ -33,6 +40,7 @@ use rand::Rng;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
+use crate::message::hashcash::{self, StampClass};
 use crate::message::header;
 
 /// What the relay puts in place of identifying headers.
@@ -77,7 +85,17 @@ const KEEP: &[&[u8]] = &[
     b"distribution",
     // RFC 5322 free text the author adds about the message.
     b"comments",
+    // A pseudonym's ed25519 key and its signature over the post: readers
+    // check that posts come from the same pseudonym, and m2usenet passes
+    // both on to Usenet. They say nothing the author did not choose to say.
+    b"x-ed25519-pub",
+    b"x-ed25519-sig",
 ];
+
+/// Hashcash stamp headers: kept when the stamp's date is a day, dropped
+/// otherwise (see [`hashcash::classify`]). Gateways such as m2usenet refuse
+/// posts without one for their address.
+const STAMPS: &[&[u8]] = &[b"x-hashcash", b"hashcash"];
 
 /// Values of `Mail-Copies-To` that name no address.
 const MAIL_COPIES_TO_KEYWORDS: &[&[u8]] = &[b"nobody", b"never", b"poster", b"always"];
@@ -106,6 +124,18 @@ pub fn mixnet_message_id(key: &[u8; 16]) -> String {
         .to_ascii_lowercase()
 }
 
+/// What [`sanitize`] made: the message, and the stamps it dropped by
+/// class, for the node to log and count (this module does no I/O).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sanitized {
+    pub message: Vec<u8>,
+    /// Hashcash stamps dropped because their date carries a time of day.
+    pub time_of_day_stamps: usize,
+    /// Hashcash stamps dropped because they are not version 1 stamps we
+    /// can read.
+    pub malformed_stamps: usize,
+}
+
 /// Rewrites the header block; the body (everything after the first CRLF CRLF) is returned byte for byte unchanged.
 ///
 /// `now` becomes the new `Date:`. The new `Message-ID:` is derived from
@@ -116,7 +146,7 @@ pub fn sanitize<R: Rng + ?Sized>(
     now: SystemTime,
     rng: &mut R,
     key: Option<&[u8; 16]>,
-) -> Vec<u8> {
+) -> Sanitized {
     let parts = header::split(message);
     let (left, right) = match key {
         Some(k) => (mixnet_message_id(k), MIXNET_MESSAGE_ID_DOMAIN),
@@ -133,15 +163,33 @@ pub fn sanitize<R: Rng + ?Sized>(
     out.extend_from_slice(b">\r\nDate: ");
     out.extend_from_slice(rfc5322_date(now).as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut done = Sanitized {
+        message: Vec::new(),
+        time_of_day_stamps: 0,
+        malformed_stamps: 0,
+    };
 
     if !looks_like_header_block(message, parts) {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(message);
-        return out;
+        done.message = out;
+        return done;
     }
 
     for field in header::fields(message) {
-        if keep_field(&field) {
+        let keep = match stamp_class(&field) {
+            None => keep_field(&field),
+            Some(StampClass::Day) => true,
+            Some(StampClass::TimeOfDay) => {
+                done.time_of_day_stamps += 1;
+                false
+            }
+            Some(StampClass::Malformed) => {
+                done.malformed_stamps += 1;
+                false
+            }
+        };
+        if keep {
             for line in field.lines() {
                 out.extend_from_slice(line);
                 out.extend_from_slice(b"\r\n");
@@ -152,7 +200,17 @@ pub fn sanitize<R: Rng + ?Sized>(
     if let Some(body) = parts.body {
         out.extend_from_slice(body);
     }
-    out
+    done.message = out;
+    done
+}
+
+/// The class of a hashcash stamp header, `None` for any other field.
+fn stamp_class(field: &header::Field<'_>) -> Option<StampClass> {
+    let name = field.name?;
+    STAMPS
+        .iter()
+        .any(|stamp| name.eq_ignore_ascii_case(stamp))
+        .then(|| hashcash::classify(field.value))
 }
 
 /// Decides whether the input starts with headers at all: yes if its first
@@ -323,7 +381,7 @@ mod tests {
 
     fn run(message: &[u8]) -> Vec<u8> {
         let mut rng = StdRng::seed_from_u64(7);
-        sanitize(message, &config(), fixed_time(), &mut rng, None)
+        sanitize(message, &config(), fixed_time(), &mut rng, None).message
     }
 
     /// Splits output into (header lines with their CRLF, body) at the first
@@ -578,7 +636,7 @@ mod tests {
         let message = b"Subject: s\r\n\r\nb";
         let ids: Vec<Vec<u8>> = (0..2)
             .map(|_| {
-                let output = sanitize(message, &config(), fixed_time(), &mut rng, None);
+                let output = sanitize(message, &config(), fixed_time(), &mut rng, None).message;
                 parts(&output).0[1].clone()
             })
             .collect();
@@ -729,12 +787,51 @@ mod tests {
                 .unwrap()
                 .to_string()
         };
-        let a = sanitize(message, &config(), fixed_time(), &mut rng, Some(&[1; 16]));
-        let b = sanitize(message, &config(), fixed_time(), &mut rng, Some(&[1; 16]));
-        let c = sanitize(message, &config(), fixed_time(), &mut rng, Some(&[2; 16]));
+        let a = sanitize(message, &config(), fixed_time(), &mut rng, Some(&[1; 16])).message;
+        let b = sanitize(message, &config(), fixed_time(), &mut rng, Some(&[1; 16])).message;
+        let c = sanitize(message, &config(), fixed_time(), &mut rng, Some(&[2; 16])).message;
         assert_eq!(id_of(&a), id_of(&b), "two exits, one Message-ID");
         assert_ne!(id_of(&a), id_of(&c));
         assert!(id_of(&a).ends_with("@mixnet.invalid>"), "{}", id_of(&a));
         assert!(!id_of(&a).contains(&config().message_id_domain));
+    }
+
+    #[test]
+    fn it_keeps_what_an_author_adds_for_a_news_gateway_byte_for_byte() {
+        let kept: &[&str] = &[
+            "X-Hashcash: 1:24:261207:mail2news@gw.example::McMybZIhxKXu57jd:ckvi",
+            "Hashcash: 1:20:261207:alt.test@gw.example::AbC+/=:0",
+            "x-hashcash:\t1:24:261207:a@b.example::r:c  ",
+            "X-Ed25519-Pub: 6y1LvnPp8qb6bLQtUMCJFA6WT3tAqkZmBM0q3nq2T3Y=",
+            "X-Ed25519-Sig: HWHuO5DJm0+lTnBqTPoN3ApXhIkOXZPwUZbtnm2YxvXd\r\n\tkJ7Cz8oqE0sWZ2MWzXp8yu8sLFNTrWv/7hpbCw==",
+            "x-ed25519-pub: lower-case name",
+        ];
+        for header in kept {
+            let message = format!("Received: x\r\n{header}\r\nX-Mailer: y\r\n\r\nbody");
+            let mut rng = StdRng::seed_from_u64(7);
+            let done = sanitize(message.as_bytes(), &config(), fixed_time(), &mut rng, None);
+            assert_eq!(
+                kept_lines(&done.message),
+                format!("{header}\r\n").as_bytes()
+            );
+            assert_eq!((done.time_of_day_stamps, done.malformed_stamps), (0, 0));
+        }
+    }
+
+    #[test]
+    fn it_drops_and_reports_stamps_with_a_time_of_day_or_unreadable() {
+        let message = b"Subject: s\r\n\
+            X-Hashcash: 1:24:2612071530:mail2news@gw.example::McMybZIhxKXu57jd:ckvi\r\n\
+            Hashcash: 1:24:261207153012:a@b.example::r:c\r\n\
+            X-Hashcash: 0:261207:a@b.example:r\r\n\
+            X-Hashcash: 1:24:261207:kept@b.example::r:c\r\n\r\nbody";
+        let mut rng = StdRng::seed_from_u64(7);
+        let done = sanitize(message, &config(), fixed_time(), &mut rng, None);
+        assert_eq!(
+            kept_lines(&done.message),
+            b"Subject: s\r\nX-Hashcash: 1:24:261207:kept@b.example::r:c\r\n"
+        );
+        assert_eq!(done.time_of_day_stamps, 2);
+        assert_eq!(done.malformed_stamps, 1);
     }
 }

@@ -332,6 +332,21 @@ metrics! {
         /// Padding bytes added to outgoing messages (every attempt).
         pub padding_bytes: Counter,
             "pluto2_padding_bytes", "Padding bytes added to outgoing messages, every attempt counted";
+        // Hashcash stamps the sanitizer dropped, by class (every attempt
+        // counted, like padding: egress runs once per connection).
+        let hashcash_dropped: Family<Label, Counter> = family("class", ["time_of_day", "malformed"]),
+            "pluto2_hashcash_dropped",
+            "Hashcash stamps dropped by the sanitizer, by class: time_of_day (the date says when the mail was written), malformed (not a version 1 stamp); every delivery attempt counted";
+        /// Stamps dropped because their date carries a time of day.
+        pub hashcash_time_of_day: Counter = child(&hashcash_dropped, "class", "time_of_day");
+        /// Stamps dropped because they could not be read.
+        pub hashcash_malformed: Counter = child(&hashcash_dropped, "class", "malformed");
+        /// Stamps minted at the exit (`-hashcash-bits`).
+        pub hashcash_minted: Counter,
+            "pluto2_hashcash_minted", "Hashcash stamps minted at the exit for a -hashcash-for recipient, every delivery attempt counted";
+        /// Stamps not minted because the work bound ran out.
+        pub hashcash_gave_up: Counter,
+            "pluto2_hashcash_gave_up", "Hashcash stamps not minted because the per-message work bound ran out (the message left without one)";
         /// Messages in the spool, as the spool last said.
         queue_messages: Gauge,
             "pluto2_queue_messages", "Messages in the spool, read from the spool";

@@ -264,7 +264,15 @@ fn apply_cross_group_rules(
     let anon_from = sanitize
         .sanitize
         .then(|| sanitize.anon_from.replace("NAME", name.as_str()));
-    (relay, SanitizePolicy { anon_from })
+    (
+        relay,
+        SanitizePolicy {
+            anon_from,
+            hashcash_bits: sanitize.hashcash_bits,
+            hashcash_for: sanitize.hashcash_for.clone(),
+            news_gateway: sanitize.news_gateway.clone(),
+        },
+    )
 }
 
 /// The name a client (`-client`) goes by where the daemon wants a node's

@@ -11,6 +11,7 @@
 //! tokenizing, and nothing here can panic on any input.
 
 pub mod dot;
+pub mod hashcash;
 pub mod header;
 pub mod padding;
 

@@ -30,6 +30,7 @@ use tracing::{debug, error, info, warn};
 use super::mail_cover::CoverKey;
 use super::retry::RetryPolicy;
 use crate::BoxFuture;
+use crate::node::egress::Stamper;
 use crate::relay::client::RecipientResult;
 use crate::relay::failure::{Failure, FailureKind};
 use crate::relay::route::Router;
@@ -140,6 +141,9 @@ pub struct Dispatcher {
     /// answers each where it waits, so an answer proves it still turns.
     /// `None` when nobody asks.
     pub pings: Option<mpsc::Receiver<Ping>>,
+    /// Mints hashcash stamps before a delivery (`-hashcash-bits`); `None`
+    /// when off.
+    pub stamper: Option<Arc<Stamper>>,
 }
 
 /// One watchdog question: the dispatcher loop answers by sending `()`.
@@ -259,8 +263,23 @@ impl Dispatcher {
         self.lease - self.lease / 5
     }
 
-    async fn handle(&self, lease: Lease, sent_message: &AtomicBool) {
-        let delivery = self.transport.deliver(&lease, sent_message);
+    async fn handle(&self, mut lease: Lease, sent_message: &AtomicBool) {
+        let cover = self.cover_key.is_cover(&lease.body);
+        // Minting counts against the bound on the delivery, so a slow
+        // stamp cannot outlast the lease.
+        let delivery = async {
+            if let Some(stamper) = &self.stamper
+                && !cover
+            {
+                let recipients: Vec<String> =
+                    lease.recipients.iter().map(|r| r.address.clone()).collect();
+                let body = std::mem::take(&mut lease.body);
+                lease.body = stamper
+                    .stamp(body, &recipients, std::time::SystemTime::now())
+                    .await;
+            }
+            self.transport.deliver(&lease, sent_message).await
+        };
         let results = match tokio::time::timeout(self.delivery_bound(), delivery).await {
             Ok(results) => results,
             Err(_) => {
@@ -271,7 +290,6 @@ impl Dispatcher {
         let mut rng = StdRng::from_os_rng();
         let now = (self.clock)();
         self.health.record(&results);
-        let cover = self.cover_key.is_cover(&lease.body);
         let (mut delivered, mut dropped, mut deferred) = (0, 0, 0);
         let mut notes = OutcomeNotes::default();
         let outcomes: Vec<(i64, Disposition)> = lease
@@ -518,6 +536,7 @@ mod tests {
             cover_key: CoverKey::from_bytes([4; 32]),
             health: Arc::default(),
             pings: None,
+            stamper: None,
         }
     }
 
@@ -809,6 +828,7 @@ mod tests {
         let dispatcher = Dispatcher {
             workers: 1,
             pings: Some(rx),
+            stamper: None,
             ..test_dispatcher(&spool, &clock, transport, &stats)
         };
         let stop = CancellationToken::new();

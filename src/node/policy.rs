@@ -55,6 +55,54 @@ pub struct BlockListError {
     pub reason: String,
 }
 
+/// A bad `-hashcash-for` or `-news-gateway` value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{pattern:?}: {reason}")]
+pub struct PatternError {
+    pub pattern: String,
+    pub reason: String,
+}
+
+/// Recipients named on the command line (`-hashcash-for`,
+/// `-news-gateway`), written like the address lines of a `-dest-block`
+/// file (`user@domain`, `domain`, `.domain`) so an operator learns one
+/// syntax, and matched by the same code. Group patterns are refused: these
+/// flags name where mail goes, not what it posts to.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecipientPatterns(BlockList);
+
+impl RecipientPatterns {
+    pub fn parse<'a>(
+        patterns: impl IntoIterator<Item = &'a str>,
+    ) -> Result<RecipientPatterns, PatternError> {
+        let mut list = BlockList::default();
+        for pattern in patterns {
+            let err = |reason: String| PatternError {
+                pattern: pattern.to_string(),
+                reason,
+            };
+            if strip_prefix_ignore_case(pattern, "newsgroup:").is_some() {
+                return Err(err(
+                    "a recipient pattern is user@domain, domain or .domain".into()
+                ));
+            }
+            if pattern.is_empty()
+                || pattern.len() > MAX_LINE
+                || pattern.contains(char::is_whitespace)
+            {
+                return Err(err("one address, domain or .domain, without spaces".into()));
+            }
+            list.add(pattern).map_err(err)?;
+        }
+        Ok(RecipientPatterns(list))
+    }
+
+    /// True if `recipient` (`local@domain` as in the envelope) matches.
+    pub fn matches(&self, recipient: &str) -> bool {
+        !self.0.is_empty() && self.0.blocks(recipient)
+    }
+}
+
 /// A parsed `-dest-block` file.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BlockList {
@@ -332,6 +380,27 @@ mod tests {
 
     fn list(text: &str) -> BlockList {
         BlockList::parse(text).unwrap()
+    }
+
+    #[test]
+    fn it_matches_recipient_patterns_like_dest_block_lines_but_refuses_groups() {
+        let p = RecipientPatterns::parse(["mail2news@GW.example", "news.example", ".hub.example"])
+            .unwrap();
+        for yes in ["Mail2News@gw.example", "x@news.example", "x@a.hub.example"] {
+            assert!(p.matches(yes), "{yes}");
+        }
+        for no in [
+            "other@gw.example",
+            "x@sub.news.example",
+            "x@hub.example",
+            "alt.test@gw.example",
+        ] {
+            assert!(!p.matches(no), "{no}");
+        }
+        assert!(!RecipientPatterns::default().matches("x@news.example"));
+        for bad in ["newsgroup:alt.test", "", "a b", "not@@valid"] {
+            assert!(RecipientPatterns::parse([bad]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

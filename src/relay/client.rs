@@ -93,9 +93,12 @@ pub trait OutgoingBody: Send + Sync {
     /// hop's SIZE limit if it announced one: the bytes to send after DATA,
     /// never longer than `limit`, or `None` when the message cannot fit
     /// under it at all (a permanent failure).
+    /// `recipients` are the envelope recipients of this delivery (policy
+    /// may treat mail differently by where it goes).
     fn prepare(
         &self,
         original: &[u8],
+        recipients: &[String],
         limit: Option<usize>,
         message_key: Option<&[u8; 16]>,
     ) -> Option<Vec<u8>>;
@@ -108,6 +111,7 @@ impl OutgoingBody for AsIs {
     fn prepare(
         &self,
         original: &[u8],
+        _recipients: &[String],
         limit: Option<usize>,
         _message_key: Option<&[u8; 16]>,
     ) -> Option<Vec<u8>> {
@@ -433,10 +437,12 @@ async fn transaction(
 
     // Padding must not push the message past the next hop's limit: it
     // would be refused (552) after our client got its 250.
-    let Some(body) = msg
-        .body
-        .prepare(msg.original, offered.size_limit(), msg.message_key.as_ref())
-    else {
+    let Some(body) = msg.body.prepare(
+        msg.original,
+        msg.recipients,
+        offered.size_limit(),
+        msg.message_key.as_ref(),
+    ) else {
         return finish(
             &mut conn,
             Err(Failure::permanent(FailureKind::TooBig {
