@@ -497,13 +497,15 @@ async fn until_client_packets(net: &MixNet, c: usize, n: usize) {
 /// it has mail: on its recorded link the gaps follow Exp(client_send_mean)
 /// while idle and while a 200 KiB message goes out, so an observer of the
 /// link cannot tell when it sends mail. The client's draws are seeded
-/// (`PLUTO2_PACING_SEED`); the timing around them is the machine's.
+/// (`PLUTO2_PACING_SEED`); the timing around them is the machine's, so
+/// the mean is long beside what a busy CI machine adds to a tick (a
+/// debug build wraps a cover packet in some 10–40 ms under load).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_packets_leave_at_one_poisson_rate_with_and_without_mail() {
     const PARAMS: &str = r#"{"hops": 3, "hop_delay_mean": "20ms", "hop_delay_max": "240ms",
         "max_message_size": 262144, "ack_timeout": "4s", "custody_horizon": "10m", "e2e_horizon": "1h",
         "loop_cover_mean": "0s", "drop_cover_mean": "0s",
-        "client_send_mean": "60ms", "client_fetch_mean": "60ms"}"#;
+        "client_send_mean": "150ms", "client_fetch_mean": "150ms"}"#;
     let flags = vec![vec!["-gateway"], vec![], vec![], vec![], vec![]];
     let mut net = MixNet::start_with_flags(PARAMS, &flags).await;
     net.until_healthy(0, 4).await;
@@ -512,13 +514,15 @@ async fn a_clients_packets_leave_at_one_poisson_rate_with_and_without_mail() {
         .await;
     until_client_ready(&net, c, 4).await;
     const N: usize = 120;
-    // Idle: every packet is cover.
-    let start = net.clients[c]
-        .tap
-        .frames()
-        .iter()
-        .filter(|f| f.kind == FrameKind::Packet && f.dir == Direction::ToTarget)
-        .count();
+    // Idle: every packet is cover. The first few are left out: the link
+    // has just come up and builds its first cover while it sends.
+    let start = 10
+        + net.clients[c]
+            .tap
+            .frames()
+            .iter()
+            .filter(|f| f.kind == FrameKind::Packet && f.dir == Direction::ToTarget)
+            .count();
     until_client_packets(&net, c, start + N + 1).await;
     let mut idle = send_gaps(&net, c, start, N);
     // With mail: its ~27 packets take the place of cover.
@@ -528,8 +532,9 @@ async fn a_clients_packets_leave_at_one_poisson_rate_with_and_without_mail() {
     let mut busy = send_gaps(&net, c, mark, N);
     // Critical value at the 0.1 % level for n = 120: 1.95 / sqrt(n) = 0.178.
     let critical = 1.95 / (N as f64).sqrt();
-    let d_idle = ks_exponential(&mut idle, 0.060);
-    let d_busy = ks_exponential(&mut busy, 0.060);
+    let d_idle = ks_exponential(&mut idle, 0.150);
+    let d_busy = ks_exponential(&mut busy, 0.150);
+    eprintln!("KS D idle {d_idle:.3} busy {d_busy:.3} (critical {critical:.3})");
     assert!(d_idle < critical, "idle gaps: D = {d_idle}");
     assert!(d_busy < critical, "gaps with mail: D = {d_busy}");
     net.client(c)

@@ -443,6 +443,8 @@ mod tests {
                         "metrics" => "127.0.0.1:9900".into(),
                         "via" => "alice".into(),
                         "exit-partial-bytes" => "268435456".into(),
+                        "news-gateway" => "mail2news@news.example".into(),
+                        "hashcash-for" => "mail2news@news.example".into(),
                         other => panic!("no sample value for -{other}; add one here"),
                     },
                 };
