@@ -386,7 +386,6 @@ pub async fn spawn(
     use crate::mixnet::health::Health;
     use crate::mixnet::hop::{self, Hop, UnwrapShares};
     use crate::mixnet::packet_cover::MixCover;
-    use crate::mixnet::path::hop_delay;
     use crate::mixnet::peers::PeerKeys;
     use crate::mixnet::sender::Sender;
     use rand::SeedableRng;
@@ -426,20 +425,7 @@ pub async fn spawn(
         client: None,
         clock_offset_ms: Default::default(),
     });
-    {
-        let (mean, max, clock) = (params.hop_delay_mean, params.hop_delay_max, clock.clone());
-        let moved = spool
-            .restart_packets(move || {
-                clock() + hop_delay(mean, max, &mut rand::rng()).as_millis() as u64
-            })
-            .await
-            .map_err(std::io::Error::other)?;
-        if moved > 0 {
-            tracing::info!(
-                "[MIXNET] {moved} overdue packet(s) got a fresh delay after the restart"
-            );
-        }
-    }
+    fresh_delays(&spool, &params, &clock).await?;
     rotated(&ctx, &rotation).await;
     let gateway = node.config.gateway;
     let mut link_cfg = LinkConfig::new(
@@ -609,6 +595,26 @@ pub async fn spawn(
     })
 }
 
+/// Packets whose release time passed while the process was down get a
+/// fresh delay, so a restart is not a burst (node and client alike).
+async fn fresh_delays(
+    spool: &crate::spool::Spool,
+    params: &crate::wire::pki::Params,
+    clock: &crate::time::Clock,
+) -> std::io::Result<()> {
+    let (mean, max, clock) = (params.hop_delay_mean, params.hop_delay_max, clock.clone());
+    let moved = spool
+        .restart_packets(move || {
+            clock() + crate::mixnet::path::hop_delay(mean, max, &mut rand::rng()).as_millis() as u64
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+    if moved > 0 {
+        tracing::info!("[MIXNET] {moved} overdue packet(s) got a fresh delay after the restart");
+    }
+    Ok(())
+}
+
 /// A gateway's limit on one client's frames of a kind sent every `mean`
 /// on average (packets: `client_send_mean`, real and cover together;
 /// fetches: `client_fetch_mean`): four times that rate, in bursts of up
@@ -640,7 +646,6 @@ pub async fn spawn_client(
     use crate::mixnet::forwarder::Forwarder;
     use crate::mixnet::health::Health;
     use crate::mixnet::keys::{IdentityKey, KeyRing};
-    use crate::mixnet::path::hop_delay;
     use crate::mixnet::peers::PeerKeys;
     use crate::mixnet::sender::Sender;
 
@@ -680,20 +685,7 @@ pub async fn spawn_client(
         client: Some(side),
         clock_offset_ms: Default::default(),
     });
-    {
-        let (mean, max, clock) = (params.hop_delay_mean, params.hop_delay_max, clock.clone());
-        let moved = spool
-            .restart_packets(move || {
-                clock() + hop_delay(mean, max, &mut rand::rng()).as_millis() as u64
-            })
-            .await
-            .map_err(std::io::Error::other)?;
-        if moved > 0 {
-            tracing::info!(
-                "[MIXNET] {moved} overdue packet(s) got a fresh delay after the restart"
-            );
-        }
-    }
+    fresh_delays(&spool, &params, &clock).await?;
     let mut link_cfg = LinkConfig::client(
         key,
         params.hash(),

@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use super::context::MixContext;
@@ -119,16 +118,7 @@ fn cover_packet(ctx: &MixContext, kind: Kind) -> Option<(u32, WirePacket)> {
         route.push(hop(id, delay(&mut rng))?);
     }
     let id = random_id();
-    let fragment = Fragment {
-        kind,
-        message_id: id,
-        index: 0,
-        count: 1,
-        blob_len: 0,
-        blob_hash: Sha256::digest([]).into(),
-        reply_block: None,
-        data: Vec::new(),
-    };
+    let fragment = Fragment::cover(kind, id);
     if kind != Kind::Loop {
         if let Some(last) = route.last_mut() {
             last.delay = Duration::ZERO;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use rand::rngs::StdRng;
-use sha2::{Digest, Sha256};
+
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -213,16 +213,7 @@ impl MixCover {
             last.delay = Duration::ZERO;
         }
         let id = random_id();
-        let fragment = Fragment {
-            kind,
-            message_id: id,
-            index: 0,
-            count: 1,
-            blob_len: 0,
-            blob_hash: Sha256::digest([]).into(),
-            reply_block: None,
-            data: Vec::new(),
-        };
+        let fragment = Fragment::cover(kind, id);
         let wire = packet::build(&fragment.encode(), &route)?;
         if kind == Kind::Loop {
             let lost_at = ctx.now() + loop_patience(params).as_millis() as u64;

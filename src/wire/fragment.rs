@@ -130,6 +130,21 @@ pub enum FragmentError {
 }
 
 impl Fragment {
+    /// A cover packet's fragment (loop or drop): one empty piece, `id` to
+    /// recognise it by.
+    pub fn cover(kind: Kind, id: MessageId) -> Fragment {
+        Fragment {
+            kind,
+            message_id: id,
+            index: 0,
+            count: 1,
+            blob_len: 0,
+            blob_hash: Sha256::digest([]).into(),
+            reply_block: None,
+            data: Vec::new(),
+        }
+    }
+
     /// The plaintext for a Sphinx packet (at most `MAX_PLAINTEXT` bytes).
     pub fn encode(&self) -> Vec<u8> {
         debug_assert!(self.data.len() <= MAX_DATA);
