@@ -46,6 +46,7 @@ pub(crate) mod sanitize;
 pub(crate) mod smtp;
 pub mod spool;
 pub(crate) mod stats;
+pub mod testnet;
 pub mod time;
 pub mod wire;
 

@@ -30,6 +30,10 @@ fn main() -> ExitCode {
         Some(Command::Queue(args)) => queue(args),
         Some(Command::Pki(command)) => pki(&command),
         Some(Command::Check(args)) => check(*args),
+        Some(Command::Testnet(args)) => match pluto2::testnet::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(sysexits::SOFTWARE, &e.to_string()),
+        },
         None => {
             let config = match cli.daemon.validate() {
                 Ok(c) => c,

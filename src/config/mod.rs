@@ -40,6 +40,7 @@ mod sanitize;
 mod sphinx;
 mod spool;
 pub mod sysexits;
+mod testnet;
 
 use std::time::Duration;
 
@@ -60,6 +61,7 @@ pub use sphinx::{
     DEFAULT_GATEWAY_HELD_BYTES, GatewayConfig, MixnetArgs, MixnetConfig, NodeInfo,
 };
 pub use spool::{SpoolArgs, SpoolConfig};
+pub use testnet::{MAX_TESTNET_NODES, MIN_TESTNET_NODES, TestnetArgs, TestnetNode, TestnetOp};
 
 use crate::address::OnionName;
 
@@ -138,6 +140,8 @@ pub enum Command {
     /// Sign nodes.json as an operator, or check a signed one as a node would.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Run a whole mixnet on this machine (nodes, a client, a mail sink) until Ctrl-C.
+    Testnet(TestnetArgs),
 }
 
 /// The daemon's flags, one flattened struct per group; the order here is
