@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => check(*args),
         Some(Command::Testnet(args)) => match pluto2::testnet::run(args) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(sysexits::SOFTWARE, &e.to_string()),
+            Err(e) => fail(e.status, &e.message),
         },
         None => {
             let config = match cli.daemon.validate() {

@@ -35,7 +35,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::address::OnionName;
-use crate::config::{PkiCommand, PkiKeyArgs, PkiSignArgs, TestnetArgs, TestnetNode, TestnetOp};
+use crate::config::{
+    PkiCommand, PkiKeyArgs, PkiSignArgs, TestnetArgs, TestnetNode, TestnetOp, sysexits,
+};
 use state::{Member, State};
 
 /// The short names nodes get, in order (`-nodes` takes the first N).
@@ -51,19 +53,42 @@ const START_PATIENCE: Duration = Duration::from_secs(120);
 /// How long a stopping process gets after SIGTERM before SIGKILL.
 const STOP_PATIENCE: Duration = Duration::from_secs(15);
 
-/// Why the testnet could not do what was asked: one line for the user.
+/// Why the testnet could not do what was asked: one line for the user
+/// and the exit status (sysexits, as the daemon's refusals).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TestnetError(pub String);
+#[error("{message}")]
+pub struct TestnetError {
+    pub status: u8,
+    pub message: String,
+}
 
-impl From<state::StateError> for TestnetError {
-    fn from(e: state::StateError) -> Self {
-        TestnetError(e.to_string())
+/// A failure of the testnet's own doing: EX_SOFTWARE.
+fn software(message: String) -> TestnetError {
+    TestnetError {
+        status: sysexits::SOFTWARE,
+        message,
     }
 }
 
+impl From<state::StateError> for TestnetError {
+    fn from(e: state::StateError) -> Self {
+        software(e.to_string())
+    }
+}
+
+/// The same as an `Err` (a process that would not start, a file it
+/// could not write).
 fn fail<T>(message: impl Into<String>) -> Result<T, TestnetError> {
-    Err(TestnetError(message.into()))
+    Err(software(message.into()))
+}
+
+/// A request to fix: a node name it does not have, a directory that is
+/// not a testnet's, a node not in the asked state: EX_USAGE.
+fn refuse<T>(message: impl Into<String>) -> Result<T, TestnetError> {
+    Err(TestnetError {
+        status: sysexits::USAGE,
+        message: message.into(),
+    })
 }
 
 /// The network parameters of a testnet of `nodes` nodes: a route of at
@@ -96,7 +121,7 @@ pub fn run(args: TestnetArgs) -> Result<(), TestnetError> {
         Some(TestnetOp::Start(node)) => start_one(&node).map(|line| println!("{line}")),
         None => {
             let runtime = tokio::runtime::Runtime::new()
-                .map_err(|e| TestnetError(format!("cannot start the runtime: {e}")))?;
+                .map_err(|e| software(format!("cannot start the runtime: {e}")))?;
             runtime.block_on(network(args.nodes as usize, &args.dir, args.tor))
         }
     }
@@ -109,7 +134,7 @@ fn free_port() -> Result<u16, TestnetError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| TestnetError(format!("cannot pick a port on 127.0.0.1: {e}")))
+        .map_err(|e| software(format!("cannot pick a port on 127.0.0.1: {e}")))
 }
 
 /// A valid v3 onion name (of a fresh ed25519 key, as pluto2 checks) that
@@ -125,40 +150,41 @@ fn made_up_onion() -> OnionName {
 /// processes stopped first.
 fn prepare(dir: &Path) -> Result<PathBuf, TestnetError> {
     let shown = dir.display();
-    std::fs::create_dir_all(dir).map_err(|e| TestnetError(format!("-dir {shown}: {e}")))?;
+    std::fs::create_dir_all(dir).map_err(|e| software(format!("-dir {shown}: {e}")))?;
     let dir = dir
         .canonicalize()
-        .map_err(|e| TestnetError(format!("-dir {shown}: {e}")))?;
+        .map_err(|e| software(format!("-dir {shown}: {e}")))?;
     match State::read(&dir)? {
         Some(old) => {
             if let Some(pid) = old.pid.filter(|p| state::runs_with(*p, "testnet")) {
-                return fail(format!(
-                    "-dir {shown}: a testnet runs there (pid {pid}); stop it with Ctrl-C, or give another -dir"
-                ));
+                return Err(TestnetError {
+                    status: sysexits::TEMPFAIL,
+                    message: format!(
+                        "-dir {shown}: a testnet runs there (pid {pid}); stop it with Ctrl-C, or give another -dir"
+                    ),
+                });
             }
             stop_members(&old);
             println!("replacing the stopped testnet in {shown}");
             for entry in
-                std::fs::read_dir(&dir).map_err(|e| TestnetError(format!("-dir {shown}: {e}")))?
+                std::fs::read_dir(&dir).map_err(|e| software(format!("-dir {shown}: {e}")))?
             {
                 let path = entry
-                    .map_err(|e| TestnetError(format!("-dir {shown}: {e}")))?
+                    .map_err(|e| software(format!("-dir {shown}: {e}")))?
                     .path();
                 let gone = if path.is_dir() {
                     std::fs::remove_dir_all(&path)
                 } else {
                     std::fs::remove_file(&path)
                 };
-                gone.map_err(|e| {
-                    TestnetError(format!("{}: cannot remove it: {e}", path.display()))
-                })?;
+                gone.map_err(|e| software(format!("{}: cannot remove it: {e}", path.display())))?;
             }
         }
         None => {
             let mut entries =
-                std::fs::read_dir(&dir).map_err(|e| TestnetError(format!("-dir {shown}: {e}")))?;
+                std::fs::read_dir(&dir).map_err(|e| software(format!("-dir {shown}: {e}")))?;
             if entries.next().is_some() {
-                return fail(format!(
+                return refuse(format!(
                     "-dir {shown}: holds files that are not a testnet's; give an empty or new directory"
                 ));
             }
@@ -166,7 +192,7 @@ fn prepare(dir: &Path) -> Result<PathBuf, TestnetError> {
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| TestnetError(format!("-dir {shown}: {e}")))?;
+        .map_err(|e| software(format!("-dir {shown}: {e}")))?;
     Ok(dir)
 }
 
@@ -182,7 +208,7 @@ struct Planned {
 
 /// The program to run for nodes: this very binary.
 fn program() -> Result<PathBuf, TestnetError> {
-    std::env::current_exe().map_err(|e| TestnetError(format!("cannot find the pluto2 binary: {e}")))
+    std::env::current_exe().map_err(|e| software(format!("cannot find the pluto2 binary: {e}")))
 }
 
 /// This node's `nodes.json` entry, from `pluto2 -export-node-info` as an
@@ -201,7 +227,7 @@ fn export(node: &Planned, gateway: bool) -> Result<serde_json::Value, TestnetErr
     let out = cmd
         .arg("-export-node-info")
         .output()
-        .map_err(|e| TestnetError(format!("cannot run pluto2 -export-node-info: {e}")))?;
+        .map_err(|e| software(format!("cannot run pluto2 -export-node-info: {e}")))?;
     if !out.status.success() {
         return fail(format!(
             "{}: -export-node-info failed: {}",
@@ -210,7 +236,7 @@ fn export(node: &Planned, gateway: bool) -> Result<serde_json::Value, TestnetErr
         ));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| {
-        TestnetError(format!(
+        software(format!(
             "{}: -export-node-info printed no entry: {e}",
             node.name
         ))
@@ -241,14 +267,14 @@ fn directory(
     });
     let pki = dir.join("nodes.json");
     std::fs::write(&pki, serde_json::to_vec_pretty(&document).expect("json"))
-        .map_err(|e| TestnetError(format!("{}: {e}", pki.display())))?;
+        .map_err(|e| software(format!("{}: {e}", pki.display())))?;
     let signed = crate::pki_cli::run(&PkiCommand::Sign(PkiSignArgs {
         key: PkiKeyArgs {
             key: dir.join("operator.key"),
         },
         file: pki.clone(),
     }))
-    .map_err(|f| TestnetError(f.message))?;
+    .map_err(|f| software(f.message))?;
     Ok((pki, signed.stdout))
 }
 
@@ -258,13 +284,13 @@ fn directory(
 fn spawn(member: &Member) -> Result<Child, TestnetError> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(&member.data_dir)
-        .map_err(|e| TestnetError(format!("{}: {e}", member.data_dir.display())))?;
+        .map_err(|e| software(format!("{}: {e}", member.data_dir.display())))?;
     let log_path = member.data_dir.join("log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|e| TestnetError(format!("{}: {e}", log_path.display())))?;
+        .map_err(|e| software(format!("{}: {e}", log_path.display())))?;
     Command::new(program()?)
         .args(&member.args)
         .stdin(Stdio::null())
@@ -272,7 +298,7 @@ fn spawn(member: &Member) -> Result<Child, TestnetError> {
         .stderr(log)
         .process_group(0)
         .spawn()
-        .map_err(|e| TestnetError(format!("{}: cannot start pluto2: {e}", member.name)))
+        .map_err(|e| software(format!("{}: cannot start pluto2: {e}", member.name)))
 }
 
 /// The last lines of a member's log, for an error that says why.
@@ -448,7 +474,7 @@ async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError
     let stopping = latest.clone();
     tokio::task::spawn_blocking(move || stop_members(&stopping))
         .await
-        .map_err(|e| TestnetError(e.to_string()))?;
+        .map_err(|e| software(e.to_string()))?;
     let mut ended = latest;
     ended.pid = None;
     for m in &mut ended.members {
@@ -467,7 +493,7 @@ async fn serve(
     stop: CancellationToken,
 ) -> Result<(), TestnetError> {
     let bind = |what: &str, e: std::io::Error| {
-        TestnetError(format!("cannot listen for the {what} on 127.0.0.1: {e}"))
+        software(format!("cannot listen for the {what} on 127.0.0.1: {e}"))
     };
     let socks_listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -512,7 +538,7 @@ async fn serve(
     let sink_dir = dir.join("sink");
     let the_sink = Arc::new(
         sink::Sink::open(&sink_dir)
-            .map_err(|e| TestnetError(format!("{}: {e}", sink_dir.display())))?,
+            .map_err(|e| software(format!("{}: {e}", sink_dir.display())))?,
     );
     let (delivered_tx, mut delivered) = tokio::sync::mpsc::channel(64);
     tokio::spawn(sink::serve(
@@ -553,7 +579,7 @@ async fn serve(
     let _ = std::io::stdout().flush();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| TestnetError(format!("cannot watch SIGTERM: {e}")))?;
+        .map_err(|e| software(format!("cannot watch SIGTERM: {e}")))?;
     let mut reap = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -606,10 +632,12 @@ fn banner(dir: &Path, planned: &[Planned], sink_onion: &OnionName, client_smtp: 
     out.push_str(&format!(
         "try:   swaks --server 127.0.0.1:{client_smtp} --from me@example.org --to you@{sink_onion}\n"
     ));
+    // The program as it was typed (`./target/release/pluto2`), so the
+    // line works when pasted.
+    let me = std::env::args().next().unwrap_or_else(|| "pluto2".into());
     out.push_str(&format!(
-        "fault: pluto2 testnet kill {} -dir {d}   then   pluto2 testnet start {} -dir {d}\n",
-        planned[1].name,
-        planned[1].name,
+        "fault: {me} testnet kill {n} -dir {d}   then   {me} testnet start {n} -dir {d}\n",
+        n = planned[1].name,
         d = dir.display()
     ));
     out.push_str("ready; Ctrl-C stops every process of the testnet\n");
@@ -622,19 +650,19 @@ fn running(node: &TestnetNode) -> Result<(PathBuf, State), TestnetError> {
     let dir = node
         .dir
         .canonicalize()
-        .map_err(|e| TestnetError(format!("-dir {shown}: {e}")))?;
+        .map_err(|e| software(format!("-dir {shown}: {e}")))?;
     let Some(state) = State::read(&dir)? else {
-        return fail(format!(
+        return refuse(format!(
             "-dir {shown}: no testnet there; start one with pluto2 testnet -dir {shown}"
         ));
     };
     if !state.pid.is_some_and(|p| state::runs_with(p, "testnet")) {
-        return fail(format!(
+        return refuse(format!(
             "-dir {shown}: its testnet is not running; start it with pluto2 testnet -dir {shown}"
         ));
     }
     if state.member(&node.name).is_none() {
-        return fail(format!(
+        return refuse(format!(
             "{}: no such node in {shown}; its nodes: {}",
             node.name,
             state.names()
@@ -648,7 +676,7 @@ fn kill(node: &TestnetNode) -> Result<String, TestnetError> {
     let (dir, mut state) = running(node)?;
     let member = state.member(&node.name).expect("checked").clone();
     let Some(pid) = member.alive() else {
-        return fail(format!(
+        return refuse(format!(
             "{}: not running; pluto2 testnet start {} -dir {} starts it",
             node.name,
             node.name,
@@ -677,7 +705,7 @@ fn start_one(node: &TestnetNode) -> Result<String, TestnetError> {
     let (dir, mut state) = running(node)?;
     let member = state.member(&node.name).expect("checked").clone();
     if let Some(pid) = member.alive() {
-        return fail(format!("{}: already running (pid {pid})", node.name));
+        return refuse(format!("{}: already running (pid {pid})", node.name));
     }
     let mut child = spawn(&member)?;
     let pid = child.id();
