@@ -374,6 +374,12 @@ fn client_args(
         &format!("127.0.0.1:{smtp}"),
         "-tor-socks",
         &socks.to_string(),
+        // As the nodes: the client's own batching would hold mail for
+        // half a minute before its first packet.
+        "-batch-window",
+        "1s",
+        "-jitter-max",
+        "1s",
     ]
     .map(String::from)
     .to_vec()
