@@ -64,6 +64,17 @@ impl DirectoryCell {
         self.current.read().unwrap().node(id).cloned()
     }
 
+    /// The short name `id` is listed under now, for log lines (which name
+    /// nodes by it, never by onion); empty if it is not listed.
+    pub fn short_name(&self, id: &NodeId) -> String {
+        self.current
+            .read()
+            .unwrap()
+            .node(id)
+            .map(|n| n.short_name.clone())
+            .unwrap_or_default()
+    }
+
     /// Every node but this one, as listed now.
     pub fn others(&self) -> Vec<crate::wire::pki::Node> {
         self.current.read().unwrap().others().cloned().collect()
