@@ -529,12 +529,7 @@ pub async fn spawn(
             {
                 tracing::info!("[MIXNET] forgot {fragments} stale fragment(s) and {done} finished message id(s)");
             }
-            if let Ok(expired) = ctx.spool.expire_packets().await {
-                for (kind, n) in expired {
-                    crate::stats::Stats::add(&ctx.stats.mix_expired, n);
-                    tracing::info!("[MIXNET] dropped {n} {kind:?} packet(s): custody horizon passed without acknowledgement");
-                }
-            }
+            expire_custody(&ctx).await;
             // A client that never comes back: its mailbox goes when no reply
             // for it can still be useful (its sender gave up by then).
             if gateway.is_some()
@@ -591,6 +586,19 @@ pub async fn spawn(
         links: peer_links,
         data_dir,
     })
+}
+
+/// Drops the packets whose custody horizon passed without an
+/// acknowledgement, counted and logged by kind (node and client alike).
+async fn expire_custody(ctx: &crate::mixnet::context::MixContext) {
+    if let Ok(expired) = ctx.spool.expire_packets().await {
+        for (kind, n) in expired {
+            crate::stats::Stats::add(&ctx.stats.mix_expired, n);
+            tracing::info!(
+                "[MIXNET] dropped {n} {kind:?} packet(s): custody horizon passed without acknowledgement"
+            );
+        }
+    }
 }
 
 /// Packets whose release time passed while the process was down get a
@@ -722,12 +730,7 @@ pub async fn spawn_client(
     sup.spawn(StopPhase::Work, "mixnet maintenance", async move {
         let ctx = upkeep;
         loop {
-            if let Ok(expired) = ctx.spool.expire_packets().await {
-                for (kind, n) in expired {
-                    crate::stats::Stats::add(&ctx.stats.mix_expired, n);
-                    tracing::info!("[MIXNET] dropped {n} {kind:?} packet(s): custody horizon passed without acknowledgement");
-                }
-            }
+            expire_custody(&ctx).await;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(MAINTENANCE) => {}
