@@ -455,7 +455,12 @@ async fn held_spool(replies: usize, mailboxes: usize) -> ((u64, u64), (u64, u64)
     assert_eq!(totals.mailboxes, mailboxes.min(replies) as u64);
     let held = spool_used(dir.path());
     for m in 0..mailboxes {
-        while let Some(r) = spool.fetch_held(mailbox(m)).await.unwrap() {
+        while let Some(r) = spool
+            .fetch_held(mailbox(m), packet::PAYLOAD_SIZE)
+            .await
+            .unwrap()
+            .reply
+        {
             assert!(spool.confirm_held(mailbox(m), r.delivery).await.unwrap());
         }
     }

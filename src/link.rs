@@ -2023,22 +2023,11 @@ mod tests {
     #[tokio::test]
     async fn a_gateway_serves_a_client_its_own_mailbox_and_nobody_else() {
         let idle = Duration::from_secs(5);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let events = Arc::new(Counted::default());
-        let stop = CancellationToken::new();
         let gateway = Arc::new(Gateway {
             confirmed: Default::default(),
         });
-        let server = tokio::spawn(serve(
-            listener,
-            test_config(idle),
-            gateway.clone(),
-            gateway.clone(),
-            events.clone(),
-            stop.clone(),
-            TaskTracker::new(),
-        ));
+        let (addr, _events, stop, server) =
+            listen_as(test_config(idle), gateway.clone(), gateway.clone()).await;
         let a_key = key(1).verifying_key();
         let alice = client_config(20, idle);
         let (mut s, mut reader, shaken) = dial(addr, &alice, A, &a_key).await;
@@ -2577,16 +2566,29 @@ mod tests {
         server.await.unwrap();
     }
 
-    /// Starts node A's listener with `cfg`; returns its address, the
-    /// refusals it counts and what stops it.
-    async fn listen_as_a(
-        cfg: Arc<LinkConfig>,
-    ) -> (
+    /// A listener the test started: its address, the refusals it counts,
+    /// what stops it and its task.
+    type Listening = (
         std::net::SocketAddr,
         Arc<Counted>,
         CancellationToken,
         tokio::task::JoinHandle<()>,
-    ) {
+    );
+
+    /// Starts node A's listener with `cfg`, no packet handler and the
+    /// tests' nodes.json; see [`listen_as`].
+    async fn listen_as_a(cfg: Arc<LinkConfig>) -> Listening {
+        listen_as(cfg, Arc::new(NoHandler), Arc::new(Listed)).await
+    }
+
+    /// Starts a listener as `cfg`'s node, taking packets, fetches and
+    /// confirmations to `handler` and asking `admission` who may link;
+    /// returns its address, the refusals it counts and what stops it.
+    async fn listen_as(
+        cfg: Arc<LinkConfig>,
+        handler: Arc<dyn PacketHandler>,
+        admission: Arc<dyn Admission>,
+    ) -> Listening {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let events = Arc::new(Counted::default());
@@ -2594,8 +2596,8 @@ mod tests {
         let server = tokio::spawn(serve(
             listener,
             cfg,
-            Arc::new(NoHandler),
-            Arc::new(Listed),
+            handler,
+            admission,
             events.clone(),
             stop.clone(),
             TaskTracker::new(),
@@ -2952,21 +2954,11 @@ mod tests {
     #[tokio::test]
     async fn a_probe_tells_a_gateway_that_serves_from_one_that_does_not() {
         let idle = Duration::from_secs(5);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
         let gateway = Arc::new(Gateway {
             confirmed: Default::default(),
         });
-        let server = tokio::spawn(serve(
-            listener,
-            test_config(idle),
-            gateway.clone(),
-            gateway.clone(),
-            Arc::new(Counted::default()),
-            stop.clone(),
-            TaskTracker::new(),
-        ));
+        let (addr, _events, stop, server) =
+            listen_as(test_config(idle), gateway.clone(), gateway.clone()).await;
         let a_key = key(1).verifying_key();
         let probe = |cfg: Arc<LinkConfig>, pinned: VerifyingKey| async move {
             let s = TcpStream::connect(addr).await.unwrap();

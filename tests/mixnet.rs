@@ -4,17 +4,8 @@
 mod common;
 
 use common::link_tap::FrameKind;
-use common::mixnet::{MixNet, TEST_PARAMS, mime_mail};
+use common::mixnet::{MixNet, TEST_PARAMS, body_of, mime_mail};
 use pluto2::wire::frame::MAX_FRAME;
-
-/// The body of a message as it left the exit (after its header block).
-fn body_of(data: &[u8]) -> &[u8] {
-    let at = data
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header block");
-    &data[at + 4..]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_crosses_three_hops_once_in_fixed_size_packets_and_the_entry_never_dials_port_25() {

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::PATIENCE;
 use common::link_tap::{Action, Direction, FrameKind, Rule};
-use common::mixnet::{MixNet, mail, mime_mail};
+use common::mixnet::{MixNet, body_of, mail, mime_mail};
+use common::{PATIENCE, ks_exponential};
 use tokio::time::Instant;
 
 /// The test network's parameters, with a client's send and fetch means in
@@ -20,15 +20,6 @@ const CLIENT_PARAMS: &str = r#"{"hops": 3, "hop_delay_mean": "20ms", "hop_delay_
 async fn network() -> MixNet {
     let flags = vec![vec!["-gateway"], vec![], vec![], vec![], vec![]];
     MixNet::start_with_flags(CLIENT_PARAMS, &flags).await
-}
-
-/// The body of a message as it left the exit (after its header block).
-fn body_of(data: &[u8]) -> &[u8] {
-    let at = data
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header block");
-    &data[at + 4..]
 }
 
 /// Every file of a node's spool (the database, its WAL and shared memory).
@@ -441,22 +432,6 @@ async fn replies_past_a_clients_cap_are_dropped_and_every_message_still_arrives_
         .await;
     let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
     each_once(&net, &tags).await;
-}
-
-/// Kolmogorov–Smirnov distance between `samples` and Exp(`mean`).
-fn ks_exponential(samples: &mut [f64], mean: f64) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    let n = samples.len() as f64;
-    samples
-        .iter()
-        .enumerate()
-        .map(|(i, x)| {
-            let cdf = 1.0 - (-x / mean).exp();
-            (cdf - i as f64 / n)
-                .abs()
-                .max((cdf - (i + 1) as f64 / n).abs())
-        })
-        .fold(0.0, f64::max)
 }
 
 /// The gaps between the PACKET frames a client sends, as its link's

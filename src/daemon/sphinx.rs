@@ -381,9 +381,8 @@ pub async fn spawn(
 
     use super::supervisor::StopPhase;
     use crate::link::{self, LinkConfig};
-    use crate::mixnet::context::MixContext;
+    use crate::mixnet::context::{MixContext, MixRole, Services};
     use crate::mixnet::forwarder::Forwarder;
-    use crate::mixnet::health::Health;
     use crate::mixnet::hop::{self, Hop, UnwrapShares};
     use crate::mixnet::packet_cover::MixCover;
     use crate::mixnet::peers::PeerKeys;
@@ -408,24 +407,23 @@ pub async fn spawn(
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let peers = PeerKeys::load(&node.data_dir, &node.directory)?;
     let data_dir = node.data_dir.clone();
-    let keys = Arc::new(node.keys);
     let rotation = node.rotation;
-    let ctx = Arc::new(MixContext {
-        spool: spool.clone(),
-        peers: Arc::new(peers),
-        own_bundle: Default::default(),
-        directory: crate::mixnet::context::DirectoryCell::new(node.directory),
-        keys,
-        identity: Arc::new(node.identity),
-        exit: node.config.info.exit,
-        intake,
-        stats: stats.clone(),
-        clock: clock.clone(),
-        health: Arc::new(Health::new()),
-        client: None,
-        clock_offset_ms: Default::default(),
-    });
-    fresh_delays(&spool, &params, &clock).await?;
+    let ctx = Arc::new(MixContext::new(
+        Services {
+            spool: spool.clone(),
+            intake,
+            stats: stats.clone(),
+            clock,
+        },
+        node.directory,
+        node.keys,
+        node.identity,
+        peers,
+        MixRole::Node {
+            exit: node.config.info.exit,
+        },
+    ));
+    fresh_delays(&ctx).await?;
     rotated(&ctx, &rotation).await;
     let gateway = node.config.gateway;
     let mut link_cfg = LinkConfig::new(
@@ -531,12 +529,7 @@ pub async fn spawn(
             {
                 tracing::info!("[MIXNET] forgot {fragments} stale fragment(s) and {done} finished message id(s)");
             }
-            if let Ok(expired) = ctx.spool.expire_packets().await {
-                for (kind, n) in expired {
-                    crate::stats::Stats::add(&ctx.stats.mix_expired, n);
-                    tracing::info!("[MIXNET] dropped {n} {kind:?} packet(s): custody horizon passed without acknowledgement");
-                }
-            }
+            expire_custody(&ctx).await;
             // A client that never comes back: its mailbox goes when no reply
             // for it can still be useful (its sender gave up by then).
             if gateway.is_some()
@@ -595,15 +588,30 @@ pub async fn spawn(
     })
 }
 
+/// Drops the packets whose custody horizon passed without an
+/// acknowledgement, counted and logged by kind (node and client alike).
+async fn expire_custody(ctx: &crate::mixnet::context::MixContext) {
+    if let Ok(expired) = ctx.spool.expire_packets().await {
+        for (kind, n) in expired {
+            crate::stats::Stats::add(&ctx.stats.mix_expired, n);
+            tracing::info!(
+                "[MIXNET] dropped {n} {kind:?} packet(s): custody horizon passed without acknowledgement"
+            );
+        }
+    }
+}
+
 /// Packets whose release time passed while the process was down get a
 /// fresh delay, so a restart is not a burst (node and client alike).
-async fn fresh_delays(
-    spool: &crate::spool::Spool,
-    params: &crate::wire::pki::Params,
-    clock: &crate::time::Clock,
-) -> std::io::Result<()> {
-    let (mean, max, clock) = (params.hop_delay_mean, params.hop_delay_max, clock.clone());
-    let moved = spool
+async fn fresh_delays(ctx: &crate::mixnet::context::MixContext) -> std::io::Result<()> {
+    let params = ctx.directory.params();
+    let (mean, max, clock) = (
+        params.hop_delay_mean,
+        params.hop_delay_max,
+        ctx.clock.clone(),
+    );
+    let moved = ctx
+        .spool
         .restart_packets(move || {
             clock() + crate::mixnet::path::hop_delay(mean, max, &mut rand::rng()).as_millis() as u64
         })
@@ -642,9 +650,8 @@ pub async fn spawn_client(
     use super::supervisor::StopPhase;
     use crate::link::{self, LinkConfig};
     use crate::mixnet::client::ClientMailbox;
-    use crate::mixnet::context::{ClientSide, MixContext};
+    use crate::mixnet::context::{ClientSide, MixContext, MixRole, Services};
     use crate::mixnet::forwarder::Forwarder;
-    use crate::mixnet::health::Health;
     use crate::mixnet::keys::{IdentityKey, KeyRing};
     use crate::mixnet::peers::PeerKeys;
     use crate::mixnet::sender::Sender;
@@ -670,22 +677,20 @@ pub async fn spawn_client(
         gateway: gateway.id,
         mailbox: key.verifying_key().to_bytes(),
     };
-    let ctx = Arc::new(MixContext {
-        spool: spool.clone(),
-        peers: Arc::new(peers),
-        own_bundle: Default::default(),
-        directory: crate::mixnet::context::DirectoryCell::new(client.directory),
-        keys: Arc::new(KeyRing::empty(params.epoch_at(clock()))),
-        identity: Arc::new(IdentityKey::of_client(key.clone())),
-        exit: false,
-        intake,
-        stats: stats.clone(),
-        clock: clock.clone(),
-        health: Arc::new(Health::new()),
-        client: Some(side),
-        clock_offset_ms: Default::default(),
-    });
-    fresh_delays(&spool, &params, &clock).await?;
+    let ctx = Arc::new(MixContext::new(
+        Services {
+            spool,
+            intake,
+            stats,
+            clock: clock.clone(),
+        },
+        client.directory,
+        KeyRing::empty(params.epoch_at(clock())),
+        IdentityKey::of_client(key.clone()),
+        peers,
+        MixRole::Client(side),
+    ));
+    fresh_delays(&ctx).await?;
     let mut link_cfg = LinkConfig::client(
         key,
         params.hash(),
@@ -725,12 +730,7 @@ pub async fn spawn_client(
     sup.spawn(StopPhase::Work, "mixnet maintenance", async move {
         let ctx = upkeep;
         loop {
-            if let Ok(expired) = ctx.spool.expire_packets().await {
-                for (kind, n) in expired {
-                    crate::stats::Stats::add(&ctx.stats.mix_expired, n);
-                    tracing::info!("[MIXNET] dropped {n} {kind:?} packet(s): custody horizon passed without acknowledgement");
-                }
-            }
+            expire_custody(&ctx).await;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(MAINTENANCE) => {}

@@ -64,6 +64,17 @@ impl DirectoryCell {
         self.current.read().unwrap().node(id).cloned()
     }
 
+    /// The short name `id` is listed under now, for log lines (which name
+    /// nodes by it, never by onion); empty if it is not listed.
+    pub fn short_name(&self, id: &NodeId) -> String {
+        self.current
+            .read()
+            .unwrap()
+            .node(id)
+            .map(|n| n.short_name.clone())
+            .unwrap_or_default()
+    }
+
     /// Every node but this one, as listed now.
     pub fn others(&self) -> Vec<crate::wire::pki::Node> {
         self.current.read().unwrap().others().cloned().collect()
@@ -142,7 +153,65 @@ pub struct ClientSide {
     pub mailbox: [u8; 32],
 }
 
+/// Which part a process plays in the mixnet: a listed node, delivering
+/// mail out of it (`-exit`) or not, or a client behind its gateway
+/// (never an exit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MixRole {
+    Node { exit: bool },
+    Client(ClientSide),
+}
+
+/// The daemon's parts a mixnet context is built on, the same for a node
+/// and a client.
+pub struct Services {
+    pub spool: Spool,
+    pub intake: Arc<Intake>,
+    pub stats: Arc<Stats>,
+    pub clock: Clock,
+}
+
 impl MixContext {
+    /// A node's or a client's context, from the parts in which they
+    /// differ: their `nodes.json` view, their mix keys (a client has
+    /// none), their identity, the peers' keys they know, and their role.
+    /// Everything else starts alike: no bundle signed yet, every node's
+    /// health unknown, no clock offset.
+    pub fn new(
+        services: Services,
+        directory: Directory,
+        keys: KeyRing,
+        identity: IdentityKey,
+        peers: PeerKeys,
+        role: MixRole,
+    ) -> MixContext {
+        let Services {
+            spool,
+            intake,
+            stats,
+            clock,
+        } = services;
+        let (exit, client) = match role {
+            MixRole::Node { exit } => (exit, None),
+            MixRole::Client(side) => (false, Some(side)),
+        };
+        MixContext {
+            spool,
+            directory: DirectoryCell::new(directory),
+            keys: Arc::new(keys),
+            identity: Arc::new(identity),
+            peers: Arc::new(peers),
+            own_bundle: Default::default(),
+            exit,
+            intake,
+            stats,
+            clock,
+            health: Arc::new(Health::new()),
+            client,
+            clock_offset_ms: Default::default(),
+        }
+    }
+
     pub fn now(&self) -> UnixMillis {
         (self.clock)()
     }
@@ -210,9 +279,8 @@ pub(crate) mod testing {
 
     use serde_json::json;
 
-    use super::MixContext;
+    use super::{MixContext, MixRole, Services};
     use crate::address::OnionName;
-    use crate::mixnet::health::Health;
     use crate::mixnet::keys::{IdentityKey, KeyRing};
     use crate::mixnet::peers::PeerKeys;
     use crate::spool::Spool;
@@ -261,7 +329,7 @@ pub(crate) mod testing {
         let epoch = directory.params().epoch_at(BASE);
         let (keys, _) = KeyRing::open(dir, epoch).unwrap();
         let peers = PeerKeys::load(dir, &directory).unwrap();
-        let health = Health::new();
+        let mut linked = Vec::new();
         for n in directory.others() {
             let seed = n.short_name[1..].parse::<u8>().unwrap();
             let identity = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
@@ -274,7 +342,7 @@ pub(crate) mod testing {
                 [mix.to_bytes(); SLOTS],
             );
             peers.offer(&directory, n.id, bundle);
-            health.set(n.id, true);
+            linked.push(n.id);
         }
         let (spool, _closer) = Spool::open(dir, Duration::ZERO, clock.clone()).unwrap();
         let stats = Arc::new(Stats::default());
@@ -284,21 +352,24 @@ pub(crate) mod testing {
             clock.clone(),
             stats.clone(),
         );
-        let ctx = Arc::new(MixContext {
+        let services = Services {
             spool: spool.clone(),
-            directory: crate::mixnet::context::DirectoryCell::new(directory),
-            keys: Arc::new(keys),
-            identity: Arc::new(IdentityKey::load_or_create(dir).unwrap()),
-            peers: Arc::new(peers),
-            own_bundle: Default::default(),
-            exit: true,
             intake: Arc::new(intake),
             stats,
             clock,
-            health: Arc::new(health),
-            client,
-            clock_offset_ms: Default::default(),
-        });
+        };
+        let role = client.map_or(MixRole::Node { exit: true }, MixRole::Client);
+        let ctx = Arc::new(MixContext::new(
+            services,
+            directory,
+            keys,
+            IdentityKey::load_or_create(dir).unwrap(),
+            peers,
+            role,
+        ));
+        for id in linked {
+            ctx.health.set(id, true);
+        }
         (ctx, spool)
     }
 }

@@ -177,7 +177,7 @@ impl Admission for Forwarder {
 impl LinkHealth for Forwarder {
     fn link_state(&self, peer: NodeId, up: bool) {
         if up != self.ctx.health.is_up(&peer) {
-            let name = self.name(&peer);
+            let name = self.ctx.directory.short_name(&peer);
             info!("[MIXNET] link to {name} {}", if up { "up" } else { "down" });
         }
         self.ctx.health.set(peer, up);
@@ -195,7 +195,7 @@ impl LinkHealth for Forwarder {
         let own = self.ctx.now() / 1000;
         let skew = super::peers::clock_skew(own, clock_secs, MAX_CLOCK_SKEW);
         if let Some(skew) = skew {
-            let name = self.name(&peer);
+            let name = self.ctx.directory.short_name(&peer);
             super::peers::log_skew(&name, skew);
         }
         if self.ctx.client.is_some_and(|c| c.gateway == peer) {
@@ -256,16 +256,6 @@ impl KeyGossip for Forwarder {
         if self.ctx.peers.compare(&subject, epoch, key) {
             self.suspects.lock().unwrap().insert(peer, subject);
         }
-    }
-}
-
-impl Forwarder {
-    fn name(&self, id: &NodeId) -> String {
-        self.ctx
-            .directory
-            .node(id)
-            .map(|n| n.short_name.clone())
-            .unwrap_or_default()
     }
 }
 

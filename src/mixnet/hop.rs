@@ -22,7 +22,7 @@ use crate::BoxFuture;
 use crate::envelope::EnqueueOutcome;
 use crate::link::{Admission, PacketHandler};
 use crate::spool::custody::{
-    Custody, CustodyOutcome, EntryAck, ExitRows, HoldCaps, MixId, OutPacket, PacketKind,
+    Custody, CustodyOutcome, EntryAck, ExitRows, HoldCaps, HoldDrop, MixId, OutPacket, PacketKind,
     PartialHeader, StoredFragment,
 };
 use crate::stats::Stats;
@@ -178,17 +178,25 @@ impl PacketHandler for Hop {
 
     fn fetch(&self, client: NodeId) -> BoxFuture<'_, Option<HeldReply>> {
         Box::pin(async move {
-            match self.ctx.spool.fetch_held(client.0).await {
-                Ok(Some(held)) => {
+            match self
+                .ctx
+                .spool
+                .fetch_held(client.0, packet::PAYLOAD_SIZE)
+                .await
+            {
+                Ok(fetched) => {
+                    for _ in 0..fetched.damaged {
+                        self.ctx.stats.held_dropped_for(HoldDrop::Damaged);
+                        log_held_dropped(&self.ctx.stats, HoldDrop::Damaged);
+                    }
+                    let held = fetched.reply?;
                     Stats::add(&self.ctx.stats.mix_held_fetched, 1);
                     Some(HeldReply {
                         delivery: held.delivery,
                         reply_id: held.reply_id,
                         payload: held.payload.into(),
                     })
-                    .filter(|r| r.payload.len() == packet::PAYLOAD_SIZE)
                 }
-                Ok(None) => None,
                 Err(e) => {
                     warn!("[MIXNET] cannot read a client's mailbox: {e}");
                     None
@@ -222,6 +230,17 @@ impl PacketHandler for Hop {
             self.ctx.peers.seen_key(&subject, epoch)
         };
         key.unwrap_or([0; 32])
+    }
+}
+
+/// A reply for a client not kept (or deleted unfetched) for `why`: a
+/// line by class, never whose, once a minute at most with the count.
+fn log_held_dropped(stats: &Stats, why: HoldDrop) {
+    if let Some(n) = stats.held_dropped_log.note(tokio::time::Instant::now()) {
+        info!(
+            "[MIXNET] a reply for a client was not kept ({}); {n} so since the last such line; the client's retransmission recovers",
+            why.label()
+        );
     }
 }
 
@@ -425,15 +444,8 @@ impl Hop {
             .await;
         match outcome {
             CustodyOutcome::Stored => Stats::add(&ctx.stats.mix_held_stored, 1),
-            CustodyOutcome::HeldDropped(why) => {
-                // Counted by `status_of`; one line a minute at most.
-                if let Some(n) = ctx.stats.held_dropped_log.note(tokio::time::Instant::now()) {
-                    info!(
-                        "[MIXNET] a reply for a client was not kept ({}); {n} so since the last such line; the client's retransmission recovers",
-                        why.label()
-                    );
-                }
-            }
+            // Counted by `status_of`.
+            CustodyOutcome::HeldDropped(why) => log_held_dropped(&ctx.stats, why),
             _ => {}
         }
         status_of(outcome, &ctx.stats)
@@ -813,6 +825,54 @@ mod tests {
         assert!(t.is_ok(), "a freed core goes to the waiting peer");
         drop(first);
         assert!(tokio::time::timeout(soon, shares.turn(flood)).await.is_ok());
+    }
+
+    /// A gateway hands a client the first reply it could use: one held
+    /// with a payload of the wrong size is deleted, not handed out nor
+    /// left standing before it, and counted as dropped by its class.
+    #[tokio::test(start_paused = true)]
+    async fn a_gateway_skips_and_counts_a_held_reply_of_the_wrong_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, spool) = crate::mixnet::context::testing::node(dir.path(), "0s", "0s");
+        let caps = HoldCaps {
+            per_mailbox: 8,
+            total_bytes: u64::MAX,
+            mailboxes: 8,
+        };
+        let client = NodeId([9; 32]);
+        for (tag, len) in [(1u8, packet::PAYLOAD_SIZE - 1), (2, packet::PAYLOAD_SIZE)] {
+            let held = spool
+                .custody(Custody::Hold {
+                    tag: [tag; 32],
+                    epoch: 0,
+                    mailbox: client.0,
+                    reply_id: [tag; 16],
+                    payload: vec![tag; len],
+                    caps,
+                })
+                .await;
+            assert_eq!(held, CustodyOutcome::Stored);
+        }
+        let hop = Hop {
+            ctx: ctx.clone(),
+            completions: Default::default(),
+            shares: UnwrapShares::new(1),
+            partial_cap: 0,
+            gateway: Some(caps),
+        };
+        let reply = hop.fetch(client).await.expect("the sound reply");
+        assert_eq!(reply.reply_id, [2; 16]);
+        ctx.stats
+            .mixnet
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let text = ctx.stats.encode();
+        for counted in [
+            "pluto2_mixnet_held_dropped_total{why=\"damaged\"} 1",
+            "pluto2_mixnet_held_fetched_total 1",
+        ] {
+            assert!(text.contains(counted), "no {counted:?} in\n{text}");
+        }
+        assert_eq!(spool.held_totals().await.unwrap().replies, 1);
     }
 
     /// 23 h with the production parameters: past an entry's longest wait

@@ -150,13 +150,7 @@ impl MixCover {
         if now == *before {
             return;
         }
-        let name = |id: &NodeId| {
-            self.ctx
-                .directory
-                .node(id)
-                .map(|n| n.short_name.clone())
-                .unwrap_or_default()
-        };
+        let name = |id: &NodeId| self.ctx.directory.short_name(id);
         for id in now.iter().filter(|id| !before.contains(id)) {
             info!(
                 "[MIXNET] {} set aside: too few of the loops through it come back",

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::SpoolError;
 use super::held;
-pub use super::held::{HeldReply, HeldTotals, HoldCaps, HoldDrop, MailboxKey};
+pub use super::held::{Fetched, HeldReply, HeldTotals, HoldCaps, HoldDrop, MailboxKey};
 use crate::envelope::Message;
 use crate::time::UnixMillis;
 

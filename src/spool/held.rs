@@ -9,7 +9,9 @@
 //! (`Custody::Hold`), so the previous hop is acknowledged only once it is
 //! durable, and deleted only on the client's confirmation: a lost
 //! confirmation means the client is handed the same reply again, which
-//! changes nothing at the client.
+//! changes nothing at the client. (A reply of the wrong size, which no
+//! client could open, is deleted when a fetch finds it: left in place it
+//! would be the oldest for ever and hide every reply behind it.)
 //!
 //! A mailbox row exists while it holds replies (the last confirmation or
 //! expiry deletes it), with the time its client was last seen and what it
@@ -52,16 +54,26 @@ pub enum HoldDrop {
     Total,
     /// Its mailbox holds nothing yet and `mailboxes` others hold replies.
     Mailboxes,
+    /// Found held with an id or payload of the wrong size when its
+    /// client fetched, and deleted: no client could use it, and kept it
+    /// would block its mailbox ([`Fetched::damaged`]).
+    Damaged,
 }
 
 impl HoldDrop {
-    pub const ALL: [HoldDrop; 3] = [HoldDrop::Mailbox, HoldDrop::Total, HoldDrop::Mailboxes];
+    pub const ALL: [HoldDrop; 4] = [
+        HoldDrop::Mailbox,
+        HoldDrop::Total,
+        HoldDrop::Mailboxes,
+        HoldDrop::Damaged,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             HoldDrop::Mailbox => "mailbox",
             HoldDrop::Total => "total",
             HoldDrop::Mailboxes => "mailboxes",
+            HoldDrop::Damaged => "damaged",
         }
     }
 }
@@ -223,30 +235,70 @@ pub(super) fn touch(
     seen(conn, now, mailbox)
 }
 
-/// The oldest reply held for `mailbox` (the same one until it is
-/// confirmed), and the mailbox is marked seen.
+/// What a fetch found in a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fetched {
+    /// The oldest reply fit to hand out, if any.
+    pub reply: Option<HeldReply>,
+    /// Replies deleted on the way to it because they could never be
+    /// handed out (an id or payload of the wrong size): kept, each would
+    /// stand first in its mailbox for ever and hide everything behind it.
+    pub damaged: u64,
+}
+
+/// The oldest reply held for `mailbox` whose payload is `payload_len`
+/// bytes (the same one until it is confirmed), and the mailbox is marked
+/// seen. A reply of the wrong shape before it is deleted as it is found
+/// (see [`Fetched::damaged`]); there are at most as many as the mailbox
+/// holds.
 pub(super) fn fetch(
     conn: &mut Connection,
     now: UnixMillis,
     mailbox: &MailboxKey,
-) -> Result<Option<HeldReply>, SpoolError> {
-    let row: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = conn
-        .prepare_cached(
-            "SELECT delivery, reply_id, payload FROM mix_held
-             WHERE mailbox = ?1 ORDER BY id LIMIT 1",
-        )?
-        .query_row(params![&mailbox[..]], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
+    payload_len: usize,
+) -> Result<Fetched, SpoolError> {
+    let mut fetched = Fetched::default();
+    loop {
+        // The oldest row, and the reply in it if it has the shape a
+        // client can use.
+        let row: Option<(i64, Option<HeldReply>)> = conn
+            .prepare_cached(
+                "SELECT id, delivery, reply_id, payload FROM mix_held
+                 WHERE mailbox = ?1 ORDER BY id LIMIT 1",
+            )?
+            .query_row(params![&mailbox[..]], |r| {
+                let (delivery, reply_id, payload): (Vec<u8>, Vec<u8>, Vec<u8>) =
+                    (r.get(1)?, r.get(2)?, r.get(3)?);
+                let whole = match (delivery[..].try_into(), reply_id[..].try_into()) {
+                    (Ok(delivery), Ok(reply_id)) if payload.len() == payload_len => {
+                        Some(HeldReply {
+                            delivery,
+                            reply_id,
+                            payload,
+                        })
+                    }
+                    _ => None,
+                };
+                Ok((r.get(0)?, whole))
+            })
+            .optional()?;
+        let Some((id, whole)) = row else {
+            break;
+        };
+        if whole.is_some() {
+            fetched.reply = whole;
+            break;
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let bytes: i64 = tx
+            .prepare_cached("DELETE FROM mix_held WHERE id = ?1 RETURNING length(payload)")?
+            .query_row(params![id], |r| r.get(0))?;
+        release(&tx, now, mailbox, bytes)?;
+        tx.commit()?;
+        fetched.damaged += 1;
+    }
     seen(conn, now, mailbox)?;
-    Ok(row.and_then(|(delivery, reply_id, payload)| {
-        Some(HeldReply {
-            delivery: delivery.as_slice().try_into().ok()?,
-            reply_id: reply_id.as_slice().try_into().ok()?,
-            payload,
-        })
-    }))
+    Ok(fetched)
 }
 
 /// Deletes the reply `delivery` of `mailbox` (of no other mailbox), and
@@ -268,6 +320,20 @@ pub(super) fn confirm(
     let Some(bytes) = bytes else {
         return Ok(false);
     };
+    release(&tx, now, mailbox, bytes)?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// The books after one reply of `bytes` left `mailbox` (in `tx`, which
+/// deleted it): the mailbox holds one fewer, its client was here at
+/// `now`, and the mailbox goes with its last reply.
+fn release(
+    tx: &Transaction<'_>,
+    now: UnixMillis,
+    mailbox: &MailboxKey,
+    bytes: i64,
+) -> Result<(), SpoolError> {
     let left: Option<i64> = tx
         .prepare_cached(
             "UPDATE mix_mailboxes SET held = held - 1, bytes = bytes - ?2, last_seen = ?3
@@ -278,12 +344,11 @@ pub(super) fn confirm(
     if left.is_some_and(|n| n <= 0) {
         tx.prepare_cached("DELETE FROM mix_mailboxes WHERE mailbox = ?1")?
             .execute(params![&mailbox[..]])?;
-        add(&tx, MAILBOXES, -1)?;
+        add(tx, MAILBOXES, -1)?;
     }
-    add(&tx, REPLIES, -1)?;
-    add(&tx, BYTES, -bytes)?;
-    tx.commit()?;
-    Ok(true)
+    add(tx, REPLIES, -1)?;
+    add(tx, BYTES, -bytes)?;
+    Ok(())
 }
 
 /// Deletes up to [`EXPIRE_BATCH`] mailboxes not seen since `before`,

@@ -37,7 +37,7 @@ use crate::time::UnixMillis;
 pub use committer::Origin;
 use committer::{Committer, CustodyRequest, EnqueueRequest, Job, SettleRequest};
 use custody::{
-    Custody, CustodyOutcome, EntryAck, HeldReply, HeldTotals, Launch, MailboxKey, MixId,
+    Custody, CustodyOutcome, EntryAck, Fetched, HeldTotals, Launch, MailboxKey, MixId,
     MixnetCounts, MixnetLease, NodeBytes, OutPacket, Overdue, PacketBatch, PacketSettle,
     PartialHeader, Stalled,
 };
@@ -657,9 +657,16 @@ impl Spool {
 impl Spool {
     /// The oldest reply held for `mailbox`, the same one until it is
     /// confirmed (a lost confirmation hands the client the same reply
-    /// again); marks the mailbox seen now.
-    pub async fn fetch_held(&self, mailbox: MailboxKey) -> Result<Option<HeldReply>, SpoolError> {
-        self.call(move |conn, now| held::fetch(conn, now, &mailbox))
+    /// again); marks the mailbox seen now. The spool does not know the
+    /// packet format: the caller says how long a payload is, and a held
+    /// reply of another shape is deleted and counted in
+    /// [`Fetched::damaged`] instead of blocking the mailbox.
+    pub async fn fetch_held(
+        &self,
+        mailbox: MailboxKey,
+        payload_len: usize,
+    ) -> Result<Fetched, SpoolError> {
+        self.call(move |conn, now| held::fetch(conn, now, &mailbox, payload_len))
             .await
     }
 

@@ -1622,9 +1622,20 @@ mod held_storage {
     }
 
     /// Which reply (by tag) a fetch of `mailbox` hands out, and its
-    /// delivery id.
+    /// delivery id, for replies of [`LEN`] bytes.
     async fn fetch(t: &TestSpool, mailbox: u8) -> Option<(u32, [u8; 16])> {
-        let reply = t.spool.fetch_held(key(mailbox)).await.unwrap()?;
+        fetch_of(t, mailbox, LEN).await
+    }
+
+    /// The payload length of most tests' replies.
+    const LEN: usize = 10;
+
+    /// Like [`fetch`], for replies of `len` bytes; a fetch here finds no
+    /// reply of another length in the mailbox.
+    async fn fetch_of(t: &TestSpool, mailbox: u8, len: usize) -> Option<(u32, [u8; 16])> {
+        let fetched = t.spool.fetch_held(key(mailbox), len).await.unwrap();
+        assert_eq!(fetched.damaged, 0, "a reply deleted as damaged");
+        let reply = fetched.reply?;
         let tag = u32::from_be_bytes(reply.reply_id[..4].try_into().unwrap());
         assert!(reply.payload.iter().all(|b| *b == tag as u8));
         Some((tag, reply.delivery))
@@ -1691,10 +1702,19 @@ mod held_storage {
             CustodyOutcome::Duplicate
         );
         assert_eq!(held(&t).await, totals(1, 1, 100));
-        let reply = t.spool.fetch_held(key(1)).await.unwrap().unwrap();
+        let reply = t
+            .spool
+            .fetch_held(key(1), 100)
+            .await
+            .unwrap()
+            .reply
+            .unwrap();
         assert_eq!(&reply.reply_id[..4], &1u32.to_be_bytes());
         assert_eq!(reply.payload, vec![1; 100]);
-        assert_eq!(t.spool.fetch_held(key(2)).await.unwrap(), None);
+        assert_eq!(
+            t.spool.fetch_held(key(2), 100).await.unwrap(),
+            Default::default()
+        );
         // Nothing for a link to send: no packet was queued.
         assert!(t.spool.waiting_hops().await.unwrap().is_empty());
         t.close().await;
@@ -1760,7 +1780,7 @@ mod held_storage {
         assert_eq!(t.spool.custody(hold(4, 1, 1, caps)).await, dropped);
         assert_eq!(held(&t).await, totals(2, 3, 250));
         // Confirming frees its bytes.
-        let (tag, delivery) = fetch(&t, 2).await.unwrap();
+        let (tag, delivery) = fetch_of(&t, 2, 100).await.unwrap();
         assert_eq!(tag, 1);
         assert!(t.spool.confirm_held(key(2), delivery).await.unwrap());
         assert_eq!(held(&t).await, totals(1, 2, 150));
@@ -1845,6 +1865,55 @@ mod held_storage {
         t.close().await;
     }
 
+    /// A held reply no client could use (a payload or a delivery id of
+    /// the wrong size: a bug, or a damaged disk) is deleted with its books
+    /// when its mailbox is fetched, and counted: the mailbox hands out the
+    /// next reply instead of standing still behind it for ever.
+    #[tokio::test]
+    async fn a_fetch_deletes_a_damaged_reply_and_serves_the_next() {
+        use crate::spool::custody::Fetched;
+        let t = TestSpool::open(Duration::ZERO, 1_000);
+        // Mailbox 1: a payload a byte too long, a delivery id planted too
+        // short below, then a sound reply. Mailbox 2: only a damaged one.
+        t.spool.custody(hold(1, 1, LEN + 1, ROOMY)).await;
+        t.spool.custody(hold(2, 1, LEN, ROOMY)).await;
+        t.spool.custody(hold(3, 1, LEN, ROOMY)).await;
+        t.spool.custody(hold(4, 2, LEN - 1, ROOMY)).await;
+        let mut second = [0u8; 16];
+        second[..4].copy_from_slice(&2u32.to_be_bytes());
+        let planted = t
+            .spool
+            .call(move |conn, _| {
+                Ok(conn.execute(
+                    "UPDATE mix_held SET delivery = x'0102' WHERE reply_id = ?1",
+                    [&second[..]],
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(planted, 1);
+        assert_eq!(held(&t).await, totals(2, 4, 4 * LEN as u64));
+        let fetched = t.spool.fetch_held(key(1), LEN).await.unwrap();
+        assert_eq!(fetched.damaged, 2, "{fetched:?}");
+        let reply = fetched.reply.expect("the sound reply behind them");
+        assert_eq!(&reply.reply_id[..4], &3u32.to_be_bytes());
+        assert_eq!(held(&t).await, totals(2, 2, 2 * LEN as u64 - 1));
+        // Served as any other: the same until confirmed, then gone.
+        assert_eq!(fetch(&t, 1).await, Some((3, reply.delivery)));
+        assert!(t.spool.confirm_held(key(1), reply.delivery).await.unwrap());
+        assert_eq!(fetch(&t, 1).await, None);
+        // A mailbox that held only a damaged reply goes with it.
+        assert_eq!(
+            t.spool.fetch_held(key(2), LEN).await.unwrap(),
+            Fetched {
+                reply: None,
+                damaged: 1
+            }
+        );
+        assert_eq!(held(&t).await, totals(0, 0, 0));
+        t.close().await;
+    }
+
     /// Only the mailbox's own key confirms its reply.
     #[tokio::test]
     async fn a_confirmation_under_another_mailbox_deletes_nothing() {
@@ -1922,16 +1991,16 @@ mod held_storage {
         let t = TestSpool::open(Duration::ZERO, 1_000);
         t.spool.custody(hold(1, 1, 100, ROOMY)).await;
         t.spool.custody(hold(2, 1, 100, ROOMY)).await;
-        let before = fetch(&t, 1).await.unwrap();
+        let before = fetch_of(&t, 1, 100).await.unwrap();
         let t = t.reopen().await;
         assert_eq!(held(&t).await, totals(1, 2, 200));
-        assert_eq!(fetch(&t, 1).await, Some(before));
+        assert_eq!(fetch_of(&t, 1, 100).await, Some(before));
         assert_eq!(
             t.spool.custody(hold(1, 1, 100, ROOMY)).await,
             CustodyOutcome::Duplicate
         );
         assert!(t.spool.confirm_held(key(1), before.1).await.unwrap());
-        assert_eq!(fetch(&t, 1).await.map(|r| r.0), Some(2));
+        assert_eq!(fetch_of(&t, 1, 100).await.map(|r| r.0), Some(2));
         t.close().await;
     }
 

@@ -79,6 +79,16 @@ pub fn mime_mail(size: usize, tag: &str) -> String {
     body
 }
 
+/// The body of a message as it left the exit (after its header block):
+/// what the tests compare with what was sent.
+pub fn body_of(data: &[u8]) -> &[u8] {
+    let at = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    &data[at + 4..]
+}
+
 /// `text` followed by 76-digit lines until it holds `size` bytes or more.
 fn padded(mut text: String, size: usize) -> String {
     let mut i = 0u64;

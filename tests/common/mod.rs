@@ -29,6 +29,23 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pluto2");
 /// blocking CI. Not a synchronization device.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Kolmogorov–Smirnov distance between `samples` (sorted in place) and
+/// Exp(`mean`); compare it with 1.95/√n for the 0.1 % level.
+pub fn ks_exponential(samples: &mut [f64], mean: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len() as f64;
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let cdf = 1.0 - (-x / mean).exp();
+            (cdf - i as f64 / n)
+                .abs()
+                .max((cdf - (i + 1) as f64 / n).abs())
+        })
+        .fold(0.0, f64::max)
+}
+
 pub fn onion(seed: u8) -> String {
     OnionName::from_seed(seed).to_string()
 }
