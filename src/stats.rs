@@ -505,7 +505,7 @@ metrics! {
         /// Replies for clients' mailboxes not kept, by which cap.
         mix_held_dropped: Family<Label, Counter> = family("why", HoldDrop::ALL.map(HoldDrop::label)),
             "pluto2_mixnet_held_dropped",
-            "Replies for a client's mailbox not kept (the previous hop is acknowledged; the client's retransmission recovers), by why: mailbox (its mailbox holds its cap of replies), total (the held bytes would pass their cap), mailboxes (a new mailbox past the cap on mailboxes)"
+            "Replies for a client's mailbox not kept (the previous hop is acknowledged; the client's retransmission recovers), by why: mailbox (its mailbox holds its cap of replies), total (the held bytes would pass their cap), mailboxes (a new mailbox past the cap on mailboxes), damaged (a held reply of the wrong size, deleted when its mailbox was fetched)"
             => "held_dropped" by Stats::held_dropped_total;
         /// Held replies handed to their clients (again after a lost
         /// confirmation).

@@ -691,6 +691,7 @@ pub async fn spawn_client(
         MixRole::Client(side),
     ));
     fresh_delays(&ctx).await?;
+    #[cfg_attr(not(debug_assertions), allow(unused_mut))]
     let mut link_cfg = LinkConfig::client(
         key,
         params.hash(),
