@@ -150,7 +150,7 @@ pub fn spool_exit_status(e: &SpoolError) -> u8 {
     match e {
         SpoolError::Missing => sysexits::NOINPUT,
         SpoolError::SchemaVersion { .. } | SpoolError::Foreign { .. } => sysexits::CONFIG,
-        SpoolError::Corrupt { .. } => sysexits::DATAERR,
+        SpoolError::Corrupt { .. } | SpoolError::LoopHours(_) => sysexits::DATAERR,
         SpoolError::Open(e) | SpoolError::Sqlite(e) => match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly) => {
                 sysexits::CANTCREAT

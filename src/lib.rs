@@ -35,6 +35,7 @@ pub mod envelope;
 pub mod link;
 pub(crate) mod listen;
 pub mod logging;
+pub mod loop_day;
 pub(crate) mod message;
 pub mod mixnet;
 pub(crate) mod node;

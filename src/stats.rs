@@ -12,14 +12,16 @@
 //!
 //! Counts only: nothing here identifies a message, a sender, a client or
 //! the time of a particular message. Labels come from small fixed sets
-//! (an outcome, a reply class, a failure class), never from what a client
-//! sent; there are no per-message timestamps, and the one histogram (spool
+//! (an outcome, a reply class, a failure class) or name a mix node by its
+//! short name, public in `nodes.json` (the pinger's per-node view), never
+//! from what a client sent; there are no per-message timestamps, and the one histogram (spool
 //! commit latency) keeps bucket counts, not samples.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, prometheus_text};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -31,10 +33,17 @@ use crate::envelope::EnqueueOutcome;
 use crate::link::{LinkEvents, LinkRefusal};
 use crate::smtp::server::{Refusal, SessionEnd, SessionEvents};
 use crate::spool::custody::{BusyReason, HeldTotals, HoldDrop};
+use crate::spool::loop_hours::NodeLoops;
 use crate::spool::{QueueReader, QueueReport, Spool};
 
 /// One label from a fixed set.
 type Label = [(&'static str, &'static str); 1];
+/// A mix node's short name (public in `nodes.json`).
+type NodeLabel = [(&'static str, String); 1];
+/// A node's short name and a label from a fixed set.
+type NodeLabels = [(&'static str, String); 2];
+/// A gauge of a fraction or of seconds.
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 /// Two labels, each from a fixed set.
 type Labels = [(&'static str, &'static str); 2];
 
@@ -111,6 +120,54 @@ fn family<M: Default + Clone>(
         let _ = f.get_or_create(&[(key, value)]);
     }
     f
+}
+
+/// A family whose HELP and TYPE lines are in every scrape, even before
+/// its first series (prometheus-client leaves an empty family out): a
+/// dashboard or an alert can name it from the start, and a name misspelt
+/// in one shows at once (`tests/grafana.rs`). Used like the family.
+#[derive(Debug)]
+struct Declared<S, M>(Family<S, M>);
+
+impl<S, M> Default for Declared<S, M>
+where
+    S: Clone + std::hash::Hash + Eq,
+    M: Default,
+{
+    fn default() -> Self {
+        Declared(Family::default())
+    }
+}
+
+impl<S: Clone + std::hash::Hash + Eq, M> Clone for Declared<S, M> {
+    fn clone(&self) -> Self {
+        Declared(self.0.clone())
+    }
+}
+
+impl<S, M> std::ops::Deref for Declared<S, M> {
+    type Target = Family<S, M>;
+
+    fn deref(&self) -> &Family<S, M> {
+        &self.0
+    }
+}
+
+impl<S, M> EncodeMetric for Declared<S, M>
+where
+    Family<S, M>: EncodeMetric,
+{
+    fn encode(&self, encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 /// The series `key="value"` of `family`: the returned handle shares its
@@ -208,6 +265,9 @@ macro_rules! metrics {
             pub custody_busy_log: crate::listen::LogThrottle,
             /// Paces the log line about replies a gateway did not keep.
             pub held_dropped_log: crate::listen::LogThrottle,
+            /// The nodes whose day the per-node loop gauges show now
+            /// (a node that leaves the day loses its series).
+            node_loops_shown: std::sync::Mutex<Vec<String>>,
         }
 
         impl Stats {
@@ -229,6 +289,7 @@ macro_rules! metrics {
                     mixnet_registry,
                     custody_busy_log: Default::default(),
                     held_dropped_log: Default::default(),
+                    node_loops_shown: Default::default(),
                 }
             }
 
@@ -316,7 +377,7 @@ metrics! {
             "Temporary delivery failures of real mail that deferred the recipient for another attempt"
             => "retries";
         /// Recipients not delivered, by disposition and failure class.
-        failures: Family<Labels, Counter>,
+        failures: Declared<Labels, Counter>,
             "pluto2_delivery_failures",
             "Recipients of real mail not delivered, by disposition (retry, dropped, gave_up) and failure class";
         /// Cover recipients delivered to the next hop.
@@ -531,6 +592,18 @@ metrics! {
             "pluto2_mixnet_replies_fetched",
             "Replies this client fetched from its gateway's mailbox (acknowledgements and its own loops; again after a lost confirmation)"
             => "fetched";
+        /// The pinger's view of each other node over the last day, read
+        /// from the spool (`Stats::set_node_loops`): loops through it
+        /// back and lost, their ratio, the median latency.
+        node_loops: Declared<NodeLabels, Gauge>,
+            "pluto2_mixnet_node_loops",
+            "Loops sent from here through each other node (by short name) whose fate became known in the last 24 h, by fate: back, lost (a lost loop counts against every node on its route)";
+        node_loop_success: Declared<NodeLabel, FloatGauge>,
+            "pluto2_mixnet_node_loop_success_ratio",
+            "Of the loops through each other node in the last 24 h, the share that came back: back / (back + lost); a lower bound of the node's own success, since a loss counts against every node on the route";
+        node_loop_latency: Declared<NodeLabel, FloatGauge>,
+            "pluto2_mixnet_node_loop_latency_median_seconds",
+            "Median time from sending a loop to its return, hop delays included, of the loops through each other node that came back in the last 24 h";
     }
 }
 
@@ -624,7 +697,47 @@ impl Stats {
         self.mix_awaiting_ack.set(m.awaiting_ack as i64);
         self.mix_exit_partial.set(m.exit_partial as i64);
         self.mix_exit_partial_bytes.set(m.exit_partial_bytes as i64);
+        self.set_node_loops(&report.node_loops);
         self.queue_known.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes each node's day (as the spool read it) into the per-node
+    /// gauges. A node that left the day loses its series; the ratio
+    /// appears with the first outcome, the median with the first loop
+    /// back (a series is absent, never a made-up 0).
+    fn set_node_loops(&self, nodes: &[NodeLoops]) {
+        let mut shown = self.node_loops_shown.lock().unwrap();
+        let node = |name: &str| [("node", name.to_string())];
+        let fate =
+            |name: &str, fate: &str| [("node", name.to_string()), ("fate", fate.to_string())];
+        for gone in shown
+            .iter()
+            .filter(|s| !nodes.iter().any(|n| &n.node == *s))
+        {
+            self.node_loops.remove(&fate(gone, "back"));
+            self.node_loops.remove(&fate(gone, "lost"));
+            self.node_loop_success.remove(&node(gone));
+            self.node_loop_latency.remove(&node(gone));
+        }
+        for n in nodes {
+            let set = |family: &Family<NodeLabel, FloatGauge>, value: Option<f64>| match value {
+                Some(v) => {
+                    family.get_or_create(&node(&n.node)).set(v);
+                }
+                None => {
+                    family.remove(&node(&n.node));
+                }
+            };
+            self.node_loops
+                .get_or_create(&fate(&n.node, "back"))
+                .set(n.back.min(i64::MAX as u64) as i64);
+            self.node_loops
+                .get_or_create(&fate(&n.node, "lost"))
+                .set(n.lost.min(i64::MAX as u64) as i64);
+            set(&self.node_loop_success, n.success_ratio);
+            set(&self.node_loop_latency, n.latency_median_seconds);
+        }
+        *shown = nodes.iter().map(|n| n.node.clone()).collect();
     }
 
     /// Reads the spool's counts through its reader (one connection the
@@ -827,6 +940,7 @@ mod tests {
             oldest_age_seconds: None,
             next_retry_in_seconds: None,
             mixnet: MixnetCounts::default(),
+            node_loops: Vec::new(),
         }
     }
 
@@ -1047,5 +1161,62 @@ mod tests {
                 assert!(name.ends_with("_total"), "{line}");
             }
         }
+    }
+
+    /// The pinger's day reaches per-node series from the spool's report:
+    /// declared (HELP and TYPE) before any loop, counts for every node,
+    /// a ratio from the first outcome, a median from the first loop
+    /// back, and a node that left the day loses its series.
+    #[test]
+    fn it_shows_each_nodes_day_and_forgets_nodes_that_left_it() {
+        let s = Stats::default();
+        s.mixnet.store(true, Ordering::Relaxed);
+        let text = s.encode();
+        for family in [
+            "pluto2_mixnet_node_loops gauge",
+            "pluto2_mixnet_node_loop_success_ratio gauge",
+            "pluto2_mixnet_node_loop_latency_median_seconds gauge",
+        ] {
+            assert!(text.contains(&format!("# TYPE {family}")), "{text}");
+        }
+        let node = |name: &str, back, lost, ratio, median| NodeLoops {
+            node: name.into(),
+            back,
+            lost,
+            success_ratio: ratio,
+            latency_median_seconds: median,
+        };
+        let mut r = report(0, 0, 0);
+        r.node_loops = vec![
+            node("bob", 3, 1, Some(0.75), Some(1.5)),
+            node("carol", 0, 2, Some(0.0), None),
+        ];
+        s.set_queue(&r);
+        let text = s.encode();
+        for expected in [
+            "pluto2_mixnet_node_loops{node=\"bob\",fate=\"back\"} 3",
+            "pluto2_mixnet_node_loops{node=\"bob\",fate=\"lost\"} 1",
+            "pluto2_mixnet_node_loops{node=\"carol\",fate=\"lost\"} 2",
+            "pluto2_mixnet_node_loop_success_ratio{node=\"bob\"} 0.75",
+            "pluto2_mixnet_node_loop_success_ratio{node=\"carol\"} 0.0",
+            "pluto2_mixnet_node_loop_latency_median_seconds{node=\"bob\"} 1.5",
+        ] {
+            assert!(text.contains(expected), "no {expected:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("pluto2_mixnet_node_loop_latency_median_seconds{node=\"carol\"}"),
+            "{text}"
+        );
+        r.node_loops = vec![node("carol", 1, 2, Some(1.0 / 3.0), Some(0.25))];
+        s.set_queue(&r);
+        let text = s.encode();
+        assert!(!text.contains("node=\"bob\""), "{text}");
+        assert!(
+            text.contains("pluto2_mixnet_node_loop_latency_median_seconds{node=\"carol\"} 0.25"),
+            "{text}"
+        );
+        // Direct mode shows none of it.
+        s.mixnet.store(false, Ordering::Relaxed);
+        assert!(!s.encode().contains("pluto2_mixnet_node_"));
     }
 }

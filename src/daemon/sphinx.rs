@@ -544,8 +544,13 @@ pub async fn spawn(
             {
                 ctx.stats.set_held(totals);
             }
+            // The pinger's day: what the loops showed since the last round.
+            crate::mixnet::packet_cover::save_loop_day(&ctx).await;
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    crate::mixnet::packet_cover::save_loop_day(&ctx).await;
+                    return;
+                }
                 _ = tokio::time::sleep(MAINTENANCE.min(stall)) => {}
             }
         }

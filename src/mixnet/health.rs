@@ -1,11 +1,18 @@
 //! The health view of the network: which peers' links are up and whose
 //! loops come back. Path selection reads it; links and packet cover write it.
+//!
+//! Beside the judgement (the newest [`LOOP_WINDOW`] outcomes, for path
+//! selection), every outcome also goes into the pinger's day
+//! (`loop_day`): hour buckets per node, waiting here only until the
+//! maintenance round saves them to the spool ([`Health::take_loop_hours`]),
+//! where `/metrics` and `pluto2 queue` read the last day.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::watch;
 
+use crate::loop_day::{HourCounts, LoopDay, Outcome};
 use crate::time::UnixMillis;
 use crate::wire::packet::NodeId;
 
@@ -35,9 +42,20 @@ pub struct Health {
 #[derive(Default)]
 struct Loops {
     outcomes: VecDeque<(Vec<NodeId>, bool)>,
-    /// Loops on their way: id → (route, when they count as lost).
-    pending: HashMap<[u8; 16], (Vec<NodeId>, UnixMillis)>,
+    /// Loops on their way.
+    pending: HashMap<[u8; 16], Pending>,
     failing: HashSet<NodeId>,
+    /// Outcomes not saved to the spool yet, by node and hour (bounded:
+    /// hours that left the day are forgotten even if never saved).
+    unsaved: LoopDay<NodeId>,
+}
+
+/// A loop on its way.
+struct Pending {
+    route: Vec<NodeId>,
+    sent_at: UnixMillis,
+    /// When it counts as lost.
+    lost_at: UnixMillis,
 }
 
 impl Loops {
@@ -134,24 +152,38 @@ impl Health {
         v
     }
 
-    /// A loop left on `route` (the mix nodes, not this one); it counts
-    /// as lost unless it is back by `lost_at`.
-    pub fn loop_sent(&self, id: [u8; 16], route: Vec<NodeId>, lost_at: UnixMillis) {
-        self.loops
-            .lock()
-            .unwrap()
-            .pending
-            .insert(id, (route, lost_at));
+    /// A loop left at `sent_at` on `route` (the mix nodes, not this
+    /// one); it counts as lost unless it is back by `lost_at`.
+    pub fn loop_sent(
+        &self,
+        id: [u8; 16],
+        route: Vec<NodeId>,
+        sent_at: UnixMillis,
+        lost_at: UnixMillis,
+    ) {
+        self.loops.lock().unwrap().pending.insert(
+            id,
+            Pending {
+                route,
+                sent_at,
+                lost_at,
+            },
+        );
     }
 
-    /// A loop came back; false if it was not ours or already counted.
-    pub fn loop_returned(&self, id: &[u8; 16]) -> bool {
+    /// A loop came back at `now`; false if it was not ours or already
+    /// counted.
+    pub fn loop_returned(&self, id: &[u8; 16], now: UnixMillis) -> bool {
         let changed = {
             let mut loops = self.loops.lock().unwrap();
-            let Some((route, _)) = loops.pending.remove(id) else {
+            let Some(p) = loops.pending.remove(id) else {
                 return false;
             };
-            Self::record(&mut loops, route, true)
+            let latency_ms = now.saturating_sub(p.sent_at);
+            loops
+                .unsaved
+                .record(&p.route, now, Outcome::Back { latency_ms });
+            Self::record(&mut loops, p.route, true)
         };
         if changed {
             self.notify();
@@ -172,13 +204,14 @@ impl Health {
             let overdue: Vec<[u8; 16]> = loops
                 .pending
                 .iter()
-                .filter(|(_, (_, at))| *at <= now)
+                .filter(|(_, p)| p.lost_at <= now)
                 .map(|(id, _)| *id)
                 .collect();
             let mut changed = false;
             for id in &overdue {
-                if let Some((route, _)) = loops.pending.remove(id) {
-                    changed |= Self::record(&mut loops, route, false);
+                if let Some(p) = loops.pending.remove(id) {
+                    loops.unsaved.record(&p.route, now, Outcome::Lost);
+                    changed |= Self::record(&mut loops, p.route, false);
                 }
             }
             (overdue.len(), changed)
@@ -187,6 +220,21 @@ impl Health {
             self.notify();
         }
         lost
+    }
+
+    /// The loop outcomes not saved yet, by node and hour (emptied): the
+    /// maintenance round adds them to the spool's day.
+    pub fn take_loop_hours(&self) -> Vec<(NodeId, u64, HourCounts)> {
+        self.loops.lock().unwrap().unsaved.take()
+    }
+
+    /// Puts back outcomes taken but not saved (the spool refused), to
+    /// be saved with the next ones.
+    pub fn keep_loop_hours(&self, hours: Vec<(NodeId, u64, HourCounts)>) {
+        let unsaved = &mut self.loops.lock().unwrap().unsaved;
+        for (node, hour, counts) in hours {
+            unsaved.add(node, hour, &counts);
+        }
     }
 
     fn record(loops: &mut Loops, route: Vec<NodeId>, ok: bool) -> bool {
@@ -242,9 +290,9 @@ mod tests {
             route.truncate(3);
             let ok = !route.contains(&ids[2]);
             let id = [n as u8; 16];
-            h.loop_sent(id, route, 100);
+            h.loop_sent(id, route, 0, 100);
             if ok {
-                assert!(h.loop_returned(&id));
+                assert!(h.loop_returned(&id, 50));
             }
         }
         assert_eq!(h.expire_loops(99), 0, "not yet overdue");
@@ -256,11 +304,11 @@ mod tests {
         // Back to health: its loops return again and push the losses out.
         for n in 0..LOOP_WINDOW as u64 {
             let id = [n as u8; 16];
-            h.loop_sent(id, vec![ids[2], ids[0], ids[1]], 200);
-            assert!(h.loop_returned(&id));
+            h.loop_sent(id, vec![ids[2], ids[0], ids[1]], 100, 200);
+            assert!(h.loop_returned(&id, 150));
         }
         assert!(h.failing().is_empty());
-        assert!(!h.loop_returned(&[0; 16]), "counted once");
+        assert!(!h.loop_returned(&[0; 16], 150), "counted once");
     }
 
     /// Six nodes: 1 (this one), 2 and 3 of family "a", 4 and 5 of "b", 6
@@ -270,9 +318,44 @@ mod tests {
         let h = Health::new();
         h.set(NodeId([1; 32]), true);
         for n in 0..(LOOP_MIN_SAMPLES as u8 - 1) {
-            h.loop_sent([n; 16], vec![NodeId([1; 32])], 10);
+            h.loop_sent([n; 16], vec![NodeId([1; 32])], 0, 10);
         }
         h.expire_loops(10);
         assert_eq!(h.usable(), vec![NodeId([1; 32])]);
+    }
+
+    /// Every outcome also goes to the pinger's day, per node on its
+    /// route and by the hour it became known, with the loop's latency;
+    /// taken once, and put back when the spool could not take it.
+    #[test]
+    fn loop_outcomes_wait_by_node_and_hour_until_saved() {
+        let hour = crate::loop_day::HOUR_MS;
+        let (a, b, c) = (NodeId([1; 32]), NodeId([2; 32]), NodeId([3; 32]));
+        let h = Health::new();
+        h.loop_sent([1; 16], vec![a, b], 10 * hour, 10 * hour + 500);
+        h.loop_sent([2; 16], vec![a, c], 10 * hour, 10 * hour + 500);
+        h.loop_sent([3; 16], vec![b, c], 10 * hour + 100, 11 * hour + 5);
+        assert!(h.loop_returned(&[1; 16], 10 * hour + 400));
+        assert_eq!(h.expire_loops(10 * hour + 500), 1);
+        assert!(h.loop_returned(&[3; 16], 11 * hour + 1));
+        assert!(!h.loop_returned(&[2; 16], 11 * hour + 2), "too late");
+        let hours = h.take_loop_hours();
+        let got: Vec<(NodeId, u64, u64, u64, Option<f64>)> = hours
+            .iter()
+            .map(|(n, hr, c)| (*n, *hr, c.back, c.lost, c.latency.median_ms()))
+            .collect();
+        let near = |x: Option<f64>, want: f64| x.is_some_and(|x| (x / want - 1.0).abs() < 0.05);
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert_eq!((got[0].0, got[0].1, got[0].2, got[0].3), (a, 10, 1, 1));
+        assert!(near(got[0].4, 400.0), "{got:?}");
+        assert_eq!((got[1].0, got[1].1, got[1].2, got[1].3), (b, 10, 1, 0));
+        assert_eq!((got[2].0, got[2].1, got[2].2, got[2].3), (b, 11, 1, 0));
+        assert!(near(got[2].4, 3_600_000.0 - 100.0 + 1.0), "{got:?}");
+        assert_eq!((got[3].0, got[3].1, got[3].2, got[3].3), (c, 10, 0, 1));
+        assert_eq!(got[3].4, None);
+        assert_eq!((got[4].0, got[4].1, got[4].2, got[4].3), (c, 11, 1, 0));
+        assert!(h.take_loop_hours().is_empty(), "taken once");
+        h.keep_loop_hours(hours.clone());
+        assert_eq!(h.take_loop_hours(), hours, "put back whole");
     }
 }

@@ -401,7 +401,11 @@ impl Hop {
                         let outcome = self.remember(tag, epoch).await;
                         if outcome == CustodyOutcome::Stored {
                             match fragment.kind {
-                                Kind::Loop if ctx.health.loop_returned(&fragment.message_id) => {
+                                Kind::Loop
+                                    if ctx
+                                        .health
+                                        .loop_returned(&fragment.message_id, ctx.now()) =>
+                                {
                                     Stats::add(&ctx.stats.mix_loops_back, 1);
                                 }
                                 Kind::Drop => Stats::add(&ctx.stats.mix_drops_received, 1),

@@ -23,7 +23,7 @@ use rand::rngs::StdRng;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::context::MixContext;
 use super::hop::random_id;
@@ -31,6 +31,7 @@ use super::path::{hop_delay, pick_nodes};
 use super::sender::usable_peers;
 use crate::spool::SpoolError;
 use crate::spool::custody::{OutPacket, PacketKind};
+use crate::spool::loop_hours::LoopHour;
 use crate::stats::Stats;
 use crate::wire::fragment::{Fragment, Kind};
 use crate::wire::packet::{self, NodeId, PacketError, RouteHop};
@@ -51,6 +52,36 @@ pub fn loop_patience(params: &crate::wire::pki::Params) -> Duration {
     let hops = params.hops as u32 + 1;
     let delays = (params.hop_delay_mean * 4 * hops).min(params.hop_delay_max * hops);
     delays + params.ack_timeout.min(Duration::from_secs(120))
+}
+
+/// Saves the loop outcomes counted since the last call to the pinger's
+/// day in the spool (`spool::loop_hours`), each node under its short
+/// name now; what the spool does not take is kept for the next call.
+/// The maintenance round calls it, and once more at stop: loops still on
+/// their way then are never counted (neither back nor lost).
+pub async fn save_loop_day(ctx: &MixContext) {
+    let hours = ctx.health.take_loop_hours();
+    if hours.is_empty() {
+        return;
+    }
+    let rows: Vec<LoopHour> = hours
+        .iter()
+        .filter_map(|(id, hour, counts)| {
+            // A node dropped from nodes.json meanwhile has no name to
+            // show: its last outcomes are not kept.
+            let name = ctx.directory.node(id)?.short_name;
+            Some(LoopHour {
+                node: id.0,
+                name,
+                hour: *hour,
+                counts: counts.clone(),
+            })
+        })
+        .collect();
+    if let Err(e) = ctx.spool.save_loop_hours(rows).await {
+        debug!("[MIXNET] loop statistics not saved yet: {e}");
+        ctx.health.keep_loop_hours(hours);
+    }
 }
 
 /// Where cover packets go: the spool's custody queue, like every packet
@@ -210,8 +241,9 @@ impl MixCover {
         let fragment = Fragment::cover(kind, id);
         let wire = packet::build(&fragment.encode(), &route)?;
         if kind == Kind::Loop {
-            let lost_at = ctx.now() + loop_patience(params).as_millis() as u64;
-            ctx.health.loop_sent(id, nodes.clone(), lost_at);
+            let now = ctx.now();
+            let lost_at = now + loop_patience(params).as_millis() as u64;
+            ctx.health.loop_sent(id, nodes.clone(), now, lost_at);
         }
         self.queue
             .queue(OutPacket {
@@ -253,7 +285,7 @@ mod tests {
             assert_eq!(packet.bytes.len(), packet::PACKET_SIZE);
             self.made.lock().unwrap().push(packet.release_at);
             for id in self.ctx.health.pending_loops() {
-                self.ctx.health.loop_returned(&id);
+                self.ctx.health.loop_returned(&id, self.ctx.now());
             }
             Box::pin(async { Ok(()) })
         }

@@ -10,6 +10,7 @@ mod committer;
 pub mod custody;
 mod delivery;
 mod held;
+pub mod loop_hours;
 pub mod ops;
 mod reader;
 pub mod report;
@@ -82,6 +83,9 @@ pub enum SpoolError {
     Thread(#[from] std::io::Error),
     #[error("the spool is closed")]
     Closed,
+    /// A row of the loop statistics holds bytes pluto2 did not write.
+    #[error("mix_loop_hours holds an unreadable latency histogram: {0}")]
+    LoopHours(#[from] crate::loop_day::LoopDayError),
     /// A grouped transaction failed; the committer logged why.
     #[error("the spool could not commit it (its log says why)")]
     NotCommitted,
@@ -708,6 +712,16 @@ impl Spool {
     /// What the mailboxes hold in all (for the gauges).
     pub async fn held_totals(&self) -> Result<HeldTotals, SpoolError> {
         self.call(|conn, _| held::totals(conn)).await
+    }
+
+    /// Adds loop outcomes to the pinger's day on disk and forgets the
+    /// hours that left it (see `spool::loop_hours`).
+    pub async fn save_loop_hours(
+        &self,
+        hours: Vec<loop_hours::LoopHour>,
+    ) -> Result<(), SpoolError> {
+        self.call(move |conn, now| loop_hours::save(conn, now, &hours))
+            .await
     }
 }
 

@@ -5,8 +5,9 @@ use serde::Serialize;
 
 use super::SpoolError;
 use super::custody::MixnetCounts;
+use super::loop_hours::{self, NodeLoops};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QueueReport {
     pub messages: u64,
     pub recipients: u64,
@@ -30,6 +31,11 @@ pub struct QueueReport {
     /// with fragments at this exit. Always present, so a script reads the
     /// same shape from every node.
     pub mixnet: MixnetCounts,
+    /// The pinger's view (mixnet nodes only; empty in direct mode): per
+    /// other node on this node's loop routes, over the last day, the
+    /// loops back and lost, their ratio and the median latency, by short
+    /// name. Loops only, never mail.
+    pub node_loops: Vec<NodeLoops>,
 }
 
 /// Reads the counts in one read transaction, so they agree with each other.
@@ -67,6 +73,7 @@ pub fn read(conn: &mut Connection, now: u64) -> Result<QueueReport, SpoolError> 
     )?;
     let mixnet = super::custody::counts(&tx)?;
     let deleted_by_operator = super::ops::deleted_by_operator(&tx)?;
+    let node_loops = loop_hours::day(&tx, now)?;
     tx.finish()?;
     // Stored times are unix ms; the report speaks seconds.
     let since = |t: i64| now.saturating_sub(t.max(0) as u64) / 1000;
@@ -81,6 +88,7 @@ pub fn read(conn: &mut Connection, now: u64) -> Result<QueueReport, SpoolError> 
         oldest_age_seconds: oldest.map(since),
         next_retry_in_seconds: next.map(|t| (t.max(0) as u64).saturating_sub(now).div_ceil(1000)),
         mixnet,
+        node_loops,
     })
 }
 
@@ -127,6 +135,28 @@ impl std::fmt::Display for QueueReport {
                 m.awaiting_ack,
                 m.exit_partial
             )?;
+        }
+        if !self.node_loops.is_empty() {
+            writeln!(
+                f,
+                "loops:      last 24 h, per node on their route (a lost loop counts against every node on it)"
+            )?;
+            for n in &self.node_loops {
+                let ratio = n
+                    .success_ratio
+                    .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+                let latency = n.latency_median_seconds.map_or("-".to_string(), |s| {
+                    humantime::format_duration(std::time::Duration::from_millis(
+                        (s * 1000.0).round() as u64,
+                    ))
+                    .to_string()
+                });
+                writeln!(
+                    f,
+                    "  {:<16} {:>6} back {:>6} lost {:>7} median {latency}",
+                    n.node, n.back, n.lost, ratio
+                )?;
+            }
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ pub const SPOOL_FILE: &str = "spool.sqlite";
 
 /// Bumped whenever the layout below changes; older spools are migrated
 /// forward in [`migrate`], newer ones are refused.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// Readers (`pluto2 queue`) and the writer share the file; a short busy
 /// wait covers the moment of a checkpoint instead of failing.
@@ -43,13 +43,14 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SpoolError> {
 /// spool from version `v` to `v + 1`. Each step is one transaction that
 /// also sets `user_version`, so a crash between steps leaves a spool of a
 /// known version that the next start carries on from.
-const MIGRATIONS: [Migration; 6] = [
+const MIGRATIONS: [Migration; 7] = [
     migrate_v1_to_v2,
     migrate_v2_to_v3,
     migrate_v3_to_v4,
     migrate_v4_to_v5,
     migrate_v5_to_v6,
     migrate_v6_to_v7,
+    migrate_v7_to_v8,
 ];
 
 /// One migration step (one transaction).
@@ -547,6 +548,28 @@ fn migrate_v6_to_v7(conn: &Connection) -> Result<(), rusqlite::Error> {
     )
 }
 
+/// The pinger's day (see `spool::loop_hours`): per mix node and clock
+/// hour, loops back and lost and their latency histogram (`loop_day`),
+/// with the node's short name when saved. `mix_loop_hours_hour` serves
+/// the deletion of hours that left the day.
+fn migrate_v7_to_v8(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE mix_loop_hours (
+             node    BLOB    NOT NULL,
+             hour    INTEGER NOT NULL,
+             name    TEXT    NOT NULL,
+             back    INTEGER NOT NULL,
+             lost    INTEGER NOT NULL,
+             latency BLOB    NOT NULL,
+             PRIMARY KEY (node, hour)
+         ) WITHOUT ROWID;
+         CREATE INDEX mix_loop_hours_hour ON mix_loop_hours(hour);
+         PRAGMA user_version = 8;
+         COMMIT;",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -838,5 +861,62 @@ mod tests {
         tx.commit().unwrap();
         let totals = super::super::held::totals(&conn).unwrap();
         assert_eq!((totals.mailboxes, totals.replies, totals.bytes), (1, 1, 5));
+    }
+
+    /// A v7 spool keeps its mail and held replies and gains an empty
+    /// pinger's day, which then keeps what is saved into it.
+    #[test]
+    fn a_version_7_spool_keeps_its_mail_and_gains_an_empty_loop_day() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(SPOOL_FILE)).unwrap();
+            create_v1(&conn).unwrap();
+            for step in &MIGRATIONS[..6] {
+                step(&conn).unwrap();
+            }
+            assert_eq!(version(&conn).unwrap(), 7);
+            conn.execute_batch(
+                "INSERT INTO messages (received_at, sender, smtputf8, eight_bit, body)
+                     VALUES (1, 'a@b.example', 0, 0, x'00');
+                 INSERT INTO mix_mailboxes (mailbox, last_seen, held, bytes)
+                     VALUES (x'03', 1, 1, 5);
+                 INSERT INTO mix_held (mailbox, delivery, reply_id, payload, stored_at)
+                     VALUES (x'03', x'04', x'05', x'0102030405', 1);",
+            )
+            .unwrap();
+        }
+        let mut conn = open_writer(dir.path()).unwrap();
+        assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
+        let kept: (i64, i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM mix_held),
+                        (SELECT COUNT(*) FROM mix_loop_hours)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(kept, (1, 1, 0));
+        let now = 1_704_105_000_000;
+        let mut counts = crate::loop_day::HourCounts {
+            back: 2,
+            lost: 1,
+            ..Default::default()
+        };
+        counts.latency.add(300);
+        counts.latency.add(300);
+        let hour = super::super::loop_hours::LoopHour {
+            node: [7; 32],
+            name: "bob".into(),
+            hour: crate::loop_day::hour_of(now),
+            counts,
+        };
+        super::super::loop_hours::save(&mut conn, now, &[hour]).unwrap();
+        let tx = conn.transaction().unwrap();
+        let day = super::super::loop_hours::day(&tx, now).unwrap();
+        assert_eq!(day.len(), 1);
+        assert_eq!(
+            (day[0].node.as_str(), day[0].back, day[0].lost),
+            ("bob", 2, 1)
+        );
     }
 }

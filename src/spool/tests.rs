@@ -2097,3 +2097,90 @@ mod held_storage {
         }
     }
 }
+
+/// The pinger's day on disk: saves add up per node and hour, the day
+/// survives a restart, `pluto2 queue` (its own connection) and the
+/// daemon's reader show the same, hours leave the day 24 h on, and a
+/// save forgets the rows that left it.
+#[tokio::test]
+async fn the_loop_day_adds_up_survives_a_restart_and_slides() {
+    use crate::loop_day::{HOUR_MS, HourCounts, hour_of};
+    use loop_hours::LoopHour;
+
+    // 10:30 UTC on some day.
+    let t0 = 1_704_105_000_000;
+    let t = TestSpool::open(Duration::from_secs(86400), t0);
+    let hour = |node: u8, name: &str, at: u64, back: u64, lost: u64, ms: &[u64]| {
+        let mut counts = HourCounts {
+            back,
+            lost,
+            ..Default::default()
+        };
+        for m in ms {
+            counts.latency.add(*m);
+        }
+        LoopHour {
+            node: [node; 32],
+            name: name.into(),
+            hour: hour_of(at),
+            counts,
+        }
+    };
+    t.spool
+        .save_loop_hours(vec![
+            hour(1, "bob", t0, 3, 1, &[100, 200, 400]),
+            hour(2, "carol", t0, 0, 4, &[]),
+        ])
+        .await
+        .unwrap();
+    // The same hour again, and the next one: they add up.
+    t.spool
+        .save_loop_hours(vec![
+            hour(1, "bob", t0, 1, 0, &[300]),
+            hour(1, "bob", t0 + HOUR_MS, 1, 1, &[5_000]),
+        ])
+        .await
+        .unwrap();
+    t.set_now(t0 + HOUR_MS);
+    let shown = |r: &QueueReport| -> Vec<(String, u64, u64)> {
+        r.node_loops
+            .iter()
+            .map(|n| (n.node.clone(), n.back, n.lost))
+            .collect()
+    };
+    let r = t.report();
+    assert_eq!(
+        shown(&r),
+        [("bob".to_string(), 5, 2), ("carol".to_string(), 0, 4)]
+    );
+    assert_eq!(r.node_loops[0].success_ratio, Some(5.0 / 7.0));
+    assert_eq!(r.node_loops[1].success_ratio, Some(0.0));
+    assert_eq!(r.node_loops[1].latency_median_seconds, None);
+    let median = r.node_loops[0].latency_median_seconds.unwrap();
+    assert!((median / 0.3 - 1.0).abs() < 0.045, "median {median}");
+    assert_eq!(t.spool.reader().report().await.unwrap(), r, "one view");
+    let text = r.to_string();
+    assert!(text.contains("bob"), "{text}");
+    assert!(text.contains("71.4%"), "{text}");
+
+    // A restart: the day is still there.
+    let t = t.reopen().await;
+    assert_eq!(shown(&t.report()), shown(&r));
+
+    // 24 h after the first hour it has left the day; the second has not.
+    t.set_now(t0 + 24 * HOUR_MS);
+    assert_eq!(shown(&t.report()), [("bob".to_string(), 1, 1)]);
+    t.set_now(t0 + 25 * HOUR_MS);
+    assert!(t.report().node_loops.is_empty());
+    // The next save deletes what left the day, and writes nothing old.
+    t.spool
+        .save_loop_hours(vec![hour(2, "carol", t0, 9, 9, &[])])
+        .await
+        .unwrap();
+    let rows: i64 = rusqlite::Connection::open(t.dir.path().join(SPOOL_FILE))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM mix_loop_hours", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+    t.close().await;
+}
