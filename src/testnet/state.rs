@@ -183,11 +183,15 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        assert!(runs_with(child.id(), "30"));
+        // `spawn` returns before the child's exec fills its command line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !runs_with(child.id(), "30") {
+            assert!(std::time::Instant::now() < deadline, "never seen running");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert!(!runs_with(child.id(), "3"));
         child.kill().unwrap();
         // A zombie (killed, not yet reaped) no longer counts.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while runs_with(child.id(), "30") {
             assert!(std::time::Instant::now() < deadline, "still running");
             std::thread::sleep(std::time::Duration::from_millis(10));
