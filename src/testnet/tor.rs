@@ -1317,6 +1317,32 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_wait_names_what_it_waited_for_and_ends_with_the_tors_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = tor("client", Role::Client, None, None);
+        t.data = dir.path().to_path_buf();
+        let log: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(t.log_file(), log).unwrap();
+        let err = TorNetError::Timeout {
+            what: "tor client to reach bootstrap 100 %".into(),
+            waited: Duration::from_secs(120),
+            last: "PROGRESS=75".into(),
+            log: t.log_section(),
+        }
+        .to_string();
+        assert!(
+            err.starts_with(
+                "gave up after 120 s waiting for tor client to reach bootstrap 100 %; \
+                 last: PROGRESS=75\n--- last lines of tor client's log ("
+            ),
+            "{err}"
+        );
+        let tail: Vec<String> = (6..=20).map(|i| format!("line {i}")).collect();
+        assert!(err.ends_with(&tail.join("\n")), "{err}");
+        assert!(!err.contains("line 5\n"), "{err}");
+    }
+
+    #[test]
     fn free_ports_stay_below_the_ephemeral_range_and_are_never_handed_out_twice() {
         let a = free_port().unwrap();
         let b = free_port().unwrap();
