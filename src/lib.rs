@@ -19,7 +19,8 @@
 //!   and [`mixnet`] (forwarder, hop, sender, packet cover, keys, health).
 //! * edges: [`config`], [`daemon`], [`logging`], [`pki_cli`] (`pluto2 pki`),
 //!   [`check`] (`pluto2 check`), `admin` (the metrics and health endpoint,
-//!   HTTP through hyper).
+//!   HTTP through hyper), [`testnet`] (`pluto2 testnet`: a local network,
+//!   over a private Tor network with `-tor`).
 //!
 //! See ARCHITECTURE.md for the data flow and the invariants.
 

@@ -28,6 +28,12 @@ struct Testnet {
 
 impl Testnet {
     fn start(extra: &[&str]) -> Testnet {
+        Self::start_within(extra, Duration::from_secs(180))
+    }
+
+    /// With `-tor` the private Tor network bootstraps first (about half a
+    /// minute here, two on a loaded machine) and every onion must answer.
+    fn start_within(extra: &[&str], patience: Duration) -> Testnet {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("net");
         let mut child = Command::new(BIN)
@@ -57,7 +63,7 @@ impl Testnet {
             lines,
             _tmp: tmp,
         };
-        net.until(Duration::from_secs(180), "the testnet to say ready", |n| {
+        net.until(patience, "the testnet to say ready", |n| {
             n.line_with("ready;").is_some()
         });
         net
@@ -292,6 +298,55 @@ fn a_node_killed_while_it_holds_packets_loses_no_mail() {
     for tag in &tags {
         assert_eq!(net.in_sink(tag), 1, "{tag}");
     }
+    net.interrupt();
+    assert_eq!(
+        running_in(&net.dir),
+        Vec::<u32>::new(),
+        "left running after Ctrl-C"
+    );
+}
+
+/// `-tor`: the same mail over links that are onion services of a private
+/// Tor network (three nodes, to keep the network small); Ctrl-C stops the
+/// tors too.
+#[test]
+fn with_tor_the_links_are_onion_services_and_ctrl_c_stops_the_tors_too() {
+    let mut net = Testnet::start_within(&["-tor", "-nodes", "3"], Duration::from_secs(420));
+    assert!(
+        net.output()
+            .contains("onion services of a private Tor network"),
+        "{}",
+        net.output()
+    );
+    // Every node and the client dial through the client tor's SocksPort,
+    // not a server of the testnet's own.
+    let torrc = std::fs::read_to_string(net.dir.join("tor/client/torrc")).unwrap();
+    let socks = torrc
+        .lines()
+        .find_map(|l| l.strip_prefix("SocksPort "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the client tor's SocksPort")
+        .to_string();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(net.dir.join("testnet.json")).unwrap()).unwrap();
+    for member in state["members"].as_array().unwrap() {
+        let args: Vec<&str> = member["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let i = args.iter().position(|a| *a == "-tor-socks").unwrap();
+        assert_eq!(args[i + 1], socks, "{}", member["name"]);
+    }
+    let tors = running_in(&net.dir.join("tor"));
+    assert!(tors.len() >= 8, "the private network's tors: {tors:?}");
+    net.swaks("over-tor", None);
+    net.until(CROSSING, "mail in the sink", |n| n.in_sink("over-tor") >= 1);
+    net.until(CROSSING, "an empty queue at the client", |n| {
+        n.queue("client").0 == 0
+    });
+    assert_eq!(net.in_sink("over-tor"), 1);
     net.interrupt();
     assert_eq!(
         running_in(&net.dir),

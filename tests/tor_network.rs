@@ -1,5 +1,5 @@
 //! pluto2 through real Tor: a private Tor network on 127.0.0.1 from
-//! Debian's `tor` (tests/common/tor_net.rs), pluto2 behind its own onion
+//! Debian's `tor` (`pluto2::testnet::tor`), pluto2 behind its own onion
 //! service with `-proxy-protocol`, and a sink behind another. One network
 //! serves every check, in one test, because bootstrapping it is the
 //! expensive part; the checks run in an order that keeps failures away
@@ -98,7 +98,7 @@ async fn pluto2_works_through_a_private_tor_network() {
     let mut net = TorNet::start(Plan {
         services,
         exit_ports: vec![smtp, dns.addr.port()],
-        resolver: dns.addr,
+        resolver: Some(dns.addr),
     })
     .await;
     eprintln!("[tor] network bootstrapped in {:?}", net.bootstrap);
@@ -304,7 +304,7 @@ async fn pluto2_works_through_a_private_tor_network() {
     let mut flags = base.clone();
     flags.extend(["-cover-interval", "0", "-retries", "12"]);
     let d = Daemon::start_in(&data.path().join("pluto"), &flags);
-    net.stop("client");
+    net.stop("client").await;
     let mut c = Client::connect(d.addr).await;
     c.send(b"PROXY TCP6 fc00:dead:beef:4dad::0:2 ::1 65535 25\r\n")
         .await;
@@ -348,7 +348,7 @@ async fn pluto2_works_through_a_private_tor_network() {
     mixnet_through_tor(&net, &node_ports, &sink, &sink_onion, smtp).await;
     eprintln!("[tor] mixnet done at {:?}", t0.elapsed());
 
-    net.shutdown();
+    net.shutdown().await;
     eprintln!(
         "[tor] total {:?} (bootstrap {:?})",
         t0.elapsed(),
@@ -477,13 +477,13 @@ async fn bench_bootstrap() {
             proxy_header: false,
         }],
         exit_ports: vec![25],
-        resolver: dns.addr,
+        resolver: Some(dns.addr),
     })
     .await;
     let onion = net.onion("sink");
     net.until_onion_answers(&onion, 25, false).await;
     let reachable = t0.elapsed();
-    net.shutdown();
+    net.shutdown().await;
     println!(
         "BOOTSTRAP bootstrap_s={:.1} onion_reachable_s={:.1}",
         net.bootstrap.as_secs_f64(),

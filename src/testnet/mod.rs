@@ -22,6 +22,7 @@
 pub mod sink;
 pub mod socks;
 pub mod state;
+pub mod tor;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -165,6 +166,13 @@ fn prepare(dir: &Path) -> Result<PathBuf, TestnetError> {
                 });
             }
             stop_members(&old);
+            // Its tors exit on their own once their owner is gone (within
+            // seconds); a new network needs them gone now, and an empty
+            // DIR/tor (stale descriptors would override the new one).
+            if old.tor {
+                tor::stop_all_in(&dir.join("tor"))
+                    .map_err(|e| software(format!("-dir {shown}: {e}")))?;
+            }
             println!("replacing the stopped testnet in {shown}");
             for entry in
                 std::fs::read_dir(&dir).map_err(|e| software(format!("-dir {shown}: {e}")))?
@@ -452,11 +460,54 @@ fn signal(pid: u32, sig: rustix::process::Signal) {
     }
 }
 
+/// With `-tor`: a private Tor network in `DIR/tor` with an onion service
+/// per node (its link port as 9999, its SMTP port as 25) and one for the
+/// sink (25); the nodes and the sink take those services' names.
+async fn start_tor(
+    dir: &Path,
+    planned: &mut [Planned],
+    sink_onion: &mut OnionName,
+    sink: SocketAddr,
+) -> Result<tor::TorNet, TestnetError> {
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut services: Vec<tor::Service> = planned
+        .iter()
+        .map(|p| {
+            tor::Service::new(
+                p.name,
+                vec![(LINK_PORT, local(p.link)), (25, local(p.smtp))],
+            )
+        })
+        .collect();
+    services.push(tor::Service::new("sink", vec![(25, sink)]));
+    println!(
+        "starting a private Tor network in {} (about a minute)",
+        dir.join("tor").display()
+    );
+    let net = tor::TorNet::start(
+        &dir.join("tor"),
+        tor::Plan {
+            services,
+            ..tor::Plan::default()
+        },
+    )
+    .await
+    .map_err(|e| software(format!("-tor: {e}")))?;
+    let onion = |name: &str| -> Result<OnionName, TestnetError> {
+        let text = net
+            .onion(name)
+            .map_err(|e| software(format!("-tor: {e}")))?;
+        OnionName::parse(&text).map_err(|e| software(format!("-tor: {name}: {e}")))
+    };
+    for p in planned.iter_mut() {
+        p.onion = onion(p.name)?;
+    }
+    *sink_onion = onion("sink")?;
+    Ok(net)
+}
+
 /// The network: plan, start, print, run until Ctrl-C, stop.
 async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError> {
-    if tor {
-        return fail("-tor: not available in this build yet");
-    }
     let dir = prepare(dir)?;
     let mut state = State {
         pid: Some(std::process::id()),
@@ -465,7 +516,8 @@ async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError
     };
     state.write(&dir)?;
     let stop = CancellationToken::new();
-    let result = serve(nodes, &dir, &mut state, stop.clone()).await;
+    let mut tor_net = None;
+    let result = serve(nodes, &dir, tor, &mut tor_net, &mut state, stop.clone()).await;
     stop.cancel();
     // Whatever happened, nothing started here keeps running: the state
     // on disk names every member, also those `start` brought back, as
@@ -489,27 +541,29 @@ async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError
     if State::read(&dir).ok().flatten().is_none_or(|s| ours(&s)) {
         ended.write(&dir)?;
     }
+    // The Tor network last, once no node dials through it any more.
+    if let Some(mut net) = tor_net {
+        net.shutdown()
+            .await
+            .map_err(|e| software(format!("stopping the private Tor network: {e}")))?;
+    }
     result
 }
 
 async fn serve(
     nodes: usize,
     dir: &Path,
+    tor: bool,
+    tor_net: &mut Option<tor::TorNet>,
     state: &mut State,
     stop: CancellationToken,
 ) -> Result<(), TestnetError> {
     let bind = |what: &str, e: std::io::Error| {
         software(format!("cannot listen for the {what} on 127.0.0.1: {e}"))
     };
-    let socks_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| bind("SOCKS5 server", e))?;
     let sink_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| bind("sink", e))?;
-    let socks = socks_listener
-        .local_addr()
-        .map_err(|e| bind("SOCKS5 server", e))?;
     let sink_addr = sink_listener.local_addr().map_err(|e| bind("sink", e))?;
 
     let mut planned = Vec::new();
@@ -523,24 +577,38 @@ async fn serve(
             data_dir: dir.join(name),
         });
     }
-    let sink_onion = made_up_onion();
+    let mut sink_onion = made_up_onion();
+    let socks = if tor {
+        let net = start_tor(dir, &mut planned, &mut sink_onion, sink_addr).await?;
+        let socks = net.socks();
+        *tor_net = Some(net);
+        socks
+    } else {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| bind("SOCKS5 server", e))?;
+        let socks = listener
+            .local_addr()
+            .map_err(|e| bind("SOCKS5 server", e))?;
+        let mut routes = socks::Routes {
+            other_onions_smtp: Some(sink_addr),
+            ..socks::Routes::default()
+        };
+        for p in &planned {
+            routes.exact.insert(
+                (p.onion.as_str().to_string(), LINK_PORT),
+                ([127, 0, 0, 1], p.link).into(),
+            );
+        }
+        tokio::spawn(socks::serve(listener, Arc::new(routes), stop.clone()));
+        socks
+    };
     let mut entries = Vec::new();
     for (i, p) in planned.iter().enumerate() {
         entries.push(export(p, i == 0)?);
     }
     let (pki, trust) = directory(dir, entries, nodes)?;
 
-    let mut routes = socks::Routes {
-        other_onions_smtp: Some(sink_addr),
-        ..socks::Routes::default()
-    };
-    for p in &planned {
-        routes.exact.insert(
-            (p.onion.as_str().to_string(), LINK_PORT),
-            ([127, 0, 0, 1], p.link).into(),
-        );
-    }
-    tokio::spawn(socks::serve(socks_listener, Arc::new(routes), stop.clone()));
     let sink_dir = dir.join("sink");
     let the_sink = Arc::new(
         sink::Sink::open(&sink_dir)
@@ -579,8 +647,21 @@ async fn serve(
     }
     state.write(dir)?;
     until_up(&state.members, &mut children).await?;
+    if let Some(net) = tor_net.as_ref() {
+        // Ready means mail can cross: every node's link service and the
+        // sink answer through the private Tor network.
+        println!("waiting for the onion services to answer through the private Tor network");
+        for p in &planned {
+            net.until_onion_connects(p.onion.as_str(), LINK_PORT)
+                .await
+                .map_err(|e| software(format!("{}: {e}", p.name)))?;
+        }
+        net.until_onion_connects(sink_onion.as_str(), 25)
+            .await
+            .map_err(|e| software(format!("the sink: {e}")))?;
+    }
 
-    print!("{}", banner(dir, &planned, &sink_onion, client_smtp));
+    print!("{}", banner(dir, &planned, &sink_onion, client_smtp, tor));
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
@@ -613,9 +694,20 @@ async fn serve(
 }
 
 /// The lines printed once the network is up.
-fn banner(dir: &Path, planned: &[Planned], sink_onion: &OnionName, client_smtp: u16) -> String {
+fn banner(
+    dir: &Path,
+    planned: &[Planned],
+    sink_onion: &OnionName,
+    client_smtp: u16,
+    tor: bool,
+) -> String {
+    let links = if tor {
+        "links are onion services of a private Tor network on 127.0.0.1"
+    } else {
+        "a test network on 127.0.0.1"
+    };
     let mut out = format!(
-        "pluto2 testnet: {} nodes and a client in {} (a test network on 127.0.0.1: nothing here is anonymous)\n",
+        "pluto2 testnet: {} nodes and a client in {} ({links}: nothing here is anonymous)\n",
         planned.len(),
         dir.display()
     );
