@@ -14,9 +14,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use common::mixnet::{alice_and_four, alice_flags};
-use common::{Daemon, PATIENCE};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use common::{Daemon, scrape};
 
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/grafana-pluto2.json");
 
@@ -97,21 +95,6 @@ fn exposed(text: &str) -> BTreeSet<String> {
 /// Names used by the dashboard and missing from the scrape.
 fn missing(used: &BTreeSet<String>, scraped: &BTreeSet<String>) -> Vec<String> {
     used.difference(scraped).cloned().collect()
-}
-
-async fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(PATIENCE, s.read_to_string(&mut out))
-        .await
-        .expect("a response in time")
-        .unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("a whole response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
 }
 
 #[tokio::test]

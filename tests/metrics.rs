@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::smtp_sink::{Behaviour, Sink};
 use common::socks_proxy::SocksProxy;
-use common::{BIN, Daemon, DeadEnd, PATIENCE, onion, refused};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use common::{BIN, Daemon, DeadEnd, PATIENCE, http_exchange, http_get, onion, refused};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 /// The metrics endpoint's head deadline (admin::HEAD_DEADLINE).
@@ -34,24 +34,6 @@ async fn metrics_addr(d: &Daemon) -> SocketAddr {
     line.rsplit(" on ").next().unwrap().trim().parse().unwrap()
 }
 
-/// One request on a fresh connection; the status and the body.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, path: &str) -> (u16, String) {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(PATIENCE, s.read_to_string(&mut out))
-        .await
-        .expect("response in time")
-        .unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("a whole response");
-    let status = head[9..12].parse().unwrap();
-    (status, body.to_string())
-}
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    exchange(TcpStream::connect(addr).await.unwrap(), path).await
-}
-
 /// The value of one series (`name{labels}` exactly as exposed).
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -67,7 +49,7 @@ fn must(text: &str, series: &str) -> f64 {
 async fn scrape_until(addr: SocketAddr, what: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let (status, text) = get(addr, "/metrics").await;
+        let (status, text) = http_get(addr, "/metrics").await;
         assert_eq!(status, 200);
         if done(&text) {
             return text;
@@ -212,8 +194,8 @@ async fn ready_is_200_once_listening_and_503_as_soon_as_a_stop_begins() {
     let addr = metrics_addr(&d).await;
     // Start has logged "listening": ready (before that moment the endpoint
     // may not be serving yet, so "503 before ready" is unit-tested only).
-    assert_eq!(get(addr, "/ready").await, (200, "ready\n".into()));
-    assert_eq!(get(addr, "/live").await.0, 200);
+    assert_eq!(http_get(addr, "/ready").await, (200, "ready\n".into()));
+    assert_eq!(http_get(addr, "/live").await.0, 200);
     send(&d, &format!("carol@{dest}"), 1).await;
     sink.wait_for_dots(1).await;
     d.signal("TERM");
@@ -223,7 +205,7 @@ async fn ready_is_200_once_listening_and_503_as_soon_as_a_stop_begins() {
         let Ok(stream) = TcpStream::connect(addr).await else {
             panic!("the daemon stopped without /ready ever saying 503");
         };
-        let (status, body) = exchange(stream, "/ready").await;
+        let (status, body) = http_exchange(stream, "/ready").await;
         if status == 503 {
             assert_eq!(body, "stopping\n");
             break;
@@ -232,8 +214,8 @@ async fn ready_is_200_once_listening_and_503_as_soon_as_a_stop_begins() {
         assert!(Instant::now() < deadline, "/ready never said 503");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(get(addr, "/live").await.0, 200);
-    assert_eq!(get(addr, "/metrics").await.0, 200);
+    assert_eq!(http_get(addr, "/live").await.0, 200);
+    assert_eq!(http_get(addr, "/metrics").await.0, 200);
     assert!(d.wait().success());
     assert_eq!(sink.received().len(), 1, "the delivery finished");
 }
@@ -249,13 +231,13 @@ async fn scrapes_over_a_unix_socket_that_is_removed_at_stop() {
     let meta = std::fs::metadata(&sock).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
-    let (status, text) = exchange(UnixStream::connect(&sock).await.unwrap(), "/metrics").await;
+    let (status, text) = http_exchange(UnixStream::connect(&sock).await.unwrap(), "/metrics").await;
     assert_eq!(status, 200);
     assert_eq!(
         must(&text, "pluto2_queue_recipients{state=\"queued\"}"),
         0.0
     );
-    let (status, _) = exchange(UnixStream::connect(&sock).await.unwrap(), "/ready").await;
+    let (status, _) = http_exchange(UnixStream::connect(&sock).await.unwrap(), "/ready").await;
     assert_eq!(status, 200);
     d.signal("TERM");
     assert!(d.wait().success());
@@ -379,8 +361,8 @@ async fn the_reader_refuses_an_oversized_head_and_cuts_off_a_slow_one() {
         "{elapsed:?}"
     );
     // The endpoint still serves.
-    assert_eq!(get(addr, "/live").await.0, 200);
-    assert_eq!(get(addr, "/nothing").await.0, 404);
+    assert_eq!(http_get(addr, "/live").await.0, 200);
+    assert_eq!(http_get(addr, "/nothing").await.0, 404);
 }
 
 #[tokio::test]

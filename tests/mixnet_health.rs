@@ -16,10 +16,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::PATIENCE;
 use common::mixnet::MixNet;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use common::{PATIENCE, scrape};
 
 const PARAMS: &str = r#"{"hops": 3, "hop_delay_mean": "1s", "hop_delay_max": "4s",
     "max_message_size": 262144, "ack_timeout": "4s", "custody_horizon": "10m", "e2e_horizon": "1h",
@@ -31,22 +29,6 @@ const DEAD: &str = "n3";
 
 /// One node's day as a view shows it: back, lost, success ratio.
 type Day = BTreeMap<String, (u64, u64, Option<f64>)>;
-
-async fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(PATIENCE, s.read_to_string(&mut out))
-        .await
-        .expect("a response in time")
-        .unwrap();
-    out.split_once("\r\n\r\n")
-        .expect("a whole response")
-        .1
-        .to_string()
-}
 
 fn series(text: &str, series: &str) -> Option<f64> {
     text.lines()

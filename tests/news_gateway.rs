@@ -10,12 +10,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use common::smtp_sink::{Behaviour, Received, Sink};
 use common::socks_proxy::SocksProxy;
-use common::{Daemon, PATIENCE, onion};
+use common::{Daemon, PATIENCE, onion, scrape};
 
 const ED_PUB: &str = "X-Ed25519-Pub: 6y1LvnPp8qb6bLQtUMCJFA6WT3tAqkZmBM0q3nq2T3Y=\r\n";
 const ED_SIG: &str = "X-Ed25519-Sig: HWHuO5DJm0+lTnBqTPoN3ApXhIkOXZPwUZbtnm2YxvXd\r\n\tkJ7Cz8oqE0sWZ2MWzXp8yu8sLFNTrWv/7hpbCw==\r\n";
@@ -31,19 +29,6 @@ async fn metrics_addr(d: &Daemon) -> SocketAddr {
         })
         .await;
     line.rsplit(" on ").next().unwrap().trim().parse().unwrap()
-}
-
-async fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(PATIENCE, s.read_to_string(&mut out))
-        .await
-        .expect("a scrape in time")
-        .unwrap();
-    out
 }
 
 fn value(text: &str, series: &str) -> Option<f64> {

@@ -573,3 +573,33 @@ pub fn refused(command: &mut Command) -> (Option<i32>, String) {
     };
     (status.code(), reader.join().unwrap())
 }
+
+/// One HTTP GET on a fresh connection to `addr` (the `-metrics`
+/// endpoint): the status and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_exchange(TcpStream::connect(addr).await.unwrap(), path).await
+}
+
+/// [`http_get`] over a stream already open (TCP or a unix socket).
+pub async fn http_exchange<S>(mut s: S, path: &str) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(PATIENCE, s.read_to_string(&mut out))
+        .await
+        .expect("an HTTP response in time")
+        .unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("a whole response");
+    let status = head[9..12].parse().unwrap();
+    (status, body.to_string())
+}
+
+/// The text of `/metrics` at `addr`, which must answer 200.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
