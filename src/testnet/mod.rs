@@ -393,43 +393,32 @@ fn client_args(
     .to_vec()
 }
 
-/// Waits until every member answers on its SMTP port; fails with the end
-/// of the log of one that exited or did not come up in time.
-async fn until_up(
-    members: &[Member],
-    children: &mut HashMap<String, Child>,
-) -> Result<(), TestnetError> {
+/// Waits until `member` answers on its SMTP port; fails with the end of
+/// its log when `child` exited first or nothing answered in time. Every
+/// start is bounded by [`START_PATIENCE`].
+fn until_answers(member: &Member, child: &mut Child) -> Result<(), TestnetError> {
     let deadline = Instant::now() + START_PATIENCE;
-    for m in members {
-        loop {
-            if let Some(child) = children.get_mut(&m.name)
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return fail(format!(
-                    "{} exited at start ({status}): {}",
-                    m.name,
-                    log_tail(m)
-                ));
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", m.smtp))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                return fail(format!(
-                    "{} did not answer on 127.0.0.1:{} within {:?}: {}",
-                    m.name,
-                    m.smtp,
-                    START_PATIENCE,
-                    log_tail(m)
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return fail(format!(
+                "{} exited at start ({status}): {}",
+                member.name,
+                log_tail(member)
+            ));
         }
+        if std::net::TcpStream::connect(("127.0.0.1", member.smtp)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return fail(format!(
+                "{} did not answer on 127.0.0.1:{} within {START_PATIENCE:?}: {}",
+                member.name,
+                member.smtp,
+                log_tail(member)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(())
 }
 
 /// Sends SIGTERM to every member still running, waits for them (bounded),
@@ -646,7 +635,13 @@ async fn serve(
         children.insert(m.name.clone(), child);
     }
     state.write(dir)?;
-    until_up(&state.members, &mut children).await?;
+    // Blocking waits at start, before any other work of this process.
+    tokio::task::block_in_place(|| {
+        state.members.iter().try_for_each(|m| {
+            let child = children.get_mut(&m.name).expect("spawned above");
+            until_answers(m, child)
+        })
+    })?;
     if let Some(net) = tor_net.as_ref() {
         // Ready means mail can cross: every node's link service and the
         // sink answer through the private Tor network.
@@ -809,28 +804,7 @@ fn start_one(node: &TestnetNode) -> Result<String, TestnetError> {
     let pid = child.id();
     state.member_mut(&node.name).expect("checked").pid = Some(pid);
     state.write(&dir)?;
-    let deadline = Instant::now() + START_PATIENCE;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return fail(format!(
-                "{} exited at start ({status}): {}",
-                node.name,
-                log_tail(&member)
-            ));
-        }
-        if std::net::TcpStream::connect(("127.0.0.1", member.smtp)).is_ok() {
-            break;
-        }
-        if Instant::now() > deadline {
-            return fail(format!(
-                "{} did not answer on 127.0.0.1:{}: {}",
-                node.name,
-                member.smtp,
-                log_tail(&member)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until_answers(&member, &mut child)?;
     // Dropping the handle neither waits nor kills: the node outlives this
     // command, and the testnet stops it by pid.
     drop(child);
