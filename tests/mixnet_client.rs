@@ -7,7 +7,7 @@ mod common;
 use common::link_tap::{Action, Direction, FrameKind, Rule};
 use common::mixnet::{MixNet, body_of, mail, mime_mail};
 use common::{PATIENCE, ks_exponential};
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 
 /// The test network's parameters, with a client's send and fetch means in
 /// milliseconds.
@@ -425,10 +425,15 @@ async fn replies_past_a_clients_cap_are_dropped_and_every_message_still_arrives_
     let tap = &net.clients[c].tap;
     tap.clear_rules();
     tap.up(&gateway, common::mixnet::LINK_PORT);
+    // A message whose COMPLETE the cap dropped waits for its next check,
+    // which backs off while the client is away: up to 16 × ack_timeout
+    // (4 s) × 1.25 after the link is back, then a crossing.
     net.client(c)
-        .until_queue("every message acknowledged in the end", |q| {
-            q["messages"] == 0
-        })
+        .until_queue_within(
+            "every message acknowledged in the end",
+            Duration::from_secs(150),
+            |q| q["messages"] == 0,
+        )
         .await;
     let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
     each_once(&net, &tags).await;

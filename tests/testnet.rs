@@ -34,8 +34,18 @@ impl Testnet {
     /// With `-tor` the private Tor network bootstraps first (about half a
     /// minute here, two on a loaded machine) and every onion must answer.
     fn start_within(extra: &[&str], patience: Duration) -> Testnet {
+        let net = Self::launch(extra);
+        net.until(patience, "the testnet to say ready", |n| {
+            n.line_with("ready;").is_some()
+        });
+        net
+    }
+
+    /// Starts `pluto2 testnet` and returns at once.
+    fn launch(extra: &[&str]) -> Testnet {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("net");
+        // Absolute and resolved, as the testnet writes it in command lines.
+        let dir = tmp.path().canonicalize().unwrap().join("net");
         let mut child = Command::new(BIN)
             .arg("testnet")
             .arg("-dir")
@@ -57,16 +67,12 @@ impl Testnet {
                 }
             });
         }
-        let net = Testnet {
+        Testnet {
             child,
-            dir: dir.canonicalize().unwrap_or(dir),
+            dir,
             lines,
             _tmp: tmp,
-        };
-        net.until(patience, "the testnet to say ready", |n| {
-            n.line_with("ready;").is_some()
-        });
-        net
+        }
     }
 
     fn output(&self) -> String {
@@ -341,4 +347,22 @@ fn with_tor_the_links_are_onion_services_and_ctrl_c_stops_the_tors_too() {
     });
     assert_eq!(net.in_sink("over-tor"), 1);
     net.interrupt();
+}
+
+/// Ctrl-C while the private Tor network is still coming up: the testnet
+/// stops what it started so far (tors included) instead of dying and
+/// leaving them running.
+#[test]
+fn ctrl_c_while_the_tor_network_comes_up_leaves_nothing_running() {
+    let mut net = Testnet::launch(&["-tor", "-nodes", "3"]);
+    net.until(
+        Duration::from_secs(120),
+        "the Tor network to be starting",
+        |n| n.line_with("starting a private Tor network").is_some(),
+    );
+    net.until(Duration::from_secs(120), "a tor running", |n| {
+        !running_in(&n.dir.join("tor")).is_empty()
+    });
+    net.interrupt();
+    assert!(net.line_with("ready;").is_none(), "{}", net.output());
 }

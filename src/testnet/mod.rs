@@ -506,23 +506,35 @@ async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError
     state.write(&dir)?;
     let stop = CancellationToken::new();
     let mut tor_net = None;
-    let result = serve(nodes, &dir, tor, &mut tor_net, &mut state, stop.clone()).await;
+    // Ctrl-C and SIGTERM are ours from here on, also while the network is
+    // still coming up (a minute with -tor): whenever they come, what was
+    // started is stopped below, instead of the signal killing this process
+    // and leaving its nodes running.
+    let watch = |kind| {
+        tokio::signal::unix::signal(kind)
+            .map_err(|e| software(format!("cannot watch signals: {e}")))
+    };
+    let mut interrupt = watch(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = watch(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = serve(nodes, &dir, tor, &mut tor_net, &mut state, stop.clone()) => r,
+        _ = interrupt.recv() => Ok(()),
+        _ = terminate.recv() => Ok(()),
+    };
+    println!("stopping the testnet");
     stop.cancel();
-    // Whatever happened, nothing started here keeps running: the state
-    // on disk names every member, also those `start` brought back, as
-    // long as it is still this testnet's (a directory removed and reused
-    // under a running testnet holds another's).
+    // Whatever happened, nothing started here keeps running: the members
+    // this process started, and those the state on disk names (`start`
+    // brought them back), as long as it is still this testnet's (a
+    // directory removed and reused under a running testnet holds
+    // another's). A member is signalled only while it is that member.
     let ours = |s: &State| s.pid == Some(std::process::id());
-    let latest = State::read(&dir)
-        .ok()
-        .flatten()
-        .filter(ours)
-        .unwrap_or(state);
-    let stopping = latest.clone();
-    tokio::task::spawn_blocking(move || stop_members(&stopping))
+    let on_disk = State::read(&dir).ok().flatten().filter(ours);
+    let stopping = [Some(state.clone()), on_disk.clone()];
+    tokio::task::spawn_blocking(move || stopping.iter().flatten().for_each(stop_members))
         .await
         .map_err(|e| software(e.to_string()))?;
-    let mut ended = latest;
+    let mut ended = on_disk.unwrap_or(state);
     ended.pid = None;
     for m in &mut ended.members {
         m.pid = None;
@@ -530,7 +542,8 @@ async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError
     if State::read(&dir).ok().flatten().is_none_or(|s| ours(&s)) {
         ended.write(&dir)?;
     }
-    // The Tor network last, once no node dials through it any more.
+    // The Tor network last, once no node dials through it any more (one
+    // cut short while it came up was stopped when its start was dropped).
     if let Some(mut net) = tor_net {
         net.shutdown()
             .await
@@ -660,13 +673,10 @@ async fn serve(
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| software(format!("cannot watch SIGTERM: {e}")))?;
+    // Runs until `network` drops it on Ctrl-C or SIGTERM.
     let mut reap = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
             Some(path) = delivered.recv() => {
                 println!("delivered: {}", path.display());
                 let _ = std::io::stdout().flush();
@@ -684,8 +694,6 @@ async fn serve(
             }
         }
     }
-    println!("stopping the testnet");
-    Ok(())
 }
 
 /// The lines printed once the network is up.

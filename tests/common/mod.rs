@@ -308,7 +308,18 @@ impl Daemon {
         what: &str,
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
+        self.until_queue_within(what, PATIENCE, done).await
+    }
+
+    /// [`Daemon::until_queue`] with a bound of its own, for what waits on
+    /// a timer longer than [`PATIENCE`] (a retransmission's backoff).
+    pub async fn until_queue_within(
+        &self,
+        what: &str,
+        patience: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             let q = self.queue_json();
             if done(&q) {
