@@ -154,14 +154,18 @@ impl Testnet {
             .count()
     }
 
-    /// `pluto2 testnet OP NODE -dir DIR`: its stdout, or a panic with its
-    /// stderr.
-    fn fault(&self, op: &str, node: &str) -> String {
-        let out = Command::new(BIN)
+    /// `pluto2 testnet OP NODE -dir DIR` as run beside the testnet.
+    fn run_fault(&self, op: &str, node: &str) -> std::process::Output {
+        Command::new(BIN)
             .args(["testnet", op, node, "-dir"])
             .arg(&self.dir)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// [`Testnet::run_fault`]: its stdout, or a panic with its stderr.
+    fn fault(&self, op: &str, node: &str) -> String {
+        let out = self.run_fault(op, node);
         assert!(
             out.status.success(),
             "testnet {op} {node}: {}",
@@ -261,10 +265,18 @@ fn the_printed_swaks_line_delivers_once_and_ctrl_c_leaves_nothing_running() {
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&again.stderr);
-    assert!(
-        !again.status.success() && said.contains("a testnet runs there"),
-        "{said}"
-    );
+    assert_eq!(again.status.code(), Some(75), "{said}");
+    assert!(said.contains("a testnet runs there"), "{said}");
+    // Faults it cannot act on are refused with 64 and a line saying why.
+    for (op, node, why) in [
+        ("kill", "zed", "no such node"),
+        ("start", "bob", "already running"),
+    ] {
+        let out = net.run_fault(op, node);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{op} {node}: {said}");
+        assert!(said.contains(why), "{op} {node}: {said}");
+    }
 
     let members = running_in(&net.dir);
     assert!(members.len() >= 6, "five nodes and a client: {members:?}");
@@ -285,6 +297,12 @@ fn a_node_killed_while_it_holds_packets_loses_no_mail() {
     net.until(CROSSING, "packets in bob's custody", |n| {
         n.queue("bob").1 > 0
     });
+    // Mid-way indeed: some of the mail has not arrived yet (the client
+    // alone sends one packet a second).
+    assert!(
+        tags.iter().any(|t| net.in_sink(t) == 0),
+        "every message arrived before bob was killed"
+    );
     let killed = net.fault("kill", "bob");
     assert!(killed.starts_with("bob killed"), "{killed}");
     // While bob is down the others keep its packets and keep trying.

@@ -72,8 +72,16 @@ fn software(message: String) -> TestnetError {
 }
 
 impl From<state::StateError> for TestnetError {
+    /// A state file that is not a testnet's is the user's `-dir` to fix.
     fn from(e: state::StateError) -> Self {
-        software(e.to_string())
+        let status = match e {
+            state::StateError::Format { .. } => sysexits::USAGE,
+            state::StateError::Io { .. } => sysexits::SOFTWARE,
+        };
+        TestnetError {
+            status,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -128,14 +136,28 @@ pub fn run(args: TestnetArgs) -> Result<(), TestnetError> {
     }
 }
 
-/// A port on 127.0.0.1 free now (the kernel's choice). Taken by the node
-/// a moment later; another program taking it in between makes that node
-/// fail to start, which `testnet` reports.
-fn free_port() -> Result<u16, TestnetError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| software(format!("cannot pick a port on 127.0.0.1: {e}")))
+/// Ports on 127.0.0.1 for the nodes, chosen by the kernel. Each stays
+/// bound until [`Ports::release`], just before the nodes start, so no
+/// two are alike; another program taking one in that moment makes that
+/// node fail to start, which `testnet` reports.
+#[derive(Default)]
+struct Ports(Vec<std::net::TcpListener>);
+
+impl Ports {
+    fn pick(&mut self) -> Result<u16, TestnetError> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| software(format!("cannot pick a port on 127.0.0.1: {e}")))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| software(format!("cannot pick a port on 127.0.0.1: {e}")))?
+            .port();
+        self.0.push(listener);
+        Ok(port)
+    }
+
+    fn release(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// A valid v3 onion name (of a fresh ed25519 key, as pluto2 checks) that
@@ -157,7 +179,7 @@ fn prepare(dir: &Path) -> Result<PathBuf, TestnetError> {
         .map_err(|e| software(format!("-dir {shown}: {e}")))?;
     match State::read(&dir)? {
         Some(old) => {
-            if let Some(pid) = old.pid.filter(|p| state::runs_with(*p, "testnet")) {
+            if let Some(pid) = old.testnet_alive() {
                 return Err(TestnetError {
                     status: sysexits::TEMPFAIL,
                     message: format!(
@@ -359,6 +381,8 @@ fn node_args(
     args
 }
 
+/// The arguments of the client: `-client` via the gateway `via`, SMTP on
+/// `smtp`, links through `socks` like the nodes'.
 fn client_args(
     dir: &Path,
     pki: &Path,
@@ -393,32 +417,41 @@ fn client_args(
     .to_vec()
 }
 
-/// Waits until `member` answers on its SMTP port; fails with the end of
-/// its log when `child` exited first or nothing answered in time. Every
-/// start is bounded by [`START_PATIENCE`].
-fn until_answers(member: &Member, child: &mut Child) -> Result<(), TestnetError> {
+/// Waits until every member answers on its SMTP port, all within one
+/// [`START_PATIENCE`]; fails with the end of the log of one whose process
+/// exited first (those in `children`) or that did not answer in time.
+async fn until_answering(
+    members: &[Member],
+    children: &mut HashMap<String, Child>,
+) -> Result<(), TestnetError> {
     let deadline = Instant::now() + START_PATIENCE;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return fail(format!(
-                "{} exited at start ({status}): {}",
-                member.name,
-                log_tail(member)
-            ));
+    for member in members {
+        loop {
+            if let Some(child) = children.get_mut(&member.name)
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return fail(format!(
+                    "{} exited at start ({status}): {}",
+                    member.name,
+                    log_tail(member)
+                ));
+            }
+            let dial = tokio::net::TcpStream::connect(("127.0.0.1", member.smtp));
+            if dial.await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return fail(format!(
+                    "{} did not answer on 127.0.0.1:{} within {START_PATIENCE:?}: {}",
+                    member.name,
+                    member.smtp,
+                    log_tail(member)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if std::net::TcpStream::connect(("127.0.0.1", member.smtp)).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return fail(format!(
-                "{} did not answer on 127.0.0.1:{} within {START_PATIENCE:?}: {}",
-                member.name,
-                member.smtp,
-                log_tail(member)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
 }
 
 /// Sends SIGTERM to every member still running, waits for them (bounded),
@@ -440,6 +473,30 @@ fn stop_members(state: &State) {
         if m.alive().is_some() {
             signal(*pid, rustix::process::Signal::KILL);
         }
+    }
+}
+
+/// SIGTERM to every tor running on `dir` (by command line), until none
+/// is left (bounded by [`STOP_PATIENCE`]).
+fn stop_stray_tors(dir: &Path) -> Result<(), TestnetError> {
+    let deadline = Instant::now() + STOP_PATIENCE;
+    loop {
+        let left = tor::tors_running_in(dir)
+            .map_err(|e| software(format!("stopping the private Tor network: {e}")))?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return fail(format!(
+                "stopping the private Tor network: {} tor(s) still running in {}",
+                left.len(),
+                dir.display()
+            ));
+        }
+        for (pid, _) in &left {
+            signal(*pid as u32, rustix::process::Signal::TERM);
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -470,7 +527,7 @@ async fn start_tor(
         .collect();
     services.push(tor::Service::new("sink", vec![(25, sink)]));
     println!(
-        "starting a private Tor network in {} (about a minute)",
+        "starting a private Tor network in {} (half a minute or so)",
         dir.join("tor").display()
     );
     let net = tor::TorNet::start(
@@ -500,6 +557,7 @@ async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError
     let dir = prepare(dir)?;
     let mut state = State {
         pid: Some(std::process::id()),
+        started: state::process_start(std::process::id()),
         tor,
         members: Vec::new(),
     };
@@ -507,19 +565,26 @@ async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError
     let stop = CancellationToken::new();
     let mut tor_net = None;
     // Ctrl-C and SIGTERM are ours from here on, also while the network is
-    // still coming up (a minute with -tor): whenever they come, what was
+    // still coming up (half a minute with -tor): whenever they come, what was
     // started is stopped below, instead of the signal killing this process
     // and leaving its nodes running.
     let watch = |kind| {
         tokio::signal::unix::signal(kind)
             .map_err(|e| software(format!("cannot watch signals: {e}")))
     };
-    let mut interrupt = watch(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut terminate = watch(tokio::signal::unix::SignalKind::terminate())?;
+    use tokio::signal::unix::SignalKind;
+    let mut interrupt = watch(SignalKind::interrupt())?;
+    let mut terminate = watch(SignalKind::terminate())?;
+    // A closed terminal or SSH session: the nodes, in process groups of
+    // their own, would not hear it and would keep running.
+    let mut hangup = watch(SignalKind::hangup())?;
+    let mut quit = watch(SignalKind::quit())?;
     let result = tokio::select! {
         r = serve(nodes, &dir, tor, &mut tor_net, &mut state, stop.clone()) => r,
         _ = interrupt.recv() => Ok(()),
         _ = terminate.recv() => Ok(()),
+        _ = hangup.recv() => Ok(()),
+        _ = quit.recv() => Ok(()),
     };
     println!("stopping the testnet");
     stop.cancel();
@@ -528,8 +593,23 @@ async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError
     // brought them back), as long as it is still this testnet's (a
     // directory removed and reused under a running testnet holds
     // another's). A member is signalled only while it is that member.
-    let ours = |s: &State| s.pid == Some(std::process::id());
-    let on_disk = State::read(&dir).ok().flatten().filter(ours);
+    let me = (state.pid, state.started);
+    let ours = |s: &State| (s.pid, s.started) == me;
+    // Under the lock: the members `start` brought back, then the state
+    // marked stopping (no pid), so no `kill` or `start` acts any more.
+    let on_disk = {
+        let _lock = state::lock(&dir)?;
+        let on_disk = State::read(&dir).ok().flatten().filter(ours);
+        if let Some(disk) = &on_disk {
+            State {
+                pid: None,
+                ..disk.clone()
+            }
+            .write(&dir)?;
+        }
+        on_disk
+    };
+    let mine = on_disk.is_some();
     let stopping = [Some(state.clone()), on_disk.clone()];
     tokio::task::spawn_blocking(move || stopping.iter().flatten().for_each(stop_members))
         .await
@@ -539,15 +619,23 @@ async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError
     for m in &mut ended.members {
         m.pid = None;
     }
-    if State::read(&dir).ok().flatten().is_none_or(|s| ours(&s)) {
+    if mine {
+        let _lock = state::lock(&dir)?;
         ended.write(&dir)?;
     }
-    // The Tor network last, once no node dials through it any more (one
-    // cut short while it came up was stopped when its start was dropped).
+    // The Tor network last, once no node dials through it any more.
     if let Some(mut net) = tor_net {
         net.shutdown()
             .await
             .map_err(|e| software(format!("stopping the private Tor network: {e}")))?;
+    } else if tor {
+        // Its start was cut short: dropping it stopped the tors it knew,
+        // but one forked a moment before may not have written its pid
+        // file yet. Such tors are found by their command line.
+        let tor_dir = dir.join("tor");
+        tokio::task::spawn_blocking(move || stop_stray_tors(&tor_dir))
+            .await
+            .map_err(|e| software(e.to_string()))??;
     }
     result
 }
@@ -568,17 +656,19 @@ async fn serve(
         .map_err(|e| bind("sink", e))?;
     let sink_addr = sink_listener.local_addr().map_err(|e| bind("sink", e))?;
 
+    let mut ports = Ports::default();
     let mut planned = Vec::new();
     for name in &NAMES[..nodes] {
         planned.push(Planned {
             name,
             onion: made_up_onion(),
-            smtp: free_port()?,
-            link: free_port()?,
-            metrics: free_port()?,
+            smtp: ports.pick()?,
+            link: ports.pick()?,
+            metrics: ports.pick()?,
             data_dir: dir.join(name),
         });
     }
+    let client_smtp = ports.pick()?;
     let mut sink_onion = made_up_onion();
     let socks = if tor {
         let net = start_tor(dir, &mut planned, &mut sink_onion, sink_addr).await?;
@@ -633,7 +723,7 @@ async fn serve(
             pid: None,
         });
     }
-    let client_smtp = free_port()?;
+    ports.release();
     state.members.push(Member {
         name: CLIENT.into(),
         data_dir: dir.join(CLIENT),
@@ -647,14 +737,11 @@ async fn serve(
         m.pid = Some(child.id());
         children.insert(m.name.clone(), child);
     }
-    state.write(dir)?;
-    // Blocking waits at start, before any other work of this process.
-    tokio::task::block_in_place(|| {
-        state.members.iter().try_for_each(|m| {
-            let child = children.get_mut(&m.name).expect("spawned above");
-            until_answers(m, child)
-        })
-    })?;
+    {
+        let _lock = state::lock(dir)?;
+        state.write(dir)?;
+    }
+    until_answering(&state.members, &mut children).await?;
     if let Some(net) = tor_net.as_ref() {
         // Ready means mail can cross: every node's link service and the
         // sink answer through the private Tor network.
@@ -746,18 +833,27 @@ fn banner(
 }
 
 /// Reads a running testnet's state and finds `node.name` in it.
-fn running(node: &TestnetNode) -> Result<(PathBuf, State), TestnetError> {
+/// Holds the state's lock (see [`state::lock`]) for as long as the
+/// returned file lives.
+fn running(node: &TestnetNode) -> Result<(PathBuf, State, std::fs::File), TestnetError> {
     let shown = node.dir.display();
-    let dir = node
-        .dir
-        .canonicalize()
-        .map_err(|e| software(format!("-dir {shown}: {e}")))?;
+    let Ok(dir) = node.dir.canonicalize() else {
+        return refuse(format!(
+            "-dir {shown}: no such directory; give the -dir of a running testnet"
+        ));
+    };
+    if !State::path(&dir).exists() {
+        return refuse(format!(
+            "-dir {shown}: no testnet there; start one with pluto2 testnet -dir {shown}"
+        ));
+    }
+    let lock = state::lock(&dir)?;
     let Some(state) = State::read(&dir)? else {
         return refuse(format!(
             "-dir {shown}: no testnet there; start one with pluto2 testnet -dir {shown}"
         ));
     };
-    if !state.pid.is_some_and(|p| state::runs_with(p, "testnet")) {
+    if state.testnet_alive().is_none() {
         return refuse(format!(
             "-dir {shown}: its testnet is not running; start it with pluto2 testnet -dir {shown}"
         ));
@@ -769,12 +865,12 @@ fn running(node: &TestnetNode) -> Result<(PathBuf, State), TestnetError> {
             state.names()
         ));
     }
-    Ok((dir, state))
+    Ok((dir, state, lock))
 }
 
 /// `testnet kill NODE`: SIGKILL, then wait (bounded) until it is gone.
 fn kill(node: &TestnetNode) -> Result<String, TestnetError> {
-    let (dir, mut state) = running(node)?;
+    let (dir, mut state, _lock) = running(node)?;
     let member = state.member(&node.name).expect("checked").clone();
     let Some(pid) = member.alive() else {
         return refuse(format!(
@@ -803,19 +899,28 @@ fn kill(node: &TestnetNode) -> Result<String, TestnetError> {
 /// `testnet start NODE`: the same process again, on its data directory;
 /// returns once it answers on its SMTP port.
 fn start_one(node: &TestnetNode) -> Result<String, TestnetError> {
-    let (dir, mut state) = running(node)?;
+    let (dir, mut state, lock) = running(node)?;
     let member = state.member(&node.name).expect("checked").clone();
     if let Some(pid) = member.alive() {
         return refuse(format!("{}: already running (pid {pid})", node.name));
     }
-    let mut child = spawn(&member)?;
+    let child = spawn(&member)?;
     let pid = child.id();
     state.member_mut(&node.name).expect("checked").pid = Some(pid);
     state.write(&dir)?;
-    until_answers(&member, &mut child)?;
+    drop(lock);
+    let mut children = HashMap::from([(member.name.clone(), child)]);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| software(format!("cannot start the runtime: {e}")))?
+        .block_on(until_answering(
+            std::slice::from_ref(&member),
+            &mut children,
+        ))?;
     // Dropping the handle neither waits nor kills: the node outlives this
     // command, and the testnet stops it by pid.
-    drop(child);
+    drop(children);
     Ok(format!(
         "{} started (pid {pid}, smtp 127.0.0.1:{})",
         node.name, member.smtp

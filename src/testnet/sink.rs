@@ -23,8 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Sessions at once: the exits of a testnet deliver a few at a time.
 const MAX_SESSIONS: usize = 64;
-/// Largest message the sink keeps (the mixnet's own cap is smaller).
-const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Largest message the sink keeps: four times the testnet's
+/// `max_message_size` (1 MiB; the exit pads and adds headers), so that all
+/// sessions at once hold at most 256 MiB.
+const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 /// Longest line read, DATA included (RFC 5321 allows 1,000; a sink for
 /// tests is lenient but bounded).
 const MAX_LINE: usize = 64 * 1024;
@@ -85,14 +87,15 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(MAX_SESSIONS));
     loop {
+        // A slot first: past the cap, connections wait in the backlog.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
             a = listener.accept() => a,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (sink, delivered, stop) = (sink.clone(), delivered.clone(), stop.clone());
         tokio::spawn(async move {
             tokio::select! {
@@ -136,7 +139,7 @@ async fn session(
         let text = String::from_utf8_lossy(&l);
         let verb = text.trim_end().to_ascii_uppercase();
         let reply: &[u8] = if verb.starts_with("EHLO") {
-            b"250-pluto2-testnet-sink\r\n250-8BITMIME\r\n250-PIPELINING\r\n250 SIZE 67108864\r\n"
+            b"250-pluto2-testnet-sink\r\n250-8BITMIME\r\n250-PIPELINING\r\n250 SIZE 4194304\r\n"
         } else if verb.starts_with("HELO") {
             b"250 pluto2-testnet-sink\r\n"
         } else if verb.starts_with("MAIL FROM:") {

@@ -29,11 +29,19 @@ pub struct Member {
     pub pid: Option<u32>,
 }
 
+/// The lock file beside it: every read-modify-write of the state holds it.
+pub const LOCK_FILE: &str = "testnet.lock";
+
 /// The testnet as written to [`STATE_FILE`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct State {
-    /// The `pluto2 testnet` process; `None` once it has stopped.
+    /// The `pluto2 testnet` process; `None` once it is stopping.
     pub pid: Option<u32>,
+    /// When that process started (clock ticks after boot, from
+    /// `/proc/PID/stat`): with the pid it names one process for good,
+    /// so a reused pid is never taken for the testnet.
+    #[serde(default)]
+    pub started: Option<u64>,
     /// Links over a private Tor network.
     pub tor: bool,
     pub members: Vec<Member>,
@@ -101,11 +109,51 @@ impl State {
         self.members.iter_mut().find(|m| m.name == name)
     }
 
+    /// The testnet process's pid while it still runs (see [`State::started`]).
+    pub fn testnet_alive(&self) -> Option<u32> {
+        let pid = self.pid?;
+        (self.started.is_some() && process_start(pid) == self.started).then_some(pid)
+    }
+
     /// The names, in order, for messages that list them.
     pub fn names(&self) -> String {
         let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
         names.join(", ")
     }
+}
+
+/// Holds [`LOCK_FILE`] in `dir` (an exclusive `flock`, waited for) until
+/// the returned file is dropped: `testnet kill|start` and the testnet's
+/// own stop never interleave their reads and writes of the state.
+pub fn lock(dir: &Path) -> Result<std::fs::File, StateError> {
+    let path = dir.join(LOCK_FILE);
+    let io = |source| StateError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io(e.into()))?;
+    Ok(file)
+}
+
+/// When `pid` started (field 22 of `/proc/PID/stat`, clock ticks after
+/// boot), while it is alive and not a zombie.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // count fields after its closing one (field 3 is the state).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
 }
 
 /// Whether `pid` is alive (not a zombie) and its command line holds
@@ -148,6 +196,7 @@ mod tests {
     fn state(dir: &Path) -> State {
         State {
             pid: Some(1),
+            started: None,
             tor: false,
             members: vec![Member {
                 name: "alice".into(),
@@ -169,6 +218,21 @@ mod tests {
         std::fs::write(State::path(dir.path()), "[1,2]").unwrap();
         let e = State::read(dir.path()).unwrap_err().to_string();
         assert!(e.contains("not a testnet state file"), "{e}");
+    }
+
+    /// The testnet's own pid counts only with its start time: this very
+    /// process with its own, not with another.
+    #[test]
+    fn a_testnet_pid_counts_only_with_its_start_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = state(dir.path());
+        s.pid = Some(std::process::id());
+        assert_eq!(s.testnet_alive(), None);
+        s.started = process_start(std::process::id());
+        assert!(s.started.is_some());
+        assert_eq!(s.testnet_alive(), Some(std::process::id()));
+        s.started = s.started.map(|t| t + 1);
+        assert_eq!(s.testnet_alive(), None);
     }
 
     /// A pid is taken for a member only while that process runs with the
