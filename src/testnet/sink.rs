@@ -280,6 +280,33 @@ mod tests {
         }
     }
 
+    /// The reply waits for the file: a sink that cannot write it answers
+    /// `451` (the exit keeps the message and retries), never `250`. Its
+    /// folder is replaced by a plain file, which even root cannot write in.
+    #[tokio::test]
+    async fn a_message_it_cannot_store_gets_451_not_250() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sink");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sink = Arc::new(Sink::open(&dir).unwrap());
+        std::fs::remove_dir(&dir).unwrap();
+        std::fs::write(&dir, b"not a folder").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(serve(listener, sink, tx, CancellationToken::new()));
+        let replies = transaction(addr, "Subject: x\r\n\r\nbody\r\n").await;
+        assert!(
+            replies.iter().any(|l| l.starts_with("451 4.3.0")),
+            "{replies:?}"
+        );
+        assert!(
+            !replies
+                .iter()
+                .any(|l| l.starts_with("250 2.0.0 Ok: stored"))
+        );
+        assert!(rx.try_recv().is_err());
+    }
+
     #[tokio::test]
     async fn it_wants_mail_and_rcpt_before_data() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
