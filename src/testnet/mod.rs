@@ -597,15 +597,17 @@ async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError
     let ours = |s: &State| (s.pid, s.started) == me;
     // Under the lock: the members `start` brought back, then the state
     // marked stopping (no pid), so no `kill` or `start` acts any more.
+    // Trouble with the file (DIR removed under us) must not keep the
+    // members from being stopped: what is in memory is stopped anyway.
     let on_disk = {
-        let _lock = state::lock(&dir)?;
+        let _lock = state::lock(&dir).ok();
         let on_disk = State::read(&dir).ok().flatten().filter(ours);
         if let Some(disk) = &on_disk {
-            State {
+            let _ = State {
                 pid: None,
                 ..disk.clone()
             }
-            .write(&dir)?;
+            .write(&dir);
         }
         on_disk
     };
@@ -619,10 +621,12 @@ async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError
     for m in &mut ended.members {
         m.pid = None;
     }
-    if mine {
-        let _lock = state::lock(&dir)?;
-        ended.write(&dir)?;
-    }
+    let written = if mine {
+        let _lock = state::lock(&dir).ok();
+        ended.write(&dir).map_err(TestnetError::from)
+    } else {
+        Ok(())
+    };
     // The Tor network last, once no node dials through it any more.
     if let Some(mut net) = tor_net {
         net.shutdown()
@@ -637,7 +641,8 @@ async fn network(nodes: usize, dir: &Path, tor: bool) -> Result<(), TestnetError
             .await
             .map_err(|e| software(e.to_string()))??;
     }
-    result
+    // Why it stopped comes first; a state it could not mark stopped next.
+    result.and(written)
 }
 
 async fn serve(
