@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 
 use common::mixnet::{alice_and_four, alice_flags};
 use common::{Daemon, scrape};
@@ -133,12 +132,7 @@ async fn the_dashboard_names_only_metrics_the_daemon_exposes() {
     flags.extend(["-node", "127.0.0.1:0", "-metrics", "127.0.0.1:0"].map(String::from));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let d = Daemon::start_in(&data, &flags);
-    let line = d
-        .until_log("naming the metrics address", |l| {
-            l.contains("[METRICS] serving")
-        })
-        .await;
-    let addr: SocketAddr = line.rsplit(" on ").next().unwrap().trim().parse().unwrap();
+    let addr = d.metrics_addr().await;
     let text = scrape(addr).await;
     let scraped = exposed(&text);
     let absent = missing(&used, &scraped);

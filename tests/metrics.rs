@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::smtp_sink::{Behaviour, Sink};
 use common::socks_proxy::SocksProxy;
-use common::{BIN, Daemon, DeadEnd, PATIENCE, http_exchange, http_get, onion, refused};
+use common::{
+    BIN, Daemon, DeadEnd, PATIENCE, http_exchange, http_get, metric_value, onion, refused,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -24,25 +26,8 @@ const HEAD_DEADLINE: Duration = Duration::from_secs(3);
 const SENDER: &str = "alice-metrics-sender@example.net";
 const SUBJECT: &str = "metrics-test-subject-7q2";
 
-/// Where the daemon's endpoint listens, from its log line.
-async fn metrics_addr(d: &Daemon) -> SocketAddr {
-    let line = d
-        .until_log("naming the metrics address", |l| {
-            l.contains("[METRICS] serving")
-        })
-        .await;
-    line.rsplit(" on ").next().unwrap().trim().parse().unwrap()
-}
-
-/// The value of one series (`name{labels}` exactly as exposed).
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
-}
-
 fn must(text: &str, series: &str) -> f64 {
-    value(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    metric_value(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
 /// Scrapes until `done` holds (bounded by PATIENCE) and returns the text.
@@ -107,14 +92,14 @@ async fn counters_over_tcp_equal_what_was_sent_and_cover_is_counted_apart() {
     ));
     // Our own onion name leads back to our own listener, as through Tor.
     proxy.route(&d.name, 25, d.addr);
-    let addr = metrics_addr(&d).await;
+    let addr = d.metrics_addr().await;
     let to = format!("bob-metrics@{dest}");
     send(&d, &to, N).await;
     sink.wait_for(N).await;
     let text = scrape_until(addr, "all mail and some cover delivered", |t| {
-        value(t, "pluto2_recipients_delivered_total") >= Some(N as f64)
-            && value(t, "pluto2_cover_delivered_total") >= Some(1.0)
-            && value(t, "pluto2_cover_received_total") >= Some(1.0)
+        metric_value(t, "pluto2_recipients_delivered_total") >= Some(N as f64)
+            && metric_value(t, "pluto2_cover_delivered_total") >= Some(1.0)
+            && metric_value(t, "pluto2_cover_received_total") >= Some(1.0)
     })
     .await;
     assert_eq!(must(&text, "pluto2_recipients_delivered_total"), N as f64);
@@ -146,14 +131,14 @@ async fn counters_over_tcp_equal_what_was_sent_and_cover_is_counted_apart() {
 #[tokio::test]
 async fn a_refused_rcpt_is_counted_under_its_class_and_reason() {
     let d = Daemon::start(&["-metrics", "127.0.0.1:0"]);
-    let addr = metrics_addr(&d).await;
+    let addr = d.metrics_addr().await;
     let mut c = d.ehlo_client().await;
     assert_eq!(c.code(&format!("MAIL FROM:<{SENDER}>")).await, 250);
     // Not a valid v3 onion name: 553 5.1.2.
     assert_eq!(c.code("RCPT TO:<bob@notanonion.onion>").await, 553);
     c.code("QUIT").await;
     let text = scrape_until(addr, "the session counted", |t| {
-        value(t, "pluto2_smtp_sessions_total{outcome=\"closed\"}") == Some(1.0)
+        metric_value(t, "pluto2_smtp_sessions_total{outcome=\"closed\"}") == Some(1.0)
     })
     .await;
     assert_eq!(
@@ -191,7 +176,7 @@ async fn ready_is_200_once_listening_and_503_as_soon_as_a_stop_begins() {
         &socks,
         &["-metrics", "127.0.0.1:0", "-cover-interval", "0"],
     ));
-    let addr = metrics_addr(&d).await;
+    let addr = d.metrics_addr().await;
     // Start has logged "listening": ready (before that moment the endpoint
     // may not be serving yet, so "503 before ready" is unit-tested only).
     assert_eq!(http_get(addr, "/ready").await, (200, "ready\n".into()));
@@ -317,7 +302,7 @@ async fn until_closed(s: &mut TcpStream) -> String {
 #[tokio::test]
 async fn the_reader_refuses_an_oversized_head_and_cuts_off_a_slow_one() {
     let d = Daemon::start(&["-metrics", "127.0.0.1:0"]);
-    let addr = metrics_addr(&d).await;
+    let addr = d.metrics_addr().await;
 
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut big = b"GET /metrics HTTP/1.1\r\nX-Fill: ".to_vec();
@@ -375,11 +360,11 @@ async fn deferred_is_the_number_waiting_and_retries_count_the_deferrals() {
         &socks,
         &["-metrics", "127.0.0.1:0", "-stats-interval", "1s"],
     ));
-    let addr = metrics_addr(&d).await;
+    let addr = d.metrics_addr().await;
     send(&d, &format!("dave@{dest}"), 1).await;
     // -retry-base 1s: the one recipient is deferred again and again.
     let text = scrape_until(addr, "two deferrals", |t| {
-        value(t, "pluto2_delivery_retries_total") >= Some(2.0)
+        metric_value(t, "pluto2_delivery_retries_total") >= Some(2.0)
     })
     .await;
     assert_eq!(

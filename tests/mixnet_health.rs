@@ -106,13 +106,7 @@ async fn a_killed_node_is_seen_failing_its_loops_and_the_day_outlives_the_daemon
     let mut flags: Vec<Vec<&str>> = vec![vec![]; 5];
     flags[0] = vec!["-metrics", "127.0.0.1:0"];
     let mut net = MixNet::start_with_flags(PARAMS, &flags).await;
-    let line = net
-        .daemon(0)
-        .until_log("naming the metrics address", |l| {
-            l.contains("[METRICS] serving")
-        })
-        .await;
-    let addr: SocketAddr = line.rsplit(" on ").next().unwrap().trim().parse().unwrap();
+    let addr = net.daemon(0).metrics_addr().await;
 
     // Every node's loops come back: a ratio of 1 for each, in both views.
     let healthy = |d: &Day| {

@@ -6,14 +6,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 
 use common::smtp_sink::{Behaviour, Received, Sink};
 use common::socks_proxy::SocksProxy;
-use common::{Daemon, PATIENCE, onion, scrape};
+use common::{Daemon, PATIENCE, metric_value, onion, scrape};
 
 const ED_PUB: &str = "X-Ed25519-Pub: 6y1LvnPp8qb6bLQtUMCJFA6WT3tAqkZmBM0q3nq2T3Y=\r\n";
 const ED_SIG: &str = "X-Ed25519-Sig: HWHuO5DJm0+lTnBqTPoN3ApXhIkOXZPwUZbtnm2YxvXd\r\n\tkJ7Cz8oqE0sWZ2MWzXp8yu8sLFNTrWv/7hpbCw==\r\n";
@@ -21,21 +20,6 @@ const ED_SIG: &str = "X-Ed25519-Sig: HWHuO5DJm0+lTnBqTPoN3ApXhIkOXZPwUZbtnm2YxvX
 const DAY_STAMP: &str = "X-Hashcash: 1:20:261207:alt.test@gw.example::McMybZIhxKXu57jd:1b2c\r\n";
 /// A stamp that says when the mail was written, to the minute.
 const MINUTE_STAMP: &str = "Hashcash: 1:20:2612071530:alt.test@gw.example::AbCdEf:9z\r\n";
-
-async fn metrics_addr(d: &Daemon) -> SocketAddr {
-    let line = d
-        .until_log("naming the metrics address", |l| {
-            l.contains("[METRICS] serving")
-        })
-        .await;
-    line.rsplit(" on ").next().unwrap().trim().parse().unwrap()
-}
-
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
-}
 
 fn by_subject<'a>(got: &'a [Received], subject: &str) -> &'a str {
     let wanted = format!("Subject: {subject}\r\n");
@@ -82,7 +66,7 @@ async fn a_post_through_a_gateway_keeps_stamps_and_signatures_and_is_not_padded(
         "-news-gateway",
         &gw,
     ]);
-    let metrics = metrics_addr(&d).await;
+    let metrics = d.metrics_addr().await;
     let date_before = utc_yymmdd();
 
     let post = format!(
@@ -174,21 +158,24 @@ async fn a_post_through_a_gateway_keeps_stamps_and_signatures_and_is_not_padded(
     let deadline = Instant::now() + PATIENCE;
     let text = loop {
         let text = scrape(metrics).await;
-        if value(&text, "pluto2_hashcash_minted_total") == Some(1.0) {
+        if metric_value(&text, "pluto2_hashcash_minted_total") == Some(1.0) {
             break text;
         }
         assert!(Instant::now() < deadline, "never counted:\n{text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let dropped = |class: &str| {
-        value(
+        metric_value(
             &text,
             &format!("pluto2_hashcash_dropped_total{{class=\"{class}\"}}"),
         )
     };
     assert_eq!(dropped("time_of_day"), Some(1.0), "{text}");
     assert_eq!(dropped("malformed"), Some(0.0), "{text}");
-    assert_eq!(value(&text, "pluto2_hashcash_gave_up_total"), Some(0.0));
+    assert_eq!(
+        metric_value(&text, "pluto2_hashcash_gave_up_total"),
+        Some(0.0)
+    );
     d.until_log("the drop logged", |l| {
         l.contains("[SANITIZE] dropped 1 hashcash stamp(s): time_of_day")
     })

@@ -109,6 +109,17 @@ impl Drop for DeadEnd {
 }
 
 impl Daemon {
+    /// Where its `-metrics` endpoint listens (a TCP address), from its
+    /// log line.
+    pub async fn metrics_addr(&self) -> SocketAddr {
+        let line = self
+            .until_log("naming the metrics address", |l| {
+                l.contains("[METRICS] serving")
+            })
+            .await;
+        line.rsplit(" on ").next().unwrap().trim().parse().unwrap()
+    }
+
     /// Starts `pluto2` on an ephemeral port with extra flags.
     pub fn start(extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
@@ -613,4 +624,12 @@ pub async fn scrape(addr: SocketAddr) -> String {
     let (status, body) = http_get(addr, "/metrics").await;
     assert_eq!(status, 200, "{body}");
     body
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in a
+/// scrape's text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
 }
