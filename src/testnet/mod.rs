@@ -136,28 +136,13 @@ pub fn run(args: TestnetArgs) -> Result<(), TestnetError> {
     }
 }
 
-/// Ports on 127.0.0.1 for the nodes, chosen by the kernel. Each stays
-/// bound until [`Ports::release`], just before the nodes start, so no
-/// two are alike; another program taking one in that moment makes that
-/// node fail to start, which `testnet` reports.
-#[derive(Default)]
-struct Ports(Vec<std::net::TcpListener>);
-
-impl Ports {
-    fn pick(&mut self) -> Result<u16, TestnetError> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| software(format!("cannot pick a port on 127.0.0.1: {e}")))?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| software(format!("cannot pick a port on 127.0.0.1: {e}")))?
-            .port();
-        self.0.push(listener);
-        Ok(port)
-    }
-
-    fn release(&mut self) {
-        self.0.clear();
-    }
+/// A port on 127.0.0.1 for a node: `testnet::tor`'s picker, which hands
+/// each port out once per process (below the kernel's ephemeral range,
+/// so no outgoing connection takes it first) whether or not `-tor` runs.
+/// Another program taking it in the moment before the node binds makes
+/// that node fail to start, which `testnet` reports.
+fn free_port() -> Result<u16, TestnetError> {
+    tor::free_port().map_err(|e| software(format!("cannot pick a port on 127.0.0.1: {e}")))
 }
 
 /// A valid v3 onion name (of a fresh ed25519 key, as pluto2 checks) that
@@ -661,19 +646,18 @@ async fn serve(
         .map_err(|e| bind("sink", e))?;
     let sink_addr = sink_listener.local_addr().map_err(|e| bind("sink", e))?;
 
-    let mut ports = Ports::default();
     let mut planned = Vec::new();
     for name in &NAMES[..nodes] {
         planned.push(Planned {
             name,
             onion: made_up_onion(),
-            smtp: ports.pick()?,
-            link: ports.pick()?,
-            metrics: ports.pick()?,
+            smtp: free_port()?,
+            link: free_port()?,
+            metrics: free_port()?,
             data_dir: dir.join(name),
         });
     }
-    let client_smtp = ports.pick()?;
+    let client_smtp = free_port()?;
     let mut sink_onion = made_up_onion();
     let socks = if tor {
         let net = start_tor(dir, &mut planned, &mut sink_onion, sink_addr).await?;
@@ -728,7 +712,6 @@ async fn serve(
             pid: None,
         });
     }
-    ports.release();
     state.members.push(Member {
         name: CLIENT.into(),
         data_dir: dir.join(CLIENT),
